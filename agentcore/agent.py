@@ -1,0 +1,840 @@
+"""NATSAgent: capabilities, subscriptions dispatched through the compiled subject index, results, control, discovery."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import heapq
+import inspect
+import itertools
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NATSClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from ._eager import run_eager
+from ._impl import IMPLEMENTATION, SubjectIndex, validate_token
+from .config import AgentConfig
+from .envelope import decode, encode, error_payload, is_expired, new_message, raise_for_error
+from .errors import (
+    AgentCoreError,
+    EnvelopeError,
+    NoRespondersError,
+    NotConnectedError,
+    PayloadTooLargeError,
+    RemoteError,
+    RequestTimeoutError,
+)
+from .metrics import AgentMetrics
+from .topics import Topics
+
+__all__ = ("NATSAgent", "NO_REPLY")
+
+log = logging.getLogger("agentcore.agent")
+
+T = TypeVar("T")
+Handler = Callable[..., Any]
+
+#: Returned by a task handler that must not answer (e.g. a discovery query for a capability it lacks).
+NO_REPLY: Any = object()
+
+_MESSAGE, _TASK = 0, 1  # handler kinds: (topic, message) -> bool, or (message) -> result that is sent back
+
+
+@dataclass(eq=False, slots=True)
+class _Registration:
+    pattern: str
+    queue: str
+    handler: Handler | None  # None: the agent's own process_message
+    kind: int
+    is_async: bool
+    system: bool = False  # control/discovery: never paused, never queued behind tasks
+    fallback: Callable[[dict[str, Any]], str | None] | None = None  # where results go without a reply subject
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.pattern, self.queue)
+
+
+@dataclass(eq=False, slots=True)
+class _Delivery:
+    message: dict[str, Any]
+    reply: str | None
+    subject: str
+    fallback: str | None
+    answered: bool = False
+
+    @property
+    def destination(self) -> str | None:
+        return self.message.get("replyTo") or self.reply or self.fallback
+
+
+@dataclass(slots=True)
+class _Queued:
+    reg: _Registration
+    subject: str
+    message: dict[str, Any]
+    msg: Msg
+    t0: float
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
+class NATSAgent:
+    """An agent on the NATS bus: serves its capabilities, answers control and discovery, reports metrics."""
+
+    def __init__(self, agent_id: str, agent_type: str = "agent", config: AgentConfig | Mapping[str, Any] | None = None) -> None:
+        self.agent_id = validate_token(agent_id)
+        self.agent_type = agent_type
+        self.config = config if isinstance(config, AgentConfig) else AgentConfig(config)
+        self.environment: str = self.config["nats.environment"]
+        self.topics = Topics(self.environment)
+        self.capabilities: list[str] = []
+        self._capability_handlers: dict[str, Handler | None] = {}
+        self._index = SubjectIndex()
+        self._registrations: dict[tuple[str, str], list[_Registration]] = {}
+        self._subs: dict[tuple[str, str], Subscription] = {}
+        self._nc: NATSClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._own_thread: threading.Thread | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._status = "created"
+        self._started_at: float | None = None
+        self._stopped: asyncio.Event | None = None
+        self._metrics = AgentMetrics()
+        self._deliveries: dict[str, _Delivery] = {}
+        self._inflight = 0
+        self._max_concurrency: int = self.config["agent.max_concurrency"]
+        self._queue: list[tuple[int, int, _Queued]] = []
+        self._seq = itertools.count()
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._sync_lock = asyncio.Lock()
+        # Extensions (MCP hosting, negotiation, streaming) add what they advertise to discovery answers here.
+        self._describe_hooks: list[Callable[[], Mapping[str, Any]]] = []
+
+    # ------------------------------------------------------------------ capabilities and subscriptions
+
+    def add_capability(self, capability: str, handler: Handler | None = None) -> None:
+        """Declare a capability; its tasks go to handler(message) -> result, or else to process_message."""
+        validate_token(capability)
+        if capability not in self._capability_handlers:
+            self.capabilities.append(capability)
+        self._capability_handlers[capability] = handler
+        if self._nc is not None:
+            self._register_capability(capability, handler)
+            self._schedule_sync()
+
+    def subscribe(self, topic: str, handler: Handler | None = None, *, queue: str | None = None) -> None:
+        """Subscribe a topic or subject (wildcards allowed); messages go to handler(topic, message) or process_message.
+
+        Task topics of the agent's own capabilities join that capability's queue group by default, so
+        replicas share the work and the agent never receives one task twice.
+        """
+        subject = self.topics.to_subject(topic)
+        if queue is None:
+            queue = self._capability_queue(subject) or ""
+        elif queue:
+            validate_token(queue)
+        self._register(subject, handler, kind=_MESSAGE, queue=queue)
+        if self._nc is not None:
+            self._schedule_sync()
+
+    async def asubscribe(self, topic: str, handler: Handler | None = None, *, queue: str | None = None) -> None:
+        """Subscribe like subscribe() and return once the server has the interest registered."""
+        self.subscribe(topic, handler, queue=queue)
+        await self._sync_subscriptions()
+
+    def unsubscribe(self, topic: str, handler: Handler | None = None) -> None:
+        """Remove the registrations of a topic (only those of handler, when given)."""
+        subject = self.topics.to_subject(topic)
+        for key, regs in list(self._registrations.items()):
+            if key[0] != subject:
+                continue
+            for reg in [r for r in regs if handler is None or r.handler == handler]:
+                regs.remove(reg)
+                self._index.remove(reg.pattern, reg)
+            if not regs:
+                del self._registrations[key]
+        if self._nc is not None:
+            self._schedule_sync()
+
+    def _capability_queue(self, subject: str) -> str | None:
+        tokens = subject.split(".")
+        if len(tokens) >= 4 and tokens[0] == "agents" and tokens[1] == self.environment and tokens[2] == "task":
+            if tokens[3] in self._capability_handlers:
+                return tokens[3]
+        return None
+
+    def _register(
+        self,
+        subject: str,
+        handler: Handler | None,
+        *,
+        kind: int,
+        queue: str = "",
+        system: bool = False,
+        fallback: Callable[[dict[str, Any]], str | None] | None = None,
+    ) -> _Registration:
+        fn = handler if handler is not None else self.process_message
+        reg = _Registration(subject, queue, handler, kind, _is_async(fn), system, fallback)
+        regs = self._registrations.setdefault(reg.key, [])
+        for old in regs:
+            if old.handler is handler and old.kind == kind:
+                return old  # subscribing the same thing twice must not double-deliver
+        regs.append(reg)
+        self._index.insert(subject, reg)
+        return reg
+
+    def _setup_subscriptions(self) -> None:
+        """Declare the base subscriptions: control, discovery and the task topics of every capability."""
+        topics = self.topics
+        self._register(topics.control(self.agent_id), self._on_control, kind=_TASK, system=True)
+        self._register(
+            topics.discovery_requests(),
+            self._on_discovery,
+            kind=_TASK,
+            system=True,
+            fallback=lambda _m: topics.discovery_responses(),
+        )
+        for capability, handler in self._capability_handlers.items():
+            self._register_capability(capability, handler)
+
+    def _register_capability(self, capability: str, handler: Handler | None) -> None:
+        kind = _TASK if handler else _MESSAGE
+        self._register(self.topics.task_pattern(capability), handler, kind=kind, queue=capability, fallback=self._result_fallback)
+
+    def _result_fallback(self, message: dict[str, Any]) -> str | None:
+        if message.get("type") != "task":
+            return None
+        capabilities = (message.get("routing") or {}).get("capabilities") or ["result"]
+        try:
+            return self.topics.result(message["source"]["id"], capabilities[0])
+        except AgentCoreError:
+            return None
+
+    def _schedule_sync(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        if self._on_loop_thread():
+            self._track(loop.create_task(self._sync_subscriptions()))
+        else:
+            asyncio.run_coroutine_threadsafe(self._sync_subscriptions(), loop).result(10)
+
+    async def _sync_subscriptions(self) -> None:
+        """Make the NATS subscriptions match the registrations (one wire subscription per pattern and queue)."""
+        nc = self._nc
+        if nc is None or nc.is_closed:
+            return
+        async with self._sync_lock:
+            paused = self._status == "paused"
+            wanted = {
+                key for key, regs in self._registrations.items() if regs and not (paused and not any(r.system for r in regs))
+            }
+            for key in [k for k in self._subs if k not in wanted]:
+                sub = self._subs.pop(key)
+                try:
+                    await sub.unsubscribe()
+                except nats.errors.Error as exc:
+                    log.debug("unsubscribe %s failed: %s", key, exc)
+            for key in wanted:
+                if key not in self._subs:
+                    self._subs[key] = await nc.subscribe(key[0], queue=key[1], cb=self._make_callback(key))
+            await nc.flush()
+
+    # ------------------------------------------------------------------ the hot path
+
+    def _make_callback(self, key: tuple[str, str]) -> Callable[[Msg], Awaitable[None]]:
+        async def on_message(msg: Msg) -> None:
+            self._dispatch(msg, key)
+
+        return on_message
+
+    def _dispatch(self, msg: Msg, key: tuple[str, str]) -> None:
+        t0 = time.perf_counter()
+        metrics = self._metrics
+        metrics.received += 1
+        subject = msg.subject
+        # The compiled index names every handler whose pattern matches; a message that arrived on an
+        # overlapping subscription of ours is handled by that subscription's own delivery, not this one.
+        regs = [reg for reg in self._index.match(subject) if reg.key == key]
+        if not regs:
+            return
+        try:
+            message = decode(msg.data)
+        except EnvelopeError as exc:
+            metrics.invalid += 1
+            metrics.failed += 1
+            log.warning("agent %s dropped a malformed message on %s: %s", self.agent_id, subject, exc)
+            if msg.reply:
+                self._track(run_eager(self._send_error(msg.reply, None, "invalid_message", str(exc))))
+            return
+        for reg in regs:
+            if not reg.system and self._inflight >= self._max_concurrency:
+                priority = (message.get("routing") or {}).get("priority") or 0
+                # heapq is a min-heap: negate so the highest routing.priority runs first, FIFO within a priority.
+                heapq.heappush(self._queue, (-priority, next(self._seq), _Queued(reg, subject, message, msg, t0)))
+            else:
+                self._run(reg, subject, message, msg, t0)
+
+    def _run(self, reg: _Registration, subject: str, message: dict[str, Any], msg: Msg, t0: float) -> None:
+        self._inflight += 1
+        fut = run_eager(self._handle(reg, subject, message, msg, t0))
+        if not fut.done():
+            self._track(fut)
+
+    def _track(self, fut: asyncio.Future[Any]) -> None:
+        if fut.done():
+            if not fut.cancelled() and fut.exception() is not None:
+                log.error("agent %s background step failed", self.agent_id, exc_info=fut.exception())
+            return
+        self._tasks.add(fut)
+        fut.add_done_callback(self._untrack)
+
+    def _untrack(self, fut: asyncio.Future[Any]) -> None:
+        self._tasks.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("agent %s background step failed", self.agent_id, exc_info=fut.exception())
+
+    async def _handle(self, reg: _Registration, subject: str, message: dict[str, Any], msg: Msg, t0: float) -> None:
+        metrics = self._metrics
+        mid = message["id"]
+        delivery = _Delivery(message, msg.reply or None, subject, reg.fallback(message) if reg.fallback else None)
+        self._deliveries[mid] = delivery
+        try:
+            if is_expired(message):
+                metrics.expired += 1
+                metrics.failed += 1
+                log.info("agent %s skipped expired message %s on %s", self.agent_id, mid, subject)
+                await self._answer_error(delivery, "expired", f"message {mid} expired before it was processed")
+                return
+            handler = reg.handler if reg.handler is not None else self.process_message
+            args: tuple[Any, ...] = (message,) if reg.kind == _TASK else (self.topics.to_topic(subject), message)
+            if reg.is_async:
+                result = await handler(*args)
+            else:
+                # Sync handlers may block (an LLM call, say): a worker thread keeps the loop, control and
+                # heartbeats responsive. Async handlers run inline on the loop and cost no thread hop.
+                result = await asyncio.get_running_loop().run_in_executor(self._get_executor(), handler, *args)
+            if not delivery.answered:
+                if reg.kind == _TASK:
+                    if result is not NO_REPLY:
+                        await self._answer(delivery, result)
+                elif result is False and delivery.destination and message.get("type") in ("task", "query"):
+                    await self._answer_error(delivery, "unhandled", f"agent {self.agent_id} did not handle {subject}")
+            metrics.processed += 1
+        except Exception as exc:
+            metrics.failed += 1
+            if isinstance(exc, RemoteError):
+                code, text = exc.code, exc.remote_message
+            else:
+                code, text = "handler_error", f"{type(exc).__name__}: {exc}"
+                log.exception("agent %s handler for %s raised on message %s", self.agent_id, subject, mid)
+            if not delivery.answered:
+                try:
+                    await self._answer_error(delivery, code, text)
+                except Exception:
+                    log.exception("agent %s could not send the error result for %s", self.agent_id, mid)
+        finally:
+            if self._deliveries.get(mid) is delivery:
+                del self._deliveries[mid]
+            metrics.observe(time.perf_counter() - t0)
+            if not reg.system:
+                self._inflight -= 1
+            if self._queue:
+                self._pump()
+
+    def _pump(self) -> None:
+        while self._queue and self._inflight < self._max_concurrency:
+            _, _, q = heapq.heappop(self._queue)
+            self._run(q.reg, q.subject, q.message, q.msg, q.t0)
+
+    # ------------------------------------------------------------------ answering
+
+    def _result_message(self, delivery: _Delivery, content: Any, error: dict[str, Any] | None = None) -> bytes:
+        request = delivery.message
+        context = request.get("context") or {}
+        return encode(
+            new_message(
+                "result",
+                content,
+                source_id=self.agent_id,
+                source_type=self.agent_type,
+                target=request["source"]["id"],
+                correlation_id=request["id"],
+                conversation_id=context.get("conversationId"),
+                error=error,
+            )
+        )
+
+    async def _answer(self, delivery: _Delivery, content: Any) -> None:
+        dest = delivery.destination
+        if dest is None:
+            delivery.answered = True
+            return
+        try:
+            data = self._result_message(delivery, content)
+            self._check_size(data)
+        except (EnvelopeError, PayloadTooLargeError) as exc:
+            await self._answer_error(delivery, "result_invalid" if isinstance(exc, EnvelopeError) else "payload_too_large", str(exc))
+            return
+        delivery.answered = True
+        await self._publish_raw(dest, data)
+
+    async def _answer_error(self, delivery: _Delivery, code: str, text: str) -> None:
+        dest = delivery.destination
+        delivery.answered = True
+        if dest is not None:
+            await self._publish_raw(dest, self._result_message(delivery, None, error_payload(code, text)))
+
+    async def _send_error(self, reply: str, request_id: str | None, code: str, text: str) -> None:
+        message = new_message(
+            "result", None, source_id=self.agent_id, source_type=self.agent_type, correlation_id=request_id, error=error_payload(code, text)
+        )
+        await self._publish_raw(reply, encode(message))
+
+    async def _publish_raw(self, subject: str, data: bytes, reply: str = "") -> None:
+        nc = self._require_nc()
+        await nc.publish(subject, data, reply=reply)
+        self._metrics.published += 1
+
+    def _check_size(self, data: bytes) -> None:
+        nc = self._nc
+        limit = nc.max_payload if nc is not None and nc.max_payload else 1024 * 1024
+        if len(data) > limit:
+            raise PayloadTooLargeError(len(data), limit)
+
+    def publish_result(self, message_id: str, result: Any) -> concurrent.futures.Future[None] | asyncio.Future[None]:
+        """Send result to whoever asked for message_id: its replyTo, else its reply subject, else the result topic.
+
+        Callable from sync handlers (it waits until sent) and from async code (await the returned future, or not).
+        """
+        delivery = self._deliveries.get(message_id)
+        if delivery is None:
+            log.warning("agent %s has no pending message %s; publishing the result to its result topic", self.agent_id, message_id)
+            request = new_message("task", None, source_id=self.agent_id, message_id=message_id)
+            delivery = _Delivery(request, None, "", self.topics.result(self.agent_id, "result"))
+        return self._call_soon(self._answer(delivery, result))
+
+    def publish_error(self, message_id: str, code: str, text: str) -> concurrent.futures.Future[None] | asyncio.Future[None]:
+        """Send an error result (payload.error = {code, message}) for message_id."""
+        delivery = self._deliveries.get(message_id)
+        if delivery is None:
+            raise AgentCoreError(f"agent {self.agent_id} has no pending message {message_id}")
+        return self._call_soon(self._answer_error(delivery, code, text))
+
+    def _call_soon(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T] | asyncio.Future[T]:
+        loop = self._loop
+        if loop is None:
+            coro.close()
+            raise NotConnectedError(f"agent {self.agent_id} is not started")
+        if self._on_loop_thread():
+            fut = run_eager(coro)
+            self._track(fut)
+            return fut
+        cfut = asyncio.run_coroutine_threadsafe(coro, loop)
+        cfut.result(self.config["agent.request_timeout"])
+        return cfut
+
+    def _on_loop_thread(self) -> bool:
+        return self._loop_thread == threading.get_ident()
+
+    # ------------------------------------------------------------------ override point
+
+    def process_message(self, topic: str, message: dict[str, Any]) -> bool:
+        """Handle a message no specific handler took; return True when handled (override in a subclass)."""
+        log.debug("agent %s has no handler for %s", self.agent_id, topic)
+        return False
+
+    # ------------------------------------------------------------------ sending
+
+    async def publish(self, topic: str, content: Any, *, type: str = "event", **fields: Any) -> str:
+        """Publish a message (an event by default) to a topic or subject; return its id."""
+        subject = self.topics.to_subject(topic, wildcards=False)
+        message = new_message(type, content, source_id=self.agent_id, source_type=self.agent_type, **fields)
+        data = encode(message)
+        self._check_size(data)
+        await self._publish_raw(subject, data)
+        return str(message["id"])
+
+    async def publish_event(self, event_type: str, detail: str, content: Any) -> str:
+        """Publish content on agents.{env}.event.{event_type}.{detail}."""
+        return await self.publish(self.topics.event(event_type, detail), content)
+
+    async def request(
+        self,
+        topic: str,
+        content: Any,
+        *,
+        type: str = "task",
+        timeout: float | None = None,
+        priority: int = 5,
+        capabilities: list[str] | None = None,
+        target: str | None = None,
+        conversation_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Any:
+        """Send a message to a topic and return the content of the result; errors raise typed exceptions."""
+        reply = await self.request_message(
+            topic, content, type=type, timeout=timeout, priority=priority, capabilities=capabilities,
+            target=target, conversation_id=conversation_id, metadata=metadata,
+        )
+        return reply["payload"]["content"]
+
+    async def request_message(
+        self,
+        topic: str,
+        content: Any,
+        *,
+        type: str = "task",
+        timeout: float | None = None,
+        priority: int = 5,
+        capabilities: list[str] | None = None,
+        target: str | None = None,
+        conversation_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Send a message to a topic and return the whole result envelope (error results raise)."""
+        nc = self._require_nc()
+        subject = self.topics.to_subject(topic, wildcards=False)
+        timeout = timeout if timeout is not None else self.config["agent.request_timeout"]
+        message = new_message(
+            type, content, source_id=self.agent_id, source_type=self.agent_type, target=target,
+            conversation_id=conversation_id, metadata=metadata, priority=priority,
+            capabilities=capabilities, timeout_ms=timeout * 1000.0,
+        )
+        data = encode(message)
+        self._check_size(data)
+        try:
+            msg = await nc.request(subject, data, timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise NoRespondersError(f"no agent is subscribed to {subject}") from None
+        except nats.errors.TimeoutError:
+            raise RequestTimeoutError(f"no reply on {subject} within {timeout}s") from None
+        self._metrics.published += 1
+        reply = decode(msg.data)
+        raise_for_error(reply)
+        return reply
+
+    async def send_task(self, capability: str, content: Any, *, specificity: str = "default", **options: Any) -> Any:
+        """Send a task to whichever agent serves capability and return its result (see request() for options)."""
+        return await self.request(self.topics.task(capability, specificity), content, type="task", capabilities=[capability], **options)
+
+    # ------------------------------------------------------------------ control, status, discovery
+
+    @property
+    def status(self) -> str:
+        """Return the lifecycle status: created, running, paused, stopping or stopped."""
+        return self._status
+
+    @property
+    def nc(self) -> NATSClient:
+        """Return the underlying nats-py client (for what agentcore does not wrap)."""
+        return self._require_nc()
+
+    def describe(self) -> dict[str, Any]:
+        """Return what discovery and heartbeats say about this agent."""
+        info: dict[str, Any] = {
+            "id": self.agent_id,
+            "type": self.agent_type,
+            "capabilities": list(self.capabilities),
+            "status": self._status,
+            "environment": self.environment,
+            "in_flight": self._inflight,
+            "queued": len(self._queue),
+            "messages_processed": self._metrics.processed,
+            "started_at": self._started_at,
+        }
+        for hook in self._describe_hooks:
+            info.update(hook())
+        return info
+
+    async def _on_control(self, message: dict[str, Any]) -> Any:
+        content = message["payload"]["content"]
+        command = content.get("command") if isinstance(content, dict) else content
+        if command == "ping":
+            return {"pong": True, "agent_id": self.agent_id, "status": self._status}
+        if command == "status":
+            return self.describe()
+        if command == "pause":
+            await self.pause()
+            return {"status": self._status}
+        if command == "resume":
+            await self.resume()
+            return {"status": self._status}
+        if command == "shutdown":
+            # Answer first; stopping from inside our own handler would wait on ourselves.
+            self._track(asyncio.get_running_loop().create_task(self._shutdown_soon()))
+            return {"status": "stopping"}
+        raise RemoteError("unknown_command", f"unknown control command {command!r}; use ping, status, pause, resume or shutdown")
+
+    async def _shutdown_soon(self) -> None:
+        await asyncio.sleep(0)  # let the reply to the shutdown command go out first
+        await self.astop()
+
+    async def pause(self) -> None:
+        """Stop taking new work (task subscriptions are dropped so replicas take it); control still answers."""
+        if self._status == "running":
+            self._status = "paused"
+            await self._sync_subscriptions()
+            await self._publish_status()
+
+    async def resume(self) -> None:
+        """Take work again after pause()."""
+        if self._status == "paused":
+            self._status = "running"
+            await self._sync_subscriptions()
+            await self._publish_status()
+
+    async def control(self, agent_id: str, command: str, *, timeout: float = 5.0) -> Any:
+        """Send a control command (ping, status, pause, resume, shutdown) to an agent and return its answer."""
+        return await self.request(self.topics.control(agent_id), {"command": command}, type="query", timeout=timeout)
+
+    async def _on_discovery(self, message: dict[str, Any]) -> Any:
+        content = message["payload"]["content"]
+        wanted = content.get("capability") if isinstance(content, dict) else None
+        if wanted and wanted not in self.capabilities:
+            return NO_REPLY
+        return self.describe()
+
+    async def discover(
+        self, capability: str | None = None, *, timeout: float | None = None, expected: int | None = None, include_self: bool = False
+    ) -> list[dict[str, Any]]:
+        """Return the live agents (optionally only those with capability), collected for timeout seconds.
+
+        With expected=N it returns as soon as N agents have answered.
+        """
+        nc = self._require_nc()
+        if capability is not None:
+            validate_token(capability)
+        timeout = timeout if timeout is not None else self.config["agent.discovery_timeout"]
+        found: dict[str, dict[str, Any]] = {}
+        enough = asyncio.Event()
+
+        async def collect(msg: Msg) -> None:
+            try:
+                reply = decode(msg.data)
+            except EnvelopeError as exc:
+                log.warning("agent %s ignored a malformed discovery answer: %s", self.agent_id, exc)
+                return
+            info = reply["payload"]["content"]
+            if isinstance(info, dict) and isinstance(info.get("id"), str) and (include_self or info["id"] != self.agent_id):
+                found[info["id"]] = info
+                if expected is not None and len(found) >= expected:
+                    enough.set()
+
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, cb=collect)
+        try:
+            query = new_message("query", {"capability": capability}, source_id=self.agent_id, source_type=self.agent_type)
+            await nc.publish(self.topics.discovery_requests(), encode(query), reply=inbox)
+            try:
+                await asyncio.wait_for(enough.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass  # the collection window is over; what arrived is the answer
+        finally:
+            await sub.unsubscribe()
+        return sorted(found.values(), key=lambda info: info["id"])
+
+    async def _publish_status(self) -> None:
+        if self._nc is None or not self._nc.is_connected:
+            return
+        try:
+            await self.publish(self.topics.status(self.agent_id), self.describe())
+        except (AgentCoreError, nats.errors.Error) as exc:
+            log.debug("agent %s could not publish status: %s", self.agent_id, exc)
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.config["agent.heartbeat_interval"]
+        while True:
+            await asyncio.sleep(interval)
+            await self._publish_status()
+
+    def get_metrics(self) -> dict[str, Any]:
+        """Return counters and latencies: messages_processed, messages_failed, avg/p50/p99 latency_ms, in_flight, reconnects, ..."""
+        snapshot = self._metrics.snapshot()
+        snapshot.update(in_flight=self._inflight, queued=len(self._queue), status=self._status, implementation=IMPLEMENTATION)
+        return snapshot
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _require_nc(self) -> NATSClient:
+        nc = self._nc
+        if nc is None or nc.is_closed:
+            raise NotConnectedError(f"agent {self.agent_id} is not connected")
+        return nc
+
+    def _get_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.config["agent.sync_workers"], thread_name_prefix=f"agentcore-{self.agent_id}"
+            )
+        return self._executor
+
+    def _connect_options(self) -> dict[str, Any]:
+        cfg = self.config
+        options: dict[str, Any] = {
+            "servers": cfg["nats.servers"],
+            "name": cfg["nats.name"] or self.agent_id,
+            "connect_timeout": cfg["nats.connect_timeout"],
+            "allow_reconnect": cfg["nats.allow_reconnect"],
+            "max_reconnect_attempts": cfg["nats.max_reconnect_attempts"],
+            "reconnect_time_wait": cfg["nats.reconnect_time_wait"],
+            "ping_interval": cfg["nats.ping_interval"],
+            "drain_timeout": cfg["nats.drain_timeout"],
+            "error_cb": self._on_error,
+            "disconnected_cb": self._on_disconnected,
+            "reconnected_cb": self._on_reconnected,
+        }
+        for key, option in (("nats.user", "user"), ("nats.password", "password"), ("nats.token", "token"),
+                            ("nats.user_credentials", "user_credentials"), ("nats.nkeys_seed", "nkeys_seed"),
+                            ("nats.tls_hostname", "tls_hostname")):
+            if cfg[key] is not None:
+                options[option] = cfg[key]
+        if cfg["nats.tls_ca"] or cfg["nats.tls_cert"]:
+            context = ssl.create_default_context(cafile=cfg["nats.tls_ca"])
+            if cfg["nats.tls_cert"]:
+                context.load_cert_chain(cfg["nats.tls_cert"], cfg["nats.tls_key"])
+            options["tls"] = context
+        return options
+
+    async def _on_error(self, exc: Exception) -> None:
+        # Permission violations and slow-consumer drops arrive only here (nats-py does not raise them).
+        self._metrics.async_errors += 1
+        log.warning("agent %s: NATS error: %s", self.agent_id, exc)
+
+    async def _on_disconnected(self) -> None:
+        self._metrics.disconnects += 1
+        log.warning("agent %s disconnected from NATS", self.agent_id)
+
+    async def _on_reconnected(self) -> None:
+        self._metrics.reconnects += 1
+        log.info("agent %s reconnected to %s", self.agent_id, self._nc.connected_url.netloc if self._nc and self._nc.connected_url else "?")
+
+    async def astart(self) -> None:
+        """Connect, subscribe and start heartbeats on the running event loop."""
+        if self._status in ("running", "paused"):
+            return
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._stopped = asyncio.Event()
+        self._sync_lock = asyncio.Lock()
+        try:
+            self._nc = await nats.connect(**self._connect_options())
+        except Exception as exc:
+            self._nc = None
+            raise NotConnectedError(f"agent {self.agent_id} cannot connect to {self.config['nats.servers']}: {exc}") from exc
+        self._status = "running"
+        self._started_at = time.time()
+        self._setup_subscriptions()
+        await self._sync_subscriptions()
+        self._heartbeat = self._loop.create_task(self._heartbeat_loop())
+        await self._publish_status()
+        log.info("agent %s (%s) started with capabilities %s", self.agent_id, self.agent_type, self.capabilities)
+
+    async def astop(self, timeout: float | None = None) -> None:
+        """Stop taking work, let in-flight handlers finish (up to timeout), announce it and close the connection."""
+        if self._status in ("stopping", "stopped", "created"):
+            return
+        self._status = "stopping"
+        timeout = timeout if timeout is not None else self.config["nats.drain_timeout"]
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        nc = self._nc
+        try:
+            if nc is not None and not nc.is_closed:
+                for sub in list(self._subs.values()):
+                    try:
+                        await sub.unsubscribe()
+                    except nats.errors.Error:
+                        pass
+                self._subs.clear()
+            pending = [t for t in self._tasks if t is not asyncio.current_task()]
+            if pending:
+                await asyncio.wait(pending, timeout=timeout)
+            if nc is not None and not nc.is_closed:
+                self._status = "stopped"
+                await self._publish_status()
+                await nc.drain()
+        finally:
+            self._status = "stopped"
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+            if self._stopped is not None:
+                self._stopped.set()
+            log.info("agent %s stopped", self.agent_id)
+
+    async def wait_stopped(self) -> None:
+        """Wait until the agent has stopped (by stop(), a shutdown command or an error)."""
+        if self._stopped is not None:
+            await self._stopped.wait()
+
+    async def __aenter__(self) -> NATSAgent:
+        await self.astart()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.astop()
+
+    def start(self, timeout: float = 10.0) -> bool:
+        """Start the agent on its own event-loop thread (for plain scripts); return True once connected and subscribed."""
+        if self._status in ("running", "paused"):
+            return True
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name=f"agentcore-{self.agent_id}", daemon=True)
+        thread.start()
+        self._own_thread = thread
+        try:
+            asyncio.run_coroutine_threadsafe(self.astart(), loop).result(timeout)
+        except Exception as exc:
+            log.error("agent %s failed to start: %s", self.agent_id, exc)
+            self._close_own_loop(loop)
+            return False
+        return True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the agent started with start() and end its event-loop thread."""
+        loop = self._loop
+        if loop is None:
+            return
+        if self._own_thread is None:
+            raise AgentCoreError("this agent runs on your event loop: use `await agent.astop()`")
+        if not loop.is_closed():
+            try:
+                asyncio.run_coroutine_threadsafe(self.astop(), loop).result(timeout)
+            finally:
+                self._close_own_loop(loop)
+
+    def _close_own_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.call_soon_threadsafe(loop.stop)
+        if self._own_thread is not None:
+            self._own_thread.join(5)
+            self._own_thread = None
+        if not loop.is_running():
+            loop.close()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run one of the agent's coroutines on its loop from another thread and return the result."""
+        loop = self._loop
+        if loop is None:
+            coro.close()
+            raise NotConnectedError(f"agent {self.agent_id} is not started")
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.agent_id} ({self.agent_type}) {self._status}>"
+

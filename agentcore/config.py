@@ -1,0 +1,186 @@
+"""AgentConfig: dotted keys with defaults, YAML files and environment overrides, validated on the way in."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ("AgentConfig",)
+
+
+def _servers(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [s for s in (part.strip() for part in value.split(",")) if s]
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(s, str) and s for s in value):
+        raise ValueError("must be a non-empty list of server URLs")
+    for url in value:
+        if "://" not in url:
+            raise ValueError(f"server URL {url!r} needs a scheme such as nats://")
+    return list(value)
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("must be an integer >= 1")
+    return value
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be an integer")
+    return value
+
+
+def _positive_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError("must be a number > 0")
+    return float(value)
+
+
+def _non_negative_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError("must be a number >= 0")
+    return float(value)
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return value.lower() in ("1", "true", "yes", "on")
+    raise ValueError("must be a boolean")
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+def _token(value: Any) -> str:
+    # Imported late: the subject validator lives in the compiled core, which imports errors only.
+    from ._impl import validate_token
+
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    validate_token(value)
+    return value
+
+
+def _provider(value: Any) -> str:
+    if value != "nats":
+        raise ValueError("only the 'nats' provider is supported")
+    return "nats"
+
+
+# key -> (default, validator). Unknown keys are kept as given so applications can store their own settings.
+_SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
+    "messaging.provider": ("nats", _provider),
+    "nats.servers": (["nats://127.0.0.1:4222"], _servers),
+    "nats.environment": ("dev", _token),
+    "nats.name": (None, _optional_str),
+    "nats.batch_size": (10, _positive_int),
+    "nats.batch_timeout": (1.0, _positive_float),
+    "nats.connect_timeout": (2.0, _positive_float),
+    "nats.allow_reconnect": (True, _bool),
+    "nats.max_reconnect_attempts": (-1, _int),
+    "nats.reconnect_time_wait": (0.5, _non_negative_float),
+    "nats.ping_interval": (20.0, _positive_float),
+    "nats.drain_timeout": (5.0, _positive_float),
+    "nats.user": (None, _optional_str),
+    "nats.password": (None, _optional_str),
+    "nats.token": (None, _optional_str),
+    "nats.user_credentials": (None, _optional_str),
+    "nats.nkeys_seed": (None, _optional_str),
+    "nats.tls_ca": (None, _optional_str),
+    "nats.tls_cert": (None, _optional_str),
+    "nats.tls_key": (None, _optional_str),
+    "nats.tls_hostname": (None, _optional_str),
+    "agent.heartbeat_interval": (5.0, _positive_float),
+    "agent.max_concurrency": (64, _positive_int),
+    "agent.sync_workers": (16, _positive_int),
+    "agent.request_timeout": (30.0, _positive_float),
+    "agent.discovery_timeout": (0.5, _positive_float),
+    "cache.enabled": (True, _bool),
+    "cache.ttl": (60.0, _positive_float),
+    "cache.max_entries": (4096, _positive_int),
+}
+
+# The YAML file of the guide puts some keys at the top level; they belong under "nats.".
+_YAML_ALIASES = {"environment": "nats.environment", "batch_size": "nats.batch_size", "batch_timeout": "nats.batch_timeout"}
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"configuration keys must be strings, got {key!r}")
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and dotted not in _SCHEMA:
+            yield from _flatten(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+class AgentConfig:
+    """Hold an agent's settings under dotted keys such as "nats.servers", with defaults and validation."""
+
+    def __init__(self, values: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None) -> None:
+        self._values: dict[str, Any] = {key: default for key, (default, _) in _SCHEMA.items()}
+        for key, value in _flatten(values or {}):
+            self.set(_YAML_ALIASES.get(key, key), value)
+        env = os.environ if environ is None else environ
+        if env.get("NATS_URL"):
+            # NATS_URL wins over files and code so one deployment setting points every agent at the cluster.
+            self.set("nats.servers", env["NATS_URL"])
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> AgentConfig:
+        """Load a configuration file in the guide's config/nats_config.yaml shape."""
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {path}: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from exc
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"configuration file {path} must hold a mapping, got {type(data).__name__}")
+        return cls(data, environ=environ)
+
+    def set(self, key: str, value: Any) -> None:
+        """Set one dotted key, validating known keys."""
+        spec = _SCHEMA.get(key)
+        if spec is not None:
+            try:
+                value = spec[1](value)
+            except ValueError as exc:
+                raise ConfigError(f"invalid value for {key!r}: {value!r} {exc}") from None
+        self._values[key] = value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Return the value of a dotted key, or default when it is not set."""
+        return self._values.get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise KeyError(f"no configuration key {key!r}") from None
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._values
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return a copy of all settings as a flat dotted-key dict."""
+        return dict(self._values)
+
+    def __repr__(self) -> str:
+        shown = {k: ("***" if k in ("nats.password", "nats.token", "nats.nkeys_seed") and v else v) for k, v in self._values.items()}
+        return f"AgentConfig({shown!r})"

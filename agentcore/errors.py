@@ -1,0 +1,73 @@
+"""Typed exceptions of agentcore: every failure reaches the caller as one of these."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AgentCoreError(Exception):
+    """Base class of every agentcore error."""
+
+
+class ConfigError(AgentCoreError, ValueError):
+    """A configuration value is missing or invalid."""
+
+
+class SubjectError(AgentCoreError, ValueError):
+    """A subject, pattern or token is not valid for NATS."""
+
+
+class EnvelopeError(AgentCoreError, ValueError):
+    """A message envelope could not be decoded, encoded or validated."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class PayloadTooLargeError(AgentCoreError, ValueError):
+    """A message is larger than the server's max_payload."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"message of {size} bytes exceeds the server's max_payload of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class NotConnectedError(AgentCoreError):
+    """The agent is not connected to NATS."""
+
+
+class ServerStartError(AgentCoreError):
+    """A local nats-server could not be found or started."""
+
+
+class RequestTimeoutError(AgentCoreError, TimeoutError):
+    """No reply arrived before the timeout."""
+
+
+class NoRespondersError(AgentCoreError):
+    """Nobody is subscribed to the subject a request was sent to."""
+
+
+class RemoteError(AgentCoreError):
+    """The remote side answered with an error result."""
+
+    def __init__(self, code: str, message: str, *, source: str | None = None, details: Any = None) -> None:
+        super().__init__(f"{code}: {message}" + (f" (from {source})" if source else ""))
+        self.code = code
+        self.remote_message = message
+        self.source = source
+        self.details = details
+
+
+class HandlerError(RemoteError):
+    """The remote handler raised an exception."""
+
+
+class MessageExpiredError(RemoteError):
+    """The message's routing.timeout expired before it was processed."""
+
+
+class InvalidMessageError(RemoteError):
+    """The remote side could not decode or validate the message it was sent."""

@@ -1,0 +1,86 @@
+"""The subject hierarchy agents.{env}.{message_type}.{domain}.{specificity}, built and validated in one place."""
+
+from __future__ import annotations
+
+from ._impl import validate_subject, validate_token
+from .errors import SubjectError
+
+__all__ = ("Topics",)
+
+
+class Topics:
+    """Build every subject of the guide's topic hierarchy for one environment."""
+
+    __slots__ = ("env", "prefix")
+
+    def __init__(self, environment: str) -> None:
+        self.env = validate_token(environment)
+        self.prefix = f"agents.{environment}"
+
+    def control(self, agent_id: str) -> str:
+        """Return the control subject of an agent."""
+        return f"{self.prefix}.control.{validate_token(agent_id)}"
+
+    def status(self, agent_id: str) -> str:
+        """Return the status (heartbeat) subject of an agent."""
+        return f"{self.prefix}.status.{validate_token(agent_id)}"
+
+    def status_all(self) -> str:
+        """Return the pattern that matches every agent's status subject."""
+        return f"{self.prefix}.status.*"
+
+    def task(self, capability: str, specificity: str = "default") -> str:
+        """Return the subject a task for a capability is sent to."""
+        return f"{self.prefix}.task.{validate_token(capability)}.{validate_token(specificity)}"
+
+    def task_pattern(self, capability: str) -> str:
+        """Return the pattern that matches every task of a capability."""
+        return f"{self.prefix}.task.{validate_token(capability)}.*"
+
+    def result(self, agent_id: str, task_type: str) -> str:
+        """Return the result subject for results addressed to an agent."""
+        return f"{self.prefix}.result.{validate_token(agent_id)}.{validate_token(task_type)}"
+
+    def event(self, event_type: str, detail: str) -> str:
+        """Return the subject of a system event."""
+        return f"{self.prefix}.event.{validate_token(event_type)}.{validate_token(detail)}"
+
+    def discovery_requests(self) -> str:
+        """Return the discovery request subject."""
+        return f"{self.prefix}.discovery.requests"
+
+    def discovery_responses(self) -> str:
+        """Return the discovery response subject."""
+        return f"{self.prefix}.discovery.responses"
+
+    def mcp_requests(self, server_id: str) -> str:
+        """Return the subject MCP requests for a server id are sent to."""
+        return f"{self.prefix}.mcp.{validate_token(server_id)}.requests"
+
+    def mcp_responses(self, agent_id: str, request_id: str) -> str:
+        """Return the subject an MCP response for a caller's request goes to."""
+        return f"{self.prefix}.mcp.{validate_token(agent_id)}.responses.{validate_token(request_id)}"
+
+    def a2a_negotiate(self, agent_id: str) -> str:
+        """Return the negotiation subject of an agent."""
+        return f"{self.prefix}.a2a.negotiate.{validate_token(agent_id)}"
+
+    def to_subject(self, topic: str, *, wildcards: bool = True) -> str:
+        """Map a guide topic ("agents/task/analysis/*") or a NATS subject to a validated NATS subject."""
+        if "/" in topic:
+            parts = topic.split("/")
+            if parts[0] == "agents":
+                parts = parts[1:]
+            subject = ".".join([self.prefix, *parts])
+        else:
+            subject = topic
+        try:
+            return validate_subject(subject, wildcards=wildcards)
+        except SubjectError as exc:
+            raise SubjectError(f"topic {topic!r}: {exc}") from None
+
+    def to_topic(self, subject: str) -> str:
+        """Map a NATS subject of this environment to the guide's slash topic ("agents/task/analysis/x")."""
+        if subject.startswith(self.prefix + "."):
+            return "agents/" + subject[len(self.prefix) + 1 :].replace(".", "/")
+        return subject.replace(".", "/")
