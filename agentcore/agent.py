@@ -732,8 +732,11 @@ class NATSAgent:
         self._loop_thread = threading.get_ident()
         self._stopped = asyncio.Event()
         self._sync_lock = asyncio.Lock()
+        options = self._connect_options()
+        # nats-py keeps retrying an initial connect that fails; bound it so a wrong URL is an error, not a hang.
+        bound = options["connect_timeout"] * len(options["servers"]) + 1.0
         try:
-            self._nc = await nats.connect(**self._connect_options())
+            self._nc = await asyncio.wait_for(nats.connect(**options), bound)
         except Exception as exc:
             self._nc = None
             raise NotConnectedError(f"agent {self.agent_id} cannot connect to {self.config['nats.servers']}: {exc}") from exc
@@ -764,7 +767,12 @@ class NATSAgent:
                 self._subs.clear()
             pending = [t for t in self._tasks if t is not asyncio.current_task()]
             if pending:
-                await asyncio.wait(pending, timeout=timeout)
+                _, late = await asyncio.wait(pending, timeout=timeout)
+                for task in late:
+                    # Past the drain timeout: cancel, so stop() is bounded; the requesters time out.
+                    task.cancel()
+                if late:
+                    log.warning("agent %s cancelled %d handlers still running after %.1fs", self.agent_id, len(late), timeout)
             if nc is not None and not nc.is_closed:
                 self._status = "stopped"
                 await self._publish_status()

@@ -1,0 +1,86 @@
+"""The `agentcore demo`: worker agents, replicas in a queue group and a coordinator, over a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from .agent import NATSAgent
+from .config import AgentConfig
+
+__all__ = ("run_demo",)
+
+
+def _summarize(message: dict[str, Any]) -> dict[str, Any]:
+    text = str(message["payload"]["content"].get("text", ""))
+    words = text.split()
+    return {"summary": " ".join(words[:6]) + (" ..." if len(words) > 6 else ""), "words": len(words)}
+
+
+async def _analyse(message: dict[str, Any]) -> dict[str, Any]:
+    numbers = [float(x) for x in message["payload"]["content"].get("numbers", [])]
+    await asyncio.sleep(0)  # an async handler may await anything (an LLM call, a database) without blocking others
+    return {"count": len(numbers), "mean": statistics.fmean(numbers) if numbers else None, "max": max(numbers, default=None)}
+
+
+async def run_demo(url: str, *, tasks: int = 200, out: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the demo against the server at url and return what it measured."""
+    config = AgentConfig({"nats.servers": [url], "nats.environment": "demo", "agent.heartbeat_interval": 1.0})
+    summarizers = [NATSAgent(f"summarizer-{i}", "worker", config) for i in (1, 2, 3)]
+    for agent in summarizers:
+        agent.add_capability("summarize", _summarize)
+    analyst = NATSAgent("analyst-1", "worker", config)
+    analyst.add_capability("analysis", _analyse)
+    coordinator = NATSAgent("coordinator", "coordinator", config)
+    workers = [*summarizers, analyst]
+
+    for agent in [*workers, coordinator]:
+        await agent.astart()
+    try:
+        out(f"started {len(workers)} workers and a coordinator on {url} (environment 'demo')")
+        found = await coordinator.discover(expected=len(workers), timeout=2.0)
+        for info in found:
+            out(f"  discovered {info['id']:<14} type={info['type']:<8} capabilities={info['capabilities']} status={info['status']}")
+
+        analysis = await coordinator.send_task("analysis", {"numbers": [3, 1, 4, 1, 5, 9, 2, 6]})
+        out(f"analysis result: {analysis}")
+
+        text = "agents talk over NATS subjects with a compiled core for the hot path and pure Python above it"
+        latencies: list[float] = []
+        handled_by: Counter[str] = Counter()
+
+        async def one(i: int) -> None:
+            t0 = time.perf_counter()
+            reply = await coordinator.request_message(coordinator.topics.task("summarize"), {"text": f"{i}: {text}"})
+            latencies.append(time.perf_counter() - t0)
+            handled_by[reply["source"]["id"]] += 1
+
+        # Sequential round trips give the latency; concurrent ones show the queue group sharing work.
+        for i in range(tasks):
+            await one(i)
+        sequential = sorted(latencies)
+        latencies.clear()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(tasks)))
+        elapsed = time.perf_counter() - t0
+
+        p50 = sequential[len(sequential) // 2] * 1e6
+        p99 = sequential[min(len(sequential) - 1, int(len(sequential) * 0.99))] * 1e6
+        out(f"{tasks} sequential summarize tasks: round trip p50 {p50:.0f} µs, p99 {p99:.0f} µs")
+        out(f"{tasks} concurrent summarize tasks in {elapsed * 1000:.1f} ms ({tasks / elapsed:.0f} tasks/s), shared by the queue group: "
+            + ", ".join(f"{k}={v}" for k, v in sorted(handled_by.items())))
+
+        pong = await coordinator.control("analyst-1", "ping")
+        out(f"control ping analyst-1 -> {pong}")
+        for agent in workers:
+            m = agent.get_metrics()
+            out(f"  {agent.agent_id:<14} processed={m['messages_processed']:<4} failed={m['messages_failed']} "
+                f"p50={m['p50_latency_ms']:.3f} ms p99={m['p99_latency_ms']:.3f} ms")
+        return {"p50_us": p50, "p99_us": p99, "handled_by": dict(handled_by), "discovered": [i["id"] for i in found]}
+    finally:
+        for agent in [coordinator, *workers]:
+            await agent.astop()

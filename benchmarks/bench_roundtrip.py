@@ -1,0 +1,123 @@
+"""End to end: agent request/reply round trip against raw nats-py request/reply, same server, same payload, same run."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import nats
+import orjson
+import pytest
+
+from agentcore import AgentConfig, NATSAgent
+from agentcore.server import NATSServer
+
+CONTENT = {"text": "summarise the quarterly numbers for the board " * 4, "lang": "en"}
+ROUND_TRIPS = 200  # per pytest-benchmark round; the median over rounds is what to compare
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[NATSServer]:
+    with NATSServer() as s:
+        yield s
+
+
+class Pair:
+    """A requester and a responder on separate connections, driven on one private event loop."""
+
+    def __init__(self, url: str, kind: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.kind = kind
+        self.url = url
+        self.closers: list[Callable[[], Awaitable[Any]]] = []
+        self.call: Callable[[], Awaitable[Any]] = self.loop.run_until_complete(self._setup())
+
+    async def _setup(self) -> Callable[[], Awaitable[Any]]:
+        if self.kind == "raw":
+            responder = await nats.connect(self.url)
+            requester = await nats.connect(self.url)
+            payload = orjson.dumps(CONTENT)
+
+            async def respond(msg: Any) -> None:
+                await msg.respond(orjson.dumps({"ok": orjson.loads(msg.data)["lang"]}))
+
+            await responder.subscribe("bench.raw", cb=respond)
+            await responder.flush()
+            self.closers += [responder.close, requester.close]
+
+            async def call() -> Any:
+                return orjson.loads((await requester.request("bench.raw", payload, timeout=5)).data)
+
+            return call
+        config = AgentConfig({"nats.servers": [self.url], "nats.environment": "bench", "agent.heartbeat_interval": 60.0}, environ={})
+
+        async def summarise(message: dict[str, Any]) -> dict[str, Any]:
+            return {"ok": message["payload"]["content"]["lang"]}
+
+        worker = NATSAgent("bench-worker", "worker", config)
+        worker.add_capability("summarise", summarise)
+        client = NATSAgent("bench-client", "client", config)
+        await worker.astart()
+        await client.astart()
+        self.closers += [worker.astop, client.astop]
+        subject = client.topics.task("summarise")
+
+        async def call() -> Any:
+            return await client.request(subject, CONTENT, timeout=5)
+
+        return call
+
+    def run(self, n: int) -> list[float]:
+        async def many() -> list[float]:
+            times = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                await self.call()
+                times.append(time.perf_counter() - t0)
+            return times
+
+        return self.loop.run_until_complete(many())
+
+    def close(self) -> None:
+        for close in self.closers:
+            self.loop.run_until_complete(close())
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def pairs(server: NATSServer) -> Iterator[dict[str, Pair]]:
+    made = {kind: Pair(server.url, kind) for kind in ("raw", "agent")}
+    for pair in made.values():
+        assert pair.run(1)  # warm up and prove the path works
+    yield made
+    for pair in made.values():
+        pair.close()
+
+
+@pytest.mark.parametrize("kind", ["raw", "agent"])
+def test_roundtrip(benchmark: Any, pairs: dict[str, Pair], kind: str) -> None:
+    """Median time of ROUND_TRIPS sequential round trips (divide by ROUND_TRIPS for one)."""
+    pair = pairs[kind]
+    benchmark.group = "roundtrip"
+    benchmark.extra_info["round_trips_per_round"] = ROUND_TRIPS
+    benchmark.pedantic(pair.run, args=(ROUND_TRIPS,), rounds=15, warmup_rounds=2)
+
+
+def test_roundtrip_ratio(pairs: dict[str, Pair]) -> None:
+    """Interleave raw and agent blocks so machine noise hits both alike; print p50/p99 and their ratios."""
+    samples: dict[str, list[float]] = {"raw": [], "agent": []}
+    for _ in range(20):
+        for kind in ("raw", "agent"):
+            samples[kind] += pairs[kind].run(250)
+    stats = {}
+    for kind, times in samples.items():
+        times.sort()
+        stats[kind] = (statistics.median(times) * 1e6, times[int(len(times) * 0.99)] * 1e6)
+    raw, agent = stats["raw"], stats["agent"]
+    print(
+        f"\nround trip over {len(samples['raw'])} calls each: raw nats-py p50 {raw[0]:.1f} µs p99 {raw[1]:.1f} µs; "
+        f"agentcore p50 {agent[0]:.1f} µs p99 {agent[1]:.1f} µs; ratio p50 {agent[0] / raw[0]:.3f}x p99 {agent[1] / raw[1]:.3f}x"
+    )
