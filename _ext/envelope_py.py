@@ -1,0 +1,177 @@
+"""Encode, decode and validate the agent message envelope with orjson (pure-Python twin)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+
+from agentcore.errors import EnvelopeError
+
+__all__ = ("MAX_DEPTH", "MESSAGE_TYPES", "decode", "encode", "validate")
+
+MESSAGE_TYPES = frozenset({"task", "result", "event", "query"})
+# Deepest container nesting allowed, counting the envelope's own objects (payload, context, ...) as level 1.
+MAX_DEPTH = 100
+# Reject what orjson would otherwise turn into strings silently: the wire carries JSON values only.
+_DUMPS_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+_MISSING: Any = object()
+_TYPES_TEXT = ", ".join(sorted(MESSAGE_TYPES))
+
+
+def _name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _wrong(field: str, expected: str, value: object) -> EnvelopeError:
+    return EnvelopeError(f"envelope field {field!r} must be {expected}, got {_name(value)}", field=field)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite(value: float) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def _optional_str(obj: dict[str, Any], key: str, field: str) -> None:
+    value = obj.get(key)
+    if value is not None and not isinstance(value, str):
+        raise _wrong(field, "a string or null", value)
+
+
+def _check_tree(value: object, field: str, depth: int) -> None:
+    """Reject non-finite floats, non-str keys and nesting deeper than MAX_DEPTH anywhere in value."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise EnvelopeError(f"envelope field {field!r} must be a finite number, got {value!r}", field=field)
+    elif isinstance(value, dict):
+        if depth > MAX_DEPTH:
+            raise EnvelopeError(f"envelope field {field!r} nests deeper than {MAX_DEPTH} levels", field=field)
+        for key, item in value.items():
+            if not isinstance(key, str):
+                where = f"envelope field {field!r}" if field else "envelope"
+                raise EnvelopeError(f"{where} has a non-string key {key!r}", field=field or None)
+            _check_tree(item, f"{field}.{key}" if field else key, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        if depth > MAX_DEPTH:
+            raise EnvelopeError(f"envelope field {field!r} nests deeper than {MAX_DEPTH} levels", field=field)
+        for i, item in enumerate(value):
+            _check_tree(item, f"{field}[{i}]", depth + 1)
+
+
+def validate(message: object) -> None:
+    """Raise EnvelopeError naming the field unless message is a valid envelope."""
+    if not isinstance(message, dict):
+        raise EnvelopeError(f"envelope must be a JSON object, got {_name(message)}")
+    value = message.get("id", _MISSING)
+    if value is _MISSING:
+        raise EnvelopeError("envelope field 'id' is required", field="id")
+    if not isinstance(value, str) or not value:
+        raise _wrong("id", "a non-empty string", value)
+    value = message.get("timestamp", _MISSING)
+    if value is _MISSING:
+        raise EnvelopeError("envelope field 'timestamp' is required", field="timestamp")
+    if not _is_number(value) or not _finite(value):
+        raise _wrong("timestamp", "a finite number", value)
+    value = message.get("version", _MISSING)
+    if value is _MISSING:
+        raise EnvelopeError("envelope field 'version' is required", field="version")
+    if not isinstance(value, str):
+        raise _wrong("version", "a string", value)
+    value = message.get("type", _MISSING)
+    if value is _MISSING:
+        raise EnvelopeError("envelope field 'type' is required", field="type")
+    if not isinstance(value, str):
+        raise _wrong("type", "a string", value)
+    if value not in MESSAGE_TYPES:
+        raise EnvelopeError(f"envelope field 'type' must be one of {_TYPES_TEXT}, got {value!r}", field="type")
+    source = message.get("source", _MISSING)
+    if source is _MISSING:
+        raise EnvelopeError("envelope field 'source' is required", field="source")
+    if not isinstance(source, dict):
+        raise _wrong("source", "an object", source)
+    value = source.get("id", _MISSING)
+    if value is _MISSING:
+        raise EnvelopeError("envelope field 'source.id' is required", field="source.id")
+    if not isinstance(value, str) or not value:
+        raise _wrong("source.id", "a non-empty string", value)
+    value = source.get("type", _MISSING)
+    if value is _MISSING:
+        raise EnvelopeError("envelope field 'source.type' is required", field="source.type")
+    if not isinstance(value, str):
+        raise _wrong("source.type", "a string", value)
+    payload = message.get("payload", _MISSING)
+    if payload is _MISSING:
+        raise EnvelopeError("envelope field 'payload' is required", field="payload")
+    if not isinstance(payload, dict):
+        raise _wrong("payload", "an object", payload)
+    if "content" not in payload:
+        raise EnvelopeError("envelope field 'payload.content' is required", field="payload.content")
+    error = payload.get("error")
+    if error is not None:
+        if not isinstance(error, dict):
+            raise _wrong("payload.error", "an object or null", error)
+        for key in ("code", "message"):
+            value = error.get(key, _MISSING)
+            if value is _MISSING:
+                raise EnvelopeError(f"envelope field 'payload.error.{key}' is required", field=f"payload.error.{key}")
+            if not isinstance(value, str):
+                raise _wrong(f"payload.error.{key}", "a string", value)
+    _optional_str(message, "target", "target")
+    _optional_str(message, "replyTo", "replyTo")
+    _optional_str(message, "correlationId", "correlationId")
+    context = message.get("context")
+    if context is not None:
+        if not isinstance(context, dict):
+            raise _wrong("context", "an object or null", context)
+        _optional_str(context, "conversationId", "context.conversationId")
+        value = context.get("metadata")
+        if value is not None and not isinstance(value, dict):
+            raise _wrong("context.metadata", "an object or null", value)
+    routing = message.get("routing")
+    if routing is not None:
+        if not isinstance(routing, dict):
+            raise _wrong("routing", "an object or null", routing)
+        value = routing.get("priority")
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise _wrong("routing.priority", "an integer or null", value)
+        value = routing.get("capabilities")
+        if value is not None:
+            if not isinstance(value, list):
+                raise _wrong("routing.capabilities", "a list of strings or null", value)
+            for i, item in enumerate(value):
+                if not isinstance(item, str):
+                    raise _wrong(f"routing.capabilities[{i}]", "a string", item)
+        value = routing.get("timeout")
+        if value is not None and (
+            not _is_number(value) or not _finite(value) or value < 0
+        ):
+            raise EnvelopeError(
+                f"envelope field 'routing.timeout' must be a finite number of milliseconds >= 0 or null, got {value!r}",
+                field="routing.timeout",
+            )
+    _check_tree(message, "", 0)
+
+
+def decode(data: bytes | bytearray | memoryview | str) -> dict[str, Any]:
+    """Parse and validate one envelope; return the decoded dict unchanged."""
+    if not isinstance(data, (bytes, bytearray, memoryview, str)):
+        raise EnvelopeError(f"envelope data must be bytes, bytearray, memoryview or str, got {_name(data)}")
+    try:
+        message = orjson.loads(data)
+    except (ValueError, TypeError) as exc:
+        raise EnvelopeError(f"envelope is not valid JSON: {exc}") from None
+    validate(message)
+    return message  # type: ignore[no-any-return]
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """Validate message and serialize it to JSON bytes."""
+    validate(message)
+    try:
+        return orjson.dumps(message, option=_DUMPS_OPTIONS)
+    except TypeError as exc:
+        raise EnvelopeError(f"envelope cannot be serialized: {exc}") from None

@@ -1,0 +1,183 @@
+"""Content hashing and the LRU+TTL ContentCache: both implementations, time driven by a fake clock."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import orjson
+import pytest
+import xxhash
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+def test_content_hash(cache_module: ModuleType) -> None:
+    assert cache_module.content_hash(b"hello") == xxhash.xxh3_64_intdigest(b"hello")
+    assert cache_module.content_hash("héllo") == xxhash.xxh3_64_intdigest("héllo".encode())
+    assert cache_module.content_hash(b"") == xxhash.xxh3_64_intdigest(b"")
+    assert 0 <= cache_module.content_hash(b"x") < 2**64
+    with pytest.raises(UnicodeEncodeError):
+        cache_module.content_hash("\ud800")
+
+
+def test_canonical_hash(cache_module: ModuleType) -> None:
+    a = {"b": 1, "a": [1, {"y": 2, "x": 3}]}
+    b = {"a": [1, {"x": 3, "y": 2}], "b": 1}
+    assert cache_module.canonical_hash(a) == cache_module.canonical_hash(b)
+    assert cache_module.canonical_hash(a) == xxhash.xxh3_64_intdigest(orjson.dumps(a, option=orjson.OPT_SORT_KEYS))
+    assert cache_module.canonical_hash([1, 2]) != cache_module.canonical_hash([2, 1])
+    with pytest.raises(TypeError):
+        cache_module.canonical_hash({1, 2})
+
+
+def test_limits(cache_module: ModuleType) -> None:
+    cache = cache_module.ContentCache()
+    assert (cache.max_entries, cache.ttl) == (1024, 60.0)
+    assert cache_module.ContentCache(5, None).ttl is None
+    for max_entries, ttl in [(0, 1.0), (-1, 1.0), (1, 0), (1, -1.0), (1, float("nan"))]:
+        with pytest.raises(ValueError):
+            cache_module.ContentCache(max_entries, ttl)
+
+
+def test_hits_misses_and_lru(cache_module: ModuleType, make_clock: Any) -> None:
+    cache = cache_module.ContentCache(max_entries=2, ttl=10.0, clock=make_clock())
+    assert cache.get(1) is None
+    assert cache.get(1, "d") == "d"
+    cache.put(1, "one")
+    cache.put(2, "two")
+    assert cache.get(1) == "one"  # 1 is now the most recent
+    cache.put(3, "three")  # evicts 2
+    assert 2 not in cache
+    assert cache.get(2) is None
+    assert (cache.get(1), cache.get(3)) == ("one", "three")
+    assert (cache.hits, cache.misses, cache.evictions) == (3, 3, 1)
+    assert len(cache) == 2
+    assert cache.stats() == {"hits": 3, "misses": 3, "evictions": 1, "size": 2, "max_entries": 2, "ttl": 10.0}
+
+
+def test_put_existing_refreshes(cache_module: ModuleType, make_clock: Any) -> None:
+    clock = make_clock()
+    cache = cache_module.ContentCache(max_entries=2, ttl=10.0, clock=clock)
+    cache.put(1, "a")
+    cache.put(2, "b")
+    clock.advance(8)
+    cache.put(1, "a2")  # new value, new expiry, most recent
+    cache.put(3, "c")  # evicts 2, not 1
+    assert cache.get(2) is None
+    clock.advance(5)  # 1 was refreshed at 8 and lives until 18
+    assert cache.get(1) == "a2"
+    assert cache.evictions == 1
+
+
+def test_ttl(cache_module: ModuleType, make_clock: Any) -> None:
+    clock = make_clock()
+    cache = cache_module.ContentCache(max_entries=10, ttl=5.0, clock=clock)
+    cache.put(1, "a")
+    clock.advance(4.999)
+    assert 1 in cache
+    assert cache.get(1) == "a"  # a hit does not extend the life
+    clock.advance(0.001)
+    assert 1 not in cache  # expired exactly at put time + ttl
+    assert len(cache) == 1  # __contains__ neither counts nor drops
+    assert (cache.hits, cache.misses) == (1, 0)
+    assert cache.get(1, "gone") == "gone"
+    assert len(cache) == 0
+    assert (cache.hits, cache.misses) == (1, 1)
+
+
+def test_pop_and_clear(cache_module: ModuleType, make_clock: Any) -> None:
+    clock = make_clock()
+    cache = cache_module.ContentCache(max_entries=10, ttl=5.0, clock=clock)
+    cache.put(1, "a")
+    cache.put(2, "b")
+    assert cache.pop(1) == "a"
+    assert cache.pop(1, "none") == "none"
+    clock.advance(6)
+    assert cache.pop(2, "expired") == "expired"
+    assert len(cache) == 0
+    cache.put(3, "c")
+    cache.clear()
+    assert len(cache) == 0
+    assert cache.get(3) is None
+    cache.put(4, "d")
+    assert cache.get(4) == "d"
+    assert (cache.hits, cache.misses, cache.evictions) == (1, 1, 0)
+
+
+def test_no_ttl_never_reads_the_clock(cache_module: ModuleType) -> None:
+    def clock() -> float:
+        raise AssertionError("the clock was read")
+
+    cache = cache_module.ContentCache(max_entries=3, ttl=None, clock=clock)
+    for key in range(5):
+        cache.put(key, key)
+    assert cache.get(4) == 4
+    assert 3 in cache
+    assert cache.pop(2) == 2
+    assert cache.evictions == 2
+
+
+def test_none_values_are_hits(cache_module: ModuleType) -> None:
+    cache = cache_module.ContentCache(ttl=None)
+    cache.put(1, None)
+    assert 1 in cache
+    assert cache.get(1, "default") is None
+    assert cache.hits == 1
+
+
+def test_many_entries(cache_module: ModuleType) -> None:
+    cache = cache_module.ContentCache(max_entries=100, ttl=None)
+    for key in range(1000):
+        cache.put(key, key)
+    assert len(cache) == 100
+    assert cache.evictions == 900
+    assert sorted(k for k in range(1000) if k in cache) == list(range(900, 1000))
+
+
+_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["get", "put", "pop", "contains", "advance", "clear", "len"]),
+        st.integers(0, 6),
+        st.sampled_from([0.0, 0.5, 1.0, 3.0]),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=_ops, max_entries=st.integers(1, 5), ttl=st.sampled_from([None, 1.0, 2.5]))
+def test_twins_agree_on_random_operations(twins, make_clock, ops, max_entries, ttl) -> None:  # type: ignore[no-untyped-def]
+    compiled, pure = twins
+    clock = make_clock()
+    caches = [compiled.cache.ContentCache(max_entries, ttl, clock), pure.cache.ContentCache(max_entries, ttl, clock)]
+    for n, (op, key, seconds) in enumerate(ops):
+        if op == "advance":
+            clock.advance(seconds)
+            continue
+        results = []
+        for cache in caches:
+            if op == "get":
+                results.append(cache.get(key, "default"))
+            elif op == "put":
+                results.append(cache.put(key, n))
+            elif op == "pop":
+                results.append(cache.pop(key, "default"))
+            elif op == "contains":
+                results.append(key in cache)
+            elif op == "clear":
+                results.append(cache.clear())
+            else:
+                results.append(len(cache))
+        assert results[0] == results[1], (op, key)
+        assert caches[0].stats() == caches[1].stats()
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.binary(max_size=64) | st.text(max_size=32))
+def test_twins_hash_alike(twins, data) -> None:  # type: ignore[no-untyped-def]
+    compiled, pure = twins
+    assert compiled.cache.content_hash(data) == pure.cache.content_hash(data)
+    assert compiled.cache.canonical_hash({"d": data if isinstance(data, str) else list(data)}) == pure.cache.canonical_hash(
+        {"d": data if isinstance(data, str) else list(data)}
+    )

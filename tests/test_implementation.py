@@ -1,0 +1,53 @@
+"""The selection module picks the compiled core by default and the pure twins only when asked to."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+_PROBE = """
+import importlib, json
+from agentcore import _impl
+names = ("SubjectIndex", "subject_matches", "validate_subject", "validate_token", "MESSAGE_TYPES", "decode",
+         "encode", "validate", "ContentCache", "canonical_hash", "content_hash", "BatchAccumulator")
+modules = {}
+for name in names:
+    obj = getattr(_impl, name)
+    modules[name] = getattr(obj, "__module__", None)
+files = {m: importlib.import_module(f"agentcore._ext.{m}").__file__ for m in ("subjects", "envelope", "cache", "batch")}
+print(json.dumps({"implementation": _impl.IMPLEMENTATION, "modules": modules, "files": files}))
+"""
+
+
+def _probe(no_extensions: bool) -> dict:  # type: ignore[type-arg]
+    env = {k: v for k, v in os.environ.items() if k != "AGENTCORE_NO_EXTENSIONS"}
+    if no_extensions:
+        env["AGENTCORE_NO_EXTENSIONS"] = "1"
+    result = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.mark.skipif(bool(os.environ.get("AGENTCORE_NO_EXTENSIONS")), reason="pure build requested")
+def test_c_extension_preferred_by_default() -> None:
+    info = _probe(no_extensions=False)
+    assert info["implementation"] == "compiled"
+    for name in ("SubjectIndex", "ContentCache", "BatchAccumulator"):
+        assert info["modules"][name].startswith("agentcore._ext.")
+        assert not info["modules"][name].endswith("_py")
+    assert info["modules"]["SubjectIndex"] == "agentcore._ext.subjects"
+    assert info["modules"]["BatchAccumulator"] == "agentcore._ext.batch"
+    for path in info["files"].values():
+        assert path.endswith(".so") or path.endswith(".pyd")
+
+
+def test_pure_python_when_asked() -> None:
+    info = _probe(no_extensions=True)
+    assert info["implementation"] == "pure"
+    assert info["modules"]["SubjectIndex"] == "agentcore._ext.subjects_py"
+    assert info["modules"]["ContentCache"] == "agentcore._ext.cache_py"
+    assert info["modules"]["BatchAccumulator"] == "agentcore._ext.batch_py"
+    assert info["modules"]["decode"] == "agentcore._ext.envelope_py"
