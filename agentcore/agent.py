@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ._eager import run_eager
+from .batching import BatchingMixin
 from ._impl import IMPLEMENTATION, SubjectIndex, validate_token
 from .config import AgentConfig
 from .envelope import decode, encode, error_payload, is_expired, new_message, raise_for_error
@@ -34,7 +35,10 @@ from .errors import (
     RemoteError,
     RequestTimeoutError,
 )
+from .mcp.hosting import MCPMixin
 from .metrics import AgentMetrics
+from .negotiation import NegotiationMixin
+from .streaming import StreamingMixin
 from .topics import Topics
 
 __all__ = ("NATSAgent", "NO_REPLY")
@@ -91,7 +95,7 @@ def _is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
-class NATSAgent:
+class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
     """An agent on the NATS bus: serves its capabilities, answers control and discovery, reports metrics."""
 
     def __init__(self, agent_id: str, agent_type: str = "agent", config: AgentConfig | Mapping[str, Any] | None = None) -> None:
@@ -192,7 +196,7 @@ class NATSAgent:
         reg = _Registration(subject, queue, handler, kind, _is_async(fn), system, fallback)
         regs = self._registrations.setdefault(reg.key, [])
         for old in regs:
-            if old.handler is handler and old.kind == kind:
+            if old.handler == handler and old.kind == kind:
                 return old  # subscribing the same thing twice must not double-deliver
         regs.append(reg)
         self._index.insert(subject, reg)

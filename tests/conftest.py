@@ -97,3 +97,8 @@ def make_clock() -> type[FakeClock]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# nats-server fixtures (tests/nats_fixtures.py): real servers on free ports, never a mock broker.
+from nats_fixtures import agent_config, make_agent, nats_server, nats_url, raw_nc  # noqa: E402,F401

@@ -68,3 +68,15 @@ async def raw_nc(nats_url: str) -> AsyncIterator[nats.NATS]:
     nc = await nats.connect(nats_url)
     yield nc
     await nc.close()
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    """Wait until condition() holds: for state another connection or thread updates after the reply we awaited."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.002)

@@ -22,6 +22,7 @@ from agentcore import (
     RequestTimeoutError,
 )
 from agentcore.errors import InvalidMessageError
+from nats_fixtures import eventually
 
 
 def guide_envelope(message_id: str, content: Any, **overrides: Any) -> dict[str, Any]:
@@ -102,7 +103,8 @@ def test_guide_my_agent_receives_a_task_and_its_result_comes_back(nats_url: str,
         assert reply["context"]["conversationId"] == "conv-1"
         # Subscribing the capability's own task topic again must not deliver the task twice.
         assert agent.seen_topics == ["agents/task/analysis/sentiment"]
-        assert agent.get_metrics()["messages_processed"] == 1
+        # The result went out from inside process_message; the count follows when it returns.
+        asyncio.run(eventually(lambda: agent.get_metrics()["messages_processed"] == 1))
     finally:
         agent.stop()
     assert agent.status == "stopped"
@@ -284,11 +286,9 @@ async def test_higher_priority_goes_first_when_messages_queue(make_agent) -> Non
     worker = await make_agent("worker", capabilities={"work": work}, agent__max_concurrency=1)
     client = await make_agent("client")
     first = asyncio.ensure_future(client.request(client.topics.task("work"), 0, priority=1))
-    while worker.get_metrics()["in_flight"] < 1:
-        await asyncio.sleep(0.005)
+    await eventually(lambda: worker.get_metrics()["in_flight"] == 1)
     others = [asyncio.ensure_future(client.request(client.topics.task("work"), p, priority=p)) for p in (1, 9, 5, 3)]
-    while worker.get_metrics()["queued"] < 4:
-        await asyncio.sleep(0.005)
+    await eventually(lambda: worker.get_metrics()["queued"] == 4)
     gate.set()
     assert await asyncio.gather(first, *others) == [0, 1, 9, 5, 3]
     assert order == [0, 9, 5, 3, 1]
@@ -305,11 +305,11 @@ async def test_slow_handlers_do_not_stall_control(make_agent) -> None:
         await asyncio.sleep(10)
         return "late"
 
-    await make_agent("worker", capabilities={"blocking": blocking, "slow": slow}, nats__drain_timeout=0.2)
+    worker = await make_agent("worker", capabilities={"blocking": blocking, "slow": slow}, nats__drain_timeout=0.2)
     client = await make_agent("client")
     pending = [asyncio.ensure_future(client.send_task("blocking", i)) for i in range(3)]
     pending.append(asyncio.ensure_future(client.send_task("slow", 1, timeout=20)))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: worker.get_metrics()["in_flight"] == 4)
     pong = await client.control("worker", "ping", timeout=2)
     assert pong["pong"] is True
     release.set()
@@ -388,12 +388,7 @@ async def test_server_restart_reconnects_and_serves_again(nats_server, make_agen
     client = await make_agent("client", nats__reconnect_time_wait=0.05)
     assert await client.send_task("work", 1) == "ok"
     await asyncio.to_thread(nats_server.restart)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if worker.get_metrics()["reconnects"] and client.get_metrics()["reconnects"]:
-            break
-        await asyncio.sleep(0.05)
-    assert worker.get_metrics()["reconnects"] >= 1
+    await eventually(lambda: worker.get_metrics()["reconnects"] >= 1 and client.get_metrics()["reconnects"] >= 1, 10)
     assert await client.send_task("work", 2, timeout=5) == "ok"
 
 
