@@ -74,12 +74,15 @@ class _Delivery:
     message: dict[str, Any]
     reply: str | None
     subject: str
-    fallback: str | None
+    fallback: Callable[[dict[str, Any]], str | None] | None
     answered: bool = False
 
     @property
     def destination(self) -> str | None:
-        return self.message.get("replyTo") or self.reply or self.fallback
+        dest = self.message.get("replyTo") or self.reply
+        if dest is None and self.fallback is not None:
+            dest = self.fallback(self.message)  # computed only when needed: most requests carry a reply subject
+        return dest
 
 
 @dataclass(slots=True)
@@ -316,7 +319,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
     async def _handle(self, reg: _Registration, subject: str, message: dict[str, Any], msg: Msg, t0: float) -> None:
         metrics = self._metrics
         mid = message["id"]
-        delivery = _Delivery(message, msg.reply or None, subject, reg.fallback(message) if reg.fallback else None)
+        delivery = _Delivery(message, msg.reply or None, subject, reg.fallback)
         self._deliveries[mid] = delivery
         try:
             if is_expired(message):
@@ -430,7 +433,8 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         if delivery is None:
             log.warning("agent %s has no pending message %s; publishing the result to its result topic", self.agent_id, message_id)
             request = new_message("task", None, source_id=self.agent_id, message_id=message_id)
-            delivery = _Delivery(request, None, "", self.topics.result(self.agent_id, "result"))
+            fallback = self.topics.result(self.agent_id, "result")
+            delivery = _Delivery(request, None, "", lambda _m: fallback)
         return self._call_soon(self._answer(delivery, result))
 
     def publish_error(self, message_id: str, code: str, text: str) -> concurrent.futures.Future[None] | asyncio.Future[None]:

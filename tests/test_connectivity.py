@@ -1,0 +1,93 @@
+"""Connection options through AgentConfig against real servers: auth, TLS, clusters and failover."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from agentcore import AgentConfig, NATSAgent, NoRespondersError, NotConnectedError
+from agentcore.server import NATSServer
+from nats_fixtures import eventually
+
+
+def config(servers: list[str], **values: Any) -> AgentConfig:
+    return AgentConfig({"nats.servers": servers, "nats.environment": "conn", "agent.heartbeat_interval": 60.0,
+                        "nats.connect_timeout": 1.0, "nats.reconnect_time_wait": 0.05, **values}, environ={})
+
+
+async def until_served(client: NATSAgent, capability: str, timeout: float = 10.0) -> Any:
+    """Send a task until the interest has crossed the cluster routes (route propagation is asynchronous)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await client.send_task(capability, "ping", timeout=2)
+        except NoRespondersError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.02)
+
+
+async def test_user_password_auth() -> None:
+    with NATSServer(user="agent", password="s3cret") as server:
+        worker = NATSAgent("w", config=config([server.url], **{"nats.user": "agent", "nats.password": "s3cret"}))
+        worker.add_capability("echo", lambda m: m["payload"]["content"])
+        await worker.astart()
+        try:
+            assert await worker.send_task("echo", "hi") == "hi"
+            intruder = NATSAgent("x", config=config([server.url], **{"nats.user": "agent", "nats.password": "wrong",
+                                                                     "nats.max_reconnect_attempts": 0}))
+            with pytest.raises(NotConnectedError):
+                await intruder.astart()
+        finally:
+            await worker.astop()
+
+
+async def test_token_auth() -> None:
+    with NATSServer(token="t0ken") as server:
+        agent = NATSAgent("w", config=config([server.url], **{"nats.token": "t0ken"}))
+        agent.add_capability("echo", lambda m: 1)
+        async with agent:
+            assert await agent.send_task("echo", None) == 1
+
+
+async def test_tls(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_path, key_path, ca_path = tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "ca.pem"
+    cert.cert_chain_pems[0].write_to_path(cert_path)
+    cert.private_key_pem.write_to_path(key_path)
+    ca.cert_pem.write_to_path(ca_path)
+    with NATSServer(tls_cert=str(cert_path), tls_key=str(key_path)) as server:
+        assert server.url.startswith("tls://")
+        agent = NATSAgent("w", config=config([server.url], **{"nats.tls_ca": str(ca_path)}))
+        agent.add_capability("echo", lambda m: "secure")
+        async with agent:
+            assert agent.nc.connected_url.scheme == "tls"
+            assert await agent.send_task("echo", None) == "secure"
+
+
+async def test_cluster_routes_tasks_between_servers_and_fails_over() -> None:
+    with NATSServer(cluster_name="agents", server_name="a") as a:
+        with NATSServer(cluster_name="agents", server_name="b", routes=[a.cluster_url]) as b:
+            # The worker knows only a; it learns b from the cluster's INFO gossip and fails over to it.
+            worker = NATSAgent("w", config=config([a.url]))
+            worker.add_capability("work", lambda m: "done")
+            client = NATSAgent("c", config=config([b.url]))
+            await worker.astart()
+            await client.astart()
+            try:
+                assert worker.nc.connected_url.port == a.port
+                assert await until_served(client, "work") == "done"
+                await eventually(lambda: len(worker.nc.servers) >= 2, what="b learned through gossip")
+                await asyncio.to_thread(a.kill)  # the worker's server dies; it must fail over to b
+                assert await until_served(client, "work") == "done"
+                assert worker.nc.connected_url.port == b.port
+                assert worker.get_metrics()["reconnects"] >= 1
+            finally:
+                await client.astop()
+                await worker.astop()
