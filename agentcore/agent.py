@@ -725,6 +725,8 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         log.warning("agent %s: NATS error: %s", self.agent_id, exc)
 
     async def _on_disconnected(self) -> None:
+        if self._status in ("stopping", "stopped"):
+            return  # our own close, not an outage
         self._metrics.disconnects += 1
         log.warning("agent %s disconnected from NATS", self.agent_id)
 

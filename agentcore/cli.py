@@ -26,7 +26,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"started a local nats-server at {url} (set NATS_URL to use your own)")
     try:
         print(f"agentcore core implementation: {implementation}")
-        asyncio.run(run_demo(url.split(",")[0] if server else url, tasks=args.tasks))
+        asyncio.run(run_demo(url, tasks=args.tasks))
     finally:
         if server is not None:
             server.close()

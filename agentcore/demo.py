@@ -15,7 +15,7 @@ from .config import AgentConfig
 __all__ = ("run_demo",)
 
 
-def _summarize(message: dict[str, Any]) -> dict[str, Any]:
+async def _summarize(message: dict[str, Any]) -> dict[str, Any]:
     text = str(message["payload"]["content"].get("text", ""))
     words = text.split()
     return {"summary": " ".join(words[:6]) + (" ..." if len(words) > 6 else ""), "words": len(words)}
@@ -64,6 +64,7 @@ async def run_demo(url: str, *, tasks: int = 200, out: Callable[[str], None] = p
             await one(i)
         sequential = sorted(latencies)
         latencies.clear()
+        handled_by.clear()
         t0 = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(tasks)))
         elapsed = time.perf_counter() - t0
