@@ -2,7 +2,7 @@
 
 import os
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
 # AGENTCORE_NO_EXTENSIONS=1 asks for an honest pure-Python build; otherwise a failing compile fails the build.
 NO_EXTENSIONS = bool(os.environ.get("AGENTCORE_NO_EXTENSIONS"))
@@ -18,7 +18,7 @@ if not NO_EXTENSIONS:
     )
 
 setup(
-    packages=["agentcore", "agentcore._ext"],
+    packages=[*find_packages(include=["agentcore", "agentcore.*"]), "agentcore._ext"],
     package_dir={"agentcore": "agentcore", "agentcore._ext": "_ext"},
     package_data={"agentcore": ["py.typed"], "agentcore._ext": ["*.pyx", "*.pyi"]},
     ext_modules=ext_modules,
