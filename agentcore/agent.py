@@ -23,6 +23,7 @@ from nats.aio.subscription import Subscription
 
 from ._eager import run_eager
 from .batching import BatchingMixin
+from .caching import MISS, TaskCache
 from ._impl import IMPLEMENTATION, SubjectIndex, validate_token
 from .config import AgentConfig
 from .envelope import decode, encode, error_payload, is_expired, new_message, raise_for_error
@@ -129,6 +130,10 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         self._tasks: set[asyncio.Future[Any]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
         self._sync_lock = asyncio.Lock()
+        # None when caching is off, so the hot path pays one attribute test for it.
+        self._cache: TaskCache | None = (
+            TaskCache(self.config["cache.ttl"], self.config["cache.max_entries"], self._metrics) if self.config["cache.enabled"] else None
+        )
         # Extensions (MCP hosting, negotiation, streaming) add what they advertise to discovery answers here.
         self._describe_hooks: list[Callable[[], Mapping[str, Any]]] = []
 
@@ -289,8 +294,13 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             if msg.reply:
                 self._track(run_eager(self._send_error(msg.reply, None, "invalid_message", str(exc))))
             return
+        cache, batch = self._cache, self._batch
         for reg in regs:
-            if not reg.system and self._inflight >= self._max_concurrency:
+            if cache is not None and not reg.system and cache.duplicate(reg.key, message["id"]):
+                continue  # a redelivery of a message this subscription already took
+            if batch is not None and not reg.system:
+                self._batch_add(_Queued(reg, subject, message, msg, t0))
+            elif not reg.system and self._inflight >= self._max_concurrency:
                 priority = (message.get("routing") or {}).get("priority") or 0
                 # heapq is a min-heap: negate so the highest routing.priority runs first, FIFO within a priority.
                 heapq.heappush(self._queue, (-priority, next(self._seq), _Queued(reg, subject, message, msg, t0)))
@@ -328,6 +338,14 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
                 log.info("agent %s skipped expired message %s on %s", self.agent_id, mid, subject)
                 await self._answer_error(delivery, "expired", f"message {mid} expired before it was processed")
                 return
+            cache = self._cache if reg.kind == _TASK and not reg.system else None
+            key = cache.key(reg.pattern, message) if cache is not None else None
+            if key is not None:
+                hit = cache.get(key)  # type: ignore[union-attr]
+                if hit is not MISS:
+                    await self._answer(delivery, hit)
+                    metrics.processed += 1
+                    return
             handler = reg.handler if reg.handler is not None else self.process_message
             args: tuple[Any, ...] = (message,) if reg.kind == _TASK else (self.topics.to_topic(subject), message)
             if reg.is_async:
@@ -339,6 +357,8 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             if not delivery.answered:
                 if reg.kind == _TASK:
                     if result is not NO_REPLY:
+                        if key is not None:
+                            cache.put(key, result)  # type: ignore[union-attr]  # only results that did not raise
                         await self._answer(delivery, result)
                 elif result is False and delivery.destination and message.get("type") in ("task", "query"):
                     await self._answer_error(delivery, "unhandled", f"agent {self.agent_id} did not handle {subject}")

@@ -1,13 +1,140 @@
-"""Batch processing of incoming messages with the compiled accumulator: filled in by the batch issue."""
+"""Batch processing of incoming messages with the compiled accumulator, flushed when full or when the oldest is due."""
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import inspect
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from ._impl import BatchAccumulator
+
+if TYPE_CHECKING:
+    from .agent import NATSAgent, _Queued
+
 __all__ = ("BatchingMixin",)
+
+log = logging.getLogger("agentcore.batching")
 
 
 class BatchingMixin:
-    """Give NATSAgent enable_batch_processing and disable_batch_processing."""
+    """Give NATSAgent enable_batch_processing, disable_batch_processing and the process_batch hook.
 
-    def enable_batch_processing(self, batch_size: int = 10, batch_timeout: float = 2.0) -> None:
-        """Accumulate incoming messages and process them in batches."""
-        raise NotImplementedError
+    While batching is on, every non-system message (tasks and subscribed topics; never control or
+    discovery) joins the pending batch. A batch is handed to process_batch() when it holds batch_size
+    messages ("full") or when its oldest message has waited batch_timeout seconds ("timeout"); the
+    deadline is an event-loop timer, not a poll. Metrics: batches, batched_messages, batch_flush_full,
+    batch_flush_timeout, batch_flush_disable and batch_size_max in get_metrics().
+    """
+
+    _batch: BatchAccumulator | None = None
+    _batch_timer: asyncio.TimerHandle | None = None
+    _batch_clock: asyncio.AbstractEventLoop | None = None  # the loop whose time() the accumulator reads, if any
+
+    def enable_batch_processing(self, batch_size: int | None = None, batch_timeout: float | None = None) -> None:
+        """Accumulate incoming messages and process them in batches (defaults: nats.batch_size, nats.batch_timeout)."""
+        agent: NATSAgent = self  # type: ignore[assignment]
+        if self._batch is not None:
+            self.disable_batch_processing()
+        size = batch_size if batch_size is not None else agent.config["nats.batch_size"]
+        timeout = batch_timeout if batch_timeout is not None else agent.config["nats.batch_timeout"]
+        # The accumulator reads the loop's clock so its deadline can go straight to loop.call_at().
+        loop = agent._loop
+        self._batch_clock = loop
+        self._batch = BatchAccumulator(size, timeout, loop.time) if loop is not None else BatchAccumulator(size, timeout, time.monotonic)
+
+    def disable_batch_processing(self) -> None:
+        """Stop batching; what is pending is flushed first."""
+        batch = self._batch
+        if batch is None:
+            return
+        self._batch = None
+        self._cancel_batch_timer()
+        if len(batch):
+            self._flush_batch(batch.drain(), "disable")
+
+    @property
+    def batch_processing(self) -> bool:
+        """Return whether batch processing is on."""
+        return self._batch is not None
+
+    async def process_batch(self, messages: list[dict[str, Any]]) -> list[Any] | None:
+        """Process one batch of message envelopes (override point).
+
+        Return one result per message, in order, and each goes to that message's requester as a task
+        result would; return None (the default) and each message is processed as usual, by its handler.
+        May be a plain function too.
+        """
+        return None
+
+    # ------------------------------------------------------------------ internals
+
+    def _batch_add(self, item: _Queued) -> None:
+        batch = self._batch
+        assert batch is not None
+        full = batch.add(item)
+        if full is not None:
+            self._cancel_batch_timer()
+            self._flush_batch(full, "full")
+        elif len(batch) == 1:
+            loop = asyncio.get_running_loop()
+            due = batch.deadline
+            if self._batch_clock is not loop:  # enabled before start: the accumulator reads time.monotonic
+                due = loop.time() + (due - time.monotonic())
+            self._batch_timer = loop.call_at(due, self._on_batch_due)
+
+    def _on_batch_due(self) -> None:
+        self._batch_timer = None
+        batch = self._batch
+        if batch is not None and len(batch):
+            self._flush_batch(batch.drain(), "timeout")
+
+    def _cancel_batch_timer(self) -> None:
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
+
+    def _flush_batch(self, items: list[_Queued], reason: str) -> None:
+        agent: NATSAgent = self  # type: ignore[assignment]
+        counters = agent._metrics.counters
+        counters["batches"] += 1
+        counters["batched_messages"] += len(items)
+        counters[f"batch_flush_{reason}"] += 1
+        if len(items) > counters["batch_size_max"]:
+            counters["batch_size_max"] = len(items)
+        agent._track(asyncio.ensure_future(self._run_batch(items)))
+
+    async def _run_batch(self, items: list[_Queued]) -> None:
+        from .agent import _TASK, _Delivery
+
+        agent: NATSAgent = self  # type: ignore[assignment]
+        try:
+            results = self.process_batch([q.message for q in items])
+            if inspect.isawaitable(results):
+                results = await results
+        except Exception as exc:
+            log.exception("agent %s process_batch raised on a batch of %d", agent.agent_id, len(items))
+            agent._metrics.failed += len(items)
+            for q in items:
+                delivery = _Delivery(q.message, q.msg.reply or None, q.subject, q.reg.fallback)
+                await agent._answer_error(delivery, "handler_error", f"{type(exc).__name__}: {exc}")
+            return
+        if results is None:
+            for q in items:  # the default: each message through its own handler, under the concurrency limit
+                if agent._inflight >= agent._max_concurrency:
+                    priority = (q.message.get("routing") or {}).get("priority") or 0
+                    heapq.heappush(agent._queue, (-priority, next(agent._seq), q))
+                else:
+                    agent._run(q.reg, q.subject, q.message, q.msg, q.t0)
+            return
+        results = list(results)
+        if len(results) != len(items):
+            raise ValueError(f"process_batch returned {len(results)} results for {len(items)} messages")
+        for q, result in zip(items, results):
+            delivery = _Delivery(q.message, q.msg.reply or None, q.subject, q.reg.fallback)
+            if q.reg.kind == _TASK or delivery.destination is not None:
+                await agent._answer(delivery, result)
+            agent._metrics.processed += 1
+            agent._metrics.observe(time.perf_counter() - q.t0)

@@ -71,3 +71,7 @@ class MessageExpiredError(RemoteError):
 
 class InvalidMessageError(RemoteError):
     """The remote side could not decode or validate the message it was sent."""
+
+
+class NegotiationError(AgentCoreError, ValueError):
+    """A negotiation cannot start (no targets, bad arguments) or broke its state machine."""

@@ -1,0 +1,76 @@
+"""Content-hash caching of task results and dropping of redelivered duplicates, on the compiled ContentCache.
+
+A task whose capability and canonical payload content match one answered within ``cache.ttl`` seconds is
+answered from the cache without running its handler. Only successful results of task handlers are kept.
+A message opts out with ``context.metadata.cache = false`` (or ``routing.cache = false``); the agent also
+drops a message whose id it has already taken on the same subscription within the TTL (a redelivery).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._impl import ContentCache, canonical_hash, content_hash
+from .metrics import AgentMetrics
+
+__all__ = ("TaskCache", "MISS")
+
+#: What TaskCache.get() returns when nothing live is cached (None is a valid cached result).
+MISS: Any = object()
+
+
+class TaskCache:
+    """Keep recent task results by content hash and recent message ids, counting hits and misses in metrics."""
+
+    __slots__ = ("_results", "_seen", "_counters")
+
+    def __init__(self, ttl: float, max_entries: int, metrics: AgentMetrics, clock: Callable[[], float] = time.monotonic) -> None:
+        self._results = ContentCache(max_entries, ttl, clock)
+        self._seen = ContentCache(max_entries, ttl, clock)
+        self._counters = metrics.counters
+
+    def key(self, pattern: str, message: dict[str, Any]) -> int | None:
+        """Return the cache key of a task (its subscription pattern names the capability), or None when it opts out."""
+        context = message.get("context")
+        if context:
+            metadata = context.get("metadata")
+            if metadata and metadata.get("cache") is False:
+                return None
+        routing = message.get("routing")
+        if routing and routing.get("cache") is False:
+            return None
+        try:
+            return canonical_hash((pattern, message["payload"]["content"]))  # type: ignore[no-any-return]
+        except (TypeError, ValueError):  # content orjson cannot canonicalise: simply not cacheable
+            return None
+
+    def get(self, key: int) -> Any:
+        """Return the live result for key, else MISS."""
+        value = self._results.get(key, MISS)
+        self._counters["cache_hits" if value is not MISS else "cache_misses"] += 1
+        return value
+
+    def put(self, key: int, result: Any) -> None:
+        """Remember a successful result."""
+        self._results.put(key, result)
+
+    def duplicate(self, subscription: tuple[str, str], message_id: str) -> bool:
+        """Return True when this subscription (pattern, queue) already took message_id within the TTL; else remember it."""
+        key = content_hash(f"{subscription[0]}\x00{subscription[1]}\x00{message_id}")
+        seen = self._seen
+        if key in seen:
+            self._counters["duplicates_dropped"] += 1
+            return True
+        seen.put(key, True)
+        return False
+
+    def clear(self) -> None:
+        """Forget every cached result and seen id."""
+        self._results.clear()
+        self._seen.clear()
+
+    def stats(self) -> dict[str, Any]:
+        """Return the result cache's counters and limits."""
+        return self._results.stats()  # type: ignore[no-any-return]

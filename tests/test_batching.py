@@ -1,0 +1,91 @@
+"""Batch processing against a real nats-server: full and timeout flushes, results to each requester, the hook."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from agentcore import HandlerError, NATSAgent
+from nats_fixtures import eventually
+
+
+class Batcher(NATSAgent):
+    """Answers each task in a batch with its text upper-cased and records the batch sizes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sizes: list[int] = []
+        self.add_capability("upper", self.never_called)
+
+    async def never_called(self, message: dict[str, Any]) -> Any:
+        raise AssertionError("batched tasks go to process_batch")
+
+    async def process_batch(self, messages: list[dict[str, Any]]) -> list[Any]:
+        self.sizes.append(len(messages))
+        return [m["payload"]["content"].upper() for m in messages]
+
+
+async def test_25_messages_make_batches_of_10_10_and_a_timeout_flush_of_5(make_agent: Any) -> None:
+    worker = await make_agent(cls=Batcher, cache__enabled=False)
+    worker.enable_batch_processing(batch_size=10, batch_timeout=0.3)
+    client = await make_agent("client")
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    results = await asyncio.gather(*(client.send_task("upper", f"m{i}") for i in range(25)))
+    elapsed = loop.time() - t0
+    assert results == [f"M{i}" for i in range(25)]
+    assert worker.sizes == [10, 10, 5]
+    assert elapsed >= 0.29  # the last five waited for the deadline
+    metrics = worker.get_metrics()
+    assert metrics["batches"] == 3 and metrics["batched_messages"] == 25
+    assert metrics["batch_flush_full"] == 2 and metrics["batch_flush_timeout"] == 1
+    assert metrics["batch_size_max"] == 10 and metrics["messages_processed"] == 25
+
+
+async def test_default_process_batch_runs_each_handler(make_agent: Any) -> None:
+    async def double(message: dict[str, Any]) -> Any:
+        return message["payload"]["content"] * 2
+
+    worker = await make_agent(capabilities={"double": double}, cache__enabled=False, agent__max_concurrency=2)
+    worker.enable_batch_processing(batch_size=4, batch_timeout=5.0)
+    client = await make_agent("client")
+    assert await asyncio.gather(*(client.send_task("double", i) for i in range(8))) == [i * 2 for i in range(8)]
+    assert worker.get_metrics()["batch_flush_full"] == 2
+
+
+async def test_disable_flushes_what_is_pending(make_agent: Any) -> None:
+    worker = await make_agent(cls=Batcher, cache__enabled=False)
+    worker.enable_batch_processing(batch_size=10, batch_timeout=60.0)
+    client = await make_agent("client")
+    pending = [asyncio.ensure_future(client.send_task("upper", f"m{i}")) for i in range(3)]
+    await eventually(lambda: worker._batch is not None and len(worker._batch) == 3, what="three pending messages")
+    worker.disable_batch_processing()
+    assert await asyncio.gather(*pending) == ["M0", "M1", "M2"]
+    assert worker.sizes == [3] and worker.get_metrics()["batch_flush_disable"] == 1
+    assert not worker.batch_processing
+    # Batching off: the handler runs per message again.
+    with pytest.raises(HandlerError):
+        await client.send_task("upper", "x")
+
+
+async def test_defaults_come_from_config_and_control_is_never_batched(make_agent: Any) -> None:
+    worker = await make_agent(cls=Batcher, nats__batch_size=3, nats__batch_timeout=60.0)
+    worker.enable_batch_processing()
+    assert worker._batch.batch_size == 3 and worker._batch.batch_timeout == 60.0
+    client = await make_agent("client")
+    assert (await client.control(worker.agent_id, "ping"))["pong"] is True
+    assert worker.get_metrics().get("batches", 0) == 0
+
+
+async def test_a_failing_batch_answers_every_requester_with_an_error(make_agent: Any) -> None:
+    class Broken(Batcher):
+        def process_batch(self, messages: list[dict[str, Any]]) -> list[Any]:  # a plain function works too
+            raise ValueError("bad batch")
+
+    worker = await make_agent(cls=Broken, cache__enabled=False)
+    worker.enable_batch_processing(batch_size=2, batch_timeout=60.0)
+    client = await make_agent("client")
+    results = await asyncio.gather(*(client.send_task("upper", i) for i in range(2)), return_exceptions=True)
+    assert all(isinstance(r, HandlerError) and "bad batch" in str(r) for r in results)

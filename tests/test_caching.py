@@ -1,0 +1,128 @@
+"""Content-hash caching of task results and dropping of redelivered duplicates, against a real nats-server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import nats
+import orjson
+
+from agentcore import HandlerError, NATSAgent
+from agentcore.caching import TaskCache
+from conftest import FakeClock
+from nats_fixtures import eventually
+
+
+def counting(calls: list[Any]) -> Any:
+    async def handler(message: dict[str, Any]) -> Any:
+        calls.append(message["payload"]["content"])
+        return {"n": len(calls)}
+
+    return handler
+
+
+async def test_cache_hit_skips_the_handler(make_agent: Any) -> None:
+    calls: list[Any] = []
+    worker = await make_agent(capabilities={"summarise": counting(calls)})
+    client = await make_agent("client")
+    first = await client.send_task("summarise", {"text": "hello", "lang": "en"})
+    # Same content with the keys in another order: the canonical hash matches, the handler does not run.
+    second = await client.send_task("summarise", {"lang": "en", "text": "hello"})
+    assert first == second == {"n": 1}
+    assert calls == [{"text": "hello", "lang": "en"}]
+    third = await client.send_task("summarise", {"text": "other", "lang": "en"})
+    assert third == {"n": 2}
+    metrics = worker.get_metrics()
+    assert metrics["cache_hits"] == 1 and metrics["cache_misses"] == 2
+    assert metrics["messages_processed"] == 3
+
+
+async def test_same_content_for_another_capability_is_not_a_hit(make_agent: Any) -> None:
+    calls: list[Any] = []
+    await make_agent(capabilities={"a": counting(calls), "b": counting(calls)})
+    client = await make_agent("client")
+    assert await client.send_task("a", "x") == {"n": 1}
+    assert await client.send_task("b", "x") == {"n": 2}
+
+
+async def test_ttl_expiry_runs_the_handler_again(make_agent: Any) -> None:
+    calls: list[Any] = []
+    worker = await make_agent(capabilities={"summarise": counting(calls)})
+    clock = FakeClock()
+    worker._cache = TaskCache(10.0, 100, worker._metrics, clock)  # the injectable clock instead of waiting 10 s
+    client = await make_agent("client")
+    assert await client.send_task("summarise", "x") == {"n": 1}
+    clock.advance(9.0)
+    assert await client.send_task("summarise", "x") == {"n": 1}
+    clock.advance(1.5)
+    assert await client.send_task("summarise", "x") == {"n": 2}
+    assert len(calls) == 2
+
+
+async def test_per_message_opt_out(make_agent: Any) -> None:
+    calls: list[Any] = []
+    await make_agent(capabilities={"summarise": counting(calls)})
+    client = await make_agent("client")
+    assert await client.send_task("summarise", "x") == {"n": 1}
+    assert await client.send_task("summarise", "x", metadata={"cache": False}) == {"n": 2}
+    assert await client.send_task("summarise", "x") == {"n": 1}  # the cached result is still there for others
+
+
+async def test_errors_are_never_cached(make_agent: Any) -> None:
+    calls: list[Any] = []
+
+    async def flaky(message: dict[str, Any]) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("first time fails")
+        return "ok"
+
+    await make_agent(capabilities={"flaky": flaky})
+    client = await make_agent("client")
+    try:
+        await client.send_task("flaky", "x")
+    except HandlerError:
+        pass
+    else:
+        raise AssertionError("the first call should fail")
+    assert await client.send_task("flaky", "x") == "ok"
+    assert await client.send_task("flaky", "x") == "ok"
+    assert len(calls) == 2
+
+
+async def test_disabled_cache_runs_every_time(make_agent: Any) -> None:
+    calls: list[Any] = []
+    worker = await make_agent(capabilities={"summarise": counting(calls)}, cache__enabled=False)
+    assert worker._cache is None
+    client = await make_agent("client")
+    assert [await client.send_task("summarise", "x") for _ in range(3)] == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert "cache_hits" not in worker.get_metrics()
+
+
+async def test_max_entries_evicts_the_least_recently_used(make_agent: Any) -> None:
+    calls: list[Any] = []
+    await make_agent(capabilities={"s": counting(calls)}, cache__max_entries=2)
+    client = await make_agent("client")
+    for text in ("a", "b", "c"):
+        await client.send_task("s", text)
+    assert await client.send_task("s", "a") == {"n": 4}  # "a" was evicted by "c"
+    assert await client.send_task("s", "c") == {"n": 3}
+
+
+async def test_redelivered_duplicate_is_dropped_by_message_id(make_agent: Any, raw_nc: nats.NATS) -> None:
+    calls: list[Any] = []
+    worker = await make_agent(capabilities={"s": counting(calls)})
+    envelope = {
+        "id": "redelivered-1", "timestamp": 1e12, "version": "1.0", "type": "task",
+        "source": {"id": "plain", "type": "agent"}, "payload": {"content": "x"},
+        "context": {"metadata": {"cache": False}}, "routing": {"priority": 5, "capabilities": ["s"], "timeout": None},
+    }
+    data = orjson.dumps(envelope)
+    reply = await raw_nc.request(worker.topics.task("s"), data, timeout=5)
+    assert orjson.loads(reply.data)["payload"]["content"] == {"n": 1}
+    inbox = raw_nc.new_inbox()
+    sub = await raw_nc.subscribe(inbox)
+    await raw_nc.publish(worker.topics.task("s"), data, reply=inbox)
+    await eventually(lambda: worker.get_metrics().get("duplicates_dropped") == 1, what="the duplicate to be dropped")
+    assert calls == ["x"]
+    await sub.unsubscribe()
