@@ -75,3 +75,45 @@ class InvalidMessageError(RemoteError):
 
 class NegotiationError(AgentCoreError, ValueError):
     """A negotiation cannot start (no targets, bad arguments) or broke its state machine."""
+
+
+class MCPError(AgentCoreError):
+    """An MCP call over NATS failed; code and data are the JSON-RPC error's, when there was one."""
+
+    def __init__(self, message: str, *, server_id: str | None = None, tool: str | None = None, code: int | None = None,
+                 data: Any = None, source: str | None = None) -> None:
+        super().__init__(message)
+        self.server_id = server_id
+        self.tool = tool
+        self.code = code
+        self.data = data
+        self.source = source
+
+
+class MCPServerNotFoundError(MCPError, NoRespondersError):
+    """No agent on the bus hosts the MCP server id."""
+
+
+class MCPToolNotFoundError(MCPError):
+    """The MCP server has no such tool, or its host does not expose it (allow-list)."""
+
+
+class MCPToolError(MCPError):
+    """The tool ran and reported an error (isError); content holds what it said."""
+
+    def __init__(self, message: str, *, content: Any = None, result: Any = None, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.content = content
+        self.result = result
+
+
+class MCPTimeoutError(MCPError, RequestTimeoutError):
+    """No answer to an MCP call arrived before the timeout."""
+
+
+class MCPServerDiedError(MCPError):
+    """The MCP server process behind the host ended (crashed, killed or closed)."""
+
+
+class MCPResultTooLargeError(MCPError):
+    """The result is larger than the NATS server's max_payload."""

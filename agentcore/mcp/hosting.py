@@ -1,19 +1,561 @@
-"""The agent side of MCP over NATS: host MCP servers and call their tools (filled in by the MCP issue)."""
+"""The agent side of MCP over NATS: host MCP servers for the bus and call the tools others host.
+
+Wire design (MCP's JSON-RPC messages travel unchanged as the envelope's payload.content):
+
+- a call goes to ``agents.{env}.mcp.{server_id}.requests``, served by every host of that id in one queue
+  group; its envelope's replyTo (and NATS reply) is ``agents.{env}.mcp.{caller}.responses.{request_id}``;
+- the host answers there with the JSON-RPC response (or JSON-RPC error, whose data.kind names the
+  failure), preceded by any ``notifications/progress`` the server sent for the call;
+- cancellation is a ``notifications/cancelled`` on ``agents.{env}.mcp.{server_id}.cancel`` (all hosts
+  hear it; the one running the call stops it) with correlationId = the request envelope's id;
+- nobody listening: NATS answers the reply subject with a 503 status at once, so callers fail fast.
+
+The MCP SDK is an optional extra: nothing here imports it at module level.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..envelope import IdGenerator, decode, encode, new_message
+from ..errors import (
+    AgentCoreError,
+    EnvelopeError,
+    MCPError,
+    MCPResultTooLargeError,
+    MCPServerDiedError,
+    MCPServerNotFoundError,
+    MCPTimeoutError,
+    MCPToolError,
+    MCPToolNotFoundError,
+)
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+    from .client import MCPClient
 
 __all__ = ("MCPMixin",)
+
+log = logging.getLogger("agentcore.mcp")
+
+JSONRPC = "2.0"
+# JSON-RPC error codes (the MCP SDK's values, repeated so this module needs no SDK import).
+INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR, CONNECTION_CLOSED = -32600, -32601, -32602, -32603, -32000
+REQUEST_TIMEOUT = -32001
+
+# error.data.kind of a JSON-RPC error -> the exception the caller gets.
+_KINDS: dict[str, type[MCPError]] = {
+    "server_not_found": MCPServerNotFoundError,
+    "tool_not_found": MCPToolNotFoundError,
+    "tool_error": MCPToolError,
+    "timeout": MCPTimeoutError,
+    "server_died": MCPServerDiedError,
+    "result_too_large": MCPResultTooLargeError,
+}
+# payload.error.code of an agentcore error result -> the exception the caller gets.
+_ENVELOPE_CODES: dict[str, type[MCPError]] = {
+    "payload_too_large": MCPResultTooLargeError,
+    "expired": MCPTimeoutError,
+}
+
+_request_ids = IdGenerator()
+
+Sink = Callable[[Any], None]  # receives a JSON-RPC message (dict) or an exception for one request
+
+
+def rpc_error(rpc_id: Any, code: int, message: str, kind: str | None = None, **data: Any) -> dict[str, Any]:
+    """Return a JSON-RPC error response (data.kind names the agentcore failure, when there is one)."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if kind is not None or data:
+        error["data"] = {"kind": kind, **data} if kind is not None else data
+    return {"jsonrpc": JSONRPC, "id": rpc_id, "error": error}
+
+
+def error_from_rpc(error: Mapping[str, Any], *, server_id: str, tool: str | None, source: str | None) -> MCPError:
+    """Return the typed exception for a JSON-RPC error object."""
+    data = error.get("data")
+    kind = data.get("kind") if isinstance(data, dict) else None
+    cls = _KINDS.get(kind or "", MCPError)
+    text = str(error.get("message", "MCP error"))
+    return cls(text, server_id=server_id, tool=tool, code=error.get("code"), data=data, source=source)
+
+
+@dataclass(eq=False)
+class _Hosted:
+    server_id: str
+    client: MCPClient
+    allowed: frozenset[str] | None
+    cache_ttls: dict[str, float]
+    caches: dict[str, Any] = field(default_factory=dict)
+    tools: list[Any] | None = None  # the SDK's Tool objects, allow-list applied
+    inflight: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
+    handlers: list[tuple[str, Callable[..., Any]]] = field(default_factory=list)
+    withdrawn: bool = False  # unregistered: calls cut short get an error, not the silence of a cancellation
+
+    def exposes(self, name: str) -> bool:
+        return self.allowed is None or name in self.allowed
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    server_id: str
+    sink: Sink
+    timer: asyncio.TimerHandle | None
+    tool: str | None
 
 
 class MCPMixin:
     """Give NATSAgent register_mcp_server, call_mcp_tool and list_mcp_tools."""
 
-    def register_mcp_server(self, server_id: str, client: Any, *, tools: list[str] | None = None) -> None:
-        """Serve an MCP server's tools to the bus under server_id."""
-        raise NotImplementedError
+    # ------------------------------------------------------------------ hosting
 
-    async def call_mcp_tool(self, server_id: str, tool_name: str, arguments: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
-        """Call a tool of an MCP server hosted by some agent on the bus and return its result."""
-        raise NotImplementedError
+    def register_mcp_server(
+        self,
+        server_id: str,
+        client: MCPClient,
+        *,
+        tools: Iterable[str] | None = None,
+        cache: Mapping[str, float] | None = None,
+    ) -> None:
+        """Serve a connected MCPClient's tools to the bus under server_id.
+
+        tools is an allow-list: a tool not on it is neither listed nor callable over NATS. cache maps tool
+        names to a time-to-live in seconds: identical calls (same canonical arguments) within it are
+        answered from the content-hash cache (opt in only for pure lookups).
+        """
+        from ..agent import _TASK
+        from .._impl import validate_token
+
+        agent: Any = self
+        validate_token(server_id)
+        hosted_all: dict[str, _Hosted] = agent.__dict__.setdefault("_mcp_hosted", {})
+        if server_id in hosted_all:
+            raise MCPError(f"agent {agent.agent_id} already hosts MCP server {server_id!r}", server_id=server_id)
+        ttls = {str(name): float(ttl) for name, ttl in (cache or {}).items()}
+        hosted = _Hosted(server_id, client, frozenset(tools) if tools is not None else None, ttls)
+        hosted_all[server_id] = hosted
+        if not agent.__dict__.get("_mcp_describing"):
+            agent.__dict__["_mcp_describing"] = True
+            agent._describe_hooks.append(self._mcp_describe)
+
+        async def serve(message: dict[str, Any]) -> Any:
+            return await self._mcp_serve(hosted, message)
+
+        async def cancel(message: dict[str, Any]) -> Any:
+            return self._mcp_on_cancel(hosted, message)
+
+        requests = agent.topics.mcp_requests(server_id)
+        cancels = self._mcp_cancel_subject(server_id)
+        agent._register(requests, serve, kind=_TASK, queue=f"mcp-{server_id}")
+        # Not a system registration (those skip the in-flight count); a high priority puts it first in the queue.
+        agent._register(cancels, cancel, kind=_TASK)
+        hosted.handlers = [(requests, serve), (cancels, cancel)]
+        client.on_died(lambda _c: self._mcp_server_died(hosted))
+        agent._metrics.counters["mcp_servers_hosted"] += 1
+        if agent._nc is not None:
+            agent._schedule_sync()
+            if agent._on_loop_thread():
+                agent._track(asyncio.ensure_future(self._mcp_prefetch_tools(hosted)))
+
+    async def aregister_mcp_server(
+        self, server_id: str, client: MCPClient, *, tools: Iterable[str] | None = None, cache: Mapping[str, float] | None = None
+    ) -> None:
+        """Register like register_mcp_server(), then return once the tools are listed and the bus has the interest."""
+        agent: Any = self
+        if not client.connected:
+            await client.connect()
+        self.register_mcp_server(server_id, client, tools=tools, cache=cache)
+        await self._mcp_refresh_tools(agent._mcp_hosted[server_id])
+        await agent._sync_subscriptions()
+
+    async def serve_mcp_server(self, server_id: str, server: Any, *, tools: Iterable[str] | None = None,
+                               cache: Mapping[str, float] | None = None) -> MCPClient:
+        """Expose an in-process SDK server (MCPServer or low-level Server) on the bus, no subprocess; return its client."""
+        from .client import MCPClient
+
+        client = MCPClient.in_process(server, name=server_id)
+        await client.connect()
+        await self.aregister_mcp_server(server_id, client, tools=tools, cache=cache)
+        return client
+
+    def unregister_mcp_server(self, server_id: str) -> MCPClient | None:
+        """Stop serving server_id (the client stays open; close it yourself) and return its client."""
+        agent: Any = self
+        hosted = agent.__dict__.get("_mcp_hosted", {}).pop(server_id, None)
+        if hosted is None:
+            return None
+        hosted.withdrawn = True
+        for subject, handler in hosted.handlers:
+            agent.unsubscribe(subject, handler)
+        if hosted.client.alive:
+            # A dead server's calls fail by themselves with MCPServerDiedError; a live one's are cut short here.
+            for task in list(hosted.inflight.values()):
+                task.cancel()
+        return hosted.client
+
+    def hosted_mcp_servers(self) -> dict[str, list[str]]:
+        """Return the hosted server ids and the tool names each exposes (as discovery shows them)."""
+        agent: Any = self
+        return {sid: [t.name for t in (h.tools or ())] for sid, h in agent.__dict__.get("_mcp_hosted", {}).items()}
+
+    def _mcp_describe(self) -> dict[str, Any]:
+        agent: Any = self
+        return {
+            "mcp_servers": {
+                sid: {"tools": [t.name for t in (h.tools or ())], "alive": h.client.alive}
+                for sid, h in agent.__dict__.get("_mcp_hosted", {}).items()
+            }
+        }
+
+    def _mcp_cancel_subject(self, server_id: str) -> str:
+        from .._impl import validate_token
+
+        agent: Any = self
+        return f"{agent.topics.prefix}.mcp.{validate_token(server_id)}.cancel"
+
+    async def _mcp_prefetch_tools(self, hosted: _Hosted) -> None:
+        try:
+            await self._mcp_refresh_tools(hosted)
+        except Exception as exc:  # listed again on the first request; discovery shows no tools until then
+            log.debug("could not list the tools of MCP server %s: %s", hosted.server_id, exc)
+
+    async def _mcp_refresh_tools(self, hosted: _Hosted) -> None:
+        tools = await hosted.client.list_tools()
+        hosted.tools = [t for t in tools if hosted.exposes(t.name)]
+
+    def _mcp_server_died(self, hosted: _Hosted) -> None:
+        # Leave the queue group at once, so replicas with a live server take the calls; calls in flight
+        # already get MCPServerDiedError from the client.
+        agent: Any = self
+        if agent.__dict__.get("_mcp_hosted", {}).get(hosted.server_id) is not hosted:
+            return
+        log.error("agent %s: MCP server %s died; no longer serving it", agent.agent_id, hosted.server_id)
+        agent._metrics.counters["mcp_servers_died"] += 1
+        if agent._loop is not None and not agent._loop.is_closed():
+            agent._loop.call_soon_threadsafe(self.unregister_mcp_server, hosted.server_id)
+
+    async def _mcp_serve(self, hosted: _Hosted, message: dict[str, Any]) -> Any:
+        from ..agent import NO_REPLY
+
+        agent: Any = self
+        rpc = message["payload"]["content"]
+        if not isinstance(rpc, dict) or rpc.get("jsonrpc") != JSONRPC or not isinstance(rpc.get("method"), str):
+            return rpc_error(rpc.get("id") if isinstance(rpc, dict) else None, INVALID_REQUEST, "payload.content is not a JSON-RPC 2.0 message")
+        rpc_id = rpc.get("id")
+        if rpc_id is None:
+            return NO_REPLY  # a notification (e.g. notifications/initialized): the hosted session already did that
+        method: str = rpc["method"]
+        params = rpc.get("params") or {}
+        agent._metrics.counters["mcp_requests_served"] += 1
+        try:
+            if method == "tools/call":
+                task = asyncio.ensure_future(self._mcp_host_call(hosted, message, params))
+                hosted.inflight[message["id"]] = task
+                try:
+                    result = await task
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if hosted.withdrawn:
+                        return rpc_error(rpc_id, CONNECTION_CLOSED, f"agent {agent.agent_id} stopped serving MCP server "
+                                         f"{hosted.server_id!r} during the call", "server_died", serverId=hosted.server_id)
+                    if task.cancelled() and not (current is not None and current.cancelling()):
+                        agent._metrics.counters["mcp_calls_cancelled"] += 1
+                        return NO_REPLY  # cancelled by the caller: MCP says a cancelled request gets no response
+                    task.cancel()
+                    raise
+                finally:
+                    hosted.inflight.pop(message["id"], None)
+            elif method == "tools/list":
+                if hosted.tools is None:
+                    await self._mcp_refresh_tools(hosted)
+                result = {"tools": [t.model_dump(by_alias=True, mode="json", exclude_none=True) for t in hosted.tools or ()]}
+            elif method == "initialize":
+                init = hosted.client.initialize_result.model_dump(by_alias=True, mode="json", exclude_none=True)
+                # Only tools travel over NATS: advertise no more than the host serves.
+                init["capabilities"] = {"tools": {}}
+                result = init
+            elif method == "ping":
+                result = {}
+            else:
+                return rpc_error(rpc_id, METHOD_NOT_FOUND, f"method {method!r} is not served over NATS (tools/list, tools/call, initialize, ping are)")
+        except _RPCFailure as failure:
+            return rpc_error(rpc_id, failure.code, failure.text, failure.kind, serverId=hosted.server_id)
+        except MCPServerDiedError as exc:
+            text = f"MCP server {hosted.server_id!r} on agent {agent.agent_id} died: {exc.__cause__ or exc}"
+            return rpc_error(rpc_id, CONNECTION_CLOSED, text, "server_died", serverId=hosted.server_id, host=agent.agent_id)
+        except MCPError as exc:
+            return rpc_error(rpc_id, exc.code or INTERNAL_ERROR, str(exc), None)
+        except Exception as exc:
+            error = getattr(exc, "error", None)  # the SDK's MCPError carries the JSON-RPC error object
+            if error is not None and isinstance(getattr(error, "code", None), int):
+                return rpc_error(rpc_id, error.code, error.message, None)
+            raise
+        return {"jsonrpc": JSONRPC, "id": rpc_id, "result": result}
+
+    async def _mcp_host_call(self, hosted: _Hosted, message: dict[str, Any], params: Mapping[str, Any]) -> Any:
+        agent: Any = self
+        name = params.get("name")
+        if not isinstance(name, str):
+            raise _RPCFailure(INVALID_PARAMS, "tools/call needs params.name", None)
+        arguments = params.get("arguments") or {}
+        if not hosted.exposes(name):
+            raise _RPCFailure(INVALID_PARAMS, f"unknown tool {name!r} on MCP server {hosted.server_id!r}", "tool_not_found")
+        if hosted.tools is None or name not in {t.name for t in hosted.tools}:
+            await self._mcp_refresh_tools(hosted)  # the server may have gained tools since we listed them
+            if name not in {t.name for t in hosted.tools or ()}:
+                raise _RPCFailure(INVALID_PARAMS, f"unknown tool {name!r} on MCP server {hosted.server_id!r}", "tool_not_found")
+        cache, key = None, 0
+        if name in hosted.cache_ttls:
+            from .._impl import ContentCache, canonical_hash
+
+            cache = hosted.caches.get(name)
+            if cache is None:
+                cache = hosted.caches[name] = ContentCache(max_entries=4096, ttl=hosted.cache_ttls[name])
+            key = canonical_hash([name, arguments])
+            cached = cache.get(key)
+            if cached is not None:
+                agent._metrics.counters["mcp_cache_hits"] += 1
+                return cached
+            agent._metrics.counters["mcp_cache_misses"] += 1
+        progress = None
+        meta = params.get("_meta")
+        token = meta.get("progressToken") if isinstance(meta, dict) else None
+        destination = message.get("replyTo")
+        if token is not None and destination:
+            progress = self._mcp_progress_sender(destination, token, message)
+        result = await hosted.client.call_tool(name, arguments, progress_callback=progress)
+        data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+        if cache is not None and not result.is_error:
+            cache.put(key, data)
+        agent._metrics.counters["mcp_calls_served"] += 1
+        return data
+
+    def _mcp_progress_sender(self, destination: str, token: Any, request: dict[str, Any]) -> Callable[..., Awaitable[None]]:
+        agent: Any = self
+
+        async def send(progress: float, total: float | None = None, text: str | None = None) -> None:
+            params: dict[str, Any] = {"progressToken": token, "progress": progress}
+            if total is not None:
+                params["total"] = total
+            if text is not None:
+                params["message"] = text
+            note = {"jsonrpc": JSONRPC, "method": "notifications/progress", "params": params}
+            envelope = new_message("event", note, source_id=agent.agent_id, source_type=agent.agent_type,
+                                   target=request["source"]["id"], correlation_id=request["id"])
+            try:
+                await agent._publish_raw(destination, encode(envelope))
+            except AgentCoreError as exc:
+                log.debug("agent %s could not forward MCP progress: %s", agent.agent_id, exc)
+
+        return send
+
+    def _mcp_on_cancel(self, hosted: _Hosted, message: dict[str, Any]) -> Any:
+        from ..agent import NO_REPLY
+
+        task = hosted.inflight.get(message.get("correlationId") or "")
+        if task is not None and not task.done():
+            task.cancel()
+        return NO_REPLY
+
+    # ------------------------------------------------------------------ calling
+
+    async def call_mcp_tool(
+        self,
+        server_id: str,
+        tool_name: str,
+        arguments: dict[str, Any] | None = None,
+        timeout: float = 30.0,
+        *,
+        progress: Callable[[float, float | None, str | None], Any] | None = None,
+        raw: bool = False,
+    ) -> Any:
+        """Call a tool of an MCP server hosted by some agent on the bus and return its content as plain data.
+
+        The result is the MCP content list ([{"type": "text", "text": ...}, ...]); raw=True returns the whole
+        CallToolResult as a dict and does not raise on isError. progress(progress, total, message) is called
+        for the server's progress notifications. Raises MCPServerNotFoundError (nobody hosts server_id, at
+        once), MCPToolNotFoundError, MCPToolError (the tool reported isError), MCPTimeoutError,
+        MCPServerDiedError or MCPResultTooLargeError.
+        """
+        agent: Any = self
+        params: dict[str, Any] = {"name": tool_name, "arguments": arguments or {}}
+        agent._metrics.counters["mcp_calls"] += 1
+        result = await self._mcp_call(server_id, "tools/call", params, timeout, progress=progress, tool=tool_name)
+        if raw:
+            return result
+        if result.get("isError"):
+            content = result.get("content") or []
+            text = "; ".join(str(c.get("text")) for c in content if isinstance(c, dict) and c.get("type") == "text") or "tool reported an error"
+            agent._metrics.counters["mcp_tool_errors"] += 1
+            raise MCPToolError(f"tool {tool_name!r} of MCP server {server_id!r} failed: {text}", content=content, result=result,
+                               server_id=server_id, tool=tool_name)
+        return result.get("content", [])
+
+    async def list_mcp_tools(self, server_id: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Return the tools (name, description, inputSchema, ...) an MCP server exposes on the bus."""
+        result = await self._mcp_call(server_id, "tools/list", {}, timeout)
+        return list(result.get("tools", []))
+
+    async def _mcp_call(
+        self, server_id: str, method: str, params: dict[str, Any], timeout: float, *,
+        progress: Callable[..., Any] | None = None, tool: str | None = None,
+    ) -> Any:
+        agent: Any = self
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        progress_tasks: set[asyncio.Future[Any]] = set()
+
+        def sink(item: Any) -> None:
+            if future.done():
+                return
+            if isinstance(item, BaseException):
+                future.set_exception(item)
+            elif "method" in item and "id" not in item:
+                if item["method"] == "notifications/progress" and progress is not None:
+                    p = item.get("params") or {}
+                    outcome = progress(p.get("progress"), p.get("total"), p.get("message"))
+                    if asyncio.iscoroutine(outcome):
+                        task = asyncio.ensure_future(outcome)
+                        progress_tasks.add(task)
+                        task.add_done_callback(progress_tasks.discard)
+            elif "error" in item:
+                future.set_exception(error_from_rpc(item["error"], server_id=server_id, tool=tool, source=None))
+            else:
+                future.set_result(item.get("result"))
+
+        rpc: dict[str, Any] = {"jsonrpc": JSONRPC, "id": None, "method": method, "params": params}
+        request_id = await self._mcp_send(server_id, rpc, sink, timeout, progress=progress is not None, tool=tool)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            await self._mcp_cancel(server_id, request_id, rpc["id"], "cancelled by the caller")
+            raise
+        except MCPTimeoutError:
+            await self._mcp_cancel(server_id, request_id, rpc["id"], "timed out")
+            raise
+        finally:
+            self._mcp_forget(request_id)
+
+    async def _mcp_send(self, server_id: str, rpc: dict[str, Any], sink: Sink, timeout: float, *,
+                        progress: bool = False, tool: str | None = None) -> str:
+        """Publish a JSON-RPC request to server_id's hosts; everything that comes back for it goes to sink.
+
+        Return the request envelope's id (what a cancellation names). rpc["id"] None means: use that id.
+        """
+        agent: Any = self
+        nc = agent._require_nc()
+        await self._mcp_ensure_responses()
+        request_id = _request_ids()
+        if rpc.get("id") is None:
+            rpc["id"] = request_id
+        if progress:
+            params = rpc.setdefault("params", {})
+            meta = params.setdefault("_meta", {})
+            meta.setdefault("progressToken", request_id)
+        reply = agent.topics.mcp_responses(agent.agent_id, request_id)
+        envelope = new_message(
+            "query", rpc, source_id=agent.agent_id, source_type=agent.agent_type, reply_to=reply,
+            timeout_ms=timeout * 1000.0, capabilities=["mcp"], message_id=request_id,
+        )
+        data = encode(envelope)
+        agent._check_size(data)
+        pending: dict[str, _Pending] = agent._mcp_pending
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(timeout, self._mcp_expire, request_id, server_id, timeout)
+        pending[request_id] = _Pending(server_id, sink, timer, tool)
+        try:
+            await nc.publish(agent.topics.mcp_requests(server_id), data, reply=reply)
+        except BaseException:
+            self._mcp_forget(request_id)
+            raise
+        agent._metrics.published += 1
+        return request_id
+
+    def _mcp_expire(self, request_id: str, server_id: str, timeout: float) -> None:
+        agent: Any = self
+        entry = agent._mcp_pending.pop(request_id, None)
+        if entry is not None:
+            agent._metrics.counters["mcp_timeouts"] += 1
+            entry.sink(MCPTimeoutError(f"no answer from MCP server {server_id!r} within {timeout}s", server_id=server_id, tool=entry.tool))
+
+    def _mcp_forget(self, request_id: str) -> None:
+        agent: Any = self
+        entry = agent.__dict__.get("_mcp_pending", {}).pop(request_id, None)
+        if entry is not None and entry.timer is not None:
+            entry.timer.cancel()
+
+    async def _mcp_cancel(self, server_id: str, request_id: str, rpc_id: Any, reason: str) -> None:
+        """Tell server_id's hosts to stop the call sent as request_id (MCP notifications/cancelled)."""
+        agent: Any = self
+        self._mcp_forget(request_id)
+        note = {"jsonrpc": JSONRPC, "method": "notifications/cancelled", "params": {"requestId": rpc_id, "reason": reason}}
+        envelope = new_message("event", note, source_id=agent.agent_id, source_type=agent.agent_type, correlation_id=request_id,
+                               priority=10)
+        try:
+            await agent._publish_raw(self._mcp_cancel_subject(server_id), encode(envelope))
+        except Exception as exc:  # the connection may be closing; the host's own timeout still bounds the work
+            log.debug("agent %s could not send an MCP cancellation: %s", agent.agent_id, exc)
+
+    async def _mcp_ensure_responses(self) -> None:
+        agent: Any = self
+        nc = agent._nc
+        agent.__dict__.setdefault("_mcp_pending", {})
+        current = agent.__dict__.get("_mcp_responses")
+        if current is not None and current[0] is nc:
+            return
+        lock: asyncio.Lock = agent.__dict__.setdefault("_mcp_lock", asyncio.Lock())
+        async with lock:
+            current = agent.__dict__.get("_mcp_responses")
+            if current is not None and current[0] is nc:
+                return
+            subject = f"{agent.topics.prefix}.mcp.{agent.agent_id}.responses.*"
+            sub = await nc.subscribe(subject, cb=self._mcp_on_response)
+            agent.__dict__["_mcp_responses"] = (nc, sub)
+
+    async def _mcp_on_response(self, msg: Msg) -> None:
+        agent: Any = self
+        request_id = msg.subject.rpartition(".")[2]
+        pending: dict[str, _Pending] = agent._mcp_pending
+        entry = pending.get(request_id)
+        if entry is None:
+            return  # late: the call already timed out or was cancelled
+        if msg.headers and msg.headers.get("Status") == "503":
+            self._mcp_forget(request_id)
+            agent._metrics.counters["mcp_no_host"] += 1
+            entry.sink(MCPServerNotFoundError(f"no agent hosts MCP server {entry.server_id!r}", server_id=entry.server_id, tool=entry.tool))
+            return
+        try:
+            envelope = decode(msg.data)
+        except EnvelopeError as exc:
+            log.warning("agent %s dropped a malformed MCP response: %s", agent.agent_id, exc)
+            return
+        payload = envelope["payload"]
+        source = envelope["source"]["id"]
+        error = payload.get("error")
+        if error is not None:
+            self._mcp_forget(request_id)
+            code = str(error.get("code"))
+            cls = _ENVELOPE_CODES.get(code, MCPError)
+            entry.sink(cls(f"{code}: {error.get('message', '')} (from {source})", server_id=entry.server_id, tool=entry.tool,
+                           data=error, source=source))
+            return
+        rpc = payload.get("content")
+        if not isinstance(rpc, dict):
+            return
+        if "id" in rpc and ("result" in rpc or "error" in rpc):
+            self._mcp_forget(request_id)  # the final answer; progress notifications come before it
+        entry.sink(rpc)
+
+
+class _RPCFailure(Exception):
+    def __init__(self, code: int, text: str, kind: str | None) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+        self.kind = kind
+
