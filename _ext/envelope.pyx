@@ -3,6 +3,7 @@
 
 from cpython.ref cimport PyObject
 from libc.math cimport isfinite
+from libc.string cimport memcmp
 
 import orjson
 
@@ -21,6 +22,11 @@ cdef extern from "Python.h":
     bint _is_exact_int "PyLong_CheckExact"(PyObject* o)
     bint _is_bool "PyBool_Check"(PyObject* o)
     bint _is_float "PyFloat_Check"(PyObject* o)
+    bint _is_exact_float "PyFloat_CheckExact"(PyObject* o)
+    Py_ssize_t _dict_size "PyDict_GET_SIZE"(PyObject* o)
+    bint PyBytes_CheckExact(object o)
+    char* PyBytes_AS_STRING(object o)
+    Py_ssize_t PyBytes_GET_SIZE(object o)
     bint _is_dict "PyDict_Check"(PyObject* o)
     bint _is_list "PyList_Check"(PyObject* o)
     bint _is_tuple "PyTuple_Check"(PyObject* o)
@@ -30,6 +36,8 @@ cdef extern from "Python.h":
     bint PyUnicode_Check(object o)
     double _float_value "PyFloat_AS_DOUBLE"(PyObject* o)
     Py_ssize_t _str_len "PyUnicode_GET_LENGTH"(PyObject* o)
+    bint _is_ascii "PyUnicode_IS_ASCII"(PyObject* o)
+    void* _str_data "PyUnicode_DATA"(PyObject* o)
     PyObject* _get "PyDict_GetItemWithError"(PyObject* d, PyObject* k) except? NULL
     int _dict_next "PyDict_Next"(PyObject* d, Py_ssize_t* pos, PyObject** k, PyObject** v)
     Py_ssize_t _list_size "PyList_GET_SIZE"(PyObject* o)
@@ -39,6 +47,7 @@ cdef extern from "Python.h":
     int _set_contains "PySet_Contains"(PyObject* s, PyObject* k) except -1
     int _less "PyObject_RichCompareBool"(PyObject* a, PyObject* b, int op) except -1
     int Py_LT
+    long long _as_long_long "PyLong_AsLongLongAndOverflow"(PyObject* o, int* overflow) except? -1
 
 
 MESSAGE_TYPES = _twin.MESSAGE_TYPES
@@ -84,6 +93,20 @@ cdef inline bint _absent(PyObject* v) noexcept:
     return v == NULL or v == <PyObject*>None
 
 
+cdef inline bint _optional_str(PyObject* v) noexcept:
+    return v == NULL or v == <PyObject*>None or _is_str(v)
+
+
+cdef inline int _negative(PyObject* v) except -1:
+    """Return whether the number v is below zero."""
+    cdef int overflow
+    if _is_float(v):
+        return _float_value(v) < 0
+    if _is_exact_int(v):
+        return _as_long_long(v, &overflow) < 0 or overflow < 0
+    return _less(v, <PyObject*>_ZERO, Py_LT)
+
+
 cdef inline bint _nonempty_str(PyObject* v) noexcept:
     return v != NULL and _is_str(v) and _str_len(v) > 0
 
@@ -100,15 +123,16 @@ cdef bint _tree_ok(PyObject* v, int depth) noexcept:
     cdef Py_ssize_t pos = 0, i, n
     cdef PyObject* key
     cdef PyObject* item
+    # Exact-type checks first: they are pointer compares, while subclass checks walk the MRO.
     if _is_exact_str(v) or _is_exact_int(v) or v == <PyObject*>None:
         return True
-    if _is_float(v):
+    if _is_exact_float(v):
         return isfinite(_float_value(v))
     if _is_dict(v):
         if depth > _MAX_DEPTH:
             return False
         while _dict_next(v, &pos, &key, &item):
-            if not _is_str(key) or not _tree_ok(item, depth + 1):
+            if not _is_exact_str(key) or not _tree_ok(item, depth + 1):
                 return False
         return True
     if _is_list(v):
@@ -127,91 +151,277 @@ cdef bint _tree_ok(PyObject* v, int depth) noexcept:
             if not _tree_ok(_tuple_item(v, i), depth + 1):
                 return False
         return True
+    if _is_float(v):
+        return isfinite(_float_value(v))
     return True
 
 
-cdef int _valid(PyObject* m) except -1:
-    """Return 1 when m is a valid envelope, 0 when it is not (the pure twin then says why)."""
+cdef bint _shallow(const char* buf, Py_ssize_t n) noexcept nogil:
+    """Return whether JSON text buf has at most MAX_DEPTH + 1 brackets, so no container nests too deep."""
+    cdef Py_ssize_t count = 0, i = 0, j, stop
+    cdef unsigned char block
+    while i < n:
+        # A byte-wide counter over blocks of at most 255 bytes lets the compiler count 16+ bytes per step.
+        stop = i + 255 if n - i > 255 else n
+        block = 0
+        for j in range(i, stop):
+            block += (buf[j] == 123) | (buf[j] == 91)  # '{' or '['
+        count += block
+        if count > _MAX_DEPTH + 1:
+            return False
+        i = stop
+    return True
+
+
+cdef enum:
+    # Codes of the field names the envelope defines; _OTHER is any other key.
+    _OTHER, _K_ID, _K_TIMESTAMP, _K_VERSION, _K_TYPE, _K_SOURCE, _K_PAYLOAD, _K_TARGET, _K_REPLY_TO
+    _K_CORRELATION_ID, _K_CONTEXT, _K_ROUTING, _K_CONTENT, _K_ERROR, _K_CODE, _K_MESSAGE
+    _K_CONVERSATION_ID, _K_METADATA, _K_PRIORITY, _K_CAPABILITIES, _K_TIMEOUT
+
+
+cdef inline int _key(PyObject* key) noexcept:
+    """Return the code of a dict key, or -1 when it is not an exact str (the slow path then decides)."""
+    cdef const char* s
+    if not _is_exact_str(key):
+        return -1
+    if not _is_ascii(key):
+        return _OTHER  # every defined name is ASCII
+    s = <const char*>_str_data(key)
+    # memcmp with a constant length compiles to a few integer compares.
+    n = _str_len(key)
+    if n == 2:
+        return _K_ID if memcmp(s, b"id", 2) == 0 else _OTHER
+    if n == 4:
+        if memcmp(s, b"type", 4) == 0:
+            return _K_TYPE
+        return _K_CODE if memcmp(s, b"code", 4) == 0 else _OTHER
+    if n == 5:
+        return _K_ERROR if memcmp(s, b"error", 5) == 0 else _OTHER
+    if n == 6:
+        if memcmp(s, b"source", 6) == 0:
+            return _K_SOURCE
+        return _K_TARGET if memcmp(s, b"target", 6) == 0 else _OTHER
+    if n == 7:
+        if memcmp(s, b"version", 7) == 0:
+            return _K_VERSION
+        if memcmp(s, b"payload", 7) == 0:
+            return _K_PAYLOAD
+        if memcmp(s, b"replyTo", 7) == 0:
+            return _K_REPLY_TO
+        if memcmp(s, b"context", 7) == 0:
+            return _K_CONTEXT
+        if memcmp(s, b"routing", 7) == 0:
+            return _K_ROUTING
+        if memcmp(s, b"content", 7) == 0:
+            return _K_CONTENT
+        if memcmp(s, b"message", 7) == 0:
+            return _K_MESSAGE
+        return _K_TIMEOUT if memcmp(s, b"timeout", 7) == 0 else _OTHER
+    if n == 8:
+        if memcmp(s, b"metadata", 8) == 0:
+            return _K_METADATA
+        return _K_PRIORITY if memcmp(s, b"priority", 8) == 0 else _OTHER
+    if n == 9:
+        return _K_TIMESTAMP if memcmp(s, b"timestamp", 9) == 0 else _OTHER
+    if n == 12:
+        return _K_CAPABILITIES if memcmp(s, b"capabilities", 12) == 0 else _OTHER
+    if n == 13:
+        return _K_CORRELATION_ID if memcmp(s, b"correlationId", 13) == 0 else _OTHER
+    if n == 14:
+        return _K_CONVERSATION_ID if memcmp(s, b"conversationId", 14) == 0 else _OTHER
+    return _OTHER
+
+
+cdef inline int _message_type_ok(PyObject* v) except -1:
+    cdef const char* s
+    cdef Py_ssize_t n
+    if not _is_str(v):
+        return 0
+    if _is_exact_str(v) and _is_ascii(v):
+        s = <const char*>_str_data(v)
+        n = _str_len(v)
+        if n == 4:
+            return memcmp(s, b"task", 4) == 0
+        if n == 5:
+            return memcmp(s, b"event", 5) == 0 or memcmp(s, b"query", 5) == 0
+        if n == 6:
+            return memcmp(s, b"result", 6) == 0
+        return 0
+    return _set_contains(<PyObject*>_TYPES, v)
+
+
+cdef int _valid(PyObject* m, bint deep) except -1:
+    """Return 1 when m is surely a valid envelope, 0 when the pure twin must decide (and explain).
+
+    One pass over each dict sorts its items into the defined fields. With deep false the value tree is not
+    walked: that is only for orjson output known to be shallow, as orjson never yields NaN or non-str keys.
+    """
+    cdef Py_ssize_t pos, i, n
+    cdef PyObject* key
     cdef PyObject* v
-    cdef PyObject* obj
-    cdef Py_ssize_t i, n
+    cdef int code
+    cdef PyObject* id_ = NULL
+    cdef PyObject* timestamp = NULL
+    cdef PyObject* version = NULL
+    cdef PyObject* type_ = NULL
+    cdef PyObject* source = NULL
+    cdef PyObject* payload = NULL
+    cdef PyObject* context = NULL
+    cdef PyObject* routing = NULL
+    cdef PyObject* metadata = NULL
+    cdef bint extra = False
+    cdef bint has_content = False
     if not _is_dict(m):
         return 0
-    if not _nonempty_str(_field(m, _ID)):
-        return 0
-    v = _field(m, _TIMESTAMP)
-    if v == NULL or not _number(v):
-        return 0
-    v = _field(m, _VERSION)
-    if v == NULL or not _is_str(v):
-        return 0
-    v = _field(m, _TYPE)
-    if v == NULL or not _is_str(v) or not _set_contains(<PyObject*>_TYPES, v):
-        return 0
-    obj = _field(m, _SOURCE)
-    if obj == NULL or not _is_dict(obj) or not _nonempty_str(_field(obj, _ID)):
-        return 0
-    v = _field(obj, _TYPE)
-    if v == NULL or not _is_str(v):
-        return 0
-    obj = _field(m, _PAYLOAD)
-    if obj == NULL or not _is_dict(obj) or _field(obj, _CONTENT) == NULL:
-        return 0
-    obj = _field(obj, _ERROR)
-    if not _absent(obj):
-        if not _is_dict(obj):
-            return 0
-        v = _field(obj, _CODE)
-        if v == NULL or not _is_str(v):
-            return 0
-        v = _field(obj, _MESSAGE)
-        if v == NULL or not _is_str(v):
-            return 0
-    for key in (_TARGET, _REPLY_TO, _CORRELATION_ID):
-        v = _field(m, key)
-        if not _absent(v) and not _is_str(v):
-            return 0
-    obj = _field(m, _CONTEXT)
-    if not _absent(obj):
-        if not _is_dict(obj):
-            return 0
-        v = _field(obj, _CONVERSATION_ID)
-        if not _absent(v) and not _is_str(v):
-            return 0
-        v = _field(obj, _METADATA)
-        if not _absent(v) and not _is_dict(v):
-            return 0
-    obj = _field(m, _ROUTING)
-    if not _absent(obj):
-        if not _is_dict(obj):
-            return 0
-        v = _field(obj, _PRIORITY)
-        if not _absent(v) and (not _is_int(v) or _is_bool(v)):
-            return 0
-        v = _field(obj, _CAPABILITIES)
-        if not _absent(v):
-            if not _is_list(v):
+    pos = 0
+    while _dict_next(m, &pos, &key, &v):
+        code = _key(key)
+        if code == _K_ID:
+            id_ = v
+        elif code == _K_TIMESTAMP:
+            timestamp = v
+        elif code == _K_VERSION:
+            version = v
+        elif code == _K_TYPE:
+            type_ = v
+        elif code == _K_SOURCE:
+            source = v
+        elif code == _K_PAYLOAD:
+            payload = v
+        elif code == _K_TARGET or code == _K_REPLY_TO or code == _K_CORRELATION_ID:
+            if not _optional_str(v):
                 return 0
-            n = _list_size(v)
-            for i in range(n):
-                if not _is_str(_list_item(v, i)):
-                    return 0
-        v = _field(obj, _TIMEOUT)
-        if not _absent(v) and (not _number(v) or _less(v, <PyObject*>_ZERO, Py_LT)):
+        elif code == _K_CONTEXT:
+            context = v
+        elif code == _K_ROUTING:
+            routing = v
+        elif code < 0:
             return 0
-    return _tree_ok(m, 0)
+        else:
+            extra = True
+    if not _nonempty_str(id_) or timestamp == NULL or not _number(timestamp):
+        return 0
+    if version == NULL or not _is_str(version) or type_ == NULL or not _message_type_ok(type_):
+        return 0
+
+    if source == NULL or not _is_dict(source):
+        return 0
+    n = 0
+    pos = 0
+    while _dict_next(source, &pos, &key, &v):
+        code = _key(key)
+        if code == _K_ID:
+            if not _nonempty_str(v):
+                return 0
+            n += 1
+        elif code == _K_TYPE:
+            if not _is_str(v):
+                return 0
+            n += 1
+        elif code < 0:
+            return 0
+    if n != 2:
+        return 0
+    if deep and _dict_size(source) != 2 and not _tree_ok(source, 1):
+        return 0
+
+    if payload == NULL or not _is_dict(payload):
+        return 0
+    pos = 0
+    while _dict_next(payload, &pos, &key, &v):
+        code = _key(key)
+        if code == _K_CONTENT:
+            has_content = True
+        elif code == _K_ERROR:
+            if not _error_ok(v):
+                return 0
+        elif code < 0:
+            return 0
+    if not has_content or (deep and not _tree_ok(payload, 1)):
+        return 0
+
+    if context != NULL and context != <PyObject*>None:
+        if not _is_dict(context):
+            return 0
+        pos = 0
+        while _dict_next(context, &pos, &key, &v):
+            code = _key(key)
+            if code == _K_CONVERSATION_ID:
+                if not _optional_str(v):
+                    return 0
+            elif code == _K_METADATA:
+                if v != <PyObject*>None and not _is_dict(v):
+                    return 0
+                metadata = v
+            elif code < 0:
+                return 0
+            else:
+                extra = True
+    if routing != NULL and routing != <PyObject*>None:
+        if not _is_dict(routing):
+            return 0
+        pos = 0
+        while _dict_next(routing, &pos, &key, &v):
+            code = _key(key)
+            if code == _K_PRIORITY:
+                if v != <PyObject*>None and (not _is_int(v) or _is_bool(v)):
+                    return 0
+            elif code == _K_CAPABILITIES:
+                if v != <PyObject*>None:
+                    if not _is_list(v):
+                        return 0
+                    n = _list_size(v)
+                    for i in range(n):
+                        if not _is_str(_list_item(v, i)):
+                            return 0
+            elif code == _K_TIMEOUT:
+                if v != <PyObject*>None and (not _number(v) or _negative(v)):
+                    return 0
+            elif code < 0:
+                return 0
+            else:
+                extra = True
+    if not deep:
+        return 1
+    # The defined fields hold checked leaves: walk what may hide a bad value (payload was walked above).
+    if extra:
+        return _tree_ok(m, 0)
+    if metadata != NULL and not _tree_ok(metadata, 2):
+        return 0
+    return 1
 
 
-cdef int _fail(object message) except -1:
+cdef inline int _error_ok(PyObject* error) noexcept:
+    cdef Py_ssize_t pos = 0
+    cdef PyObject* key
+    cdef PyObject* v
+    cdef int found = 0, code
+    if error == <PyObject*>None:
+        return 1
+    if not _is_dict(error):
+        return 0
+    while _dict_next(error, &pos, &key, &v):
+        code = _key(key)
+        if code == _K_CODE or code == _K_MESSAGE:
+            if not _is_str(v):
+                return 0
+            found += 1
+        elif code < 0:
+            return 0
+    return found == 2
+
+
+cdef int _slow(object message) except -1:
+    """Let the pure twin judge what the fast path could not vouch for: it raises the precise error."""
     _slow_validate(message)
-    # Unreachable while both twins agree; stay loud rather than let an invalid envelope through.
-    raise EnvelopeError("envelope is not valid")
+    return 0
 
 
 def validate(message):
     """Raise EnvelopeError naming the field unless message is a valid envelope."""
-    if not _valid(<PyObject*>message):
-        _fail(message)
+    if not _valid(<PyObject*>message, True):
+        _slow(message)
 
 
 def decode(data):
@@ -222,15 +432,21 @@ def decode(data):
         message = _loads(data)
     except (ValueError, TypeError) as exc:
         raise EnvelopeError(f"envelope is not valid JSON: {exc}") from None
-    if not _valid(<PyObject*>message):
-        _fail(message)
+    # orjson output needs the tree walk only for its depth, and short bracket counts rule that out.
+    cdef bint deep
+    if PyBytes_CheckExact(data):
+        deep = not _shallow(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+    else:
+        deep = True
+    if not _valid(<PyObject*>message, deep):
+        _slow(message)
     return message
 
 
 def encode(message):
     """Validate message and serialize it to JSON bytes."""
-    if not _valid(<PyObject*>message):
-        _fail(message)
+    if not _valid(<PyObject*>message, True):
+        _slow(message)
     try:
         return _dumps(message, None, _DUMPS_OPTIONS)
     except TypeError as exc:

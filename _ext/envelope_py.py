@@ -51,9 +51,9 @@ def _check_tree(value: object, field: str, depth: int) -> None:
         if depth > MAX_DEPTH:
             raise EnvelopeError(f"envelope field {field!r} nests deeper than {MAX_DEPTH} levels", field=field)
         for key, item in value.items():
-            if not isinstance(key, str):
+            if type(key) is not str:  # orjson writes exact str keys only
                 where = f"envelope field {field!r}" if field else "envelope"
-                raise EnvelopeError(f"{where} has a non-string key {key!r}", field=field or None)
+                raise EnvelopeError(f"{where} has a non-str key {key!r} ({_name(key)})", field=field or None)
             _check_tree(item, f"{field}.{key}" if field else key, depth + 1)
     elif isinstance(value, (list, tuple)):
         if depth > MAX_DEPTH:

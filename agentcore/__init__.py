@@ -26,6 +26,9 @@ from .errors import (
     PayloadTooLargeError,
     RemoteError,
     RequestTimeoutError,
+    StreamError,
+    StreamGapError,
+    StreamTimeoutError,
     SubjectError,
 )
 from .topics import Topics
@@ -62,6 +65,9 @@ __all__ = (
     "PayloadTooLargeError",
     "RemoteError",
     "RequestTimeoutError",
+    "StreamError",
+    "StreamGapError",
+    "StreamTimeoutError",
     "SubjectError",
 )
 

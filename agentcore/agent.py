@@ -415,8 +415,15 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         try:
             data = self._result_message(delivery, content)
             self._check_size(data)
-        except (EnvelopeError, PayloadTooLargeError) as exc:
-            await self._answer_error(delivery, "result_invalid" if isinstance(exc, EnvelopeError) else "payload_too_large", str(exc))
+        except PayloadTooLargeError as exc:
+            if (delivery.message.get("routing") or {}).get("stream"):
+                delivery.answered = True
+                await self._offer_large(delivery, data)  # the requester said it can pull a stream: it reassembles it
+            else:
+                await self._answer_error(delivery, "payload_too_large", str(exc))
+            return
+        except EnvelopeError as exc:
+            await self._answer_error(delivery, "result_invalid", str(exc))
             return
         delivery.answered = True
         await self._publish_raw(dest, data)
@@ -544,6 +551,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             conversation_id=conversation_id, metadata=metadata, priority=priority,
             capabilities=capabilities, timeout_ms=timeout * 1000.0,
         )
+        message["routing"]["stream"] = True  # we can pull a result larger than max_payload as a stream
         data = encode(message)
         self._check_size(data)
         try:
@@ -554,6 +562,8 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             raise RequestTimeoutError(f"no reply on {subject} within {timeout}s") from None
         self._metrics.published += 1
         reply = decode(msg.data)
+        if "stream" in reply["payload"]:
+            reply = await self._pull_large(reply, timeout)  # an oversized result, offered as a stream
         raise_for_error(reply)
         return reply
 

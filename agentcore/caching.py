@@ -43,7 +43,7 @@ class TaskCache:
             return None
         try:
             return canonical_hash((pattern, message["payload"]["content"]))  # type: ignore[no-any-return]
-        except (TypeError, ValueError):  # content orjson cannot canonicalise: simply not cacheable
+        except (KeyError, TypeError, ValueError):  # no content, or content orjson cannot canonicalise: not cacheable
             return None
 
     def get(self, key: int) -> Any:

@@ -117,3 +117,20 @@ class MCPServerDiedError(MCPError):
 
 class MCPResultTooLargeError(MCPError):
     """The result is larger than the NATS server's max_payload."""
+
+
+class StreamError(AgentCoreError):
+    """A stream failed: the producer sent an error frame (code, message), or the stream broke."""
+
+    def __init__(self, message: str, *, code: str = "stream_error", task_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.task_id = task_id
+
+
+class StreamGapError(StreamError):
+    """A chunk of a stream never arrived: later ones did, and the gap did not close within the reorder wait."""
+
+
+class StreamTimeoutError(StreamError, RequestTimeoutError):
+    """No chunk (receiver) or no credit (producer) arrived within the stream's idle timeout."""

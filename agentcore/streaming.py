@@ -1,15 +1,439 @@
-"""Chunked streaming of responses with ordering, gap detection and backpressure: filled in by the streaming issue."""
+"""Chunked streaming of responses with ordering, duplicate dropping, gap detection and credit-based backpressure.
+
+The frame format and credit protocol are in stream_frames. Two uses:
+- ``stream_response(task_id, generator)`` inside a task handler streams to a requester that asked with
+  ``request_stream(...)`` (the task carries ``routing.stream = {"window": W}`` and its reply inbox).
+- A result larger than the server's max_payload, for a requester that sent ``routing.stream = true``
+  (every ``request``/``request_message`` does), is offered with a small result whose
+  ``payload.stream = {"pull": subject, "size": n}``; the requester pulls it as a stream and reassembles it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import inspect
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
-__all__ = ("StreamingMixin",)
+import nats.errors
+import orjson
+from nats.aio.client import Client as NATSClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from .envelope import decode, encode, new_message, raise_for_error
+from .errors import AgentCoreError, RequestTimeoutError, StreamError, StreamGapError, StreamTimeoutError
+from .stream_frames import (
+    BYTES,
+    ENVELOPE,
+    ERROR,
+    H_ACK,
+    H_CANCEL,
+    H_CTL,
+    H_FINAL,
+    H_KIND,
+    H_SEQ,
+    H_STREAM,
+    H_WINDOW,
+    JSON,
+    StreamChunk,
+    encode_item,
+    split_point,
+)
+
+if TYPE_CHECKING:
+    from .agent import NATSAgent, _Delivery
+
+__all__ = ("StreamingMixin", "StreamReceiver", "StreamChunk")
+
+log = logging.getLogger("agentcore.streaming")
+
+_HEADER_ROOM = 1024  # headers and subject share max_payload with the body (PRIOR-ART: nats-py checks the body only)
+
+
+class _Sender:
+    """Send frames to one consumer, waiting for credit when the consumer asked for a window."""
+
+    def __init__(self, nc: NATSClient, task_id: str, dest: str | None, window: int | None, idle_timeout: float) -> None:
+        self.nc = nc
+        self.task_id = task_id
+        self.dest = dest
+        self.window = window  # None: the requester did not ask for flow control, send freely
+        self.idle_timeout = idle_timeout
+        self.acked = -1
+        self.seq = 0
+        self.cancelled = False
+        self.max_in_flight = 0
+        self.ctl = nc.new_inbox()
+        self._wake = asyncio.Event()
+        self._sub: Subscription | None = None
+
+    async def open(self) -> None:
+        self._sub = await self.nc.subscribe(self.ctl, cb=self._on_ctl)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except nats.errors.Error:
+                pass
+
+    async def _on_ctl(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        if headers.get(H_CANCEL):
+            self.cancelled = True
+        if msg.reply and self.dest is None:  # a pull: where the frames go
+            self.dest = msg.reply
+        if H_WINDOW in headers:
+            self.window = max(1, int(headers[H_WINDOW]))
+        if H_ACK in headers:
+            self.acked = max(self.acked, int(headers[H_ACK]))
+        self._wake.set()
+
+    async def wait_pulled(self, timeout: float) -> None:
+        while self.dest is None and not self.cancelled:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                raise StreamTimeoutError(f"nobody pulled stream {self.task_id} within {timeout}s", task_id=self.task_id) from None
+
+    async def send(self, kind: str, data: bytes, final: bool = False) -> bool:
+        """Send one frame once credit allows; return False when the consumer cancelled."""
+        while self.window is not None and self.seq > self.acked + self.window and not self.cancelled:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.idle_timeout)
+            except asyncio.TimeoutError:
+                raise StreamTimeoutError(
+                    f"stream {self.task_id}: no credit from the consumer within {self.idle_timeout}s", task_id=self.task_id
+                ) from None
+        if self.cancelled:
+            return False
+        headers = {H_STREAM: self.task_id, H_SEQ: str(self.seq), H_KIND: kind, H_CTL: self.ctl}
+        if final:
+            headers[H_FINAL] = "1"
+        assert self.dest is not None
+        await self.nc.publish(self.dest, data, headers=headers)
+        self.max_in_flight = max(self.max_in_flight, self.seq - self.acked)
+        self.seq += 1
+        return True
+
+
+class StreamReceiver:
+    """Yield a stream's chunks in order: duplicates dropped, gaps detected, credit granted as chunks are consumed.
+
+    Use ``async with`` (or call ``aclose()``) so that leaving early tells the producer to stop.
+    """
+
+    def __init__(
+        self,
+        nc: NATSClient,
+        *,
+        window: int = 16,
+        idle_timeout: float = 30.0,
+        gap_timeout: float = 1.0,
+        start: Any = None,
+    ) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.nc = nc
+        self.inbox = nc.new_inbox()
+        self.window = window
+        self.idle_timeout = idle_timeout
+        self.gap_timeout = gap_timeout
+        self.duplicates = 0
+        self.max_buffered = 0
+        self.task_id: str | None = None
+        self._start = start  # coroutine function(inbox) that asks the producer to begin
+        self._frames: dict[int, Msg] = {}
+        self._next = 0
+        self._acked = -1
+        self._ctl: str | None = None
+        self._done = False
+        self._arrived = asyncio.Event()
+        self._sub: Subscription | None = None
+
+    async def _open(self) -> None:
+        if self._sub is None:
+            self._sub = await self.nc.subscribe(self.inbox, cb=self._on_frame)
+            if self._start is not None:
+                await self._start(self.inbox)
+
+    async def _on_frame(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        seq_text = headers.get(H_SEQ)
+        seq = int(seq_text) if seq_text is not None else -1  # -1: a plain result envelope (no stream)
+        if seq >= 0 and (seq < self._next or seq in self._frames):
+            self.duplicates += 1
+            return
+        if seq < 0:
+            seq = self._next
+        self._frames[seq] = msg
+        self.max_buffered = max(self.max_buffered, len(self._frames))
+        if self._ctl is None and headers.get(H_CTL):
+            self._ctl = headers[H_CTL]
+        self._arrived.set()
+
+    def __aiter__(self) -> AsyncIterator[StreamChunk]:
+        return self
+
+    async def __aenter__(self) -> StreamReceiver:
+        await self._open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def __anext__(self) -> StreamChunk:
+        await self._open()
+        while True:
+            if self._done:
+                raise StopAsyncIteration
+            msg = self._frames.pop(self._next, None)
+            if msg is not None:
+                chunk = self._chunk(msg)
+                if chunk is None:
+                    continue
+                return chunk
+            await self._wait()
+
+    async def _wait(self) -> None:
+        gap = bool(self._frames)  # later frames are here, the next one is not: wait briefly for reordering
+        timeout = self.gap_timeout if gap else self.idle_timeout
+        self._arrived.clear()
+        try:
+            await asyncio.wait_for(self._arrived.wait(), timeout)
+        except asyncio.TimeoutError:
+            await self.aclose()
+            if gap:
+                raise StreamGapError(
+                    f"stream {self.task_id}: chunk {self._next} missing (have {sorted(self._frames)[:5]}...)", task_id=self.task_id
+                ) from None
+            raise StreamTimeoutError(f"stream {self.task_id}: no chunk within {self.idle_timeout}s", task_id=self.task_id) from None
+
+    def _chunk(self, msg: Msg) -> StreamChunk | None:
+        headers = msg.headers or {}
+        seq = self._next
+        self._next += 1
+        if H_SEQ not in headers:  # the task answered with a plain result (or an error) instead of streaming
+            self._done = True
+            reply = decode(msg.data)
+            raise_for_error(reply)
+            return StreamChunk(reply.get("correlationId") or "", seq, JSON, orjson.dumps(reply["payload"]["content"]) + b"\n", True)
+        self.task_id = headers.get(H_STREAM)
+        kind = headers.get(H_KIND, BYTES)
+        final = headers.get(H_FINAL) == "1"
+        if kind == ERROR:
+            self._done = True
+            error = orjson.loads(msg.data) if msg.data else {}
+            raise StreamError(str(error.get("message", "stream failed")), code=str(error.get("code", "stream_error")), task_id=self.task_id)
+        if final:
+            self._done = True
+        elif seq - self._acked >= max(1, self.window // 2):
+            self._grant(seq)
+        if final and not msg.data:
+            return None
+        return StreamChunk(self.task_id or "", seq, kind, msg.data, final)
+
+    def _grant(self, seq: int, cancel: bool = False) -> None:
+        if self._ctl is None:
+            return
+        self._acked = seq
+        headers = {H_ACK: str(seq), H_WINDOW: str(self.window)}
+        if cancel:
+            headers[H_CANCEL] = "1"
+        # Credit is fire-and-forget: nats-py buffers the publish; the next grant is cumulative if one is lost.
+        asyncio.ensure_future(self.nc.publish(self._ctl, b"", headers=headers))
+
+    async def read_all(self) -> bytes:
+        """Return every chunk's data joined (and close the stream)."""
+        parts = []
+        try:
+            async for chunk in self:
+                parts.append(chunk.data)
+        finally:
+            await self.aclose()
+        return b"".join(parts)
+
+    async def aclose(self) -> None:
+        """Stop receiving; tell the producer to stop if the stream has not ended."""
+        if not self._done:
+            self._done = True
+            if self._ctl is not None and not self.nc.is_closed:
+                self._grant(self._acked, cancel=True)
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            self._start = None
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error:
+                pass
+
+
+async def _iterate(generator: Any) -> AsyncIterator[Any]:
+    if hasattr(generator, "__aiter__"):
+        async for item in generator:
+            yield item
+    else:
+        for item in generator:
+            yield item
+
+
+async def _close_generator(generator: Any) -> None:
+    close = getattr(generator, "aclose", None) or getattr(generator, "close", None)
+    if close is not None:
+        result = close()
+        if inspect.isawaitable(result):
+            await result
 
 
 class StreamingMixin:
-    """Give NATSAgent stream_response and the receiving side of streams."""
+    """Give NATSAgent stream_response, request_stream and transparent chunking of oversized results."""
 
-    async def stream_response(self, task_id: str, response_generator: Any, chunk_size: int = 1024) -> None:
-        """Stream a generator's output to the requester of task_id in ordered chunks."""
-        raise NotImplementedError
+    async def stream_response(
+        self, task_id: str, response_generator: Any, chunk_size: int = 1024, *, idle_timeout: float = 30.0
+    ) -> None:
+        """Stream a generator's output to the requester of task_id in ordered chunks of at most chunk_size bytes.
+
+        Items may be str, bytes or JSON-able objects; consecutive items of one kind are coalesced. A
+        generator that raises ends the stream with an error frame (and the exception propagates). The
+        requester's cancel closes the generator and returns early.
+        """
+        agent: NATSAgent = self  # type: ignore[assignment]
+        delivery = agent._deliveries.get(task_id)
+        if delivery is None:
+            raise StreamError(f"agent {agent.agent_id} has no pending task {task_id} to stream to", task_id=task_id)
+        delivery.answered = True  # the stream is the answer: the handler's return value is not sent
+        dest = delivery.destination
+        if dest is None:
+            raise StreamError(f"task {task_id} has no reply destination to stream to", task_id=task_id)
+        nc = agent._require_nc()
+        limit = (nc.max_payload or 1024 * 1024) - _HEADER_ROOM
+        chunk_size = max(1, min(chunk_size, limit))
+        wanted = ((delivery.message.get("routing") or {}).get("stream"))
+        window = wanted.get("window") if isinstance(wanted, dict) else None
+        sender = _Sender(nc, task_id, dest, int(window) if window else None, idle_timeout)
+        await sender.open()
+        counters = agent._metrics.counters
+        counters["streams_sent"] += 1
+        buffer = bytearray()
+        kind = BYTES
+        try:
+            try:
+                async for item in _iterate(response_generator):
+                    item_kind, data = encode_item(item)
+                    if buffer and item_kind != kind:
+                        if not await sender.send(kind, bytes(buffer)):
+                            break
+                        buffer.clear()
+                    kind = item_kind
+                    buffer += data
+                    while len(buffer) >= chunk_size:
+                        cut = split_point(kind, buffer, chunk_size) if len(buffer) > chunk_size else chunk_size
+                        if not await sender.send(kind, bytes(buffer[:cut])):
+                            break
+                        del buffer[:cut]
+                    if sender.cancelled:
+                        break
+            except (StreamError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                counters["streams_failed"] += 1
+                error = {"code": "stream_error", "message": f"{type(exc).__name__}: {exc}"}
+                await sender.send(ERROR, orjson.dumps(error), final=True)
+                raise
+            if sender.cancelled:
+                counters["streams_cancelled"] += 1
+                await _close_generator(response_generator)
+                return
+            await sender.send(kind, bytes(buffer), final=True)
+        except StreamTimeoutError:
+            await _close_generator(response_generator)
+            raise
+        finally:
+            await sender.close()
+
+    def request_stream(
+        self,
+        topic: str,
+        content: Any,
+        *,
+        window: int = 16,
+        idle_timeout: float = 30.0,
+        gap_timeout: float = 1.0,
+        type: str = "task",
+        capabilities: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        priority: int = 5,
+    ) -> StreamReceiver:
+        """Send a task whose handler streams its answer; return the receiver (``async with`` / ``async for`` it).
+
+        Up to window chunks are in flight; a gap that stays open gap_timeout seconds raises StreamGapError,
+        no chunk for idle_timeout seconds raises StreamTimeoutError, an error frame raises StreamError.
+        """
+        agent: NATSAgent = self  # type: ignore[assignment]
+        nc = agent._require_nc()
+        subject = agent.topics.to_subject(topic, wildcards=False)
+        message = new_message(
+            type, content, source_id=agent.agent_id, source_type=agent.agent_type, metadata=metadata,
+            priority=priority, capabilities=capabilities,
+        )
+        message["routing"]["stream"] = {"window": window}
+        data = encode(message)
+        agent._check_size(data)
+
+        async def start(inbox: str) -> None:
+            await nc.publish(subject, data, reply=inbox)
+            agent._metrics.published += 1
+
+        return StreamReceiver(nc, window=window, idle_timeout=idle_timeout, gap_timeout=gap_timeout, start=start)
+
+    # ------------------------------------------------------------------ oversized results
+
+    async def _offer_large(self, delivery: _Delivery, data: bytes, *, window: int = 8, timeout: float = 30.0) -> None:
+        """Offer an encoded result too large for one message, then stream it to whoever pulls it."""
+        agent: NATSAgent = self  # type: ignore[assignment]
+        nc = agent._require_nc()
+        dest = delivery.destination
+        assert dest is not None
+        sender = _Sender(nc, delivery.message["id"], None, window, timeout)
+        await sender.open()
+        try:
+            request = delivery.message
+            offer = new_message(
+                "result", None, source_id=agent.agent_id, source_type=agent.agent_type,
+                target=request["source"]["id"], correlation_id=request["id"],
+            )
+            offer["payload"]["stream"] = {"pull": sender.ctl, "size": len(data)}
+            await agent._publish_raw(dest, encode(offer))
+            await sender.wait_pulled(timeout)
+            agent._metrics.counters["large_results_streamed"] += 1
+            step = (nc.max_payload or 1024 * 1024) - _HEADER_ROOM
+            view = memoryview(data)
+            for start in range(0, len(data), step):
+                end = start + step
+                if not await sender.send(ENVELOPE, bytes(view[start:end]), final=end >= len(data)):
+                    return
+        finally:
+            await sender.close()
+
+    async def _pull_large(self, offer: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Pull an offered oversized result and return its envelope."""
+        agent: NATSAgent = self  # type: ignore[assignment]
+        nc = agent._require_nc()
+        pull = offer["payload"]["stream"]["pull"]
+
+        async def start(inbox: str) -> None:
+            await nc.publish(pull, b"", reply=inbox, headers={H_WINDOW: "8"})
+
+        receiver = StreamReceiver(nc, window=8, idle_timeout=timeout, start=start)
+        try:
+            data = await receiver.read_all()
+        except StreamTimeoutError as exc:
+            raise RequestTimeoutError(str(exc)) from None
+        try:
+            return decode(data)
+        except AgentCoreError as exc:
+            raise StreamError(f"the reassembled result does not decode: {exc}") from exc

@@ -177,7 +177,7 @@ INVALID = [
     (_set("payload.content", -math.inf), "payload.content", "finite number, got -inf"),
     (_set("context.metadata", {"x": math.inf}), "context.metadata.x", "finite number"),
     (make_message(extra=math.nan), "extra", "finite number"),
-    (_set("payload.content", {1: "a"}), "payload.content", "non-string key 1"),
+    (_set("payload.content", {1: "a"}), "payload.content", "non-str key 1 (int)"),
     (_set("payload.content", [nested(99)]), "payload.content" + "[0]" * 99, "deeper than 100 levels"),
     (_set("context.metadata", {"a": nested(99)}), "context.metadata.a" + "[0]" * 98, "deeper than 100"),
 ]
@@ -403,3 +403,26 @@ def test_twins_agree_on_mutations(twins, message: dict[str, Any], data: st.DataO
 def test_twins_agree_on_random_bytes(twins, raw: bytes) -> None:  # type: ignore[no-untyped-def]
     compiled, pure = twins
     assert _outcome(compiled.envelope.decode, raw) == _outcome(pure.envelope.decode, raw)
+
+
+def test_many_brackets_but_shallow(envelope_module: ModuleType) -> None:
+    message = make_message(payload={"content": [[] for _ in range(300)] + [{} for _ in range(300)]})
+    assert envelope_module.decode(envelope_module.encode(message)) == message
+
+
+class _Key(str):
+    pass
+
+
+def test_odd_keys(envelope_module: ModuleType) -> None:
+    message = make_message()
+    message["ünïcode"] = {"ключ": [1.5]}
+    assert envelope_module.decode(envelope_module.encode(message)) == message
+    # orjson writes exact str keys only, so a str subclass key is refused up front, wherever it is.
+    with pytest.raises(EnvelopeError, match="envelope has a non-str key 'id' \\(_Key\\)") as info:
+        envelope_module.validate({_Key(k): v for k, v in message.items()})
+    assert info.value.field is None
+    message["payload"] = {_Key("content"): 1}
+    with pytest.raises(EnvelopeError, match="non-str key 'content'") as info:
+        envelope_module.encode(message)
+    assert info.value.field == "payload"
