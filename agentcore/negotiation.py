@@ -114,6 +114,7 @@ class NegotiationMixin:
         def _register(self, subject: str, handler: Any, *, kind: int, queue: str = "", system: bool = False,
                       fallback: Any = None) -> Any: ...
         def _schedule_sync(self) -> None: ...
+        async def _sync_subscriptions(self) -> None: ...
         def _require_nc(self) -> NATSClient: ...
         def _get_executor(self) -> concurrent.futures.ThreadPoolExecutor: ...
         def _check_size(self, data: bytes) -> None: ...
@@ -152,6 +153,19 @@ class NegotiationMixin:
             self._describe_hooks.append(lambda: {"negotiation_types": sorted(self.__dict__.get("_a2a_handlers", {}))})
             if self._nc is not None:
                 self._schedule_sync()
+
+    async def aregister_a2a_handler(
+        self, negotiation_type: str, handler: NegotiationHandler, *, on_outcome: OutcomeCallback | None = None
+    ) -> None:
+        """Register like register_a2a_handler() and return once the server routes calls for proposals here."""
+        self.register_a2a_handler(negotiation_type, handler, on_outcome=on_outcome)
+        nc = self._nc
+        if nc is not None and not nc.is_closed:
+            await self._sync_subscriptions()
+            # nats-py 2.16 writes a flush's PING straight to the socket, ahead of a SUB still in its pending
+            # buffer, so one flush can return before the server has the SUB. By the time that flush's PONG
+            # came back the flusher has written the SUB: a second PING is queued behind it.
+            await nc.flush()
 
     def unregister_a2a_handler(self, negotiation_type: str) -> None:
         """Stop answering negotiation_type (its calls for proposals are then refused as unknown)."""
@@ -536,6 +550,13 @@ class NegotiationMixin:
         for aid in rnd.pending:
             counters["negotiation_silent_agents"] += 1
             neg.set_outcome(aid, "timeout", f"no answer in round {rnd.number} before the deadline")
+        neg.transcript.append({
+            "round": rnd.number,
+            "asked": sorted(current),
+            "responses": {aid: neg.responses[aid] for aid in rnd.answers if aid in neg.responses and rnd.answers[aid]["kind"] == "answer"},
+            "silent": sorted(rnd.pending),
+            "no_responders": sorted(a for a, ans in rnd.answers.items() if ans["kind"] == "no_responder"),
+        })
         return offers, countered
 
     def _a2a_select(self, neg: Negotiation, offers: list[dict[str, Any]], select: SelectCallback | None,

@@ -95,6 +95,7 @@ class Negotiation:
     reasons: dict[str, str] = field(default_factory=dict)
     agreements: dict[str, dict[str, Any]] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    transcript: list[dict[str, Any]] = field(default_factory=list)  # per round: who was asked, who said what
     ignored: int = 0
 
     def transition(self, new_state: str, **detail: Any) -> None:
@@ -133,6 +134,7 @@ class Negotiation:
             "proposal": self.proposal,
             "constraints": self.constraints,
             "history": list(self.history),
+            "transcript": list(self.transcript),
             "ignored_responses": self.ignored,
             "duration_ms": self.elapsed_ms(),
         }

@@ -442,8 +442,7 @@ async def test_paused_agent_refuses_new_negotiations(make_agent: Any) -> None:
 
 async def test_handler_registered_on_a_running_agent(make_agent: Any) -> None:
     w = await make_agent("w1")
-    w.register_a2a_handler("job", offer(cost=1))
-    await w._sync_subscriptions()
+    await w.aregister_a2a_handler("job", offer(cost=1))
     coordinator = await make_agent("coordinator")
 
     result = await coordinator.negotiate_with_agents("w1", "job", {}, timeout=5.0)
@@ -490,3 +489,23 @@ def test_default_selection_and_state_machine() -> None:
     neg.transition("finalized")
     with pytest.raises(NegotiationError):
         neg.transition("collecting")
+
+
+async def test_negotiation_demo_sends_the_job_to_the_winner(make_agent: Any) -> None:
+    from agentcore.negotiation_demo import run_negotiation_demo
+
+    workers = [await make_agent(f"summarizer-{i}") for i in (1, 2, 3)] + [await make_agent("analyst-1")]
+    coordinator = await make_agent("coordinator", "coordinator")
+    lines: list[str] = []
+
+    summary = await run_negotiation_demo(coordinator, workers, lines.append)
+
+    assert summary["state"] == "finalized" and summary["rounds"] == 2, lines
+    assert summary["winner"] == "summarizer-1"
+    assert summary["outcomes"] == {"summarizer-1": "accepted", "summarizer-2": "rejected", "summarizer-3": "refused",
+                                   "analyst-1": "rejected"}, lines
+    assert summary["job"]["done_by"] == "summarizer-1" and summary["job"]["billed"] == 45
+    assert any("counter-proposes" in line for line in lines), lines and any("sent the job" in line for line in lines)
+    # A worker without a confirmed agreement refuses the job.
+    with pytest.raises(Exception, match="no_contract"):
+        await coordinator.send_task("contract", {"negotiation_id": summary["negotiation_id"]}, specificity="summarizer-2", timeout=5.0)
