@@ -93,21 +93,20 @@ async def test_list_and_call_across_two_agents(pair: tuple[NATSAgent, NATSAgent,
 async def test_the_wire_carries_mcp_json_rpc_unchanged(pair: tuple[NATSAgent, NATSAgent, MCPClient], raw_nc: Any) -> None:
     host, caller, _ = pair
     seen: list[Any] = []
-    got_reply = asyncio.Event()
 
     async def spy(msg: Any) -> None:
         seen.append((msg.subject, msg.data))
-        if ".responses." in msg.subject:
-            got_reply.set()
 
     await raw_nc.subscribe("agents.test.mcp.>", cb=spy)
     await raw_nc.flush()
     await caller.call_mcp_tool("tools", "echo", {"text": "wire"})
-    await asyncio.wait_for(got_reply.wait(), 5)
+    await eventually(lambda: len(seen) >= 2, what="the spy saw the request and the response")
     import orjson
 
-    (req_subject, req), = [(s, orjson.loads(d)) for s, d in seen if s.endswith(".requests")]
-    (resp_subject, resp), = [(s, orjson.loads(d)) for s, d in seen if ".responses." in s]
+    requests = [(s, orjson.loads(d)) for s, d in seen if s.endswith(".requests")]
+    responses = [(s, orjson.loads(d)) for s, d in seen if ".responses." in s]
+    assert len(requests) == len(responses) == 1, seen
+    (req_subject, req), (resp_subject, resp) = requests[0], responses[0]
     assert req_subject == "agents.test.mcp.tools.requests"
     rpc = req["payload"]["content"]
     assert rpc["jsonrpc"] == "2.0" and rpc["method"] == "tools/call" and rpc["params"] == {"name": "echo", "arguments": {"text": "wire"}}
@@ -310,3 +309,13 @@ async def test_sdk_session_sees_no_host_as_an_error(make_agent: Callable[..., An
             with pytest.raises(Exception) as exc_info:
                 await session.initialize()
             assert "no agent hosts MCP server 'absent'" in str(exc_info.value)
+
+
+async def test_demo_mcp_step(agent_config: Callable[..., Any]) -> None:
+    from agentcore.mcp.demo import run_mcp_demo
+
+    lines: list[str] = []
+    report = await run_mcp_demo(agent_config(), lines.append, calls=20)
+    assert report["word_count"] == [{"type": "text", "text": "7"}]
+    assert report["progress"] == ["1/3", "2/3", "3/3"] and report["cache_hits"] == 2
+    assert report["p50_ms"] > 0 and any("p50" in line for line in lines)
