@@ -75,13 +75,26 @@ async def run_demo(url: str, *, tasks: int = 200, out: Callable[[str], None] = p
         out(f"{tasks} concurrent summarize tasks in {elapsed * 1000:.1f} ms ({tasks / elapsed:.0f} tasks/s), shared by the queue group: "
             + ", ".join(f"{k}={v}" for k, v in sorted(handled_by.items())))
 
+        from .negotiation_demo import run_negotiation_demo
+
+        negotiation = await run_negotiation_demo(coordinator, summarizers, out)
+
+        try:
+            from .mcp.demo import run_mcp_demo
+        except ImportError:  # the MCP SDK is the optional extra agentcore[mcp]
+            out("mcp: skipped (install agentcore[mcp] for the MCP step)")
+            mcp_result: dict[str, Any] = {}
+        else:
+            mcp_result = await run_mcp_demo(config, out, calls=tasks)
+
         pong = await coordinator.control("analyst-1", "ping")
         out(f"control ping analyst-1 -> {pong}")
         for agent in workers:
             m = agent.get_metrics()
             out(f"  {agent.agent_id:<14} processed={m['messages_processed']:<4} failed={m['messages_failed']} "
                 f"p50={m['p50_latency_ms']:.3f} ms p99={m['p99_latency_ms']:.3f} ms")
-        return {"p50_us": p50, "p99_us": p99, "handled_by": dict(handled_by), "discovered": [i["id"] for i in found]}
+        return {"p50_us": p50, "p99_us": p99, "handled_by": dict(handled_by), "discovered": [i["id"] for i in found],
+                "negotiation": negotiation, "mcp": mcp_result}
     finally:
         for agent in [coordinator, *workers]:
             await agent.astop()

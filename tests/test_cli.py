@@ -27,6 +27,8 @@ def test_demo_starts_its_own_server_and_runs_agents() -> None:
     for worker in ("summarizer-1", "summarizer-2", "summarizer-3", "analyst-1"):
         assert f"discovered {worker}" in out
     assert "round trip p50" in out and "shared by the queue group" in out
+    assert "finalized" in out and "sent the job to the winner" in out  # the negotiation step
+    assert "mcp: word_count -> 7" in out  # the MCP step
     assert "stopped the local nats-server" in out
 
 
