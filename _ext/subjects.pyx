@@ -45,6 +45,7 @@ cdef extern from *:
 # Token stack size: subjects deeper than this take one heap allocation.
 cdef enum:
     _STACK_TOKENS = 32
+    _INLINE = 16
 
 cdef tuple _EMPTY = ()
 
@@ -192,25 +193,37 @@ cdef inline Py_ssize_t _count_tokens(const char* buf, Py_ssize_t n) noexcept nog
 cdef struct _Node
 
 cdef struct _Entry:
+    # Slots are 16 bytes so that big tables stay cache-friendly; the token itself lives in the child.
     uint64_t hash
-    char* key
-    Py_ssize_t klen
     _Node* child  # NULL marks an empty slot
 
 
 cdef struct _Node:
-    _Entry* table
+    _Entry* table  # literal children, open addressing with linear probing
     size_t mask
     size_t used
     _Node* star
     _Node* full
     PyObject* values  # list, or NULL when nothing ends here
+    Py_ssize_t klen  # the token that leads here from the parent (empty for root, '*' and '>')
+    char* key  # heap copy, only when the token is longer than _INLINE bytes
+    char inline_key[_INLINE]
 
 
-cdef _Node* _node_new() except NULL:
+cdef _Node* _node_new(const char* key, Py_ssize_t klen) except NULL:
     cdef _Node* node = <_Node*>PyMem_Malloc(sizeof(_Node))
     if node == NULL:
         raise MemoryError()
+    node.key = NULL
+    if klen > _INLINE:
+        node.key = <char*>PyMem_Malloc(klen)
+        if node.key == NULL:
+            PyMem_Free(node)
+            raise MemoryError()
+        memcpy(node.key, key, klen)
+    elif klen:
+        memcpy(node.inline_key, key, klen)
+    node.klen = klen
     node.table = NULL
     node.mask = 0
     node.used = 0
@@ -228,17 +241,26 @@ cdef void _node_free(_Node* node) noexcept:
         for i in range(node.mask + 1):
             if node.table[i].child != NULL:
                 _node_free(node.table[i].child)
-                PyMem_Free(node.table[i].key)
         PyMem_Free(node.table)
     _node_free(node.star)
     _node_free(node.full)
     Py_XDECREF(node.values)
+    PyMem_Free(node.key)
     PyMem_Free(node)
 
 
 cdef inline bint _node_empty(_Node* node) noexcept:
     return (node.used == 0 and node.star == NULL and node.full == NULL
             and (node.values == NULL or PyList_GET_SIZE(node.values) == 0))
+
+
+cdef inline bint _node_is(_Node* node, const char* key, Py_ssize_t klen) noexcept nogil:
+    """Return whether node is reached by token key."""
+    if node.klen != klen:
+        return False
+    if klen <= _INLINE:
+        return memcmp(node.inline_key, key, klen) == 0
+    return memcmp(node.key, key, klen) == 0
 
 
 cdef inline _Node* _lookup(_Node* node, const char* key, Py_ssize_t klen, uint64_t h) noexcept nogil:
@@ -253,7 +275,7 @@ cdef inline _Node* _lookup(_Node* node, const char* key, Py_ssize_t klen, uint64
         e = &table[i]
         if e.child == NULL:
             return NULL
-        if e.hash == h and e.klen == klen and memcmp(e.key, key, klen) == 0:
+        if e.hash == h and _node_is(e.child, key, klen):
             return e.child
         i = (i + 1) & mask
 
@@ -283,27 +305,16 @@ cdef int _grow(_Node* node) except -1:
 cdef _Node* _child_add(_Node* node, const char* key, Py_ssize_t klen, uint64_t h) except NULL:
     cdef _Node* child = _lookup(node, key, klen, h)
     cdef size_t i
-    cdef char* copy
     if child != NULL:
         return child
     # Keep the load factor at or below 1/2 so that probes stay short.
     if node.table == NULL or (node.used + 1) * 2 > node.mask + 1:
         _grow(node)
-    copy = <char*>PyMem_Malloc(klen if klen else 1)
-    if copy == NULL:
-        raise MemoryError()
-    memcpy(copy, key, klen)
-    try:
-        child = _node_new()
-    except MemoryError:
-        PyMem_Free(copy)
-        raise
+    child = _node_new(key, klen)
     i = <size_t>h & node.mask
     while node.table[i].child != NULL:
         i = (i + 1) & node.mask
     node.table[i].hash = h
-    node.table[i].key = copy
-    node.table[i].klen = klen
     node.table[i].child = child
     node.used += 1
     return child
@@ -318,11 +329,10 @@ cdef void _child_del(_Node* node, const char* key, Py_ssize_t klen, uint64_t h) 
     while True:
         if table[i].child == NULL:
             return
-        if table[i].hash == h and table[i].klen == klen and memcmp(table[i].key, key, klen) == 0:
+        if table[i].hash == h and _node_is(table[i].child, key, klen):
             break
         i = (i + 1) & mask
     _node_free(table[i].child)
-    PyMem_Free(table[i].key)
     j = i
     while True:
         j = (j + 1) & mask
@@ -445,7 +455,7 @@ cdef class SubjectIndex:
     def __cinit__(self, Py_ssize_t cache_size=1024):
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
-        self._root = _node_new()
+        self._root = _node_new(NULL, 0)
         self._patterns = {}
         self._cache = {}
         self._cache_size = cache_size
@@ -485,11 +495,11 @@ cdef class SubjectIndex:
             for i in range(count):
                 if toks[i].len == 1 and toks[i].ptr[0] == 42:  # '*'
                     if node.star == NULL:
-                        node.star = _node_new()
+                        node.star = _node_new(NULL, 0)
                     node = node.star
                 elif toks[i].len == 1 and toks[i].ptr[0] == 62:  # '>'
                     if node.full == NULL:
-                        node.full = _node_new()
+                        node.full = _node_new(NULL, 0)
                     node = node.full
                 else:
                     node = _child_add(node, toks[i].ptr, toks[i].len, toks[i].hash)
@@ -637,7 +647,7 @@ cdef class SubjectIndex:
     @cython.critical_section
     def clear(self):
         """Remove every entry and empty the result cache."""
-        cdef _Node* fresh = _node_new()
+        cdef _Node* fresh = _node_new(NULL, 0)
         _node_free(self._root)
         self._root = fresh
         self._patterns.clear()
