@@ -319,3 +319,26 @@ async def test_demo_mcp_step(agent_config: Callable[..., Any]) -> None:
     assert report["word_count"] == [{"type": "text", "text": "7"}]
     assert report["progress"] == ["1/3", "2/3", "3/3"] and report["cache_hits"] == 2
     assert report["p50_ms"] > 0 and any("p50" in line for line in lines)
+
+
+async def test_sdk_session_cancellation_travels_over_nats(
+    make_agent: Callable[..., Any], mcp_clients: Callable[..., Any], tmp_path: Path
+) -> None:
+    marker = tmp_path / "cancelled"
+    host, caller = await asyncio.gather(make_agent("host"), make_agent("caller"))
+    await host.aregister_mcp_server("tools", await mcp_clients(env={"CANCEL_MARKER": str(marker)}))
+    started = asyncio.Event()
+
+    async def on_progress(*_: Any) -> None:
+        started.set()
+
+    async with nats_client_transport(caller, "tools") as (read, write):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            call = asyncio.ensure_future(session.call_tool("wait_cancel", {}, progress_callback=on_progress))
+            await asyncio.wait_for(started.wait(), 10)
+            call.cancel()  # the session sends notifications/cancelled; the transport routes it to the host
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            await eventually(marker.exists, what="the server saw the SDK session's cancellation")
+            assert (await session.call_tool("add", {"a": 1, "b": 1})).content[0].text == "2"
