@@ -117,7 +117,9 @@ class Negotiation:
 
     def result(self) -> dict[str, Any]:
         """Return the outcome as the plain dict negotiate_with_agents() returns."""
-        by = lambda outcome: [a for a in self.targets if self.outcomes.get(a) == outcome]  # noqa: E731
+        def by(outcome: str) -> list[str]:
+            return [a for a in self.targets if self.outcomes.get(a) == outcome]
+
         return {
             "negotiation_id": self.id,
             "type": self.type,
