@@ -308,7 +308,8 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
                 self._run(reg, subject, message, msg, t0)
 
     def _run(self, reg: _Registration, subject: str, message: dict[str, Any], msg: Msg, t0: float) -> None:
-        self._inflight += 1
+        if not reg.system:  # control and discovery bypass the concurrency limit, so they are not counted in it
+            self._inflight += 1
         fut = run_eager(self._handle(reg, subject, message, msg, t0))
         if not fut.done():
             self._track(fut)

@@ -380,6 +380,8 @@ async def test_metrics_report_latency_and_counts(make_agent) -> None:
     client = await make_agent("client")
     for i in range(20):
         await client.send_task("work", i)
+        await client.control("worker", "ping")  # control messages never count against max_concurrency
+    assert [a["id"] for a in await client.discover(expected=1, timeout=5)] == ["worker"]
     m = worker.get_metrics()
     assert m["messages_processed"] == 20 and m["messages_failed"] == 0
     assert 0 < m["p50_latency_ms"] <= m["p99_latency_ms"]
