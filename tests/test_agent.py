@@ -383,7 +383,7 @@ async def test_metrics_report_latency_and_counts(make_agent) -> None:
         await client.control("worker", "ping")  # control messages never count against max_concurrency
     assert [a["id"] for a in await client.discover(expected=1, timeout=5)] == ["worker"]
     m = worker.get_metrics()
-    assert m["messages_processed"] == 20 and m["messages_failed"] == 0
+    assert m["messages_processed"] == 41 and m["messages_failed"] == 0  # 20 tasks, 20 pings, 1 discovery query
     assert 0 < m["p50_latency_ms"] <= m["p99_latency_ms"]
     assert m["avg_latency_ms"] > 0 and m["in_flight"] == 0 and m["reconnects"] == 0
     assert m["implementation"] in ("compiled", "pure")
