@@ -13,8 +13,8 @@ cdef class BatchAccumulator:
     """Gather items and hand them out in batches of batch_size, or earlier once batch_timeout has passed."""
 
     cdef list _items
-    cdef readonly Py_ssize_t batch_size
-    cdef readonly double batch_timeout
+    cdef Py_ssize_t _batch_size
+    cdef double _batch_timeout
     cdef object _clock
     cdef double _deadline
 
@@ -24,10 +24,20 @@ cdef class BatchAccumulator:
         if not batch_timeout > 0:
             raise ValueError(f"batch_timeout must be > 0 seconds, got {batch_timeout}")
         self._items = []
-        self.batch_size = batch_size
-        self.batch_timeout = batch_timeout
+        self._batch_size = batch_size
+        self._batch_timeout = batch_timeout
         self._clock = clock
         self._deadline = 0.0
+
+    @property
+    def batch_size(self):
+        """Return how many items make a full batch."""
+        return self._batch_size
+
+    @property
+    def batch_timeout(self):
+        """Return how many seconds the oldest pending item may wait."""
+        return self._batch_timeout
 
     @property
     def deadline(self):
@@ -41,13 +51,13 @@ cdef class BatchAccumulator:
         """Add item; return the full batch in arrival order once batch_size is reached, else None."""
         cdef list items = self._items
         cdef Py_ssize_t n = len(items)
-        if n + 1 >= self.batch_size:
+        if n + 1 >= self._batch_size:
             items.append(item)
             self._items = []
             return items
         if n == 0:
             # The clock is read once per batch, when its first item arrives.
-            self._deadline = <double>self._clock() + self.batch_timeout
+            self._deadline = <double>self._clock() + self._batch_timeout
         items.append(item)
         return None
 

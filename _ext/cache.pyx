@@ -53,14 +53,14 @@ cdef class ContentCache:
 
     cdef dict _data
     cdef _Entry _root  # _root.next is the least recently used entry, _root.prev the most recent
-    cdef readonly Py_ssize_t max_entries
-    cdef readonly object ttl
+    cdef Py_ssize_t _max_entries
+    cdef object _ttl_value  # None or the float given
     cdef double _ttl
     cdef bint _expiring
     cdef object _clock
-    cdef readonly Py_ssize_t hits
-    cdef readonly Py_ssize_t misses
-    cdef readonly Py_ssize_t evictions
+    cdef Py_ssize_t _hits
+    cdef Py_ssize_t _misses
+    cdef Py_ssize_t _evictions
 
     def __init__(self, Py_ssize_t max_entries=1024, ttl=60.0, clock=time.monotonic):
         if max_entries < 1:
@@ -71,11 +71,36 @@ cdef class ContentCache:
         self._root = _Entry()
         self._root.prev = self._root
         self._root.next = self._root
-        self.max_entries = max_entries
+        self._max_entries = max_entries
         self._expiring = ttl is not None
-        self.ttl = float(ttl) if self._expiring else None
-        self._ttl = self.ttl if self._expiring else 0.0
+        self._ttl_value = float(ttl) if self._expiring else None
+        self._ttl = self._ttl_value if self._expiring else 0.0
         self._clock = clock
+
+    @property
+    def hits(self):
+        """Return how many get() calls found a live entry."""
+        return self._hits
+
+    @property
+    def misses(self):
+        """Return how many get() calls found no live entry."""
+        return self._misses
+
+    @property
+    def evictions(self):
+        """Return how many entries were dropped to stay within max_entries."""
+        return self._evictions
+
+    @property
+    def max_entries(self):
+        """Return the most entries the cache holds."""
+        return self._max_entries
+
+    @property
+    def ttl(self):
+        """Return how many seconds an entry lives, or None when entries never expire."""
+        return self._ttl_value
 
     cdef inline void _unlink(self, _Entry entry) noexcept:
         entry.prev.next = entry.next
@@ -110,11 +135,11 @@ cdef class ContentCache:
                 if entry.next is not self._root:
                     self._unlink(entry)
                     self._append(entry)
-                self.hits += 1
+                self._hits += 1
                 return entry.value
             self._unlink(entry)
             PyDict_DelItem(self._data, key)
-        self.misses += 1
+        self._misses += 1
         return default
 
     def put(self, key, value):
@@ -135,11 +160,11 @@ cdef class ContentCache:
         entry.expires = expires
         PyDict_SetItem(self._data, key, entry)
         self._append(entry)
-        if len(self._data) > self.max_entries:
+        if len(self._data) > self._max_entries:
             entry = self._root.next
             self._unlink(entry)
             PyDict_DelItem(self._data, entry.key)
-            self.evictions += 1
+            self._evictions += 1
 
     def pop(self, key, default=None):
         """Remove key and return its live value, else default."""
@@ -171,10 +196,10 @@ cdef class ContentCache:
     def stats(self):
         """Return the counters and limits as a dict."""
         return {
-            "hits": self.hits,
-            "misses": self.misses,
-            "evictions": self.evictions,
+            "hits": self._hits,
+            "misses": self._misses,
+            "evictions": self._evictions,
             "size": len(self._data),
-            "max_entries": self.max_entries,
-            "ttl": self.ttl,
+            "max_entries": self._max_entries,
+            "ttl": self._ttl_value,
         }

@@ -449,8 +449,8 @@ cdef class SubjectIndex:
     cdef list _ring  # cached subjects in insertion order, oldest at _ring_pos once full
     cdef Py_ssize_t _ring_pos
     cdef Py_ssize_t _cache_size
-    cdef readonly Py_ssize_t cache_hits
-    cdef readonly Py_ssize_t cache_misses
+    cdef Py_ssize_t _hits
+    cdef Py_ssize_t _misses
 
     def __cinit__(self, Py_ssize_t cache_size=1024):
         if cache_size < 0:
@@ -461,6 +461,16 @@ cdef class SubjectIndex:
         self._cache_size = cache_size
         self._ring = [None] * cache_size
         self._ring_pos = 0
+
+    @property
+    def cache_hits(self):
+        """Return how many match() calls were answered from the result cache."""
+        return self._hits
+
+    @property
+    def cache_misses(self):
+        """Return how many match() calls missed the result cache."""
+        return self._misses
 
     def __dealloc__(self):
         _node_free(self._root)
@@ -595,9 +605,9 @@ cdef class SubjectIndex:
         if self._cache_size:
             cached = PyDict_GetItemWithError(self._cache, subject)
             if cached != NULL:
-                self.cache_hits += 1
+                self._hits += 1
                 return <object>cached
-            self.cache_misses += 1
+            self._misses += 1
             result = self._match(subject)
             if len(self._cache) >= self._cache_size:
                 PyDict_DelItem(self._cache, self._ring[self._ring_pos])

@@ -51,3 +51,33 @@ def test_pure_python_when_asked() -> None:
     assert info["modules"]["ContentCache"] == "agentcore._ext.cache_py"
     assert info["modules"]["BatchAccumulator"] == "agentcore._ext.batch_py"
     assert info["modules"]["decode"] == "agentcore._ext.envelope_py"
+
+
+def _doc_body(obj: object) -> str:
+    # embedsignature puts the signature in front of a compiled docstring; the text after it must match.
+    return (obj.__doc__ or "").strip().split("\n\n")[-1]
+
+
+@pytest.mark.parametrize("name", ["subjects", "envelope", "cache", "batch"])
+def test_twins_have_the_same_public_api(name: str) -> None:
+    if os.environ.get("AGENTCORE_NO_EXTENSIONS"):
+        pytest.skip("pure build requested")
+    import importlib
+
+    compiled = importlib.import_module(f"agentcore._ext.{name}")
+    pure = importlib.import_module(f"agentcore._ext.{name}_py")
+    assert compiled.__all__ == pure.__all__
+    assert _doc_body(compiled) .replace("compiled core", "") == _doc_body(pure).replace("pure-Python twin", "")
+    for public in pure.__all__:
+        c_obj, p_obj = getattr(compiled, public), getattr(pure, public)
+        if not callable(p_obj):
+            assert c_obj == p_obj
+            continue
+        assert _doc_body(c_obj) == _doc_body(p_obj), public
+        assert len(_doc_body(p_obj).splitlines()) == 1, public
+        if isinstance(p_obj, type):
+            c_names = {n for n in dir(c_obj) if not n.startswith("_")}
+            p_names = {n for n in dir(p_obj) if not n.startswith("_")}
+            assert c_names == p_names, public
+            for member in p_names:
+                assert _doc_body(getattr(c_obj, member)) == _doc_body(getattr(p_obj, member)), f"{public}.{member}"
