@@ -10,6 +10,7 @@ from .envelope import new_message
 from .errors import (
     AgentCoreError,
     ConfigError,
+    DuplicateMessageError,
     EnvelopeError,
     HandlerError,
     MCPError,
@@ -49,6 +50,7 @@ __all__ = (
     "errors",
     "AgentCoreError",
     "ConfigError",
+    "DuplicateMessageError",
     "EnvelopeError",
     "HandlerError",
     "MCPError",

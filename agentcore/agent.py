@@ -23,7 +23,7 @@ from nats.aio.subscription import Subscription
 
 from ._eager import run_eager
 from .batching import BatchingMixin
-from .caching import MISS, TaskCache
+from .caching import DONE, IN_FLIGHT, MISS, TaskCache
 from ._impl import IMPLEMENTATION, SubjectIndex, validate_token
 from .config import AgentConfig
 from .envelope import decode, encode, error_payload, is_expired, new_message, raise_for_error
@@ -63,6 +63,7 @@ class _Registration:
     kind: int
     is_async: bool
     system: bool = False  # control/discovery: never paused, never queued behind tasks
+    cache: bool = True  # results may be served from the content-hash cache (tasks only)
     fallback: Callable[[dict[str, Any]], str | None] | None = None  # where results go without a reply subject
 
     @property
@@ -121,6 +122,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         self.topics = Topics(self.environment)
         self.capabilities: list[str] = []
         self._capability_handlers: dict[str, Handler | None] = {}
+        self._uncached: set[str] = set()  # capabilities whose handlers must run for every task
         self._index = SubjectIndex()
         self._registrations: dict[tuple[str, str], list[_Registration]] = {}
         self._subs: dict[tuple[str, str], Subscription] = {}
@@ -150,12 +152,20 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
 
     # ------------------------------------------------------------------ capabilities and subscriptions
 
-    def add_capability(self, capability: str, handler: Handler | None = None) -> None:
-        """Declare a capability; its tasks go to handler(message) -> result, or else to process_message."""
+    def add_capability(self, capability: str, handler: Handler | None = None, *, cache: bool = True) -> None:
+        """Declare a capability; its tasks go to handler(message) -> result, or else to process_message.
+
+        With cache=False the handler runs for every task even when the result cache is on (side effects,
+        sampling); otherwise identical tasks within cache.ttl are answered from the cache.
+        """
         validate_token(capability)
         if capability not in self._capability_handlers:
             self.capabilities.append(capability)
         self._capability_handlers[capability] = handler
+        if cache:
+            self._uncached.discard(capability)
+        else:
+            self._uncached.add(capability)
         if self._nc is not None:
             self._register_capability(capability, handler)
             self._schedule_sync()
@@ -210,12 +220,14 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         queue: str = "",
         system: bool = False,
         fallback: Callable[[dict[str, Any]], str | None] | None = None,
+        cache: bool = True,
     ) -> _Registration:
         fn = handler if handler is not None else self.process_message
-        reg = _Registration(subject, queue, handler, kind, _is_async(fn), system, fallback)
+        reg = _Registration(subject, queue, handler, kind, _is_async(fn), system=system, cache=cache, fallback=fallback)
         regs = self._registrations.setdefault(reg.key, [])
         for old in regs:
             if old.handler == handler and old.kind == kind:
+                old.cache = cache
                 return old  # subscribing the same thing twice must not double-deliver
         regs.append(reg)
         self._index.insert(subject, reg)
@@ -232,12 +244,16 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             system=True,
             fallback=lambda _m: topics.discovery_responses(),
         )
+        self._setup_negotiation()
         for capability, handler in self._capability_handlers.items():
             self._register_capability(capability, handler)
 
     def _register_capability(self, capability: str, handler: Handler | None) -> None:
         kind = _TASK if handler else _MESSAGE
-        self._register(self.topics.task_pattern(capability), handler, kind=kind, queue=capability, fallback=self._result_fallback)
+        self._register(
+            self.topics.task_pattern(capability), handler, kind=kind, queue=capability, fallback=self._result_fallback,
+            cache=capability not in self._uncached,
+        )
 
     def _result_fallback(self, message: dict[str, Any]) -> str | None:
         if message.get("type") != "task":
@@ -307,8 +323,11 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             return
         cache, batch = self._cache, self._batch
         for reg in regs:
-            if cache is not None and not reg.system and cache.duplicate(reg.key, message["id"]):
-                continue  # a redelivery of a message this subscription already took
+            if cache is not None and not reg.system:
+                seen = cache.seen(reg.key, message["id"])
+                if seen is not MISS:  # a redelivery or a retry: never run a handler twice for one message id
+                    self._track(run_eager(self._answer_duplicate(reg, subject, message, msg, seen)))
+                    continue
             if batch is not None and not reg.system:
                 self._batch_add(_Queued(reg, subject, message, msg, t0))
             elif not reg.system and self._inflight >= self._max_concurrency:
@@ -343,6 +362,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         mid = message["id"]
         delivery = _Delivery(message, msg.reply or None, subject, reg.fallback)
         self._deliveries[mid] = delivery
+        replay: Any = DONE  # what a retry of this message id is answered with
         try:
             if is_expired(message):
                 metrics.expired += 1
@@ -350,11 +370,12 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
                 log.info("agent %s skipped expired message %s on %s", self.agent_id, mid, subject)
                 await self._answer_error(delivery, "expired", f"message {mid} expired before it was processed")
                 return
-            cache = self._cache if reg.kind == _TASK and not reg.system else None
+            cache = self._cache if reg.kind == _TASK and reg.cache and not reg.system else None
             key = cache.key(reg.pattern, message) if cache is not None else None
             if key is not None:
                 hit = cache.get(key)  # type: ignore[union-attr]
                 if hit is not MISS:
+                    replay = hit
                     await self._answer(delivery, hit)
                     metrics.processed += 1
                     return
@@ -371,12 +392,14 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
                     if result is not NO_REPLY:
                         if key is not None:
                             cache.put(key, result)  # type: ignore[union-attr]  # only results that did not raise
+                        replay = result
                         await self._answer(delivery, result)
                 elif result is False and delivery.destination and message.get("type") in ("task", "query"):
                     await self._answer_error(delivery, "unhandled", f"agent {self.agent_id} did not handle {subject}")
             metrics.processed += 1
         except Exception as exc:
             metrics.failed += 1
+            replay = MISS  # a retry of a failed message runs again
             if isinstance(exc, RemoteError):
                 code, text = exc.code, exc.remote_message
             else:
@@ -390,11 +413,26 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         finally:
             if self._deliveries.get(mid) is delivery:
                 del self._deliveries[mid]
+            if self._cache is not None and not reg.system:
+                self._cache.finish(reg.key, mid, replay)
             metrics.observe(time.perf_counter() - t0)
             if not reg.system:
                 self._inflight -= 1
             if self._queue:
                 self._pump()
+
+    async def _answer_duplicate(self, reg: _Registration, subject: str, message: dict[str, Any], msg: Msg, seen: Any) -> None:
+        """Answer a message id this subscription already took: replay its result, or say it is a duplicate."""
+        if not (msg.reply or message.get("replyTo")):
+            return  # a redelivered publish nobody waits for: dropping it is the point
+        delivery = _Delivery(message, msg.reply or None, subject, None)
+        if seen is IN_FLIGHT or seen is DONE:
+            state = "is being handled" if seen is IN_FLIGHT else "was handled"
+            await self._answer_error(delivery, "duplicate", f"message {message['id']} {state} by agent {self.agent_id}; "
+                                                            "send it with a new id to run it again")
+        else:
+            self._metrics.counters["duplicates_replayed"] += 1
+            await self._answer(delivery, seen)
 
     def _pump(self) -> None:
         while self._queue and self._inflight < self._max_concurrency:

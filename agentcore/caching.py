@@ -2,8 +2,10 @@
 
 A task whose capability and canonical payload content match one answered within ``cache.ttl`` seconds is
 answered from the cache without running its handler. Only successful results of task handlers are kept.
-A message opts out with ``context.metadata.cache = false`` (or ``routing.cache = false``); the agent also
-drops a message whose id it has already taken on the same subscription within the TTL (a redelivery).
+A message opts out with ``context.metadata.cache = false`` (or ``routing.cache = false``), a capability with
+``add_capability(..., cache=False)``. The agent also recognises a message whose id it has already taken on
+the same subscription within the TTL (a redelivery or a client's retry): it never runs the handler again, it
+replays the result when it has one and otherwise answers that the message is a duplicate.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ from typing import Any
 from ._impl import ContentCache, canonical_hash, content_hash
 from .metrics import AgentMetrics
 
-__all__ = ("TaskCache", "MISS")
+__all__ = ("TaskCache", "MISS", "IN_FLIGHT", "DONE")
 
-#: What TaskCache.get() returns when nothing live is cached (None is a valid cached result).
+#: What TaskCache.get() and seen() return when nothing live is recorded (None is a valid cached result).
 MISS: Any = object()
+#: seen(): the message is being handled right now.
+IN_FLIGHT: Any = object()
+#: seen(): the message was handled, but there is no result to replay (it failed, or its handler answered itself).
+DONE: Any = object()
 
 
 class TaskCache:
@@ -56,15 +62,23 @@ class TaskCache:
         """Remember a successful result."""
         self._results.put(key, result)
 
-    def duplicate(self, subscription: tuple[str, str], message_id: str) -> bool:
-        """Return True when this subscription (pattern, queue) already took message_id within the TTL; else remember it."""
+    def seen(self, subscription: tuple[str, str], message_id: str) -> Any:
+        """Return MISS for a new message id on this subscription (and mark it IN_FLIGHT), else what is known of it."""
         key = content_hash(f"{subscription[0]}\x00{subscription[1]}\x00{message_id}")
-        seen = self._seen
-        if key in seen:
-            self._counters["duplicates_dropped"] += 1
-            return True
-        seen.put(key, True)
-        return False
+        state = self._seen.get(key, MISS)
+        if state is MISS:
+            self._seen.put(key, IN_FLIGHT)
+        else:
+            self._counters["duplicates"] += 1
+        return state
+
+    def finish(self, subscription: tuple[str, str], message_id: str, result: Any = DONE) -> None:
+        """Record that message_id was handled, with its result for a retry to replay; MISS forgets it (it failed)."""
+        key = content_hash(f"{subscription[0]}\x00{subscription[1]}\x00{message_id}")
+        if result is MISS:
+            self._seen.pop(key, None)
+        else:
+            self._seen.put(key, result)
 
     def clear(self) -> None:
         """Forget every cached result and seen id."""

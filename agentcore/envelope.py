@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from ._impl import MESSAGE_TYPES, decode, encode, validate
-from .errors import HandlerError, InvalidMessageError, MessageExpiredError, RemoteError
+from .errors import DuplicateMessageError, HandlerError, InvalidMessageError, MessageExpiredError, RemoteError
 
 __all__ = (
     "MESSAGE_TYPES",
@@ -87,6 +87,7 @@ _ERROR_TYPES: dict[str, type[RemoteError]] = {
     "handler_error": HandlerError,
     "expired": MessageExpiredError,
     "invalid_message": InvalidMessageError,
+    "duplicate": DuplicateMessageError,
 }
 
 

@@ -73,6 +73,10 @@ class InvalidMessageError(RemoteError):
     """The remote side could not decode or validate the message it was sent."""
 
 
+class DuplicateMessageError(RemoteError):
+    """The message id was already taken by that agent, and it has no result to replay."""
+
+
 class NegotiationError(AgentCoreError, ValueError):
     """A negotiation cannot start (no targets, bad arguments) or broke its state machine."""
 

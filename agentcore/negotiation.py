@@ -147,27 +147,30 @@ class NegotiationMixin:
             raise NegotiationError("handler must be callable")
         handlers: dict[str, _A2AHandler] = self.__dict__.setdefault("_a2a_handlers", {})
         handlers[negotiation_type] = _A2AHandler(handler, on_outcome)
-        if not self.__dict__.get("_a2a_subscribed"):
-            from .agent import _TASK
+        if self._setup_negotiation() and self._nc is not None:
+            self._schedule_sync()
 
-            self.__dict__["_a2a_subscribed"] = True
-            self._register(self.topics.a2a_negotiate(self.agent_id), self._on_negotiate, kind=_TASK, system=True)
-            self._describe_hooks.append(lambda: {"negotiation_types": sorted(self.__dict__.get("_a2a_handlers", {}))})
-            if self._nc is not None:
-                self._schedule_sync()
+    def _setup_negotiation(self) -> bool:
+        """Serve this agent's negotiation subject (once); return True when it was newly registered.
+
+        Every agent serves it, handlers or not, so a call for proposals of a type it does not know is
+        refused with a reason instead of looking like an offline agent.
+        """
+        if self.__dict__.get("_a2a_subscribed"):
+            return False
+        from .agent import _TASK
+
+        self.__dict__["_a2a_subscribed"] = True
+        self._register(self.topics.a2a_negotiate(self.agent_id), self._on_negotiate, kind=_TASK, system=True)
+        self._describe_hooks.append(lambda: {"negotiation_types": sorted(self.__dict__.get("_a2a_handlers", {}))})
+        return True
 
     async def aregister_a2a_handler(
         self, negotiation_type: str, handler: NegotiationHandler, *, on_outcome: OutcomeCallback | None = None
     ) -> None:
         """Register like register_a2a_handler() and return once the server routes calls for proposals here."""
         self.register_a2a_handler(negotiation_type, handler, on_outcome=on_outcome)
-        nc = self._nc
-        if nc is not None and not nc.is_closed:
-            await self._sync_subscriptions()
-            # nats-py 2.16 writes a flush's PING straight to the socket, ahead of a SUB still in its pending
-            # buffer, so one flush can return before the server has the SUB. By the time that flush's PONG
-            # came back the flusher has written the SUB: a second PING is queued behind it.
-            await nc.flush()
+        await self._sync_subscriptions()  # returns once the server has the subscription
 
     def unregister_a2a_handler(self, negotiation_type: str) -> None:
         """Stop answering negotiation_type (its calls for proposals are then refused as unknown)."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import nats
 import orjson
+import pytest
 
 from agentcore import HandlerError, NATSAgent
 from agentcore.caching import TaskCache
@@ -109,7 +111,7 @@ async def test_max_entries_evicts_the_least_recently_used(make_agent: Any) -> No
     assert await client.send_task("s", "c") == {"n": 3}
 
 
-async def test_redelivered_duplicate_is_dropped_by_message_id(make_agent: Any, raw_nc: nats.NATS) -> None:
+async def test_redelivered_duplicate_never_runs_the_handler_twice(make_agent: Any, raw_nc: nats.NATS) -> None:
     calls: list[Any] = []
     worker = await make_agent(capabilities={"s": counting(calls)})
     envelope = {
@@ -120,9 +122,61 @@ async def test_redelivered_duplicate_is_dropped_by_message_id(make_agent: Any, r
     data = orjson.dumps(envelope)
     reply = await raw_nc.request(worker.topics.task("s"), data, timeout=5)
     assert orjson.loads(reply.data)["payload"]["content"] == {"n": 1}
-    inbox = raw_nc.new_inbox()
-    sub = await raw_nc.subscribe(inbox)
-    await raw_nc.publish(worker.topics.task("s"), data, reply=inbox)
-    await eventually(lambda: worker.get_metrics().get("duplicates_dropped") == 1, what="the duplicate to be dropped")
+    # A redelivery nobody waits for is dropped; a retry that waits gets the first result replayed.
+    await raw_nc.publish(worker.topics.task("s"), data)
+    again = await raw_nc.request(worker.topics.task("s"), data, timeout=5)
+    assert orjson.loads(again.data)["payload"]["content"] == {"n": 1}
+    assert orjson.loads(again.data)["correlationId"] == "redelivered-1"
     assert calls == ["x"]
-    await sub.unsubscribe()
+    metrics = worker.get_metrics()
+    assert metrics["duplicates"] == 2 and metrics["duplicates_replayed"] == 1
+
+
+async def test_duplicate_of_a_message_in_flight_is_answered_not_dropped(make_agent: Any, raw_nc: nats.NATS) -> None:
+    from agentcore.envelope import decode, raise_for_error
+    from agentcore.errors import DuplicateMessageError
+
+    gate = asyncio.Event()
+
+    async def slow(message: dict[str, Any]) -> str:
+        await gate.wait()
+        return "done"
+
+    worker = await make_agent(capabilities={"s": slow})
+    envelope = {"id": "twice", "timestamp": 1e12, "version": "1.0", "type": "task",
+                "source": {"id": "plain", "type": "agent"}, "payload": {"content": "x"}}
+    first = asyncio.ensure_future(raw_nc.request(worker.topics.task("s"), orjson.dumps(envelope), timeout=5))
+    await eventually(lambda: worker.get_metrics()["in_flight"] == 1)
+    second = await raw_nc.request(worker.topics.task("s"), orjson.dumps(envelope), timeout=5)
+    with pytest.raises(DuplicateMessageError, match="is being handled"):
+        raise_for_error(decode(second.data))
+    gate.set()
+    assert decode((await first).data)["payload"]["content"] == "done"
+
+
+async def test_a_retry_after_a_failure_runs_again(make_agent: Any, raw_nc: nats.NATS) -> None:
+    attempts: list[int] = []
+
+    def flaky(message: dict[str, Any]) -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise RuntimeError("transient")
+        return "ok"
+
+    worker = await make_agent(capabilities={"s": flaky})
+    envelope = orjson.dumps({"id": "retry-1", "timestamp": 1e12, "version": "1.0", "type": "task",
+                             "source": {"id": "plain", "type": "agent"}, "payload": {"content": "x"}})
+    first = orjson.loads((await raw_nc.request(worker.topics.task("s"), envelope, timeout=5)).data)
+    assert first["payload"]["error"]["code"] == "handler_error"
+    second = orjson.loads((await raw_nc.request(worker.topics.task("s"), envelope, timeout=5)).data)
+    assert second["payload"]["content"] == "ok" and len(attempts) == 2
+
+
+async def test_capability_can_opt_out_of_the_result_cache(make_agent: Any) -> None:
+    calls: list[Any] = []
+    worker = await make_agent(start=False)
+    worker.add_capability("roll", counting(calls), cache=False)
+    await worker.astart()
+    client = await make_agent("client")
+    assert await client.send_task("roll", "same") == {"n": 1}
+    assert await client.send_task("roll", "same") == {"n": 2}

@@ -186,6 +186,17 @@ async def test_unknown_type_is_refused_with_reason(make_agent: Any) -> None:
     assert "job" in result["responses"]["w1"]["reason"]
 
 
+async def test_agent_without_negotiation_handlers_refuses_rather_than_looking_offline(make_agent: Any) -> None:
+    await make_agent("plain-worker")  # never registered a negotiation handler
+    coordinator = await make_agent("coordinator")
+
+    result = await coordinator.negotiate_with_agents(["plain-worker"], "job", {"task": "x"}, timeout=5.0)
+
+    assert result["outcomes"]["plain-worker"] == "refused"
+    assert "unknown negotiation type 'job'" in result["reasons"]["plain-worker"]
+    assert result["no_responders"] == []
+
+
 async def test_handler_error_is_a_refusal_carrying_the_error(make_agent: Any) -> None:
     def broken(negotiation: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("boom")
