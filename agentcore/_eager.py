@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import types
 from collections.abc import Coroutine, Generator
 from typing import Any
 
-__all__ = ("run_eager",)
+__all__ = ("run_eager", "start_eager")
+
+log = logging.getLogger("agentcore.agent")
 
 
 @types.coroutine
@@ -50,3 +53,15 @@ def run_eager(coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any] | asyncio.T
         fut.set_exception(exc)
         return fut
     return loop.create_task(_resume(coro, yielded))
+
+
+def start_eager(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
+    """Step coro now, fire and forget: None if it completed (errors are logged), else the Task that continues it."""
+    try:
+        yielded = coro.send(None)
+    except StopIteration:
+        return None  # the common case on the hot path: no Future is made for it
+    except Exception:
+        log.exception("background step failed")
+        return None
+    return asyncio.get_running_loop().create_task(_resume(coro, yielded))

@@ -12,7 +12,7 @@ import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import nats
@@ -21,12 +21,12 @@ from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from ._eager import run_eager
+from ._eager import run_eager, start_eager
 from .batching import BatchingMixin
 from .caching import DONE, IN_FLIGHT, MISS, TaskCache
 from ._impl import IMPLEMENTATION, SubjectIndex, validate_token
 from .config import AgentConfig
-from .envelope import decode, encode, error_payload, is_expired, new_message, raise_for_error
+from .envelope import VERSION, decode, encode, error_payload, is_expired, new_id, new_message, raise_for_error
 from .errors import (
     AgentCoreError,
     EnvelopeError,
@@ -65,10 +65,10 @@ class _Registration:
     system: bool = False  # control/discovery: never paused, never queued behind tasks
     cache: bool = True  # results may be served from the content-hash cache (tasks only)
     fallback: Callable[[dict[str, Any]], str | None] | None = None  # where results go without a reply subject
+    key: tuple[str, str] = field(init=False)  # the wire subscription it rides on: (pattern, queue)
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.pattern, self.queue)
+    def __post_init__(self) -> None:
+        self.key = (self.pattern, self.queue)
 
 
 @dataclass(eq=False, slots=True)
@@ -117,11 +117,13 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
     def __init__(self, agent_id: str, agent_type: str = "agent", config: AgentConfig | Mapping[str, Any] | None = None) -> None:
         self.agent_id = validate_token(agent_id)
         self.agent_type = agent_type
+        self._source = {"id": self.agent_id, "type": agent_type}  # shared by every envelope this agent sends
         self.config = config if isinstance(config, AgentConfig) else AgentConfig(config)
         self.environment: str = self.config["nats.environment"]
         self.topics = Topics(self.environment)
         self.capabilities: list[str] = []
         self._capability_handlers: dict[str, Handler | None] = {}
+        self._subjects: dict[str, str] = {}  # topic -> validated subject, for requests
         self._uncached: set[str] = set()  # capabilities whose handlers must run for every task
         self._index = SubjectIndex()
         self._registrations: dict[tuple[str, str], list[_Registration]] = {}
@@ -319,14 +321,14 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             metrics.failed += 1
             log.warning("agent %s dropped a malformed message on %s: %s", self.agent_id, subject, exc)
             if msg.reply:
-                self._track(run_eager(self._send_error(msg.reply, None, "invalid_message", str(exc))))
+                self._track(start_eager(self._send_error(msg.reply, None, "invalid_message", str(exc))))
             return
         cache, batch = self._cache, self._batch
         for reg in regs:
             if cache is not None and not reg.system:
                 seen = cache.seen(reg.key, message["id"])
                 if seen is not MISS:  # a redelivery or a retry: never run a handler twice for one message id
-                    self._track(run_eager(self._answer_duplicate(reg, subject, message, msg, seen)))
+                    self._track(start_eager(self._answer_duplicate(reg, subject, message, msg, seen)))
                     continue
             if batch is not None and not reg.system:
                 self._batch_add(_Queued(reg, subject, message, msg, t0))
@@ -340,11 +342,13 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
     def _run(self, reg: _Registration, subject: str, message: dict[str, Any], msg: Msg, t0: float) -> None:
         if not reg.system:  # control and discovery bypass the concurrency limit, so they are not counted in it
             self._inflight += 1
-        fut = run_eager(self._handle(reg, subject, message, msg, t0))
-        if not fut.done():
-            self._track(fut)
+        task = start_eager(self._handle(reg, subject, message, msg, t0))
+        if task is not None:  # the handler suspended: keep its task alive until it finishes
+            self._track(task)
 
-    def _track(self, fut: asyncio.Future[Any]) -> None:
+    def _track(self, fut: asyncio.Future[Any] | None) -> None:
+        if fut is None:
+            return
         if fut.done():
             if not fut.cancelled() and fut.exception() is not None:
                 log.error("agent %s background step failed", self.agent_id, exc_info=fut.exception())
@@ -364,7 +368,8 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         self._deliveries[mid] = delivery
         replay: Any = DONE  # what a retry of this message id is answered with
         try:
-            if is_expired(message):
+            routing = message.get("routing")
+            if routing is not None and routing.get("timeout") is not None and is_expired(message):
                 metrics.expired += 1
                 metrics.failed += 1
                 log.info("agent %s skipped expired message %s on %s", self.agent_id, mid, subject)
@@ -443,19 +448,22 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
 
     def _result_message(self, delivery: _Delivery, content: Any, error: dict[str, Any] | None = None) -> bytes:
         request = delivery.message
-        context = request.get("context") or {}
-        return encode(
-            new_message(
-                "result",
-                content,
-                source_id=self.agent_id,
-                source_type=self.agent_type,
-                target=request["source"]["id"],
-                correlation_id=request["id"],
-                conversation_id=context.get("conversationId"),
-                error=error,
-            )
-        )
+        context = request.get("context")
+        payload: dict[str, Any] = {"content": content} if error is None else {"content": content, "error": error}
+        # The same fields new_message() writes, as one literal: this runs once per answered task.
+        return encode({
+            "id": new_id(),
+            "timestamp": time.time(),
+            "version": VERSION,
+            "type": "result",
+            "source": self._source,
+            "target": request["source"]["id"],
+            "replyTo": None,
+            "correlationId": request["id"],
+            "context": {"conversationId": context.get("conversationId") if context else None, "metadata": {}},
+            "payload": payload,
+            "routing": None,
+        })
 
     async def _answer(self, delivery: _Delivery, content: Any) -> None:
         dest = delivery.destination
@@ -476,7 +484,8 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             await self._answer_error(delivery, "result_invalid", str(exc))
             return
         delivery.answered = True
-        await self._publish_raw(dest, data)
+        await self._nc.publish(dest, data)  # type: ignore[union-attr]  # connected: the message came from it
+        self._metrics.published += 1
 
     async def _answer_error(self, delivery: _Delivery, code: str, text: str) -> None:
         dest = delivery.destination
@@ -594,7 +603,11 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
     ) -> dict[str, Any]:
         """Send a message to a topic and return the whole result envelope (error results raise)."""
         nc = self._require_nc()
-        subject = self.topics.to_subject(topic, wildcards=False)
+        subject = self._subjects.get(topic)
+        if subject is None:
+            subject = self.topics.to_subject(topic, wildcards=False)
+            if len(self._subjects) < 4096:  # requests mostly go to a few subjects: validate each once
+                self._subjects[topic] = subject
         timeout = timeout if timeout is not None else self.config["agent.request_timeout"]
         message = new_message(
             type, content, source_id=self.agent_id, source_type=self.agent_type, target=target,

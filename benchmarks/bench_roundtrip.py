@@ -52,8 +52,10 @@ class Pair:
                 return orjson.loads((await requester.request("bench.raw", payload, timeout=5)).data)
 
             return call
-        config = AgentConfig({"nats.servers": [self.url], "nats.environment": "bench", "agent.heartbeat_interval": 60.0,
-                              "cache.enabled": False}, environ={})  # measure the dispatch path, not cache hits
+        # "agent": the dispatch path alone (result cache off). "agent_cache": the default configuration, with
+        # the content-hash cache and duplicate detection on, every task's content distinct (all misses).
+        config = AgentConfig({"nats.servers": [self.url], "nats.environment": f"bench-{self.kind}", "agent.heartbeat_interval": 60.0,
+                              "cache.enabled": self.kind == "agent_cache"}, environ={})
 
         async def summarise(message: dict[str, Any]) -> dict[str, Any]:
             return {"ok": message["payload"]["content"]["lang"]}
@@ -65,9 +67,11 @@ class Pair:
         await client.astart()
         self.closers += [worker.astop, client.astop]
         subject = client.topics.task("summarise")
+        counter = iter(range(1 << 62))
 
         async def call() -> Any:
-            return await client.request(subject, CONTENT, timeout=5)
+            content = {**CONTENT, "n": next(counter)} if self.kind == "agent_cache" else CONTENT
+            return await client.request(subject, content, timeout=5)
 
         return call
 
@@ -90,7 +94,7 @@ class Pair:
 
 @pytest.fixture(scope="module")
 def pairs(server: NATSServer) -> Iterator[dict[str, Pair]]:
-    made = {kind: Pair(server.url, kind) for kind in ("raw", "agent")}
+    made = {kind: Pair(server.url, kind) for kind in ("raw", "agent", "agent_cache")}
     for pair in made.values():
         assert pair.run(1)  # warm up and prove the path works
     yield made
@@ -98,7 +102,7 @@ def pairs(server: NATSServer) -> Iterator[dict[str, Pair]]:
         pair.close()
 
 
-@pytest.mark.parametrize("kind", ["raw", "agent"])
+@pytest.mark.parametrize("kind", ["raw", "agent", "agent_cache"])
 def test_roundtrip(benchmark: Any, pairs: dict[str, Pair], kind: str) -> None:
     """Median time of ROUND_TRIPS sequential round trips (divide by ROUND_TRIPS for one)."""
     pair = pairs[kind]
@@ -109,16 +113,16 @@ def test_roundtrip(benchmark: Any, pairs: dict[str, Pair], kind: str) -> None:
 
 def test_roundtrip_ratio(pairs: dict[str, Pair]) -> None:
     """Interleave raw and agent blocks so machine noise hits both alike; print p50/p99 and their ratios."""
-    samples: dict[str, list[float]] = {"raw": [], "agent": []}
+    samples: dict[str, list[float]] = {kind: [] for kind in pairs}
     for _ in range(20):
-        for kind in ("raw", "agent"):
+        for kind in pairs:
             samples[kind] += pairs[kind].run(250)
     stats = {}
     for kind, times in samples.items():
         times.sort()
         stats[kind] = (statistics.median(times) * 1e6, times[int(len(times) * 0.99)] * 1e6)
-    raw, agent = stats["raw"], stats["agent"]
-    print(
-        f"\nround trip over {len(samples['raw'])} calls each: raw nats-py p50 {raw[0]:.1f} µs p99 {raw[1]:.1f} µs; "
-        f"agentcore p50 {agent[0]:.1f} µs p99 {agent[1]:.1f} µs; ratio p50 {agent[0] / raw[0]:.3f}x p99 {agent[1] / raw[1]:.3f}x"
-    )
+    raw = stats["raw"]
+    print(f"\nround trip over {len(samples['raw'])} calls each: raw nats-py p50 {raw[0]:.1f} µs p99 {raw[1]:.1f} µs")
+    for kind in ("agent", "agent_cache"):
+        p50, p99 = stats[kind]
+        print(f"  {kind:<12} p50 {p50:.1f} µs p99 {p99:.1f} µs; ratio p50 {p50 / raw[0]:.3f}x p99 {p99 / raw[1]:.3f}x")
