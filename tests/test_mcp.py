@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+import warnings
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -342,3 +343,146 @@ async def test_sdk_session_cancellation_travels_over_nats(
                 await call
             await eventually(marker.exists, what="the server saw the SDK session's cancellation")
             assert (await session.call_tool("add", {"a": 1, "b": 1})).content[0].text == "2"
+
+
+async def test_discovery_names_the_tools_as_soon_as_an_agent_registered_before_start_serves(
+    make_agent: Callable[..., Any], mcp_clients: Callable[..., Any]
+) -> None:
+    host, client = await asyncio.gather(make_agent("early-host", start=False), mcp_clients())
+    host.register_mcp_server("tools", client, tools=["add", "echo"])  # sync, before the agent has a connection
+    assert host.hosted_mcp_servers() == {"tools": ["add", "echo"]}
+    await host.astart()
+    caller = await make_agent("caller")
+    (info,) = await caller.discover(expected=1, timeout=5)  # no request has reached the host yet
+    assert info["id"] == "early-host" and sorted(info["mcp_servers"]["tools"]["tools"]) == ["add", "echo"]
+    assert await caller.call_mcp_tool("tools", "add", {"a": 1, "b": 2}) == [{"type": "text", "text": "3"}]
+
+
+async def test_registering_a_client_that_is_not_connected_says_so(make_agent: Callable[..., Any]) -> None:
+    host = await make_agent("host", start=False)
+    with pytest.raises(MCPError, match="'tools'.*not connected"):
+        host.register_mcp_server("tools", MCPClient(sys.executable, [TOOLS_SERVER]))
+    assert host.hosted_mcp_servers() == {}
+
+
+async def test_sdk_session_reads_resources_gets_prompts_and_completes_over_nats(pair: tuple[NATSAgent, NATSAgent, MCPClient]) -> None:
+    _, caller, _ = pair
+    from mcp.shared.exceptions import MCPError as SDKError
+    from mcp.types import PromptReference
+
+    async with nats_client_transport(caller, "tools") as (read, write):
+        async with ClientSession(read, write) as session:
+            init = await session.initialize()
+            caps = init.capabilities
+            assert caps.tools is not None and caps.resources is not None and caps.prompts is not None and caps.completions is not None
+            assert not caps.resources.subscribe  # server-initiated notifications do not travel: not offered
+            resources = await session.list_resources()
+            assert [(str(r.uri), r.mime_type) for r in resources.resources] == [("config://app", "application/json")]
+            templates = await session.list_resource_templates()
+            assert [t.uri_template for t in templates.resource_templates] == ["greeting://{name}"]
+            config = await session.read_resource("config://app")
+            assert config.contents[0].text == '{"mode": "test"}'
+            hello = await session.read_resource("greeting://nats")
+            assert hello.contents[0].text == "hello, nats"
+            prompts = await session.list_prompts()
+            assert [(p.name, [a.name for a in p.arguments or ()]) for p in prompts.prompts] == [("review", ["code", "language"])]
+            prompt = await session.get_prompt("review", {"code": "x = 1", "language": "rust"})
+            assert prompt.messages[0].role == "user" and prompt.messages[0].content.text == "Review this rust code:\nx = 1"
+            done = await session.complete(PromptReference(name="review"), {"name": "language", "value": "py"})
+            assert done.completion.values == ["python", "pyrex"]
+            # The server's own JSON-RPC errors come back unchanged (code, message, data).
+            with pytest.raises(SDKError) as missing:
+                await session.read_resource("nope://x")
+            assert missing.value.error.code == -32602 and missing.value.error.data == {"uri": "nope://x"}
+            # Methods that would touch the host's shared session are refused, naming the server.
+            with pytest.raises(SDKError) as refused, warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the SDK marks logging as deprecated in its newest protocol version
+                await session.set_logging_level("debug")
+            assert refused.value.error.code == -32601 and "'tools'" in refused.value.error.message
+            # The allow-list still holds on the same session.
+            assert "secret" not in {t.name for t in (await session.list_tools()).tools}
+            with pytest.raises(SDKError, match="unknown tool 'secret' on MCP server 'tools'"):
+                await session.call_tool("secret", {})
+    with pytest.raises(MCPToolNotFoundError):
+        await caller.call_mcp_tool("tools", "secret", {})
+
+
+async def test_a_server_without_resources_or_prompts_is_not_offered_them(make_agent: Callable[..., Any]) -> None:
+    from mcp.server import Server
+    from mcp.shared.exceptions import MCPError as SDKError
+
+    bare = Server("bare")  # the low-level server: only what it has handlers for
+    host, caller = await asyncio.gather(make_agent("host"), make_agent("caller"))
+    client = await host.serve_mcp_server("bare", bare)
+    try:
+        async with nats_client_transport(caller, "bare") as (read, write):
+            async with ClientSession(read, write) as session:
+                init = await session.initialize()
+                assert init.capabilities.resources is None and init.capabilities.prompts is None
+                with pytest.raises(SDKError) as refused:
+                    await session.list_resources()
+                assert refused.value.error.code == -32601 and "'bare'" in refused.value.error.message
+    finally:
+        await client.close()
+
+
+async def test_a_host_stopping_mid_call_answers_with_a_clear_error(make_agent: Callable[..., Any], mcp_clients: Callable[..., Any]) -> None:
+    host, caller, client = await asyncio.gather(make_agent("host"), make_agent("caller"), mcp_clients())
+    await host.aregister_mcp_server("tools", client)
+    started, sdk_started = asyncio.Event(), asyncio.Event()
+
+    async def sdk_started_cb(*_: Any) -> None:
+        sdk_started.set()
+
+    call = asyncio.ensure_future(caller.call_mcp_tool("tools", "slow", {"seconds": 30}, progress=lambda *_: started.set()))
+    async with nats_client_transport(caller, "tools") as (read, write):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            sdk_call = asyncio.ensure_future(session.call_tool("slow", {"seconds": 30}, progress_callback=sdk_started_cb))
+            await asyncio.wait_for(asyncio.gather(started.wait(), sdk_started.wait()), 10)
+            await host.astop(timeout=0.1)  # the calls outlive the drain timeout and are cut short
+            with pytest.raises(MCPServerDiedError, match="agent host stopped while serving tool 'slow' of MCP server 'tools'"):
+                await asyncio.wait_for(call, 5)
+            with pytest.raises(Exception, match="agent host stopped while serving tool 'slow'"):
+                await asyncio.wait_for(sdk_call, 5)
+    assert caller._mcp_pending == {}
+
+
+async def test_a_caller_stopping_mid_call_fails_its_calls_at_once(make_agent: Callable[..., Any], mcp_clients: Callable[..., Any]) -> None:
+    host, caller, client = await asyncio.gather(make_agent("host"), make_agent("caller"), mcp_clients())
+    await host.aregister_mcp_server("tools", client)
+    started = asyncio.Event()
+    call = asyncio.ensure_future(caller.call_mcp_tool("tools", "slow", {"seconds": 30}, progress=lambda *_: started.set()))
+    await asyncio.wait_for(started.wait(), 10)
+    await caller.astop(timeout=0.1)
+    with pytest.raises(MCPError, match="agent caller stopped before MCP server 'tools' \\(tool 'slow'\\) answered"):
+        await asyncio.wait_for(call, 5)
+    assert caller._mcp_pending == {}
+
+
+async def test_a_timeout_leaves_nothing_behind(pair: tuple[NATSAgent, NATSAgent, MCPClient]) -> None:
+    host, caller, _ = pair
+    with pytest.raises(MCPTimeoutError, match="MCP server 'tools' \\(tool 'slow'\\) within 0.2s") as timed_out:
+        await caller.call_mcp_tool("tools", "slow", {"seconds": 30}, timeout=0.2)
+    assert timed_out.value.server_id == "tools" and timed_out.value.tool == "slow"
+    assert caller._mcp_pending == {}  # no future, no timer left on the caller
+    # The caller's cancellation stopped the call on the host, and nothing of it is left there either.
+    await eventually(lambda: host.get_metrics().get("mcp_calls_cancelled") == 1, what="host cancelled the timed-out call")
+    assert host._mcp_hosted["tools"].inflight == {}
+    subs = [key for key in caller.nc._subs.values() if "responses" in key.subject]
+    assert len(subs) == 1  # one wildcard response subscription per agent, not one per call
+
+
+async def test_many_callers_on_separate_agents_at_once(make_agent: Callable[..., Any], mcp_clients: Callable[..., Any]) -> None:
+    host, client = await asyncio.gather(make_agent("host"), mcp_clients())
+    await host.aregister_mcp_server("tools", client)
+    callers = await asyncio.gather(*(make_agent(f"caller-{n}") for n in range(6)))
+
+    async def burst(n: int, agent: NATSAgent) -> list[str]:
+        results = await asyncio.gather(*(agent.call_mcp_tool("tools", "echo", {"text": f"{n}:{i}"}) for i in range(40)))
+        return [r[0]["text"] for r in results]
+
+    answers = await asyncio.gather(*(burst(n, agent) for n, agent in enumerate(callers)))
+    assert answers == [[f"{n}:{i}" for i in range(40)] for n in range(6)]
+    assert host.get_metrics()["mcp_calls_served"] == 240
+    assert all(agent._mcp_pending == {} for agent in callers)

@@ -9,9 +9,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
+from pydantic import TypeAdapter
 from mcp import ClientSession, StdioServerParameters
 from mcp import types as mcp_types
 from mcp.client.stdio import stdio_client
+from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.message import SessionMessage
 
 from ..errors import MCPError, MCPServerDiedError
@@ -20,7 +22,11 @@ __all__ = ("MCPClient",)
 
 log = logging.getLogger("agentcore.mcp")
 
-ProgressCallback = Callable[[float, float | None, str | None], Awaitable[None]]
+ProgressCallback = ProgressFnT  # async (progress, total, message) -> None
+
+# A request sent as it came (method and params untouched) and its result handed back as it came.
+_RawRequest = mcp_types.Request[dict[str, Any] | None, str]
+_RAW_RESULT: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 
 # Messages the relay may hold between the server's stdout and the session; enough that the relay never
 # becomes the bottleneck of many concurrent calls, small enough to keep back-pressure.
@@ -120,6 +126,12 @@ class MCPClient:
         except BaseException:
             await self.close()
             raise
+        if self.initialize_result.capabilities.tools is not None:
+            # Listed now, so an agent hosting this client can advertise the tool names from the moment it serves.
+            try:
+                await asyncio.wait_for(self.list_tools(), timeout)
+            except Exception as exc:  # listed again on first use
+                log.warning("MCP server %s did not list its tools at connect: %s", self.name, exc)
         return self
 
     def _transport(self) -> contextlib.AbstractAsyncContextManager[Any]:
@@ -226,6 +238,11 @@ class MCPClient:
         self._tools = tools
         return tools
 
+    @property
+    def tools(self) -> list[mcp_types.Tool] | None:
+        """Return the tools as last listed (at connect or by list_tools()), or None if never listed."""
+        return self._tools
+
     async def tool_names(self, *, refresh: bool = False) -> list[str]:
         """Return the names of the server's tools (listed once, then remembered)."""
         if self._tools is None or refresh:
@@ -242,7 +259,30 @@ class MCPClient:
     ) -> mcp_types.CallToolResult:
         """Call a tool and return the SDK's CallToolResult (is_error set when the tool reported an error)."""
         session = self.session
-        return await self._guard(session.call_tool(name, arguments or {}, read_timeout_seconds=timeout, progress_callback=progress_callback))
+        result: mcp_types.CallToolResult = await self._guard(
+            session.call_tool(name, arguments or {}, read_timeout_seconds=timeout, progress_callback=progress_callback)
+        )
+        return result
+
+    async def request(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        progress_callback: ProgressCallback | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Send any client request (resources/read, prompts/get, ...) with params as given; return the raw result.
+
+        The server validates params and answers as it would any client; its JSON-RPC error is raised as the
+        SDK's MCPError, unchanged.
+        """
+        session = self.session
+        request = _RawRequest(method=method, params=dict(params) if params is not None else None)
+        result: dict[str, Any] = await self._guard(
+            session.send_request(request, _RAW_RESULT, request_read_timeout_seconds=timeout, progress_callback=progress_callback)
+        )
+        return result
 
     async def _guard(self, call: Awaitable[Any]) -> Any:
         try:

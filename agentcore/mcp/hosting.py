@@ -37,7 +37,7 @@ from ..errors import (
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
-    from .client import MCPClient
+    from .client import MCPClient, ProgressCallback
 
 __all__ = ("MCPMixin",)
 
@@ -56,11 +56,22 @@ _KINDS: dict[str, type[MCPError]] = {
     "timeout": MCPTimeoutError,
     "server_died": MCPServerDiedError,
     "result_too_large": MCPResultTooLargeError,
+    "host_stopped": MCPServerDiedError,
 }
 # payload.error.code of an agentcore error result -> the exception the caller gets.
 _ENVELOPE_CODES: dict[str, type[MCPError]] = {
     "payload_too_large": MCPResultTooLargeError,
     "expired": MCPTimeoutError,
+}
+
+# Requests passed to the hosted server unchanged when it advertises the capability (value).
+_FORWARDED: dict[str, str] = {
+    "resources/list": "resources",
+    "resources/templates/list": "resources",
+    "resources/read": "resources",
+    "prompts/list": "prompts",
+    "prompts/get": "prompts",
+    "completion/complete": "completions",
 }
 
 _request_ids = IdGenerator()
@@ -136,8 +147,15 @@ class MCPMixin:
         hosted_all: dict[str, _Hosted] = agent.__dict__.setdefault("_mcp_hosted", {})
         if server_id in hosted_all:
             raise MCPError(f"agent {agent.agent_id} already hosts MCP server {server_id!r}", server_id=server_id)
+        if not client.connected:
+            raise MCPError(f"cannot host MCP server {server_id!r}: its client {client.name} is not connected "
+                           "(await client.connect() first, or use aregister_mcp_server())", server_id=server_id)
         ttls = {str(name): float(ttl) for name, ttl in (cache or {}).items()}
         hosted = _Hosted(server_id, client, frozenset(tools) if tools is not None else None, ttls)
+        if client.tools is not None:  # listed at connect: discovery names them from the start, before any request
+            hosted.tools = [t for t in client.tools if hosted.exposes(t.name)]
+        elif client.initialize_result.capabilities.tools is None:
+            hosted.tools = []  # a server without tools (resources or prompts only)
         hosted_all[server_id] = hosted
         if not agent.__dict__.get("_mcp_describing"):
             agent.__dict__["_mcp_describing"] = True
@@ -159,7 +177,7 @@ class MCPMixin:
         agent._metrics.counters["mcp_servers_hosted"] += 1
         if agent._nc is not None:
             agent._schedule_sync()
-            if agent._on_loop_thread():
+            if hosted.tools is None and agent._on_loop_thread():
                 agent._track(asyncio.ensure_future(self._mcp_prefetch_tools(hosted)))
 
     async def aregister_mcp_server(
@@ -170,7 +188,9 @@ class MCPMixin:
         if not client.connected:
             await client.connect()
         self.register_mcp_server(server_id, client, tools=tools, cache=cache)
-        await self._mcp_refresh_tools(agent._mcp_hosted[server_id])
+        hosted = agent._mcp_hosted[server_id]
+        if hosted.tools is None:
+            await self._mcp_refresh_tools(hosted)
         await agent._sync_subscriptions()
 
     async def serve_mcp_server(self, server_id: str, server: Any, *, tools: Iterable[str] | None = None,
@@ -186,7 +206,7 @@ class MCPMixin:
     def unregister_mcp_server(self, server_id: str) -> MCPClient | None:
         """Stop serving server_id (the client stays open; close it yourself) and return its client."""
         agent: Any = self
-        hosted = agent.__dict__.get("_mcp_hosted", {}).pop(server_id, None)
+        hosted: _Hosted | None = agent.__dict__.get("_mcp_hosted", {}).pop(server_id, None)
         if hosted is None:
             return None
         hosted.withdrawn = True
@@ -252,50 +272,85 @@ class MCPMixin:
         method: str = rpc["method"]
         params = rpc.get("params") or {}
         agent._metrics.counters["mcp_requests_served"] += 1
+        if method == "ping":
+            return {"jsonrpc": JSONRPC, "id": rpc_id, "result": {}}
+        if method == "initialize":
+            init = hosted.client.initialize_result.model_dump(by_alias=True, mode="json", exclude_none=True)
+            init["capabilities"] = self._mcp_capabilities(hosted)
+            return {"jsonrpc": JSONRPC, "id": rpc_id, "result": init}
+        what = f"tool {params.get('name')!r}" if method == "tools/call" else method
+        work: Awaitable[Any]
+        if method == "tools/call":
+            work = self._mcp_host_call(hosted, message, params)
+        elif method == "tools/list":
+            work = self._mcp_host_list_tools(hosted)
+        elif method in _FORWARDED and _FORWARDED[method] in self._mcp_capabilities(hosted):
+            work = self._mcp_host_forward(hosted, message, method, params)
+        else:
+            served = ", ".join(["initialize", "ping", "tools/list", "tools/call"]
+                               + [m for m, cap in _FORWARDED.items() if cap in self._mcp_capabilities(hosted)])
+            return rpc_error(rpc_id, METHOD_NOT_FOUND, f"method {method!r} is not served over NATS by MCP server "
+                             f"{hosted.server_id!r} (served: {served})", serverId=hosted.server_id)
+        # Every call runs as its own task, so a notifications/cancelled or unregistering can stop just that one.
+        task = asyncio.ensure_future(work)
+        hosted.inflight[message["id"]] = task
         try:
-            if method == "tools/call":
-                task = asyncio.ensure_future(self._mcp_host_call(hosted, message, params))
-                hosted.inflight[message["id"]] = task
-                try:
-                    result = await task
-                except asyncio.CancelledError:
-                    current = asyncio.current_task()
-                    if hosted.withdrawn:
-                        return rpc_error(rpc_id, CONNECTION_CLOSED, f"agent {agent.agent_id} stopped serving MCP server "
-                                         f"{hosted.server_id!r} during the call", "server_died", serverId=hosted.server_id)
-                    if task.cancelled() and not (current is not None and current.cancelling()):
-                        agent._metrics.counters["mcp_calls_cancelled"] += 1
-                        return NO_REPLY  # cancelled by the caller: MCP says a cancelled request gets no response
-                    task.cancel()
+            # Shielded: when this handler is cancelled, answer at once instead of waiting for the server to
+            # acknowledge the call's cancellation (by then the stopping agent's connection may be closed).
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                # This handler itself is being cancelled: the agent is stopping past its drain timeout.
+                # Answer rather than leave the caller to its timeout; the connection still sends until drained.
+                task.cancel()
+                if agent._status not in ("stopping", "stopped"):
                     raise
-                finally:
-                    hosted.inflight.pop(message["id"], None)
-            elif method == "tools/list":
-                if hosted.tools is None:
-                    await self._mcp_refresh_tools(hosted)
-                result = {"tools": [t.model_dump(by_alias=True, mode="json", exclude_none=True) for t in hosted.tools or ()]}
-            elif method == "initialize":
-                init = hosted.client.initialize_result.model_dump(by_alias=True, mode="json", exclude_none=True)
-                # Only tools travel over NATS: advertise no more than the host serves.
-                init["capabilities"] = {"tools": {}}
-                result = init
-            elif method == "ping":
-                result = {}
-            else:
-                return rpc_error(rpc_id, METHOD_NOT_FOUND, f"method {method!r} is not served over NATS (tools/list, tools/call, initialize, ping are)")
+                current.uncancel()
+                return rpc_error(rpc_id, CONNECTION_CLOSED, f"agent {agent.agent_id} stopped while serving {what} of MCP "
+                                 f"server {hosted.server_id!r}", "host_stopped", serverId=hosted.server_id, host=agent.agent_id)
+            if hosted.withdrawn:
+                return rpc_error(rpc_id, CONNECTION_CLOSED, f"agent {agent.agent_id} stopped serving MCP server "
+                                 f"{hosted.server_id!r} during {what}", "server_died", serverId=hosted.server_id, host=agent.agent_id)
+            agent._metrics.counters["mcp_calls_cancelled"] += 1
+            return NO_REPLY  # cancelled by the caller: MCP says a cancelled request gets no response
         except _RPCFailure as failure:
             return rpc_error(rpc_id, failure.code, failure.text, failure.kind, serverId=hosted.server_id)
         except MCPServerDiedError as exc:
-            text = f"MCP server {hosted.server_id!r} on agent {agent.agent_id} died: {exc.__cause__ or exc}"
+            text = f"MCP server {hosted.server_id!r} on agent {agent.agent_id} died during {what}: {exc.__cause__ or exc}"
             return rpc_error(rpc_id, CONNECTION_CLOSED, text, "server_died", serverId=hosted.server_id, host=agent.agent_id)
         except MCPError as exc:
             return rpc_error(rpc_id, exc.code or INTERNAL_ERROR, str(exc), None)
         except Exception as exc:
-            error = getattr(exc, "error", None)  # the SDK's MCPError carries the JSON-RPC error object
+            error = getattr(exc, "error", None)  # the SDK's MCPError carries the server's JSON-RPC error: pass it on as is
             if error is not None and isinstance(getattr(error, "code", None), int):
-                return rpc_error(rpc_id, error.code, error.message, None)
+                return {"jsonrpc": JSONRPC, "id": rpc_id, "error": error.model_dump(by_alias=True, mode="json", exclude_none=True)}
             raise
+        finally:
+            hosted.inflight.pop(message["id"], None)
         return {"jsonrpc": JSONRPC, "id": rpc_id, "result": result}
+
+    def _mcp_capabilities(self, hosted: _Hosted) -> dict[str, Any]:
+        """Return what the host serves of hosted's capabilities (initialize's answer over NATS)."""
+        served: dict[str, Any] = {}
+        advertised = hosted.client.initialize_result.capabilities
+        # No subscribe or listChanged: server-initiated notifications other than a call's progress do not travel.
+        for name in ("tools", "resources", "prompts", "completions"):
+            if getattr(advertised, name, None) is not None:
+                served[name] = {}
+        return served
+
+    async def _mcp_host_list_tools(self, hosted: _Hosted) -> dict[str, Any]:
+        if hosted.tools is None:
+            await self._mcp_refresh_tools(hosted)
+        return {"tools": [t.model_dump(by_alias=True, mode="json", exclude_none=True) for t in hosted.tools or ()]}
+
+    async def _mcp_host_forward(self, hosted: _Hosted, message: dict[str, Any], method: str, params: Mapping[str, Any]) -> Any:
+        meta = params.get("_meta")
+        token = meta.get("progressToken") if isinstance(meta, dict) else None
+        destination = message.get("replyTo")
+        progress = self._mcp_progress_sender(destination, token, message) if token is not None and destination else None
+        return await hosted.client.request(method, params, progress_callback=progress)
 
     async def _mcp_host_call(self, hosted: _Hosted, message: dict[str, Any], params: Mapping[str, Any]) -> Any:
         agent: Any = self
@@ -335,15 +390,15 @@ class MCPMixin:
         agent._metrics.counters["mcp_calls_served"] += 1
         return data
 
-    def _mcp_progress_sender(self, destination: str, token: Any, request: dict[str, Any]) -> Callable[..., Awaitable[None]]:
+    def _mcp_progress_sender(self, destination: str, token: Any, request: dict[str, Any]) -> ProgressCallback:
         agent: Any = self
 
-        async def send(progress: float, total: float | None = None, text: str | None = None) -> None:
+        async def send(progress: float, total: float | None = None, message: str | None = None) -> None:
             params: dict[str, Any] = {"progressToken": token, "progress": progress}
             if total is not None:
                 params["total"] = total
-            if text is not None:
-                params["message"] = text
+            if message is not None:
+                params["message"] = message
             note = {"jsonrpc": JSONRPC, "method": "notifications/progress", "params": params}
             envelope = new_message("event", note, source_id=agent.agent_id, source_type=agent.agent_type,
                                    target=request["source"]["id"], correlation_id=request["id"])
@@ -481,7 +536,8 @@ class MCPMixin:
         entry = agent._mcp_pending.pop(request_id, None)
         if entry is not None:
             agent._metrics.counters["mcp_timeouts"] += 1
-            entry.sink(MCPTimeoutError(f"no answer from MCP server {server_id!r} within {timeout}s", server_id=server_id, tool=entry.tool))
+            entry.sink(MCPTimeoutError(f"no answer from MCP server {server_id!r}{_about(entry.tool)} within {timeout}s",
+                                       server_id=server_id, tool=entry.tool))
 
     def _mcp_forget(self, request_id: str) -> None:
         agent: Any = self
@@ -516,6 +572,22 @@ class MCPMixin:
             subject = f"{agent.topics.prefix}.mcp.{agent.agent_id}.responses.*"
             sub = await nc.subscribe(subject, cb=self._mcp_on_response)
             agent.__dict__["_mcp_responses"] = (nc, sub)
+            if agent._stopped is not None:
+                # Not tracked with the agent's tasks: astop waits for those, and this one ends only after it.
+                agent.__dict__["_mcp_stop_watch"] = asyncio.ensure_future(self._mcp_fail_pending_on_stop(agent._stopped, nc))
+
+    async def _mcp_fail_pending_on_stop(self, stopped: asyncio.Event, nc: Any) -> None:
+        """Once the agent has stopped, fail the calls still waiting: their answers can no longer arrive."""
+        agent: Any = self
+        await stopped.wait()
+        pending: dict[str, _Pending] = agent._mcp_pending
+        for request_id, entry in list(pending.items()):
+            self._mcp_forget(request_id)
+            entry.sink(MCPError(f"agent {agent.agent_id} stopped before MCP server {entry.server_id!r}{_about(entry.tool)} answered",
+                                server_id=entry.server_id, tool=entry.tool))
+        current = agent.__dict__.get("_mcp_responses")
+        if current is not None and current[0] is nc:
+            del agent.__dict__["_mcp_responses"]
 
     async def _mcp_on_response(self, msg: Msg) -> None:
         agent: Any = self
@@ -541,7 +613,8 @@ class MCPMixin:
             self._mcp_forget(request_id)
             code = str(error.get("code"))
             cls = _ENVELOPE_CODES.get(code, MCPError)
-            entry.sink(cls(f"{code}: {error.get('message', '')} (from {source})", server_id=entry.server_id, tool=entry.tool,
+            entry.sink(cls(f"MCP server {entry.server_id!r}{_about(entry.tool)} on agent {source}: {code}: {error.get('message', '')}",
+                           server_id=entry.server_id, tool=entry.tool,
                            data=error, source=source))
             return
         rpc = payload.get("content")
@@ -550,6 +623,10 @@ class MCPMixin:
         if "id" in rpc and ("result" in rpc or "error" in rpc):
             self._mcp_forget(request_id)  # the final answer; progress notifications come before it
         entry.sink(rpc)
+
+
+def _about(tool: str | None) -> str:
+    return f" (tool {tool!r})" if tool else ""
 
 
 class _RPCFailure(Exception):

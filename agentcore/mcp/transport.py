@@ -12,6 +12,7 @@ subprocess, is `await agent.serve_mcp_server("tools", server)`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -78,7 +79,7 @@ async def nats_client_transport(agent: MCPMixin, server_id: str, *, timeout: flo
                 if method is not None and "id" in data:
                     rpc_id = data["id"]
                     try:
-                        sent[rpc_id] = await agent._mcp_send(server_id, data, lambda item, i=rpc_id: deliver(i, item), timeout)
+                        sent[rpc_id] = await agent._mcp_send(server_id, data, functools.partial(deliver, rpc_id), timeout)
                     except Exception as exc:  # e.g. a request too large for the server's max_payload
                         deliver(rpc_id, exc)
                 elif method == "notifications/cancelled":

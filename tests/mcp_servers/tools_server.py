@@ -7,6 +7,7 @@ import os
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import Completion, PromptReference
 
 server = MCPServer("test-tools", version="1.0")
 calls = {"lookup": 0}
@@ -77,6 +78,32 @@ async def wait_cancel(ctx: Context) -> str:
                 f.write("cancelled")
         raise
     return "never"
+
+
+@server.resource("config://app", mime_type="application/json")
+def app_config() -> str:
+    """The application's settings (a static resource)."""
+    return '{"mode": "test"}'
+
+
+@server.resource("greeting://{name}")
+def greeting(name: str) -> str:
+    """Greet name (a resource template)."""
+    return f"hello, {name}"
+
+
+@server.prompt()
+def review(code: str, language: str = "python") -> str:
+    """Ask for a review of code."""
+    return f"Review this {language} code:\n{code}"
+
+
+@server.completion()
+async def complete(ref, argument, context):  # type: ignore[no-untyped-def]
+    """Complete the language argument of the review prompt."""
+    if isinstance(ref, PromptReference) and ref.name == "review" and argument.name == "language":
+        return Completion(values=[v for v in ("python", "pyrex", "rust") if v.startswith(argument.value)])
+    return None
 
 
 if __name__ == "__main__":
