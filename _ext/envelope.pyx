@@ -5,6 +5,8 @@ from cpython.ref cimport PyObject
 from libc.math cimport isfinite
 from libc.string cimport memcmp
 
+from sys import intern as _intern
+
 import orjson
 
 from agentcore.errors import EnvelopeError
@@ -251,6 +253,108 @@ cdef inline int _message_type_ok(PyObject* v) except -1:
     return _set_contains(<PyObject*>_TYPES, v)
 
 
+# The envelope's field names, in the order agentcore.envelope.new_message inserts them (then the nested ones).
+cdef tuple _FIELDS = (
+    "id", "timestamp", "version", "type", "source", "target", "replyTo", "correlationId", "context", "payload",
+    "routing", "content", "error", "conversationId", "metadata", "priority", "capabilities", "timeout",
+)
+cdef enum:
+    _F_ID, _F_TIMESTAMP, _F_VERSION, _F_TYPE, _F_SOURCE, _F_TARGET, _F_REPLY_TO, _F_CORRELATION_ID, _F_CONTEXT
+    _F_PAYLOAD, _F_ROUTING, _F_CONTENT, _F_ERROR, _F_CONVERSATION_ID, _F_METADATA, _F_PRIORITY, _F_CAPABILITIES
+    _F_TIMEOUT, _F_COUNT
+
+# Two key objects per field: the interned str that Python source code uses, and the one orjson's key cache hands
+# out when it decodes. A key identical to either is surely that exact str, found with one pointer compare.
+# The pointers are borrowed from these two tuples, which live as long as the module.
+cdef tuple _interned_keys = tuple([_intern(name) for name in _FIELDS])
+cdef tuple _decoded_keys = tuple(_loads(b"{" + b",".join([b'"%s":0' % n.encode() for n in _FIELDS]) + b"}"))
+cdef PyObject* _KEY_STR[_F_COUNT]
+cdef PyObject* _KEY_JSON[_F_COUNT]
+
+
+cdef int _fill_keys() except -1:
+    cdef int i
+    if len(_interned_keys) != _F_COUNT or len(_decoded_keys) != _F_COUNT:
+        raise ImportError("envelope: _FIELDS and the _F_ codes disagree")
+    for i in range(_F_COUNT):
+        _KEY_STR[i] = <PyObject*>_interned_keys[i]
+        _KEY_JSON[i] = <PyObject*>_decoded_keys[i]
+
+
+_fill_keys()
+
+
+cdef inline bint _next(PyObject* d, Py_ssize_t* pos, PyObject** v, int field) noexcept:
+    """Step to the next item of d; return whether its key is the given field's exact str."""
+    cdef PyObject* key
+    return _dict_next(d, pos, &key, v) and (key == _KEY_STR[field] or key == _KEY_JSON[field])
+
+
+cdef int _valid_fast(PyObject* m, bint deep) except -1:
+    """Return 1 when m is a valid envelope shaped exactly like new_message's output, 0 to let _valid decide.
+
+    Each dict must hold the expected keys in the expected order, so no key needs a text compare or a type check.
+    """
+    cdef Py_ssize_t pos = 0, sub, i, n
+    cdef PyObject* v
+    cdef PyObject* d
+    if not _is_dict(m) or _dict_size(m) != 11:
+        return 0
+    if not _next(m, &pos, &v, _F_ID) or not _nonempty_str(v):
+        return 0
+    if not _next(m, &pos, &v, _F_TIMESTAMP) or not _number(v):
+        return 0
+    if not _next(m, &pos, &v, _F_VERSION) or not _is_str(v):
+        return 0
+    if not _next(m, &pos, &v, _F_TYPE) or not _message_type_ok(v):
+        return 0
+    if not _next(m, &pos, &d, _F_SOURCE) or not _is_dict(d) or _dict_size(d) != 2:
+        return 0
+    sub = 0
+    if not _next(d, &sub, &v, _F_ID) or not _nonempty_str(v) or not _next(d, &sub, &v, _F_TYPE) or not _is_str(v):
+        return 0
+    if not _next(m, &pos, &v, _F_TARGET) or not _optional_str(v):
+        return 0
+    if not _next(m, &pos, &v, _F_REPLY_TO) or not _optional_str(v):
+        return 0
+    if not _next(m, &pos, &v, _F_CORRELATION_ID) or not _optional_str(v):
+        return 0
+    if not _next(m, &pos, &d, _F_CONTEXT) or not _is_dict(d) or _dict_size(d) != 2:
+        return 0
+    sub = 0
+    if not _next(d, &sub, &v, _F_CONVERSATION_ID) or not _optional_str(v):
+        return 0
+    if not _next(d, &sub, &v, _F_METADATA):
+        return 0
+    if v != <PyObject*>None and (not _is_dict(v) or (deep and not _tree_ok(v, 2))):
+        return 0
+    if not _next(m, &pos, &d, _F_PAYLOAD) or not _is_dict(d):
+        return 0
+    n = _dict_size(d)
+    sub = 0
+    if n < 1 or n > 2 or not _next(d, &sub, &v, _F_CONTENT) or (deep and not _tree_ok(v, 2)):
+        return 0
+    if n == 2 and (not _next(d, &sub, &v, _F_ERROR) or not _error_ok(v) or (deep and not _tree_ok(v, 2))):
+        return 0
+    if not _next(m, &pos, &d, _F_ROUTING) or not _is_dict(d) or _dict_size(d) != 3:
+        return 0
+    sub = 0
+    if not _next(d, &sub, &v, _F_PRIORITY) or (v != <PyObject*>None and (not _is_int(v) or _is_bool(v))):
+        return 0
+    if not _next(d, &sub, &v, _F_CAPABILITIES):
+        return 0
+    if v != <PyObject*>None:
+        if not _is_list(v):
+            return 0
+        n = _list_size(v)
+        for i in range(n):
+            if not _is_str(_list_item(v, i)):
+                return 0
+    if not _next(d, &sub, &v, _F_TIMEOUT) or (v != <PyObject*>None and (not _number(v) or _negative(v))):
+        return 0
+    return 1
+
+
 cdef int _valid(PyObject* m, bint deep) except -1:
     """Return 1 when m is surely a valid envelope, 0 when the pure twin must decide (and explain).
 
@@ -420,7 +524,7 @@ cdef int _slow(object message) except -1:
 
 def validate(message):
     """Raise EnvelopeError naming the field unless message is a valid envelope."""
-    if not _valid(<PyObject*>message, True):
+    if not _valid_fast(<PyObject*>message, True) and not _valid(<PyObject*>message, True):
         _slow(message)
 
 
@@ -438,14 +542,14 @@ def decode(data):
         deep = not _shallow(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
     else:
         deep = True
-    if not _valid(<PyObject*>message, deep):
+    if not _valid_fast(<PyObject*>message, deep) and not _valid(<PyObject*>message, deep):
         _slow(message)
     return message
 
 
 def encode(message):
     """Validate message and serialize it to JSON bytes."""
-    if not _valid(<PyObject*>message, True):
+    if not _valid_fast(<PyObject*>message, True) and not _valid(<PyObject*>message, True):
         _slow(message)
     try:
         return _dumps(message, None, _DUMPS_OPTIONS)

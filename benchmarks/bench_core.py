@@ -132,6 +132,7 @@ def test_subject_match_cached_hit_x1000(benchmark: Any, suffix: str, count: int)
 
 # ------------------------------------------------------------------------------------------------- envelope
 
+# Keys in agentcore.envelope.new_message's order and shape, which the compiled core checks in one ordered pass.
 MESSAGE: dict[str, Any] = {
     "id": "6f1c2a9e3b7d4c05-42",
     "timestamp": 1732560000.123,

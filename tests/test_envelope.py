@@ -426,3 +426,160 @@ def test_odd_keys(envelope_module: ModuleType) -> None:
     with pytest.raises(EnvelopeError, match="non-str key 'content'") as info:
         envelope_module.encode(message)
     assert info.value.field == "payload"
+
+
+# ------------------------------------------------------------------ new_message's exact shape (compiled fast path)
+
+
+class _Priority(int):
+    pass
+
+
+def _built(**changes: Any) -> dict[str, Any]:
+    """Return a message from agentcore.envelope.new_message, the shape the compiled core checks fastest."""
+    from agentcore.envelope import new_message
+
+    message = new_message(
+        "task",
+        {"task": "summarize", "tags": ["a", "b"], "t": 0.5},
+        source_id="agent-planner",
+        target="agents.worker.tasks",
+        reply_to="_INBOX.abc",
+        metadata={"user": "alice"},
+        capabilities=["summarize"],
+        timeout_ms=30000,
+        message_id="m-1",
+    )
+    for path, value in changes.items():
+        *parents, last = path.split("__")
+        target = message
+        for part in parents:
+            target = target[part]
+        target[last] = value
+    return message
+
+
+FAST_SHAPE_INVALID = [
+    ({"payload__content": {"x": [1.0, math.nan]}}, "payload.content.x[1]", "finite number"),
+    ({"context__metadata": {"m": math.inf}}, "context.metadata.m", "finite number"),
+    ({"timestamp": math.nan}, "timestamp", "finite number"),
+    ({"routing__priority": True}, "routing.priority", "an integer or null"),
+    ({"routing__timeout": -1}, "routing.timeout", ">= 0"),
+    ({"routing__timeout": math.inf}, "routing.timeout", ">= 0"),
+    ({"routing__capabilities": ["a", 1]}, "routing.capabilities[1]", "a string"),
+    ({"payload__content": {1: "x"}}, "payload.content", "non-str key 1"),
+    ({"payload__content": {_Key("k"): "x"}}, "payload.content", "non-str key 'k'"),
+    ({"context__metadata": {None: 1}}, "context.metadata", "non-str key None"),
+    ({"payload__content": nested(100)}, "payload.content" + "[0]" * 99, "deeper than 100"),
+    ({"context__metadata": {"a": nested(99)}}, "context.metadata.a" + "[0]" * 98, "deeper than 100"),
+    ({"payload__error": {"code": "E", "message": "m", "d": [math.nan]}}, "payload.error.d[0]", "finite number"),
+    ({"payload__error": {"code": "E", "message": "m", "d": nested(99)}}, "payload.error.d" + "[0]" * 98, "deeper"),
+    ({"payload__error": {"code": "E"}}, "payload.error.message", "is required"),
+    ({"source__id": ""}, "source.id", "a non-empty string"),
+    ({"type": "tasks"}, "type", "must be one of"),
+    ({"context__conversationId": 7}, "context.conversationId", "a string or null"),
+]
+
+
+@pytest.mark.parametrize(("changes", "field", "text"), FAST_SHAPE_INVALID)
+def test_new_message_shape_invalid(envelope_module: ModuleType, changes: dict[str, Any], field: str, text: str) -> None:
+    message = _built(**changes)
+    for func in (envelope_module.validate, envelope_module.encode):
+        with pytest.raises(EnvelopeError, match=text) as info:
+            func(message)
+        assert info.value.field == field
+
+
+@pytest.mark.parametrize(("changes", "field", "text"), FAST_SHAPE_INVALID)
+def test_twins_agree_on_new_message_shape(twins, changes: dict[str, Any], field: str, text: str) -> None:  # type: ignore[no-untyped-def]
+    compiled, pure = twins
+    message = _built(**changes)
+    for name in ("validate", "encode"):
+        assert _outcome(getattr(compiled.envelope, name), message) == _outcome(getattr(pure.envelope, name), message)
+
+
+def test_new_message_shape_str_subclass_keys(envelope_module: ModuleType) -> None:
+    message = _built()
+    message["source"] = {_Key("id"): "agent-planner", "type": "agent"}
+    with pytest.raises(EnvelopeError, match="non-str key 'id'") as info:
+        envelope_module.encode(message)
+    assert info.value.field == "source"
+    message = _built()
+    message["routing"] = {"priority": 5, _Key("capabilities"): [], "timeout": None}
+    with pytest.raises(EnvelopeError, match="non-str key 'capabilities'"):
+        envelope_module.validate(message)
+    message = {(_Key(k) if k == "payload" else k): v for k, v in _built().items()}
+    with pytest.raises(EnvelopeError, match="envelope has a non-str key 'payload'"):
+        envelope_module.encode(message)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"routing__priority": _Priority(3)},
+        {"routing__priority": None, "routing__capabilities": None, "routing__timeout": 1.5},
+        {"context__metadata": None},
+        {"payload__error": None},
+        {"payload__error": {"code": "E", "message": "m", "details": {"a": [1, 2.5]}}},
+        {"payload__content": nested(99)},  # payload is level 1, the innermost list level 100
+        {"context__metadata": {"a": nested(98)}},
+        {"timestamp": 5},
+    ],
+)
+def test_new_message_shape_valid(envelope_module: ModuleType, changes: dict[str, Any]) -> None:
+    message = _built(**changes)
+    envelope_module.validate(message)
+    data = envelope_module.encode(message)
+    decoded = envelope_module.decode(data)
+    assert decoded == message
+    assert envelope_module.encode(decoded) == data  # decoded keys come from orjson, not from source code
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        (b'"priority":5', b'"priority":true', "routing.priority"),
+        (b'"priority":5', b'"priority":5.0', "routing.priority"),
+        (b'"timeout":30000', b'"timeout":-3', "routing.timeout"),
+        (b'"id":"m-1"', b'"id":""', "id"),
+        (b'"type":"task"', b'"type":"job"', "type"),
+        (b'"DEEP"', b"[" * 100 + b"1" + b"]" * 100, "payload.content" + "[0]" * 99),
+        (b'"DEEP"', b"[" * 99 + b"1.5" + b"]" * 99, None),
+    ],
+)
+def test_decode_new_message_shape(envelope_module: ModuleType, old: bytes, new: bytes, field: str | None) -> None:
+    data = orjson.dumps(_built(payload__content="DEEP"))
+    assert old in data
+    if field is None:  # just within MAX_DEPTH, but too many brackets for the byte count to vouch for it
+        assert envelope_module.decode(data.replace(old, new, 1))["payload"]["content"] == orjson.loads(new)
+        return
+    with pytest.raises(EnvelopeError) as info:
+        envelope_module.decode(data.replace(old, new, 1))
+    assert info.value.field == field
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_twins_agree_on_new_message_mutations(twins, data: st.DataObject) -> None:  # type: ignore[no-untyped-def]
+    compiled, pure = twins
+    message = _built()
+    for _ in range(data.draw(st.integers(1, 2))):
+        path = data.draw(st.sampled_from(_paths(message)))
+        target = message
+        for part in path[:-1]:
+            target = target[part]
+        value = data.draw(_mutants)
+        if value is KeyError:
+            if isinstance(target, dict):
+                del target[path[-1]]
+        else:
+            target[path[-1]] = value
+    assert _outcome(compiled.envelope.validate, message) == _outcome(pure.envelope.validate, message)
+    encoded = _outcome(compiled.envelope.encode, message)
+    assert encoded == _outcome(pure.envelope.encode, message)
+    try:
+        raw = orjson.dumps(message)  # NaN becomes null here: decode must judge the JSON it gets, like the twin
+    except TypeError:
+        return
+    assert _outcome(compiled.envelope.decode, raw) == _outcome(pure.envelope.decode, raw)
