@@ -347,11 +347,11 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             self._track(task)
 
     def _track(self, fut: asyncio.Future[Any] | None) -> None:
+        """Keep a background task alive until it finishes (astop waits for these); log it if it fails."""
         if fut is None:
             return
         if fut.done():
-            if not fut.cancelled() and fut.exception() is not None:
-                log.error("agent %s background step failed", self.agent_id, exc_info=fut.exception())
+            self._untrack(fut)
             return
         self._tasks.add(fut)
         fut.add_done_callback(self._untrack)
@@ -868,6 +868,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
                     except nats.errors.Error:
                         pass
                 self._subs.clear()
+            self._flush_batch_on_stop()  # batched messages not yet processed join the handlers drained below
             pending = [t for t in self._tasks if t is not asyncio.current_task()]
             if pending:
                 _, late = await asyncio.wait(pending, timeout=timeout)

@@ -405,3 +405,32 @@ def test_start_returns_false_when_no_server(caplog: pytest.LogCaptureFixture) ->
                                                     "nats.connect_timeout": 0.5, "nats.max_reconnect_attempts": 0}, environ={}))
     assert agent.start(timeout=10) is False
     assert "failed to start" in caplog.text
+
+
+async def test_handler_timeouts_and_context_belong_to_the_handler(make_agent) -> None:
+    """A handler runs inline for speed, yet as its own Task: asyncio.timeout() and contextvars see only it."""
+    import contextvars
+
+    user: contextvars.ContextVar[str] = contextvars.ContextVar("user", default="nobody")
+    seen: list[str] = []
+
+    async def bounded(message: dict[str, Any]) -> str:
+        try:
+            async with asyncio.timeout(0.05):  # entered before the handler first suspends
+                await asyncio.Event().wait()
+        except TimeoutError:
+            return "timed out"
+        return "never"
+
+    async def who(message: dict[str, Any]) -> str:
+        seen.append(user.get())
+        user.set(message["payload"]["content"])  # must not leak into the next handler
+        return user.get()
+
+    await make_agent("worker", capabilities={"bounded": bounded, "who": who})
+    client = await make_agent("client")
+    assert await client.send_task("bounded", 1, timeout=5) == "timed out"
+    assert await client.send_task("bounded", 2, timeout=5) == "timed out"  # the subscription survived
+    assert await client.send_task("who", "alice") == "alice"
+    assert await client.send_task("who", "bob") == "bob"
+    assert seen == ["nobody", "nobody"]
