@@ -78,6 +78,7 @@ class _Delivery:
     subject: str
     fallback: Callable[[dict[str, Any]], str | None] | None
     answered: bool = False
+    deferred: bool = False  # the handler returned without answering; publish_result may still come
 
     @property
     def destination(self) -> str | None:
@@ -141,6 +142,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         self._inflight = 0
         self._max_concurrency: int = self.config["agent.max_concurrency"]
         self._queue: list[tuple[int, int, _Queued]] = []
+        self._pumping = False
         self._seq = itertools.count()
         self._tasks: set[asyncio.Future[Any]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
@@ -222,7 +224,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         queue: str = "",
         system: bool = False,
         fallback: Callable[[dict[str, Any]], str | None] | None = None,
-        cache: bool = True,
+        cache: bool = False,
     ) -> _Registration:
         fn = handler if handler is not None else self.process_message
         reg = _Registration(subject, queue, handler, kind, _is_async(fn), system=system, cache=cache, fallback=fallback)
@@ -324,20 +326,25 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
                 self._track(start_eager(self._send_error(msg.reply, None, "invalid_message", str(exc))))
             return
         cache, batch = self._cache, self._batch
+        if cache is not None and not regs[0].system:
+            # Ids are the sender's: the same id from another sender is another message.
+            seen = cache.seen((key, message["source"]["id"]), message["id"])
+            if seen is not MISS:  # a redelivery or a retry: never run a handler twice for one message
+                self._track(start_eager(self._answer_duplicate(regs[0], subject, message, msg, seen)))
+                return
         for reg in regs:
-            if cache is not None and not reg.system:
-                seen = cache.seen(reg.key, message["id"])
-                if seen is not MISS:  # a redelivery or a retry: never run a handler twice for one message id
-                    self._track(start_eager(self._answer_duplicate(reg, subject, message, msg, seen)))
-                    continue
             if batch is not None and not reg.system:
                 self._batch_add(_Queued(reg, subject, message, msg, t0))
             elif not reg.system and self._inflight >= self._max_concurrency:
-                priority = (message.get("routing") or {}).get("priority") or 0
-                # heapq is a min-heap: negate so the highest routing.priority runs first, FIFO within a priority.
-                heapq.heappush(self._queue, (-priority, next(self._seq), _Queued(reg, subject, message, msg, t0)))
+                self._admit(_Queued(reg, subject, message, msg, t0))
             else:
                 self._run(reg, subject, message, msg, t0)
+
+    def _admit(self, queued: _Queued) -> None:
+        """Queue a message until a handler slot frees up."""
+        priority = (queued.message.get("routing") or {}).get("priority") or 0
+        # heapq is a min-heap: negate so the highest routing.priority runs first, FIFO within a priority.
+        heapq.heappush(self._queue, (-priority, next(self._seq), queued))
 
     def _run(self, reg: _Registration, subject: str, message: dict[str, Any], msg: Msg, t0: float) -> None:
         if not reg.system:  # control and discovery bypass the concurrency limit, so they are not counted in it
@@ -399,9 +406,19 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
                             cache.put(key, result)  # type: ignore[union-attr]  # only results that did not raise
                         replay = result
                         await self._answer(delivery, result)
-                elif result is False and delivery.destination and message.get("type") in ("task", "query"):
-                    await self._answer_error(delivery, "unhandled", f"agent {self.agent_id} did not handle {subject}")
+                elif message.get("type") in ("task", "query"):
+                    if result is False and delivery.destination:
+                        await self._answer_error(delivery, "unhandled", f"agent {self.agent_id} did not handle {subject}")
+                    elif delivery.reply or message.get("replyTo"):
+                        self._defer(delivery)  # handled, answer still owed: publish_result may come later
             metrics.processed += 1
+        except asyncio.CancelledError:
+            # stop() past its drain timeout, or the handler's own doing: the requester hears of it either way.
+            metrics.failed += 1
+            replay = MISS
+            if not delivery.answered:
+                self._track(start_eager(self._answer_error(delivery, "cancelled", f"handling of message {mid} was cancelled")))
+            raise
         except Exception as exc:
             metrics.failed += 1
             replay = MISS  # a retry of a failed message runs again
@@ -416,10 +433,10 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
                 except Exception:
                     log.exception("agent %s could not send the error result for %s", self.agent_id, mid)
         finally:
-            if self._deliveries.get(mid) is delivery:
+            if self._deliveries.get(mid) is delivery and not delivery.deferred:
                 del self._deliveries[mid]
             if self._cache is not None and not reg.system:
-                self._cache.finish(reg.key, mid, replay)
+                self._cache.finish((reg.key, message["source"]["id"]), mid, replay)
             metrics.observe(time.perf_counter() - t0)
             if not reg.system:
                 self._inflight -= 1
@@ -439,10 +456,40 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             self._metrics.counters["duplicates_replayed"] += 1
             await self._answer(delivery, seen)
 
+    def _defer(self, delivery: _Delivery) -> None:
+        """Keep an unanswered request open for a later publish_result, then answer no_result when its time is up."""
+        delivery.deferred = True
+        message = delivery.message
+        routing = message.get("routing") or {}
+        if routing.get("timeout") is not None:
+            wait = message["timestamp"] + routing["timeout"] / 1000.0 - time.time()
+        else:
+            wait = self.config["agent.request_timeout"]
+        # Say no_result a little before the requester gives up (its timeout is routing.timeout), so it hears it.
+        wait -= min(wait * 0.1, 1.0)
+        asyncio.get_running_loop().call_later(max(wait, 0.0), self._expire_deferred, delivery)
+
+    def _expire_deferred(self, delivery: _Delivery) -> None:
+        mid = delivery.message["id"]
+        if self._deliveries.get(mid) is delivery:
+            del self._deliveries[mid]
+        if not delivery.answered and self._nc is not None and not self._nc.is_closed:
+            log.warning("agent %s handled message %s but published no result for it", self.agent_id, mid)
+            self._track(start_eager(self._answer_error(
+                delivery, "no_result", f"agent {self.agent_id} handled message {mid} but published no result")))
+
     def _pump(self) -> None:
-        while self._queue and self._inflight < self._max_concurrency:
-            _, _, q = heapq.heappop(self._queue)
-            self._run(q.reg, q.subject, q.message, q.msg, q.t0)
+        # Handlers that finish inline call _pump again from inside _run: only the outermost call loops, so a
+        # deep queue drains iteratively instead of recursing once per queued message.
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self._queue and self._inflight < self._max_concurrency:
+                _, _, q = heapq.heappop(self._queue)
+                self._run(q.reg, q.subject, q.message, q.msg, q.t0)
+        finally:
+            self._pumping = False
 
     # ------------------------------------------------------------------ answering
 
@@ -466,6 +513,8 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         })
 
     async def _answer(self, delivery: _Delivery, content: Any) -> None:
+        if delivery.deferred:
+            self._deliveries.pop(delivery.message["id"], None)
         dest = delivery.destination
         if dest is None:
             delivery.answered = True
@@ -516,11 +565,9 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         Callable from sync handlers (it waits until sent) and from async code (await the returned future, or not).
         """
         delivery = self._deliveries.get(message_id)
-        if delivery is None:
-            log.warning("agent %s has no pending message %s; publishing the result to its result topic", self.agent_id, message_id)
-            request = new_message("task", None, source_id=self.agent_id, message_id=message_id)
-            fallback = self.topics.result(self.agent_id, "result")
-            delivery = _Delivery(request, None, "", lambda _m: fallback)
+        if delivery is None or delivery.answered:
+            raise AgentCoreError(f"agent {self.agent_id} has no pending message {message_id!r} (never received, "
+                                 "already answered, or its time ran out)")
         return self._call_soon(self._answer(delivery, result))
 
     def publish_error(self, message_id: str, code: str, text: str) -> concurrent.futures.Future[None] | asyncio.Future[None]:
@@ -664,6 +711,10 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         return info
 
     async def _on_control(self, message: dict[str, Any]) -> Any:
+        if message["type"] not in ("query", "task"):
+            # A result or event reflected onto our control subject (e.g. via a forged replyTo) is no command.
+            log.warning("agent %s ignored a %s message on its control subject", self.agent_id, message["type"])
+            return NO_REPLY
         content = message["payload"]["content"]
         command = content.get("command") if isinstance(content, dict) else content
         if command == "ping":
@@ -910,21 +961,32 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         thread = threading.Thread(target=loop.run_forever, name=f"agentcore-{self.agent_id}", daemon=True)
         thread.start()
         self._own_thread = thread
+        starting = asyncio.run_coroutine_threadsafe(self.astart(), loop)
         try:
-            asyncio.run_coroutine_threadsafe(self.astart(), loop).result(timeout)
+            starting.result(timeout)
         except Exception as exc:
-            log.error("agent %s failed to start: %s", self.agent_id, exc)
+            log.error("agent %s failed to start: %s", self.agent_id, exc or type(exc).__name__)
+            starting.cancel()
+            # A start that timed out may have connected meanwhile: close what it opened before ending the loop.
+            asyncio.run_coroutine_threadsafe(self._abort_start(), loop).result(10)
             self._close_own_loop(loop)
             return False
         return True
+
+    async def _abort_start(self) -> None:
+        if self._status in ("running", "paused"):
+            await self.astop()
+        elif self._nc is not None and not self._nc.is_closed:
+            await self._nc.close()
+        self._status = "stopped"
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the agent started with start() and end its event-loop thread."""
         loop = self._loop
         if loop is None:
             return
-        if self._own_thread is None:
-            raise AgentCoreError("this agent runs on your event loop: use `await agent.astop()`")
+        if self._own_thread is None or self._on_loop_thread():
+            raise AgentCoreError("stop() waits for the agent's own loop: from code on that loop use `await agent.astop()`")
         if not loop.is_closed():
             try:
                 asyncio.run_coroutine_threadsafe(self.astop(), loop).result(timeout)

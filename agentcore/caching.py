@@ -11,7 +11,7 @@ replays the result when it has one and otherwise answers that the message is a d
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from ._impl import ContentCache, canonical_hash
@@ -62,9 +62,12 @@ class TaskCache:
         """Remember a successful result."""
         self._results.put(key, result)
 
-    def seen(self, subscription: tuple[str, str], message_id: str) -> Any:
-        """Return MISS for a new message id on this subscription (and mark it IN_FLIGHT), else what is known of it."""
-        key = (subscription, message_id)  # a tuple hashes in tens of ns; hashing a formatted string costs more
+    def seen(self, scope: Hashable, message_id: str) -> Any:
+        """Return MISS for a new message id in scope (and mark it IN_FLIGHT), else what is known of it.
+
+        The agent's scope is (subscription, sender id): ids are chosen by senders.
+        """
+        key = (scope, message_id)  # a tuple hashes in tens of ns; hashing a formatted string costs more
         state = self._seen.get(key, MISS)
         if state is MISS:
             self._seen.put(key, IN_FLIGHT)
@@ -72,9 +75,9 @@ class TaskCache:
             self._counters["duplicates"] += 1
         return state
 
-    def finish(self, subscription: tuple[str, str], message_id: str, result: Any = DONE) -> None:
+    def finish(self, scope: Hashable, message_id: str, result: Any = DONE) -> None:
         """Record that message_id was handled, with its result for a retry to replay; MISS forgets it (it failed)."""
-        key = (subscription, message_id)
+        key = (scope, message_id)
         if result is MISS:
             self._seen.pop(key, None)
         else:

@@ -434,3 +434,57 @@ async def test_handler_timeouts_and_context_belong_to_the_handler(make_agent) ->
     assert await client.send_task("who", "alice") == "alice"
     assert await client.send_task("who", "bob") == "bob"
     assert seen == ["nobody", "nobody"]
+
+
+async def test_deferred_answers_and_no_silent_timeouts(make_agent) -> None:
+    """A handler may answer after it returns; if it never does, the requester hears no_result, not silence."""
+    later: list[str] = []
+
+    class Deferring(NATSAgent):
+        async def process_message(self, topic: str, message: Dict[str, Any]) -> bool:
+            if message["payload"]["content"] == "later":
+                later.append(message["id"])
+            return True  # handled, no result yet
+
+    worker = await make_agent("worker", cls=Deferring, capabilities={"analysis": None})
+    client = await make_agent("client")
+    pending = asyncio.ensure_future(client.send_task("analysis", "later", timeout=5))
+    await eventually(lambda: len(later) == 1)
+    await worker.publish_result(later[0], {"done": True})
+    assert await pending == {"done": True}
+    with pytest.raises(Exception, match="no pending message"):
+        worker.publish_result(later[0], "twice")
+
+    with pytest.raises(RemoteError) as info:
+        await client.send_task("analysis", "forgotten", timeout=0.5)
+    assert info.value.code == "no_result"
+
+
+async def test_a_deep_queue_drains_without_recursion(make_agent) -> None:
+    gate = asyncio.Event()
+
+    async def work(message: dict[str, Any]) -> int:
+        if message["payload"]["content"] == -1:
+            await gate.wait()
+        return message["payload"]["content"]
+
+    worker = await make_agent("worker", capabilities={"work": work}, agent__max_concurrency=1, cache__enabled=False)
+    client = await make_agent("client")
+    blocker = asyncio.ensure_future(client.send_task("work", -1, timeout=30))
+    await eventually(lambda: worker.get_metrics()["in_flight"] == 1)
+    many = [asyncio.ensure_future(client.send_task("work", i, timeout=30)) for i in range(2000)]
+    await eventually(lambda: worker.get_metrics()["queued"] == 2000, timeout=20)
+    gate.set()
+    assert await asyncio.gather(blocker, *many) == [-1, *range(2000)]
+    assert worker.get_metrics()["in_flight"] == 0 and worker.get_metrics()["queued"] == 0
+
+
+async def test_control_ignores_results_reflected_onto_it(make_agent, raw_nc) -> None:
+    victim = await make_agent("victim")
+    await make_agent("echo", capabilities={"echo": lambda m: m["payload"]["content"]})
+    # A task whose replyTo points at the victim's control subject: the echo's *result* lands there.
+    forged = guide_envelope("f-1", {"command": "shutdown"}, replyTo="agents.test.control.victim")
+    await raw_nc.publish("agents.test.task.echo.default", orjson.dumps(forged))
+    client = await make_agent("client")
+    assert (await client.control("victim", "ping"))["pong"] is True
+    assert victim.status == "running"
