@@ -486,3 +486,20 @@ async def test_many_callers_on_separate_agents_at_once(make_agent: Callable[...,
     assert answers == [[f"{n}:{i}" for i in range(40)] for n in range(6)]
     assert host.get_metrics()["mcp_calls_served"] == 240
     assert all(agent._mcp_pending == {} for agent in callers)
+
+
+async def test_a_caller_that_vanishes_does_not_leave_work_on_the_host(
+    make_agent: Callable[..., Any], mcp_clients: Callable[..., Any], raw_nc: Any, tmp_path: Path
+) -> None:
+    from agentcore.envelope import encode, new_message
+
+    marker = tmp_path / "cancelled"
+    host = await make_agent("host")
+    await host.aregister_mcp_server("tools", await mcp_clients(env={"CANCEL_MARKER": str(marker)}))
+    # A request whose caller never cancels and never listens: only its timeout (0.3 s) bounds the work.
+    rpc = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "wait_cancel", "arguments": {}}}
+    envelope = new_message("query", rpc, source_id="ghost", source_type="worker", reply_to="agents.test.mcp.ghost.responses.1",
+                           timeout_ms=300.0, capabilities=["mcp"])
+    await raw_nc.publish("agents.test.mcp.tools.requests", encode(envelope))
+    await eventually(marker.exists, what="the server was told to stop the call")
+    await eventually(lambda: not host._mcp_hosted["tools"].inflight, what="nothing left in flight on the host")

@@ -350,7 +350,7 @@ class MCPMixin:
         token = meta.get("progressToken") if isinstance(meta, dict) else None
         destination = message.get("replyTo")
         progress = self._mcp_progress_sender(destination, token, message) if token is not None and destination else None
-        return await hosted.client.request(method, params, progress_callback=progress)
+        return await hosted.client.request(method, params, progress_callback=progress, timeout=_deadline(message))
 
     async def _mcp_host_call(self, hosted: _Hosted, message: dict[str, Any], params: Mapping[str, Any]) -> Any:
         agent: Any = self
@@ -383,7 +383,7 @@ class MCPMixin:
         destination = message.get("replyTo")
         if token is not None and destination:
             progress = self._mcp_progress_sender(destination, token, message)
-        result = await hosted.client.call_tool(name, arguments, progress_callback=progress)
+        result = await hosted.client.call_tool(name, arguments, progress_callback=progress, timeout=_deadline(message))
         data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
         if cache is not None and not result.is_error:
             cache.put(key, data)
@@ -623,6 +623,16 @@ class MCPMixin:
         if "id" in rpc and ("result" in rpc or "error" in rpc):
             self._mcp_forget(request_id)  # the final answer; progress notifications come before it
         entry.sink(rpc)
+
+
+def _deadline(message: Mapping[str, Any]) -> float | None:
+    """Return how long the host may work on a request: a little more than the caller's timeout, counted from now.
+
+    A backstop for a caller that vanished without cancelling; a caller that times out cancels first. Counted
+    from receipt rather than the caller's timestamp, so clock skew between machines cannot cut a call short.
+    """
+    timeout_ms = (message.get("routing") or {}).get("timeout")
+    return timeout_ms / 1000.0 * 1.1 + 0.25 if isinstance(timeout_ms, (int, float)) and timeout_ms > 0 else None
 
 
 def _about(tool: str | None) -> str:
