@@ -25,8 +25,10 @@ class BatchingMixin:
     While batching is on, every non-system message (tasks and subscribed topics; never control or
     discovery) joins the pending batch. A batch is handed to process_batch() when it holds batch_size
     messages ("full") or when its oldest message has waited batch_timeout seconds ("timeout"); the
-    deadline is an event-loop timer, not a poll. Metrics: batches, batched_messages, batch_flush_full,
-    batch_flush_timeout, batch_flush_disable and batch_size_max in get_metrics().
+    deadline is an event-loop timer, not a poll. A clean stop processes what is pending before the
+    connection closes, within the drain timeout ("stop"). Metrics: batches, batched_messages,
+    batch_flush_full, batch_flush_timeout, batch_flush_disable, batch_flush_stop and batch_size_max in
+    get_metrics().
     """
 
     _batch: BatchAccumulator | None = None
@@ -96,7 +98,14 @@ class BatchingMixin:
             self._batch_timer.cancel()
             self._batch_timer = None
 
-    def _flush_batch(self, items: list[_Queued], reason: str) -> None:
+    def _flush_batch_on_stop(self) -> None:
+        """Start processing the pending batch as one of the agent's tasks, which astop() drains before closing."""
+        batch = self._batch
+        self._cancel_batch_timer()
+        if batch is not None and len(batch):
+            self._flush_batch(batch.drain(), "stop", wait_handlers=True)
+
+    def _flush_batch(self, items: list[_Queued], reason: str, wait_handlers: bool = False) -> None:
         agent: NATSAgent = self  # type: ignore[assignment]
         counters = agent._metrics.counters
         counters["batches"] += 1
@@ -104,14 +113,14 @@ class BatchingMixin:
         counters[f"batch_flush_{reason}"] += 1
         if len(items) > counters["batch_size_max"]:
             counters["batch_size_max"] = len(items)
-        agent._track(asyncio.ensure_future(self._run_batch(items)))
+        agent._track(asyncio.ensure_future(self._run_batch(items, wait_handlers)))
 
-    async def _run_batch(self, items: list[_Queued]) -> None:
+    async def _run_batch(self, items: list[_Queued], wait_handlers: bool = False) -> None:
         from .agent import _TASK, _Delivery
 
         agent: NATSAgent = self  # type: ignore[assignment]
         try:
-            results = self.process_batch([q.message for q in items])
+            results: Any = self.process_batch([q.message for q in items])  # a list, None, or an awaitable of either
             if inspect.isawaitable(results):
                 results = await results
         except Exception as exc:
@@ -120,6 +129,18 @@ class BatchingMixin:
             for q in items:
                 delivery = _Delivery(q.message, q.msg.reply or None, q.subject, q.reg.fallback)
                 await agent._answer_error(delivery, "handler_error", f"{type(exc).__name__}: {exc}")
+            return
+        if results is None and wait_handlers:
+            # Stopping: handlers started from the agent's queue later would outlive the drain, so run them here
+            # (still at most max_concurrency at once) and finish only when every one has answered.
+            limit = asyncio.Semaphore(agent._max_concurrency)
+
+            async def handle(q: _Queued) -> None:
+                async with limit:
+                    agent._inflight += 1  # _handle counts it down
+                    await agent._handle(q.reg, q.subject, q.message, q.msg, q.t0)
+
+            await asyncio.gather(*(handle(q) for q in items))
             return
         if results is None:
             for q in items:  # the default: each message through its own handler, under the concurrency limit

@@ -3,9 +3,14 @@
 The frame format and credit protocol are in stream_frames. Two uses:
 - ``stream_response(task_id, generator)`` inside a task handler streams to a requester that asked with
   ``request_stream(...)`` (the task carries ``routing.stream = {"window": W}`` and its reply inbox).
-- A result larger than the server's max_payload, for a requester that sent ``routing.stream = true``
-  (every ``request``/``request_message`` does), is offered with a small result whose
-  ``payload.stream = {"pull": subject, "size": n}``; the requester pulls it as a stream and reassembles it.
+- ``receive_stream(task_id)`` receives the stream of a task the consumer sends some other way (``publish``,
+  another client): open the receiver first, then send the task with ``replyTo`` (or the NATS reply subject)
+  set to ``receiver.reply_to``, its id set to ``receiver.task_id`` and, for backpressure from the first chunk,
+  ``routing.stream = {"window": W}`` -- ``receiver.stamp(envelope)`` sets all three.
+- A result larger than the server's max_payload, for a requester that sent ``routing.stream`` (every
+  ``request``/``request_message``/``request_stream`` does), is offered with a small result whose
+  ``payload.stream = {"pull": subject, "size": n}``; the requester pulls it as a stream and reassembles it
+  (a stream receiver does so too, and yields the whole result as its one chunk).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from .envelope import decode, encode, new_message, raise_for_error
+from .envelope import decode, encode, new_id, new_message, raise_for_error
 from .errors import AgentCoreError, RequestTimeoutError, StreamError, StreamGapError, StreamTimeoutError
 from .stream_frames import (
     BYTES,
@@ -135,17 +140,20 @@ class StreamReceiver:
         idle_timeout: float = 30.0,
         gap_timeout: float = 1.0,
         start: Any = None,
+        task_id: str | None = None,
+        reply_to: str | None = None,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.nc = nc
-        self.inbox = nc.new_inbox()
+        self.inbox = reply_to or nc.new_inbox()
         self.window = window
         self.idle_timeout = idle_timeout
         self.gap_timeout = gap_timeout
         self.duplicates = 0
         self.max_buffered = 0
-        self.task_id: str | None = None
+        self.task_id: str | None = task_id
+        self._expect = task_id  # when set, frames and results of other tasks on the same subject are ignored
         self._start = start  # coroutine function(inbox) that asks the producer to begin
         self._frames: dict[int, Msg] = {}
         self._next = 0
@@ -155,14 +163,38 @@ class StreamReceiver:
         self._arrived = asyncio.Event()
         self._sub: Subscription | None = None
 
+    @property
+    def reply_to(self) -> str:
+        """Return the subject the task must name as its replyTo (or NATS reply subject) for its stream to arrive here."""
+        return self.inbox
+
+    def stamp(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Address a task envelope to this receiver: replyTo, routing.stream window and the id it expects; return it."""
+        if self._expect is None:
+            self._expect = self.task_id = message["id"]
+        else:
+            message["id"] = self._expect
+        message["replyTo"] = self.inbox
+        routing = message.get("routing")
+        if routing is None:
+            routing = message["routing"] = {}
+        routing["stream"] = {"window": self.window}
+        return message
+
     async def _open(self) -> None:
         if self._sub is None:
             self._sub = await self.nc.subscribe(self.inbox, cb=self._on_frame)
             if self._start is not None:
                 await self._start(self.inbox)
+            else:  # the task goes out some other way, maybe on another connection: the server must know us first
+                from .agent import _confirm
+
+                await _confirm(self.nc)
 
     async def _on_frame(self, msg: Msg) -> None:
         headers = msg.headers or {}
+        if self._expect is not None and not self._is_ours(msg, headers):
+            return
         seq_text = headers.get(H_SEQ)
         seq = int(seq_text) if seq_text is not None else -1  # -1: a plain result envelope (no stream)
         if seq >= 0 and (seq < self._next or seq in self._frames):
@@ -186,6 +218,15 @@ class StreamReceiver:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
+    def _is_ours(self, msg: Msg, headers: dict[str, str]) -> bool:
+        stream = headers.get(H_STREAM)
+        if stream is not None:
+            return stream == self._expect
+        try:  # a plain result (or an offer) answers the task it correlates with
+            return bool(orjson.loads(msg.data).get("correlationId") == self._expect)
+        except (orjson.JSONDecodeError, AttributeError):
+            return True  # not an envelope at all: let _result() report it
+
     async def __anext__(self) -> StreamChunk:
         await self._open()
         while True:
@@ -193,6 +234,8 @@ class StreamReceiver:
                 raise StopAsyncIteration
             msg = self._frames.pop(self._next, None)
             if msg is not None:
+                if msg.headers is None or H_SEQ not in msg.headers:
+                    return await self._result(msg)
                 chunk = self._chunk(msg)
                 if chunk is None:
                     continue
@@ -213,15 +256,25 @@ class StreamReceiver:
                 ) from None
             raise StreamTimeoutError(f"stream {self.task_id}: no chunk within {self.idle_timeout}s", task_id=self.task_id) from None
 
-    def _chunk(self, msg: Msg) -> StreamChunk | None:
-        headers = msg.headers or {}
+    async def _result(self, msg: Msg) -> StreamChunk:
+        """Return the one chunk of a task that answered with a plain result instead of streaming (errors raise)."""
         seq = self._next
         self._next += 1
-        if H_SEQ not in headers:  # the task answered with a plain result (or an error) instead of streaming
-            self._done = True
-            reply = decode(msg.data)
-            raise_for_error(reply)
-            return StreamChunk(reply.get("correlationId") or "", seq, JSON, orjson.dumps(reply["payload"]["content"]) + b"\n", True)
+        self._done = True
+        reply = decode(msg.data)
+        offer = reply["payload"].get("stream")
+        if isinstance(offer, dict) and offer.get("pull"):  # a result too large for one message: pull it whole
+            await self._release()
+            reply = await pull_offer(self.nc, offer, window=self.window, timeout=self.idle_timeout)
+        raise_for_error(reply)
+        self.task_id = reply.get("correlationId") or self.task_id
+        return StreamChunk(self.task_id or "", seq, JSON, orjson.dumps(reply["payload"]["content"]) + b"\n", True)
+
+    def _chunk(self, msg: Msg) -> StreamChunk | None:
+        headers = msg.headers
+        assert headers is not None
+        seq = self._next
+        self._next += 1
         self.task_id = headers.get(H_STREAM)
         kind = headers.get(H_KIND, BYTES)
         final = headers.get(H_FINAL) == "1"
@@ -263,6 +316,9 @@ class StreamReceiver:
             self._done = True
             if self._ctl is not None and not self.nc.is_closed:
                 self._grant(self._acked, cancel=True)
+        await self._release()
+
+    async def _release(self) -> None:
         if self._sub is not None:
             sub, self._sub = self._sub, None
             self._start = None
@@ -270,6 +326,21 @@ class StreamReceiver:
                 await sub.unsubscribe()
             except nats.errors.Error:
                 pass
+
+
+async def pull_offer(nc: NATSClient, offer: dict[str, Any], *, window: int = 8, timeout: float = 30.0) -> dict[str, Any]:
+    """Pull an oversized result offered as ``payload.stream = {"pull": subject, ...}`` and return its envelope."""
+    pull = offer["pull"]
+
+    async def start(inbox: str) -> None:
+        await nc.publish(pull, b"", reply=inbox, headers={H_WINDOW: str(window)})
+
+    data = await StreamReceiver(nc, window=window, idle_timeout=timeout, start=start).read_all()
+    try:
+        reply: dict[str, Any] = decode(data)
+    except AgentCoreError as exc:
+        raise StreamError(f"the reassembled result does not decode: {exc}") from exc
+    return reply
 
 
 async def _iterate(generator: Any) -> AsyncIterator[Any]:
@@ -390,6 +461,31 @@ class StreamingMixin:
 
         return StreamReceiver(nc, window=window, idle_timeout=idle_timeout, gap_timeout=gap_timeout, start=start)
 
+    def receive_stream(
+        self,
+        task_id: str | None = None,
+        *,
+        reply_to: str | None = None,
+        window: int = 16,
+        idle_timeout: float = 30.0,
+        gap_timeout: float = 1.0,
+    ) -> StreamReceiver:
+        """Return a receiver for the stream of a task you send yourself (``async with`` it, then send the task).
+
+        The task must carry ``replyTo`` = ``receiver.reply_to`` (a fresh inbox, or reply_to: a subject of your
+        choosing that the agent does not otherwise subscribe) and the id ``receiver.task_id`` (task_id, or a
+        new one); ``receiver.stamp(envelope)`` sets both plus ``routing.stream = {"window": window}``, which
+        bounds the producer from its first chunk (without it the producer adopts the window at the first credit).
+        ``agent.publish(topic, content, type="task", message_id=r.task_id, reply_to=r.reply_to)`` addresses
+        a task as well, without the window. Entering the receiver subscribes and confirms the subscription with the server, so
+        the task may then go out on any connection. Only frames and results of that task id are yielded.
+        """
+        agent: NATSAgent = self  # type: ignore[assignment]
+        return StreamReceiver(
+            agent._require_nc(), window=window, idle_timeout=idle_timeout, gap_timeout=gap_timeout,
+            task_id=task_id or new_id(), reply_to=reply_to,
+        )
+
     # ------------------------------------------------------------------ oversized results
 
     async def _offer_large(self, delivery: _Delivery, data: bytes, *, window: int = 8, timeout: float = 30.0) -> None:
@@ -422,18 +518,7 @@ class StreamingMixin:
     async def _pull_large(self, offer: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Pull an offered oversized result and return its envelope."""
         agent: NATSAgent = self  # type: ignore[assignment]
-        nc = agent._require_nc()
-        pull = offer["payload"]["stream"]["pull"]
-
-        async def start(inbox: str) -> None:
-            await nc.publish(pull, b"", reply=inbox, headers={H_WINDOW: "8"})
-
-        receiver = StreamReceiver(nc, window=8, idle_timeout=timeout, start=start)
         try:
-            data = await receiver.read_all()
+            return await pull_offer(agent._require_nc(), offer["payload"]["stream"], timeout=timeout)
         except StreamTimeoutError as exc:
             raise RequestTimeoutError(str(exc)) from None
-        try:
-            return decode(data)
-        except AgentCoreError as exc:
-            raise StreamError(f"the reassembled result does not decode: {exc}") from exc

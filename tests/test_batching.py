@@ -89,3 +89,37 @@ async def test_a_failing_batch_answers_every_requester_with_an_error(make_agent:
     client = await make_agent("client")
     results = await asyncio.gather(*(client.send_task("upper", i) for i in range(2)), return_exceptions=True)
     assert all(isinstance(r, HandlerError) and "bad batch" in str(r) for r in results)
+
+
+async def test_a_clean_stop_processes_the_pending_batch(make_agent: Any) -> None:
+    worker = await make_agent(cls=Batcher, cache__enabled=False)
+    worker.enable_batch_processing(batch_size=10, batch_timeout=60.0)
+    client = await make_agent("client")
+    pending = [asyncio.ensure_future(client.send_task("upper", f"m{i}")) for i in range(3)]
+    await eventually(lambda: worker._batch is not None and len(worker._batch) == 3, what="three pending messages")
+    await worker.astop()
+    assert await asyncio.gather(*pending) == ["M0", "M1", "M2"]
+    assert worker.sizes == [3] and worker.get_metrics()["batch_flush_stop"] == 1
+    assert worker.status == "stopped"
+
+
+async def test_a_clean_stop_runs_the_handlers_of_a_pending_default_batch(make_agent: Any) -> None:
+    running = 0
+    most = 0
+
+    async def slow_double(message: dict[str, Any]) -> Any:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0)  # suspend, so the handlers could overlap
+        running -= 1
+        return message["payload"]["content"] * 2
+
+    worker = await make_agent(capabilities={"double": slow_double}, cache__enabled=False, agent__max_concurrency=2)
+    worker.enable_batch_processing(batch_size=10, batch_timeout=60.0)
+    client = await make_agent("client")
+    pending = [asyncio.ensure_future(client.send_task("double", i)) for i in range(7)]
+    await eventually(lambda: worker._batch is not None and len(worker._batch) == 7, what="seven pending messages")
+    await worker.astop()
+    assert await asyncio.gather(*pending) == [i * 2 for i in range(7)]
+    assert most <= 2 and worker.get_metrics()["messages_processed"] == 7

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
 
 from agentcore import NATSAgent
+from agentcore.envelope import encode, new_message
 from agentcore.errors import StreamError, StreamGapError, StreamTimeoutError
 from agentcore.stream_frames import H_CTL, H_FINAL, H_KIND, H_SEQ, H_STREAM
 from agentcore.streaming import StreamReceiver
 from nats_fixtures import eventually
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def streamer(make_agent: Any, generator_factory: Any, chunk_size: int = 1024) -> NATSAgent:
@@ -212,3 +219,95 @@ async def test_20_mb_result_reaches_the_caller_whole(make_agent: Any) -> None:
     result = await client.send_task("big", None, timeout=30)
     assert len(result) == 20 * 1024 * 1024 and result == blob.hex()[: 20 * 1024 * 1024]
     assert worker.get_metrics()["large_results_streamed"] == 1
+
+
+async def test_receive_stream_of_a_task_sent_with_publish(make_agent: Any) -> None:
+    async def parts(message: dict[str, Any]) -> Any:
+        for i in range(50):
+            yield f"{i:02d};"
+
+    producer = await streamer(make_agent, parts, chunk_size=30)
+    client = await make_agent("client")
+    async with client.receive_stream() as stream:  # subscribed before the task goes out
+        task_id = await client.publish(producer.topics.task("gen"), None, type="task",
+                                       message_id=stream.task_id, reply_to=stream.reply_to)
+        chunks = [c async for c in stream]
+    assert task_id == stream.task_id and all(c.task_id == task_id for c in chunks)
+    assert [c.seq for c in chunks] == list(range(5))
+    assert "".join(c.text for c in chunks) == "".join(f"{i:02d};" for i in range(50))
+
+
+async def test_receive_stream_of_a_stamped_task_from_another_client_is_flow_controlled(
+    make_agent: Any, raw_nc: nats.NATS
+) -> None:
+    produced = 0
+
+    async def fast(message: dict[str, Any]) -> Any:
+        nonlocal produced
+        for _ in range(40):
+            produced += 1
+            yield b"z" * 100
+
+    producer = await streamer(make_agent, fast, chunk_size=100)
+    client = await make_agent("client")
+    window, consumed, ahead = 4, 0, 0
+    async with client.receive_stream(window=window) as stream:
+        task = stream.stamp(new_message("task", None, source_id="raw-client"))
+        assert task["routing"]["stream"] == {"window": window} and task["id"] == stream.task_id
+        await raw_nc.publish(producer.topics.task("gen"), encode(task))  # not the agent's connection
+        async for chunk in stream:
+            consumed += 1
+            ahead = max(ahead, produced - consumed)
+            await asyncio.sleep(0.002)  # a deliberately slow consumer (not synchronisation)
+    assert consumed == 40 and stream.max_buffered <= window and ahead <= window + 1
+
+
+async def test_receive_stream_on_a_shared_subject_takes_only_its_task(make_agent: Any, raw_nc: nats.NATS) -> None:
+    client = await make_agent("client")
+    async with client.receive_stream("mine", reply_to="results.shared", gap_timeout=5.0) as stream:
+        other = {**frame(0, b"theirs", True), H_STREAM: "theirs"}
+        await raw_nc.publish("results.shared", b"theirs", headers=other)
+        not_ours = new_message("result", "theirs", source_id="w", correlation_id="theirs")
+        await raw_nc.publish("results.shared", encode(not_ours))
+        ours = {**frame(0, b"mine", True), H_STREAM: "mine"}
+        await raw_nc.publish("results.shared", b"mine", headers=ours)
+        chunks = [c async for c in stream]
+    assert [(c.task_id, c.data) for c in chunks] == [("mine", b"mine")]
+
+    async with client.receive_stream("mine-too", reply_to="results.shared") as stream:
+        await raw_nc.publish("results.shared", encode(not_ours))
+        await raw_nc.publish("results.shared", encode(new_message("result", {"ok": 1}, source_id="w", correlation_id="mine-too")))
+        assert [c.items() async for c in stream] == [[{"ok": 1}]]
+
+
+async def test_an_oversized_plain_result_reaches_a_stream_consumer_whole(make_agent: Any) -> None:
+    blob = "x" * (3 * 1024 * 1024)  # three times max_payload, returned rather than streamed
+
+    async def big(message: dict[str, Any]) -> Any:
+        return {"blob": blob}
+
+    worker = await make_agent("big", capabilities={"big": big}, cache__enabled=False)
+    client = await make_agent("client")
+    chunks = [c async for c in client.request_stream(worker.topics.task("big"), None, window=4)]
+    assert len(chunks) == 1 and chunks[0].final and chunks[0].items() == [{"blob": blob}]
+    assert "stream" not in chunks[0].data[:100].decode()  # the data, not the offer envelope
+
+    async with client.receive_stream() as stream:
+        await client.nc.publish(worker.topics.task("big"), encode(stream.stamp(new_message("task", None, source_id="client"))))
+        assert [c.items() async for c in stream] == [[{"blob": blob}]]
+    assert worker.get_metrics()["large_results_streamed"] == 2
+
+
+def test_streaming_batching_and_caching_pass_on_the_pure_core() -> None:
+    env = {**os.environ, "AGENTCORE_NO_EXTENSIONS": "1"}
+    suites = ["tests/test_streaming.py", "tests/test_batching.py", "tests/test_caching.py"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *suites, "-k", "not pure_core",
+         "-o", "addopts=", "--no-header", "-W", "ignore"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
+    probe = subprocess.run([sys.executable, "-c", "import agentcore; print(agentcore.implementation)"],
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert probe.stdout.strip() == "pure"
