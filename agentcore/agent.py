@@ -831,6 +831,8 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
 
     def _get_executor(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._executor is None:
+            if self._status == "stopped":
+                raise NotConnectedError(f"agent {self.agent_id} is stopped")
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self.config["agent.sync_workers"], thread_name_prefix=f"agentcore-{self.agent_id}"
             )
@@ -911,23 +913,26 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         nc = self._nc
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
             if nc is not None and not nc.is_closed:
-                for sub in list(self._subs.values()):
+                # drain(), not unsubscribe(): messages nats-py has already buffered for us are still dispatched.
+                subs, self._subs = list(self._subs.values()), {}
+                for sub in subs:
                     try:
-                        await sub.unsubscribe()
-                    except nats.errors.Error:
-                        pass
-                self._subs.clear()
+                        await asyncio.wait_for(sub.drain(), max(deadline - loop.time(), 0.01))
+                    except (nats.errors.Error, asyncio.TimeoutError) as exc:
+                        log.debug("agent %s: draining a subscription failed: %s", self.agent_id, exc)
             self._flush_batch_on_stop()  # batched messages not yet processed join the handlers drained below
-            pending = [t for t in self._tasks if t is not asyncio.current_task()]
-            if pending:
-                _, late = await asyncio.wait(pending, timeout=timeout)
-                for task in late:
-                    # Past the drain timeout: cancel, so stop() is bounded; the requesters time out.
-                    task.cancel()
-                if late:
-                    log.warning("agent %s cancelled %d handlers still running after %.1fs", self.agent_id, len(late), timeout)
+            me = asyncio.current_task()
+            while True:  # in-flight handlers finish and free slots for queued ones, until both are done
+                pending = [t for t in self._tasks if t is not me]
+                remaining = deadline - loop.time()
+                if not pending or remaining <= 0:
+                    break
+                await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            await self._abandon(me, timeout)
             if nc is not None and not nc.is_closed:
                 self._status = "stopped"
                 await self._publish_status()
@@ -940,6 +945,20 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             if self._stopped is not None:
                 self._stopped.set()
             log.info("agent %s stopped", self.agent_id)
+
+    async def _abandon(self, me: asyncio.Task[Any] | None, timeout: float) -> None:
+        """Past the drain timeout: tell queued requesters the agent is stopping, cancel running handlers."""
+        queued, self._queue = self._queue, []
+        for _, _, q in queued:
+            delivery = _Delivery(q.message, q.msg.reply or None, q.subject, q.reg.fallback)
+            await self._answer_error(delivery, "shutting_down", f"agent {self.agent_id} stopped before handling {q.message['id']}")
+        late = [t for t in self._tasks if t is not me]
+        for task in late:
+            task.cancel()  # each answers its requester with a cancelled error as it unwinds
+        if late or queued:
+            log.warning("agent %s stopped with %d handlers still running and %d queued after %.1fs",
+                        self.agent_id, len(late), len(queued), timeout)
+            await asyncio.wait(late, timeout=1.0) if late else None
 
     async def wait_stopped(self) -> None:
         """Wait until the agent has stopped (by stop(), a shutdown command or an error)."""

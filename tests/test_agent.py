@@ -488,3 +488,29 @@ async def test_control_ignores_results_reflected_onto_it(make_agent, raw_nc) -> 
     client = await make_agent("client")
     assert (await client.control("victim", "ping"))["pong"] is True
     assert victim.status == "running"
+
+
+async def test_stop_finishes_queued_work_or_says_why(make_agent) -> None:
+    async def slow(message: dict[str, Any]) -> int:
+        await asyncio.sleep(0.01)  # real work that takes a while (not synchronisation)
+        return message["payload"]["content"]
+
+    worker = await make_agent("worker", capabilities={"work": slow}, agent__max_concurrency=2)
+    client = await make_agent("client")
+    calls = [asyncio.ensure_future(client.send_task("work", i, timeout=10)) for i in range(10)]
+    await eventually(lambda: worker.get_metrics()["in_flight"] == 2 and worker.get_metrics()["queued"] == 8)
+    await worker.astop()  # within the drain timeout every queued task still runs
+    assert await asyncio.gather(*calls) == list(range(10))
+
+    gate = asyncio.Event()
+
+    async def stuck(message: dict[str, Any]) -> int:
+        await gate.wait()
+        return 0
+
+    worker2 = await make_agent("worker2", capabilities={"stuck": stuck}, agent__max_concurrency=1, nats__drain_timeout=0.2)
+    calls = [asyncio.ensure_future(client.send_task("stuck", i, timeout=10)) for i in range(3)]
+    await eventually(lambda: worker2.get_metrics()["queued"] == 2)
+    await worker2.astop()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert sorted(e.code for e in outcomes) == ["cancelled", "shutting_down", "shutting_down"]
