@@ -396,9 +396,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             if reg.is_async:
                 result = await handler(*args)
             else:
-                # Sync handlers may block (an LLM call, say): a worker thread keeps the loop, control and
-                # heartbeats responsive. Async handlers run inline on the loop and cost no thread hop.
-                result = await asyncio.get_running_loop().run_in_executor(self._get_executor(), handler, *args)
+                result = await self._call_handler(handler, *args, is_async=False)
             if not delivery.answered:
                 if reg.kind == _TASK:
                     if result is not NO_REPLY:
@@ -828,6 +826,14 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         if nc is None or nc.is_closed:
             raise NotConnectedError(f"agent {self.agent_id} is not connected")
         return nc
+
+    async def _call_handler(self, fn: Callable[..., Any], *args: Any, is_async: bool | None = None) -> Any:
+        """Call a user handler: async ones inline on the loop, sync ones in the agent's thread pool."""
+        if is_async if is_async is not None else _is_async(fn):
+            return await fn(*args)
+        # Sync handlers may block (an LLM call, say): a worker thread keeps the loop, control and heartbeats
+        # responsive. Async handlers run inline on the loop and cost no thread hop.
+        return await asyncio.get_running_loop().run_in_executor(self._get_executor(), fn, *args)
 
     def _get_executor(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._executor is None:

@@ -53,8 +53,6 @@ from .negotiation_state import (
 )
 
 if TYPE_CHECKING:
-    import concurrent.futures
-
     from nats.aio.client import Client as NATSClient
     from nats.aio.msg import Msg
 
@@ -89,10 +87,6 @@ class _Round:
     done: asyncio.Event
 
 
-def _maybe_async(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
-
-
 class NegotiationMixin:
     """Give NATSAgent register_a2a_handler and negotiate_with_agents (Contract Net over NATS).
 
@@ -116,7 +110,7 @@ class NegotiationMixin:
         def _schedule_sync(self) -> None: ...
         async def _sync_subscriptions(self) -> None: ...
         def _require_nc(self) -> NATSClient: ...
-        def _get_executor(self) -> concurrent.futures.ThreadPoolExecutor: ...
+        async def _call_handler(self, fn: Callable[..., Any], *args: Any, is_async: bool | None = None) -> Any: ...
         def _check_size(self, data: bytes) -> None: ...
         async def _publish_raw(self, subject: str, data: bytes, reply: str = "") -> None: ...
         async def publish_event(self, event_type: str, detail: str, content: Any) -> str: ...
@@ -196,11 +190,7 @@ class NegotiationMixin:
             records.popitem(last=False)
 
     async def _a2a_call(self, fn: Callable[[Any], Any], arg: Any) -> Any:
-        if _maybe_async(fn):
-            result = await fn(arg)
-        else:
-            # User handlers may block (an LLM call, a database): a worker thread keeps the loop responsive.
-            result = await asyncio.get_running_loop().run_in_executor(self._get_executor(), fn, arg)
+        result = await self._call_handler(fn, arg)
         if inspect.isawaitable(result):
             result = await result
         return result

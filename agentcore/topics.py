@@ -61,6 +61,14 @@ class Topics:
         """Return the subject an MCP response for a caller's request goes to."""
         return f"{self.prefix}.mcp.{validate_token(agent_id)}.responses.{validate_token(request_id)}"
 
+    def mcp_responses_all(self, agent_id: str) -> str:
+        """Return the pattern that matches every MCP response addressed to a caller."""
+        return f"{self.prefix}.mcp.{validate_token(agent_id)}.responses.*"
+
+    def mcp_cancel(self, server_id: str) -> str:
+        """Return the subject cancellations of calls to an MCP server id go to (every host hears them)."""
+        return f"{self.prefix}.mcp.{validate_token(server_id)}.cancel"
+
     def a2a_negotiate(self, agent_id: str) -> str:
         """Return the negotiation subject of an agent."""
         return f"{self.prefix}.a2a.negotiate.{validate_token(agent_id)}"

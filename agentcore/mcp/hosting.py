@@ -233,10 +233,8 @@ class MCPMixin:
         }
 
     def _mcp_cancel_subject(self, server_id: str) -> str:
-        from .._impl import validate_token
-
         agent: Any = self
-        return f"{agent.topics.prefix}.mcp.{validate_token(server_id)}.cancel"
+        return str(agent.topics.mcp_cancel(server_id))
 
     async def _mcp_prefetch_tools(self, hosted: _Hosted) -> None:
         try:
@@ -569,7 +567,7 @@ class MCPMixin:
             current = agent.__dict__.get("_mcp_responses")
             if current is not None and current[0] is nc:
                 return
-            subject = f"{agent.topics.prefix}.mcp.{agent.agent_id}.responses.*"
+            subject = agent.topics.mcp_responses_all(agent.agent_id)
             sub = await nc.subscribe(subject, cb=self._mcp_on_response)
             agent.__dict__["_mcp_responses"] = (nc, sub)
             if agent._stopped is not None:
