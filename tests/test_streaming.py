@@ -13,6 +13,7 @@ import nats
 import pytest
 
 from agentcore import NATSAgent
+from agentcore.agent import _confirm
 from agentcore.envelope import encode, new_message
 from agentcore.errors import StreamError, StreamGapError, StreamTimeoutError
 from agentcore.stream_frames import H_CTL, H_FINAL, H_KIND, H_SEQ, H_STREAM
@@ -103,7 +104,7 @@ async def fake_stream(raw_nc: nats.NATS, make_agent: Any, **options: Any) -> tup
         await tasks.put(msg.reply)
 
     await raw_nc.subscribe("raw.task", cb=on_task)
-    await raw_nc.flush()
+    await _confirm(raw_nc)  # flush() alone can overtake the SUB (see agent._confirm)
 
     async def start(inbox: str) -> None:
         await client.nc.publish("raw.task", b"{}", reply=inbox)
@@ -121,7 +122,7 @@ def frame(seq: int, data: bytes, final: bool = False, kind: str = "text") -> dic
 async def test_duplicates_are_dropped_and_reordering_is_repaired(make_agent: Any, raw_nc: nats.NATS) -> None:
     receiver, tasks = await fake_stream(raw_nc, make_agent, gap_timeout=5.0)
     async with receiver:
-        inbox = await tasks.get()
+        inbox = await asyncio.wait_for(tasks.get(), 5)
         for seq, data, final in [(0, b"a", False), (0, b"a", False), (2, b"c", False), (1, b"b", False), (1, b"b", False), (3, b"d", True)]:
             await raw_nc.publish(inbox, data, headers=frame(seq, data, final))
         chunks = [c async for c in receiver]
@@ -138,11 +139,11 @@ async def test_a_missing_chunk_raises_a_gap_error(make_agent: Any, raw_nc: nats.
             await cancels.put(msg)
 
     await raw_nc.subscribe("raw.ctl", cb=on_ctl)
-    await raw_nc.flush()
+    await _confirm(raw_nc)  # flush() alone can overtake the SUB (see agent._confirm)
     got = []
     with pytest.raises(StreamGapError):
         async with receiver:
-            inbox = await tasks.get()
+            inbox = await asyncio.wait_for(tasks.get(), 5)
             for seq in (0, 2, 3):  # 1 never comes
                 await raw_nc.publish(inbox, b"x", headers=frame(seq, b"x"))
             async for chunk in receiver:
@@ -155,7 +156,7 @@ async def test_idle_timeout(make_agent: Any, raw_nc: nats.NATS) -> None:
     receiver, tasks = await fake_stream(raw_nc, make_agent, idle_timeout=0.2)
     with pytest.raises(StreamTimeoutError):
         async with receiver:
-            inbox = await tasks.get()
+            inbox = await asyncio.wait_for(tasks.get(), 5)
             await raw_nc.publish(inbox, b"x", headers=frame(0, b"x"))
             async for _ in receiver:
                 pass
