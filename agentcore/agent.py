@@ -391,7 +391,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
                     await self._answer(delivery, hit)
                     metrics.processed += 1
                     return
-            handler = reg.handler if reg.handler is not None else self.process_message
+            handler: Handler = reg.handler if reg.handler is not None else self.process_message
             args: tuple[Any, ...] = (message,) if reg.kind == _TASK else (self.topics.to_topic(subject), message)
             if reg.is_async:
                 result = await handler(*args)
@@ -496,7 +496,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         context = request.get("context")
         payload: dict[str, Any] = {"content": content} if error is None else {"content": content, "error": error}
         # The same fields new_message() writes, as one literal: this runs once per answered task.
-        return encode({
+        data: bytes = encode({
             "id": new_id(),
             "timestamp": time.time(),
             "version": VERSION,
@@ -509,6 +509,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             "payload": payload,
             "routing": None,
         })
+        return data
 
     async def _answer(self, delivery: _Delivery, content: Any) -> None:
         if delivery.deferred:
@@ -669,7 +670,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         except nats.errors.TimeoutError:
             raise RequestTimeoutError(f"no reply on {subject} within {timeout}s") from None
         self._metrics.published += 1
-        reply = decode(msg.data)
+        reply: dict[str, Any] = decode(msg.data)
         if "stream" in reply["payload"]:
             reply = await self._pull_large(reply, timeout)  # an oversized result, offered as a stream
         raise_for_error(reply)
@@ -927,7 +928,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
                 subs, self._subs = list(self._subs.values()), {}
                 for sub in subs:
                     try:
-                        await asyncio.wait_for(sub.drain(), max(deadline - loop.time(), 0.01))
+                        await asyncio.wait_for(sub.drain(), max(deadline - loop.time(), 0.01))  # type: ignore[no-untyped-call]
                     except (nats.errors.Error, asyncio.TimeoutError) as exc:
                         log.debug("agent %s: draining a subscription failed: %s", self.agent_id, exc)
             self._flush_batch_on_stop()  # batched messages not yet processed join the handlers drained below

@@ -109,4 +109,5 @@ def is_expired(message: dict[str, Any], now: float | None = None) -> bool:
     timeout = routing.get("timeout")
     if timeout is None:
         return False
-    return (time.time() if now is None else now) > message["timestamp"] + timeout / 1000.0
+    deadline: float = message["timestamp"] + timeout / 1000.0
+    return (time.time() if now is None else now) > deadline

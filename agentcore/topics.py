@@ -83,7 +83,8 @@ class Topics:
         else:
             subject = topic
         try:
-            return validate_subject(subject, wildcards=wildcards)
+            valid: str = validate_subject(subject, wildcards=wildcards)
+            return valid
         except SubjectError as exc:
             raise SubjectError(f"topic {topic!r}: {exc}") from None
 
