@@ -96,6 +96,9 @@ class _Queued:
     msg: Msg
     t0: float
 
+    def delivery(self) -> _Delivery:
+        return _Delivery(self.message, self.msg.reply or None, self.subject, self.reg.fallback)
+
 
 async def _confirm(nc: NATSClient) -> None:
     """Return once the server has processed everything this connection sent (e.g. new SUBs)."""
@@ -433,13 +436,17 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         finally:
             if self._deliveries.get(mid) is delivery and not delivery.deferred:
                 del self._deliveries[mid]
-            if self._cache is not None and not reg.system:
-                self._cache.finish((reg.key, message["source"]["id"]), mid, replay)
+            self._finish_message(reg, message, replay)
             metrics.observe(time.perf_counter() - t0)
             if not reg.system:
                 self._inflight -= 1
             if self._queue:
                 self._pump()
+
+    def _finish_message(self, reg: _Registration, message: dict[str, Any], replay: Any) -> None:
+        """Record a message as handled for duplicate detection: replay is its result, DONE, or MISS to forget it."""
+        if self._cache is not None and not reg.system:
+            self._cache.finish((reg.key, message["source"]["id"]), message["id"], replay)
 
     async def _answer_duplicate(self, reg: _Registration, subject: str, message: dict[str, Any], msg: Msg, seen: Any) -> None:
         """Answer a message id this subscription already took: replay its result, or say it is a duplicate."""
@@ -957,8 +964,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         """Past the drain timeout: tell queued requesters the agent is stopping, cancel running handlers."""
         queued, self._queue = self._queue, []
         for _, _, q in queued:
-            delivery = _Delivery(q.message, q.msg.reply or None, q.subject, q.reg.fallback)
-            await self._answer_error(delivery, "shutting_down", f"agent {self.agent_id} stopped before handling {q.message['id']}")
+            await self._answer_error(q.delivery(), "shutting_down", f"agent {self.agent_id} stopped before handling {q.message['id']}")
         late = [t for t in self._tasks if t is not me]
         for task in late:
             task.cancel()  # each answers its requester with a cancelled error as it unwinds

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
 import inspect
 import logging
 import time
@@ -116,20 +115,47 @@ class BatchingMixin:
         agent._track(asyncio.ensure_future(self._run_batch(items, wait_handlers)))
 
     async def _run_batch(self, items: list[_Queued], wait_handlers: bool = False) -> None:
-        from .agent import _TASK, _Delivery
+        from .agent import _TASK
+        from .caching import DONE, MISS
+        from .envelope import is_expired
 
         agent: NATSAgent = self  # type: ignore[assignment]
+        metrics = agent._metrics
+        live: list[_Queued] = []
+        for q in items:  # an expired message is answered as such, never handed to process_batch
+            if is_expired(q.message):
+                metrics.expired += 1
+                metrics.failed += 1
+                await agent._answer_error(q.delivery(), "expired", f"message {q.message['id']} expired before it was processed")
+                agent._finish_message(q.reg, q.message, DONE)
+            else:
+                live.append(q)
+        if not live:
+            return
+        deliveries = [q.delivery() for q in live]
+        pending = agent._deliveries
+        for delivery in deliveries:  # publish_result() works from inside process_batch
+            pending[delivery.message["id"]] = delivery
         try:
-            results: Any = self.process_batch([q.message for q in items])  # a list, None, or an awaitable of either
+            results: Any = self.process_batch([q.message for q in live])  # a list, None, or an awaitable of either
             if inspect.isawaitable(results):
                 results = await results
+            if results is not None:
+                results = list(results)
+                if len(results) != len(live):
+                    raise ValueError(f"process_batch returned {len(results)} results for {len(live)} messages")
         except Exception as exc:
-            log.exception("agent %s process_batch raised on a batch of %d", agent.agent_id, len(items))
-            agent._metrics.failed += len(items)
-            for q in items:
-                delivery = _Delivery(q.message, q.msg.reply or None, q.subject, q.reg.fallback)
-                await agent._answer_error(delivery, "handler_error", f"{type(exc).__name__}: {exc}")
+            log.exception("agent %s process_batch failed on a batch of %d", agent.agent_id, len(live))
+            metrics.failed += len(live)
+            for q, delivery in zip(live, deliveries):
+                if not delivery.answered:
+                    await agent._answer_error(delivery, "handler_error", f"{type(exc).__name__}: {exc}")
+                agent._finish_message(q.reg, q.message, MISS)  # a retry runs again
             return
+        finally:
+            for delivery in deliveries:
+                if pending.get(delivery.message["id"]) is delivery:
+                    del pending[delivery.message["id"]]
         if results is None and wait_handlers:
             # Stopping: handlers started from the agent's queue later would outlive the drain, so run them here
             # (still at most max_concurrency at once) and finish only when every one has answered.
@@ -140,22 +166,18 @@ class BatchingMixin:
                     agent._inflight += 1  # _handle counts it down
                     await agent._handle(q.reg, q.subject, q.message, q.msg, q.t0)
 
-            await asyncio.gather(*(handle(q) for q in items))
+            await asyncio.gather(*(handle(q) for q in live))
             return
         if results is None:
-            for q in items:  # the default: each message through its own handler, under the concurrency limit
+            for q in live:  # the default: each message through its own handler, under the concurrency limit
                 if agent._inflight >= agent._max_concurrency:
-                    priority = (q.message.get("routing") or {}).get("priority") or 0
-                    heapq.heappush(agent._queue, (-priority, next(agent._seq), q))
+                    agent._admit(q)
                 else:
                     agent._run(q.reg, q.subject, q.message, q.msg, q.t0)
             return
-        results = list(results)
-        if len(results) != len(items):
-            raise ValueError(f"process_batch returned {len(results)} results for {len(items)} messages")
-        for q, result in zip(items, results):
-            delivery = _Delivery(q.message, q.msg.reply or None, q.subject, q.reg.fallback)
-            if q.reg.kind == _TASK or delivery.destination is not None:
+        for q, delivery, result in zip(live, deliveries, results):
+            if not delivery.answered and (q.reg.kind == _TASK or delivery.destination is not None):
                 await agent._answer(delivery, result)
-            agent._metrics.processed += 1
-            agent._metrics.observe(time.perf_counter() - q.t0)
+            agent._finish_message(q.reg, q.message, result)
+            metrics.processed += 1
+            metrics.observe(time.perf_counter() - q.t0)

@@ -124,3 +124,31 @@ async def test_a_clean_stop_runs_the_handlers_of_a_pending_default_batch(make_ag
     await worker.astop()
     assert await asyncio.gather(*pending) == [i * 2 for i in range(7)]
     assert most <= 2 and worker.get_metrics()["messages_processed"] == 7
+
+
+async def test_a_bad_batch_answers_every_requester_and_retries_run_again(make_agent: Any) -> None:
+    from agentcore import RemoteError
+
+    class Miscounting(NATSAgent):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.add_capability("upper", self.never_called)
+            self.calls = 0
+
+        async def never_called(self, message: dict[str, Any]) -> Any:
+            raise AssertionError("batched tasks go to process_batch")
+
+        async def process_batch(self, messages: list[dict[str, Any]]) -> list[Any]:
+            self.calls += 1
+            if self.calls == 1:
+                return ["only one"]  # one result for two messages: every requester must hear of it
+            for m in messages:  # publish_result works from inside process_batch too
+                self.publish_result(m["id"], m["payload"]["content"].upper())
+            return [None] * len(messages)
+
+    worker = await make_agent(cls=Miscounting, cache__enabled=True)
+    worker.enable_batch_processing(batch_size=2, batch_timeout=5.0)
+    client = await make_agent("client")
+    first = await asyncio.gather(*(client.send_task("upper", t, timeout=5) for t in ("a", "b")), return_exceptions=True)
+    assert all(isinstance(e, RemoteError) and "1 results for 2 messages" in str(e) for e in first)
+    assert sorted(await asyncio.gather(*(client.send_task("upper", t, timeout=5) for t in ("a", "b")))) == ["A", "B"]
