@@ -27,6 +27,7 @@ from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from ._eager import start_eager
 from .envelope import decode, encode, new_id, new_message, raise_for_error
 from .errors import AgentCoreError, RequestTimeoutError, StreamError, StreamGapError, StreamTimeoutError
 from .stream_frames import (
@@ -56,6 +57,17 @@ log = logging.getLogger("agentcore.streaming")
 
 _HEADER_ROOM = 1024  # headers and subject share max_payload with the body (PRIOR-ART: nats-py checks the body only)
 
+
+
+def _header_int(headers: dict[str, str], name: str) -> int | None:
+    """Return an integer stream header, or None when it is absent or malformed (peer input is never trusted)."""
+    text = headers.get(name)
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 class _Sender:
     """Send frames to one consumer, waiting for credit when the consumer asked for a window."""
@@ -90,10 +102,11 @@ class _Sender:
             self.cancelled = True
         if msg.reply and self.dest is None:  # a pull: where the frames go
             self.dest = msg.reply
-        if H_WINDOW in headers:
-            self.window = max(1, int(headers[H_WINDOW]))
-        if H_ACK in headers:
-            self.acked = max(self.acked, int(headers[H_ACK]))
+        window, acked = _header_int(headers, H_WINDOW), _header_int(headers, H_ACK)
+        if window is not None:
+            self.window = max(1, window)
+        if acked is not None:
+            self.acked = max(self.acked, acked)
         self._wake.set()
 
     async def wait_pulled(self, timeout: float) -> None:
@@ -159,6 +172,7 @@ class StreamReceiver:
         self._next = 0
         self._acked = -1
         self._ctl: str | None = None
+        self._granting: set[asyncio.Task[Any]] = set()
         self._done = False
         self._arrived = asyncio.Event()
         self._sub: Subscription | None = None
@@ -195,8 +209,14 @@ class StreamReceiver:
         headers = msg.headers or {}
         if self._expect is not None and not self._is_ours(msg, headers):
             return
-        seq_text = headers.get(H_SEQ)
-        seq = int(seq_text) if seq_text is not None else -1  # -1: a plain result envelope (no stream)
+        if H_SEQ in headers:
+            seq = _header_int(headers, H_SEQ)
+            if seq is None or seq < 0:
+                self.duplicates += 1  # counted with the frames dropped: a malformed frame carries nothing usable
+                log.warning("stream %s: dropped a frame with a malformed %s header", self.task_id, H_SEQ)
+                return
+        else:
+            seq = -1  # a plain result envelope (no stream)
         if seq >= 0 and (seq < self._next or seq in self._frames):
             self.duplicates += 1
             return
@@ -298,7 +318,10 @@ class StreamReceiver:
         if cancel:
             headers[H_CANCEL] = "1"
         # Credit is fire-and-forget: nats-py buffers the publish; the next grant is cumulative if one is lost.
-        asyncio.ensure_future(self.nc.publish(self._ctl, b"", headers=headers))
+        task = start_eager(self.nc.publish(self._ctl, b"", headers=headers))
+        if task is not None:  # keep it alive until it is written
+            self._granting.add(task)
+            task.add_done_callback(self._granting.discard)
 
     async def read_all(self) -> bytes:
         """Return every chunk's data joined (and close the stream)."""
@@ -385,7 +408,7 @@ class StreamingMixin:
         chunk_size = max(1, min(chunk_size, limit))
         wanted = ((delivery.message.get("routing") or {}).get("stream"))
         window = wanted.get("window") if isinstance(wanted, dict) else None
-        sender = _Sender(nc, task_id, dest, int(window) if window else None, idle_timeout)
+        sender = _Sender(nc, task_id, dest, window if isinstance(window, int) and window > 0 else None, idle_timeout)
         await sender.open()
         counters = agent._metrics.counters
         counters["streams_sent"] += 1

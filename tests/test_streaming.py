@@ -130,6 +130,18 @@ async def test_duplicates_are_dropped_and_reordering_is_repaired(make_agent: Any
     assert receiver.duplicates == 2
 
 
+async def test_malformed_frame_headers_are_dropped_not_fatal(make_agent: Any, raw_nc: nats.NATS) -> None:
+    receiver, tasks = await fake_stream(raw_nc, make_agent, gap_timeout=5.0)
+    async with receiver:
+        inbox = await asyncio.wait_for(tasks.get(), 5)
+        await raw_nc.publish(inbox, b"a", headers=frame(0, b"a"))
+        await raw_nc.publish(inbox, b"?", headers={**frame(1, b"?"), H_SEQ: "not-a-number"})
+        await raw_nc.publish(inbox, b"b", headers=frame(1, b"b", final=True))
+        chunks = [c async for c in receiver]
+    assert b"".join(c.data for c in chunks) == b"ab"
+    assert receiver.duplicates == 1
+
+
 async def test_a_missing_chunk_raises_a_gap_error(make_agent: Any, raw_nc: nats.NATS) -> None:
     receiver, tasks = await fake_stream(raw_nc, make_agent, gap_timeout=0.2)
     cancels: asyncio.Queue[Any] = asyncio.Queue()
