@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import statistics
 import sys
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from agentcore import AgentConfig, NATSAgent
 from agentcore.mcp import MCPClient
 from agentcore.server import NATSServer
+from harness import LoopBench
 
 CALLS = 100  # per pytest-benchmark round
 ARGS = {"a": 20, "b": 22}
@@ -27,13 +27,12 @@ def server() -> Iterator[NATSServer]:
         yield s
 
 
-class Paths:
+class Paths(LoopBench):
     """Both call paths on one private event loop: direct stdio, and through NATS to a host agent."""
 
     def __init__(self, url: str) -> None:
-        self.loop = asyncio.new_event_loop()
+        super().__init__()
         self.url = url
-        self.closers: list[Callable[[], Awaitable[Any]]] = []
         self.calls: dict[str, Callable[[], Awaitable[Any]]] = self.loop.run_until_complete(self._setup())
 
     async def _setup(self) -> dict[str, Callable[[], Awaitable[Any]]]:
@@ -59,22 +58,7 @@ class Paths:
         return {"stdio": stdio, "nats": nats}
 
     def run(self, kind: str, n: int) -> list[float]:
-        call = self.calls[kind]
-
-        async def many() -> list[float]:
-            times = []
-            for _ in range(n):
-                t0 = time.perf_counter()
-                await call()
-                times.append(time.perf_counter() - t0)
-            return times
-
-        return self.loop.run_until_complete(many())
-
-    def close(self) -> None:
-        for close in self.closers:
-            self.loop.run_until_complete(close())
-        self.loop.close()
+        return self.time_calls(self.calls[kind], n)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 
 from agentcore import AgentConfig, NATSAgent
 from agentcore.server import NATSServer
+from harness import LoopBench
 
 TARGETS = (1, 5, 20)
 PER_ROUND = 20  # negotiations per pytest-benchmark round; divide by it for one
@@ -33,12 +33,11 @@ def server() -> Iterator[NATSServer]:
         yield s
 
 
-class Setup:
+class Setup(LoopBench):
     """A coordinator and n workers (each on its own connection), driven on one private event loop."""
 
     def __init__(self, url: str, kind: str, n: int) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.closers: list[Callable[[], Awaitable[Any]]] = []
+        super().__init__()
         self.call: Callable[[], Awaitable[Any]] = self.loop.run_until_complete(self._setup(url, kind, n))
 
     async def _setup(self, url: str, kind: str, n: int) -> Callable[[], Awaitable[Any]]:
@@ -102,20 +101,7 @@ class Setup:
         return call
 
     def run(self, k: int) -> list[float]:
-        async def many() -> list[float]:
-            times = []
-            for _ in range(k):
-                t0 = time.perf_counter()
-                await self.call()
-                times.append(time.perf_counter() - t0)
-            return times
-
-        return self.loop.run_until_complete(many())
-
-    def close(self) -> None:
-        for close in self.closers:
-            self.loop.run_until_complete(close())
-        self.loop.close()
+        return self.time_calls(self.call, k)
 
 
 @pytest.fixture(scope="module")

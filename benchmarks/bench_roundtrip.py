@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import statistics
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -14,6 +12,7 @@ import pytest
 
 from agentcore import AgentConfig, NATSAgent
 from agentcore.server import NATSServer
+from harness import LoopBench
 
 CONTENT = {"text": "summarise the quarterly numbers for the board " * 4, "lang": "en"}
 ROUND_TRIPS = 200  # per pytest-benchmark round; the median over rounds is what to compare
@@ -25,14 +24,13 @@ def server() -> Iterator[NATSServer]:
         yield s
 
 
-class Pair:
+class Pair(LoopBench):
     """A requester and a responder on separate connections, driven on one private event loop."""
 
     def __init__(self, url: str, kind: str) -> None:
-        self.loop = asyncio.new_event_loop()
+        super().__init__()
         self.kind = kind
         self.url = url
-        self.closers: list[Callable[[], Awaitable[Any]]] = []
         self.call: Callable[[], Awaitable[Any]] = self.loop.run_until_complete(self._setup())
 
     async def _setup(self) -> Callable[[], Awaitable[Any]]:
@@ -76,20 +74,7 @@ class Pair:
         return call
 
     def run(self, n: int) -> list[float]:
-        async def many() -> list[float]:
-            times = []
-            for _ in range(n):
-                t0 = time.perf_counter()
-                await self.call()
-                times.append(time.perf_counter() - t0)
-            return times
-
-        return self.loop.run_until_complete(many())
-
-    def close(self) -> None:
-        for close in self.closers:
-            self.loop.run_until_complete(close())
-        self.loop.close()
+        return self.time_calls(self.call, n)
 
 
 @pytest.fixture(scope="module")
