@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ._eager import run_eager, start_eager
+from ._inline import RequestMux, deliver_inline
 from .batching import BatchingMixin
 from .caching import DONE, IN_FLIGHT, MISS, TaskCache
 from ._impl import IMPLEMENTATION, SubjectIndex, validate_token
@@ -145,6 +146,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         self._inflight = 0
         self._max_concurrency: int = self.config["agent.max_concurrency"]
         self._queue: list[tuple[int, int, _Queued]] = []
+        self._mux: RequestMux | None = None
         self._pumping = False
         self._seq = itertools.count()
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -298,7 +300,9 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
                     log.debug("unsubscribe %s failed: %s", key, exc)
             for key in wanted:
                 if key not in self._subs:
-                    self._subs[key] = await nc.subscribe(key[0], queue=key[1], cb=self._make_callback(key))
+                    sub = await nc.subscribe(key[0], queue=key[1], cb=self._make_callback(key))
+                    deliver_inline(sub, self._inline_dispatcher(key))  # no per-message hop through nats-py's task
+                    self._subs[key] = sub
             await _confirm(nc)
 
     # ------------------------------------------------------------------ the hot path
@@ -308,6 +312,10 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             self._dispatch(msg, key)
 
         return on_message
+
+    def _inline_dispatcher(self, key: tuple[str, str]) -> Callable[[Msg], None]:
+        dispatch = self._dispatch
+        return lambda msg: dispatch(msg, key)
 
     def _dispatch(self, msg: Msg, key: tuple[str, str]) -> None:
         t0 = time.perf_counter()
@@ -671,7 +679,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         data = encode(message)
         self._check_size(data)
         try:
-            msg = await nc.request(subject, data, timeout=timeout)
+            msg = await self._request_mux(nc).request(subject, data, timeout)
         except nats.errors.NoRespondersError:
             raise NoRespondersError(f"no agent is subscribed to {subject}") from None
         except nats.errors.TimeoutError:
@@ -828,6 +836,12 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         return snapshot
 
     # ------------------------------------------------------------------ lifecycle
+
+    def _request_mux(self, nc: NATSClient) -> RequestMux:
+        mux = self._mux
+        if mux is None or mux.nc is not nc:
+            mux = self._mux = RequestMux(nc)
+        return mux
 
     def _require_nc(self) -> NATSClient:
         nc = self._nc

@@ -514,3 +514,15 @@ async def test_stop_finishes_queued_work_or_says_why(make_agent) -> None:
     await worker2.astop()
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
     assert sorted(e.code for e in outcomes) == ["cancelled", "shutting_down", "shutting_down"]
+
+
+async def test_messages_are_dispatched_inline_without_nats_py_queueing(make_agent) -> None:
+    """The agent's subscriptions and its request inbox hand messages over as nats-py reads them."""
+    from agentcore._inline import _InlineQueue
+
+    worker = await make_agent("worker", capabilities={"work": lambda m: "ok"})
+    client = await make_agent("client")
+    assert await client.send_task("work", 1) == "ok"
+    assert worker._subs and all(isinstance(sub._pending_queue, _InlineQueue) for sub in worker._subs.values())
+    assert isinstance(client._mux._sub._pending_queue, _InlineQueue)
+    assert all(sub.pending_msgs == 0 and sub.pending_bytes == 0 for sub in worker._subs.values())
