@@ -684,6 +684,8 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             raise NoRespondersError(f"no agent is subscribed to {subject}") from None
         except nats.errors.TimeoutError:
             raise RequestTimeoutError(f"no reply on {subject} within {timeout}s") from None
+        except nats.errors.ConnectionClosedError:
+            raise NotConnectedError(f"agent {self.agent_id} stopped before the reply on {subject} arrived") from None
         self._metrics.published += 1
         reply: dict[str, Any] = decode(msg.data)
         if "stream" in reply["payload"]:
@@ -961,6 +963,9 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
                     break
                 await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             await self._abandon(me, timeout)
+            if self._mux is not None:
+                await self._mux.close()  # our own requests still waiting end now, typed, not at their timeouts
+                self._mux = None
             if nc is not None and not nc.is_closed:
                 self._status = "stopped"
                 await self._publish_status()

@@ -526,3 +526,20 @@ async def test_messages_are_dispatched_inline_without_nats_py_queueing(make_agen
     assert worker._subs and all(isinstance(sub._pending_queue, _InlineQueue) for sub in worker._subs.values())
     assert isinstance(client._mux._sub._pending_queue, _InlineQueue)
     assert all(sub.pending_msgs == 0 and sub.pending_bytes == 0 for sub in worker._subs.values())
+
+
+async def test_stopping_fails_the_agents_own_waiting_requests_at_once(make_agent) -> None:
+    from agentcore import NotConnectedError
+
+    async def never(message: dict[str, Any]) -> None:
+        await asyncio.Event().wait()
+
+    await make_agent("sleepy", capabilities={"sleep": never}, nats__drain_timeout=0.2)
+    client = await make_agent("client")
+    waiting = asyncio.ensure_future(client.send_task("sleep", 1, timeout=30))
+    await eventually(lambda: client._mux is not None and len(client._mux._waiting) == 1)
+    t0 = time.perf_counter()
+    await client.astop()
+    with pytest.raises(NotConnectedError):
+        await waiting
+    assert time.perf_counter() - t0 < 10  # not the 30 s timeout
