@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
+
+import agentcore
 
 from ..agent import NATSAgent
 from ..config import AgentConfig
@@ -22,7 +25,10 @@ async def run_mcp_demo(config: AgentConfig, out: Callable[[str], None] = print, 
     """Host agentcore.mcp.example_server on one agent, call it from another, print and return what was measured."""
     host = NATSAgent("mcp-host", "tool-host", config)
     caller = NATSAgent("mcp-caller", "coordinator", config)
-    client = MCPClient(server_command=sys.executable, server_args=["-m", "agentcore.mcp.example_server"])
+    # `python -m` puts its working directory first on sys.path: started from a source checkout it would import the
+    # unbuilt tree instead of the installed package, so the server starts beside the package that is running.
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(agentcore.__file__)))
+    client = MCPClient(server_command=sys.executable, server_args=["-m", "agentcore.mcp.example_server"], cwd=package_root)
     await host.astart()
     await caller.astart()
     try:
