@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import collections.abc
 import logging
 import sys
-import types
 from asyncio.tasks import _enter_task, _leave_task
 from collections.abc import Coroutine, Generator
 from typing import Any
@@ -24,47 +24,77 @@ log = logging.getLogger("agentcore.agent")
 _NATIVE = sys.version_info >= (3, 12)
 
 
-@types.coroutine
-def _drive(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
-    # Pass what the coroutine yielded (a Future, or None for a bare yield) up to the Task, and pass the
-    # Task's send/throw back down: the same protocol `await` speaks, resumed mid-way.
-    while True:
-        try:
-            sent = yield yielded
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                yielded = coro.send(sent)
-            except StopIteration as stop:
-                return stop.value
+_NOTHING: Any = object()
 
 
-class _Step:
-    """The outcome of the inline first step, read by the Task when it first runs."""
+class _Resume(collections.abc.Coroutine):  # type: ignore[type-arg]
+    """What the Task drives before 3.12: the handler's coroutine, picked up after its inline first step.
 
-    __slots__ = ("coro", "done", "result", "error", "yielded")
+    The Task speaks the coroutine protocol to it: its first send() gets what the coroutine yielded inline
+    (the Future it waits on), later ones go straight through. A throw() reaches the coroutine even before
+    that first send, so a Task cancelled before its first step still raises CancelledError in the handler,
+    as a native eager Task would.
+    """
+
+    __slots__ = ("coro", "first", "done", "result", "error")
 
     def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
         self.coro = coro
-        self.done = False
+        self.first: Any = _NOTHING  # what the inline step yielded, until the Task takes it
+        self.done = False  # the inline step finished the coroutine: the Task only reports the outcome
         self.result: Any = None
         self.error: BaseException | None = None
-        self.yielded: Any = None
 
+    def _outcome(self) -> Any:
+        self.done = False
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        raise StopIteration(self.result)
 
-async def _continue(step: _Step) -> Any:
-    if step.done:
-        if step.error is not None:
-            raise step.error
-        return step.result
-    return await _drive(step.coro, step.yielded)
+    def send(self, value: Any) -> Any:
+        if self.done:
+            return self._outcome()
+        first = self.first
+        if first is not _NOTHING:
+            self.first = _NOTHING
+            return first
+        return self.coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        if self.done:
+            return self._outcome()
+        first = self.first
+        if first is not _NOTHING:
+            self.first = _NOTHING
+            if isinstance(first, asyncio.Future):
+                first.cancel()  # what Task.cancel() does to the future it waits on, had it seen this one
+        if val is None and tb is None:
+            return self.coro.throw(typ)
+        return self.coro.throw(typ, val, tb)
+
+    def close(self) -> None:
+        self.coro.close()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        raise TypeError("_Resume is driven by its Task, never awaited")
+
+    # What asyncio reads for Task reprs and stacks.
+    @property
+    def __name__(self) -> str:
+        return str(getattr(self.coro, "__qualname__", type(self.coro).__name__))
+
+    @property
+    def cr_frame(self) -> Any:
+        return getattr(self.coro, "cr_frame", None)
+
+    @property
+    def cr_code(self) -> Any:
+        return getattr(self.coro, "cr_code", None)
+
+    @property
+    def cr_running(self) -> bool:
+        return bool(getattr(self.coro, "cr_running", False))
 
 
 _RUNNING, _FINISHED, _FAILED = 0, 1, 2
@@ -79,14 +109,14 @@ def _start(coro: Coroutine[Any, Any, Any]) -> tuple[asyncio.Task[Any], int]:
             return task, _RUNNING
         return task, _FINISHED if task.cancelled() or task.exception() is None else _FAILED
     context = contextvars.copy_context()
-    step = _Step(coro)
-    task = loop.create_task(_continue(step), context=context)
+    step = _Resume(coro)
+    task = loop.create_task(step, context=context)
     outer = asyncio.current_task(loop)
     if outer is not None:
         _leave_task(loop, outer)
     _enter_task(loop, task)
     try:
-        step.yielded = context.run(coro.send, None)
+        step.first = context.run(coro.send, None)
     except StopIteration as stop:
         step.done, step.result = True, stop.value
     except BaseException as exc:  # handed to the Task, which raises it where awaiters can see it

@@ -8,10 +8,14 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import nats.errors
+
+from ._eager import start_eager
 from ._impl import BatchAccumulator
+from .errors import AgentCoreError
 
 if TYPE_CHECKING:
-    from .agent import NATSAgent, _Queued
+    from .agent import NATSAgent, _Delivery, _Queued
 
 __all__ = ("BatchingMixin",)
 
@@ -115,29 +119,48 @@ class BatchingMixin:
         agent._track(asyncio.ensure_future(self._run_batch(items, wait_handlers)))
 
     async def _run_batch(self, items: list[_Queued], wait_handlers: bool = False) -> None:
+        from .caching import MISS
+
+        agent: NATSAgent = self  # type: ignore[assignment]
+        deliveries = [q.delivery() for q in items]
+        handed: list[bool] = [False] * len(items)  # True once the item's own handler (which answers it) has it
+        try:
+            await self._process_batch_items(items, deliveries, handed, wait_handlers)
+        except asyncio.CancelledError:
+            # stop() past its drain timeout: every requester still waiting hears of it, none times out.
+            for q, delivery, gone in zip(items, deliveries, handed):
+                if not gone and not delivery.answered:
+                    agent._metrics.failed += 1
+                    agent._finish_message(q.reg, q.message, MISS)
+                    agent._track(start_eager(agent._answer_error(
+                        delivery, "cancelled", f"batch processing of message {q.message['id']} was cancelled")))
+            raise
+
+    async def _process_batch_items(
+        self, items: list[_Queued], deliveries: list[_Delivery], handed: list[bool], wait_handlers: bool
+    ) -> None:
         from .agent import _TASK
         from .caching import DONE, MISS
         from .envelope import is_expired
 
         agent: NATSAgent = self  # type: ignore[assignment]
         metrics = agent._metrics
-        live: list[_Queued] = []
-        for q in items:  # an expired message is answered as such, never handed to process_batch
+        live: list[int] = []
+        for i, q in enumerate(items):  # an expired message is answered as such, never handed to process_batch
             if is_expired(q.message):
                 metrics.expired += 1
                 metrics.failed += 1
-                await agent._answer_error(q.delivery(), "expired", f"message {q.message['id']} expired before it was processed")
                 agent._finish_message(q.reg, q.message, DONE)
+                await _answer_safely(agent, deliveries[i], None, ("expired", f"message {q.message['id']} expired before it was processed"))
             else:
-                live.append(q)
+                live.append(i)
         if not live:
             return
-        deliveries = [q.delivery() for q in live]
         pending = agent._deliveries
-        for delivery in deliveries:  # publish_result() works from inside process_batch
-            pending[delivery.message["id"]] = delivery
+        for i in live:  # publish_result() works from inside process_batch
+            pending.setdefault(deliveries[i].message["id"], deliveries[i])
         try:
-            results: Any = self.process_batch([q.message for q in live])  # a list, None, or an awaitable of either
+            results: Any = self.process_batch([items[i].message for i in live])  # a list, None, or an awaitable of either
             if inspect.isawaitable(results):
                 results = await results
             if results is not None:
@@ -147,37 +170,52 @@ class BatchingMixin:
         except Exception as exc:
             log.exception("agent %s process_batch failed on a batch of %d", agent.agent_id, len(live))
             metrics.failed += len(live)
-            for q, delivery in zip(live, deliveries):
-                if not delivery.answered:
-                    await agent._answer_error(delivery, "handler_error", f"{type(exc).__name__}: {exc}")
-                agent._finish_message(q.reg, q.message, MISS)  # a retry runs again
+            for i in live:
+                agent._finish_message(items[i].reg, items[i].message, MISS)  # a retry runs again
+                await _answer_safely(agent, deliveries[i], None, ("handler_error", f"{type(exc).__name__}: {exc}"))
             return
         finally:
-            for delivery in deliveries:
-                if pending.get(delivery.message["id"]) is delivery:
-                    del pending[delivery.message["id"]]
-        if results is None and wait_handlers:
-            # Stopping: handlers started from the agent's queue later would outlive the drain, so run them here
-            # (still at most max_concurrency at once) and finish only when every one has answered.
-            limit = asyncio.Semaphore(agent._max_concurrency)
-
-            async def handle(q: _Queued) -> None:
-                async with limit:
-                    agent._inflight += 1  # _handle counts it down
-                    await agent._handle(q.reg, q.subject, q.message, q.msg, q.t0)
-
-            await asyncio.gather(*(handle(q) for q in live))
-            return
+            for i in live:
+                mid = deliveries[i].message["id"]
+                if pending.get(mid) is deliveries[i]:
+                    del pending[mid]
         if results is None:
-            for q in live:  # the default: each message through its own handler, under the concurrency limit
+            for i in live:
+                handed[i] = True
+            if wait_handlers:
+                # Stopping: handlers started from the agent's queue later would outlive the drain, so run them here
+                # (still at most max_concurrency at once) and finish only when every one has answered.
+                limit = asyncio.Semaphore(agent._max_concurrency)
+
+                async def handle(q: _Queued) -> None:
+                    async with limit:
+                        agent._inflight += 1  # _handle counts it down
+                        await agent._handle(q.reg, q.subject, q.message, q.msg, q.t0)
+
+                await asyncio.gather(*(handle(items[i]) for i in live))
+                return
+            for i in live:  # the default: each message through its own handler, under the concurrency limit
+                q = items[i]
                 if agent._inflight >= agent._max_concurrency:
                     agent._admit(q)
                 else:
                     agent._run(q.reg, q.subject, q.message, q.msg, q.t0)
             return
-        for q, delivery, result in zip(live, deliveries, results):
-            if not delivery.answered and (q.reg.kind == _TASK or delivery.destination is not None):
-                await agent._answer(delivery, result)
+        for i, result in zip(live, results):
+            q, delivery = items[i], deliveries[i]
+            if q.reg.kind == _TASK or delivery.destination is not None:
+                await _answer_safely(agent, delivery, result)
             agent._finish_message(q.reg, q.message, result)
             metrics.processed += 1
             metrics.observe(time.perf_counter() - q.t0)
+
+
+async def _answer_safely(agent: NATSAgent, delivery: _Delivery, result: Any, error: tuple[str, str] | None = None) -> None:
+    """Answer one message of a batch; a failure to send one answer never keeps the others from theirs."""
+    try:
+        if error is None:
+            await agent._answer(delivery, result)
+        else:
+            await agent._answer_error(delivery, *error)
+    except (AgentCoreError, OSError, nats.errors.Error) as exc:
+        log.warning("agent %s could not answer message %s: %s", agent.agent_id, delivery.message["id"], exc)

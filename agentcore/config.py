@@ -102,6 +102,7 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "nats.tls_hostname": (None, _optional_str),
     "agent.heartbeat_interval": (5.0, _positive_float),
     "agent.max_concurrency": (64, _positive_int),
+    "agent.max_queued": (10000, _positive_int),
     "agent.sync_workers": (16, _positive_int),
     "agent.request_timeout": (30.0, _positive_float),
     "agent.discovery_timeout": (0.5, _positive_float),

@@ -8,7 +8,9 @@ import time
 from typing import Any
 
 from ._impl import MESSAGE_TYPES, decode, encode, validate
-from .errors import DuplicateMessageError, HandlerError, InvalidMessageError, MessageExpiredError, RemoteError
+from .errors import (
+    DuplicateMessageError, HandlerError, InvalidMessageError, MessageExpiredError, OverloadedError, RemoteError, ShuttingDownError,
+)
 
 __all__ = (
     "MESSAGE_TYPES",
@@ -88,6 +90,8 @@ _ERROR_TYPES: dict[str, type[RemoteError]] = {
     "expired": MessageExpiredError,
     "invalid_message": InvalidMessageError,
     "duplicate": DuplicateMessageError,
+    "overloaded": OverloadedError,
+    "shutting_down": ShuttingDownError,
 }
 
 

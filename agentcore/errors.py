@@ -77,6 +77,14 @@ class DuplicateMessageError(RemoteError):
     """The message id was already taken by that agent, and it has no result to replay."""
 
 
+class OverloadedError(RemoteError):
+    """The agent's queue was full (agent.max_queued): the message was refused, not run; try again later."""
+
+
+class ShuttingDownError(RemoteError):
+    """The agent stopped before it handled the message (or before it published the result it owed)."""
+
+
 class NegotiationError(AgentCoreError, ValueError):
     """A negotiation cannot start (no targets, bad arguments) or broke its state machine."""
 
