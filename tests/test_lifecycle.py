@@ -1,0 +1,203 @@
+"""Pause, stop and overload lose nothing: every requester gets its result or a typed error, never silence."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Dict
+
+import nats
+import nats.errors
+import orjson
+import pytest
+
+from agentcore import NATSAgent, NotConnectedError, OverloadedError, RemoteError, ShuttingDownError
+from nats_fixtures import eventually
+
+
+def envelope(message_id: str, source: str, content: Any, timeout_ms: float = 30000) -> bytes:
+    return orjson.dumps({
+        "id": message_id, "timestamp": time.time(), "version": "1.0", "type": "task",
+        "source": {"id": source, "type": "agent"}, "target": None, "replyTo": None, "correlationId": None,
+        "context": {"conversationId": None, "metadata": {}}, "payload": {"content": content},
+        "routing": {"priority": 5, "capabilities": ["work"], "timeout": timeout_ms},
+    })
+
+
+async def test_pausing_under_load_loses_no_task(make_agent) -> None:
+    """Tasks already on their way to a pausing agent are still handled; the replica takes the rest."""
+    agents: dict[str, NATSAgent] = {}
+
+    def worker(name: str) -> Any:
+        taken = 0
+
+        async def work(message: dict[str, Any]) -> int:
+            nonlocal taken
+            taken += 1
+            if name == "first" and taken == 300:
+                await agents[name].pause()  # mid-stream: more tasks are on the wire to this agent right now
+            return message["payload"]["content"]
+        return work
+
+    for name in ("first", "second"):
+        agents[name] = await make_agent(name, capabilities={"work": worker(name)}, cache__enabled=False)
+    first, second = agents["first"], agents["second"]
+    client = await make_agent("client")
+    calls = [asyncio.ensure_future(client.send_task("work", i, timeout=20)) for i in range(6000)]
+    assert await asyncio.gather(*calls) == list(range(6000))
+    assert first.status == "paused"
+    assert first.get_metrics()["messages_processed"] + second.get_metrics()["messages_processed"] == 6000
+    served = first.get_metrics()["messages_processed"]
+    assert await client.send_task("work", -1) == -1
+    assert first.get_metrics()["messages_processed"] == served  # paused: the replica took it
+    await first.resume()
+    assert first.status == "running"
+
+
+async def test_stop_never_subscribes_again(make_agent, caplog: pytest.LogCaptureFixture) -> None:
+    """A subscription change racing stop() does not bring drained subscriptions back."""
+    worker = await make_agent("worker", capabilities={"work": lambda m: 1})
+    worker.subscribe("agents/event/news/*", lambda topic, message: True)  # its sync is still to run
+    pausing = asyncio.ensure_future(worker.pause())
+    with caplog.at_level(logging.ERROR, logger="agentcore"):
+        await worker.astop()
+        await pausing
+        await worker._sync_subscriptions()  # what any late sync does: nothing
+    assert worker._subs == {} and worker.status == "stopped"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_stop_answers_requests_still_owed_a_published_result(make_agent) -> None:
+    taken: list[str] = []
+
+    class Deferring(NATSAgent):
+        async def process_message(self, topic: str, message: Dict[str, Any]) -> bool:
+            taken.append(message["id"])
+            return True  # handled; publish_result is to come later, and never does
+
+    worker = await make_agent("worker", cls=Deferring, capabilities={"analysis": None})
+    client = await make_agent("client")
+    pending = asyncio.ensure_future(client.send_task("analysis", "later", timeout=30))
+    await eventually(lambda: len(taken) == 1 and taken[0] in worker._deliveries)
+    delivery = worker._deliveries[taken[0]]
+    assert delivery.timer is not None
+    await worker.astop()
+    with pytest.raises(ShuttingDownError) as info:
+        await pending  # at the stop, not after 30 s
+    assert info.value.code == "shutting_down"
+    assert delivery.answered and delivery.timer is None  # its no_result timer was cancelled
+    assert worker._deliveries == {}
+
+
+async def test_a_batch_cancelled_at_stop_answers_its_requesters(make_agent) -> None:
+    entered = asyncio.Event()
+
+    class Stuck(NATSAgent):
+        async def process_batch(self, messages: list[dict[str, Any]]) -> list[Any]:
+            entered.set()
+            await asyncio.Event().wait()
+            return []
+
+    worker = await make_agent("worker", cls=Stuck, capabilities={"work": None}, nats__drain_timeout=0.2)
+    worker.enable_batch_processing(batch_size=2, batch_timeout=30)
+    client = await make_agent("client")
+    calls = [asyncio.ensure_future(client.send_task("work", i, timeout=30)) for i in range(2)]
+    await entered.wait()
+    await worker.astop()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert [getattr(e, "code", e) for e in outcomes] == ["cancelled", "cancelled"]
+
+
+async def test_a_full_queue_refuses_work_as_overloaded(make_agent) -> None:
+    gate = asyncio.Event()
+
+    async def work(message: dict[str, Any]) -> int:
+        await gate.wait()
+        return message["payload"]["content"]
+
+    worker = await make_agent("worker", capabilities={"work": work}, agent__max_concurrency=1, agent__max_queued=5,
+                              cache__enabled=False)
+    client = await make_agent("client")
+    calls = [asyncio.ensure_future(client.send_task("work", i, timeout=20)) for i in range(11)]
+    await eventually(lambda: worker.get_metrics().get("overloaded") == 5)
+    gate.set()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, OverloadedError)]
+    assert len(refused) == 5 and all(e.code == "overloaded" for e in refused)
+    assert sorted(o for o in outcomes if isinstance(o, int)) == sorted(set(range(11)) - {e for e in range(11) if isinstance(outcomes[e], OverloadedError)})
+    assert worker.get_metrics()["queued"] == 0
+    assert await client.send_task("work", 99) == 99  # overload passed, work is taken again
+
+
+async def test_a_request_racing_an_unsubscribe_is_answered(make_agent, raw_nc) -> None:
+    worker = await make_agent("worker")
+    worker.subscribe("agents/task/old/*", lambda topic, message: True)
+    await worker._sync_subscriptions()
+    async with worker._sync_lock:  # the wire subscription outlives its handler until the sync runs
+        worker.unsubscribe("agents/task/old/*")
+        reply = orjson.loads((await raw_nc.request("agents.test.task.old.x", envelope("u-1", "raw", 1), timeout=5)).data)
+    assert reply["correlationId"] == "u-1"
+    assert reply["payload"]["error"]["code"] == "unhandled"
+    await eventually(lambda: ("agents.test.task.old.*", "") not in worker._subs and len(worker._subs) > 0)
+
+
+async def test_one_answer_per_message(make_agent, raw_nc) -> None:
+    """A handler that publishes its result and also returns one: the requester gets exactly one reply."""
+    class Both(NATSAgent):
+        async def process_message(self, topic: str, message: Dict[str, Any]) -> bool:
+            await self.publish_result(message["id"], "published")
+            return True
+
+    worker = await make_agent("worker", cls=Both, capabilities={"work": None})
+    inbox = raw_nc.new_inbox()
+    replies: list[dict[str, Any]] = []
+
+    async def collect(msg: Any) -> None:
+        replies.append(orjson.loads(msg.data))
+
+    sub = await raw_nc.subscribe(inbox, cb=collect)
+    await raw_nc.publish("agents.test.task.work.default", envelope("once-1", "raw", 1), reply=inbox)
+    await eventually(lambda: len(replies) == 1)
+    ping = orjson.loads(envelope("ping-1", "raw", {"command": "ping"}))
+    ping["type"] = "query"
+    # Replies from one connection arrive in order: once the ping's answer is here, any second answer would be too.
+    await raw_nc.publish(worker.topics.control("worker"), orjson.dumps(ping), reply=inbox)
+    await eventually(lambda: any(r["correlationId"] == "ping-1" for r in replies))
+    assert [r["payload"]["content"] for r in replies if r["correlationId"] == "once-1"] == ["published"]
+    with pytest.raises(Exception, match="no pending message"):
+        worker.publish_error("once-1", "late", "too late")
+    await sub.unsubscribe()
+
+
+async def test_a_reused_id_from_another_sender_does_not_steal_the_pending_answer(make_agent, raw_nc) -> None:
+    taken: list[str] = []
+
+    class Deferring(NATSAgent):
+        async def process_message(self, topic: str, message: Dict[str, Any]) -> bool:
+            taken.append(message["source"]["id"])
+            return True
+
+    worker = await make_agent("worker", cls=Deferring, capabilities={"work": None})
+    first = asyncio.ensure_future(raw_nc.request("agents.test.task.work.default", envelope("same", "alice", 1), timeout=10))
+    await eventually(lambda: taken == ["alice"])
+    second = asyncio.ensure_future(raw_nc.request("agents.test.task.work.default", envelope("same", "bob", 2, timeout_ms=800), timeout=10))
+    await eventually(lambda: taken == ["alice", "bob"])
+    await worker.publish_result("same", "for alice")
+    assert orjson.loads((await first).data)["payload"]["content"] == "for alice"
+    answer = orjson.loads((await second).data)  # bob's own handler owes him: no_result when his time is up
+    assert answer["target"] == "bob" and answer["payload"]["error"]["code"] == "no_result"
+
+
+async def test_transport_failures_on_requests_are_typed(make_agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentcore._inline import RequestMux
+
+    await make_agent("worker", capabilities={"work": lambda m: 1})
+    client = await make_agent("client")
+
+    async def refuse(self: Any, subject: str, data: bytes, timeout: float) -> Any:
+        raise nats.errors.OutboundBufferLimitError  # what nats-py raises when its reconnect buffer is full
+
+    monkeypatch.setattr(RequestMux, "request", refuse)
+    with pytest.raises(NotConnectedError, match="could not request"):
+        await client.send_task("work", 1)
