@@ -158,6 +158,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         self._stopped: asyncio.Event | None = None
         self._metrics = AgentMetrics()
         self._deliveries: dict[str, _Delivery] = {}
+        self._owed: set[_Delivery] = set()  # deferred deliveries still waiting for publish_result()
         self._inflight = 0
         self._max_concurrency: int = self.config["agent.max_concurrency"]
         self._max_queued: int = self.config["agent.max_queued"]  # beyond it new work is refused as overloaded
@@ -317,6 +318,9 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
                 if key not in self._subs:
                     sub = await nc.subscribe(key[0], queue=key[1], cb=self._make_callback(key))
                     deliver_inline(sub, self._inline_dispatcher(key))  # no per-message hop through nats-py's task
+                    if self._status in ("stopping", "stopped"):  # astop() gave up waiting for this sync's lock
+                        await _retire(nc, sub)
+                        return
                     self._subs[key] = sub
             await _confirm(nc)
 
@@ -341,7 +345,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         # overlapping subscription of ours is handled by that subscription's own delivery, not this one.
         regs = [reg for reg in self._index.match(subject) if reg.key == key]
         if not regs:
-            if msg.reply and not self._index.match(subject):  # none of our other subscriptions answers it either
+            if not self._index.match(subject):  # none of our other subscriptions answers it either
                 self._track(start_eager(self._answer_unrouted(msg)))
             return
         try:
@@ -392,10 +396,14 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
     async def _answer_unrouted(self, msg: Msg) -> None:
         """Answer a request that reached a subscription whose handler was just removed (not a silent timeout)."""
         try:
-            request_id = decode(msg.data)["id"]
-        except EnvelopeError:
-            request_id = None
-        await self._send_error(msg.reply, request_id, "unhandled", f"agent {self.agent_id} no longer handles {msg.subject}")
+            message = decode(msg.data)
+        except EnvelopeError as exc:
+            if msg.reply:
+                await self._send_error(msg.reply, None, "invalid_message", str(exc))
+            return
+        delivery = _Delivery(message, msg.reply or None, msg.subject, None)
+        if delivery.destination is not None:  # a request (reply subject or replyTo), not a plain publish
+            await self._answer_error(delivery, "unhandled", f"agent {self.agent_id} no longer handles {msg.subject}")
 
     def _run(self, reg: _Registration, subject: str, message: dict[str, Any], msg: Msg, t0: float) -> None:
         if not reg.system:  # control and discovery bypass the concurrency limit, so they are not counted in it
@@ -518,6 +526,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
     def _defer(self, delivery: _Delivery) -> None:
         """Keep an unanswered request open for a later publish_result, then answer no_result when its time is up."""
         delivery.deferred = True
+        self._owed.add(delivery)
         message = delivery.message
         routing = message.get("routing") or {}
         if routing.get("timeout") is not None:
@@ -530,6 +539,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
 
     def _expire_deferred(self, delivery: _Delivery) -> None:
         delivery.timer = None
+        self._owed.discard(delivery)
         mid = delivery.message["id"]
         if self._deliveries.get(mid) is delivery:
             del self._deliveries[mid]
@@ -578,6 +588,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         if delivery.answered:
             return False  # publish_result() racing the handler's own return, say: one answer only
         if delivery.deferred:
+            self._owed.discard(delivery)
             if delivery.timer is not None:
                 delivery.timer.cancel()
                 delivery.timer = None
@@ -1015,13 +1026,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         deadline = loop.time() + timeout
         try:
             if nc is not None and not nc.is_closed:
-                # Under the lock, so a pause/resume/subscribe in progress finishes first and none starts after.
-                async with self._sync_lock:
-                    subs, self._subs = list(self._subs.values()), {}
-                    try:
-                        await asyncio.wait_for(asyncio.gather(*(_retire(nc, sub) for sub in subs)), max(deadline - loop.time(), 0.01))
-                    except asyncio.TimeoutError:
-                        log.warning("agent %s: draining its subscriptions took longer than %.1fs", self.agent_id, timeout)
+                await self._retire_all(nc, deadline)
             self._flush_batch_on_stop()  # batched messages not yet processed join the handlers drained below
             me = asyncio.current_task()
             while True:  # in-flight handlers finish and free slots for queued ones, until both are done
@@ -1037,7 +1042,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             if nc is not None and not nc.is_closed:
                 self._status = "stopped"
                 await self._publish_status()
-                await nc.drain()
+                await self._close_connection(nc)
         finally:
             self._status = "stopped"
             if self._executor is not None:
@@ -1047,24 +1052,64 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
                 self._stopped.set()
             log.info("agent %s stopped", self.agent_id)
 
+    async def _retire_all(self, nc: NATSClient, deadline: float) -> None:
+        """End every subscription, letting what is on the wire arrive, within the stop deadline."""
+        loop = asyncio.get_running_loop()
+        # Under the lock, so a pause/resume/subscribe in progress finishes first and none starts after; but only
+        # until the deadline: on a stalled server that change may wait out nats-py's 10 s flush timeouts.
+        try:
+            await asyncio.wait_for(self._sync_lock.acquire(), max(deadline - loop.time(), 0.01))
+            held = True
+        except asyncio.TimeoutError:
+            held = False  # the stuck change sees status "stopping" and retires what it subscribes
+        try:
+            subs, self._subs = list(self._subs.values()), {}
+            await asyncio.wait_for(asyncio.gather(*(_retire(nc, sub) for sub in subs)), max(deadline - loop.time(), 0.01))
+        except asyncio.TimeoutError:
+            log.warning("agent %s: its subscriptions did not drain before the stop deadline", self.agent_id)
+        finally:
+            if held:
+                self._sync_lock.release()
+
+    async def _close_connection(self, nc: NATSClient) -> None:
+        # nats-py's drain is bounded by its drain_timeout, but a stalled server can hold its flushes for 10 s more.
+        try:
+            await asyncio.wait_for(nc.drain(), self.config["nats.drain_timeout"] + 1.0)
+        except (asyncio.TimeoutError, nats.errors.Error, OSError) as exc:
+            log.warning("agent %s: draining the connection failed (%s); closing it", self.agent_id, exc or type(exc).__name__)
+            try:
+                await asyncio.wait_for(nc.close(), 1.0)
+            except (asyncio.TimeoutError, nats.errors.Error, OSError):
+                pass
+
     async def _abandon(self, me: asyncio.Task[Any] | None, timeout: float) -> None:
         """Past the drain timeout: tell queued requesters the agent is stopping, cancel running handlers."""
         queued, self._queue = self._queue, []
-        for _, _, q in queued:
-            self._finish_message(q.reg, q.message, MISS)  # never ran: a retry (to a replica, say) runs it
-            await self._answer_error(q.delivery(), "shutting_down", f"agent {self.agent_id} stopped before handling {q.message['id']}")
         # Handled messages still owed a publish_result(): it cannot come once the connection closes.
-        owed = [d for d in self._deliveries.values() if d.deferred and not d.answered]
-        for delivery in owed:
-            await self._answer_error(delivery, "shutting_down",
-                                     f"agent {self.agent_id} stopped before publishing a result for {delivery.message['id']}")
+        owed, self._owed = list(self._owed), set()
         late = [t for t in self._tasks if t is not me]
-        for task in late:
-            task.cancel()  # each answers its requester with a cancelled error as it unwinds
+        try:
+            for _, _, q in queued:
+                self._finish_message(q.reg, q.message, MISS)  # never ran: a retry (to a replica, say) runs it
+                await self._try_send(self._answer_error(
+                    q.delivery(), "shutting_down", f"agent {self.agent_id} stopped before handling {q.message['id']}"))
+            for delivery in owed:
+                await self._try_send(self._answer_error(
+                    delivery, "shutting_down", f"agent {self.agent_id} stopped before publishing a result for {delivery.message['id']}"))
+        finally:
+            for task in late:
+                task.cancel()  # each answers its requester with a cancelled error as it unwinds
         if late or queued:
             log.warning("agent %s stopped with %d handlers still running and %d queued after %.1fs",
                         self.agent_id, len(late), len(queued), timeout)
             await asyncio.wait(late, timeout=1.0) if late else None
+
+    async def _try_send(self, answer: Coroutine[Any, Any, None]) -> None:
+        """Send an answer at stop; a connection already gone (reconnects exhausted, say) must not end the stop."""
+        try:
+            await answer
+        except (AgentCoreError, nats.errors.Error, OSError) as exc:
+            log.debug("agent %s could not answer while stopping: %s", self.agent_id, exc)
 
     async def wait_stopped(self) -> None:
         """Wait until the agent has stopped (by stop(), a shutdown command or an error)."""
@@ -1114,10 +1159,11 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             raise AgentCoreError("stop() waits for the agent's own loop: from code on that loop use `await agent.astop()`")
         if not loop.is_closed():
             try:
-                drain = timeout if timeout is not None else self.config["nats.drain_timeout"]
-                # astop() may take the drain timeout twice (handlers, then the connection's own drain) and a
-                # second to cancel stragglers: wait that long, not less, or a clean stop reads as a failure.
-                asyncio.run_coroutine_threadsafe(self.astop(timeout), loop).result(drain * 2 + 2.0)
+                drain = self.config["nats.drain_timeout"]
+                # astop() may take its timeout (handlers), a second to cancel stragglers and the connection's own
+                # drain (nats.drain_timeout, plus a second): wait that long, or a clean stop reads as a failure.
+                wait = (timeout if timeout is not None else drain) + drain + 4.0
+                asyncio.run_coroutine_threadsafe(self.astop(timeout), loop).result(wait)
             finally:
                 self._close_own_loop(loop)
 

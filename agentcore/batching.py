@@ -123,13 +123,14 @@ class BatchingMixin:
 
         agent: NATSAgent = self  # type: ignore[assignment]
         deliveries = [q.delivery() for q in items]
-        handed: list[bool] = [False] * len(items)  # True once the item's own handler (which answers it) has it
+        # True once an item is recorded as finished, or its own handler (which answers it) has it.
+        settled: list[bool] = [False] * len(items)
         try:
-            await self._process_batch_items(items, deliveries, handed, wait_handlers)
+            await self._process_batch_items(items, deliveries, settled, wait_handlers)
         except asyncio.CancelledError:
             # stop() past its drain timeout: every requester still waiting hears of it, none times out.
-            for q, delivery, gone in zip(items, deliveries, handed):
-                if not gone and not delivery.answered:
+            for q, delivery, done in zip(items, deliveries, settled):
+                if not done:
                     agent._metrics.failed += 1
                     agent._finish_message(q.reg, q.message, MISS)
                     agent._track(start_eager(agent._answer_error(
@@ -137,7 +138,7 @@ class BatchingMixin:
             raise
 
     async def _process_batch_items(
-        self, items: list[_Queued], deliveries: list[_Delivery], handed: list[bool], wait_handlers: bool
+        self, items: list[_Queued], deliveries: list[_Delivery], settled: list[bool], wait_handlers: bool
     ) -> None:
         from .agent import _TASK
         from .caching import DONE, MISS
@@ -151,6 +152,7 @@ class BatchingMixin:
                 metrics.expired += 1
                 metrics.failed += 1
                 agent._finish_message(q.reg, q.message, DONE)
+                settled[i] = True
                 await _answer_safely(agent, deliveries[i], None, ("expired", f"message {q.message['id']} expired before it was processed"))
             else:
                 live.append(i)
@@ -172,6 +174,7 @@ class BatchingMixin:
             metrics.failed += len(live)
             for i in live:
                 agent._finish_message(items[i].reg, items[i].message, MISS)  # a retry runs again
+                settled[i] = True
                 await _answer_safely(agent, deliveries[i], None, ("handler_error", f"{type(exc).__name__}: {exc}"))
             return
         finally:
@@ -180,22 +183,23 @@ class BatchingMixin:
                 if pending.get(mid) is deliveries[i]:
                     del pending[mid]
         if results is None:
-            for i in live:
-                handed[i] = True
             if wait_handlers:
                 # Stopping: handlers started from the agent's queue later would outlive the drain, so run them here
                 # (still at most max_concurrency at once) and finish only when every one has answered.
                 limit = asyncio.Semaphore(agent._max_concurrency)
 
-                async def handle(q: _Queued) -> None:
+                async def handle(i: int) -> None:
+                    q = items[i]
                     async with limit:
+                        settled[i] = True  # from here its own handler answers it, even when cancelled
                         agent._inflight += 1  # _handle counts it down
                         await agent._handle(q.reg, q.subject, q.message, q.msg, q.t0)
 
-                await asyncio.gather(*(handle(items[i]) for i in live))
+                await asyncio.gather(*(handle(i) for i in live))
                 return
             for i in live:  # the default: each message through its own handler, under the concurrency limit
                 q = items[i]
+                settled[i] = True
                 if agent._inflight >= agent._max_concurrency:
                     agent._admit(q)
                 else:
@@ -203,9 +207,10 @@ class BatchingMixin:
             return
         for i, result in zip(live, results):
             q, delivery = items[i], deliveries[i]
+            agent._finish_message(q.reg, q.message, result)  # first: a cancel while answering leaves it recorded
+            settled[i] = True
             if q.reg.kind == _TASK or delivery.destination is not None:
                 await _answer_safely(agent, delivery, result)
-            agent._finish_message(q.reg, q.message, result)
             metrics.processed += 1
             metrics.observe(time.perf_counter() - q.t0)
 

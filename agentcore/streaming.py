@@ -117,6 +117,17 @@ class _Sender:
             except asyncio.TimeoutError:
                 raise StreamTimeoutError(f"nobody pulled stream {self.task_id} within {timeout}s", task_id=self.task_id) from None
 
+    async def abort(self, code: str, text: str) -> None:
+        """End the stream with an error frame right away, without waiting for credit."""
+        if self.cancelled or self.dest is None:
+            return
+        headers = {H_STREAM: self.task_id, H_SEQ: str(self.seq), H_KIND: ERROR, H_CTL: self.ctl, H_FINAL: "1"}
+        try:
+            await self.nc.publish(self.dest, orjson.dumps({"code": code, "message": text}), headers=headers)
+        except nats.errors.Error as exc:
+            log.debug("stream %s: could not send its error frame: %s", self.task_id, exc)
+        self.seq += 1
+
     async def send(self, kind: str, data: bytes, final: bool = False) -> bool:
         """Send one frame once credit allows; return False when the consumer cancelled."""
         while self.window is not None and self.seq > self.acked + self.window and not self.cancelled:
@@ -399,6 +410,8 @@ class StreamingMixin:
         delivery = agent._deliveries.get(task_id)
         if delivery is None:
             raise StreamError(f"agent {agent.agent_id} has no pending task {task_id} to stream to", task_id=task_id)
+        if not agent._settle(delivery):
+            raise StreamError(f"task {task_id} was already answered", task_id=task_id)
         delivery.answered = True  # the stream is the answer: the handler's return value is not sent
         dest = delivery.destination
         if dest is None:
@@ -445,6 +458,12 @@ class StreamingMixin:
             await sender.send(kind, bytes(buffer), final=True)
         except StreamTimeoutError:
             await _close_generator(response_generator)
+            raise
+        except asyncio.CancelledError:
+            # The agent is stopping (or the caller cancelled us): end the stream now, credit or not, so the
+            # consumer raises at once instead of waiting out its idle timeout.
+            counters["streams_failed"] += 1
+            await sender.abort("cancelled", f"the producer of stream {task_id} was cancelled")
             raise
         finally:
             await sender.close()

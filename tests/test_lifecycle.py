@@ -170,7 +170,8 @@ async def test_one_answer_per_message(make_agent, raw_nc) -> None:
     await sub.unsubscribe()
 
 
-async def test_a_reused_id_from_another_sender_does_not_steal_the_pending_answer(make_agent, raw_nc) -> None:
+async def _alice_and_bob_send_one_id(make_agent: Any, raw_nc: Any, bob_timeout_ms: float) -> tuple[NATSAgent, Any, Any]:
+    """A deferring worker that took alice's and then bob's message, both with the id "same"; their pending requests."""
     taken: list[str] = []
 
     class Deferring(NATSAgent):
@@ -179,14 +180,27 @@ async def test_a_reused_id_from_another_sender_does_not_steal_the_pending_answer
             return True
 
     worker = await make_agent("worker", cls=Deferring, capabilities={"work": None})
-    first = asyncio.ensure_future(raw_nc.request("agents.test.task.work.default", envelope("same", "alice", 1), timeout=10))
+    first = asyncio.ensure_future(raw_nc.request("agents.test.task.work.default", envelope("same", "alice", 1), timeout=20))
     await eventually(lambda: taken == ["alice"])
-    second = asyncio.ensure_future(raw_nc.request("agents.test.task.work.default", envelope("same", "bob", 2, timeout_ms=800), timeout=10))
+    second = asyncio.ensure_future(raw_nc.request(
+        "agents.test.task.work.default", envelope("same", "bob", 2, timeout_ms=bob_timeout_ms), timeout=20))
     await eventually(lambda: taken == ["alice", "bob"])
+    return worker, first, second
+
+
+async def test_a_reused_id_from_another_sender_does_not_steal_the_pending_answer(make_agent, raw_nc) -> None:
+    worker, first, second = await _alice_and_bob_send_one_id(make_agent, raw_nc, bob_timeout_ms=800)
     await worker.publish_result("same", "for alice")
     assert orjson.loads((await first).data)["payload"]["content"] == "for alice"
     answer = orjson.loads((await second).data)  # bob's own handler owes him: no_result when his time is up
     assert answer["target"] == "bob" and answer["payload"]["error"]["code"] == "no_result"
+
+
+async def test_stop_answers_a_deferred_request_whose_id_another_holds(make_agent, raw_nc) -> None:
+    worker, first, second = await _alice_and_bob_send_one_id(make_agent, raw_nc, bob_timeout_ms=30000)
+    await worker.astop()
+    answers = [orjson.loads((await call).data) for call in (first, second)]
+    assert [(a["target"], a["payload"]["error"]["code"]) for a in answers] == [("alice", "shutting_down"), ("bob", "shutting_down")]
 
 
 async def test_transport_failures_on_requests_are_typed(make_agent, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -201,3 +215,91 @@ async def test_transport_failures_on_requests_are_typed(make_agent, monkeypatch:
     monkeypatch.setattr(RequestMux, "request", refuse)
     with pytest.raises(NotConnectedError, match="could not request"):
         await client.send_task("work", 1)
+
+
+async def test_a_batch_flushed_at_stop_answers_handlers_still_waiting_for_a_slot(make_agent, raw_nc) -> None:
+    from agentcore.caching import MISS
+
+    async def stuck(message: dict[str, Any]) -> None:
+        await asyncio.Event().wait()
+
+    worker = await make_agent("worker", capabilities={"work": stuck}, agent__max_concurrency=1, nats__drain_timeout=0.3)
+    worker.enable_batch_processing(batch_size=100, batch_timeout=30)
+    (key,) = [k for k in worker._subs if k[0].startswith("agents.test.task.work.")]
+    calls = [asyncio.ensure_future(raw_nc.request("agents.test.task.work.default", envelope(f"b-{i}", "raw", i), timeout=20))
+             for i in range(3)]
+    await eventually(lambda: len(worker._batch) == 3)
+    await worker.astop()  # runs the pending batch's handlers one at a time, then cancels them at the deadline
+    answers = [orjson.loads((await call).data) for call in calls]
+    assert [a["payload"]["error"]["code"] for a in answers] == ["cancelled"] * 3
+    # None of them ran to the end: each is forgotten by duplicate detection, so a retry would run it.
+    assert [worker._cache.seen((key, "raw"), f"b-{i}") for i in range(3)] == [MISS] * 3
+
+
+async def test_stop_ends_a_stream_in_progress_with_an_error_frame(make_agent) -> None:
+    from agentcore import StreamError
+
+    async def endless() -> Any:
+        i = 0
+        while True:
+            yield f"{i};"
+            i += 1
+            await asyncio.sleep(0.01)  # a producer that takes its time (not synchronisation)
+
+    producer: NATSAgent = await make_agent("producer", start=False, cache__enabled=False, nats__drain_timeout=0.2)
+
+    async def handler(message: dict[str, Any]) -> None:
+        await producer.stream_response(message["id"], endless(), chunk_size=2)
+
+    producer.add_capability("gen", handler)
+    await producer.astart()
+    client = await make_agent("client")
+    got: list[int] = []
+
+    async def consume() -> None:
+        async with client.request_stream(producer.topics.task("gen"), None, idle_timeout=30) as stream:
+            async for chunk in stream:
+                got.append(chunk.seq)
+
+    consuming = asyncio.ensure_future(consume())
+    await eventually(lambda: len(got) >= 3)
+    await producer.astop()
+    with pytest.raises(StreamError, match="cancelled"):
+        await asyncio.wait_for(consuming, 10)  # at the stop, not after the 30 s idle timeout
+
+
+async def test_stop_after_the_connection_is_gone_still_ends_every_handler(make_agent) -> None:
+    gate = asyncio.Event()
+
+    async def work(message: dict[str, Any]) -> int:
+        await gate.wait()
+        return 1
+
+    worker = await make_agent("worker", capabilities={"work": work}, agent__max_concurrency=1, nats__drain_timeout=0.2,
+                              cache__enabled=False)
+    client = await make_agent("client")
+    calls = [asyncio.ensure_future(client.send_task("work", i, timeout=2)) for i in range(3)]
+    await eventually(lambda: worker.get_metrics()["queued"] == 2)
+    await worker._nc.close()  # what nats-py does once its reconnect attempts are exhausted
+    await worker.astop()  # nobody can be told any more, but the stop completes and nothing keeps running
+    assert worker.status == "stopped" and not [t for t in worker._tasks if not t.done()]
+    await asyncio.gather(*calls, return_exceptions=True)
+
+
+async def test_stop_is_bounded_when_the_server_stalls(make_agent, nats_server) -> None:
+    """A server that stops answering (SIGSTOP) cannot hold stop() past its deadlines, even mid-pause."""
+    import os
+    import signal
+
+    worker = await make_agent("worker", capabilities={"work": lambda m: 1}, nats__drain_timeout=0.5)
+    os.kill(nats_server._proc.pid, signal.SIGSTOP)
+    try:
+        pausing = asyncio.ensure_future(worker.pause())
+        await eventually(lambda: worker._sync_lock.locked())  # pause() waits for a PONG that will not come
+        # nats-py's own flushes wait 10 s each: without the bounds, this stop took 30 s.
+        await asyncio.wait_for(worker.astop(timeout=0.5), 8)
+    finally:
+        os.kill(nats_server._proc.pid, signal.SIGCONT)
+    assert worker.status == "stopped"
+    pausing.cancel()  # its flush belongs to a connection that is gone; nats-py would let it wait out 10 s
+    await asyncio.gather(pausing, return_exceptions=True)
