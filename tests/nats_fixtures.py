@@ -80,3 +80,10 @@ async def eventually(condition: Callable[[], bool], timeout: float = 5.0, what: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.002)
+
+
+async def subscribed(nc: nats.NATS) -> None:
+    """Return once the server has every SUB nc sent: nats-py's flush() alone can overtake SUBs still buffered."""
+    from agentcore.agent import _confirm
+
+    await _confirm(nc)

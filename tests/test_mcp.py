@@ -28,7 +28,7 @@ from agentcore import (
     RequestTimeoutError,
 )
 from agentcore.mcp import MCPClient, nats_client_transport
-from nats_fixtures import eventually
+from nats_fixtures import eventually, subscribed
 
 TOOLS_SERVER = str(Path(__file__).parent / "mcp_servers" / "tools_server.py")
 
@@ -99,7 +99,7 @@ async def test_the_wire_carries_mcp_json_rpc_unchanged(pair: tuple[NATSAgent, NA
         seen.append((msg.subject, msg.data))
 
     await raw_nc.subscribe("agents.test.mcp.>", cb=spy)
-    await raw_nc.flush()
+    await subscribed(raw_nc)
     await caller.call_mcp_tool("tools", "echo", {"text": "wire"})
     await eventually(lambda: len(seen) >= 2, what="the spy saw the request and the response")
     import orjson

@@ -11,7 +11,7 @@ import pytest
 from agentcore import NATSAgent, NegotiationError
 from agentcore.envelope import decode, encode, new_message
 from agentcore.negotiation_state import Negotiation, check_constraints, select_offers
-from nats_fixtures import eventually
+from nats_fixtures import eventually, subscribed
 
 
 async def worker(make_agent: Any, agent_id: str, handlers: dict[str, Any], *, capabilities: dict[str, Any] | None = None,
@@ -164,7 +164,7 @@ async def test_every_target_silent_times_out(make_agent: Any, raw_nc: Any) -> No
         got.set()  # subscribed but never answers
 
     await raw_nc.subscribe("agents.test.a2a.negotiate.mute", cb=swallow)
-    await raw_nc.flush()
+    await subscribed(raw_nc)
     coordinator = await make_agent("coordinator")
 
     result = await coordinator.negotiate_with_agents(["mute"], "job", {"task": "x"}, timeout=0.2)
@@ -387,7 +387,7 @@ async def test_duplicate_answers_are_ignored(make_agent: Any, raw_nc: Any) -> No
         await raw_nc.publish(msg.reply, encode(new_message("result", forged, source_id="mallory")))
 
     await raw_nc.subscribe("agents.test.a2a.negotiate.echo", cb=twice)
-    await raw_nc.flush()
+    await subscribed(raw_nc)
     coordinator = await make_agent("coordinator")
 
     result = await coordinator.negotiate_with_agents(["echo"], "job", {}, timeout=5.0)
@@ -408,7 +408,7 @@ async def test_events_and_metrics(make_agent: Any, raw_nc: Any) -> None:
             finished.set()
 
     await raw_nc.subscribe("agents.test.event.negotiation.>", cb=observe)
-    await raw_nc.flush()
+    await subscribed(raw_nc)
     w = await worker(make_agent, "w1", {"job": offer(cost=1)})
     await worker(make_agent, "w2", {"job": refuse("no")})
     coordinator = await make_agent("coordinator")
