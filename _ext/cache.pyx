@@ -49,7 +49,7 @@ cdef class _Entry:
 
 @cython.final
 cdef class ContentCache:
-    """Keep up to max_entries values by integer key, dropping the least recently used and the expired."""
+    """Keep up to max_entries values by hashable key, dropping the least recently used and the expired."""
 
     cdef dict _data
     cdef _Entry _root  # _root.next is the least recently used entry, _root.prev the most recent

@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import orjson
@@ -34,7 +34,7 @@ def _check_limits(max_entries: int, ttl: float | None) -> None:
 
 
 class ContentCache:
-    """Keep up to max_entries values by integer key, dropping the least recently used and the expired."""
+    """Keep up to max_entries values by hashable key, dropping the least recently used and the expired."""
 
     __slots__ = ("_data", "_max_entries", "_ttl", "_clock", "_hits", "_misses", "_evictions")
 
@@ -47,7 +47,7 @@ class ContentCache:
         max_entries = operator.index(max_entries)
         _check_limits(max_entries, ttl)
         # key -> (value, expiry time); the first entry is the least recently used.
-        self._data: OrderedDict[int, tuple[Any, float]] = OrderedDict()
+        self._data: OrderedDict[Hashable, tuple[Any, float]] = OrderedDict()
         self._max_entries = max_entries
         self._ttl = None if ttl is None else float(ttl)
         self._clock = clock
@@ -83,13 +83,13 @@ class ContentCache:
     def __len__(self) -> int:
         return len(self._data)
 
-    def __contains__(self, key: object) -> bool:
-        entry = self._data.get(key)  # type: ignore[call-overload]
+    def __contains__(self, key: Hashable) -> bool:
+        entry = self._data.get(key)
         if entry is None:
             return False
         return self._ttl is None or float(self._clock()) < entry[1]
 
-    def get(self, key: int, default: Any = None) -> Any:
+    def get(self, key: Hashable, default: Any = None) -> Any:
         """Return the live value for key (and mark it recently used), else default."""
         data = self._data
         entry = data.get(key)
@@ -102,7 +102,7 @@ class ContentCache:
         self._misses += 1
         return default
 
-    def put(self, key: int, value: Any) -> None:
+    def put(self, key: Hashable, value: Any) -> None:
         """Store value under key as the most recently used entry, evicting beyond max_entries."""
         data = self._data
         expires = float(self._clock()) + self._ttl if self._ttl is not None else 0.0
@@ -112,7 +112,7 @@ class ContentCache:
             data.popitem(last=False)
             self._evictions += 1
 
-    def pop(self, key: int, default: Any = None) -> Any:
+    def pop(self, key: Hashable, default: Any = None) -> Any:
         """Remove key and return its live value, else default."""
         entry = self._data.pop(key, None)
         if entry is None:

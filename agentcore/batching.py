@@ -86,6 +86,7 @@ class BatchingMixin:
         elif len(batch) == 1:
             loop = asyncio.get_running_loop()
             due = batch.deadline
+            assert due is not None  # it holds one item
             if self._batch_clock is not loop:  # enabled before start: the accumulator reads time.monotonic
                 due = loop.time() + (due - time.monotonic())
             self._batch_timer = loop.call_at(due, self._on_batch_due)

@@ -48,7 +48,7 @@ class TaskCache:
         if routing and routing.get("cache") is False:
             return None
         try:
-            return canonical_hash((pattern, message["payload"]["content"]))  # type: ignore[no-any-return]
+            return int(canonical_hash((pattern, message["payload"]["content"])))
         except (KeyError, TypeError, ValueError):  # no content, or content orjson cannot canonicalise: not cacheable
             return None
 
@@ -90,4 +90,5 @@ class TaskCache:
 
     def stats(self) -> dict[str, Any]:
         """Return the result cache's counters and limits."""
-        return self._results.stats()  # type: ignore[no-any-return]
+        stats: dict[str, Any] = self._results.stats()
+        return stats

@@ -14,7 +14,8 @@ def test_agent_suites_pass_on_the_pure_core() -> None:
     env = {**os.environ, "AGENTCORE_NO_EXTENSIONS": "1"}
     suites = ["tests/test_agent.py", "tests/test_negotiation.py", "tests/test_connectivity.py", "tests/test_topics.py"]
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *suites,
+        # -P: the source checkout must not shadow the installed package (a wheel under cibuildwheel, say).
+        [sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *suites,
          "-o", "addopts=", "--no-header", "-W", "ignore"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )

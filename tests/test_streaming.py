@@ -315,7 +315,8 @@ def test_streaming_batching_and_caching_pass_on_the_pure_core() -> None:
     env = {**os.environ, "AGENTCORE_NO_EXTENSIONS": "1"}
     suites = ["tests/test_streaming.py", "tests/test_batching.py", "tests/test_caching.py"]
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *suites, "-k", "not pure_core",
+        # -P: the source checkout must not shadow the installed package (a wheel under cibuildwheel, say).
+        [sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *suites, "-k", "not pure_core",
          "-o", "addopts=", "--no-header", "-W", "ignore"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
