@@ -357,6 +357,14 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             if msg.reply:
                 self._track(start_eager(self._send_error(msg.reply, None, "invalid_message", str(exc))))
             return
+        if "stream" in message["payload"] and message["type"] in ("task", "query"):
+            # A request too large for one message came as an offer: pull the whole envelope, then route it.
+            self._track(start_eager(self._route_pulled(msg, key, regs, message, t0)))
+            return
+        self._route(msg, key, regs, message, t0)
+
+    def _route(self, msg: Msg, key: tuple[str, str], regs: list[_Registration], message: dict[str, Any], t0: float) -> None:
+        subject = msg.subject
         cache, batch = self._cache, self._batch
         if cache is not None and not regs[0].system:
             # Ids are the sender's: the same id from another sender is another message.
@@ -371,6 +379,25 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
                 self._admit(_Queued(reg, subject, message, msg, t0))
             else:
                 self._run(reg, subject, message, msg, t0)
+
+    async def _route_pulled(self, msg: Msg, key: tuple[str, str], regs: list[_Registration], offer: dict[str, Any],
+                            t0: float) -> None:
+        routing = offer.get("routing") or {}
+        if routing.get("timeout") is not None:
+            timeout = max(offer["timestamp"] + routing["timeout"] / 1000.0 - time.time(), 0.1)
+        else:
+            timeout = self.config["agent.request_timeout"]
+        try:
+            message = await self._pull_request(offer, timeout)
+        except (AgentCoreError, nats.errors.Error) as exc:
+            self._metrics.invalid += 1
+            self._metrics.failed += 1
+            log.warning("agent %s could not pull the message offered as %s on %s: %s", self.agent_id, offer["id"], msg.subject, exc)
+            if msg.reply:
+                await self._send_error(msg.reply, offer["id"], "invalid_message", f"the offered message could not be pulled: {exc}")
+            return
+        self._metrics.counters["large_requests_pulled"] += 1
+        self._route(msg, key, regs, message, t0)
 
     def _admit(self, queued: _Queued) -> None:
         """Queue a message until a handler slot frees up; refuse it as overloaded when the queue is full."""
@@ -643,9 +670,12 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             raise NotConnectedError(f"agent {self.agent_id} could not publish on {subject}: {exc or type(exc).__name__}") from exc
         self._metrics.published += 1
 
-    def _check_size(self, data: bytes) -> None:
+    def _max_payload(self) -> int:
         nc = self._nc
-        limit = nc.max_payload if nc is not None and nc.max_payload else 1024 * 1024
+        return nc.max_payload if nc is not None and nc.max_payload else 1024 * 1024
+
+    def _check_size(self, data: bytes) -> None:
+        limit = self._max_payload()
         if len(data) > limit:
             raise PayloadTooLargeError(len(data), limit)
 
@@ -754,9 +784,11 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         )
         message["routing"]["stream"] = True  # we can pull a result larger than max_payload as a stream
         data = encode(message)
-        self._check_size(data)
         try:
-            msg = await self._request_mux(nc).request(subject, data, timeout)
+            if len(data) <= self._max_payload():
+                msg = await self._request_mux(nc).request(subject, data, timeout)
+            else:  # offered as a stream that the serving agent pulls: a 20 MB task arrives whole
+                msg = await self._request_large(subject, message, data, timeout)
         except nats.errors.NoRespondersError:
             raise NoRespondersError(f"no agent is subscribed to {subject}") from None
         except nats.errors.TimeoutError:

@@ -363,7 +363,7 @@ class StreamReceiver:
 
 
 async def pull_offer(nc: NATSClient, offer: dict[str, Any], *, window: int = 8, timeout: float = 30.0) -> dict[str, Any]:
-    """Pull an oversized result offered as ``payload.stream = {"pull": subject, ...}`` and return its envelope."""
+    """Pull an oversized message (a result or a request) offered as ``payload.stream = {"pull": subject, ...}``; return its envelope."""
     pull = offer["pull"]
 
     async def start(inbox: str) -> None:
@@ -373,8 +373,20 @@ async def pull_offer(nc: NATSClient, offer: dict[str, Any], *, window: int = 8, 
     try:
         reply: dict[str, Any] = decode(data)
     except AgentCoreError as exc:
-        raise StreamError(f"the reassembled result does not decode: {exc}") from exc
+        raise StreamError(f"the reassembled message does not decode: {exc}") from exc
     return reply
+
+
+async def _serve_pull(sender: _Sender, data: bytes, timeout: float) -> bool:
+    """Wait until the offer is pulled, then send data as ENVELOPE frames; False when the puller cancelled."""
+    await sender.wait_pulled(timeout)
+    step = (sender.nc.max_payload or 1024 * 1024) - _HEADER_ROOM
+    view = memoryview(data)
+    for start in range(0, len(data), step):
+        end = start + step
+        if not await sender.send(ENVELOPE, bytes(view[start:end]), final=end >= len(data)):
+            return False
+    return True
 
 
 async def _iterate(generator: Any) -> AsyncIterator[Any]:
@@ -546,16 +558,40 @@ class StreamingMixin:
             )
             offer["payload"]["stream"] = {"pull": sender.ctl, "size": len(data)}
             await agent._publish_raw(dest, encode(offer))
-            await sender.wait_pulled(timeout)
-            agent._metrics.counters["large_results_streamed"] += 1
-            step = (nc.max_payload or 1024 * 1024) - _HEADER_ROOM
-            view = memoryview(data)
-            for start in range(0, len(data), step):
-                end = start + step
-                if not await sender.send(ENVELOPE, bytes(view[start:end]), final=end >= len(data)):
-                    return
+            if await _serve_pull(sender, data, timeout):
+                agent._metrics.counters["large_results_streamed"] += 1
         finally:
             await sender.close()
+
+    async def _request_large(self, subject: str, message: dict[str, Any], data: bytes, timeout: float) -> Msg:
+        """Send a request too large for one message as a small offer, stream the envelope to the agent that pulls it.
+
+        Return the reply to the offer (the handler's result for the whole message).
+        """
+        agent: NATSAgent = self  # type: ignore[assignment]
+        nc = agent._require_nc()
+        sender = _Sender(nc, message["id"], None, 8, timeout)
+        await sender.open()  # its SUB reaches the server before the offer below: the puller's first message finds it
+        offer = {**message, "payload": {"content": None, "stream": {"pull": sender.ctl, "size": len(data)}}}
+        serving = asyncio.ensure_future(_serve_pull(sender, data, timeout))
+        try:
+            msg = await agent._request_mux(nc).request(subject, encode(offer), timeout)
+        finally:
+            if not serving.done():
+                serving.cancel()  # the answer came (an error, say) without a pull, or the request failed
+            await asyncio.gather(serving, return_exceptions=True)
+            await sender.close()
+        if serving.done() and not serving.cancelled() and serving.exception() is None and serving.result():
+            agent._metrics.counters["large_requests_streamed"] += 1
+        return msg
+
+    async def _pull_request(self, offer: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Pull the whole envelope of a request that came as an offer; it must be the offered message itself."""
+        agent: NATSAgent = self  # type: ignore[assignment]
+        message = await pull_offer(agent._require_nc(), offer["payload"]["stream"], timeout=timeout)
+        if message["id"] != offer["id"] or message["source"] != offer["source"]:
+            raise StreamError(f"the stream offered as message {offer['id']} carried another message ({message['id']})")
+        return message
 
     async def _pull_large(self, offer: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Pull an offered oversized result and return its envelope."""

@@ -336,8 +336,9 @@ async def test_no_responders_fails_fast_and_timeouts_are_typed(make_agent) -> No
 async def test_oversized_payloads_give_clear_errors(make_agent) -> None:
     await make_agent("worker", capabilities={"big": lambda m: "x" * 2_000_000, "echo": lambda m: "ok"})
     client = await make_agent("client")
+    # A request too large for one message goes out as a stream (tests/test_streaming.py); a publish cannot.
     with pytest.raises(PayloadTooLargeError) as info:
-        await client.send_task("echo", "y" * 2_000_000)
+        await client.publish(client.topics.task("echo"), "y" * 2_000_000)
     assert info.value.limit == client.nc.max_payload
     # An agentcore requester pulls an oversized result as a stream (tests/test_streaming.py); a plain
     # nats-py requester, which cannot, gets the clear error.

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import trustme
 
-from agentcore import AgentConfig, NATSAgent, NoRespondersError, NotConnectedError
+from agentcore import AgentConfig, NATSAgent, NoRespondersError, NotConnectedError, RequestTimeoutError
 from agentcore.server import NATSServer
 from nats_fixtures import eventually
 
@@ -21,12 +21,16 @@ def config(servers: list[str], **values: Any) -> AgentConfig:
 
 
 async def until_served(client: NATSAgent, capability: str, timeout: float = 10.0) -> Any:
-    """Send a task until the interest has crossed the cluster routes (route propagation is asynchronous)."""
+    """Send a task until the interest has crossed the cluster routes (route propagation is asynchronous).
+
+    Right after a server dies its peer may still route a request to the dead route until it notices: that
+    request is lost and times out, so a timeout is retried too.
+    """
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return await client.send_task(capability, "ping", timeout=2)
-        except NoRespondersError:
+            return await client.send_task(capability, "ping", timeout=1)
+        except (NoRespondersError, RequestTimeoutError):
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.02)

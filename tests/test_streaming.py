@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import orjson
 import pytest
 
 from agentcore import NATSAgent
@@ -232,6 +233,42 @@ async def test_20_mb_result_reaches_the_caller_whole(make_agent: Any) -> None:
     result = await client.send_task("big", None, timeout=30)
     assert len(result) == 20 * 1024 * 1024 and result == blob.hex()[: 20 * 1024 * 1024]
     assert worker.get_metrics()["large_results_streamed"] == 1
+
+
+async def test_20_mb_task_reaches_the_handler_whole_and_comes_back(make_agent: Any) -> None:
+    """A request larger than max_payload is offered as a stream; the serving agent pulls it before routing."""
+    blob = (bytes(range(256)) * (20 * 1024 * 1024 // 256)).hex()[: 20 * 1024 * 1024]
+    seen: list[str] = []
+
+    async def echo(message: dict[str, Any]) -> Any:
+        seen.append(message["id"])
+        return message["payload"]["content"]
+
+    worker = await make_agent("echo", capabilities={"echo": echo})
+    client = await make_agent("client")
+    result = await client.send_task("echo", blob, timeout=30)
+    assert result == blob and len(seen) == 1  # the handler saw the whole task once, and the 20 MB came back
+    assert client.get_metrics()["large_requests_streamed"] == 1
+    assert worker.get_metrics()["large_requests_pulled"] == 1 and worker.get_metrics()["large_results_streamed"] == 1
+    assert await client.send_task("echo", "small") == "small"
+
+
+async def test_a_large_task_nobody_pulls_times_out_typed(make_agent: Any, raw_nc: Any) -> None:
+    from agentcore import RequestTimeoutError
+    from nats_fixtures import subscribed
+
+    offers: list[dict[str, Any]] = []
+
+    async def silent(msg: Any) -> None:  # a subscriber that takes the offer and never pulls it
+        offers.append(orjson.loads(msg.data))
+
+    await raw_nc.subscribe("agents.test.task.mute.>", cb=silent)
+    await subscribed(raw_nc)
+    client = await make_agent("client")
+    with pytest.raises(RequestTimeoutError):
+        await client.send_task("mute", "z" * 2_000_000, timeout=0.5)
+    await eventually(lambda: len(offers) == 1)
+    assert offers[0]["payload"]["content"] is None and offers[0]["payload"]["stream"]["size"] > 2_000_000
 
 
 async def test_receive_stream_of_a_task_sent_with_publish(make_agent: Any) -> None:
