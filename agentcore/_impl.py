@@ -23,7 +23,12 @@ else:
         from ._ext.subjects import SubjectIndex, subject_matches, validate_subject, validate_token
 
         IMPLEMENTATION = "compiled"
-    except ImportError:  # only a build made with AGENTCORE_NO_EXTENSIONS=1 lacks the compiled modules
+    except ImportError as exc:  # a build made with AGENTCORE_NO_EXTENSIONS=1, or a broken install
+        import warnings
+
+        # Said out loud: a broken install would otherwise run the ~10x slower twins without anyone noticing.
+        warnings.warn(f"agentcore's compiled core cannot be imported ({exc}); using the pure-Python twins. "
+                      "Set AGENTCORE_NO_EXTENSIONS=1 to choose them explicitly.", RuntimeWarning, stacklevel=2)
         from ._ext.batch_py import BatchAccumulator
         from ._ext.cache_py import ContentCache, canonical_hash, content_hash
         from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, validate

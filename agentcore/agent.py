@@ -127,6 +127,17 @@ async def _retire(nc: NATSClient, sub: Subscription) -> None:
         log.debug("ending subscription %s failed: %s", sub.subject, exc)
 
 
+def _chain(first: Callable[..., Awaitable[None]] | None, then: Callable[..., Any]) -> Callable[..., Awaitable[None]]:
+    async def both(*args: Any) -> None:
+        if first is not None:
+            await first(*args)
+        result = then(*args)
+        if inspect.isawaitable(result):
+            await result
+
+    return both
+
+
 def _is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
@@ -1004,6 +1015,13 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             if cfg["nats.tls_cert"]:
                 context.load_cert_chain(cfg["nats.tls_cert"], cfg["nats.tls_key"])
             options["tls"] = context
+        for name, value in cfg["nats.options"].items():
+            if name.endswith("_cb") and callable(value):
+                # nats-py takes coroutine functions only; the agent's own callbacks (counting disconnects and
+                # reconnects) keep running before yours.
+                options[name] = _chain(options.get(name), value)
+            else:
+                options[name] = value
         return options
 
     async def _on_error(self, exc: Exception) -> None:

@@ -71,6 +71,24 @@ def _token(value: Any) -> str:
     return value
 
 
+def _connect_options(value: Any) -> dict[str, Any]:
+    # Everything else nats.connect() takes (JWT callbacks, nkeys_seed_str, an SSLContext, dont_randomize, ...).
+    import inspect
+
+    from nats.aio.client import Client
+
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError("must be a mapping of nats.connect() keyword arguments")
+    known = set(inspect.signature(Client.connect).parameters) - {"self", "servers"}
+    unknown = sorted(str(k) for k in value if k not in known)
+    if unknown:
+        hint = " (use nats.servers)" if "servers" in unknown else ""
+        raise ValueError(f"has options nats.connect() does not take: {', '.join(unknown)}{hint}")
+    return dict(value)
+
+
 def _provider(value: Any) -> str:
     if value != "nats":
         raise ValueError("only the 'nats' provider is supported")
@@ -100,6 +118,7 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "nats.tls_cert": (None, _optional_str),
     "nats.tls_key": (None, _optional_str),
     "nats.tls_hostname": (None, _optional_str),
+    "nats.options": ({}, _connect_options),  # passed to nats.connect() as they are, after the keys above
     "agent.heartbeat_interval": (5.0, _positive_float),
     "agent.max_concurrency": (64, _positive_int),
     "agent.max_queued": (10000, _positive_int),
@@ -183,5 +202,6 @@ class AgentConfig:
         return dict(self._values)
 
     def __repr__(self) -> str:
-        shown = {k: ("***" if k in ("nats.password", "nats.token", "nats.nkeys_seed") and v else v) for k, v in self._values.items()}
+        shown = {k: ("***" if k in ("nats.password", "nats.token", "nats.nkeys_seed", "nats.options") and v else v)
+                 for k, v in self._values.items()}
         return f"AgentConfig({shown!r})"

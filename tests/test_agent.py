@@ -243,7 +243,10 @@ async def test_expired_message_is_not_processed(make_agent, raw_nc) -> None:
         raise_for_error(decode(msg.data))
 
 
-async def test_malformed_bytes_are_counted_and_the_agent_serves_the_next_message(make_agent, raw_nc) -> None:
+async def test_malformed_bytes_are_counted_and_the_agent_serves_the_next_message(
+    make_agent, raw_nc, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING", logger="agentcore")
     worker = await make_agent("worker", capabilities={"analysis": lambda m: "ok"})
     await raw_nc.publish("agents.test.task.analysis.default", b"\xff\xfe not json")
     await raw_nc.publish("agents.test.task.analysis.default", orjson.dumps({"id": "x"}))
@@ -260,6 +263,8 @@ async def test_malformed_bytes_are_counted_and_the_agent_serves_the_next_message
     metrics = worker.get_metrics()
     assert metrics["messages_invalid"] == 4
     assert metrics["messages_processed"] == 1
+    dropped = [r for r in caplog.records if r.name == "agentcore.agent" and "malformed" in r.getMessage()]
+    assert len(dropped) == 4 and all("agents.test.task.analysis.default" in r.getMessage() for r in dropped)
 
 
 async def test_invalid_message_error_is_typed_for_agent_requesters(make_agent) -> None:
@@ -316,6 +321,30 @@ async def test_slow_handlers_do_not_stall_control(make_agent) -> None:
     release.set()
     assert await asyncio.gather(*pending[:3]) == ["done"] * 3
     pending[3].cancel()
+
+
+async def test_status_heartbeats_keep_coming_while_a_sync_handler_blocks(make_agent, raw_nc) -> None:
+    from nats_fixtures import subscribed
+
+    release = threading.Event()
+    beats: list[dict[str, Any]] = []
+
+    async def on_status(msg: Any) -> None:
+        beats.append(orjson.loads(msg.data)["payload"]["content"])
+
+    await raw_nc.subscribe("agents.test.status.worker", cb=on_status)
+    await subscribed(raw_nc)
+    worker = await make_agent("worker", capabilities={"blocking": lambda m: release.wait(10) and "done"},
+                              agent__heartbeat_interval=0.05)
+    client = await make_agent("client")
+    pending = asyncio.ensure_future(client.send_task("blocking", None))
+    await eventually(lambda: worker.get_metrics()["in_flight"] == 1)
+    seen = len(beats)
+    await eventually(lambda: len(beats) >= seen + 3, what="three heartbeats while the handler blocks")
+    assert beats[-1]["id"] == "worker" and beats[-1]["status"] == "running" and beats[-1]["in_flight"] == 1
+    assert beats[-1]["capabilities"] == ["blocking"]
+    release.set()
+    assert await pending == "done"
 
 
 async def test_no_responders_fails_fast_and_timeouts_are_typed(make_agent) -> None:

@@ -59,6 +59,41 @@ async def test_token_auth() -> None:
             assert await agent.send_task("echo", None) == 1
 
 
+async def test_nkey_auth_and_nats_connect_options_pass_through(tmp_path: Path) -> None:
+    """An nkey seed file (nats.nkeys_seed), or any nats.connect() option through nats.options (here nkeys_seed_str)."""
+    import os
+
+    import nkeys
+
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    public = nkeys.from_seed(bytearray(seed)).public_key.decode()
+    (tmp_path / "user.nk").write_bytes(seed)
+    (tmp_path / "server.conf").write_text(f"authorization {{ users = [ {{ nkey: {public} }} ] }}\n")
+    closed: list[bool] = []
+    with NATSServer(extra_args=["-c", str(tmp_path / "server.conf")]) as server:
+        worker = NATSAgent("w", config=config([server.url], **{"nats.nkeys_seed": str(tmp_path / "user.nk")}))
+        worker.add_capability("echo", lambda m: m["payload"]["content"])
+        client = NATSAgent("c", config=config([server.url], **{"nats.options": {
+            "nkeys_seed_str": seed.decode(), "closed_cb": lambda: closed.append(True)}}))
+        async with worker, client:
+            assert await client.send_task("echo", "signed") == "signed"
+        assert closed == [True]  # a callback of yours runs (the agent's own ones are chained, not replaced)
+        stranger = NATSAgent("x", config=config([server.url], **{"nats.max_reconnect_attempts": 0}))
+        with pytest.raises(NotConnectedError):
+            await stranger.astart()
+
+
+def test_nats_options_are_checked_against_nats_connect() -> None:
+    from agentcore import ConfigError
+
+    with pytest.raises(ConfigError, match="dont_randomise"):
+        AgentConfig({"nats.options": {"dont_randomise": True}})
+    with pytest.raises(ConfigError, match="use nats.servers"):
+        AgentConfig({"nats.options": {"servers": ["nats://x:4222"]}})
+    cfg = AgentConfig({"nats.options": {"dont_randomize": True, "nkeys_seed_str": "SUSECRET"}})
+    assert cfg["nats.options"]["dont_randomize"] is True and "SUSECRET" not in repr(cfg)
+
+
 async def test_tls(tmp_path: Path) -> None:
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")

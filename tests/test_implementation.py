@@ -81,3 +81,22 @@ def test_twins_have_the_same_public_api(name: str) -> None:
             assert c_names == p_names, public
             for member in p_names:
                 assert _doc_body(getattr(c_obj, member)) == _doc_body(getattr(p_obj, member)), f"{public}.{member}"
+
+
+def test_a_missing_compiled_module_falls_back_with_a_warning() -> None:
+    """A broken install (a compiled module that cannot load) still works on the twins, and says so."""
+    code = """
+import sys, warnings
+class Broken:
+    def find_spec(self, name, path=None, target=None):
+        if name == "agentcore._ext.envelope":
+            raise ImportError("simulated broken build")
+sys.meta_path.insert(0, Broken())
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import agentcore
+print(agentcore.implementation, [str(w.message) for w in caught if w.category is RuntimeWarning])
+"""
+    env = {k: v for k, v in os.environ.items() if k != "AGENTCORE_NO_EXTENSIONS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.startswith("pure ") and "simulated broken build" in out and "AGENTCORE_NO_EXTENSIONS=1" in out
