@@ -25,10 +25,17 @@ else:
         IMPLEMENTATION = "compiled"
     except ImportError as exc:  # a build made with AGENTCORE_NO_EXTENSIONS=1, or a broken install
         import warnings
+        from importlib.machinery import EXTENSION_SUFFIXES
+        from pathlib import Path
 
-        # Said out loud: a broken install would otherwise run the ~10x slower twins without anyone noticing.
-        warnings.warn(f"agentcore's compiled core cannot be imported ({exc}); using the pure-Python twins. "
-                      "Set AGENTCORE_NO_EXTENSIONS=1 to choose them explicitly.", RuntimeWarning, stacklevel=2)
+        # A broken install (compiled files present, not loadable) would otherwise run the ~10x slower twins
+        # without anyone noticing; a build made without extensions has no such files and stays quiet.
+        from . import _ext
+
+        ext_dirs = [Path(d) for d in _ext.__path__]  # an editable install maps the package to the source _ext/
+        if any(any(d.glob(f"*{suffix}")) for d in ext_dirs for suffix in EXTENSION_SUFFIXES):
+            warnings.warn(f"agentcore's compiled core cannot be imported ({exc}); using the pure-Python twins. "
+                          "Set AGENTCORE_NO_EXTENSIONS=1 to choose them explicitly.", RuntimeWarning, stacklevel=2)
         from ._ext.batch_py import BatchAccumulator
         from ._ext.cache_py import ContentCache, canonical_hash, content_hash
         from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, validate

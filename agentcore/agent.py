@@ -127,13 +127,20 @@ async def _retire(nc: NATSClient, sub: Subscription) -> None:
         log.debug("ending subscription %s failed: %s", sub.subject, exc)
 
 
-def _chain(first: Callable[..., Awaitable[None]] | None, then: Callable[..., Any]) -> Callable[..., Awaitable[None]]:
+_EVENT_CALLBACKS = frozenset(("error_cb", "disconnected_cb", "closed_cb", "reconnected_cb", "discovered_server_cb",
+                              "lame_duck_mode_cb"))
+
+
+def _chain(first: Callable[..., Awaitable[None]] | None, then: Callable[..., Any], name: str) -> Callable[..., Awaitable[None]]:
     async def both(*args: Any) -> None:
         if first is not None:
             await first(*args)
-        result = then(*args)
-        if inspect.isawaitable(result):
-            await result
+        try:
+            result = then(*args)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:  # raised into nats-py, it would stop the read loop or the close
+            log.exception("the %s given in nats.options raised", name)
 
     return both
 
@@ -170,6 +177,8 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         self._metrics = AgentMetrics()
         self._deliveries: dict[str, _Delivery] = {}
         self._owed: set[_Delivery] = set()  # deferred deliveries still waiting for publish_result()
+        # Large requests pulled into memory at once (each up to agent.max_request_bytes); more wait their turn.
+        self._pulls = asyncio.Semaphore(min(self.config["agent.max_concurrency"], 8))
         self._inflight = 0
         self._max_concurrency: int = self.config["agent.max_concurrency"]
         self._max_queued: int = self.config["agent.max_queued"]  # beyond it new work is refused as overloaded
@@ -368,15 +377,17 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             if msg.reply:
                 self._track(start_eager(self._send_error(msg.reply, None, "invalid_message", str(exc))))
             return
-        if "stream" in message["payload"] and message["type"] in ("task", "query"):
-            # A request too large for one message came as an offer: pull the whole envelope, then route it.
+        if "stream" in message["payload"] and message["type"] in ("task", "query") and any(r.kind == _TASK or r.queue for r in regs):
+            # A request too large for one message came as an offer: a subscription that answers it pulls the
+            # whole envelope, then routes it (an observer's plain subscription sees the offer as it is).
             self._track(start_eager(self._route_pulled(msg, key, regs, message, t0)))
             return
         self._route(msg, key, regs, message, t0)
 
     def _route(self, msg: Msg, key: tuple[str, str], regs: list[_Registration], message: dict[str, Any], t0: float) -> None:
         subject = msg.subject
-        cache, batch = self._cache, self._batch
+        cache = self._cache
+        batch = self._batch if self._status != "stopping" else None  # the pending batch was flushed at the stop
         if cache is not None and not regs[0].system:
             # Ids are the sender's: the same id from another sender is another message.
             seen = cache.seen((key, message["source"]["id"]), message["id"])
@@ -398,14 +409,27 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             timeout = max(offer["timestamp"] + routing["timeout"] / 1000.0 - time.time(), 0.1)
         else:
             timeout = self.config["agent.request_timeout"]
-        try:
-            message = await self._pull_request(offer, timeout)
-        except (AgentCoreError, nats.errors.Error) as exc:
+        code = None
+        if len(self._queue) >= self._max_queued:
+            code, text = "overloaded", f"agent {self.agent_id} has {len(self._queue)} messages queued; try again later"
+        else:
+            try:
+                message = await self._pull_request(offer, timeout)
+            except PayloadTooLargeError as exc:
+                code, text = "payload_too_large", f"agent {self.agent_id} takes requests up to agent.max_request_bytes: {exc}"
+            except asyncio.CancelledError:  # stopping past the drain timeout
+                code, text = "cancelled", f"pulling message {offer['id']} was cancelled"
+                if msg.reply:
+                    self._track(start_eager(self._send_error(msg.reply, offer["id"], code, text)))
+                raise
+            except Exception as exc:  # a malformed or forged offer, a puller that vanished: the requester hears why
+                code, text = "invalid_message", f"the offered message could not be pulled: {exc}"
+        if code is not None:
             self._metrics.invalid += 1
             self._metrics.failed += 1
-            log.warning("agent %s could not pull the message offered as %s on %s: %s", self.agent_id, offer["id"], msg.subject, exc)
+            log.warning("agent %s refused the message offered as %s on %s: %s", self.agent_id, offer["id"], msg.subject, text)
             if msg.reply:
-                await self._send_error(msg.reply, offer["id"], "invalid_message", f"the offered message could not be pulled: {exc}")
+                await self._send_error(msg.reply, offer["id"], code, text)
             return
         self._metrics.counters["large_requests_pulled"] += 1
         self._route(msg, key, regs, message, t0)
@@ -680,6 +704,13 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         except nats.errors.Error as exc:
             raise NotConnectedError(f"agent {self.agent_id} could not publish on {subject}: {exc or type(exc).__name__}") from exc
         self._metrics.published += 1
+
+    def _inbox_prefixes(self) -> tuple[str, ...]:
+        """Return the subject prefixes a reply inbox may have here (nats-py's default and a configured one)."""
+        prefix = self.config["nats.options"].get("inbox_prefix")
+        if isinstance(prefix, bytes):
+            prefix = prefix.decode()
+        return ("_INBOX.", f"{prefix}.") if prefix else ("_INBOX.",)
 
     def _max_payload(self) -> int:
         nc = self._nc
@@ -1016,12 +1047,13 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
                 context.load_cert_chain(cfg["nats.tls_cert"], cfg["nats.tls_key"])
             options["tls"] = context
         for name, value in cfg["nats.options"].items():
-            if name.endswith("_cb") and callable(value):
+            if name in _EVENT_CALLBACKS:
                 # nats-py takes coroutine functions only; the agent's own callbacks (counting disconnects and
-                # reconnects) keep running before yours.
-                options[name] = _chain(options.get(name), value)
+                # reconnects) keep running before yours, and an exception of yours is logged, not raised into nats-py.
+                if value is not None:
+                    options[name] = _chain(options.get(name), value, name)
             else:
-                options[name] = value
+                options[name] = value  # signature_cb, user_jwt_cb and the like return values: passed as they are
         return options
 
     async def _on_error(self, exc: Exception) -> None:
@@ -1047,6 +1079,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         self._loop_thread = threading.get_ident()
         self._stopped = asyncio.Event()
         self._sync_lock = asyncio.Lock()
+        self._pulls = asyncio.Semaphore(min(self.config["agent.max_concurrency"], 8))  # bound to this start's loop
         options = self._connect_options()
         # nats-py keeps retrying an initial connect that fails; bound it so a wrong URL is an error, not a hang.
         bound = options["connect_timeout"] * len(options["servers"]) + 1.0

@@ -86,6 +86,9 @@ def _connect_options(value: Any) -> dict[str, Any]:
     if unknown:
         hint = " (use nats.servers)" if "servers" in unknown else ""
         raise ValueError(f"has options nats.connect() does not take: {', '.join(unknown)}{hint}")
+    not_callable = sorted(k for k, v in value.items() if k.endswith("_cb") and v is not None and not callable(v))
+    if not_callable:
+        raise ValueError(f"has callbacks that are not callable: {', '.join(not_callable)}")
     return dict(value)
 
 
@@ -122,6 +125,7 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "agent.heartbeat_interval": (5.0, _positive_float),
     "agent.max_concurrency": (64, _positive_int),
     "agent.max_queued": (10000, _positive_int),
+    "agent.max_request_bytes": (64 * 1024 * 1024, _positive_int),  # a request pulled as a stream, at most
     "agent.sync_workers": (16, _positive_int),
     "agent.request_timeout": (30.0, _positive_float),
     "agent.discovery_timeout": (0.5, _positive_float),
@@ -129,6 +133,9 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "cache.ttl": (60.0, _positive_float),
     "cache.max_entries": (4096, _positive_int),
 }
+
+# Values never shown in reprs or errors (nats.options may hold nkeys_seed_str or a JWT callback's secrets).
+_SECRET_KEYS = frozenset(("nats.password", "nats.token", "nats.nkeys_seed", "nats.options"))
 
 # The YAML file of the guide puts some keys at the top level; they belong under "nats.".
 _YAML_ALIASES = {"environment": "nats.environment", "batch_size": "nats.batch_size", "batch_timeout": "nats.batch_timeout"}
@@ -181,7 +188,8 @@ class AgentConfig:
             try:
                 value = spec[1](value)
             except ValueError as exc:
-                raise ConfigError(f"invalid value for {key!r}: {value!r} {exc}") from None
+                shown = "(hidden)" if key in _SECRET_KEYS else repr(value)  # an error message must not leak a secret
+                raise ConfigError(f"invalid value for {key!r}: {shown} {exc}") from None
         self._values[key] = value
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -202,6 +210,5 @@ class AgentConfig:
         return dict(self._values)
 
     def __repr__(self) -> str:
-        shown = {k: ("***" if k in ("nats.password", "nats.token", "nats.nkeys_seed", "nats.options") and v else v)
-                 for k, v in self._values.items()}
+        shown = {k: ("***" if k in _SECRET_KEYS and v else v) for k, v in self._values.items()}
         return f"AgentConfig({shown!r})"

@@ -29,7 +29,7 @@ from nats.aio.subscription import Subscription
 
 from ._eager import start_eager
 from .envelope import decode, encode, new_id, new_message, raise_for_error
-from .errors import AgentCoreError, RequestTimeoutError, StreamError, StreamGapError, StreamTimeoutError
+from .errors import AgentCoreError, PayloadTooLargeError, RequestTimeoutError, StreamError, StreamGapError, StreamTimeoutError
 from .stream_frames import (
     BYTES,
     ENVELOPE,
@@ -334,11 +334,15 @@ class StreamReceiver:
             self._granting.add(task)
             task.add_done_callback(self._granting.discard)
 
-    async def read_all(self) -> bytes:
-        """Return every chunk's data joined (and close the stream)."""
+    async def read_all(self, max_bytes: int | None = None) -> bytes:
+        """Return every chunk's data joined (and close the stream); StreamError beyond max_bytes (the producer is told to stop)."""
         parts = []
+        total = 0
         try:
             async for chunk in self:
+                total += len(chunk.data)
+                if max_bytes is not None and total > max_bytes:
+                    raise StreamError(f"stream {self.task_id} is larger than the {max_bytes} bytes allowed", task_id=self.task_id)
                 parts.append(chunk.data)
         finally:
             await self.aclose()
@@ -362,14 +366,16 @@ class StreamReceiver:
                 pass
 
 
-async def pull_offer(nc: NATSClient, offer: dict[str, Any], *, window: int = 8, timeout: float = 30.0) -> dict[str, Any]:
+async def pull_offer(
+    nc: NATSClient, offer: dict[str, Any], *, window: int = 8, timeout: float = 30.0, max_bytes: int | None = None
+) -> dict[str, Any]:
     """Pull an oversized message (a result or a request) offered as ``payload.stream = {"pull": subject, ...}``; return its envelope."""
     pull = offer["pull"]
 
     async def start(inbox: str) -> None:
         await nc.publish(pull, b"", reply=inbox, headers={H_WINDOW: str(window)})
 
-    data = await StreamReceiver(nc, window=window, idle_timeout=timeout, start=start).read_all()
+    data = await StreamReceiver(nc, window=window, idle_timeout=timeout, start=start).read_all(max_bytes)
     try:
         reply: dict[str, Any] = decode(data)
     except AgentCoreError as exc:
@@ -588,7 +594,18 @@ class StreamingMixin:
     async def _pull_request(self, offer: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Pull the whole envelope of a request that came as an offer; it must be the offered message itself."""
         agent: NATSAgent = self  # type: ignore[assignment]
-        message = await pull_offer(agent._require_nc(), offer["payload"]["stream"], timeout=timeout)
+        stream = offer["payload"]["stream"]
+        limit = agent.config["agent.max_request_bytes"]
+        if not (isinstance(stream, dict) and isinstance(stream.get("size"), int) and isinstance(stream.get("pull"), str)):
+            raise StreamError(f"message {offer['id']} carries a malformed stream offer")
+        if stream["size"] > limit:
+            raise PayloadTooLargeError(stream["size"], limit)
+        pull = stream["pull"]
+        # The pull is a publish of ours: only to a literal reply inbox, or a forged offer could make us publish anywhere.
+        if not any(pull.startswith(prefix) for prefix in agent._inbox_prefixes()) or "*" in pull or ">" in pull or " " in pull:
+            raise StreamError(f"message {offer['id']} offers its stream on {pull!r}, which is not a reply inbox")
+        async with agent._pulls:  # at most max_concurrency envelopes being pulled into memory at once
+            message = await pull_offer(agent._require_nc(), stream, timeout=timeout, max_bytes=min(stream["size"], limit))
         if message["id"] != offer["id"] or message["source"] != offer["source"]:
             raise StreamError(f"the stream offered as message {offer['id']} carried another message ({message['id']})")
         return message

@@ -130,3 +130,21 @@ async def test_cluster_routes_tasks_between_servers_and_fails_over() -> None:
             finally:
                 await client.astop()
                 await worker.astop()
+
+
+async def test_nats_options_callbacks_returning_values_pass_as_they_are_and_raising_ones_are_contained(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def jwt() -> bytes:  # nats-py calls it and uses what it returns: it must not be wrapped
+        return b"eyJ..."
+
+    def closed() -> None:
+        raise RuntimeError("the application's closed_cb failed")
+
+    with NATSServer() as server:
+        agent = NATSAgent("w", config=config([server.url], **{"nats.options": {"closed_cb": closed}}))
+        assert NATSAgent("j", config=config([server.url], **{"nats.options": {"user_jwt_cb": jwt}}))._connect_options()["user_jwt_cb"] is jwt
+        await agent.astart()
+        await agent.astop()  # the raising callback is logged, the stop completes
+    assert agent.status == "stopped"
+    assert any("closed_cb given in nats.options raised" in r.getMessage() for r in caplog.records)
