@@ -11,17 +11,21 @@ our requests: a reply resolves its waiting future directly, and the timeout is a
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
+import nats.aio.client
 import nats.errors
 from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.protocol.command import pub_cmd
 
-__all__ = ("deliver_inline", "RequestMux")
+__all__ = ("deliver_inline", "send_now", "RequestMux")
 
 log = logging.getLogger("agentcore.agent")
 
@@ -53,6 +57,47 @@ def deliver_inline(sub: Subscription, dispatch: Callable[[Msg], None]) -> bool:
     return True
 
 
+_CONNECTED = NATSClient.CONNECTED
+_NATS_PUBLISH = NATSClient.publish  # a publish wrapped or replaced (tracing, tests) is always called
+_validate_subject: Callable[[str], None] | None = getattr(nats.aio.client, "_validate_subject", None)
+_sent_now: set[NATSClient] = set()  # connections that wrote a message directly in this event-loop iteration
+
+
+def send_now(nc: NATSClient, subject: str, data: bytes, reply: str = "") -> bool:
+    """Write one PUB straight to the socket, as nc.publish would queue it; False when nc.publish must send it.
+
+    nc.publish appends the PUB to nats-py's pending buffer and wakes its flusher task, which writes it one
+    event-loop iteration later, after whatever runs first (on a reply: the rest of the read chunk and the
+    handler Task's bookkeeping), and costs a future, a queue hop and a task step. A request or a reply is
+    latency-bound: when nothing is pending (order kept), the socket has nothing buffered (no backpressure to
+    respect) and this connection has not written directly yet in this iteration (a burst still coalesces in
+    the flusher), it goes out now. The checks and counters are nats-py's publish's own.
+    """
+    try:
+        if nc._status != _CONNECTED or nc._pending_data_size or nc in _sent_now or not subject:
+            return False
+        if type(nc).publish is not _NATS_PUBLISH or "publish" in nc.__dict__:
+            return False
+        writer = getattr(nc._transport, "_io_writer", None)  # TCP or TLS; a websocket transport has none
+        if writer is None:
+            return False
+        transport = writer.transport
+        if transport.get_write_buffer_size() or transport.is_closing() or len(data) > nc._max_payload:
+            return False
+    except AttributeError:  # a nats-py whose internals differ: its own publish
+        return False
+    if _validate_subject is not None and not getattr(nc, "_skip_subject_validation", False):
+        _validate_subject(subject)
+        if reply:
+            _validate_subject(reply)
+    nc.stats["out_msgs"] += 1
+    nc.stats["out_bytes"] += len(data)
+    transport.write(pub_cmd(subject, reply, data))
+    _sent_now.add(nc)
+    asyncio.get_running_loop().call_soon(_sent_now.discard, nc)
+    return True
+
+
 class RequestMux:
     """Requests over one wildcard inbox subscription, with replies resolved inline."""
 
@@ -62,6 +107,10 @@ class RequestMux:
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._tokens = itertools.count(1)
         self._sub: Subscription | None = None
+        # (deadline, token) of every request, a heap pruned lazily, and the one loop timer that serves it, armed
+        # at the earliest deadline: a TimerHandle per request (call_later, then cancel) costs ~3 µs per round trip.
+        self._deadlines: list[tuple[float, str]] = []
+        self._timer: asyncio.TimerHandle | None = None
 
     async def _start(self) -> None:
         self._prefix = self.nc.new_inbox() + "."
@@ -85,20 +134,50 @@ class RequestMux:
         token = str(next(self._tokens))
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Msg] = loop.create_future()
-        self._waiting[token] = fut
-        timer = loop.call_later(timeout, _expire, fut)
+        waiting = self._waiting
+        waiting[token] = fut
+        self._expire_at(loop, loop.time() + timeout, token)
         try:
-            await self.nc.publish(subject, data, reply=self._prefix + token)
+            inbox = self._prefix + token
+            if not send_now(self.nc, subject, data, inbox):
+                await self.nc.publish(subject, data, reply=inbox)
             msg = await fut
         finally:
-            timer.cancel()
-            self._waiting.pop(token, None)
+            waiting.pop(token, None)
         if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS and not msg.data:
             raise nats.errors.NoRespondersError
         return msg
 
+    def _expire_at(self, loop: asyncio.AbstractEventLoop, when: float, token: str) -> None:
+        """Time out the request token at when (loop time), unless it has its answer by then."""
+        deadlines, waiting = self._deadlines, self._waiting
+        if len(deadlines) > 2 * len(waiting) + 64:  # mostly answered requests: keep the heap small
+            deadlines[:] = [entry for entry in deadlines if entry[1] in waiting]
+            heapq.heapify(deadlines)
+        heapq.heappush(deadlines, (when, token))
+        timer = self._timer
+        if timer is None or when < timer.when():
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(when, self._expire_due, loop)
+
+    def _expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        deadlines, waiting = self._deadlines, self._waiting
+        now = loop.time() + _RESOLUTION  # what asyncio itself counts as due
+        while deadlines and (deadlines[0][0] <= now or deadlines[0][1] not in waiting):
+            fut = waiting.get(heapq.heappop(deadlines)[1])
+            if fut is not None:
+                _expire(fut)
+        if deadlines:
+            self._timer = loop.call_at(deadlines[0][0], self._expire_due, loop)
+
     async def close(self) -> None:
         """Fail the waiting requests and drop the inbox subscription."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadlines.clear()
         for fut in self._waiting.values():
             if not fut.done():
                 fut.set_exception(nats.errors.ConnectionClosedError())
@@ -109,6 +188,9 @@ class RequestMux:
             except nats.errors.Error:
                 pass
             self._sub = None
+
+
+_RESOLUTION = time.get_clock_info("monotonic").resolution
 
 
 def _expire(fut: asyncio.Future[Any]) -> None:

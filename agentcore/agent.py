@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ._eager import run_eager, start_eager
-from ._inline import RequestMux, deliver_inline
+from ._inline import RequestMux, deliver_inline, send_now
 from .batching import BatchingMixin
 from .caching import DONE, IN_FLIGHT, MISS, TaskCache
 from ._impl import IMPLEMENTATION, SubjectIndex, validate_token
@@ -680,7 +680,9 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             await self._answer_error(delivery, "result_invalid", str(exc))
             return
         delivery.answered = True
-        await self._nc.publish(dest, data)  # type: ignore[union-attr]  # connected: the message came from it
+        nc: NATSClient = self._nc  # type: ignore[assignment]  # connected: the message came from it
+        if not send_now(nc, dest, data):
+            await nc.publish(dest, data)
         self._metrics.published += 1
 
     async def _answer_error(self, delivery: _Delivery, code: str, text: str) -> None:

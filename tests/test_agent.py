@@ -573,3 +573,23 @@ async def test_stopping_fails_the_agents_own_waiting_requests_at_once(make_agent
     with pytest.raises(NotConnectedError):
         await waiting
     assert time.perf_counter() - t0 < 10  # not the 30 s timeout
+
+
+async def test_latency_bound_sends_skip_nats_py_flusher_and_keep_order(make_agent, raw_nc) -> None:
+    """Requests and replies are written at once when nothing is pending (this nats-py's internals allow it)."""
+    from agentcore._inline import send_now
+    from nats_fixtures import subscribed
+
+    got: list[bytes] = []
+
+    async def collect(msg: Any) -> None:
+        got.append(msg.data)
+
+    await raw_nc.subscribe("direct.x", cb=collect)
+    await subscribed(raw_nc)
+    client = await make_agent("client")
+    await subscribed(client.nc)  # nothing left in the pending buffer
+    assert send_now(client.nc, "direct.x", b"first") is True
+    assert send_now(client.nc, "direct.x", b"x") is False  # a second one in the same iteration goes through the flusher
+    await client.nc.publish("direct.x", b"second")
+    await eventually(lambda: got == [b"first", b"second"])
