@@ -84,6 +84,10 @@ def send_now(nc: NATSClient, subject: str, data: bytes, reply: str = "") -> bool
         transport = writer.transport
         if transport.get_write_buffer_size() or transport.is_closing() or len(data) > nc._max_payload:
             return False
+        # Over TLS the writer's transport wraps a TCP one whose own buffer it does not count: check that too.
+        bare = getattr(nc._transport, "_bare_io_writer", None)
+        if bare is not None and bare is not writer and bare.transport.get_write_buffer_size():
+            return False
     except AttributeError:  # a nats-py whose internals differ: its own publish
         return False
     if _validate_subject is not None and not getattr(nc, "_skip_subject_validation", False):
@@ -129,6 +133,8 @@ class RequestMux:
 
     async def request(self, subject: str, data: bytes, timeout: float) -> Msg:
         """Publish data to subject and return the reply; raise nats' NoRespondersError or TimeoutError."""
+        if not timeout >= 0:  # NaN would never compare due and stall every other request's deadline in the heap
+            raise ValueError(f"request timeout must be a number >= 0, got {timeout!r}")
         if self._sub is None:
             await self._start()  # SUB goes out before the PUB on the same connection: no flush needed
         token = str(next(self._tokens))
