@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.protocol.command import pub_cmd
 
-__all__ = ("deliver_inline", "send_now", "RequestMux")
+__all__ = ("deliver_inline", "forget_connection", "send_now", "RequestMux")
 
 log = logging.getLogger("agentcore.agent")
 
@@ -100,6 +100,11 @@ def send_now(nc: NATSClient, subject: str, data: bytes, reply: str = "") -> bool
     _sent_now.add(nc)
     asyncio.get_running_loop().call_soon(_sent_now.discard, nc)
     return True
+
+
+def forget_connection(nc: NATSClient) -> None:
+    """Drop nc from send_now's bookkeeping (its loop may close before the pending discard runs)."""
+    _sent_now.discard(nc)
 
 
 class RequestMux:

@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ._eager import run_eager, start_eager
-from ._inline import RequestMux, deliver_inline, send_now
+from ._inline import RequestMux, deliver_inline, forget_connection, send_now
 from .batching import BatchingMixin
 from .caching import DONE, IN_FLIGHT, MISS, TaskCache
 from ._impl import IMPLEMENTATION, SubjectIndex, validate_token
@@ -1130,6 +1130,8 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
                 await self._close_connection(nc)
         finally:
             self._status = "stopped"
+            if nc is not None:
+                forget_connection(nc)
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
                 self._executor = None
