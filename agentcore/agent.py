@@ -425,8 +425,11 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             except Exception as exc:  # a malformed or forged offer, a puller that vanished: the requester hears why
                 code, text = "invalid_message", f"the offered message could not be pulled: {exc}"
         if code is not None:
-            self._metrics.invalid += 1
             self._metrics.failed += 1
+            if code == "overloaded":
+                self._metrics.counters["overloaded"] += 1
+            else:
+                self._metrics.invalid += 1
             log.warning("agent %s refused the message offered as %s on %s: %s", self.agent_id, offer["id"], msg.subject, text)
             if msg.reply:
                 await self._send_error(msg.reply, offer["id"], code, text)

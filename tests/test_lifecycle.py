@@ -12,7 +12,7 @@ import nats.errors
 import orjson
 import pytest
 
-from agentcore import NATSAgent, NotConnectedError, OverloadedError, RemoteError, ShuttingDownError
+from agentcore import NATSAgent, NotConnectedError, OverloadedError, ShuttingDownError
 from nats_fixtures import eventually
 
 
