@@ -177,8 +177,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         self._metrics = AgentMetrics()
         self._deliveries: dict[str, _Delivery] = {}
         self._owed: set[_Delivery] = set()  # deferred deliveries still waiting for publish_result()
-        # Large requests pulled into memory at once (each up to agent.max_request_bytes); more wait their turn.
-        self._pulls = asyncio.Semaphore(min(self.config["agent.max_concurrency"], 8))
+        self._pulls: asyncio.Semaphore  # large requests being pulled into memory at once; made by astart()
         self._inflight = 0
         self._max_concurrency: int = self.config["agent.max_concurrency"]
         self._max_queued: int = self.config["agent.max_queued"]  # beyond it new work is refused as overloaded
@@ -1084,7 +1083,9 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         self._loop_thread = threading.get_ident()
         self._stopped = asyncio.Event()
         self._sync_lock = asyncio.Lock()
-        self._pulls = asyncio.Semaphore(min(self.config["agent.max_concurrency"], 8))  # bound to this start's loop
+        # At most 8 large requests (each up to agent.max_request_bytes) pulled at once; a semaphore per start,
+        # bound to that start's loop.
+        self._pulls = asyncio.Semaphore(min(self.config["agent.max_concurrency"], 8))
         options = self._connect_options()
         # nats-py keeps retrying an initial connect that fails; bound it so a wrong URL is an error, not a hang.
         bound = options["connect_timeout"] * len(options["servers"]) + 1.0
@@ -1195,11 +1196,12 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             await asyncio.wait(late, timeout=1.0) if late else None
 
     async def _try_send(self, answer: Coroutine[Any, Any, None]) -> None:
-        """Send an answer at stop; a connection already gone (reconnects exhausted, say) must not end the stop."""
+        """Send one answer, logging a failure instead of raising it: one lost answer must not cost the others theirs
+        (a batch's, or those sent at stop when the connection is already gone)."""
         try:
             await answer
         except (AgentCoreError, nats.errors.Error, OSError) as exc:
-            log.debug("agent %s could not answer while stopping: %s", self.agent_id, exc)
+            log.warning("agent %s could not send an answer: %s", self.agent_id, exc)
 
     async def wait_stopped(self) -> None:
         """Wait until the agent has stopped (by stop(), a shutdown command or an error)."""

@@ -8,11 +8,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-import nats.errors
-
 from ._eager import start_eager
 from ._impl import BatchAccumulator
-from .errors import AgentCoreError
 
 if TYPE_CHECKING:
     from .agent import NATSAgent, _Delivery, _Queued
@@ -154,7 +151,7 @@ class BatchingMixin:
                 metrics.failed += 1
                 agent._finish_message(q.reg, q.message, DONE)
                 settled[i] = True
-                await _answer_safely(agent, deliveries[i], None, ("expired", f"message {q.message['id']} expired before it was processed"))
+                await agent._try_send(agent._answer_error(deliveries[i], "expired", f"message {q.message['id']} expired before it was processed"))
             else:
                 live.append(i)
         if not live:
@@ -176,7 +173,7 @@ class BatchingMixin:
             for i in live:
                 agent._finish_message(items[i].reg, items[i].message, MISS)  # a retry runs again
                 settled[i] = True
-                await _answer_safely(agent, deliveries[i], None, ("handler_error", f"{type(exc).__name__}: {exc}"))
+                await agent._try_send(agent._answer_error(deliveries[i], "handler_error", f"{type(exc).__name__}: {exc}"))
             return
         finally:
             for i in live:
@@ -211,17 +208,7 @@ class BatchingMixin:
             agent._finish_message(q.reg, q.message, result)  # first: a cancel while answering leaves it recorded
             settled[i] = True
             if q.reg.kind == _TASK or delivery.destination is not None:
-                await _answer_safely(agent, delivery, result)
+                await agent._try_send(agent._answer(delivery, result))
             metrics.processed += 1
             metrics.observe(time.perf_counter() - q.t0)
 
-
-async def _answer_safely(agent: NATSAgent, delivery: _Delivery, result: Any, error: tuple[str, str] | None = None) -> None:
-    """Answer one message of a batch; a failure to send one answer never keeps the others from theirs."""
-    try:
-        if error is None:
-            await agent._answer(delivery, result)
-        else:
-            await agent._answer_error(delivery, *error)
-    except (AgentCoreError, OSError, nats.errors.Error) as exc:
-        log.warning("agent %s could not answer message %s: %s", agent.agent_id, delivery.message["id"], exc)

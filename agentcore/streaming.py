@@ -29,7 +29,10 @@ from nats.aio.subscription import Subscription
 
 from ._eager import start_eager
 from .envelope import decode, encode, new_id, new_message, raise_for_error
-from .errors import AgentCoreError, PayloadTooLargeError, RequestTimeoutError, StreamError, StreamGapError, StreamTimeoutError
+from ._impl import validate_subject
+from .errors import (
+    AgentCoreError, PayloadTooLargeError, RequestTimeoutError, StreamError, StreamGapError, StreamTimeoutError, SubjectError,
+)
 from .stream_frames import (
     BYTES,
     ENVELOPE,
@@ -587,7 +590,7 @@ class StreamingMixin:
                 serving.cancel()  # the answer came (an error, say) without a pull, or the request failed
             await asyncio.gather(serving, return_exceptions=True)
             await sender.close()
-        if serving.done() and not serving.cancelled() and serving.exception() is None and serving.result():
+        if not serving.cancelled() and serving.exception() is None and serving.result():
             agent._metrics.counters["large_requests_streamed"] += 1
         return msg
 
@@ -602,9 +605,13 @@ class StreamingMixin:
             raise PayloadTooLargeError(stream["size"], limit)
         pull = stream["pull"]
         # The pull is a publish of ours: only to a literal reply inbox, or a forged offer could make us publish anywhere.
-        if not any(pull.startswith(prefix) for prefix in agent._inbox_prefixes()) or "*" in pull or ">" in pull or " " in pull:
-            raise StreamError(f"message {offer['id']} offers its stream on {pull!r}, which is not a reply inbox")
-        async with agent._pulls:  # at most max_concurrency envelopes being pulled into memory at once
+        try:
+            validate_subject(pull)  # no wildcards, no whitespace, no empty tokens
+        except SubjectError:
+            pull = ""
+        if not any(pull.startswith(prefix) for prefix in agent._inbox_prefixes()):
+            raise StreamError(f"message {offer['id']} offers its stream on {stream['pull']!r}, which is not a reply inbox")
+        async with agent._pulls:  # a few envelopes being pulled into memory at once, the rest wait
             message = await pull_offer(agent._require_nc(), stream, timeout=timeout, max_bytes=min(stream["size"], limit))
         if message["id"] != offer["id"] or message["source"] != offer["source"]:
             raise StreamError(f"the stream offered as message {offer['id']} carried another message ({message['id']})")
