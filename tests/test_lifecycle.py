@@ -293,6 +293,10 @@ async def test_stop_is_bounded_when_the_server_stalls(make_agent, nats_server) -
 
     worker = await make_agent("worker", capabilities={"work": lambda m: 1}, nats__drain_timeout=0.5)
     os.kill(nats_server._proc.pid, signal.SIGSTOP)
+    # kill() returns before the server's threads have stopped: on a loaded box the server still answered
+    # pause()'s PING (CI run of e14701b). waitpid(WUNTRACED) returns once the child really is stopped.
+    _, status = os.waitpid(nats_server._proc.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status)
     try:
         pausing = asyncio.ensure_future(worker.pause())
         await eventually(lambda: worker._sync_lock.locked())  # pause() waits for a PONG that will not come
