@@ -15,7 +15,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats.aio.client
@@ -138,6 +138,16 @@ class RequestMux:
 
     async def request(self, subject: str, data: bytes, timeout: float) -> Msg:
         """Publish data to subject and return the reply; raise nats' NoRespondersError or TimeoutError."""
+        nc = self.nc
+
+        async def publish(inbox: str) -> None:
+            if not send_now(nc, subject, data, inbox):
+                await nc.publish(subject, data, reply=inbox)
+
+        return await self.request_via(publish, timeout)
+
+    async def request_via(self, publish: Callable[[str], Awaitable[None]], timeout: float) -> Msg:
+        """Call publish(inbox) and return the reply that comes to that inbox within timeout (same errors as request)."""
         if not timeout >= 0:  # NaN would never compare due and stall every other request's deadline in the heap
             raise ValueError(f"request timeout must be a number >= 0, got {timeout!r}")
         if self._sub is None:
@@ -149,9 +159,7 @@ class RequestMux:
         waiting[token] = fut
         self._expire_at(loop, loop.time() + timeout, token)
         try:
-            inbox = self._prefix + token
-            if not send_now(self.nc, subject, data, inbox):
-                await self.nc.publish(subject, data, reply=inbox)
+            await publish(self._prefix + token)
             msg = await fut
         finally:
             waiting.pop(token, None)

@@ -40,6 +40,7 @@ from .errors import (
 from .mcp.hosting import MCPMixin
 from .metrics import AgentMetrics
 from .negotiation import NegotiationMixin
+from .persistence import PersistedMsg, PersistenceMixin
 from .streaming import StreamingMixin
 from .topics import Topics
 
@@ -149,7 +150,7 @@ def _is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
-class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
+class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin, PersistenceMixin):
     """An agent on the NATS bus: serves its capabilities, answers control and discovery, reports metrics."""
 
     def __init__(self, agent_id: str, agent_type: str = "agent", config: AgentConfig | Mapping[str, Any] | None = None) -> None:
@@ -335,8 +336,11 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
                 await asyncio.gather(*(_retire(nc, sub) for sub in retired))
             for key in wanted:
                 if key not in self._subs:
-                    sub = await nc.subscribe(key[0], queue=key[1], cb=self._make_callback(key))
-                    deliver_inline(sub, self._inline_dispatcher(key))  # no per-message hop through nats-py's task
+                    if self._persists(key):
+                        sub = await self._js_subscribe(key)  # the capability's tasks come from its JetStream consumer
+                    else:
+                        sub = await nc.subscribe(key[0], queue=key[1], cb=self._make_callback(key))
+                        deliver_inline(sub, self._inline_dispatcher(key))  # no per-message hop through nats-py's task
                     if self._status in ("stopping", "stopped"):  # astop() gave up waiting for this sync's lock
                         await _retire(nc, sub)
                         return
@@ -373,6 +377,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             metrics.invalid += 1
             metrics.failed += 1
             log.warning("agent %s dropped a malformed message on %s: %s", self.agent_id, subject, exc)
+            self._reject(msg)
             if msg.reply:
                 self._track(start_eager(self._send_error(msg.reply, None, "invalid_message", str(exc))))
             return
@@ -430,6 +435,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             else:
                 self._metrics.invalid += 1
             log.warning("agent %s refused the message offered as %s on %s: %s", self.agent_id, offer["id"], msg.subject, text)
+            self._release(msg, redeliver=code == "overloaded")
             if msg.reply:
                 await self._send_error(msg.reply, offer["id"], code, text)
             return
@@ -450,6 +456,8 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         metrics.failed += 1
         metrics.counters["overloaded"] += 1
         self._finish_message(queued.reg, queued.message, MISS)  # a retry later runs
+        if self._release(queued.msg, redeliver=True):
+            return  # JetStream offers it again shortly, perhaps to a replica: the requester keeps waiting
         if metrics.counters["overloaded"] % 1000 == 1:  # once per thousand: logging each would add to the load
             log.warning("agent %s is overloaded (%d queued): refusing messages", self.agent_id, len(self._queue))
         delivery = queued.delivery()
@@ -543,7 +551,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             # stop() past its drain timeout, or the handler's own doing: the requester hears of it either way.
             metrics.failed += 1
             replay = MISS
-            if not delivery.answered:
+            if not self._release(msg, redeliver=True) and not delivery.answered:  # a persisted task runs again
                 self._track(start_eager(self._answer_error(delivery, "cancelled", f"handling of message {mid} was cancelled")))
             raise
         except Exception as exc:
@@ -563,6 +571,9 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
             if self._deliveries.get(mid) is delivery and not delivery.deferred:
                 del self._deliveries[mid]
             self._finish_message(reg, message, replay)
+            # A persisted task is answered now (or was handed back above): JetStream may forget it.
+            if msg.__class__ is PersistedMsg:  # type: ignore[comparison-overlap]
+                self._release(msg)
             metrics.observe(time.perf_counter() - t0)
             if not reg.system:
                 self._inflight -= 1
@@ -576,6 +587,9 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
 
     async def _answer_duplicate(self, reg: _Registration, subject: str, message: dict[str, Any], msg: Msg, seen: Any) -> None:
         """Answer a message id this subscription already took: replay its result, or say it is a duplicate."""
+        if seen is IN_FLIGHT and msg.__class__ is PersistedMsg:  # type: ignore[comparison-overlap]
+            return  # JetStream redelivered a task still being handled: the first delivery answers and acks it
+        self._release(msg)
         if not (msg.reply or message.get("replyTo")):
             return  # a redelivered publish nobody waits for: dropping it is the point
         delivery = _Delivery(message, msg.reply or None, subject, None)
@@ -831,7 +845,9 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         message["routing"]["stream"] = True  # we can pull a result larger than max_payload as a stream
         data = encode(message)
         try:
-            if len(data) <= self._max_payload():
+            if subject.startswith(self._js_prefix):  # a task, and tasks persist: stored first, answered as usual
+                msg = await self._request_persisted(nc, subject, message, timeout)
+            elif len(data) <= self._max_payload():
                 msg = await self._request_mux(nc).request(subject, data, timeout)
             else:  # offered as a stream that the serving agent pulls: a 20 MB task arrives whole
                 msg = await self._request_large(subject, message, data, timeout)
@@ -1094,6 +1110,12 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         except Exception as exc:
             self._nc = None
             raise NotConnectedError(f"agent {self.agent_id} cannot connect to {self.config['nats.servers']}: {exc}") from exc
+        try:
+            await self._setup_persistence(self._nc)
+        except BaseException:
+            await self._nc.close()
+            self._nc = None
+            raise
         self._status = "running"
         self._started_at = time.time()
         self._setup_subscriptions()
@@ -1110,6 +1132,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         timeout = timeout if timeout is not None else self.config["nats.drain_timeout"]
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        self._stop_persistence()
         nc = self._nc
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -1182,6 +1205,8 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin):
         try:
             for _, _, q in queued:
                 self._finish_message(q.reg, q.message, MISS)  # never ran: a retry (to a replica, say) runs it
+                if self._release(q.msg, redeliver=True):
+                    continue  # JetStream offers it to a replica, or to this agent when it is back
                 await self._try_send(self._answer_error(
                     q.delivery(), "shutting_down", f"agent {self.agent_id} stopped before handling {q.message['id']}"))
             for delivery in owed:

@@ -131,6 +131,8 @@ class BatchingMixin:
                 if not done:
                     agent._metrics.failed += 1
                     agent._finish_message(q.reg, q.message, MISS)
+                    if agent._release(q.msg, redeliver=True):
+                        continue  # a persisted task: JetStream offers it again
                     agent._track(start_eager(agent._answer_error(
                         delivery, "cancelled", f"batch processing of message {q.message['id']} was cancelled")))
             raise
@@ -150,6 +152,7 @@ class BatchingMixin:
                 metrics.expired += 1
                 metrics.failed += 1
                 agent._finish_message(q.reg, q.message, DONE)
+                agent._release(q.msg)
                 settled[i] = True
                 await agent._try_send(agent._answer_error(deliveries[i], "expired", f"message {q.message['id']} expired before it was processed"))
             else:
@@ -172,6 +175,7 @@ class BatchingMixin:
             metrics.failed += len(live)
             for i in live:
                 agent._finish_message(items[i].reg, items[i].message, MISS)  # a retry runs again
+                agent._release(items[i].msg)  # answered with the error: a persisted task is not run again
                 settled[i] = True
                 await agent._try_send(agent._answer_error(deliveries[i], "handler_error", f"{type(exc).__name__}: {exc}"))
             return
@@ -206,6 +210,7 @@ class BatchingMixin:
         for i, result in zip(live, results):
             q, delivery = items[i], deliveries[i]
             agent._finish_message(q.reg, q.message, result)  # first: a cancel while answering leaves it recorded
+            agent._release(q.msg)
             settled[i] = True
             if q.reg.kind == _TASK or delivery.destination is not None:
                 await agent._try_send(agent._answer(delivery, result))

@@ -132,6 +132,16 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "cache.enabled": (True, _bool),
     "cache.ttl": (60.0, _positive_float),
     "cache.max_entries": (4096, _positive_int),
+    # JetStream persistence of tasks (agentcore.persistence): off unless enabled; the stream defaults to AGENTS_{ENV}.
+    "jetstream.enabled": (False, _bool),
+    "jetstream.stream": (None, _optional_str),
+    "jetstream.create_stream": (True, _bool),
+    "jetstream.ack_wait": (30.0, _positive_float),
+    "jetstream.max_deliver": (5, _positive_int),
+    "jetstream.max_ack_pending": (1000, _positive_int),
+    "jetstream.max_age": (86400.0, _non_negative_float),  # 0: tasks are kept until answered
+    "jetstream.duplicate_window": (120.0, _positive_float),
+    "jetstream.replicas": (1, _positive_int),
 }
 
 # Values never shown in reprs or errors (nats.options may hold nkeys_seed_str or a JWT callback's secrets).

@@ -46,6 +46,10 @@ class RequestTimeoutError(AgentCoreError, TimeoutError):
     """No reply arrived before the timeout."""
 
 
+class PersistenceError(AgentCoreError):
+    """JetStream cannot keep tasks: no JetStream on the server, no stream, or the stream refused a task."""
+
+
 class NoRespondersError(AgentCoreError):
     """Nobody is subscribed to the subject a request was sent to."""
 

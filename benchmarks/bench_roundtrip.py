@@ -10,9 +10,9 @@ import nats
 import orjson
 import pytest
 
-from agentcore import AgentConfig, NATSAgent
+from agentcore import AgentConfig
 from agentcore.server import NATSServer
-from harness import LoopBench
+from harness import KindBench, interleaved, opened, summarise_pair
 
 CONTENT = {"text": "summarise the quarterly numbers for the board " * 4, "lang": "en"}
 ROUND_TRIPS = 200  # per pytest-benchmark round; the median over rounds is what to compare
@@ -24,14 +24,8 @@ def server() -> Iterator[NATSServer]:
         yield s
 
 
-class Pair(LoopBench):
+class Pair(KindBench):
     """A requester and a responder on separate connections, driven on one private event loop."""
-
-    def __init__(self, url: str, kind: str) -> None:
-        super().__init__()
-        self.kind = kind
-        self.url = url
-        self.call: Callable[[], Awaitable[Any]] = self.loop.run_until_complete(self._setup())
 
     async def _setup(self) -> Callable[[], Awaitable[Any]]:
         if self.kind == "raw":
@@ -54,16 +48,7 @@ class Pair(LoopBench):
         # the content-hash cache and duplicate detection on, every task's content distinct (all misses).
         config = AgentConfig({"nats.servers": [self.url], "nats.environment": f"bench-{self.kind}", "agent.heartbeat_interval": 60.0,
                               "cache.enabled": self.kind == "agent_cache"}, environ={})
-
-        async def summarise(message: dict[str, Any]) -> dict[str, Any]:
-            return {"ok": message["payload"]["content"]["lang"]}
-
-        worker = NATSAgent("bench-worker", "worker", config)
-        worker.add_capability("summarise", summarise)
-        client = NATSAgent("bench-client", "client", config)
-        await worker.astart()
-        await client.astart()
-        self.closers += [worker.astop, client.astop]
+        client = await summarise_pair(self, config)
         subject = client.topics.task("summarise")
         counter = iter(range(1 << 62))
 
@@ -73,22 +58,14 @@ class Pair(LoopBench):
 
         return call
 
-    def run(self, n: int) -> list[float]:
-        return self.time_calls(self.call, n)
-
 
 @pytest.fixture(scope="module")
-def pairs(server: NATSServer) -> Iterator[dict[str, Pair]]:
-    made = {kind: Pair(server.url, kind) for kind in ("raw", "agent", "agent_cache")}
-    for pair in made.values():
-        assert pair.run(1)  # warm up and prove the path works
-    yield made
-    for pair in made.values():
-        pair.close()
+def pairs(server: NATSServer) -> Iterator[dict[str, KindBench]]:
+    yield from opened({kind: Pair(server.url, kind) for kind in ("raw", "agent", "agent_cache")})
 
 
 @pytest.mark.parametrize("kind", ["raw", "agent", "agent_cache"])
-def test_roundtrip(benchmark: Any, pairs: dict[str, Pair], kind: str) -> None:
+def test_roundtrip(benchmark: Any, pairs: dict[str, KindBench], kind: str) -> None:
     """Median time of ROUND_TRIPS sequential round trips (divide by ROUND_TRIPS for one)."""
     pair = pairs[kind]
     benchmark.group = "roundtrip"
@@ -96,18 +73,11 @@ def test_roundtrip(benchmark: Any, pairs: dict[str, Pair], kind: str) -> None:
     benchmark.pedantic(pair.run, args=(ROUND_TRIPS,), rounds=15, warmup_rounds=2)
 
 
-def test_roundtrip_ratio(pairs: dict[str, Pair]) -> None:
+def test_roundtrip_ratio(pairs: dict[str, KindBench]) -> None:
     """Interleave raw and agent blocks so machine noise hits both alike; print p50/p99 and their ratios."""
-    samples: dict[str, list[float]] = {kind: [] for kind in pairs}
-    for _ in range(20):
-        for kind in pairs:
-            samples[kind] += pairs[kind].run(250)
-    stats = {}
-    for kind, times in samples.items():
-        times.sort()
-        stats[kind] = (statistics.median(times) * 1e6, times[int(len(times) * 0.99)] * 1e6)
+    stats = interleaved(pairs, blocks=20, per_block=250)
     raw = stats["raw"]
-    print(f"\nround trip over {len(samples['raw'])} calls each: raw nats-py p50 {raw[0]:.1f} µs p99 {raw[1]:.1f} µs")
+    print(f"\nround trip over {raw[2]} calls each: raw nats-py p50 {raw[0]:.1f} µs p99 {raw[1]:.1f} µs")
     for kind in ("agent", "agent_cache"):
-        p50, p99 = stats[kind]
+        p50, p99, _ = stats[kind]
         print(f"  {kind:<12} p50 {p50:.1f} µs p99 {p99:.1f} µs; ratio p50 {p50 / raw[0]:.3f}x p99 {p99 / raw[1]:.3f}x")

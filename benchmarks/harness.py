@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 
@@ -32,3 +33,57 @@ class LoopBench:
         for close in self.closers:
             self.loop.run_until_complete(close())
         self.loop.close()
+
+
+class KindBench(LoopBench):
+    """One of several paths ("kinds") to compare; _setup() opens it and returns the call that times one use."""
+
+    def __init__(self, url: str, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.url = url
+        self.call: Callable[[], Awaitable[Any]] = self.loop.run_until_complete(self._setup())
+
+    async def _setup(self) -> Callable[[], Awaitable[Any]]:
+        raise NotImplementedError
+
+    def run(self, n: int) -> list[float]:
+        return self.time_calls(self.call, n)
+
+
+def opened(benches: dict[Any, KindBench], warmup: int = 1) -> Iterator[dict[Any, KindBench]]:
+    """Warm each bench up (proving its path works), yield them all, then close them: a module fixture's body."""
+    for bench in benches.values():
+        assert bench.run(warmup)
+    yield benches
+    for bench in benches.values():
+        bench.close()
+
+
+def interleaved(benches: dict[str, KindBench], blocks: int, per_block: int) -> dict[str, tuple[float, float, int]]:
+    """Run the benches in alternating blocks so machine noise hits them alike; return kind -> (p50 µs, p99 µs, calls)."""
+    samples: dict[str, list[float]] = {kind: [] for kind in benches}
+    for _ in range(blocks):
+        for kind, bench in benches.items():
+            samples[kind] += bench.run(per_block)
+    stats = {}
+    for kind, times in samples.items():
+        times.sort()
+        stats[kind] = (statistics.median(times) * 1e6, times[int(len(times) * 0.99)] * 1e6, len(times))
+    return stats
+
+
+async def summarise_pair(bench: LoopBench, config: Any) -> Any:
+    """Start a worker serving "summarise" and a client, each on its own connection; return the client."""
+    from agentcore import NATSAgent
+
+    async def summarise(message: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": message["payload"]["content"]["lang"]}
+
+    worker = NATSAgent("bench-worker", "worker", config)
+    worker.add_capability("summarise", summarise)
+    client = NATSAgent("bench-client", "client", config)
+    await worker.astart()
+    await client.astart()
+    bench.closers += [worker.astop, client.astop]
+    return client

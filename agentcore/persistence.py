@@ -1,0 +1,237 @@
+"""Optional JetStream persistence of tasks: stored before anyone handles them, redelivered until an agent answers.
+
+Core NATS is at-most-once: a task published while no worker runs, or lost in a server restart, is gone without
+an error. With ``jetstream.enabled`` every task subject of the environment (``agents.{env}.task.>``) is captured
+by one work-queue stream. Requesters publish tasks to it (deduplicated by message id, retried across restarts)
+and wait for the result on their reply inbox as usual. Workers take each capability's tasks from a durable
+consumer shared by their replicas (the queue group's JetStream twin). A task is acknowledged once the agent
+has answered it, result or error; it is handed back for redelivery when the agent could not take it
+(overloaded, stopping, its handler cancelled), and redelivered after ``jetstream.ack_wait`` when the agent
+died. Results travel over core NATS to the requester's inbox, as without persistence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import api
+
+from ._eager import start_eager
+from .envelope import encode
+from .errors import PersistenceError, RequestTimeoutError
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATSClient
+    from nats.js import JetStreamContext
+
+    from .agent import NATSAgent
+
+__all__ = ("PersistedMsg", "PersistenceMixin")
+
+log = logging.getLogger("agentcore.persistence")
+
+_NAK_DELAY = 0.1  # seconds before a task handed back is offered again, so an overloaded agent is not hammered
+
+
+class PersistedMsg:
+    """A task delivered by JetStream, shaped like a core message without a reply subject; settled exactly once."""
+
+    __slots__ = ("subject", "data", "headers", "reply", "js", "since", "settled")
+
+    def __init__(self, js: Msg, now: float) -> None:
+        self.subject = js.subject
+        self.data = js.data
+        self.headers = js.headers
+        self.reply = ""  # answers go to the envelope's replyTo: the JetStream reply subject is the ack subject
+        self.js = js
+        self.since = now  # when it arrived or was last reported in progress
+        self.settled = False
+
+
+def default_stream_name(environment: str) -> str:
+    """Return the stream name used for an environment's tasks when jetstream.stream is not set."""
+    return "AGENTS_" + re.sub(r"[^A-Za-z0-9_-]", "_", environment).upper()
+
+
+class PersistenceMixin:
+    """Give NATSAgent JetStream persistence of tasks (see the module docstring); on when jetstream.enabled is."""
+
+    _js: JetStreamContext | None = None
+    _js_stream: str | None = None
+    _js_prefix: str = "\0"  # task subjects start with it when persistence is on; nothing does when it is off
+    _js_held: dict[PersistedMsg, None]
+    _js_keeper: asyncio.Task[None] | None = None
+
+    @property
+    def persistent(self) -> bool:
+        """Whether this agent sends and takes tasks through JetStream (config jetstream.enabled)."""
+        return self._js is not None
+
+    async def _setup_persistence(self, nc: NATSClient) -> None:
+        """Find or create the task stream; raise PersistenceError when the server cannot keep tasks."""
+        agent: NATSAgent = self  # type: ignore[assignment]
+        config = agent.config
+        self._js_held = {}
+        if not config["jetstream.enabled"]:
+            return
+        js = nc.jetstream()
+        name = config["jetstream.stream"] or default_stream_name(agent.environment)
+        subjects = [f"{agent.topics.prefix}.task.>"]
+        try:
+            info = await js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            if not config["jetstream.create_stream"]:
+                raise PersistenceError(f"JetStream stream {name!r} does not exist and jetstream.create_stream is off") from None
+            stream = api.StreamConfig(
+                name=name,
+                subjects=subjects,
+                retention=api.RetentionPolicy.WORK_QUEUE,  # a task leaves the stream once an agent answered it
+                storage=api.StorageType.FILE,
+                max_age=config["jetstream.max_age"] or None,
+                duplicate_window=config["jetstream.duplicate_window"],  # the same message id is stored once
+                num_replicas=config["jetstream.replicas"],
+            )
+            try:
+                info = await js.add_stream(stream)
+            except nats.js.errors.BadRequestError:  # another agent created it meanwhile, perhaps differently
+                info = await js.stream_info(name)
+        except (nats.js.errors.ServiceUnavailableError, nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError,
+                nats.errors.TimeoutError) as exc:
+            raise PersistenceError(f"the NATS server does not offer JetStream (start it with -js): {exc or type(exc).__name__}") from None
+        if subjects[0] not in (info.config.subjects or []):
+            log.warning("agent %s: stream %s captures %s, not %s: tasks outside it are not persisted",
+                        agent.agent_id, name, info.config.subjects, subjects[0])
+        self._js, self._js_stream, self._js_prefix = js, name, f"{agent.topics.prefix}.task."
+        self._js_keeper = asyncio.get_running_loop().create_task(self._keep_held_alive())
+
+    def _persists(self, key: tuple[str, str]) -> bool:
+        """Whether the wire subscription key is a capability's task queue that JetStream serves."""
+        agent: NATSAgent = self  # type: ignore[assignment]
+        return self._js is not None and bool(key[1]) and key[0] == agent.topics.task_pattern(key[1])
+
+    async def _js_subscribe(self, key: tuple[str, str]) -> Subscription:
+        """Bind key's queue to its capability's durable consumer (created on first use; replicas share it)."""
+        agent: NATSAgent = self  # type: ignore[assignment]
+        config = agent.config
+        js: JetStreamContext = self._js  # type: ignore[assignment]
+        capability = key[1]
+        held, dispatch, loop = self._js_held, agent._dispatch, asyncio.get_running_loop()
+        counters = agent._metrics.counters
+
+        async def on_message(js_msg: Msg) -> None:
+            msg = PersistedMsg(js_msg, loop.time())
+            held[msg] = None
+            if js_msg.metadata.num_delivered > 1:
+                counters["persisted_redelivered"] += 1
+            dispatch(msg, key)  # type: ignore[arg-type]
+
+        consumer = api.ConsumerConfig(
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=config["jetstream.ack_wait"],
+            max_deliver=config["jetstream.max_deliver"],
+            max_ack_pending=config["jetstream.max_ack_pending"],  # what one capability may hold unanswered
+        )
+        sub: Subscription = await js.subscribe(
+            key[0], queue=capability, durable=capability, stream=self._js_stream, cb=on_message, manual_ack=True, config=consumer,
+        )
+        return sub
+
+    def _release(self, msg: Any, *, redeliver: bool = False) -> bool:
+        """Acknowledge a persisted task (or hand it back for redelivery); return whether msg was one."""
+        if msg.__class__ is not PersistedMsg:
+            return False
+        if not msg.settled:
+            msg.settled = True
+            self._js_held.pop(msg, None)
+            counters = self._metrics_counters()
+            if redeliver:
+                counters["persisted_nakked"] += 1
+                self._js_send(msg.js.nak(_NAK_DELAY))
+            else:
+                counters["persisted_acked"] += 1
+                self._js_send(msg.js.ack())
+        return True
+
+    def _reject(self, msg: Any) -> None:
+        """Take a malformed persisted task off the stream for good: redelivering it cannot make it valid."""
+        if msg.__class__ is PersistedMsg and not msg.settled:
+            msg.settled = True
+            self._js_held.pop(msg, None)
+            self._metrics_counters()["persisted_terminated"] += 1
+            self._js_send(msg.js.term())
+
+    def _metrics_counters(self) -> Any:
+        return self._metrics.counters  # type: ignore[attr-defined]
+
+    def _js_send(self, step: Any) -> None:
+        agent: NATSAgent = self  # type: ignore[assignment]
+        agent._track(start_eager(agent._try_send(step)))
+
+    async def _keep_held_alive(self) -> None:
+        """Tell JetStream the held tasks are in progress, so a long handler or queue wait is not redelivered."""
+        agent: NATSAgent = self  # type: ignore[assignment]
+        loop = asyncio.get_running_loop()
+        every = agent.config["jetstream.ack_wait"] / 3
+        while True:
+            await asyncio.sleep(every)
+            now = loop.time()
+            for msg in [m for m in self._js_held if now - m.since >= every]:
+                msg.since = now
+                if not msg.settled:
+                    await agent._try_send(msg.js.in_progress())
+
+    def _stop_persistence(self) -> None:
+        if self._js_keeper is not None:
+            self._js_keeper.cancel()
+            self._js_keeper = None
+
+    async def _request_persisted(self, nc: NATSClient, subject: str, message: dict[str, Any], timeout: float) -> Msg:
+        """Store a task in JetStream (retrying through reconnects) and return the result sent to our inbox."""
+        agent: NATSAgent = self  # type: ignore[assignment]
+        js: JetStreamContext = self._js  # type: ignore[assignment]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+
+        async def publish(inbox: str) -> None:
+            message["replyTo"] = inbox  # JetStream keeps no reply subject: the result goes where the envelope says
+            data = encode(message)
+            agent._check_size(data)
+            delay = 0.05
+            while True:
+                # The message id doubles as JetStream's dedup id: a retry after a lost PubAck is stored once.
+                headers = {"Nats-Msg-Id": message["id"]}
+                try:
+                    await js.publish(subject, data, timeout=max(min(deadline - loop.time(), 2.0), 0.01),
+                                     stream=self._js_stream, headers=headers)
+                    agent._metrics.counters["persisted_sent"] += 1
+                    return
+                except nats.js.errors.APIError as exc:
+                    if not isinstance(exc, nats.js.errors.ServiceUnavailableError):
+                        raise PersistenceError(f"JetStream refused the task on {subject}: {exc.description or exc}") from None
+                    last: Exception = exc
+                except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError, nats.errors.OutboundBufferLimitError,
+                        nats.errors.ConnectionReconnectingError) as exc:
+                    last = exc  # a server restarting or a leader election: try again with the same id
+                if loop.time() + delay >= deadline:
+                    raise RequestTimeoutError(f"JetStream did not store the task on {subject} within {timeout}s "
+                                              f"({type(last).__name__})")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+        return await agent._request_mux(nc).request_via(publish, timeout)
+
+    async def persistence_info(self) -> dict[str, Any]:
+        """Return the task stream's name and state (messages kept, consumers), or {"enabled": False}."""
+        if self._js is None:
+            return {"enabled": False}
+        info = await self._js.stream_info(self._js_stream)  # type: ignore[arg-type]
+        state = info.state
+        return {"enabled": True, "stream": self._js_stream, "subjects": info.config.subjects, "messages": state.messages,
+                "consumers": state.consumer_count, "held": len(self._js_held)}
