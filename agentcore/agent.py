@@ -34,13 +34,14 @@ from .errors import (
     NoRespondersError,
     NotConnectedError,
     PayloadTooLargeError,
+    PersistenceError,
     RemoteError,
     RequestTimeoutError,
 )
 from .mcp.hosting import MCPMixin
 from .metrics import AgentMetrics
 from .negotiation import NegotiationMixin
-from .persistence import PersistedMsg, PersistenceMixin
+from .persistence import PersistedMsg, PersistenceMixin, pub_ack_stream
 from .streaming import StreamingMixin
 from .topics import Topics
 
@@ -860,7 +861,14 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin, Persi
         except nats.errors.Error as exc:  # draining, outbound buffer full while reconnecting, stale connection
             raise NotConnectedError(f"agent {self.agent_id} could not request on {subject}: {exc or exc.__class__.__name__}") from exc
         self._metrics.published += 1
-        reply: dict[str, Any] = decode(msg.data)
+        try:
+            reply: dict[str, Any] = decode(msg.data)
+        except EnvelopeError:
+            stream = pub_ack_stream(msg.data)
+            if stream is None:
+                raise
+            raise PersistenceError(f"JetStream stream {stream} stored the task on {subject} instead of an agent answering it: "
+                                   "set jetstream.enabled on this agent too") from None
         if "stream" in reply["payload"]:
             reply = await self._pull_large(reply, timeout)  # an oversized result, offered as a stream
         raise_for_error(reply)
@@ -895,6 +903,8 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin, Persi
             "messages_processed": self._metrics.processed,
             "started_at": self._started_at,
         }
+        if self._js_stream is not None:
+            info["persistent_stream"] = self._js_stream  # its tasks are kept in JetStream until answered
         for hook in self._describe_hooks:
             info.update(hook())
         return info

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import nats.js.errors
+import orjson
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import api
@@ -53,6 +54,17 @@ class PersistedMsg:
         self.js = js
         self.since = now  # when it arrived or was last reported in progress
         self.settled = False
+
+
+def pub_ack_stream(data: bytes) -> str | None:
+    """Return the stream named by a JetStream publish acknowledgement, or None when data is not one."""
+    try:
+        ack = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(ack, dict) and isinstance(ack.get("stream"), str) and "seq" in ack and "id" not in ack:
+        return str(ack["stream"])
+    return None
 
 
 def default_stream_name(environment: str) -> str:

@@ -197,7 +197,8 @@ async def test_non_task_traffic_is_untouched(make_agent) -> None:
     worker = await make_agent("worker", capabilities={"echo": lambda m: 1}, **JS)
     client = await make_agent("client", **JS)
     assert (await client.control("worker", "ping"))["status"] == "running"
-    assert [a["id"] for a in await client.discover("echo")] == ["worker"]
+    [found] = await client.discover("echo")
+    assert found["id"] == "worker" and found["persistent_stream"] == "AGENTS_TEST"
     assert worker.get_metrics().get("persisted_acked", 0) == 0
 
 
@@ -223,3 +224,20 @@ def test_config_validates_the_jetstream_keys() -> None:
     assert config["jetstream.enabled"] is True and config["jetstream.ack_wait"] == 2.0
     with pytest.raises(ConfigError, match="jetstream.max_deliver"):
         AgentConfig({"jetstream.max_deliver": 0}, environ={})
+
+
+async def test_a_requester_without_persistence_hears_why_it_got_no_answer(make_agent) -> None:
+    await make_agent("worker", capabilities={"echo": lambda m: m["payload"]["content"]}, **JS)
+    plain = await make_agent("plain")  # jetstream.enabled left off: its request is stored, and JetStream acks it
+    with pytest.raises(PersistenceError, match="set jetstream.enabled"):
+        await plain.send_task("echo", 1, timeout=5)
+
+
+async def test_a_persisted_task_larger_than_max_payload_is_refused(make_agent) -> None:
+    from agentcore import PayloadTooLargeError
+
+    await make_agent("worker", capabilities={"echo": lambda m: 1}, **JS)
+    client = await make_agent("client", **JS)
+    with pytest.raises(PayloadTooLargeError):
+        await client.send_task("echo", "x" * (client.nc.max_payload + 1), timeout=5)
+    assert await client.send_task("echo", "small", timeout=5) == 1
