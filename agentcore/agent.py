@@ -83,6 +83,7 @@ class _Delivery:
     answered: bool = False
     deferred: bool = False  # the handler returned without answering; publish_result may still come
     timer: asyncio.TimerHandle | None = None  # when a deferred answer is given up on (no_result)
+    held: PersistedMsg | None = None  # a persisted task whose deferred answer is owed: acked when it goes out
 
     @property
     def destination(self) -> str | None:
@@ -369,6 +370,8 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin, Persi
         # overlapping subscription of ours is handled by that subscription's own delivery, not this one.
         regs = [reg for reg in self._index.match(subject) if reg.key == key]
         if not regs:
+            if self._release(msg, redeliver=True):
+                return  # a persisted task whose handler was just removed: a replica may still serve it
             if not self._index.match(subject):  # none of our other subscriptions answers it either
                 self._track(start_eager(self._answer_unrouted(msg)))
             return
@@ -552,7 +555,8 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin, Persi
             # stop() past its drain timeout, or the handler's own doing: the requester hears of it either way.
             metrics.failed += 1
             replay = MISS
-            if not self._release(msg, redeliver=True) and not delivery.answered:  # a persisted task runs again
+            # Unanswered, a persisted task is handed back to run again (answered, the finally below acks it).
+            if not delivery.answered and not self._release(msg, redeliver=True):
                 self._track(start_eager(self._answer_error(delivery, "cancelled", f"handling of message {mid} was cancelled")))
             raise
         except Exception as exc:
@@ -574,7 +578,10 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin, Persi
             self._finish_message(reg, message, replay)
             # A persisted task is answered now (or was handed back above): JetStream may forget it.
             if msg.__class__ is PersistedMsg:  # type: ignore[comparison-overlap]
-                self._release(msg)
+                if delivery.deferred and not delivery.answered:
+                    delivery.held = msg  # acked when publish_result (or no_result) answers it
+                else:
+                    self._release(msg)
             metrics.observe(time.perf_counter() - t0)
             if not reg.system:
                 self._inflight -= 1
@@ -588,7 +595,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin, Persi
 
     async def _answer_duplicate(self, reg: _Registration, subject: str, message: dict[str, Any], msg: Msg, seen: Any) -> None:
         """Answer a message id this subscription already took: replay its result, or say it is a duplicate."""
-        if seen is IN_FLIGHT and msg.__class__ is PersistedMsg:  # type: ignore[comparison-overlap]
+        if seen is IN_FLIGHT and self._forget(msg):
             return  # JetStream redelivered a task still being handled: the first delivery answers and acks it
         self._release(msg)
         if not (msg.reply or message.get("replyTo")):
@@ -667,6 +674,8 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin, Persi
         if delivery.answered:
             return False  # publish_result() racing the handler's own return, say: one answer only
         if delivery.deferred:
+            if delivery.held is not None:
+                self._release(delivery.held)
             self._owed.discard(delivery)
             if delivery.timer is not None:
                 delivery.timer.cancel()
@@ -1142,7 +1151,6 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin, Persi
         timeout = timeout if timeout is not None else self.config["nats.drain_timeout"]
         if self._heartbeat is not None:
             self._heartbeat.cancel()
-        self._stop_persistence()
         nc = self._nc
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -1167,6 +1175,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin, Persi
                 await self._close_connection(nc)
         finally:
             self._status = "stopped"
+            self._stop_persistence()  # only now: handlers draining until here keep their tasks in progress
             if nc is not None:
                 forget_connection(nc)
             if self._executor is not None:
@@ -1220,6 +1229,10 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin, Persi
                 await self._try_send(self._answer_error(
                     q.delivery(), "shutting_down", f"agent {self.agent_id} stopped before handling {q.message['id']}"))
             for delivery in owed:
+                if delivery.held is not None and self._release(delivery.held, redeliver=True):
+                    self._settle(delivery)  # JetStream offers the task again: nothing to tell its requester now
+                    delivery.answered = True
+                    continue
                 await self._try_send(self._answer_error(
                     delivery, "shutting_down", f"agent {self.agent_id} stopped before publishing a result for {delivery.message['id']}"))
         finally:

@@ -152,9 +152,11 @@ class BatchingMixin:
                 metrics.expired += 1
                 metrics.failed += 1
                 agent._finish_message(q.reg, q.message, DONE)
-                agent._release(q.msg)
                 settled[i] = True
-                await agent._try_send(agent._answer_error(deliveries[i], "expired", f"message {q.message['id']} expired before it was processed"))
+                try:
+                    await agent._try_send(agent._answer_error(deliveries[i], "expired", f"message {q.message['id']} expired before it was processed"))
+                finally:
+                    agent._release(q.msg)  # a persisted task: acked once answered
             else:
                 live.append(i)
         if not live:
@@ -175,9 +177,11 @@ class BatchingMixin:
             metrics.failed += len(live)
             for i in live:
                 agent._finish_message(items[i].reg, items[i].message, MISS)  # a retry runs again
-                agent._release(items[i].msg)  # answered with the error: a persisted task is not run again
                 settled[i] = True
-                await agent._try_send(agent._answer_error(deliveries[i], "handler_error", f"{type(exc).__name__}: {exc}"))
+                try:
+                    await agent._try_send(agent._answer_error(deliveries[i], "handler_error", f"{type(exc).__name__}: {exc}"))
+                finally:
+                    agent._release(items[i].msg)  # answered with the error: a persisted task is not run again
             return
         finally:
             for i in live:
@@ -210,10 +214,12 @@ class BatchingMixin:
         for i, result in zip(live, results):
             q, delivery = items[i], deliveries[i]
             agent._finish_message(q.reg, q.message, result)  # first: a cancel while answering leaves it recorded
-            agent._release(q.msg)
             settled[i] = True
-            if q.reg.kind == _TASK or delivery.destination is not None:
-                await agent._try_send(agent._answer(delivery, result))
+            try:
+                if q.reg.kind == _TASK or delivery.destination is not None:
+                    await agent._try_send(agent._answer(delivery, result))
+            finally:
+                agent._release(q.msg)
             metrics.processed += 1
             metrics.observe(time.perf_counter() - q.t0)
 

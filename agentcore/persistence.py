@@ -38,15 +38,16 @@ __all__ = ("PersistedMsg", "PersistenceMixin")
 
 log = logging.getLogger("agentcore.persistence")
 
-_NAK_DELAY = 0.1  # seconds before a task handed back is offered again, so an overloaded agent is not hammered
+_NAK_DELAY = 0.1  # seconds before a task handed back is offered again, doubled per delivery (an overloaded agent
+_NAK_DELAY_MAX = 5.0  # is not hammered), at most this
 
 
 class PersistedMsg:
     """A task delivered by JetStream, shaped like a core message without a reply subject; settled exactly once."""
 
-    __slots__ = ("subject", "data", "headers", "reply", "js", "since", "settled")
+    __slots__ = ("subject", "data", "headers", "reply", "js", "since", "settled", "limits", "delivered")
 
-    def __init__(self, js: Msg, now: float) -> None:
+    def __init__(self, js: Msg, now: float, limits: _Limits) -> None:
         self.subject = js.subject
         self.data = js.data
         self.headers = js.headers
@@ -54,6 +55,18 @@ class PersistedMsg:
         self.js = js
         self.since = now  # when it arrived or was last reported in progress
         self.settled = False
+        self.limits = limits  # its consumer's ack_wait and max_deliver
+        self.delivered: int = js.metadata.num_delivered
+
+
+class _Limits:
+    """The settings of a capability's consumer that the agent acts on, as the server has them."""
+
+    __slots__ = ("ack_wait", "max_deliver")
+
+    def __init__(self, ack_wait: float, max_deliver: int) -> None:
+        self.ack_wait = ack_wait
+        self.max_deliver = max_deliver  # -1: unlimited
 
 
 def pub_ack_stream(data: bytes) -> str | None:
@@ -80,6 +93,7 @@ class PersistenceMixin:
     _js_prefix: str = "\0"  # task subjects start with it when persistence is on; nothing does when it is off
     _js_held: dict[PersistedMsg, None]
     _js_keeper: asyncio.Task[None] | None = None
+    _js_tick: float = 10.0  # how often held tasks are reported in progress: a third of the shortest ack_wait
 
     @property
     def persistent(self) -> bool:
@@ -112,8 +126,12 @@ class PersistenceMixin:
             )
             try:
                 info = await js.add_stream(stream)
-            except nats.js.errors.BadRequestError:  # another agent created it meanwhile, perhaps differently
-                info = await js.stream_info(name)
+            except nats.js.errors.BadRequestError as exc:  # another agent created it meanwhile, or a clash
+                try:
+                    info = await js.stream_info(name)
+                except nats.js.errors.NotFoundError:
+                    raise PersistenceError(f"JetStream refused to create stream {name!r} for {subjects[0]}: "
+                                           f"{exc.description or exc}") from None
         except (nats.js.errors.ServiceUnavailableError, nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError,
                 nats.errors.TimeoutError) as exc:
             raise PersistenceError(f"the NATS server does not offer JetStream (start it with -js): {exc or type(exc).__name__}") from None
@@ -121,6 +139,7 @@ class PersistenceMixin:
             log.warning("agent %s: stream %s captures %s, not %s: tasks outside it are not persisted",
                         agent.agent_id, name, info.config.subjects, subjects[0])
         self._js, self._js_stream, self._js_prefix = js, name, f"{agent.topics.prefix}.task."
+        self._js_tick = config["jetstream.ack_wait"] / 3
         self._js_keeper = asyncio.get_running_loop().create_task(self._keep_held_alive())
 
     def _persists(self, key: tuple[str, str]) -> bool:
@@ -136,39 +155,74 @@ class PersistenceMixin:
         capability = key[1]
         held, dispatch, loop = self._js_held, agent._dispatch, asyncio.get_running_loop()
         counters = agent._metrics.counters
+        limits = _Limits(config["jetstream.ack_wait"], config["jetstream.max_deliver"])
 
         async def on_message(js_msg: Msg) -> None:
-            msg = PersistedMsg(js_msg, loop.time())
+            msg = PersistedMsg(js_msg, loop.time(), limits)
             held[msg] = None
-            if js_msg.metadata.num_delivered > 1:
+            if msg.delivered > 1:
                 counters["persisted_redelivered"] += 1
             dispatch(msg, key)  # type: ignore[arg-type]
 
         consumer = api.ConsumerConfig(
             ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=config["jetstream.ack_wait"],
-            max_deliver=config["jetstream.max_deliver"],
-            max_ack_pending=config["jetstream.max_ack_pending"],  # what one capability may hold unanswered
+            ack_wait=limits.ack_wait,
+            max_deliver=limits.max_deliver,
+            # What one capability may hold unanswered: never more than this agent can hold, or the surplus would
+            # be refused and handed back until max_deliver runs out.
+            max_ack_pending=min(config["jetstream.max_ack_pending"], agent._max_concurrency + agent._max_queued),
+            # A fixed delivery subject: replicas starting at once each create the consumer, and with a random inbox
+            # each the last would win and strand the others on inboxes nothing is delivered to.
+            deliver_subject=f"_AGENTS_DELIVER.{self._js_stream}.{capability}",
         )
         sub: Subscription = await js.subscribe(
             key[0], queue=capability, durable=capability, stream=self._js_stream, cb=on_message, manual_ack=True, config=consumer,
         )
+        # The consumer may predate this agent's settings (nats-py binds to it as it is): act on the server's.
+        actual = (await js.consumer_info(self._js_stream, capability)).config  # type: ignore[arg-type]
+        if actual.ack_wait is not None and actual.ack_wait != limits.ack_wait or (
+                actual.max_deliver is not None and actual.max_deliver != limits.max_deliver):
+            log.warning("agent %s: consumer %s has ack_wait %s and max_deliver %s, not the configured %s and %s; using its",
+                        agent.agent_id, capability, actual.ack_wait, actual.max_deliver, limits.ack_wait, limits.max_deliver)
+            limits.ack_wait = actual.ack_wait or limits.ack_wait
+            limits.max_deliver = actual.max_deliver or limits.max_deliver
+        if limits.ack_wait / 3 < self._js_tick:  # report progress more often from now on, not after the current sleep
+            self._js_tick = limits.ack_wait / 3
+            self._stop_persistence()
+            self._js_keeper = loop.create_task(self._keep_held_alive())
         return sub
 
     def _release(self, msg: Any, *, redeliver: bool = False) -> bool:
-        """Acknowledge a persisted task (or hand it back for redelivery); return whether msg was one."""
+        """Acknowledge a persisted task, or hand it back for redelivery; return whether JetStream now has it in hand.
+
+        False means msg is no persisted task, or (with redeliver) that this was its last delivery: it is taken off
+        the stream instead and the caller answers the requester as it would without persistence.
+        """
         if msg.__class__ is not PersistedMsg:
             return False
-        if not msg.settled:
-            msg.settled = True
-            self._js_held.pop(msg, None)
-            counters = self._metrics_counters()
-            if redeliver:
-                counters["persisted_nakked"] += 1
-                self._js_send(msg.js.nak(_NAK_DELAY))
-            else:
-                counters["persisted_acked"] += 1
-                self._js_send(msg.js.ack())
+        if msg.settled:
+            return True
+        msg.settled = True
+        self._js_held.pop(msg, None)
+        counters = self._metrics_counters()
+        if not redeliver:
+            counters["persisted_acked"] += 1
+            self._js_send(msg.js.ack())
+            return True
+        if 0 < msg.limits.max_deliver <= msg.delivered:
+            counters["persisted_terminated"] += 1
+            self._js_send(msg.js.term())
+            return False
+        counters["persisted_nakked"] += 1
+        self._js_send(msg.js.nak(min(_NAK_DELAY * 2 ** (msg.delivered - 1), _NAK_DELAY_MAX)))
+        return True
+
+    def _forget(self, msg: Any) -> bool:
+        """Drop a persisted delivery without acking it (another delivery of that task will); return whether it was one."""
+        if msg.__class__ is not PersistedMsg:
+            return False
+        msg.settled = True
+        self._js_held.pop(msg, None)
         return True
 
     def _reject(self, msg: Any) -> None:
@@ -190,11 +244,10 @@ class PersistenceMixin:
         """Tell JetStream the held tasks are in progress, so a long handler or queue wait is not redelivered."""
         agent: NATSAgent = self  # type: ignore[assignment]
         loop = asyncio.get_running_loop()
-        every = agent.config["jetstream.ack_wait"] / 3
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(self._js_tick)
             now = loop.time()
-            for msg in [m for m in self._js_held if now - m.since >= every]:
+            for msg in [m for m in self._js_held if now - m.since >= m.limits.ack_wait / 3]:
                 msg.since = now
                 if not msg.settled:
                     await agent._try_send(msg.js.in_progress())
@@ -209,7 +262,8 @@ class PersistenceMixin:
         agent: NATSAgent = self  # type: ignore[assignment]
         js: JetStreamContext = self._js  # type: ignore[assignment]
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        # Past the duplicate window a retry could be stored twice: stop retrying there, whatever the timeout.
+        deadline = loop.time() + min(timeout, agent.config["jetstream.duplicate_window"])
 
         async def publish(inbox: str) -> None:
             message["replyTo"] = inbox  # JetStream keeps no reply subject: the result goes where the envelope says

@@ -28,6 +28,26 @@ async def _stream_messages(agent: NATSAgent) -> int:
     return int((await agent.persistence_info())["messages"])
 
 
+async def _emptied(agent: NATSAgent) -> None:
+    """Wait until the stream holds no task: acks come from the worker's connection, this asks on another."""
+    deadline = asyncio.get_running_loop().time() + 5
+    while await _stream_messages(agent):
+        assert asyncio.get_running_loop().time() < deadline, "the stream still holds tasks"
+        await asyncio.sleep(0.01)
+
+
+class _Slow:
+    """An async handler that takes its time and counts its runs."""
+
+    def __init__(self, seconds: float, result: str) -> None:
+        self.seconds, self.result, self.calls = seconds, result, 0
+
+    async def __call__(self, message: dict[str, Any]) -> str:
+        self.calls += 1
+        await asyncio.sleep(self.seconds)
+        return self.result
+
+
 async def test_a_persisted_task_round_trip_leaves_the_stream_empty(make_agent) -> None:
     worker = await make_agent("worker", capabilities={"double": lambda m: m["payload"]["content"] * 2}, **JS)
     client = await make_agent("client", **JS)
@@ -37,7 +57,7 @@ async def test_a_persisted_task_round_trip_leaves_the_stream_empty(make_agent) -
     assert info["stream"] == default_stream_name("test") == "AGENTS_TEST"
     assert info["subjects"] == ["agents.test.task.>"] and info["consumers"] == 1
     await eventually(lambda: worker.get_metrics().get("persisted_acked") == 1)
-    assert await _stream_messages(client) == 0  # work queue: an answered task is gone
+    await _emptied(client)  # work queue: an answered task is gone
     assert client.get_metrics()["persisted_sent"] == 1
 
 
@@ -62,7 +82,7 @@ async def test_no_task_is_lost_across_a_server_restart(make_agent, nats_server) 
     await eventually(lambda: client.get_metrics()["reconnects"] >= 1, 10)
     worker = await make_agent("worker", capabilities={"work": lambda m: m["payload"]["content"] + 1000}, **fast)
     assert sorted(await asyncio.gather(*calls)) == list(range(1000, 1020))
-    assert worker.get_metrics()["persisted_acked"] == 20
+    await eventually(lambda: worker.get_metrics().get("persisted_acked") == 20)
 
 
 async def test_a_task_published_during_a_restart_is_stored_once_it_is_back(make_agent, nats_server) -> None:
@@ -75,7 +95,7 @@ async def test_a_task_published_during_a_restart_is_stored_once_it_is_back(make_
     call = asyncio.ensure_future(client.send_task("work", 1, timeout=30))  # retried until JetStream stores it
     await asyncio.to_thread(nats_server.start)
     assert await call == "done"
-    assert worker.get_metrics()["persisted_acked"] == 2
+    await eventually(lambda: worker.get_metrics().get("persisted_acked") == 2)
 
 
 async def test_replicas_share_one_durable_consumer(make_agent) -> None:
@@ -109,7 +129,7 @@ async def test_a_handler_error_is_answered_and_not_run_again(make_agent) -> None
     client = await make_agent("client", **JS)
     with pytest.raises(Exception, match="boom"):
         await client.send_task("fail", 1, timeout=5)
-    await eventually(lambda: worker.get_metrics().get("persisted_acked") == 1)
+    await _emptied(client)  # acked, not handed back: nothing left to redeliver
     consumer = await client._js.consumer_info(client._js_stream, "fail")
     assert consumer.num_ack_pending == 0 and consumer.num_redelivered == 0 and calls == 1
 
@@ -154,18 +174,11 @@ async def test_a_crashed_worker_s_task_is_redelivered_after_ack_wait(make_agent)
 
 
 async def test_a_long_handler_is_kept_in_progress_and_runs_once(make_agent) -> None:
-    calls = 0
-
-    async def slow(message: dict[str, Any]) -> str:
-        nonlocal calls
-        calls += 1
-        await asyncio.sleep(1.5)  # three times ack_wait: without in-progress reports JetStream would redeliver
-        return "slow"
-
+    slow = _Slow(1.5, "slow")  # three times ack_wait: without in-progress reports JetStream would redeliver
     worker = await make_agent("worker", capabilities={"slow": slow}, jetstream__ack_wait=0.5, cache__enabled=False, **JS)
     client = await make_agent("client", **JS)
     assert await client.send_task("slow", 1, timeout=10) == "slow"
-    assert calls == 1 and worker.get_metrics().get("persisted_redelivered", 0) == 0
+    assert slow.calls == 1 and worker.get_metrics().get("persisted_redelivered", 0) == 0
 
 
 async def test_a_malformed_stored_task_is_terminated_and_the_agent_serves_on(make_agent, nats_url) -> None:
@@ -178,7 +191,7 @@ async def test_a_malformed_stored_task_is_terminated_and_the_agent_serves_on(mak
         await nc.close()
     await eventually(lambda: worker.get_metrics().get("persisted_terminated") == 1)
     assert await client.send_task("echo", "still here", timeout=5) == "still here"
-    assert await _stream_messages(client) == 0
+    await _emptied(client)
 
 
 async def test_pause_keeps_tasks_in_the_stream_until_resume(make_agent) -> None:
@@ -241,3 +254,116 @@ async def test_a_persisted_task_larger_than_max_payload_is_refused(make_agent) -
     with pytest.raises(PayloadTooLargeError):
         await client.send_task("echo", "x" * (client.nc.max_payload + 1), timeout=5)
     assert await client.send_task("echo", "small", timeout=5) == 1
+
+
+async def test_a_redelivery_while_the_task_runs_is_not_run_twice(make_agent) -> None:
+    """Without in-progress reports JetStream redelivers a slow task; the first delivery still answers and acks."""
+    slow = _Slow(1.2, "once")
+    worker = await make_agent("worker", capabilities={"slow": slow}, jetstream__ack_wait=0.4, **JS)
+    worker._stop_persistence()  # no in-progress reports: JetStream redelivers at ack_wait
+    client = await make_agent("client", **JS)
+    assert await client.send_task("slow", 1, timeout=10) == "once"
+    assert slow.calls == 1 and worker.get_metrics()["persisted_redelivered"] >= 1
+    assert not worker._js_held  # the redelivered copies were dropped, not held forever
+    # A redelivery that lands just after the answer is acked too (a replay): one ack or two.
+    await eventually(lambda: worker.get_metrics().get("persisted_acked", 0) >= 1)
+    await _emptied(client)  # the first delivery's ack took the task off the stream
+
+
+async def test_replicas_starting_at_once_all_receive_tasks(make_agent) -> None:
+    """Each creates the consumer; with a random delivery inbox each, the last would win and strand the rest."""
+    seen: dict[str, int] = {}
+
+    def serve(name: str) -> Any:
+        async def handler(message: dict[str, Any]) -> str:
+            seen[name] = seen.get(name, 0) + 1
+            await asyncio.sleep(0.005)
+            return name
+
+        return handler
+
+    replicas = await asyncio.gather(*(make_agent(f"r{i}", capabilities={"work": serve(f"r{i}")}, cache__enabled=False, **JS)
+                                      for i in range(4)))
+    client = await make_agent("client", **JS)
+    await asyncio.gather(*(client.send_task("work", i, timeout=10) for i in range(60)))
+    assert len(seen) >= 3, seen  # the work spreads (one replica taking it all was the bug)
+    busiest = max(seen, key=lambda name: seen[name])
+    await next(r for r in replicas if r.agent_id == busiest).astop()
+    assert set(await asyncio.gather(*(client.send_task("work", i, timeout=10) for i in range(10)))) - {busiest}
+
+
+async def test_a_busy_agent_is_never_offered_more_than_it_can_hold(make_agent) -> None:
+    """max_ack_pending follows the agent's own limits, so no task is refused until its deliveries run out."""
+
+    async def slow(message: dict[str, Any]) -> int:
+        await asyncio.sleep(0.01)
+        return int(message["payload"]["content"])
+
+    worker = await make_agent("worker", capabilities={"slow": slow}, agent__max_concurrency=1, agent__max_queued=1,
+                              cache__enabled=False, **JS)
+    client = await make_agent("client", **JS)
+    assert sorted(await asyncio.gather(*(client.send_task("slow", i, timeout=15) for i in range(20)))) == list(range(20))
+    assert worker.get_metrics().get("overloaded", 0) == 0
+
+
+async def test_the_last_delivery_of_a_task_that_cannot_be_taken_is_answered(make_agent) -> None:
+    """A task handed back max_deliver times is not left in the stream unanswered: its requester hears why."""
+
+    async def cancelled(message: dict[str, Any]) -> None:
+        raise asyncio.CancelledError  # the handler's own doing: handed back on every delivery
+
+    worker = await make_agent("worker", capabilities={"work": cancelled}, jetstream__max_deliver=2, **JS)
+    client = await make_agent("client", **JS)
+    with pytest.raises(Exception, match="cancelled"):
+        await client.send_task("work", 1, timeout=10)
+    m = worker.get_metrics()
+    assert m["persisted_nakked"] == 1 and m["persisted_terminated"] == 1
+    await _emptied(client)
+
+
+async def test_handlers_draining_at_stop_stay_in_progress(make_agent) -> None:
+    """In-progress reports go on while a stopping agent drains, so a replica does not run the task again."""
+    started = asyncio.Event()
+
+    async def slow(message: dict[str, Any]) -> str:
+        started.set()
+        await asyncio.sleep(1.5)
+        return "first"
+
+    config = {"jetstream__ack_wait": 0.5, "cache__enabled": False, **JS}
+    first = await make_agent("first", capabilities={"work": slow}, nats__drain_timeout=5, **config)
+    client = await make_agent("client", **JS)
+    call = asyncio.ensure_future(client.send_task("work", 1, timeout=10))
+    await started.wait()
+    second = await make_agent("second", capabilities={"work": lambda m: "second"}, **config)
+    await first.astop()
+    assert await call == "first"
+    assert second.get_metrics().get("persisted_acked", 0) == 0
+
+
+async def test_the_consumer_s_own_ack_wait_is_what_counts(make_agent) -> None:
+    """An agent configured with a longer ack_wait than the existing consumer reports progress often enough."""
+    creator = await make_agent("creator", capabilities={"work": lambda m: 0}, jetstream__ack_wait=0.5, **JS)
+    await creator.astop()
+    slow = _Slow(1.5, "once")
+    await make_agent("worker", capabilities={"work": slow}, jetstream__ack_wait=30, cache__enabled=False, **JS)
+    client = await make_agent("client", **JS)
+    assert await client.send_task("work", 1, timeout=10) == "once"
+    assert slow.calls == 1
+
+
+async def test_a_deferred_answer_is_acked_when_it_is_published(make_agent) -> None:
+    """process_message may answer later with publish_result: the task stays held until then."""
+
+    class Deferring(NATSAgent):
+        def process_message(self, topic: str, message: dict[str, Any]) -> bool:
+            import threading  # a sync process_message runs in the agent's thread pool
+
+            threading.Timer(0.05, self.publish_result, (message["id"], {"later": True})).start()
+            return True
+
+    worker = await make_agent("worker", cls=Deferring, capabilities={"work": None}, **JS)
+    client = await make_agent("client", **JS)
+    assert await client.send_task("work", 1, timeout=5) == {"later": True}
+    await eventually(lambda: worker.get_metrics().get("persisted_acked") == 1)
+    await _emptied(client)
