@@ -21,7 +21,7 @@ def _demo(args: argparse.Namespace) -> int:
     if not url:
         from .server import NATSServer
 
-        server = NATSServer(jetstream=False).start()
+        server = NATSServer(jetstream=True).start()  # JetStream for the persistence step
         url = server.url
         print(f"started a local nats-server at {url} (set NATS_URL to use your own)")
     try:

@@ -87,6 +87,10 @@ async def run_demo(url: str, *, tasks: int = 200, out: Callable[[str], None] = p
         else:
             mcp_result = await run_mcp_demo(config, out, calls=tasks)
 
+        from .persistence_demo import run_persistence_demo
+
+        persistence = await run_persistence_demo(url, out)
+
         pong = await coordinator.control("analyst-1", "ping")
         out(f"control ping analyst-1 -> {pong}")
         for agent in workers:
@@ -94,7 +98,7 @@ async def run_demo(url: str, *, tasks: int = 200, out: Callable[[str], None] = p
             out(f"  {agent.agent_id:<14} processed={m['messages_processed']:<4} failed={m['messages_failed']} "
                 f"p50={m['p50_latency_ms']:.3f} ms p99={m['p99_latency_ms']:.3f} ms")
         return {"p50_us": p50, "p99_us": p99, "handled_by": dict(handled_by), "discovered": [i["id"] for i in found],
-                "negotiation": negotiation, "mcp": mcp_result}
+                "negotiation": negotiation, "mcp": mcp_result, "persistence": persistence}
     finally:
         for agent in [coordinator, *workers]:
             await agent.astop()

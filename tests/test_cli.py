@@ -29,6 +29,7 @@ def test_demo_starts_its_own_server_and_runs_agents() -> None:
     assert "round trip p50" in out and "shared by the queue group" in out
     assert "finalized" in out and "sent the job to the winner" in out  # the negotiation step
     assert "mcp: word_count -> 7" in out  # the MCP step
+    assert "JetStream stream AGENTS_DEMO-DURABLE keeps 5" in out and "answered all 5" in out  # the persistence step
     assert "stopped the local nats-server" in out
 
 
@@ -39,3 +40,4 @@ def test_demo_uses_nats_url_when_given(nats_url: str) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "started a local nats-server" not in proc.stdout
     assert nats_url in proc.stdout
+    assert "persistence: skipped" in proc.stdout and "JetStream" in proc.stdout  # this server runs without -js

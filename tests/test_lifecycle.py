@@ -12,7 +12,7 @@ import nats.errors
 import orjson
 import pytest
 
-from agentcore import NATSAgent, NotConnectedError, OverloadedError, ShuttingDownError
+from agentcore import NATSAgent, NoRespondersError, NotConnectedError, OverloadedError, ShuttingDownError
 from nats_fixtures import eventually
 
 
@@ -307,3 +307,25 @@ async def test_stop_is_bounded_when_the_server_stalls(make_agent, nats_server) -
     assert worker.status == "stopped"
     pausing.cancel()  # its flush belongs to a connection that is gone; nats-py would let it wait out 10 s
     await asyncio.gather(pausing, return_exceptions=True)
+
+
+async def test_pause_drains_in_order_through_nats_py_internals(make_agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lossless drain needs nats-py's _send_unsubscribe/_remove_sub: fail loudly if it silently stops being used."""
+    import agentcore.agent as agent_module
+
+    used: list[str] = []
+    real = agent_module._drain
+
+    async def spy(nc: Any, sub: Any) -> None:
+        used.append(sub.subject)
+        await real(nc, sub)
+
+    monkeypatch.setattr(agent_module, "_drain", spy)
+    worker = await make_agent("worker", capabilities={"work": lambda m: 1})
+    subs = dict(worker.nc._subs)
+    await worker.pause()
+    assert used == ["agents.test.task.work.*"]
+    assert len(worker.nc._subs) == len(subs) - 1  # gone from nats-py too
+    client = await make_agent("client")
+    with pytest.raises(NoRespondersError):
+        await client.send_task("work", 1, timeout=2)
