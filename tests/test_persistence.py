@@ -174,8 +174,8 @@ async def test_a_crashed_worker_s_task_is_redelivered_after_ack_wait(make_agent)
 
 
 async def test_a_long_handler_is_kept_in_progress_and_runs_once(make_agent) -> None:
-    slow = _Slow(1.5, "slow")  # three times ack_wait: without in-progress reports JetStream would redeliver
-    worker = await make_agent("worker", capabilities={"slow": slow}, jetstream__ack_wait=0.5, cache__enabled=False, **JS)
+    slow = _Slow(2.2, "slow")  # twice ack_wait: without in-progress reports JetStream would redeliver
+    worker = await make_agent("worker", capabilities={"slow": slow}, jetstream__ack_wait=1.0, cache__enabled=False, **JS)
     client = await make_agent("client", **JS)
     assert await client.send_task("slow", 1, timeout=10) == "slow"
     assert slow.calls == 1 and worker.get_metrics().get("persisted_redelivered", 0) == 0
@@ -327,10 +327,10 @@ async def test_handlers_draining_at_stop_stay_in_progress(make_agent) -> None:
 
     async def slow(message: dict[str, Any]) -> str:
         started.set()
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(2.2)
         return "first"
 
-    config = {"jetstream__ack_wait": 0.5, "cache__enabled": False, **JS}
+    config = {"jetstream__ack_wait": 1.0, "cache__enabled": False, **JS}
     first = await make_agent("first", capabilities={"work": slow}, nats__drain_timeout=5, **config)
     client = await make_agent("client", **JS)
     call = asyncio.ensure_future(client.send_task("work", 1, timeout=10))
@@ -343,9 +343,9 @@ async def test_handlers_draining_at_stop_stay_in_progress(make_agent) -> None:
 
 async def test_the_consumer_s_own_ack_wait_is_what_counts(make_agent) -> None:
     """An agent configured with a longer ack_wait than the existing consumer reports progress often enough."""
-    creator = await make_agent("creator", capabilities={"work": lambda m: 0}, jetstream__ack_wait=0.5, **JS)
+    creator = await make_agent("creator", capabilities={"work": lambda m: 0}, jetstream__ack_wait=1.0, **JS)
     await creator.astop()
-    slow = _Slow(1.5, "once")
+    slow = _Slow(2.2, "once")
     await make_agent("worker", capabilities={"work": slow}, jetstream__ack_wait=30, cache__enabled=False, **JS)
     client = await make_agent("client", **JS)
     assert await client.send_task("work", 1, timeout=10) == "once"
