@@ -42,6 +42,9 @@ from .mcp.hosting import MCPMixin
 from .metrics import AgentMetrics
 from .negotiation import NegotiationMixin
 from .persistence import PersistedMsg, PersistenceMixin, pub_ack_stream
+from ._subscriptions import confirm as _confirm
+from ._subscriptions import retire as _retire
+from .task_puller import TaskPuller
 from .streaming import StreamingMixin
 from .topics import Topics
 
@@ -105,49 +108,6 @@ class _Queued:
         return _Delivery(self.message, self.msg.reply or None, self.subject, self.reg.fallback)
 
 
-async def _confirm(nc: NATSClient) -> None:
-    """Return once the server has processed everything this connection sent (e.g. new SUBs)."""
-    # nats-py's flush() writes its PING straight to the socket, so it can overtake SUBs still waiting in the
-    # client's pending buffer: measured here as "no responders" right after subscribing in ~2% of tries.
-    # Push the pending buffer out first, then the PING/PONG round trip proves the server has it all.
-    flush_pending = getattr(nc, "_flush_pending", None)
-    if flush_pending is not None:
-        await flush_pending(force_flush=True)
-    await nc.flush()
-
-
-async def _retire(nc: NATSClient, sub: Subscription) -> None:
-    """End a subscription without losing the messages the server already sent on it."""
-    # unsubscribe() forgets the subscription at once, so messages in flight from the server are dropped
-    # (measured: up to 300 of 6,000 tasks lost when pausing under load). drain() sends UNSUB, then keeps
-    # delivering until a PING/PONG proves nothing more is on its way. Disconnected, nothing is in flight.
-    try:
-        if not nc.is_connected:
-            await sub.unsubscribe()
-        elif type(sub) is Subscription and hasattr(nc, "_send_unsubscribe") and hasattr(nc, "_remove_sub"):
-            await _drain(nc, sub)
-        else:
-            await sub.drain()  # type: ignore[no-untyped-call]
-    except nats.errors.Error as exc:
-        log.debug("ending subscription %s failed: %s", sub.subject, exc)
-
-
-async def _drain(nc: NATSClient, sub: Subscription) -> None:
-    """Subscription.drain() done in the right order."""
-    # nats-py's drain() leaves its UNSUB in the pending buffer and writes its PING straight to the socket: the
-    # server answers the PING, then still delivers on the subscription until the UNSUB arrives, and nats-py has
-    # forgotten the subscription by then (a task lost now and then when pausing under load, CI of 78f96cc).
-    # _confirm() pushes the UNSUB out before its PING, so the PONG comes after the last message.
-    await nc._send_unsubscribe(sub._id)
-    try:
-        await _confirm(nc)
-        await sub._pending_queue.join()  # with inline delivery, already done; else nats-py's task finishes them
-    finally:
-        sub._stop_processing()
-        nc._remove_sub(sub._id)
-        sub._closed = True
-
-
 _EVENT_CALLBACKS = frozenset(("error_cb", "disconnected_cb", "closed_cb", "reconnected_cb", "discovered_server_cb",
                               "lame_duck_mode_cb"))
 
@@ -186,7 +146,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin, Persi
         self._uncached: set[str] = set()  # capabilities whose handlers must run for every task
         self._index = SubjectIndex()
         self._registrations: dict[tuple[str, str], list[_Registration]] = {}
-        self._subs: dict[tuple[str, str], Subscription] = {}
+        self._subs: dict[tuple[str, str], Subscription | TaskPuller] = {}
         self._nc: NATSClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -356,11 +316,12 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin, Persi
                 await asyncio.gather(*(_retire(nc, sub) for sub in retired))
             for key in wanted:
                 if key not in self._subs:
+                    sub: Subscription | TaskPuller
                     if self._persists(key):
-                        sub = await self._js_subscribe(key)  # the capability's tasks come from its JetStream consumer
+                        sub = await self._js_subscribe(key)  # the capability's tasks are pulled from its JetStream consumer
                     else:
-                        sub = await nc.subscribe(key[0], queue=key[1], cb=self._make_callback(key))
-                        deliver_inline(sub, self._inline_dispatcher(key))  # no per-message hop through nats-py's task
+                        sub = core = await nc.subscribe(key[0], queue=key[1], cb=self._make_callback(key))
+                        deliver_inline(core, self._inline_dispatcher(key))  # no per-message hop through nats-py's task
                     if self._status in ("stopping", "stopped"):  # astop() gave up waiting for this sync's lock
                         await _retire(nc, sub)
                         return
@@ -1126,6 +1087,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin, Persi
 
     async def _on_reconnected(self) -> None:
         self._metrics.reconnects += 1
+        self._js_reconnected()
         log.info("agent %s reconnected to %s", self.agent_id, self._nc.connected_url.netloc if self._nc and self._nc.connected_url else "?")
 
     async def astart(self) -> None:

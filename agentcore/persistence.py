@@ -21,12 +21,12 @@ import nats.errors
 import nats.js.errors
 import orjson
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import api
 
 from ._eager import start_eager
 from .envelope import encode
 from .errors import PersistenceError, RequestTimeoutError
+from .task_puller import ConsumerLimits, TaskPuller
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATSClient
@@ -45,9 +45,9 @@ _NAK_DELAY_MAX = 5.0  # is not hammered), at most this
 class PersistedMsg:
     """A task delivered by JetStream, shaped like a core message without a reply subject; settled exactly once."""
 
-    __slots__ = ("subject", "data", "headers", "reply", "js", "since", "settled", "limits", "delivered")
+    __slots__ = ("subject", "data", "headers", "reply", "js", "since", "settled", "puller", "limits", "delivered", "seq")
 
-    def __init__(self, js: Msg, now: float, limits: _Limits) -> None:
+    def __init__(self, js: Msg, now: float, puller: TaskPuller) -> None:
         self.subject = js.subject
         self.data = js.data
         self.headers = js.headers
@@ -55,18 +55,11 @@ class PersistedMsg:
         self.js = js
         self.since = now  # when it arrived or was last reported in progress
         self.settled = False
-        self.limits = limits  # its consumer's ack_wait and max_deliver
-        self.delivered: int = js.metadata.num_delivered
-
-
-class _Limits:
-    """The settings of a capability's consumer that the agent acts on, as the server has them."""
-
-    __slots__ = ("ack_wait", "max_deliver")
-
-    def __init__(self, ack_wait: float, max_deliver: int) -> None:
-        self.ack_wait = ack_wait
-        self.max_deliver = max_deliver  # -1: unlimited
+        self.puller = puller  # told when it is settled, so it can ask for more
+        self.limits = puller.limits  # its consumer's ack_wait and max_deliver
+        metadata = js.metadata
+        self.delivered: int = metadata.num_delivered
+        self.seq: int = metadata.sequence.stream  # which stored task this is: redeliveries share it
 
 
 def pub_ack_stream(data: bytes) -> str | None:
@@ -93,6 +86,7 @@ class PersistenceMixin:
     _js_prefix: str = "\0"  # task subjects start with it when persistence is on; nothing does when it is off
     _js_held: dict[PersistedMsg, None]
     _js_keeper: asyncio.Task[None] | None = None
+    _js_pullers: set[TaskPuller]
     # How often the keeper looks at held tasks: a sixth of the shortest ack_wait, so a task due for a report (a third
     # of its ack_wait old) gets it at most half its ack_wait after the last, even on a busy loop.
     _js_tick: float = 5.0
@@ -107,6 +101,7 @@ class PersistenceMixin:
         agent: NATSAgent = self  # type: ignore[assignment]
         config = agent.config
         self._js_held = {}
+        self._js_pullers = set()
         if not config["jetstream.enabled"]:
             return
         js = nc.jetstream()
@@ -149,50 +144,72 @@ class PersistenceMixin:
         agent: NATSAgent = self  # type: ignore[assignment]
         return self._js is not None and bool(key[1]) and key[0] == agent.topics.task_pattern(key[1])
 
-    async def _js_subscribe(self, key: tuple[str, str]) -> Subscription:
-        """Bind key's queue to its capability's durable consumer (created on first use; replicas share it)."""
+    async def _js_subscribe(self, key: tuple[str, str]) -> TaskPuller:
+        """Start pulling key's capability's tasks from its durable consumer (created on first use; replicas share it)."""
         agent: NATSAgent = self  # type: ignore[assignment]
         config = agent.config
         js: JetStreamContext = self._js  # type: ignore[assignment]
+        stream: str = self._js_stream  # type: ignore[assignment]
         capability = key[1]
+        limits = await self._consumer_limits(js, stream, capability, key[0])
         held, dispatch, loop = self._js_held, agent._dispatch, asyncio.get_running_loop()
         counters = agent._metrics.counters
-        limits = _Limits(config["jetstream.ack_wait"], config["jetstream.max_deliver"])
 
-        async def on_message(js_msg: Msg) -> None:
-            msg = PersistedMsg(js_msg, loop.time(), limits)
+        def deliver(js_msg: Msg, puller: TaskPuller) -> None:
+            msg = PersistedMsg(js_msg, loop.time(), puller)
             held[msg] = None
             if msg.delivered > 1:
                 counters["persisted_redelivered"] += 1
             dispatch(msg, key)  # type: ignore[arg-type]
 
-        consumer = api.ConsumerConfig(
-            ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=limits.ack_wait,
-            max_deliver=limits.max_deliver,
-            # What one capability may hold unanswered: never more than this agent can hold, or the surplus would
-            # be refused and handed back until max_deliver runs out.
-            max_ack_pending=min(config["jetstream.max_ack_pending"], agent._max_concurrency + agent._max_queued),
-            # A fixed delivery subject: replicas starting at once each create the consumer, and with a random inbox
-            # each the last would win and strand the others on inboxes nothing is delivered to.
-            deliver_subject=f"_AGENTS_DELIVER.{self._js_stream}.{capability}",
-        )
-        sub: Subscription = await js.subscribe(
-            key[0], queue=capability, durable=capability, stream=self._js_stream, cb=on_message, manual_ack=True, config=consumer,
-        )
-        # The consumer may predate this agent's settings (nats-py binds to it as it is): act on the server's.
-        actual = (await js.consumer_info(self._js_stream, capability)).config  # type: ignore[arg-type]
-        if actual.ack_wait is not None and actual.ack_wait != limits.ack_wait or (
-                actual.max_deliver is not None and actual.max_deliver != limits.max_deliver):
-            log.warning("agent %s: consumer %s has ack_wait %s and max_deliver %s, not the configured %s and %s; using its",
-                        agent.agent_id, capability, actual.ack_wait, actual.max_deliver, limits.ack_wait, limits.max_deliver)
-            limits.ack_wait = actual.ack_wait or limits.ack_wait
-            limits.max_deliver = actual.max_deliver or limits.max_deliver
-        if limits.ack_wait / 6 < self._js_tick:  # report progress more often from now on, not after the current sleep
-            self._js_tick = limits.ack_wait / 6
+        # Twice what runs at once: enough that the next tasks are here when handlers finish, few enough that idle
+        # replicas get their share. Never more than the agent would queue.
+        capacity = min(2 * agent._max_concurrency, agent._max_concurrency + agent._max_queued)
+        prefix = getattr(js, "_prefix", "$JS.API")
+        puller = TaskPuller(agent._require_nc(), f"{prefix}.CONSUMER.MSG.NEXT.{stream}.{capability}", limits,
+                            capacity=capacity, expires=config["jetstream.pull_expires"], deliver=deliver, send=self._js_send,
+                            closed=self._js_pullers.discard)
+        await puller.start()
+        self._js_pullers.add(puller)
+        if limits.ack_wait / 6 < self._js_tick and agent.status not in ("stopping", "stopped"):
+            self._js_tick = limits.ack_wait / 6  # report progress more often from now on, not after the current sleep
             self._stop_persistence()
             self._js_keeper = loop.create_task(self._keep_held_alive())
-        return sub
+        return puller
+
+    async def _consumer_limits(self, js: JetStreamContext, stream: str, capability: str, subject: str) -> ConsumerLimits:
+        """Find or create capability's durable pull consumer; return its limits as the server has them."""
+        agent: NATSAgent = self  # type: ignore[assignment]
+        config = agent.config
+        wanted = api.ConsumerConfig(
+            durable_name=capability,
+            filter_subject=subject,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=config["jetstream.ack_wait"],
+            max_deliver=config["jetstream.max_deliver"],
+            max_ack_pending=config["jetstream.max_ack_pending"],  # what all replicas together hold unanswered
+        )
+        try:
+            info = await js.consumer_info(stream, capability)
+        except nats.js.errors.NotFoundError:
+            try:
+                info = await js.add_consumer(stream, wanted)
+            except nats.js.errors.BadRequestError as exc:  # a replica created it meanwhile, or a clash
+                try:
+                    info = await js.consumer_info(stream, capability)
+                except nats.js.errors.NotFoundError:
+                    raise PersistenceError(f"JetStream refused to create consumer {capability!r} on {stream}: "
+                                           f"{exc.description or exc}") from None
+        actual = info.config
+        if actual.deliver_subject:
+            raise PersistenceError(f"consumer {capability!r} on {stream} is a push consumer; agents pull their tasks: "
+                                   "delete it and they create the pull consumer they need")
+        limits = ConsumerLimits(actual.ack_wait or wanted.ack_wait, actual.max_deliver or wanted.max_deliver)  # type: ignore[arg-type]
+        if (limits.ack_wait, limits.max_deliver) != (wanted.ack_wait, wanted.max_deliver):
+            # The consumer predates this agent's settings: act on the server's.
+            log.warning("agent %s: consumer %s has ack_wait %s and max_deliver %s, not the configured %s and %s; using its",
+                        agent.agent_id, capability, limits.ack_wait, limits.max_deliver, wanted.ack_wait, wanted.max_deliver)
+        return limits
 
     def _release(self, msg: Any, *, redeliver: bool = False) -> bool:
         """Acknowledge a persisted task, or hand it back for redelivery; return whether JetStream now has it in hand.
@@ -206,6 +223,7 @@ class PersistenceMixin:
             return True
         msg.settled = True
         self._js_held.pop(msg, None)
+        msg.puller.settled()
         counters = self._metrics_counters()
         if not redeliver:
             counters["persisted_acked"] += 1
@@ -225,6 +243,10 @@ class PersistenceMixin:
             return False
         msg.settled = True
         self._js_held.pop(msg, None)
+        msg.puller.settled()
+        for running in self._js_held:  # the copy still running has used this delivery too: count it there
+            if running.seq == msg.seq:
+                running.delivered = max(running.delivered, msg.delivered)
         return True
 
     def _reject(self, msg: Any) -> None:
@@ -232,6 +254,7 @@ class PersistenceMixin:
         if msg.__class__ is PersistedMsg and not msg.settled:
             msg.settled = True
             self._js_held.pop(msg, None)
+            msg.puller.settled()
             self._metrics_counters()["persisted_terminated"] += 1
             self._js_send(msg.js.term())
 
@@ -249,10 +272,17 @@ class PersistenceMixin:
         while True:
             await asyncio.sleep(self._js_tick)
             now = loop.time()
+            for puller in list(self._js_pullers):
+                puller.check(now)
             for msg in [m for m in self._js_held if now - m.since >= m.limits.ack_wait / 3]:
                 msg.since = now
                 if not msg.settled:
                     await agent._try_send(msg.js.in_progress())
+
+    def _js_reconnected(self) -> None:
+        """A new connection may have lost the outstanding pull requests: ask again."""
+        for puller in list(self._js_pullers):
+            puller.reset()
 
     def _stop_persistence(self) -> None:
         if self._js_keeper is not None:

@@ -215,7 +215,7 @@ class StreamReceiver:
             if self._start is not None:
                 await self._start(self.inbox)
             else:  # the task goes out some other way, maybe on another connection: the server must know us first
-                from .agent import _confirm
+                from ._subscriptions import confirm as _confirm
 
                 await _confirm(self.nc)
 

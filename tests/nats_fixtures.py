@@ -84,6 +84,6 @@ async def eventually(condition: Callable[[], bool], timeout: float = 5.0, what: 
 
 async def subscribed(nc: nats.NATS) -> None:
     """Return once the server has every SUB nc sent: nats-py's flush() alone can overtake SUBs still buffered."""
-    from agentcore.agent import _confirm
+    from agentcore._subscriptions import confirm as _confirm
 
     await _confirm(nc)

@@ -311,16 +311,16 @@ async def test_stop_is_bounded_when_the_server_stalls(make_agent, nats_server) -
 
 async def test_pause_drains_in_order_through_nats_py_internals(make_agent, monkeypatch: pytest.MonkeyPatch) -> None:
     """The lossless drain needs nats-py's _send_unsubscribe/_remove_sub: fail loudly if it silently stops being used."""
-    import agentcore.agent as agent_module
+    import agentcore._subscriptions as subscriptions
 
     used: list[str] = []
-    real = agent_module._drain
+    real = subscriptions.drain
 
     async def spy(nc: Any, sub: Any) -> None:
         used.append(sub.subject)
         await real(nc, sub)
 
-    monkeypatch.setattr(agent_module, "_drain", spy)
+    monkeypatch.setattr(subscriptions, "drain", spy)
     worker = await make_agent("worker", capabilities={"work": lambda m: 1})
     subs = dict(worker.nc._subs)
     await worker.pause()

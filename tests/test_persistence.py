@@ -367,3 +367,30 @@ async def test_a_deferred_answer_is_acked_when_it_is_published(make_agent) -> No
     assert await client.send_task("work", 1, timeout=5) == {"later": True}
     await eventually(lambda: worker.get_metrics().get("persisted_acked") == 1)
     await _emptied(client)
+
+
+async def test_pausing_under_load_strands_no_task(make_agent) -> None:
+    """Tasks the server sent before the pause are handled; none waits out ack_wait on a dropped inbox."""
+    paused = asyncio.Event()
+    taken = 0
+
+    async def work(message: dict[str, Any]) -> int:
+        nonlocal taken
+        taken += 1
+        if taken == 50:
+            paused.set()
+        await asyncio.sleep(0.001)
+        return int(message["payload"]["content"])
+
+    worker = await make_agent("worker", capabilities={"work": work}, cache__enabled=False, **JS)
+    client = await make_agent("client", **JS)
+    calls = [asyncio.ensure_future(client.send_task("work", i, timeout=20)) for i in range(400)]
+    await paused.wait()
+    await worker.pause()
+    await eventually(lambda: not worker._js_held)  # what it took before the pause is answered ...
+    deadline = asyncio.get_running_loop().time() + 5  # ... and, once its acks are in, nothing else is out in its name
+    while (await client._js.consumer_info(client._js_stream, "work")).num_ack_pending:
+        assert asyncio.get_running_loop().time() < deadline, "tasks stranded on the paused agent's inbox"
+        await asyncio.sleep(0.01)
+    await worker.resume()
+    assert sorted(await asyncio.gather(*calls)) == list(range(400))  # well before ack_wait (30 s)
