@@ -406,6 +406,7 @@ class NATSAgent(MCPMixin, NegotiationMixin, StreamingMixin, BatchingMixin, Persi
                 code, text = "payload_too_large", f"agent {self.agent_id} takes requests up to agent.max_request_bytes: {exc}"
             except asyncio.CancelledError:  # stopping past the drain timeout
                 code, text = "cancelled", f"pulling message {offer['id']} was cancelled"
+                self._release(msg, redeliver=True)  # a persisted offer: JetStream offers it again
                 if msg.reply:
                     self._track(start_eager(self._send_error(msg.reply, offer["id"], code, text)))
                 raise

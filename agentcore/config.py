@@ -142,7 +142,7 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "jetstream.max_age": (86400.0, _non_negative_float),  # 0: tasks are kept until answered
     "jetstream.duplicate_window": (120.0, _positive_float),
     "jetstream.replicas": (1, _positive_int),
-    "jetstream.pull_expires": (2.0, _positive_float),  # how long one pull request lingers: what a pause may wait
+    "jetstream.pull_expires": (1.0, _positive_float),  # how long one pull request lingers: what a pause may wait
 }
 
 # Values never shown in reprs or errors (nats.options may hold nkeys_seed_str or a JWT callback's secrets).

@@ -169,6 +169,10 @@ class PersistenceMixin:
         puller = TaskPuller(agent._require_nc(), f"{prefix}.CONSUMER.MSG.NEXT.{stream}.{capability}", limits,
                             capacity=capacity, expires=config["jetstream.pull_expires"], deliver=deliver, send=self._js_send,
                             closed=self._js_pullers.discard)
+        for msg in self._js_held:  # tasks still running from before a pause count against the new puller's room
+            if msg.puller.subject == puller.subject:
+                msg.puller = puller
+                puller.held += 1
         await puller.start()
         self._js_pullers.add(puller)
         if limits.ack_wait / 6 < self._js_tick and agent.status not in ("stopping", "stopped"):
@@ -272,8 +276,6 @@ class PersistenceMixin:
         while True:
             await asyncio.sleep(self._js_tick)
             now = loop.time()
-            for puller in list(self._js_pullers):
-                puller.check(now)
             for msg in [m for m in self._js_held if now - m.since >= m.limits.ack_wait / 3]:
                 msg.since = now
                 if not msg.settled:
@@ -281,7 +283,7 @@ class PersistenceMixin:
 
     def _js_reconnected(self) -> None:
         """A new connection may have lost the outstanding pull requests: ask again."""
-        for puller in list(self._js_pullers):
+        for puller in list(getattr(self, "_js_pullers", ())):  # (a reconnect can come before persistence is set up)
             puller.reset()
 
     def _stop_persistence(self) -> None:
