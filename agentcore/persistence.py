@@ -156,11 +156,20 @@ class PersistenceMixin:
         counters = agent._metrics.counters
 
         def deliver(js_msg: Msg, puller: TaskPuller) -> None:
-            msg = PersistedMsg(js_msg, loop.time(), puller)
+            try:
+                msg = PersistedMsg(js_msg, loop.time(), puller)
+            except Exception:  # not a JetStream delivery after all (no ack subject to parse): nothing to settle
+                puller.settled()
+                log.exception("agent %s got a message without JetStream metadata on %s", agent.agent_id, js_msg.subject)
+                return
             held[msg] = None
             if msg.delivered > 1:
                 counters["persisted_redelivered"] += 1
-            dispatch(msg, key)  # type: ignore[arg-type]
+            try:
+                dispatch(msg, key)  # type: ignore[arg-type]
+            except Exception:  # a bug on our side: hand the task back rather than hold it forever
+                log.exception("agent %s could not dispatch task %s", agent.agent_id, js_msg.subject)
+                self._release(msg, redeliver=True)
 
         # Twice what runs at once: enough that the next tasks are here when handlers finish, few enough that idle
         # replicas get their share. Never more than the agent would queue.

@@ -79,8 +79,8 @@ class TaskPuller:
 
     def pull(self) -> None:
         """Ask for as many tasks as there is room for, unless a request is still out or the agent is fairly full."""
-        if not self.active or self.owed > 0 or self.nc.is_closed:
-            return
+        if not self.active or self.owed > 0 or not self.nc.is_connected:
+            return  # (disconnected, a request would wait in nats-py's buffer and join one sent after the reconnect)
         room = self.capacity - self.held
         # Wait until half the room is free: asking for one task at a time under load costs a request per task.
         if room <= 0 or self.held > self.capacity // 2:
@@ -107,8 +107,12 @@ class TaskPuller:
             self.pull()
 
     def reset(self) -> None:
-        """After a reconnect the outstanding request may be gone with the old server: ask again."""
-        self._end()
+        """After a reconnect: ask again, unless a request is still out.
+
+        Tasks carry no trace of the request they answer, so two requests out at once cannot be told apart. One
+        still out either survived (a reconnect to the same server: it ends as usual) or was lost with a
+        restarted server (its deadline ends it, at most pull_expires + 2 s later).
+        """
         self.pull()
 
     def _end(self) -> None:
@@ -137,10 +141,7 @@ class TaskPuller:
             if self.owed == 0:
                 self._end()  # the whole batch came: this request is over
         try:
-            self._deliver(msg, self)
-        except BaseException:
-            self.held -= 1  # never handed on: nobody will settle it
-            raise
+            self._deliver(msg, self)  # settles the task, now or later, even when handing it on fails
         finally:
             if self.owed == 0:
                 self.pull()  # even when delivering failed: a puller that stops asking stops its capability
