@@ -23,6 +23,8 @@ from nats.aio.subscription import Subscription
 
 from ._eager import run_eager, start_eager
 from ._inline import RequestMux, deliver_inline, forget_connection, send_now
+from ._subscriptions import confirm as _confirm
+from ._subscriptions import retire as _retire
 from .batching import BatchingMixin
 from .caching import DONE, IN_FLIGHT, MISS, TaskCache
 from ._impl import IMPLEMENTATION, SubjectIndex, validate_token
@@ -42,10 +44,8 @@ from .mcp.hosting import MCPMixin
 from .metrics import AgentMetrics
 from .negotiation import NegotiationMixin
 from .persistence import PersistedMsg, PersistenceMixin, pub_ack_stream
-from ._subscriptions import confirm as _confirm
-from ._subscriptions import retire as _retire
-from .task_puller import TaskPuller
 from .streaming import StreamingMixin
+from .task_puller import TaskPuller
 from .topics import Topics
 
 __all__ = ("NATSAgent", "NO_REPLY")

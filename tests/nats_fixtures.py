@@ -70,13 +70,21 @@ async def raw_nc(nats_url: str) -> AsyncIterator[nats.NATS]:
     await nc.close()
 
 
-async def eventually(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    """Wait until condition() holds: for state another connection or thread updates after the reply we awaited."""
+async def eventually(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> None:
+    """Wait until condition() holds: for state another connection or thread updates after the reply we awaited.
+
+    condition may return an awaitable (a query to the server, say): its result is what must hold.
+    """
     import asyncio
+    import inspect
     import time
 
+    async def holds() -> bool:
+        result = condition()
+        return bool(await result) if inspect.isawaitable(result) else bool(result)
+
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not await holds():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.002)

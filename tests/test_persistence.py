@@ -30,10 +30,11 @@ async def _stream_messages(agent: NATSAgent) -> int:
 
 async def _emptied(agent: NATSAgent) -> None:
     """Wait until the stream holds no task: acks come from the worker's connection, this asks on another."""
-    deadline = asyncio.get_running_loop().time() + 5
-    while await _stream_messages(agent):
-        assert asyncio.get_running_loop().time() < deadline, "the stream still holds tasks"
-        await asyncio.sleep(0.01)
+
+    async def empty() -> bool:
+        return await _stream_messages(agent) == 0
+
+    await eventually(empty, what="the stream to hold no task")
 
 
 class _Slow:
@@ -385,16 +386,17 @@ async def test_pausing_under_load_strands_no_task(make_agent) -> None:
     worker = await make_agent("worker", capabilities={"work": work}, cache__enabled=False, **JS)
     client = await make_agent("client", **JS)
     calls = [asyncio.ensure_future(client.send_task("work", i, timeout=25)) for i in range(1200)]
+
+    async def nothing_out() -> bool:
+        return (await client._js.consumer_info(client._js_stream, "work")).num_ack_pending == 0
+
     for _ in range(4):  # pause and resume in the thick of it, four times
         paused.clear()
         taken = 0
         await paused.wait()
         await worker.pause()
-        await eventually(lambda: not worker._js_held)  # what it took before the pause is answered ...
-        deadline = asyncio.get_running_loop().time() + 5  # ... and, its acks in, nothing else is out in its name
-        while (await client._js.consumer_info(client._js_stream, "work")).num_ack_pending:
-            assert asyncio.get_running_loop().time() < deadline, "tasks stranded on the paused agent's inbox"
-            await asyncio.sleep(0.01)
+        await eventually(lambda: not worker._js_held)  # what it took before the pause is answered, and once its
+        await eventually(nothing_out, what="no task stranded on the paused agent's inbox")  # acks are in, no more
         await worker.resume()
     assert sorted(await asyncio.gather(*calls)) == list(range(1200))  # well before ack_wait (30 s)
     assert worker.get_metrics().get("persisted_redelivered", 0) == 0
