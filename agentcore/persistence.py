@@ -45,7 +45,7 @@ _NAK_DELAY_MAX = 5.0  # is not hammered), at most this
 class PersistedMsg:
     """A task delivered by JetStream, shaped like a core message without a reply subject; settled exactly once."""
 
-    __slots__ = ("subject", "data", "headers", "reply", "js", "since", "settled", "puller", "limits", "delivered", "seq")
+    __slots__ = ("subject", "data", "headers", "reply", "js", "since", "settled", "puller", "delivered", "seq")
 
     def __init__(self, js: Msg, now: float, puller: TaskPuller) -> None:
         self.subject = js.subject
@@ -55,8 +55,7 @@ class PersistedMsg:
         self.js = js
         self.since = now  # when it arrived or was last reported in progress
         self.settled = False
-        self.puller = puller  # told when it is settled, so it can ask for more
-        self.limits = puller.limits  # its consumer's ack_wait and max_deliver
+        self.puller = puller  # told when it is settled, so it can ask for more; holds its consumer's limits
         metadata = js.metadata
         self.delivered: int = metadata.num_delivered
         self.seq: int = metadata.sequence.stream  # which stored task this is: redeliveries share it
@@ -234,15 +233,13 @@ class PersistenceMixin:
             return False
         if msg.settled:
             return True
-        msg.settled = True
-        self._js_held.pop(msg, None)
-        msg.puller.settled()
+        self._settle_held(msg)
         counters = self._metrics_counters()
         if not redeliver:
             counters["persisted_acked"] += 1
             self._js_send(msg.js.ack())
             return True
-        if 0 < msg.limits.max_deliver <= msg.delivered:
+        if 0 < msg.puller.limits.max_deliver <= msg.delivered:
             counters["persisted_terminated"] += 1
             self._js_send(msg.js.term())
             return False
@@ -254,9 +251,7 @@ class PersistenceMixin:
         """Drop a persisted delivery without acking it (another delivery of that task will); return whether it was one."""
         if msg.__class__ is not PersistedMsg:
             return False
-        msg.settled = True
-        self._js_held.pop(msg, None)
-        msg.puller.settled()
+        self._settle_held(msg)
         for running in self._js_held:  # the copy still running has used this delivery too: count it there
             if running.seq == msg.seq:
                 running.delivered = max(running.delivered, msg.delivered)
@@ -265,11 +260,15 @@ class PersistenceMixin:
     def _reject(self, msg: Any) -> None:
         """Take a malformed persisted task off the stream for good: redelivering it cannot make it valid."""
         if msg.__class__ is PersistedMsg and not msg.settled:
-            msg.settled = True
-            self._js_held.pop(msg, None)
-            msg.puller.settled()
+            self._settle_held(msg)
             self._metrics_counters()["persisted_terminated"] += 1
             self._js_send(msg.js.term())
+
+    def _settle_held(self, msg: PersistedMsg) -> None:
+        """Mark msg settled: no longer held or kept in progress, and room again for its puller."""
+        msg.settled = True
+        self._js_held.pop(msg, None)
+        msg.puller.settled()
 
     def _metrics_counters(self) -> Any:
         return self._metrics.counters  # type: ignore[attr-defined]
@@ -285,7 +284,7 @@ class PersistenceMixin:
         while True:
             await asyncio.sleep(self._js_tick)
             now = loop.time()
-            for msg in [m for m in self._js_held if now - m.since >= m.limits.ack_wait / 3]:
+            for msg in [m for m in self._js_held if now - m.since >= m.puller.limits.ack_wait / 3]:
                 msg.since = now
                 if not msg.settled:
                     await agent._try_send(msg.js.in_progress())

@@ -49,6 +49,18 @@ class _Slow:
         return self.result
 
 
+class _Stuck:
+    """An async handler that never finishes on its own; started is set once it runs."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+
+    async def __call__(self, message: dict[str, Any]) -> str:
+        self.started.set()
+        await asyncio.Event().wait()
+        return "never"
+
+
 async def test_a_persisted_task_round_trip_leaves_the_stream_empty(make_agent) -> None:
     worker = await make_agent("worker", capabilities={"double": lambda m: m["payload"]["content"] * 2}, **JS)
     client = await make_agent("client", **JS)
@@ -137,17 +149,11 @@ async def test_a_handler_error_is_answered_and_not_run_again(make_agent) -> None
 
 async def test_a_task_cut_off_by_a_stopping_agent_goes_to_a_replica(make_agent) -> None:
     """The stopping agent hands the task back instead of answering cancelled; the requester never notices."""
-    started = asyncio.Event()
-
-    async def stuck(message: dict[str, Any]) -> str:
-        started.set()
-        await asyncio.Event().wait()
-        return "never"
-
+    stuck = _Stuck()
     first = await make_agent("first", capabilities={"work": stuck}, nats__drain_timeout=0.3, **JS)
     client = await make_agent("client", **JS)
     call = asyncio.ensure_future(client.send_task("work", 1, timeout=20))
-    await started.wait()
+    await stuck.started.wait()
     await first.astop()  # its handler is cancelled past the drain timeout
     assert first.get_metrics()["persisted_nakked"] == 1 and not call.done()
     await make_agent("second", capabilities={"work": lambda m: "second"}, **JS)
@@ -155,18 +161,12 @@ async def test_a_task_cut_off_by_a_stopping_agent_goes_to_a_replica(make_agent) 
 
 
 async def test_a_crashed_worker_s_task_is_redelivered_after_ack_wait(make_agent) -> None:
-    started = asyncio.Event()
-
-    async def stuck(message: dict[str, Any]) -> str:
-        started.set()
-        await asyncio.Event().wait()
-        return "never"
-
+    stuck = _Stuck()
     config = {"jetstream__ack_wait": 1.0, **JS}
     doomed = await make_agent("doomed", capabilities={"work": stuck}, nats__drain_timeout=0.3, **config)
     client = await make_agent("client", **JS)
     call = asyncio.ensure_future(client.send_task("work", 7, timeout=20))
-    await started.wait()
+    await stuck.started.wait()
     doomed._stop_persistence()  # no more in-progress reports ...
     await doomed._nc.close()  # ... and the connection dies without an ack, as when the process is killed
     survivor = await make_agent("survivor", capabilities={"work": lambda m: m["payload"]["content"]}, **config)
