@@ -14,7 +14,7 @@ __all__ = ("main",)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demos.demo import run_demo
 
     url = os.environ.get("NATS_URL")
     server = None

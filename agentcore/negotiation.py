@@ -27,9 +27,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
+from nats.aio.msg import Msg
 
-from .envelope import decode, encode, new_message
-from .errors import AgentCoreError, EnvelopeError, NegotiationError, NoRespondersError, RemoteError, RequestTimeoutError
+from .core.records import NO_REPLY, TASK
+from .envelope import decode, encode, new_id, new_message
+from .errors import (
+    AgentCoreError,
+    EnvelopeError,
+    NegotiationError,
+    NoRespondersError,
+    NotConnectedError,
+    RemoteError,
+    RequestTimeoutError,
+)
 from .negotiation_state import (
     ACCEPT_PROPOSAL,
     CANCEL,
@@ -46,20 +56,16 @@ from .negotiation_state import (
     REJECT_PROPOSAL,
     REJECTED,
     TIMED_OUT,
-    Negotiation,
     adopt_counter,
     check_constraints,
     select_offers,
 )
+from .negotiation_state import Negotiation as NegotiationRun
 
 if TYPE_CHECKING:
-    from nats.aio.client import Client as NATSClient
-    from nats.aio.msg import Msg
+    from .core.host import Host
 
-    from .metrics import AgentMetrics
-    from .topics import Topics
-
-__all__ = ("NegotiationMixin",)
+__all__ = ("Negotiation",)
 
 log = logging.getLogger("agentcore.negotiation")
 
@@ -68,6 +74,7 @@ OutcomeCallback = Callable[[dict[str, Any]], Any]
 SelectCallback = Callable[[list[dict[str, Any]]], Iterable[str]]
 CounterCallback = Callable[[str, dict[str, Any], dict[str, Any]], "dict[str, Any] | None"]
 CheckCallback = Callable[[Mapping[str, Any], Mapping[str, Any]], list[str]]
+Records = OrderedDict[str, dict[str, Any]]  # negotiation id -> record, oldest first
 
 _RECORDS_KEPT = 4096  # participant records and finished negotiations remembered per agent (oldest dropped first)
 _CLOSED = frozenset({"confirmed", "rejected", "cancelled", "failed"})
@@ -85,40 +92,53 @@ class _Round:
     pending: set[str]
     answers: dict[str, dict[str, Any]]  # agent id -> {"kind": "answer"|"no_responder", ...}, in arrival order
     done: asyncio.Event
+    stopped: bool = False  # the agent stopped while the round collected: the negotiation ends
 
 
-class NegotiationMixin:
-    """Give NATSAgent register_a2a_handler and negotiate_with_agents (Contract Net over NATS).
+def _remember(records: Records, key: str, record: dict[str, Any]) -> None:
+    records[key] = record
+    records.move_to_end(key)
+    while len(records) > _RECORDS_KEPT:
+        records.popitem(last=False)
 
-    State is created lazily in ``self.__dict__`` (the mixin has no ``__init__``). Negotiation
-    subscriptions are *system* subscriptions: they are never queued behind tasks and stay up while the
-    agent is paused, so agreements in flight can still be confirmed or rejected; a paused agent refuses
-    new calls for proposals with the reason "paused".
+
+class Negotiation:
+    """The agent's negotiation component: register_a2a_handler and negotiate_with_agents (Contract Net over NATS).
+
+    The negotiation subscription is a *system* subscription: it is never queued behind tasks and stays up
+    while the agent is paused, so agreements in flight can still be confirmed or rejected; a paused agent
+    refuses new calls for proposals with the reason "paused".
     """
 
-    if TYPE_CHECKING:
-        agent_id: str
-        agent_type: str
-        topics: Topics
-        _nc: NATSClient | None
-        _metrics: AgentMetrics
-        _status: str
-        _describe_hooks: list[Callable[[], Mapping[str, Any]]]
+    def __init__(self, host: Host) -> None:
+        self._host = host
+        self._handlers: dict[str, _A2AHandler] = {}  # negotiation type -> what answers its calls for proposals
+        self._participations: Records = OrderedDict()  # negotiations this agent answered, as participant
+        self._initiated: Records = OrderedDict()  # results of the negotiations this agent started
+        self._subscribed = False  # the negotiation subject is registered with the core
+        self._rounds: set[_Round] = set()  # rounds collecting answers now (ended early when the agent stops)
 
-        def _register(self, subject: str, handler: Any, *, kind: int, queue: str = "", system: bool = False,
-                      fallback: Any = None) -> Any: ...
-        def _schedule_sync(self) -> None: ...
-        async def _sync_subscriptions(self) -> None: ...
-        def _require_nc(self) -> NATSClient: ...
-        async def _call_handler(self, fn: Callable[..., Any], *args: Any, is_async: bool | None = None) -> Any: ...
-        def _check_size(self, data: bytes) -> None: ...
-        async def _publish_raw(self, subject: str, data: bytes, reply: str = "") -> None: ...
-        async def publish_event(self, event_type: str, detail: str, content: Any) -> str: ...
-        async def request_message(self, topic: str, content: Any, *, type: str = ..., timeout: float | None = ...,
-                                  priority: int = ..., capabilities: list[str] | None = ..., target: str | None = ...,
-                                  conversation_id: str | None = ..., metadata: dict[str, Any] | None = ...) -> dict[str, Any]: ...
-        async def discover(self, capability: str | None = None, *, timeout: float | None = None,
-                           expected: int | None = None, include_self: bool = False) -> list[dict[str, Any]]: ...
+    # ================================================================== lifecycle (Component)
+
+    async def start(self) -> None:
+        """Register this agent's negotiation subject (the core makes the subscription right after)."""
+        self._subscribe()
+
+    def reconnected(self) -> None:
+        """Nothing to do: nats-py restores the answer inboxes of negotiations in flight itself."""
+
+    def drain(self) -> None:
+        """Nothing is held for the handlers being drained: negotiations in flight finish or time out."""
+
+    async def stop(self) -> None:
+        """End the rounds still collecting answers: the connection is closed, so none can arrive."""
+        for rnd in self._rounds:
+            rnd.stopped = True
+            rnd.done.set()
+
+    def describe(self) -> Mapping[str, Any]:
+        """Return the negotiation types this agent answers (for discovery answers and heartbeats)."""
+        return {"negotiation_types": sorted(self._handlers)}
 
     # ================================================================== participant side
 
@@ -139,24 +159,21 @@ class NegotiationMixin:
             raise NegotiationError("negotiation_type must be a non-empty string")
         if not callable(handler):
             raise NegotiationError("handler must be callable")
-        handlers: dict[str, _A2AHandler] = self.__dict__.setdefault("_a2a_handlers", {})
-        handlers[negotiation_type] = _A2AHandler(handler, on_outcome)
-        if self._setup_negotiation() and self._nc is not None:
-            self._schedule_sync()
+        self._handlers[negotiation_type] = _A2AHandler(handler, on_outcome)
+        if self._subscribe() and self._host.connection.usable:
+            self._host.schedule_sync()
 
-    def _setup_negotiation(self) -> bool:
+    def _subscribe(self) -> bool:
         """Serve this agent's negotiation subject (once); return True when it was newly registered.
 
         Every agent serves it, handlers or not, so a call for proposals of a type it does not know is
         refused with a reason instead of looking like an offline agent.
         """
-        if self.__dict__.get("_a2a_subscribed"):
+        if self._subscribed:
             return False
-        from .agent import _TASK
-
-        self.__dict__["_a2a_subscribed"] = True
-        self._register(self.topics.a2a_negotiate(self.agent_id), self._on_negotiate, kind=_TASK, system=True)
-        self._describe_hooks.append(lambda: {"negotiation_types": sorted(self.__dict__.get("_a2a_handlers", {}))})
+        host = self._host
+        self._subscribed = True
+        host.register(host.topics.a2a_negotiate(host.agent_id), self._on_negotiate, kind=TASK, system=True)
         return True
 
     async def aregister_a2a_handler(
@@ -164,60 +181,47 @@ class NegotiationMixin:
     ) -> None:
         """Register like register_a2a_handler() and return once the server routes calls for proposals here."""
         self.register_a2a_handler(negotiation_type, handler, on_outcome=on_outcome)
-        await self._sync_subscriptions()  # returns once the server has the subscription
+        await self._host.sync()  # returns once the server has the subscription
 
     def unregister_a2a_handler(self, negotiation_type: str) -> None:
         """Stop answering negotiation_type (its calls for proposals are then refused as unknown)."""
-        self.__dict__.get("_a2a_handlers", {}).pop(negotiation_type, None)
+        self._handlers.pop(negotiation_type, None)
 
     def negotiation_status(self, negotiation_id: str) -> dict[str, Any] | None:
         """Return this agent's record of a negotiation: the result it initiated, or its participant record."""
-        initiated = self._a2a_records("_a2a_initiated").get(negotiation_id)
+        initiated = self._initiated.get(negotiation_id)
         if initiated is not None:
             return dict(initiated)
-        record = self._a2a_records("_a2a_participations").get(negotiation_id)
+        record = self._participations.get(negotiation_id)
         return dict(record) if record is not None else None
 
-    def _a2a_records(self, name: str) -> OrderedDict[str, dict[str, Any]]:
-        records: OrderedDict[str, dict[str, Any]] = self.__dict__.setdefault(name, OrderedDict())
-        return records
-
-    def _a2a_remember(self, name: str, key: str, record: dict[str, Any]) -> None:
-        records = self._a2a_records(name)
-        records[key] = record
-        records.move_to_end(key)
-        while len(records) > _RECORDS_KEPT:
-            records.popitem(last=False)
-
-    async def _a2a_call(self, fn: Callable[[Any], Any], arg: Any) -> Any:
-        result = await self._call_handler(fn, arg)
+    async def _call(self, fn: Callable[[Any], Any], arg: Any) -> Any:
+        result = await self._host.call_handler(fn, arg)
         if inspect.isawaitable(result):
             result = await result
         return result
 
-    async def _a2a_event(self, detail: str, content: dict[str, Any]) -> None:
+    async def _event(self, detail: str, content: dict[str, Any]) -> None:
         try:
-            await self.publish_event("negotiation", detail, content)
+            await self._host.publish(self._host.topics.event("negotiation", detail), content)
         except (AgentCoreError, nats.errors.Error) as exc:
-            log.debug("agent %s could not publish negotiation event %s: %s", self.agent_id, detail, exc)
+            log.debug("agent %s could not publish negotiation event %s: %s", self._host.agent_id, detail, exc)
 
     async def _on_negotiate(self, message: dict[str, Any]) -> Any:
-        from .agent import NO_REPLY
-
         content = message["payload"]["content"]
         performative = content.get("performative") if isinstance(content, dict) else None
         initiator = str(message["source"]["id"])
         if performative == CFP and isinstance(content.get("negotiation"), dict):
-            return await self._a2a_answer_cfp(initiator, content["negotiation"])
+            return await self._answer_cfp(initiator, content["negotiation"])
         if performative == ACCEPT_PROPOSAL and isinstance(content.get("negotiation_id"), str):
-            return await self._a2a_confirm(initiator, content)
+            return await self._confirm(initiator, content)
         if performative in (REJECT_PROPOSAL, CANCEL) and isinstance(content.get("negotiation_id"), str):
-            await self._a2a_close(initiator, content, "rejected" if performative == REJECT_PROPOSAL else "cancelled")
+            await self._close(initiator, content, "rejected" if performative == REJECT_PROPOSAL else "cancelled")
             return NO_REPLY
         raise RemoteError("invalid_message", f"not a negotiation message (performative {performative!r})")
 
-    async def _a2a_answer_cfp(self, initiator: str, negotiation: dict[str, Any]) -> dict[str, Any]:
-        counters = self._metrics.counters
+    async def _answer_cfp(self, initiator: str, negotiation: dict[str, Any]) -> dict[str, Any]:
+        counters = self._host.metrics.counters
         counters["negotiation_cfps_received"] += 1
         nid = str(negotiation.get("id"))
         ntype = str(negotiation.get("type"))
@@ -232,20 +236,20 @@ class NegotiationMixin:
             "max_rounds": negotiation.get("max_rounds", 1),
             "feedback": negotiation.get("feedback"),
         }
-        previous = self._a2a_records("_a2a_participations").get(nid)
-        handlers: dict[str, _A2AHandler] = self.__dict__.get("_a2a_handlers", {})
+        previous = self._participations.get(nid)
+        handlers = self._handlers
         entry = handlers.get(ntype)
         if previous is not None and previous["state"] in _CLOSED:
             answer: dict[str, Any] = {"accept": False, "reason": f"negotiation {nid} is already {previous['state']} here"}
-        elif self._status == "paused":
-            answer = {"accept": False, "reason": f"agent {self.agent_id} is paused"}
+        elif self._host.status == "paused":
+            answer = {"accept": False, "reason": f"agent {self._host.agent_id} is paused"}
         elif entry is None:
             answer = {"accept": False, "reason": f"unknown negotiation type {ntype!r}; this agent handles {sorted(handlers)}"}
         else:
             try:
-                answer = self._a2a_normalize(await self._a2a_call(entry.fn, view))
+                answer = self._normalize(await self._call(entry.fn, view))
             except Exception as exc:
-                log.warning("agent %s: negotiation handler for %r raised on %s", self.agent_id, ntype, nid, exc_info=True)
+                log.warning("agent %s: negotiation handler for %r raised on %s", self._host.agent_id, ntype, nid, exc_info=True)
                 answer = {"accept": False, "reason": f"handler error: {type(exc).__name__}: {exc}", "error": type(exc).__name__}
         if answer["accept"]:
             state, performative = "proposed", PROPOSE
@@ -253,21 +257,21 @@ class NegotiationMixin:
         else:
             state, performative = ("countered" if "counter_proposal" in answer else "refused"), REFUSE
             counters["negotiation_counters_sent" if state == "countered" else "negotiation_refusals_sent"] += 1
-        record = self._a2a_records("_a2a_participations").get(nid)
+        record = self._participations.get(nid)
         if record is not None and record["state"] in _CLOSED:
             pass  # the initiator closed it while the handler ran: keep what both sides already agreed
         else:
-            self._a2a_remember("_a2a_participations", nid, {
+            _remember(self._participations, nid, {
                 "negotiation_id": nid, "role": "participant", "type": ntype, "initiator": initiator, "state": state,
                 "round": rnd, "proposal": view["proposal"], "terms": answer.get("terms"), "reason": answer.get("reason"),
                 "updated": time.time(),
             })
-        await self._a2a_event(state, {"negotiation_id": nid, "role": "participant", "agent_id": self.agent_id,
-                                      "initiator": initiator, "type": ntype, "round": rnd, "state": state})
+        await self._event(state, {"negotiation_id": nid, "role": "participant", "agent_id": self._host.agent_id,
+                                  "initiator": initiator, "type": ntype, "round": rnd, "state": state})
         return {"performative": performative, "negotiation_id": nid, "round": rnd, **answer}
 
     @staticmethod
-    def _a2a_normalize(raw: Any) -> dict[str, Any]:
+    def _normalize(raw: Any) -> dict[str, Any]:
         if raw is True or raw is False:
             raw = {"accept": raw}
         if not isinstance(raw, dict) or not isinstance(raw.get("accept"), bool):
@@ -286,51 +290,53 @@ class NegotiationMixin:
                 answer["counter_proposal"] = dict(counter)
         return answer
 
-    async def _a2a_confirm(self, initiator: str, content: dict[str, Any]) -> dict[str, Any]:
+    async def _confirm(self, initiator: str, content: dict[str, Any]) -> dict[str, Any]:
         nid = content["negotiation_id"]
-        record = self._a2a_records("_a2a_participations").get(nid)
-        done = {"performative": INFORM_DONE, "negotiation_id": nid, "agent_id": self.agent_id}
+        record = self._participations.get(nid)
+        done = {"performative": INFORM_DONE, "negotiation_id": nid, "agent_id": self._host.agent_id}
         if record is None or record["initiator"] != initiator:
-            return {"performative": FAILURE, "negotiation_id": nid, "reason": f"agent {self.agent_id} made no offer in negotiation {nid}"}
+            reason = f"agent {self._host.agent_id} made no offer in negotiation {nid}"
+            return {"performative": FAILURE, "negotiation_id": nid, "reason": reason}
         if record["state"] == "confirmed":
             return {**done, "terms": record["terms"]}  # a repeated accept-proposal: same answer
         if record["state"] != "proposed":
             return {"performative": FAILURE, "negotiation_id": nid, "reason": f"negotiation {nid} is {record['state']} here"}
         record.update(state="confirmed", terms=content.get("terms", record["terms"]), updated=time.time())
         try:
-            await self._a2a_outcome(record)
+            await self._outcome(record)
         except Exception as exc:
             record.update(state="failed", reason=f"{type(exc).__name__}: {exc}")
-            await self._a2a_event("failed", {"negotiation_id": nid, "role": "participant", "agent_id": self.agent_id})
+            await self._event("failed", {"negotiation_id": nid, "role": "participant", "agent_id": self._host.agent_id})
             return {"performative": FAILURE, "negotiation_id": nid, "reason": f"withdrawn: {type(exc).__name__}: {exc}"}
-        self._metrics.counters["negotiations_confirmed"] += 1
-        await self._a2a_event("confirmed", {"negotiation_id": nid, "role": "participant", "agent_id": self.agent_id,
-                                            "initiator": initiator, "terms": record["terms"]})
+        self._host.metrics.counters["negotiations_confirmed"] += 1
+        await self._event("confirmed", {"negotiation_id": nid, "role": "participant", "agent_id": self._host.agent_id,
+                                        "initiator": initiator, "terms": record["terms"]})
         return {**done, "terms": record["terms"]}
 
-    async def _a2a_close(self, initiator: str, content: dict[str, Any], state: str) -> None:
+    async def _close(self, initiator: str, content: dict[str, Any], state: str) -> None:
         nid = content["negotiation_id"]
-        record = self._a2a_records("_a2a_participations").get(nid)
+        record = self._participations.get(nid)
         if record is None:
             # A cancel can overtake the cfp's answer; remember it so a late handler result does not reopen it.
             record = {"negotiation_id": nid, "role": "participant", "type": None, "initiator": initiator, "round": None,
                       "proposal": None, "terms": None}
-            self._a2a_remember("_a2a_participations", nid, record)
+            _remember(self._participations, nid, record)
         elif record["initiator"] != initiator or record["state"] in _CLOSED:
             return
         record.update(state=state, reason=content.get("reason"), updated=time.time())
-        self._metrics.counters["negotiations_lost"] += 1
+        self._host.metrics.counters["negotiations_lost"] += 1
         try:
-            await self._a2a_outcome(record)
+            await self._outcome(record)
         except Exception:
-            log.warning("agent %s: on_outcome raised for %s", self.agent_id, nid, exc_info=True)
-        await self._a2a_event(state, {"negotiation_id": nid, "role": "participant", "agent_id": self.agent_id,
-                                      "initiator": initiator, "reason": record["reason"]})
+            log.warning("agent %s: on_outcome raised for %s", self._host.agent_id, nid, exc_info=True)
+        await self._event(state, {"negotiation_id": nid, "role": "participant", "agent_id": self._host.agent_id,
+                                  "initiator": initiator, "reason": record["reason"]})
 
-    async def _a2a_outcome(self, record: dict[str, Any]) -> None:
-        entry = self.__dict__.get("_a2a_handlers", {}).get(record.get("type"))
+    async def _outcome(self, record: dict[str, Any]) -> None:
+        ntype = record.get("type")
+        entry = self._handlers.get(ntype) if isinstance(ntype, str) else None  # None: closed before its cfp came
         if entry is not None and entry.on_outcome is not None:
-            await self._a2a_call(entry.on_outcome, dict(record))
+            await self._call(entry.on_outcome, dict(record))
 
     # ================================================================== initiator side
 
@@ -362,7 +368,8 @@ class NegotiationMixin:
         fits the constraints. The result has state, responses, outcomes, accepted, agreements, reasons,
         silent, no_responders, negotiation_id and history; see docs/negotiation.md.
         """
-        nc = self._require_nc()
+        host = self._host
+        nc = host.connection.require()
         if not isinstance(negotiation_type, str) or not negotiation_type:
             raise NegotiationError("negotiation_type must be a non-empty string")
         if not isinstance(proposal, Mapping):
@@ -373,22 +380,20 @@ class NegotiationMixin:
             target_agents = [target_agents]
         targets = list(dict.fromkeys(target_agents or ()))
         for aid in targets:
-            self.topics.a2a_negotiate(aid)  # validates the id as a subject token (SubjectError)
+            host.topics.a2a_negotiate(aid)  # validates the id as a subject token (SubjectError)
         if capability is not None:
-            found = await self.discover(capability, timeout=discovery_timeout)
+            found = await host.discover(capability, timeout=discovery_timeout)
             targets.extend(info["id"] for info in found if info["id"] not in targets)
-        from .envelope import new_id
-
-        neg = Negotiation(new_id(), negotiation_type, self.agent_id, dict(proposal), dict(constraints or {}), targets, max_rounds)
-        counters = self._metrics.counters
+        neg = NegotiationRun(new_id(), negotiation_type, host.agent_id, dict(proposal), dict(constraints or {}), targets, max_rounds)
+        counters = host.metrics.counters
         counters["negotiations_started"] += 1
         if not targets:
             if capability is None:
                 raise NegotiationError("no target agents given")
             neg.transition(REJECTED, reason=f"no agent offers capability {capability!r}")
-            return await self._a2a_finish(neg)
-        await self._a2a_event("started", {"negotiation_id": neg.id, "role": "initiator", "agent_id": self.agent_id,
-                                          "type": negotiation_type, "targets": targets})
+            return await self._finish(neg)
+        await self._event("started", {"negotiation_id": neg.id, "role": "initiator", "agent_id": host.agent_id,
+                                      "type": negotiation_type, "targets": targets})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         confirm_timeout = confirm_timeout if confirm_timeout is not None else min(timeout, 5.0)
@@ -400,7 +405,7 @@ class NegotiationMixin:
         prefix_len = len(inbox) + 1
 
         async def on_answer(msg: Msg) -> None:
-            self._a2a_collect(neg, holder[0], msg.subject[prefix_len:], msg)
+            self._collect(neg, holder[0], msg.subject[prefix_len:], msg)
 
         sub = await nc.subscribe(inbox + ".>", cb=on_answer)
         try:
@@ -412,24 +417,28 @@ class NegotiationMixin:
                 counters["negotiation_rounds"] += 1
                 rnd = _Round(neg.round, set(current), {}, asyncio.Event())
                 holder[0] = rnd
+                self._rounds.add(rnd)
                 neg.transition(COLLECTING, targets=sorted(current))
                 if neg.round > 1:
-                    await self._a2a_event("round", {"negotiation_id": neg.id, "role": "initiator", "round": neg.round,
-                                                    "targets": sorted(current)})
+                    await self._event("round", {"negotiation_id": neg.id, "role": "initiator", "round": neg.round,
+                                                "targets": sorted(current)})
                 window = max(deadline - loop.time(), 0.0)
                 for aid, prop in current.items():
-                    await self._a2a_send_cfp(neg, aid, prop, feedback.get(aid), window, f"{inbox}.{neg.round}.{aid}")
+                    await self._send_cfp(neg, aid, prop, feedback.get(aid), window, f"{inbox}.{neg.round}.{aid}")
                 if rnd.pending:
                     try:
                         await asyncio.wait_for(rnd.done.wait(), max(deadline - loop.time(), 0.0))
                     except asyncio.TimeoutError:
                         pass  # the window is over: whoever did not answer is silent, not guessed
                 holder[0] = None
-                offers, counters_seen = self._a2a_evaluate(neg, rnd, current, check_fn)
-                winners = self._a2a_select(neg, offers, select, max_winners)
+                self._rounds.discard(rnd)
+                if rnd.stopped:
+                    raise NotConnectedError(f"agent {host.agent_id} stopped during negotiation {neg.id}")
+                offers, counters_seen = self._evaluate(neg, rnd, current, check_fn)
+                winners = self._select(neg, offers, select, max_winners)
                 if winners:
                     break
-                current, feedback = self._a2a_next_round(neg, offers, counters_seen, current, counter, check_fn)
+                current, feedback = self._next_round(neg, offers, counters_seen, current, counter, check_fn)
                 if not current or neg.round >= max_rounds or loop.time() >= deadline:
                     break
             # Everyone who offered or countered and was not chosen is told so (FIPA reject-proposal).
@@ -437,13 +446,13 @@ class NegotiationMixin:
             for aid in losers:
                 reason = neg.reasons.get(aid) or ("another offer was selected" if winners else "no agreement reached")
                 neg.set_outcome(aid, "rejected", reason)
-                await self._a2a_notify(neg, aid, REJECT_PROPOSAL, reason)
+                await self._notify(neg, aid, REJECT_PROPOSAL, reason)
             for aid in [a for a in targets if neg.outcomes.get(a) == "timeout"]:
-                await self._a2a_notify(neg, aid, CANCEL, "no answer in time")
+                await self._notify(neg, aid, CANCEL, "no answer in time")
             if winners:
                 neg.transition(CONFIRMING, winners=winners)
                 terms = {o["agent_id"]: o["terms"] for o in offers}
-                confirmed = await asyncio.gather(*(self._a2a_confirm_winner(neg, aid, terms.get(aid, {}), confirm_timeout)
+                confirmed = await asyncio.gather(*(self._confirm_winner(neg, aid, terms.get(aid, {}), confirm_timeout)
                                                    for aid in winners))
                 if not any(confirmed):
                     neg.transition(FAILED)
@@ -455,36 +464,40 @@ class NegotiationMixin:
                 silent = any(o == "timeout" for o in neg.outcomes.values())
                 neg.transition(TIMED_OUT if silent else REJECTED)
         finally:
+            if holder[0] is not None:
+                self._rounds.discard(holder[0])
             holder[0] = None
             try:
                 await sub.unsubscribe()
             except nats.errors.Error:
                 pass
-        return await self._a2a_finish(neg)
+        return await self._finish(neg)
 
-    async def _a2a_finish(self, neg: Negotiation) -> dict[str, Any]:
+    async def _finish(self, neg: NegotiationRun) -> dict[str, Any]:
         result = neg.result()
-        self._metrics.counters[f"negotiations_{neg.state}"] += 1
-        self._metrics.counters["negotiation_responses_ignored"] += neg.ignored
-        self._a2a_remember("_a2a_initiated", neg.id, {**result, "role": "initiator"})
-        event = {"negotiation_id": neg.id, "role": "initiator", "agent_id": self.agent_id, "type": neg.type, "state": neg.state,
-                 "rounds": neg.round, "accepted": result["accepted"], "outcomes": result["outcomes"]}
-        await self._a2a_event(neg.state, event)
+        counters = self._host.metrics.counters
+        counters[f"negotiations_{neg.state}"] += 1
+        counters["negotiation_responses_ignored"] += neg.ignored
+        _remember(self._initiated, neg.id, {**result, "role": "initiator"})
+        event = {"negotiation_id": neg.id, "role": "initiator", "agent_id": self._host.agent_id, "type": neg.type,
+                 "state": neg.state, "rounds": neg.round, "accepted": result["accepted"], "outcomes": result["outcomes"]}
+        await self._event(neg.state, event)
         return result
 
-    async def _a2a_send_cfp(self, neg: Negotiation, aid: str, proposal: dict[str, Any], feedback: dict[str, Any] | None,
-                            window: float, reply: str) -> None:
+    async def _send_cfp(self, neg: NegotiationRun, aid: str, proposal: dict[str, Any], feedback: dict[str, Any] | None,
+                        window: float, reply: str) -> None:
         body = {"performative": CFP, "negotiation": {
             "id": neg.id, "type": neg.type, "proposal": proposal, "constraints": neg.constraints,
             "round": neg.round, "max_rounds": neg.max_rounds, "feedback": feedback,
         }}
-        message = new_message("query", body, source_id=self.agent_id, source_type=self.agent_type, target=aid,
+        host = self._host
+        message = new_message("query", body, source_id=host.agent_id, source_type=host.agent_type, target=aid,
                               conversation_id=neg.id, timeout_ms=window * 1000.0)
         data = encode(message)
-        self._check_size(data)
-        await self._publish_raw(self.topics.a2a_negotiate(aid), data, reply=reply)
+        host.connection.check_size(data)
+        await host.connection.publish(host.topics.a2a_negotiate(aid), data, reply)
 
-    def _a2a_collect(self, neg: Negotiation, rnd: _Round | None, tail: str, msg: Msg) -> None:
+    def _collect(self, neg: NegotiationRun, rnd: _Round | None, tail: str, msg: Msg) -> None:
         round_token, _, aid = tail.partition(".")
         if rnd is None or round_token != str(rnd.number) or aid not in rnd.pending:
             neg.ignored += 1  # a duplicate, an answer to an earlier round, or one after the window closed
@@ -514,15 +527,15 @@ class NegotiationMixin:
         if not rnd.pending:
             rnd.done.set()
 
-    def _a2a_evaluate(self, neg: Negotiation, rnd: _Round, current: dict[str, dict[str, Any]], check_fn: CheckCallback
-                      ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-        counters = self._metrics.counters
+    def _evaluate(self, neg: NegotiationRun, rnd: _Round, current: dict[str, dict[str, Any]], check_fn: CheckCallback
+                  ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        counters = self._host.metrics.counters
         offers: list[dict[str, Any]] = []
         countered: dict[str, dict[str, Any]] = {}
         for order, (aid, answer) in enumerate(rnd.answers.items()):
             if answer["kind"] == "no_responder":
                 counters["negotiation_no_responders"] += 1
-                neg.set_outcome(aid, "no_responder", f"nobody is subscribed to {self.topics.a2a_negotiate(aid)}")
+                neg.set_outcome(aid, "no_responder", f"nobody is subscribed to {self._host.topics.a2a_negotiate(aid)}")
                 continue
             content = answer["content"]
             response = {k: v for k, v in content.items() if k not in ("performative", "negotiation_id")}
@@ -554,8 +567,8 @@ class NegotiationMixin:
         })
         return offers, countered
 
-    def _a2a_select(self, neg: Negotiation, offers: list[dict[str, Any]], select: SelectCallback | None,
-                    max_winners: int | None) -> list[str]:
+    def _select(self, neg: NegotiationRun, offers: list[dict[str, Any]], select: SelectCallback | None,
+                max_winners: int | None) -> list[str]:
         if not offers:
             return []
         if select is None:
@@ -567,9 +580,9 @@ class NegotiationMixin:
             log.warning("negotiation %s: select() chose agents that made no offer: %s (ignored)", neg.id, stray)
         return [a for a in chosen if a in offered]
 
-    def _a2a_next_round(self, neg: Negotiation, offers: list[dict[str, Any]], countered: dict[str, dict[str, Any]],
-                        current: dict[str, dict[str, Any]], counter: CounterCallback | None, check_fn: CheckCallback,
-                        ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    def _next_round(self, neg: NegotiationRun, offers: list[dict[str, Any]], countered: dict[str, dict[str, Any]],
+                    current: dict[str, dict[str, Any]], counter: CounterCallback | None, check_fn: CheckCallback,
+                    ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
         nxt: dict[str, dict[str, Any]] = {}
         feedback: dict[str, dict[str, Any]] = {}
         for offer in offers:  # no offer was chosen: those that broke the constraints may bid again
@@ -591,19 +604,20 @@ class NegotiationMixin:
                 feedback[aid] = {"counter_proposal": cp, "counter_adopted": True}
         return nxt, feedback
 
-    async def _a2a_notify(self, neg: Negotiation, aid: str, performative: str, reason: str) -> None:
+    async def _notify(self, neg: NegotiationRun, aid: str, performative: str, reason: str) -> None:
+        host = self._host
         message = new_message("event", {"performative": performative, "negotiation_id": neg.id, "reason": reason},
-                              source_id=self.agent_id, source_type=self.agent_type, target=aid, conversation_id=neg.id)
+                              source_id=host.agent_id, source_type=host.agent_type, target=aid, conversation_id=neg.id)
         try:
-            await self._publish_raw(self.topics.a2a_negotiate(aid), encode(message))
+            await host.connection.publish(host.topics.a2a_negotiate(aid), encode(message))
         except (AgentCoreError, nats.errors.Error) as exc:
             log.debug("negotiation %s: could not send %s to %s: %s", neg.id, performative, aid, exc)
 
-    async def _a2a_confirm_winner(self, neg: Negotiation, aid: str, terms: dict[str, Any], timeout: float) -> bool:
+    async def _confirm_winner(self, neg: NegotiationRun, aid: str, terms: dict[str, Any], timeout: float) -> bool:
         body = {"performative": ACCEPT_PROPOSAL, "negotiation_id": neg.id, "round": neg.round, "terms": terms}
         try:
-            reply = await self.request_message(self.topics.a2a_negotiate(aid), body, type="query", timeout=timeout,
-                                               target=aid, conversation_id=neg.id)
+            reply = await self._host.request_message(self._host.topics.a2a_negotiate(aid), body, type="query",
+                                                     timeout=timeout, target=aid, conversation_id=neg.id)
             content = reply["payload"]["content"]
         except NoRespondersError:
             content = {"performative": FAILURE, "reason": "went offline before confirming"}

@@ -92,6 +92,6 @@ async def eventually(condition: Callable[[], Any], timeout: float = 5.0, what: s
 
 async def subscribed(nc: nats.NATS) -> None:
     """Return once the server has every SUB nc sent: nats-py's flush() alone can overtake SUBs still buffered."""
-    from agentcore._subscriptions import confirm as _confirm
+    from agentcore.transport.subscriptions import confirm as _confirm
 
     await _confirm(nc)

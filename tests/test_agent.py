@@ -548,7 +548,7 @@ async def test_stop_finishes_queued_work_or_says_why(make_agent) -> None:
 
 async def test_messages_are_dispatched_inline_without_nats_py_queueing(make_agent) -> None:
     """The agent's subscriptions and its request inbox hand messages over as nats-py reads them."""
-    from agentcore._inline import _InlineQueue
+    from agentcore.transport.inline import _InlineQueue
 
     worker = await make_agent("worker", capabilities={"work": lambda m: "ok"})
     client = await make_agent("client")
@@ -577,7 +577,7 @@ async def test_stopping_fails_the_agents_own_waiting_requests_at_once(make_agent
 
 async def test_latency_bound_sends_skip_nats_py_flusher_and_keep_order(make_agent, raw_nc) -> None:
     """Requests and replies are written at once when nothing is pending (this nats-py's internals allow it)."""
-    from agentcore._inline import send_now
+    from agentcore.transport.inline import send_now
     from nats_fixtures import subscribed
 
     got: list[bytes] = []

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from agentcore import HandlerError, NATSAgent
-from agentcore.caching import TaskCache
+from agentcore.core.caching import TaskCache
 from conftest import FakeClock
 from nats_fixtures import eventually
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from agentcore import NATSAgent
 from agentcore.envelope import decode, encode, new_message
-from agentcore.stream_frames import ENVELOPE, H_CTL, H_FINAL, H_KIND, H_SEQ, H_STREAM
+from agentcore.transport.frames import ENVELOPE, H_CTL, H_FINAL, H_KIND, H_SEQ, H_STREAM
 from nats_fixtures import eventually, subscribed
 
 BIG = "q" * 2_500_000  # over the default 1 MB max_payload

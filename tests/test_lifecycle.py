@@ -204,7 +204,7 @@ async def test_stop_answers_a_deferred_request_whose_id_another_holds(make_agent
 
 
 async def test_transport_failures_on_requests_are_typed(make_agent, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agentcore._inline import RequestMux
+    from agentcore.transport.inline import RequestMux
 
     await make_agent("worker", capabilities={"work": lambda m: 1})
     client = await make_agent("client")
@@ -218,7 +218,7 @@ async def test_transport_failures_on_requests_are_typed(make_agent, monkeypatch:
 
 
 async def test_a_batch_flushed_at_stop_answers_handlers_still_waiting_for_a_slot(make_agent, raw_nc) -> None:
-    from agentcore.caching import MISS
+    from agentcore.core.caching import MISS
 
     async def stuck(message: dict[str, Any]) -> None:
         await asyncio.Event().wait()
@@ -311,7 +311,7 @@ async def test_stop_is_bounded_when_the_server_stalls(make_agent, nats_server) -
 
 async def test_pause_drains_in_order_through_nats_py_internals(make_agent, monkeypatch: pytest.MonkeyPatch) -> None:
     """The lossless drain needs nats-py's _send_unsubscribe/_remove_sub: fail loudly if it silently stops being used."""
-    import agentcore._subscriptions as subscriptions
+    import agentcore.transport.subscriptions as subscriptions
 
     used: list[str] = []
     real = subscriptions.drain

@@ -313,7 +313,7 @@ async def test_sdk_session_sees_no_host_as_an_error(make_agent: Callable[..., An
 
 
 async def test_demo_mcp_step(agent_config: Callable[..., Any]) -> None:
-    from agentcore.mcp.demo import run_mcp_demo
+    from agentcore.demos.mcp import run_mcp_demo
 
     lines: list[str] = []
     report = await run_mcp_demo(agent_config(), lines.append, calls=20)

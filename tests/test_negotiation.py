@@ -503,7 +503,7 @@ def test_default_selection_and_state_machine() -> None:
 
 
 async def test_negotiation_demo_sends_the_job_to_the_winner(make_agent: Any) -> None:
-    from agentcore.negotiation_demo import run_negotiation_demo
+    from agentcore.demos.negotiation import run_negotiation_demo
 
     workers = [await make_agent(f"summarizer-{i}") for i in (1, 2, 3)] + [await make_agent("analyst-1")]
     coordinator = await make_agent("coordinator", "coordinator")

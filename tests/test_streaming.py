@@ -14,10 +14,10 @@ import orjson
 import pytest
 
 from agentcore import NATSAgent
-from agentcore.agent import _confirm
+from agentcore.transport.subscriptions import confirm as _confirm
 from agentcore.envelope import encode, new_message
 from agentcore.errors import StreamError, StreamGapError, StreamTimeoutError
-from agentcore.stream_frames import H_CTL, H_FINAL, H_KIND, H_SEQ, H_STREAM
+from agentcore.transport.frames import H_CTL, H_FINAL, H_KIND, H_SEQ, H_STREAM
 from agentcore.streaming import StreamReceiver
 from nats_fixtures import eventually
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .hosting import MCPMixin
+from .hosting import MCP
 
 if TYPE_CHECKING:
     from .client import MCPClient
     from .transport import nats_client_transport
 
-__all__ = ("MCPClient", "MCPMixin", "nats_client_transport")
+__all__ = ("MCP", "MCPClient", "nats_client_transport")
 
 
 def __getattr__(name: str) -> Any:

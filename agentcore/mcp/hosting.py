@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._impl import ContentCache, canonical_hash, validate_token
+from ..core.records import NO_REPLY, TASK
 from ..envelope import IdGenerator, decode, encode, new_message
 from ..errors import (
     AgentCoreError,
@@ -35,11 +37,15 @@ from ..errors import (
 )
 
 if TYPE_CHECKING:
+    from mcp import types as mcp_types
+    from nats.aio.client import Client as NATSClient
     from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
 
+    from ..core.host import Host
     from .client import MCPClient, ProgressCallback
 
-__all__ = ("MCPMixin",)
+__all__ = ("MCP",)
 
 log = logging.getLogger("agentcore.mcp")
 
@@ -102,8 +108,8 @@ class _Hosted:
     client: MCPClient
     allowed: frozenset[str] | None
     cache_ttls: dict[str, float]
-    caches: dict[str, Any] = field(default_factory=dict)
-    tools: list[Any] | None = None  # the SDK's Tool objects, allow-list applied
+    caches: dict[str, ContentCache] = field(default_factory=dict)
+    tools: list[mcp_types.Tool] | None = None  # the SDK's Tool objects, allow-list applied
     inflight: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
     handlers: list[tuple[str, Callable[..., Any]]] = field(default_factory=list)
     withdrawn: bool = False  # unregistered: calls cut short get an error, not the silence of a cancellation
@@ -120,8 +126,46 @@ class _Pending:
     tool: str | None
 
 
-class MCPMixin:
-    """Give NATSAgent register_mcp_server, call_mcp_tool and list_mcp_tools."""
+class MCP:
+    """The MCP feature of an agent: host MCP servers for the bus (register_mcp_server) and call the tools others host."""
+
+    def __init__(self, host: Host) -> None:
+        self._host = host
+        self._hosted: dict[str, _Hosted] = {}  # server id -> what this agent serves under it
+        self._pending: dict[str, _Pending] = {}  # request envelope id -> a call of ours waiting for its answer
+        self._responses: tuple[NATSClient, Subscription] | None = None  # the inbox all our answers arrive on
+        self._lock: asyncio.Lock | None = None  # one subscribe of that inbox at a time (made on first use)
+
+    # ------------------------------------------------------------------ lifecycle (Component)
+
+    async def start(self) -> None:
+        """Nothing to set up: the hosted servers' registrations are synced with the rest, the inbox on first call."""
+
+    def reconnected(self) -> None:
+        """Nothing to do: nats-py restores the response inbox's subscription by itself."""
+
+    def drain(self) -> None:
+        """Nothing held: calls being served end with their handlers."""
+
+    async def stop(self) -> None:
+        """Fail the calls still waiting (their answers can no longer arrive) and forget the response inbox."""
+        host = self._host
+        for request_id, entry in list(self._pending.items()):
+            self.forget(request_id)
+            entry.sink(MCPError(f"agent {host.agent_id} stopped before MCP server {entry.server_id!r}{_about(entry.tool)} answered",
+                                server_id=entry.server_id, tool=entry.tool))
+        self._responses = None
+
+    def describe(self) -> dict[str, Any]:
+        """Return the hosted servers, their tools and liveness for discovery answers and heartbeats ({} when none)."""
+        if not self._hosted:
+            return {}
+        return {
+            "mcp_servers": {
+                sid: {"tools": [t.name for t in (h.tools or ())], "alive": h.client.alive}
+                for sid, h in self._hosted.items()
+            }
+        }
 
     # ------------------------------------------------------------------ hosting
 
@@ -139,14 +183,10 @@ class MCPMixin:
         names to a time-to-live in seconds: identical calls (same canonical arguments) within it are
         answered from the content-hash cache (opt in only for pure lookups).
         """
-        from ..agent import _TASK
-        from .._impl import validate_token
-
-        agent: Any = self
+        host = self._host
         validate_token(server_id)
-        hosted_all: dict[str, _Hosted] = agent.__dict__.setdefault("_mcp_hosted", {})
-        if server_id in hosted_all:
-            raise MCPError(f"agent {agent.agent_id} already hosts MCP server {server_id!r}", server_id=server_id)
+        if server_id in self._hosted:
+            raise MCPError(f"agent {host.agent_id} already hosts MCP server {server_id!r}", server_id=server_id)
         if not client.connected:
             raise MCPError(f"cannot host MCP server {server_id!r}: its client {client.name} is not connected "
                            "(await client.connect() first, or use aregister_mcp_server())", server_id=server_id)
@@ -156,42 +196,38 @@ class MCPMixin:
             hosted.tools = [t for t in client.tools if hosted.exposes(t.name)]
         elif client.initialize_result.capabilities.tools is None:
             hosted.tools = []  # a server without tools (resources or prompts only)
-        hosted_all[server_id] = hosted
-        if not agent.__dict__.get("_mcp_describing"):
-            agent.__dict__["_mcp_describing"] = True
-            agent._describe_hooks.append(self._mcp_describe)
+        self._hosted[server_id] = hosted
 
         async def serve(message: dict[str, Any]) -> Any:
-            return await self._mcp_serve(hosted, message)
+            return await self._serve(hosted, message)
 
         async def cancel(message: dict[str, Any]) -> Any:
-            return self._mcp_on_cancel(hosted, message)
+            return self._on_cancel(hosted, message)
 
-        requests = agent.topics.mcp_requests(server_id)
-        cancels = self._mcp_cancel_subject(server_id)
-        agent._register(requests, serve, kind=_TASK, queue=f"mcp-{server_id}")
+        requests = host.topics.mcp_requests(server_id)
+        cancels = host.topics.mcp_cancel(server_id)
+        host.register(requests, serve, kind=TASK, queue=f"mcp-{server_id}")
         # Not a system registration (those skip the in-flight count); a high priority puts it first in the queue.
-        agent._register(cancels, cancel, kind=_TASK)
+        host.register(cancels, cancel, kind=TASK)
         hosted.handlers = [(requests, serve), (cancels, cancel)]
-        client.on_died(lambda _c: self._mcp_server_died(hosted))
-        agent._metrics.counters["mcp_servers_hosted"] += 1
-        if agent._nc is not None:
-            agent._schedule_sync()
-            if hosted.tools is None and agent._on_loop_thread():
-                agent._track(asyncio.ensure_future(self._mcp_prefetch_tools(hosted)))
+        client.on_died(lambda _c: self._server_died(hosted))
+        host.metrics.counters["mcp_servers_hosted"] += 1
+        if host.connection.usable:
+            host.schedule_sync()
+            if hosted.tools is None and host.on_loop_thread():
+                host.spawn(self._prefetch_tools(hosted))
 
     async def aregister_mcp_server(
         self, server_id: str, client: MCPClient, *, tools: Iterable[str] | None = None, cache: Mapping[str, float] | None = None
     ) -> None:
         """Register like register_mcp_server(), then return once the tools are listed and the bus has the interest."""
-        agent: Any = self
         if not client.connected:
             await client.connect()
         self.register_mcp_server(server_id, client, tools=tools, cache=cache)
-        hosted = agent._mcp_hosted[server_id]
+        hosted = self._hosted[server_id]
         if hosted.tools is None:
-            await self._mcp_refresh_tools(hosted)
-        await agent._sync_subscriptions()
+            await self._refresh_tools(hosted)
+        await self._host.sync()
 
     async def serve_mcp_server(self, server_id: str, server: Any, *, tools: Iterable[str] | None = None,
                                cache: Mapping[str, float] | None = None) -> MCPClient:
@@ -205,13 +241,15 @@ class MCPMixin:
 
     def unregister_mcp_server(self, server_id: str) -> MCPClient | None:
         """Stop serving server_id (the client stays open; close it yourself) and return its client."""
-        agent: Any = self
-        hosted: _Hosted | None = agent.__dict__.get("_mcp_hosted", {}).pop(server_id, None)
+        hosted = self._hosted.pop(server_id, None)
         if hosted is None:
             return None
         hosted.withdrawn = True
+        host = self._host
         for subject, handler in hosted.handlers:
-            agent.unsubscribe(subject, handler)
+            host.unregister(subject, handler)
+        if host.connection.usable:
+            host.schedule_sync()  # leave the queue group now, so replicas take the calls
         if hosted.client.alive:
             # A dead server's calls fail by themselves with MCPServerDiedError; a live one's are cut short here.
             for task in list(hosted.inflight.values()):
@@ -220,47 +258,32 @@ class MCPMixin:
 
     def hosted_mcp_servers(self) -> dict[str, list[str]]:
         """Return the hosted server ids and the tool names each exposes (as discovery shows them)."""
-        agent: Any = self
-        return {sid: [t.name for t in (h.tools or ())] for sid, h in agent.__dict__.get("_mcp_hosted", {}).items()}
+        return {sid: [t.name for t in (h.tools or ())] for sid, h in self._hosted.items()}
 
-    def _mcp_describe(self) -> dict[str, Any]:
-        agent: Any = self
-        return {
-            "mcp_servers": {
-                sid: {"tools": [t.name for t in (h.tools or ())], "alive": h.client.alive}
-                for sid, h in agent.__dict__.get("_mcp_hosted", {}).items()
-            }
-        }
-
-    def _mcp_cancel_subject(self, server_id: str) -> str:
-        agent: Any = self
-        return str(agent.topics.mcp_cancel(server_id))
-
-    async def _mcp_prefetch_tools(self, hosted: _Hosted) -> None:
+    async def _prefetch_tools(self, hosted: _Hosted) -> None:
         try:
-            await self._mcp_refresh_tools(hosted)
+            await self._refresh_tools(hosted)
         except Exception as exc:  # listed again on the first request; discovery shows no tools until then
             log.debug("could not list the tools of MCP server %s: %s", hosted.server_id, exc)
 
-    async def _mcp_refresh_tools(self, hosted: _Hosted) -> None:
+    async def _refresh_tools(self, hosted: _Hosted) -> None:
         tools = await hosted.client.list_tools()
         hosted.tools = [t for t in tools if hosted.exposes(t.name)]
 
-    def _mcp_server_died(self, hosted: _Hosted) -> None:
+    def _server_died(self, hosted: _Hosted) -> None:
         # Leave the queue group at once, so replicas with a live server take the calls; calls in flight
         # already get MCPServerDiedError from the client.
-        agent: Any = self
-        if agent.__dict__.get("_mcp_hosted", {}).get(hosted.server_id) is not hosted:
+        host = self._host
+        if self._hosted.get(hosted.server_id) is not hosted:
             return
-        log.error("agent %s: MCP server %s died; no longer serving it", agent.agent_id, hosted.server_id)
-        agent._metrics.counters["mcp_servers_died"] += 1
-        if agent._loop is not None and not agent._loop.is_closed():
-            agent._loop.call_soon_threadsafe(self.unregister_mcp_server, hosted.server_id)
+        log.error("agent %s: MCP server %s died; no longer serving it", host.agent_id, hosted.server_id)
+        host.metrics.counters["mcp_servers_died"] += 1
+        loop = host.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.unregister_mcp_server, hosted.server_id)
 
-    async def _mcp_serve(self, hosted: _Hosted, message: dict[str, Any]) -> Any:
-        from ..agent import NO_REPLY
-
-        agent: Any = self
+    async def _serve(self, hosted: _Hosted, message: dict[str, Any]) -> Any:
+        host = self._host
         rpc = message["payload"]["content"]
         if not isinstance(rpc, dict) or rpc.get("jsonrpc") != JSONRPC or not isinstance(rpc.get("method"), str):
             return rpc_error(rpc.get("id") if isinstance(rpc, dict) else None, INVALID_REQUEST, "payload.content is not a JSON-RPC 2.0 message")
@@ -269,24 +292,24 @@ class MCPMixin:
             return NO_REPLY  # a notification (e.g. notifications/initialized): the hosted session already did that
         method: str = rpc["method"]
         params = rpc.get("params") or {}
-        agent._metrics.counters["mcp_requests_served"] += 1
+        host.metrics.counters["mcp_requests_served"] += 1
         if method == "ping":
             return {"jsonrpc": JSONRPC, "id": rpc_id, "result": {}}
         if method == "initialize":
             init = hosted.client.initialize_result.model_dump(by_alias=True, mode="json", exclude_none=True)
-            init["capabilities"] = self._mcp_capabilities(hosted)
+            init["capabilities"] = self._capabilities(hosted)
             return {"jsonrpc": JSONRPC, "id": rpc_id, "result": init}
         what = f"tool {params.get('name')!r}" if method == "tools/call" else method
         work: Awaitable[Any]
         if method == "tools/call":
-            work = self._mcp_host_call(hosted, message, params)
+            work = self._host_call(hosted, message, params)
         elif method == "tools/list":
-            work = self._mcp_host_list_tools(hosted)
-        elif method in _FORWARDED and _FORWARDED[method] in self._mcp_capabilities(hosted):
-            work = self._mcp_host_forward(hosted, message, method, params)
+            work = self._host_list_tools(hosted)
+        elif method in _FORWARDED and _FORWARDED[method] in self._capabilities(hosted):
+            work = self._host_forward(hosted, message, method, params)
         else:
             served = ", ".join(["initialize", "ping", "tools/list", "tools/call"]
-                               + [m for m, cap in _FORWARDED.items() if cap in self._mcp_capabilities(hosted)])
+                               + [m for m, cap in _FORWARDED.items() if cap in self._capabilities(hosted)])
             return rpc_error(rpc_id, METHOD_NOT_FOUND, f"method {method!r} is not served over NATS by MCP server "
                              f"{hosted.server_id!r} (served: {served})", serverId=hosted.server_id)
         # Every call runs as its own task, so a notifications/cancelled or unregistering can stop just that one.
@@ -302,21 +325,21 @@ class MCPMixin:
                 # This handler itself is being cancelled: the agent is stopping past its drain timeout.
                 # Answer rather than leave the caller to its timeout; the connection still sends until drained.
                 task.cancel()
-                if agent._status not in ("stopping", "stopped"):
+                if host.status not in ("stopping", "stopped"):
                     raise
                 current.uncancel()
-                return rpc_error(rpc_id, CONNECTION_CLOSED, f"agent {agent.agent_id} stopped while serving {what} of MCP "
-                                 f"server {hosted.server_id!r}", "host_stopped", serverId=hosted.server_id, host=agent.agent_id)
+                return rpc_error(rpc_id, CONNECTION_CLOSED, f"agent {host.agent_id} stopped while serving {what} of MCP "
+                                 f"server {hosted.server_id!r}", "host_stopped", serverId=hosted.server_id, host=host.agent_id)
             if hosted.withdrawn:
-                return rpc_error(rpc_id, CONNECTION_CLOSED, f"agent {agent.agent_id} stopped serving MCP server "
-                                 f"{hosted.server_id!r} during {what}", "server_died", serverId=hosted.server_id, host=agent.agent_id)
-            agent._metrics.counters["mcp_calls_cancelled"] += 1
+                return rpc_error(rpc_id, CONNECTION_CLOSED, f"agent {host.agent_id} stopped serving MCP server "
+                                 f"{hosted.server_id!r} during {what}", "server_died", serverId=hosted.server_id, host=host.agent_id)
+            host.metrics.counters["mcp_calls_cancelled"] += 1
             return NO_REPLY  # cancelled by the caller: MCP says a cancelled request gets no response
         except _RPCFailure as failure:
             return rpc_error(rpc_id, failure.code, failure.text, failure.kind, serverId=hosted.server_id)
         except MCPServerDiedError as exc:
-            text = f"MCP server {hosted.server_id!r} on agent {agent.agent_id} died during {what}: {exc.__cause__ or exc}"
-            return rpc_error(rpc_id, CONNECTION_CLOSED, text, "server_died", serverId=hosted.server_id, host=agent.agent_id)
+            text = f"MCP server {hosted.server_id!r} on agent {host.agent_id} died during {what}: {exc.__cause__ or exc}"
+            return rpc_error(rpc_id, CONNECTION_CLOSED, text, "server_died", serverId=hosted.server_id, host=host.agent_id)
         except MCPError as exc:
             return rpc_error(rpc_id, exc.code or INTERNAL_ERROR, str(exc), None)
         except Exception as exc:
@@ -328,7 +351,7 @@ class MCPMixin:
             hosted.inflight.pop(message["id"], None)
         return {"jsonrpc": JSONRPC, "id": rpc_id, "result": result}
 
-    def _mcp_capabilities(self, hosted: _Hosted) -> dict[str, Any]:
+    def _capabilities(self, hosted: _Hosted) -> dict[str, Any]:
         """Return what the host serves of hosted's capabilities (initialize's answer over NATS)."""
         served: dict[str, Any] = {}
         advertised = hosted.client.initialize_result.capabilities
@@ -338,20 +361,20 @@ class MCPMixin:
                 served[name] = {}
         return served
 
-    async def _mcp_host_list_tools(self, hosted: _Hosted) -> dict[str, Any]:
+    async def _host_list_tools(self, hosted: _Hosted) -> dict[str, Any]:
         if hosted.tools is None:
-            await self._mcp_refresh_tools(hosted)
+            await self._refresh_tools(hosted)
         return {"tools": [t.model_dump(by_alias=True, mode="json", exclude_none=True) for t in hosted.tools or ()]}
 
-    async def _mcp_host_forward(self, hosted: _Hosted, message: dict[str, Any], method: str, params: Mapping[str, Any]) -> Any:
+    async def _host_forward(self, hosted: _Hosted, message: dict[str, Any], method: str, params: Mapping[str, Any]) -> Any:
         meta = params.get("_meta")
         token = meta.get("progressToken") if isinstance(meta, dict) else None
         destination = message.get("replyTo")
-        progress = self._mcp_progress_sender(destination, token, message) if token is not None and destination else None
+        progress = self._progress_sender(destination, token, message) if token is not None and destination else None
         return await hosted.client.request(method, params, progress_callback=progress, timeout=_deadline(message))
 
-    async def _mcp_host_call(self, hosted: _Hosted, message: dict[str, Any], params: Mapping[str, Any]) -> Any:
-        agent: Any = self
+    async def _host_call(self, hosted: _Hosted, message: dict[str, Any], params: Mapping[str, Any]) -> Any:
+        counters = self._host.metrics.counters
         name = params.get("name")
         if not isinstance(name, str):
             raise _RPCFailure(INVALID_PARAMS, "tools/call needs params.name", None)
@@ -359,37 +382,35 @@ class MCPMixin:
         if not hosted.exposes(name):
             raise _RPCFailure(INVALID_PARAMS, f"unknown tool {name!r} on MCP server {hosted.server_id!r}", "tool_not_found")
         if hosted.tools is None or name not in {t.name for t in hosted.tools}:
-            await self._mcp_refresh_tools(hosted)  # the server may have gained tools since we listed them
+            await self._refresh_tools(hosted)  # the server may have gained tools since we listed them
             if name not in {t.name for t in hosted.tools or ()}:
                 raise _RPCFailure(INVALID_PARAMS, f"unknown tool {name!r} on MCP server {hosted.server_id!r}", "tool_not_found")
         cache, key = None, 0
         if name in hosted.cache_ttls:
-            from .._impl import ContentCache, canonical_hash
-
             cache = hosted.caches.get(name)
             if cache is None:
                 cache = hosted.caches[name] = ContentCache(max_entries=4096, ttl=hosted.cache_ttls[name])
             key = canonical_hash([name, arguments])
             cached = cache.get(key)
             if cached is not None:
-                agent._metrics.counters["mcp_cache_hits"] += 1
+                counters["mcp_cache_hits"] += 1
                 return cached
-            agent._metrics.counters["mcp_cache_misses"] += 1
+            counters["mcp_cache_misses"] += 1
         progress = None
         meta = params.get("_meta")
         token = meta.get("progressToken") if isinstance(meta, dict) else None
         destination = message.get("replyTo")
         if token is not None and destination:
-            progress = self._mcp_progress_sender(destination, token, message)
+            progress = self._progress_sender(destination, token, message)
         result = await hosted.client.call_tool(name, arguments, progress_callback=progress, timeout=_deadline(message))
         data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
         if cache is not None and not result.is_error:
             cache.put(key, data)
-        agent._metrics.counters["mcp_calls_served"] += 1
+        counters["mcp_calls_served"] += 1
         return data
 
-    def _mcp_progress_sender(self, destination: str, token: Any, request: dict[str, Any]) -> ProgressCallback:
-        agent: Any = self
+    def _progress_sender(self, destination: str, token: Any, request: dict[str, Any]) -> ProgressCallback:
+        host = self._host
 
         async def send(progress: float, total: float | None = None, message: str | None = None) -> None:
             params: dict[str, Any] = {"progressToken": token, "progress": progress}
@@ -398,18 +419,16 @@ class MCPMixin:
             if message is not None:
                 params["message"] = message
             note = {"jsonrpc": JSONRPC, "method": "notifications/progress", "params": params}
-            envelope = new_message("event", note, source_id=agent.agent_id, source_type=agent.agent_type,
+            envelope = new_message("event", note, source_id=host.agent_id, source_type=host.agent_type,
                                    target=request["source"]["id"], correlation_id=request["id"])
             try:
-                await agent._publish_raw(destination, encode(envelope))
+                await host.connection.publish(destination, encode(envelope))
             except AgentCoreError as exc:
-                log.debug("agent %s could not forward MCP progress: %s", agent.agent_id, exc)
+                log.debug("agent %s could not forward MCP progress: %s", host.agent_id, exc)
 
         return send
 
-    def _mcp_on_cancel(self, hosted: _Hosted, message: dict[str, Any]) -> Any:
-        from ..agent import NO_REPLY
-
+    def _on_cancel(self, hosted: _Hosted, message: dict[str, Any]) -> Any:
         task = hosted.inflight.get(message.get("correlationId") or "")
         if task is not None and not task.done():
             task.cancel()
@@ -435,30 +454,29 @@ class MCPMixin:
         once), MCPToolNotFoundError, MCPToolError (the tool reported isError), MCPTimeoutError,
         MCPServerDiedError or MCPResultTooLargeError.
         """
-        agent: Any = self
+        counters = self._host.metrics.counters
         params: dict[str, Any] = {"name": tool_name, "arguments": arguments or {}}
-        agent._metrics.counters["mcp_calls"] += 1
-        result = await self._mcp_call(server_id, "tools/call", params, timeout, progress=progress, tool=tool_name)
+        counters["mcp_calls"] += 1
+        result = await self._call(server_id, "tools/call", params, timeout, progress=progress, tool=tool_name)
         if raw:
             return result
         if result.get("isError"):
             content = result.get("content") or []
             text = "; ".join(str(c.get("text")) for c in content if isinstance(c, dict) and c.get("type") == "text") or "tool reported an error"
-            agent._metrics.counters["mcp_tool_errors"] += 1
+            counters["mcp_tool_errors"] += 1
             raise MCPToolError(f"tool {tool_name!r} of MCP server {server_id!r} failed: {text}", content=content, result=result,
                                server_id=server_id, tool=tool_name)
         return result.get("content", [])
 
     async def list_mcp_tools(self, server_id: str, timeout: float = 10.0) -> list[dict[str, Any]]:
         """Return the tools (name, description, inputSchema, ...) an MCP server exposes on the bus."""
-        result = await self._mcp_call(server_id, "tools/list", {}, timeout)
+        result = await self._call(server_id, "tools/list", {}, timeout)
         return list(result.get("tools", []))
 
-    async def _mcp_call(
+    async def _call(
         self, server_id: str, method: str, params: dict[str, Any], timeout: float, *,
         progress: Callable[..., Any] | None = None, tool: str | None = None,
     ) -> Any:
-        agent: Any = self
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         progress_tasks: set[asyncio.Future[Any]] = set()
@@ -482,27 +500,29 @@ class MCPMixin:
                 future.set_result(item.get("result"))
 
         rpc: dict[str, Any] = {"jsonrpc": JSONRPC, "id": None, "method": method, "params": params}
-        request_id = await self._mcp_send(server_id, rpc, sink, timeout, progress=progress is not None, tool=tool)
+        request_id = await self.send(server_id, rpc, sink, timeout, progress=progress is not None, tool=tool)
         try:
             return await future
         except asyncio.CancelledError:
-            await self._mcp_cancel(server_id, request_id, rpc["id"], "cancelled by the caller")
+            await self.cancel(server_id, request_id, rpc["id"], "cancelled by the caller")
             raise
         except MCPTimeoutError:
-            await self._mcp_cancel(server_id, request_id, rpc["id"], "timed out")
+            await self.cancel(server_id, request_id, rpc["id"], "timed out")
             raise
         finally:
-            self._mcp_forget(request_id)
+            self.forget(request_id)
 
-    async def _mcp_send(self, server_id: str, rpc: dict[str, Any], sink: Sink, timeout: float, *,
-                        progress: bool = False, tool: str | None = None) -> str:
+    # The SDK transport (transport.py) drives calls through send, cancel and forget.
+
+    async def send(self, server_id: str, rpc: dict[str, Any], sink: Sink, timeout: float, *,
+                   progress: bool = False, tool: str | None = None) -> str:
         """Publish a JSON-RPC request to server_id's hosts; everything that comes back for it goes to sink.
 
         Return the request envelope's id (what a cancellation names). rpc["id"] None means: use that id.
         """
-        agent: Any = self
-        nc = agent._require_nc()
-        await self._mcp_ensure_responses()
+        host = self._host
+        host.connection.require()  # NotConnectedError before anything is set up
+        await self._ensure_responses()
         request_id = _request_ids()
         if rpc.get("id") is None:
             rpc["id"] = request_id
@@ -510,105 +530,84 @@ class MCPMixin:
             params = rpc.setdefault("params", {})
             meta = params.setdefault("_meta", {})
             meta.setdefault("progressToken", request_id)
-        reply = agent.topics.mcp_responses(agent.agent_id, request_id)
+        reply = host.topics.mcp_responses(host.agent_id, request_id)
         envelope = new_message(
-            "query", rpc, source_id=agent.agent_id, source_type=agent.agent_type, reply_to=reply,
+            "query", rpc, source_id=host.agent_id, source_type=host.agent_type, reply_to=reply,
             timeout_ms=timeout * 1000.0, capabilities=["mcp"], message_id=request_id,
         )
         data = encode(envelope)
-        agent._check_size(data)
-        pending: dict[str, _Pending] = agent._mcp_pending
+        host.connection.check_size(data)
         loop = asyncio.get_running_loop()
-        timer = loop.call_later(timeout, self._mcp_expire, request_id, server_id, timeout)
-        pending[request_id] = _Pending(server_id, sink, timer, tool)
+        timer = loop.call_later(timeout, self._expire, request_id, server_id, timeout)
+        self._pending[request_id] = _Pending(server_id, sink, timer, tool)
         try:
-            await nc.publish(agent.topics.mcp_requests(server_id), data, reply=reply)
+            await host.connection.publish(host.topics.mcp_requests(server_id), data, reply=reply)
         except BaseException:
-            self._mcp_forget(request_id)
+            self.forget(request_id)
             raise
-        agent._metrics.published += 1
         return request_id
 
-    def _mcp_expire(self, request_id: str, server_id: str, timeout: float) -> None:
-        agent: Any = self
-        entry = agent._mcp_pending.pop(request_id, None)
+    def _expire(self, request_id: str, server_id: str, timeout: float) -> None:
+        entry = self._pending.pop(request_id, None)
         if entry is not None:
-            agent._metrics.counters["mcp_timeouts"] += 1
+            self._host.metrics.counters["mcp_timeouts"] += 1
             entry.sink(MCPTimeoutError(f"no answer from MCP server {server_id!r}{_about(entry.tool)} within {timeout}s",
                                        server_id=server_id, tool=entry.tool))
 
-    def _mcp_forget(self, request_id: str) -> None:
-        agent: Any = self
-        entry = agent.__dict__.get("_mcp_pending", {}).pop(request_id, None)
+    def forget(self, request_id: str) -> None:
+        """Stop waiting for the answer to request_id (no error is delivered; a late answer is dropped)."""
+        entry = self._pending.pop(request_id, None)
         if entry is not None and entry.timer is not None:
             entry.timer.cancel()
 
-    async def _mcp_cancel(self, server_id: str, request_id: str, rpc_id: Any, reason: str) -> None:
+    async def cancel(self, server_id: str, request_id: str, rpc_id: Any, reason: str) -> None:
         """Tell server_id's hosts to stop the call sent as request_id (MCP notifications/cancelled)."""
-        agent: Any = self
-        self._mcp_forget(request_id)
+        host = self._host
+        self.forget(request_id)
         note = {"jsonrpc": JSONRPC, "method": "notifications/cancelled", "params": {"requestId": rpc_id, "reason": reason}}
-        envelope = new_message("event", note, source_id=agent.agent_id, source_type=agent.agent_type, correlation_id=request_id,
+        envelope = new_message("event", note, source_id=host.agent_id, source_type=host.agent_type, correlation_id=request_id,
                                priority=10)
         try:
-            await agent._publish_raw(self._mcp_cancel_subject(server_id), encode(envelope))
+            await host.connection.publish(host.topics.mcp_cancel(server_id), encode(envelope))
         except Exception as exc:  # the connection may be closing; the host's own timeout still bounds the work
-            log.debug("agent %s could not send an MCP cancellation: %s", agent.agent_id, exc)
+            log.debug("agent %s could not send an MCP cancellation: %s", host.agent_id, exc)
 
-    async def _mcp_ensure_responses(self) -> None:
-        agent: Any = self
-        nc = agent._nc
-        agent.__dict__.setdefault("_mcp_pending", {})
-        current = agent.__dict__.get("_mcp_responses")
+    async def _ensure_responses(self) -> None:
+        nc = self._host.connection.require()
+        current = self._responses
         if current is not None and current[0] is nc:
             return
-        lock: asyncio.Lock = agent.__dict__.setdefault("_mcp_lock", asyncio.Lock())
-        async with lock:
-            current = agent.__dict__.get("_mcp_responses")
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            current = self._responses
             if current is not None and current[0] is nc:
                 return
-            subject = agent.topics.mcp_responses_all(agent.agent_id)
-            sub = await nc.subscribe(subject, cb=self._mcp_on_response)
-            agent.__dict__["_mcp_responses"] = (nc, sub)
-            if agent._stopped is not None:
-                # Not tracked with the agent's tasks: astop waits for those, and this one ends only after it.
-                agent.__dict__["_mcp_stop_watch"] = asyncio.ensure_future(self._mcp_fail_pending_on_stop(agent._stopped, nc))
+            subject = self._host.topics.mcp_responses_all(self._host.agent_id)
+            sub = await nc.subscribe(subject, cb=self._on_response)
+            self._responses = (nc, sub)
 
-    async def _mcp_fail_pending_on_stop(self, stopped: asyncio.Event, nc: Any) -> None:
-        """Once the agent has stopped, fail the calls still waiting: their answers can no longer arrive."""
-        agent: Any = self
-        await stopped.wait()
-        pending: dict[str, _Pending] = agent._mcp_pending
-        for request_id, entry in list(pending.items()):
-            self._mcp_forget(request_id)
-            entry.sink(MCPError(f"agent {agent.agent_id} stopped before MCP server {entry.server_id!r}{_about(entry.tool)} answered",
-                                server_id=entry.server_id, tool=entry.tool))
-        current = agent.__dict__.get("_mcp_responses")
-        if current is not None and current[0] is nc:
-            del agent.__dict__["_mcp_responses"]
-
-    async def _mcp_on_response(self, msg: Msg) -> None:
-        agent: Any = self
+    async def _on_response(self, msg: Msg) -> None:
+        host = self._host
         request_id = msg.subject.rpartition(".")[2]
-        pending: dict[str, _Pending] = agent._mcp_pending
-        entry = pending.get(request_id)
+        entry = self._pending.get(request_id)
         if entry is None:
             return  # late: the call already timed out or was cancelled
         if msg.headers and msg.headers.get("Status") == "503":
-            self._mcp_forget(request_id)
-            agent._metrics.counters["mcp_no_host"] += 1
+            self.forget(request_id)
+            host.metrics.counters["mcp_no_host"] += 1
             entry.sink(MCPServerNotFoundError(f"no agent hosts MCP server {entry.server_id!r}", server_id=entry.server_id, tool=entry.tool))
             return
         try:
             envelope = decode(msg.data)
         except EnvelopeError as exc:
-            log.warning("agent %s dropped a malformed MCP response: %s", agent.agent_id, exc)
+            log.warning("agent %s dropped a malformed MCP response: %s", host.agent_id, exc)
             return
         payload = envelope["payload"]
         source = envelope["source"]["id"]
         error = payload.get("error")
         if error is not None:
-            self._mcp_forget(request_id)
+            self.forget(request_id)
             code = str(error.get("code"))
             cls = _ENVELOPE_CODES.get(code, MCPError)
             entry.sink(cls(f"MCP server {entry.server_id!r}{_about(entry.tool)} on agent {source}: {code}: {error.get('message', '')}",
@@ -619,7 +618,7 @@ class MCPMixin:
         if not isinstance(rpc, dict):
             return
         if "id" in rpc and ("result" in rpc or "error" in rpc):
-            self._mcp_forget(request_id)  # the final answer; progress notifications come before it
+            self.forget(request_id)  # the final answer; progress notifications come before it
         entry.sink(rpc)
 
 

@@ -15,20 +15,27 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from mcp import types as mcp_types
 from mcp.shared.message import SessionMessage
 
 from ..errors import MCPError, MCPServerNotFoundError, MCPTimeoutError
-from .hosting import CONNECTION_CLOSED, REQUEST_TIMEOUT, MCPMixin, rpc_error
+from .hosting import CONNECTION_CLOSED, REQUEST_TIMEOUT, MCP, rpc_error
 
 __all__ = ("nats_client_transport",)
 
 log = logging.getLogger("agentcore.mcp")
 
 _BUFFER = 1024
+
+
+class _CarriesMCP(Protocol):
+    """An agent, as far as the transport cares: it carries its MCP component."""
+
+    @property
+    def _mcp(self) -> MCP: ...
 
 
 def _error_response(rpc_id: Any, exc: BaseException) -> dict[str, Any]:
@@ -42,13 +49,14 @@ def _error_response(rpc_id: Any, exc: BaseException) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def nats_client_transport(agent: MCPMixin, server_id: str, *, timeout: float = 300.0) -> AsyncIterator[tuple[Any, Any]]:
+async def nats_client_transport(agent: _CarriesMCP | MCP, server_id: str, *, timeout: float = 300.0) -> AsyncIterator[tuple[Any, Any]]:
     """Yield (read, write) streams of SessionMessage that carry an MCP session to server_id over NATS.
 
     Requests go out as they are (JSON-RPC inside the envelope), responses and progress notifications come
     back unchanged, a notifications/cancelled from the session cancels the call on its host. timeout bounds
     each request in case the session itself sets none.
     """
+    component = agent if isinstance(agent, MCP) else agent._mcp
     read_send, read_recv = anyio.create_memory_object_stream[SessionMessage | Exception](_BUFFER)
     write_send, write_recv = anyio.create_memory_object_stream[SessionMessage](_BUFFER)
     sent: dict[Any, str] = {}  # JSON-RPC id -> request envelope id, to route cancellations
@@ -79,14 +87,14 @@ async def nats_client_transport(agent: MCPMixin, server_id: str, *, timeout: flo
                 if method is not None and "id" in data:
                     rpc_id = data["id"]
                     try:
-                        sent[rpc_id] = await agent._mcp_send(server_id, data, functools.partial(deliver, rpc_id), timeout)
+                        sent[rpc_id] = await component.send(server_id, data, functools.partial(deliver, rpc_id), timeout)
                     except Exception as exc:  # e.g. a request too large for the server's max_payload
                         deliver(rpc_id, exc)
                 elif method == "notifications/cancelled":
                     rpc_id = (data.get("params") or {}).get("requestId")
                     request_id = sent.pop(rpc_id, None)
                     if request_id is not None:
-                        await agent._mcp_cancel(server_id, request_id, rpc_id, str((data.get("params") or {}).get("reason") or "cancelled"))
+                        await component.cancel(server_id, request_id, rpc_id, str((data.get("params") or {}).get("reason") or "cancelled"))
                 # Other notifications (initialized, roots changed) concern the session the host already holds.
 
     async with anyio.create_task_group() as tg:
@@ -95,7 +103,7 @@ async def nats_client_transport(agent: MCPMixin, server_id: str, *, timeout: flo
             yield read_recv, write_send
         finally:
             for request_id in sent.values():
-                agent._mcp_forget(request_id)
+                component.forget(request_id)
             tg.cancel_scope.cancel()
             await write_send.aclose()
             await read_send.aclose()

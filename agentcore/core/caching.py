@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from ._impl import ContentCache, canonical_hash
-from .metrics import AgentMetrics
+from .._impl import ContentCache, canonical_hash
+from ..metrics import AgentMetrics
 
 __all__ = ("TaskCache", "MISS", "IN_FLIGHT", "DONE")
 

@@ -10,9 +10,8 @@ from typing import Any
 
 import agentcore
 
-from ..agent import NATSAgent
-from ..config import AgentConfig
-from .client import MCPClient
+from .. import AgentConfig, NATSAgent
+from ..mcp import MCPClient
 
 __all__ = ("run_mcp_demo",)
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .agent import _TASK, NATSAgent
-from .errors import RemoteError
+from ..errors import RemoteError
+
+if TYPE_CHECKING:
+    from ..agent import NATSAgent
 
 __all__ = ("run_negotiation_demo",)
 
@@ -34,17 +36,24 @@ def _bidder(index: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
     return bid
 
 
-def _contractor(worker: NATSAgent) -> Callable[[dict[str, Any]], Any]:
-    """Return the handler that does the job, only for a coordinator it has a confirmed agreement with."""
+def _contractor(worker: NATSAgent) -> Callable[[str, dict[str, Any]], bool]:
+    """Return the handler that does the job, only for a coordinator it has a confirmed agreement with.
 
-    async def do_job(message: dict[str, Any]) -> dict[str, Any]:
+    It is subscribed to the worker's own contract subject (not a capability: a capability's tasks are shared
+    by a queue group, and the job is for the winner alone), so it answers with publish_result().
+    """
+
+    def do_job(topic: str, message: dict[str, Any]) -> bool:  # sync: runs in the agent's thread pool
         content = message["payload"]["content"]
         record = worker.negotiation_status(str(content.get("negotiation_id")))
         if record is None or record.get("state") != "confirmed" or record.get("initiator") != message["source"]["id"]:
             raise RemoteError("no_contract", f"{worker.agent_id} has no confirmed agreement for this job")
         words = str(content.get("text", "")).split()
-        return {"done_by": worker.agent_id, "summary": " ".join(words[:6]) + (" ..." if len(words) > 6 else ""),
-                "words": len(words), "billed": record["terms"]["cost"]}
+        worker.publish_result(message["id"], {
+            "done_by": worker.agent_id, "summary": " ".join(words[:6]) + (" ..." if len(words) > 6 else ""),
+            "words": len(words), "billed": record["terms"]["cost"],
+        })  # returns once sent
+        return True
 
     return do_job
 
@@ -54,8 +63,8 @@ async def run_negotiation_demo(
 ) -> dict[str, Any]:
     """Negotiate a job among workers (Contract Net), send it to the winner and return what happened."""
     for i, worker in enumerate(workers):
-        worker._register(coordinator.topics.task(CONTRACT_CAPABILITY, worker.agent_id), _contractor(worker), kind=_TASK)
-        await worker.aregister_a2a_handler(NEGOTIATION_TYPE, _bidder(i))  # also subscribes the contract subject
+        await worker.asubscribe(coordinator.topics.task(CONTRACT_CAPABILITY, worker.agent_id), _contractor(worker), queue="")
+        await worker.aregister_a2a_handler(NEGOTIATION_TYPE, _bidder(i))
 
     proposal = {"task": "summarize", "data_size": "10GB", "deadline": "2 hours"}
     constraints = {"max_cost": 50}

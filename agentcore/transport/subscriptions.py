@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import nats.errors
 from nats.aio.client import Client as NATSClient
 from nats.aio.subscription import Subscription
 
-if TYPE_CHECKING:
-    from .task_puller import TaskPuller
+__all__ = ("Retirable", "confirm", "drain", "retire")
 
-__all__ = ("confirm", "drain", "retire")
+
+class Retirable(Protocol):
+    """Something that receives like a subscription and ends like one (a nats-py Subscription, a task puller)."""
+
+    @property
+    def subject(self) -> str:
+        """Return the subject it receives on."""
+        ...
+
+    async def unsubscribe(self) -> None:
+        """End at once."""
+        ...
+
+    async def drain(self) -> None:
+        """End once what is on its way has arrived."""
+        ...
 
 log = logging.getLogger("agentcore.agent")
 
@@ -28,7 +42,7 @@ async def confirm(nc: NATSClient) -> None:
     await nc.flush()
 
 
-async def retire(nc: NATSClient, sub: Subscription | TaskPuller) -> None:
+async def retire(nc: NATSClient, sub: Retirable) -> None:
     """End a subscription without losing the messages the server already sent on it."""
     # unsubscribe() forgets the subscription at once, so messages in flight from the server are dropped
     # (measured: up to 300 of 6,000 tasks lost when pausing under load). drain() sends UNSUB, then keeps
@@ -36,7 +50,8 @@ async def retire(nc: NATSClient, sub: Subscription | TaskPuller) -> None:
     try:
         if not nc.is_connected:
             await sub.unsubscribe()
-        elif type(sub) is Subscription and hasattr(nc, "_send_unsubscribe") and hasattr(nc, "_remove_sub"):
+        elif isinstance(sub, Subscription) and type(sub) is Subscription and hasattr(nc, "_send_unsubscribe") \
+                and hasattr(nc, "_remove_sub"):
             await drain(nc, sub)
         else:
             await sub.drain()
@@ -48,7 +63,7 @@ async def drain(nc: NATSClient, sub: Subscription) -> None:
     """Subscription.drain() done in the right order."""
     # nats-py's drain() leaves its UNSUB in the pending buffer and writes its PING straight to the socket: the
     # server answers the PING, then still delivers on the subscription until the UNSUB arrives, and nats-py has
-    # forgotten the subscription by then (a task lost now and then when pausing under load, CI of 78f96cc).
+    # forgotten the subscription by then (a task was lost now and then when pausing under load).
     # confirm() pushes the UNSUB out before its PING, so the PONG comes after the last message.
     await nc._send_unsubscribe(sub._id)
     try:

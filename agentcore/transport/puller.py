@@ -18,8 +18,8 @@ from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from ._inline import deliver_inline
-from ._subscriptions import retire
+from .inline import deliver_inline
+from .subscriptions import retire
 
 __all__ = ("ConsumerLimits", "TaskPuller")
 
@@ -150,7 +150,7 @@ class TaskPuller:
         """Stop asking; handle what the outstanding pull request still brings, then drop the inbox."""
         # The server sends a pull request's tasks from the consumer's own send queue, not in step with this
         # connection: an UNSUB confirmed by PING/PONG does not prove they all arrived (tasks were stranded until
-        # ack_wait that way in CI). The request's end does: its last task, or the 408 status that follows it.
+        # ack_wait that way under load). The request's end does: its last task, or the 408 status that follows it.
         self.active = False
         self._closed(self)
         if self.owed > 0:  # (messages still come: the request and the inbox outlive the pause until its end)

@@ -7,9 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .agent import NATSAgent
-from .config import AgentConfig
-from .errors import PersistenceError
+from .. import AgentConfig, NATSAgent, PersistenceError
 
 __all__ = ("run_persistence_demo",)
 
@@ -30,7 +28,7 @@ async def run_persistence_demo(url: str, out: Callable[[str], None], *, tasks: i
         return {}
     worker = NATSAgent("durable-worker", "worker", config)
     worker.add_capability("shout", _shout)
-    stream = sender._js_stream
+    stream = (await sender.persistence_info()).get("stream")
     try:
         calls = [asyncio.ensure_future(sender.send_task("shout", f"task {i}", timeout=30)) for i in range(tasks)]
         while sender.get_metrics().get("persisted_sent", 0) < tasks and not any(c.done() for c in calls):
@@ -45,6 +43,6 @@ async def run_persistence_demo(url: str, out: Callable[[str], None], *, tasks: i
         return {"kept": kept, "answered": len(results)}
     finally:
         await worker.astop()
-        if sender._js is not None and stream is not None:
-            await sender._js.delete_stream(stream)  # the demo leaves nothing behind on a server it was pointed at
+        if stream is not None:
+            await sender.nc.jetstream().delete_stream(stream)  # the demo leaves nothing behind on a server it was pointed at
         await sender.astop()

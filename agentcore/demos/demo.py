@@ -9,8 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from .agent import NATSAgent
-from .config import AgentConfig
+from .. import AgentConfig, NATSAgent
 
 __all__ = ("run_demo",)
 
@@ -75,19 +74,19 @@ async def run_demo(url: str, *, tasks: int = 200, out: Callable[[str], None] = p
         out(f"{tasks} concurrent summarize tasks in {elapsed * 1000:.1f} ms ({tasks / elapsed:.0f} tasks/s), shared by the queue group: "
             + ", ".join(f"{k}={v}" for k, v in sorted(handled_by.items())))
 
-        from .negotiation_demo import run_negotiation_demo
+        from .negotiation import run_negotiation_demo
 
         negotiation = await run_negotiation_demo(coordinator, summarizers, out)
 
         try:
-            from .mcp.demo import run_mcp_demo
+            from .mcp import run_mcp_demo
         except ImportError:  # the MCP SDK is the optional extra agentcore[mcp]
             out("mcp: skipped (install agentcore[mcp] for the MCP step)")
             mcp_result: dict[str, Any] = {}
         else:
             mcp_result = await run_mcp_demo(config, out, calls=tasks)
 
-        from .persistence_demo import run_persistence_demo
+        from .persistence import run_persistence_demo
 
         persistence = await run_persistence_demo(url, out)
 

@@ -1,0 +1,341 @@
+"""The dispatcher: admission, the priority queue, duplicate detection and caching, and running handlers.
+
+Messages arrive inline from nats-py's read loop (or from a JetStream puller) and are routed through the
+compiled subject index; a handler that does not suspend finishes inside the dispatch call. Optional features
+hook in at one place each, at the cost of one ``is None`` test: the cache, and an interceptor (batching).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from .._eager import start_eager
+from .._impl import SubjectIndex
+from ..config import AgentConfig
+from ..envelope import decode, is_expired
+from ..errors import EnvelopeError, PayloadTooLargeError, RemoteError
+from ..metrics import AgentMetrics
+from ..topics import Topics
+from ..transport.connection import Connection
+from ..transport.offload import pull_request
+from ..transport.settlement import PersistedMsg, Settlement
+from .caching import DONE, IN_FLIGHT, MISS, TaskCache
+from .records import NO_REPLY, TASK, Delivery, Incoming, Queued, Registration, SubscriptionKey
+from .replies import Replies
+
+__all__ = ("Dispatcher",)
+
+log = logging.getLogger("agentcore.agent")
+
+
+class Dispatcher:
+    """Route each incoming message to its handlers under the concurrency limit; answer it exactly once."""
+
+    def __init__(self, agent_id: str, config: AgentConfig, topics: Topics, metrics: AgentMetrics, index: SubjectIndex,
+                 connection: Connection, replies: Replies, settlement: Settlement,
+                 spawn: Callable[[Coroutine[Any, Any, Any] | asyncio.Future[Any] | None], None],
+                 call_handler: Callable[..., Awaitable[Any]]) -> None:
+        self.agent_id = agent_id
+        self.config = config
+        self.topics = topics
+        self.metrics = metrics
+        self.index = index
+        self.connection = connection
+        self.replies = replies
+        self.settlement = settlement
+        self._spawn = spawn
+        self._call_handler = call_handler
+        self.max_concurrency: int = config["agent.max_concurrency"]
+        self.max_queued: int = config["agent.max_queued"]  # beyond it new work is refused as overloaded
+        self.inflight = 0
+        self.queue: list[tuple[int, int, Queued]] = []
+        self._seq = itertools.count()
+        self._pumping = False
+        # None when caching is off, so the hot path pays one attribute test for it.
+        self.cache: TaskCache | None = (
+            TaskCache(config["cache.ttl"], config["cache.max_entries"], metrics) if config["cache.enabled"] else None
+        )
+        self._take: Callable[[Queued], None] | None = None  # an interceptor (batching) takes non-system messages
+        # At most 8 large requests (each up to agent.max_request_bytes) pulled into memory at once; made per start,
+        # bound to that start's loop.
+        self.pulls = asyncio.Semaphore(min(self.max_concurrency, 8))
+
+    # ------------------------------------------------------------------ the hot path
+
+    def dispatch(self, msg: Incoming, key: SubscriptionKey) -> None:
+        """Route one incoming message of the wire subscription key to its handlers."""
+        t0 = time.perf_counter()
+        metrics = self.metrics
+        metrics.received += 1
+        subject = msg.subject
+        # The compiled index names every handler whose pattern matches; a message that arrived on an
+        # overlapping subscription of ours is handled by that subscription's own delivery, not this one.
+        regs = [reg for reg in self.index.match(subject) if reg.key == key]
+        if not regs:
+            if self.settlement.release(msg, redeliver=True):
+                return  # a persisted task whose handler was just removed: a replica may still serve it
+            if not self.index.match(subject):  # none of our other subscriptions answers it either
+                self._spawn(self._answer_unrouted(msg))
+            return
+        try:
+            message = decode(msg.data)
+        except EnvelopeError as exc:
+            metrics.invalid += 1
+            metrics.failed += 1
+            log.warning("agent %s dropped a malformed message on %s: %s", self.agent_id, subject, exc)
+            self.settlement.reject(msg)
+            if msg.reply:
+                self._spawn(self.replies.send_error(msg.reply, None, "invalid_message", str(exc)))
+            return
+        if "stream" in message["payload"] and message["type"] in ("task", "query") and any(r.kind == TASK or r.queue for r in regs):
+            # A request too large for one message came as an offer: a subscription that answers it pulls the
+            # whole envelope, then routes it (an observer's plain subscription sees the offer as it is).
+            self._spawn(self._route_pulled(msg, key, regs, message, t0))
+            return
+        self._route(msg, key, regs, message, t0)
+
+    def _route(self, msg: Incoming, key: SubscriptionKey, regs: list[Registration], message: dict[str, Any], t0: float) -> None:
+        subject = msg.subject
+        cache = self.cache
+        take = self._take
+        if cache is not None and not regs[0].system:
+            # Ids are the sender's: the same id from another sender is another message.
+            seen = cache.seen((key, message["source"]["id"]), message["id"])
+            if seen is not MISS:  # a redelivery or a retry: never run a handler twice for one message
+                self._spawn(self._answer_duplicate(regs[0], subject, message, msg, seen))
+                return
+        for reg in regs:
+            if take is not None and not reg.system:
+                take(Queued(reg, subject, message, msg, t0))
+            elif not reg.system and self.inflight >= self.max_concurrency:
+                self._admit(Queued(reg, subject, message, msg, t0))
+            else:
+                self._run(reg, subject, message, msg, t0)
+
+    async def _route_pulled(self, msg: Incoming, key: SubscriptionKey, regs: list[Registration], offer: dict[str, Any],
+                            t0: float) -> None:
+        routing = offer.get("routing") or {}
+        if routing.get("timeout") is not None:
+            timeout = max(offer["timestamp"] + routing["timeout"] / 1000.0 - time.time(), 0.1)
+        else:
+            timeout = self.config["agent.request_timeout"]
+        code = None
+        if len(self.queue) >= self.max_queued:
+            code, text = "overloaded", f"agent {self.agent_id} has {len(self.queue)} messages queued; try again later"
+        else:
+            try:
+                message = await pull_request(self.connection, offer, timeout, self.config["agent.max_request_bytes"], self.pulls)
+            except PayloadTooLargeError as exc:
+                code, text = "payload_too_large", f"agent {self.agent_id} takes requests up to agent.max_request_bytes: {exc}"
+            except asyncio.CancelledError:  # stopping past the drain timeout
+                code, text = "cancelled", f"pulling message {offer['id']} was cancelled"
+                self.settlement.release(msg, redeliver=True)  # a persisted offer: JetStream offers it again
+                if msg.reply:
+                    self._spawn(self.replies.send_error(msg.reply, offer["id"], code, text))
+                raise
+            except Exception as exc:  # a malformed or forged offer, a puller that vanished: the requester hears why
+                code, text = "invalid_message", f"the offered message could not be pulled: {exc}"
+        if code is not None:
+            self.metrics.failed += 1
+            if code == "overloaded":
+                self.metrics.counters["overloaded"] += 1
+            else:
+                self.metrics.invalid += 1
+            log.warning("agent %s refused the message offered as %s on %s: %s", self.agent_id, offer["id"], msg.subject, text)
+            self.settlement.release(msg, redeliver=code == "overloaded")
+            if msg.reply:
+                await self.replies.send_error(msg.reply, offer["id"], code, text)
+            return
+        self.metrics.counters["large_requests_pulled"] += 1
+        self._route(msg, key, regs, message, t0)
+
+    def _admit(self, queued: Queued) -> None:
+        """Queue a message until a handler slot frees up; refuse it as overloaded when the queue is full."""
+        if len(self.queue) >= self.max_queued:
+            self._refuse_overloaded(queued)
+            return
+        priority = (queued.message.get("routing") or {}).get("priority") or 0
+        # heapq is a min-heap: negate so the highest routing.priority runs first, FIFO within a priority.
+        heapq.heappush(self.queue, (-priority, next(self._seq), queued))
+
+    def _refuse_overloaded(self, queued: Queued) -> None:
+        metrics = self.metrics
+        metrics.failed += 1
+        metrics.counters["overloaded"] += 1
+        self.finish(queued, MISS)  # a retry later runs
+        if self.settlement.release(queued.msg, redeliver=True):
+            return  # JetStream offers it again shortly, perhaps to a replica: the requester keeps waiting
+        if metrics.counters["overloaded"] % 1000 == 1:  # once per thousand: logging each would add to the load
+            log.warning("agent %s is overloaded (%d queued): refusing messages", self.agent_id, len(self.queue))
+        delivery = queued.delivery()
+        if delivery.reply or queued.message.get("replyTo"):
+            self._spawn(self.replies.fail(
+                delivery, "overloaded", f"agent {self.agent_id} has {len(self.queue)} messages queued; try again later"))
+
+    async def _answer_unrouted(self, msg: Incoming) -> None:
+        """Answer a request that reached a subscription whose handler was just removed (not a silent timeout)."""
+        try:
+            message = decode(msg.data)
+        except EnvelopeError as exc:
+            if msg.reply:
+                await self.replies.send_error(msg.reply, None, "invalid_message", str(exc))
+            return
+        delivery = Delivery(message, msg.reply or None, msg.subject, None)
+        if delivery.destination is not None:  # a request (reply subject or replyTo), not a plain publish
+            await self.replies.fail(delivery, "unhandled", f"agent {self.agent_id} no longer handles {msg.subject}")
+
+    def _run(self, reg: Registration, subject: str, message: dict[str, Any], msg: Incoming, t0: float) -> None:
+        if not reg.system:  # control and discovery bypass the concurrency limit, so they are not counted in it
+            self.inflight += 1
+        self._spawn(self._handle(reg, subject, message, msg, t0))
+
+    async def _handle(self, reg: Registration, subject: str, message: dict[str, Any], msg: Incoming, t0: float) -> None:
+        metrics = self.metrics
+        replies = self.replies
+        pending = replies.pending
+        mid = message["id"]
+        delivery = Delivery(message, msg.reply or None, subject, reg.fallback)
+        prior = pending.setdefault(mid, delivery)
+        if prior is not delivery:
+            if prior.answered:
+                pending[mid] = delivery
+            else:  # publish_result() names messages by id alone: it keeps answering the first holder of this id
+                log.warning("agent %s got message id %s from %s while one with that id is still pending; "
+                            "publish_result(%r) answers the first", self.agent_id, mid, message["source"]["id"], mid)
+        replay: Any = DONE  # what a retry of this message id is answered with
+        try:
+            routing = message.get("routing")
+            if routing is not None and routing.get("timeout") is not None and is_expired(message):
+                metrics.expired += 1
+                metrics.failed += 1
+                log.info("agent %s skipped expired message %s on %s", self.agent_id, mid, subject)
+                await replies.fail(delivery, "expired", f"message {mid} expired before it was processed")
+                return
+            cache = self.cache if reg.kind == TASK and reg.cache and not reg.system else None
+            key = cache.key(reg.pattern, message) if cache is not None else None
+            if key is not None:
+                assert cache is not None
+                hit = cache.get(key)
+                if hit is not MISS:
+                    replay = hit
+                    await replies.answer(delivery, hit)
+                    metrics.processed += 1
+                    return
+            args: tuple[Any, ...] = (message,) if reg.kind == TASK else (self.topics.to_topic(subject), message)
+            if reg.is_async:
+                result = await reg.call(*args)
+            else:
+                result = await self._call_handler(reg.call, *args)
+            if not delivery.answered:
+                if reg.kind == TASK:
+                    if result is not NO_REPLY:
+                        if key is not None:
+                            cache.put(key, result)  # type: ignore[union-attr]  # only results that did not raise
+                        replay = result
+                        await replies.answer(delivery, result)
+                elif message.get("type") in ("task", "query"):
+                    if result is False and delivery.destination:
+                        await replies.fail(delivery, "unhandled", f"agent {self.agent_id} did not handle {subject}")
+                    elif delivery.reply or message.get("replyTo"):
+                        replies.defer(delivery)  # handled, answer still owed: publish_result may come later
+            metrics.processed += 1
+        except asyncio.CancelledError:
+            # stop() past its drain timeout, or the handler's own doing: the requester hears of it either way.
+            metrics.failed += 1
+            replay = MISS
+            # Unanswered, a persisted task is handed back to run again (answered, the finally below acks it).
+            if not delivery.answered and not self.settlement.release(msg, redeliver=True):
+                self._spawn(replies.fail(delivery, "cancelled", f"handling of message {mid} was cancelled"))
+            raise
+        except Exception as exc:
+            metrics.failed += 1
+            replay = MISS  # a retry of a failed message runs again
+            if isinstance(exc, RemoteError):
+                code, text = exc.code, exc.remote_message
+            else:
+                code, text = "handler_error", f"{type(exc).__name__}: {exc}"
+                log.exception("agent %s handler for %s raised on message %s", self.agent_id, subject, mid)
+            if not delivery.answered:
+                try:
+                    await replies.fail(delivery, code, text)
+                except Exception:
+                    log.exception("agent %s could not send the error result for %s", self.agent_id, mid)
+        finally:
+            if pending.get(mid) is delivery and not delivery.deferred:
+                del pending[mid]
+            if self.cache is not None and not reg.system:
+                self.cache.finish((reg.key, message["source"]["id"]), mid, replay)
+            # A persisted task is answered now (or was handed back above): JetStream may forget it.
+            if msg.__class__ is PersistedMsg:
+                if delivery.deferred and not delivery.answered:
+                    delivery.held = msg  # settled when publish_result (or no_result) answers it
+                else:
+                    self.settlement.release(msg)
+            metrics.observe(time.perf_counter() - t0)
+            if not reg.system:
+                self.inflight -= 1
+            if self.queue:
+                self._pump()
+
+    async def _answer_duplicate(self, reg: Registration, subject: str, message: dict[str, Any], msg: Incoming, seen: Any) -> None:
+        """Answer a message id this subscription already took: replay its result, or say it is a duplicate."""
+        if seen is IN_FLIGHT and self.settlement.forget(msg):
+            return  # JetStream redelivered a task still being handled: the first delivery answers and acks it
+        self.settlement.release(msg)
+        if not (msg.reply or message.get("replyTo")):
+            return  # a redelivered publish nobody waits for: dropping it is the point
+        delivery = Delivery(message, msg.reply or None, subject, None)
+        if seen is IN_FLIGHT or seen is DONE:
+            state = "is being handled" if seen is IN_FLIGHT else "was handled"
+            await self.replies.fail(delivery, "duplicate", f"message {message['id']} {state} by agent {self.agent_id}; "
+                                                           "send it with a new id to run it again")
+        else:
+            self.metrics.counters["duplicates_replayed"] += 1
+            await self.replies.answer(delivery, seen)
+
+    def _pump(self) -> None:
+        # Handlers that finish inline call _pump again from inside _run: only the outermost call loops, so a
+        # deep queue drains iteratively instead of recursing once per queued message.
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self.queue and self.inflight < self.max_concurrency:
+                _, _, q = heapq.heappop(self.queue)
+                self._run(q.reg, q.subject, q.message, q.msg, q.t0)
+        finally:
+            self._pumping = False
+
+    # ------------------------------------------------------------------ for features (the Work interface)
+
+    def intercept(self, take: Callable[[Queued], None] | None) -> None:
+        """Hand every non-system message to take instead of running it (None: run messages again)."""
+        self._take = take
+
+    def submit(self, queued: Queued) -> None:
+        """Run queued now if a handler slot is free, else queue it (refused when the queue is full)."""
+        if self.inflight >= self.max_concurrency:
+            self._admit(queued)
+        else:
+            self._run(queued.reg, queued.subject, queued.message, queued.msg, queued.t0)
+
+    async def run_counted(self, queued: Queued) -> None:
+        """Run queued's handler now, counted as in flight, and return when it has answered."""
+        self.inflight += 1  # _handle counts it down
+        await self._handle(queued.reg, queued.subject, queued.message, queued.msg, queued.t0)
+
+    def finish(self, queued: Queued, replay: Any) -> None:
+        """Record a message as handled for duplicate detection: replay is its result, DONE, or MISS to forget it."""
+        if self.cache is not None and not queued.reg.system:
+            self.cache.finish((queued.reg.key, queued.message["source"]["id"]), queued.message["id"], replay)
+
+    def take_queue(self) -> list[Queued]:
+        """Empty the queue and return what waited in it (stopping: none of it will run)."""
+        queued, self.queue = self.queue, []
+        return [q for _, _, q in queued]

@@ -1,0 +1,468 @@
+"""The core engine: one agent's identity, parts and lifecycle, offered to feature components as their Host."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client as NATSClient
+from nats.aio.msg import Msg
+
+from .._eager import start_eager
+from .._impl import IMPLEMENTATION, validate_token
+from ..config import AgentConfig
+from ..envelope import decode, encode, new_message, raise_for_error
+from ..errors import (
+    AgentCoreError, EnvelopeError, NoRespondersError, NotConnectedError, PersistenceError, RequestTimeoutError,
+)
+from ..metrics import AgentMetrics
+from ..topics import Topics
+from ..transport.connection import Connection
+from ..transport.offload import pull_result, request_large
+from ..transport.settlement import Settlement, pub_ack_stream
+from .caching import MISS
+from .control import Control
+from .dispatch import Dispatcher
+from .host import Component, PersistedSource, RequestRoute
+from .records import MESSAGE, TASK, Delivery, Handler, Registration
+from .registry import Registry, is_async
+from .replies import Replies
+
+__all__ = ("Core",)
+
+log = logging.getLogger("agentcore.agent")
+
+
+class Core:
+    """Wire the connection, registry, dispatcher, replies and control of one agent, and run its lifecycle."""
+
+    def __init__(self, agent_id: str, agent_type: str, config: AgentConfig, default: Handler) -> None:
+        self.agent_id = agent_id
+        self.agent_type = agent_type
+        self.config = config
+        self.environment: str = config["nats.environment"]
+        self.topics = Topics(self.environment)
+        self.metrics = AgentMetrics()
+        self.components: list[Component] = []
+        self._source = {"id": agent_id, "type": agent_type}  # shared by every envelope this agent sends
+        self._status = "created"
+        self.started_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self.stopped: asyncio.Event | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._subjects: dict[str, str] = {}  # topic -> validated subject, for requests
+        self._route_prefix = "\0"  # requests to subjects starting with it go through _route; nothing does by default
+        self._route: RequestRoute | None = None
+        self.connection = Connection(agent_id, config, self.metrics, closing=self._closing, reconnected=self._reconnected)
+        self.settlement = Settlement(self.metrics.counters, lambda step: self.spawn(self.try_send(step)))
+        self.replies = Replies(self._source, config, self.metrics, self.connection, self.settlement, self.spawn)
+        self.registry = Registry(self.topics, default)
+        self.work = Dispatcher(agent_id, config, self.topics, self.metrics, self.registry.index, self.connection,
+                               self.replies, self.settlement, self.spawn, self.call_handler)
+        self.registry.dispatch = self.work.dispatch
+        self.control = Control(agent_id, agent_type, self.topics, self.connection, status=lambda: self._status,
+                               describe=self.describe, capabilities=self.registry.capabilities, pause=self.pause,
+                               resume=self.resume, shutdown=self._shutdown_soon, publish=self.publish)
+
+    # ------------------------------------------------------------------ the Host interface
+
+    @property
+    def status(self) -> str:
+        """Return the lifecycle status: created, running, paused, stopping or stopped."""
+        return self._status
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """Return the event loop the agent runs on (None before it starts)."""
+        return self._loop
+
+    def on_loop_thread(self) -> bool:
+        """Return whether the caller runs on the agent's loop thread."""
+        return self._loop_thread == threading.get_ident()
+
+    def register(self, subject: str, handler: Handler, *, kind: int = TASK, queue: str = "", system: bool = False,
+                 fallback: Callable[[dict[str, Any]], str | None] | None = None) -> Registration:
+        """Route messages on subject to handler (synced to the server by sync() or at start)."""
+        return self.registry.register(subject, handler, kind=kind, queue=queue, system=system, fallback=fallback)
+
+    def unregister(self, subject: str, handler: Handler | None = None) -> None:
+        """Remove the registrations of subject (only handler's, when given)."""
+        self.registry.unregister(subject, handler)
+
+    async def sync(self) -> None:
+        """Make the wire subscriptions match the registrations and return once the server has them."""
+        nc = self.connection.nc
+        if nc is not None:
+            await self.registry.sync(nc, lambda: self._status)
+
+    def schedule_sync(self) -> None:
+        """Sync the subscriptions soon (from any thread), when the agent is connected."""
+        loop = self._loop
+        if loop is None or self.connection.nc is None:
+            return
+        if self.on_loop_thread():
+            self.spawn(loop.create_task(self.sync()))
+        else:
+            asyncio.run_coroutine_threadsafe(self.sync(), loop).result(10)
+
+    def spawn(self, work: Coroutine[Any, Any, Any] | asyncio.Future[Any] | None) -> None:
+        """Run work in the background (a coroutine starts at once, until it first suspends); stopping waits for it."""
+        if work is None:
+            return
+        if not isinstance(work, asyncio.Future):
+            work = start_eager(work)
+            if work is None:
+                return  # it finished without suspending
+        if work.done():
+            self._untrack(work)
+            return
+        self._tasks.add(work)
+        work.add_done_callback(self._untrack)
+
+    def _untrack(self, fut: asyncio.Future[Any]) -> None:
+        self._tasks.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("agent %s background step failed", self.agent_id, exc_info=fut.exception())
+
+    async def call_handler(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call a user function: async ones inline on the loop, sync ones in the agent's thread pool."""
+        if is_async(fn):
+            return await fn(*args)
+        # Sync handlers may block (an LLM call, say): a worker thread keeps the loop, control and heartbeats
+        # responsive. Async handlers run inline on the loop and cost no thread hop.
+        return await asyncio.get_running_loop().run_in_executor(self._get_executor(), fn, *args)
+
+    def _get_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:
+            if self._status == "stopped":
+                raise NotConnectedError(f"agent {self.agent_id} is stopped")
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.config["agent.sync_workers"], thread_name_prefix=f"agentcore-{self.agent_id}"
+            )
+        return self._executor
+
+    def pending(self, message_id: str) -> Delivery | None:
+        """Return the unanswered request with message_id, if any."""
+        delivery = self.replies.pending.get(message_id)
+        return None if delivery is None or delivery.answered else delivery
+
+    def hold(self, delivery: Delivery) -> None:
+        """Make delivery answerable by its id (publish_result) until unhold()."""
+        self.replies.pending.setdefault(delivery.message["id"], delivery)
+
+    def unhold(self, delivery: Delivery) -> None:
+        """Stop offering delivery by its id."""
+        pending = self.replies.pending
+        mid = delivery.message["id"]
+        if pending.get(mid) is delivery:
+            del pending[mid]
+
+    def claim(self, delivery: Delivery) -> bool:
+        """Take over answering delivery (a stream, say); False when it was answered already."""
+        return self.replies.claim(delivery)
+
+    async def answer(self, delivery: Delivery, content: Any) -> None:
+        """Send content as the result of delivery (at most one answer per delivery)."""
+        await self.replies.answer(delivery, content)
+
+    async def fail(self, delivery: Delivery, code: str, text: str) -> None:
+        """Send an error result for delivery."""
+        await self.replies.fail(delivery, code, text)
+
+    async def try_send(self, answer: Coroutine[Any, Any, None]) -> None:
+        """Send one answer, logging a failure instead of raising it: one lost answer must not cost the others theirs
+        (a batch's, or those sent at stop when the connection is already gone)."""
+        try:
+            await answer
+        except (AgentCoreError, nats.errors.Error, OSError) as exc:
+            log.warning("agent %s could not send an answer: %s", self.agent_id, exc)
+
+    def route_requests(self, prefix: str, route: RequestRoute | None) -> None:
+        """Send requests to subjects starting with prefix through route (None: through core NATS again)."""
+        self._route_prefix, self._route = (prefix, route) if route is not None else ("\0", None)
+
+    def serve_from(self, source: PersistedSource | None) -> None:
+        """Let source serve the wire subscriptions it claims (None: all from core NATS)."""
+        self.registry.source = source
+
+    # ------------------------------------------------------------------ registering
+
+    def add_capability(self, capability: str, handler: Handler | None, cache: bool) -> None:
+        """Declare a capability (see NATSAgent.add_capability)."""
+        self.registry.add_capability(capability, handler, cache)
+        if self.connection.nc is not None:
+            self.registry.register_capability(capability, handler)
+            self.schedule_sync()
+
+    def subscribe(self, topic: str, handler: Handler | None, queue: str | None) -> None:
+        """Subscribe a topic (see NATSAgent.subscribe)."""
+        subject = self.topics.to_subject(topic)
+        if queue is None:
+            queue = self.registry.capability_queue(subject) or ""
+        elif queue:
+            validate_token(queue)
+        self.registry.register(subject, handler, kind=MESSAGE, queue=queue)
+        if self.connection.nc is not None:
+            self.schedule_sync()
+
+    def unsubscribe(self, topic: str, handler: Handler | None) -> None:
+        """Remove a topic's registrations (see NATSAgent.unsubscribe)."""
+        self.registry.unregister(self.topics.to_subject(topic), handler)
+        if self.connection.nc is not None:
+            self.schedule_sync()
+
+    # ------------------------------------------------------------------ sending
+
+    async def publish(self, topic: str, content: Any, *, type: str = "event", **fields: Any) -> str:
+        """Publish a message (an event by default) to a topic or subject; return its id."""
+        subject = self.topics.to_subject(topic, wildcards=False)
+        message = new_message(type, content, source_id=self.agent_id, source_type=self.agent_type, **fields)
+        data = encode(message)
+        self.connection.check_size(data)
+        await self.connection.publish(subject, data)
+        return str(message["id"])
+
+    async def request_message(
+        self,
+        topic: str,
+        content: Any,
+        *,
+        type: str = "task",
+        timeout: float | None = None,
+        priority: int = 5,
+        capabilities: list[str] | None = None,
+        target: str | None = None,
+        conversation_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Send a message to a topic and return the whole result envelope (error results raise)."""
+        connection = self.connection
+        nc = connection.require()
+        subject = self._subjects.get(topic)
+        if subject is None:
+            subject = self.topics.to_subject(topic, wildcards=False)
+            if len(self._subjects) < 4096:  # requests mostly go to a few subjects: validate each once
+                self._subjects[topic] = subject
+        timeout = timeout if timeout is not None else self.config["agent.request_timeout"]
+        message = new_message(
+            type, content, source_id=self.agent_id, source_type=self.agent_type, target=target,
+            conversation_id=conversation_id, metadata=metadata, priority=priority,
+            capabilities=capabilities, timeout_ms=timeout * 1000.0,
+        )
+        message["routing"]["stream"] = True  # we can pull a result larger than max_payload as a stream
+        data = encode(message)
+        try:
+            if subject.startswith(self._route_prefix):  # a task, and tasks persist: stored first, answered as usual
+                assert self._route is not None
+                msg: Msg = await self._route(subject, message, timeout)
+            elif len(data) <= connection.max_payload():
+                msg = await connection.requests(nc).request(subject, data, timeout)
+            else:  # offered as a stream that the serving agent pulls: a 20 MB task arrives whole
+                msg = await request_large(connection, subject, message, data, timeout)
+        except nats.errors.NoRespondersError:
+            raise NoRespondersError(f"no agent is subscribed to {subject}") from None
+        except nats.errors.TimeoutError:
+            raise RequestTimeoutError(f"no reply on {subject} within {timeout}s") from None
+        except nats.errors.ConnectionClosedError:
+            raise NotConnectedError(f"agent {self.agent_id} stopped before the reply on {subject} arrived") from None
+        except nats.errors.Error as exc:  # draining, outbound buffer full while reconnecting, stale connection
+            raise NotConnectedError(f"agent {self.agent_id} could not request on {subject}: {exc or exc.__class__.__name__}") from exc
+        self.metrics.published += 1
+        try:
+            reply: dict[str, Any] = decode(msg.data)
+        except EnvelopeError:
+            stream = pub_ack_stream(msg.data)
+            if stream is None:
+                raise
+            raise PersistenceError(f"JetStream stream {stream} stored the task on {subject} instead of an agent answering it: "
+                                   "set jetstream.enabled on this agent too") from None
+        if "stream" in reply["payload"]:
+            reply = await pull_result(connection, reply, timeout)  # an oversized result, offered as a stream
+        raise_for_error(reply)
+        return reply
+
+    async def discover(self, capability: str | None = None, *, timeout: float | None = None,
+                       expected: int | None = None, include_self: bool = False) -> list[dict[str, Any]]:
+        """Return the live agents (see NATSAgent.discover)."""
+        timeout = timeout if timeout is not None else self.config["agent.discovery_timeout"]
+        return await self.control.discover(capability, timeout, expected, include_self)
+
+    # ------------------------------------------------------------------ status
+
+    def describe(self) -> dict[str, Any]:
+        """Return what discovery and heartbeats say about this agent."""
+        info: dict[str, Any] = {
+            "id": self.agent_id,
+            "type": self.agent_type,
+            "capabilities": list(self.registry.capabilities),
+            "status": self._status,
+            "environment": self.environment,
+            "in_flight": self.work.inflight,
+            "queued": len(self.work.queue),
+            "messages_processed": self.metrics.processed,
+            "started_at": self.started_at,
+        }
+        for component in self.components:
+            info.update(component.describe())
+        return info
+
+    def get_metrics(self) -> dict[str, Any]:
+        """Return counters and latencies (see NATSAgent.get_metrics)."""
+        snapshot = self.metrics.snapshot()
+        snapshot.update(in_flight=self.work.inflight, queued=len(self.work.queue), status=self._status,
+                        implementation=IMPLEMENTATION)
+        return snapshot
+
+    async def pause(self) -> None:
+        """Stop taking new work (task subscriptions are dropped so replicas take it); control still answers."""
+        if self._status == "running":
+            self._status = "paused"
+            await self.sync()
+            await self.control.publish_status()
+
+    async def resume(self) -> None:
+        """Take work again after pause()."""
+        if self._status == "paused":
+            self._status = "running"
+            await self.sync()
+            await self.control.publish_status()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _closing(self) -> bool:
+        return self._status in ("stopping", "stopped")
+
+    def _reconnected(self) -> None:
+        for component in self.components:
+            component.reconnected()
+
+    def _shutdown_soon(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        async def shutdown() -> None:
+            await asyncio.sleep(0)  # let the reply to the shutdown command go out first
+            await self.astop()
+
+        self.spawn(loop.create_task(shutdown()))
+
+    async def astart(self) -> None:
+        """Connect, let the components set up, subscribe and start heartbeats on the running event loop."""
+        if self._status in ("running", "paused"):
+            return
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self.stopped = asyncio.Event()
+        self.registry.lock = asyncio.Lock()
+        self.work.pulls = asyncio.Semaphore(min(self.work.max_concurrency, 8))  # bound to this start's loop
+        nc = await self.connection.connect()
+        try:
+            for component in self.components:
+                await component.start()
+        except BaseException:
+            await nc.close()
+            self.connection.nc = None
+            raise
+        self._status = "running"
+        self.started_at = time.time()
+        topics, control = self.topics, self.control
+        self.registry.register(topics.control(self.agent_id), control.on_control, kind=TASK, system=True)
+        self.registry.register(topics.discovery_requests(), control.on_discovery, kind=TASK, system=True,
+                               fallback=lambda _m: topics.discovery_responses())
+        self.registry.register_capabilities()
+        await self.sync()
+        self._heartbeat = self._loop.create_task(control.heartbeats(self.config["agent.heartbeat_interval"]))
+        await control.publish_status()
+        log.info("agent %s (%s) started with capabilities %s", self.agent_id, self.agent_type, self.registry.capabilities)
+
+    async def astop(self, timeout: float | None = None) -> None:
+        """Stop taking work, let in-flight handlers finish (up to timeout), announce it and close the connection."""
+        if self._status in ("stopping", "stopped", "created"):
+            return
+        self._status = "stopping"
+        timeout = timeout if timeout is not None else self.config["nats.drain_timeout"]
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        nc = self.connection.nc
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            if nc is not None and not nc.is_closed:
+                if not await self.registry.retire_all(nc, max(deadline - loop.time(), 0.01)):
+                    log.warning("agent %s: its subscriptions did not drain before the stop deadline", self.agent_id)
+            for component in self.components:
+                component.drain()  # e.g. batched messages not yet processed join the handlers drained below
+            me = asyncio.current_task()
+            while True:  # in-flight handlers finish and free slots for queued ones, until both are done
+                pending = [t for t in self._tasks if t is not me]
+                remaining = deadline - loop.time()
+                if not pending or remaining <= 0:
+                    break
+                await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            await self._abandon(me, timeout)
+            await self.connection.end_requests()
+            if nc is not None and not nc.is_closed:
+                self._status = "stopped"
+                await self.control.publish_status()
+                await self.connection.close()
+        finally:
+            self._status = "stopped"
+            self.settlement.stop()  # only now: handlers draining until here keep their tasks in progress
+            for component in self.components:
+                try:
+                    await component.stop()
+                except Exception:
+                    log.exception("agent %s: stopping %s failed", self.agent_id, type(component).__name__)
+            self.connection.forget()
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+            if self.stopped is not None:
+                self.stopped.set()
+            log.info("agent %s stopped", self.agent_id)
+
+    async def _abandon(self, me: asyncio.Task[Any] | None, timeout: float) -> None:
+        """Past the drain timeout: tell queued requesters the agent is stopping, cancel running handlers."""
+        queued = self.work.take_queue()
+        replies, settlement = self.replies, self.settlement
+        # Handled messages still owed a publish_result(): it cannot come once the connection closes.
+        owed, replies.owed = list(replies.owed), set()
+        late = [t for t in self._tasks if t is not me]
+        try:
+            for q in queued:
+                self.work.finish(q, MISS)  # never ran: a retry (to a replica, say) runs it
+                if settlement.release(q.msg, redeliver=True):
+                    continue  # JetStream offers it to a replica, or to this agent when it is back
+                await self.try_send(replies.fail(
+                    q.delivery(), "shutting_down", f"agent {self.agent_id} stopped before handling {q.message['id']}"))
+            for delivery in owed:
+                if delivery.held is not None and settlement.release(delivery.held, redeliver=True):
+                    replies.claim(delivery)  # JetStream offers the task again: nothing to tell its requester now
+                    continue
+                await self.try_send(replies.fail(
+                    delivery, "shutting_down", f"agent {self.agent_id} stopped before publishing a result for {delivery.message['id']}"))
+        finally:
+            for task in late:
+                task.cancel()  # each answers its requester with a cancelled error as it unwinds
+        if late or queued:
+            log.warning("agent %s stopped with %d handlers still running and %d queued after %.1fs",
+                        self.agent_id, len(late), len(queued), timeout)
+            if late:
+                await asyncio.wait(late, timeout=1.0)
+
+    async def abort_start(self) -> None:
+        """Close what a start that failed or timed out may have opened."""
+        if self._status in ("running", "paused"):
+            await self.astop()
+        elif self.connection.usable:
+            nc: NATSClient = self.connection.require()
+            await nc.close()
+        self._status = "stopped"

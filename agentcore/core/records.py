@@ -1,0 +1,82 @@
+"""The records the core keeps per registration, per delivered request and per queued message."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = ("MESSAGE", "TASK", "NO_REPLY", "Handler", "Incoming", "Registration", "Delivery", "Queued", "SubscriptionKey")
+
+Handler = Callable[..., Any]
+SubscriptionKey = tuple[str, str]  # (subject pattern, queue group): one wire subscription
+
+#: Returned by a task handler that must not answer (e.g. a discovery query for a capability it lacks).
+NO_REPLY: Any = object()
+
+MESSAGE, TASK = 0, 1  # handler kinds: (topic, message) -> bool, or (message) -> result that is sent back
+
+
+class Incoming(Protocol):
+    """A message as the dispatcher reads it: a core NATS Msg or a persisted task shaped like one."""
+
+    subject: str
+    data: bytes
+    reply: str
+
+
+@dataclass(eq=False, slots=True)
+class Registration:
+    """One handler of one subject pattern (and queue group); several may share a wire subscription."""
+
+    pattern: str
+    queue: str
+    handler: Handler | None  # None: the agent's own process_message
+    call: Handler  # what runs: handler, or the default handler it stands for
+    kind: int
+    is_async: bool
+    system: bool = False  # control/discovery/negotiation: never paused, never queued behind tasks
+    cache: bool = True  # results may be served from the content-hash cache (tasks only)
+    fallback: Callable[[dict[str, Any]], str | None] | None = None  # where results go without a reply subject
+    key: SubscriptionKey = field(init=False)  # the wire subscription it rides on: (pattern, queue)
+
+    def __post_init__(self) -> None:
+        self.key = (self.pattern, self.queue)
+
+
+@dataclass(eq=False, slots=True)
+class Delivery:
+    """A request being answered: who asked, where the answer goes, and whether it went."""
+
+    message: dict[str, Any]
+    reply: str | None
+    subject: str
+    fallback: Callable[[dict[str, Any]], str | None] | None
+    answered: bool = False
+    deferred: bool = False  # the handler returned without answering; publish_result may still come
+    timer: asyncio.TimerHandle | None = None  # when a deferred answer is given up on (no_result)
+    held: Any = None  # a persisted task whose deferred answer is owed: settled when the answer goes out
+
+    @property
+    def destination(self) -> str | None:
+        """Return where the answer goes: replyTo, else the reply subject, else the registration's fallback."""
+        dest = self.message.get("replyTo") or self.reply
+        if dest is None and self.fallback is not None:
+            dest = self.fallback(self.message)  # computed only when needed: most requests carry a reply subject
+        return dest
+
+
+@dataclass(slots=True)
+class Queued:
+    """A message admitted but not yet handed to its handler (waiting for a slot, or in a batch)."""
+
+    reg: Registration
+    subject: str
+    message: dict[str, Any]
+    msg: Incoming
+    t0: float
+
+    def delivery(self) -> Delivery:
+        """Return a fresh Delivery for answering this message."""
+        return Delivery(self.message, self.msg.reply or None, self.subject, self.reg.fallback)

@@ -1,0 +1,152 @@
+"""Answering requests: one answer per delivery, errors as typed error results, deferred answers with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ..config import AgentConfig
+from ..envelope import VERSION, encode, error_payload, new_id, new_message
+from ..errors import AgentCoreError, EnvelopeError, PayloadTooLargeError
+from ..metrics import AgentMetrics
+from ..transport.connection import Connection
+from ..transport.offload import offer_result
+from ..transport.settlement import Settlement
+from .records import Delivery
+
+__all__ = ("Replies",)
+
+log = logging.getLogger("agentcore.agent")
+
+
+class Replies:
+    """Hold the requests being answered and send their answers (results, errors, oversized results as streams)."""
+
+    def __init__(self, source: dict[str, str], config: AgentConfig, metrics: AgentMetrics, connection: Connection,
+                 settlement: Settlement, spawn: Callable[[Coroutine[Any, Any, Any]], None]) -> None:
+        self.source = source  # shared by every envelope this agent sends
+        self.config = config
+        self.metrics = metrics
+        self.connection = connection
+        self.settlement = settlement
+        self.spawn = spawn
+        self.pending: dict[str, Delivery] = {}  # message id -> the request publish_result() would answer
+        self.owed: set[Delivery] = set()  # deferred deliveries still waiting for publish_result()
+
+    def lookup(self, message_id: str) -> Delivery:
+        """Return the unanswered request with message_id; AgentCoreError when there is none."""
+        delivery = self.pending.get(message_id)
+        if delivery is None or delivery.answered:
+            raise AgentCoreError(f"agent {self.source['id']} has no pending message {message_id!r} (never received, "
+                                 "already answered, or its time ran out)")
+        return delivery
+
+    def result_message(self, delivery: Delivery, content: Any, error: dict[str, Any] | None = None) -> bytes:
+        """Return the encoded result envelope answering delivery."""
+        request = delivery.message
+        context = request.get("context")
+        payload: dict[str, Any] = {"content": content} if error is None else {"content": content, "error": error}
+        # The same fields new_message() writes, as one literal: this runs once per answered task.
+        data: bytes = encode({
+            "id": new_id(),
+            "timestamp": time.time(),
+            "version": VERSION,
+            "type": "result",
+            "source": self.source,
+            "target": request["source"]["id"],
+            "replyTo": None,
+            "correlationId": request["id"],
+            "context": {"conversationId": context.get("conversationId") if context else None, "metadata": {}},
+            "payload": payload,
+            "routing": None,
+        })
+        return data
+
+    def settle(self, delivery: Delivery) -> bool:
+        """Return False when delivery was answered already; else forget it as pending (its answer is being sent)."""
+        if delivery.answered:
+            return False  # publish_result() racing the handler's own return, say: one answer only
+        if delivery.deferred:
+            if delivery.held is not None:
+                self.settlement.release(delivery.held)
+            self.owed.discard(delivery)
+            if delivery.timer is not None:
+                delivery.timer.cancel()
+                delivery.timer = None
+            mid = delivery.message["id"]
+            if self.pending.get(mid) is delivery:
+                del self.pending[mid]
+        return True
+
+    def claim(self, delivery: Delivery) -> bool:
+        """Take over answering delivery (a stream is its answer); False when it was answered already."""
+        if not self.settle(delivery):
+            return False
+        delivery.answered = True
+        return True
+
+    async def answer(self, delivery: Delivery, content: Any) -> None:
+        """Send content as delivery's result: at once when nothing is pending, as a pulled stream when too large."""
+        if not self.settle(delivery):
+            return
+        dest = delivery.destination
+        if dest is None:
+            delivery.answered = True
+            return
+        try:
+            data = self.result_message(delivery, content)
+            self.connection.check_size(data)
+        except PayloadTooLargeError as exc:
+            if (delivery.message.get("routing") or {}).get("stream"):
+                delivery.answered = True  # the requester said it can pull a stream: it reassembles it
+                await offer_result(self.connection, self.source, delivery.message, dest, data)
+            else:
+                await self.fail(delivery, "payload_too_large", str(exc))
+            return
+        except EnvelopeError as exc:
+            await self.fail(delivery, "result_invalid", str(exc))
+            return
+        delivery.answered = True
+        await self.connection.send(dest, data)
+
+    async def fail(self, delivery: Delivery, code: str, text: str) -> None:
+        """Send an error result (payload.error = {code, message}) for delivery."""
+        if not self.settle(delivery):
+            return
+        dest = delivery.destination
+        delivery.answered = True
+        if dest is not None:
+            await self.connection.publish(dest, self.result_message(delivery, None, error_payload(code, text)))
+
+    async def send_error(self, reply: str, request_id: str | None, code: str, text: str) -> None:
+        """Send an error result to reply for a message that never became a delivery (malformed, refused)."""
+        message = new_message("result", None, source_id=self.source["id"], source_type=self.source["type"],
+                              correlation_id=request_id, error=error_payload(code, text))
+        await self.connection.publish(reply, encode(message))
+
+    def defer(self, delivery: Delivery) -> None:
+        """Keep an unanswered request open for a later publish_result, then answer no_result when its time is up."""
+        delivery.deferred = True
+        self.owed.add(delivery)
+        message = delivery.message
+        routing = message.get("routing") or {}
+        if routing.get("timeout") is not None:
+            wait = message["timestamp"] + routing["timeout"] / 1000.0 - time.time()
+        else:
+            wait = self.config["agent.request_timeout"]
+        # Say no_result a little before the requester gives up (its timeout is routing.timeout), so it hears it.
+        wait -= min(wait * 0.1, 1.0)
+        delivery.timer = asyncio.get_running_loop().call_later(max(wait, 0.0), self._expire_deferred, delivery)
+
+    def _expire_deferred(self, delivery: Delivery) -> None:
+        delivery.timer = None
+        self.owed.discard(delivery)
+        mid = delivery.message["id"]
+        if self.pending.get(mid) is delivery:
+            del self.pending[mid]
+        if not delivery.answered and self.connection.usable:
+            log.warning("agent %s handled message %s but published no result for it", self.source["id"], mid)
+            self.spawn(self.fail(delivery, "no_result", f"agent {self.source['id']} handled message {mid} but published no result"))

@@ -1,0 +1,1 @@
+"""The `agentcore demo` steps, written against the public API only."""

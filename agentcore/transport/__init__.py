@@ -1,0 +1,1 @@
+"""Everything that knows nats-py: the connection, inline delivery, subscriptions, pulls, settlement, frames, offload."""

@@ -1,0 +1,214 @@
+"""The agent's one nats-py connection: connect options, event callbacks, publishing, size limits and requests."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NATSClient
+from nats.aio.msg import Msg
+
+from ..config import AgentConfig
+from ..errors import NotConnectedError, PayloadTooLargeError
+from ..metrics import AgentMetrics
+from .inline import RequestMux, forget_connection, send_now
+
+__all__ = ("Connection",)
+
+log = logging.getLogger("agentcore.agent")
+
+_EVENT_CALLBACKS = frozenset(("error_cb", "disconnected_cb", "closed_cb", "reconnected_cb", "discovered_server_cb",
+                              "lame_duck_mode_cb"))
+_DEFAULT_MAX_PAYLOAD = 1024 * 1024
+
+
+def _chain(first: Callable[..., Awaitable[None]] | None, then: Callable[..., Any], name: str) -> Callable[..., Awaitable[None]]:
+    async def both(*args: Any) -> None:
+        if first is not None:
+            await first(*args)
+        try:
+            result = then(*args)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:  # raised into nats-py, it would stop the read loop or the close
+            log.exception("the %s given in nats.options raised", name)
+
+    return both
+
+
+class Connection:
+    """Own the nats-py client: connect it, publish through it (typed errors), and multiplex requests over it."""
+
+    def __init__(self, agent_id: str, config: AgentConfig, metrics: AgentMetrics, *,
+                 closing: Callable[[], bool], reconnected: Callable[[], None]) -> None:
+        self.agent_id = agent_id
+        self.config = config
+        self.metrics = metrics
+        self.nc: NATSClient | None = None
+        self._mux: RequestMux | None = None
+        self._closing = closing  # whether a disconnect is our own close, not an outage
+        self._reconnected = reconnected
+
+    # ------------------------------------------------------------------ connecting
+
+    def options(self) -> dict[str, Any]:
+        """Return the keyword arguments for nats.connect() that the config asks for."""
+        cfg = self.config
+        options: dict[str, Any] = {
+            "servers": cfg["nats.servers"],
+            "name": cfg["nats.name"] or self.agent_id,
+            "connect_timeout": cfg["nats.connect_timeout"],
+            "allow_reconnect": cfg["nats.allow_reconnect"],
+            "max_reconnect_attempts": cfg["nats.max_reconnect_attempts"],
+            "reconnect_time_wait": cfg["nats.reconnect_time_wait"],
+            "ping_interval": cfg["nats.ping_interval"],
+            "drain_timeout": cfg["nats.drain_timeout"],
+            "error_cb": self._on_error,
+            "disconnected_cb": self._on_disconnected,
+            "reconnected_cb": self._on_reconnected,
+        }
+        for key, option in (("nats.user", "user"), ("nats.password", "password"), ("nats.token", "token"),
+                            ("nats.user_credentials", "user_credentials"), ("nats.nkeys_seed", "nkeys_seed"),
+                            ("nats.tls_hostname", "tls_hostname")):
+            if cfg[key] is not None:
+                options[option] = cfg[key]
+        if cfg["nats.tls_ca"] or cfg["nats.tls_cert"]:
+            context = ssl.create_default_context(cafile=cfg["nats.tls_ca"])
+            if cfg["nats.tls_cert"]:
+                context.load_cert_chain(cfg["nats.tls_cert"], cfg["nats.tls_key"])
+            options["tls"] = context
+        for name, value in cfg["nats.options"].items():
+            if name in _EVENT_CALLBACKS:
+                # nats-py takes coroutine functions only; the agent's own callbacks (counting disconnects and
+                # reconnects) keep running before yours, and an exception of yours is logged, not raised into nats-py.
+                if value is not None:
+                    options[name] = _chain(options.get(name), value, name)
+            else:
+                options[name] = value  # signature_cb, user_jwt_cb and the like return values: passed as they are
+        return options
+
+    async def connect(self) -> NATSClient:
+        """Connect (bounded in time) and return the client; NotConnectedError says why not."""
+        options = self.options()
+        # nats-py keeps retrying an initial connect that fails; bound it so a wrong URL is an error, not a hang.
+        bound = options["connect_timeout"] * len(options["servers"]) + 1.0
+        try:
+            self.nc = await asyncio.wait_for(nats.connect(**options), bound)
+        except Exception as exc:
+            self.nc = None
+            raise NotConnectedError(f"agent {self.agent_id} cannot connect to {self.config['nats.servers']}: {exc}") from exc
+        return self.nc
+
+    async def _on_error(self, exc: Exception) -> None:
+        # Permission violations and slow-consumer drops arrive only here (nats-py does not raise them).
+        self.metrics.async_errors += 1
+        log.warning("agent %s: NATS error: %s", self.agent_id, exc)
+
+    async def _on_disconnected(self) -> None:
+        if self._closing():
+            return  # our own close, not an outage
+        self.metrics.disconnects += 1
+        log.warning("agent %s disconnected from NATS", self.agent_id)
+
+    async def _on_reconnected(self) -> None:
+        self.metrics.reconnects += 1
+        self._reconnected()
+        nc = self.nc
+        log.info("agent %s reconnected to %s", self.agent_id, nc.connected_url.netloc if nc and nc.connected_url else "?")
+
+    # ------------------------------------------------------------------ using it
+
+    def require(self) -> NATSClient:
+        """Return the client; NotConnectedError when the agent has none or it is closed."""
+        nc = self.nc
+        if nc is None or nc.is_closed:
+            raise NotConnectedError(f"agent {self.agent_id} is not connected")
+        return nc
+
+    @property
+    def usable(self) -> bool:
+        """Whether there is a client that is not closed."""
+        return self.nc is not None and not self.nc.is_closed
+
+    def max_payload(self) -> int:
+        """Return the largest message body the server takes."""
+        nc = self.nc
+        return nc.max_payload if nc is not None and nc.max_payload else _DEFAULT_MAX_PAYLOAD
+
+    def check_size(self, data: bytes) -> None:
+        """Raise PayloadTooLargeError when data does not fit in one message."""
+        limit = self.max_payload()
+        if len(data) > limit:
+            raise PayloadTooLargeError(len(data), limit)
+
+    def inbox_prefixes(self) -> tuple[str, ...]:
+        """Return the subject prefixes a reply inbox may have here (nats-py's default and a configured one)."""
+        prefix = self.config["nats.options"].get("inbox_prefix")
+        if isinstance(prefix, bytes):
+            prefix = prefix.decode()
+        return ("_INBOX.", f"{prefix}.") if prefix else ("_INBOX.",)
+
+    async def publish(self, subject: str, data: bytes, reply: str = "", headers: dict[str, str] | None = None) -> None:
+        """Publish through nats-py's buffer; a refusal is NotConnectedError with its reason."""
+        nc = self.require()
+        try:
+            await nc.publish(subject, data, reply=reply, headers=headers)
+        except nats.errors.Error as exc:
+            raise NotConnectedError(f"agent {self.agent_id} could not publish on {subject}: {exc or type(exc).__name__}") from exc
+        self.metrics.published += 1
+
+    async def send(self, subject: str, data: bytes) -> None:
+        """Send a latency-bound answer: written to the socket at once when nothing is pending, else published."""
+        nc: NATSClient = self.nc  # type: ignore[assignment]  # connected: the request came over it
+        if not send_now(nc, subject, data):
+            await nc.publish(subject, data)
+        self.metrics.published += 1
+
+    def requests(self, nc: NATSClient) -> RequestMux:
+        """Return the request multiplexer over nc (one wildcard inbox, replies resolved inline)."""
+        mux = self._mux
+        if mux is None or mux.nc is not nc:
+            mux = self._mux = RequestMux(nc)
+        return mux
+
+    async def request(self, subject: str, data: bytes, timeout: float) -> Msg:
+        """Publish data and return the reply (nats-py's NoRespondersError or TimeoutError otherwise)."""
+        return await self.requests(self.require()).request(subject, data, timeout)
+
+    async def request_via(self, publish: Callable[[str], Awaitable[None]], timeout: float) -> Msg:
+        """Call publish(inbox) and return the reply that reaches that inbox within timeout."""
+        return await self.requests(self.require()).request_via(publish, timeout)
+
+    # ------------------------------------------------------------------ closing
+
+    async def end_requests(self) -> None:
+        """End our own requests still waiting: they fail now, typed, not at their timeouts."""
+        if self._mux is not None:
+            await self._mux.close()
+            self._mux = None
+
+    async def close(self) -> None:
+        """Drain and close the client, bounded even when the server stalls."""
+        nc = self.nc
+        if nc is None or nc.is_closed:
+            return
+        # nats-py's drain is bounded by its drain_timeout, but a stalled server can hold its flushes for 10 s more.
+        try:
+            await asyncio.wait_for(nc.drain(), self.config["nats.drain_timeout"] + 1.0)
+        except (asyncio.TimeoutError, nats.errors.Error, OSError) as exc:
+            log.warning("agent %s: draining the connection failed (%s); closing it", self.agent_id, exc or type(exc).__name__)
+            try:
+                await asyncio.wait_for(nc.close(), 1.0)
+            except (asyncio.TimeoutError, nats.errors.Error, OSError):
+                pass
+
+    def forget(self) -> None:
+        """Drop the client from the direct writer's bookkeeping (its loop may close first)."""
+        if self.nc is not None:
+            forget_connection(self.nc)

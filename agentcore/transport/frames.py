@@ -1,0 +1,421 @@
+"""Stream frames on the wire: NATS headers carry the framing, the body carries the chunk's bytes untouched.
+
+A frame is one NATS message to the stream's inbox with headers
+  Agent-Stream (task id), Agent-Seq (0, 1, ...), Agent-Kind (text | bytes | json | envelope | error),
+  Agent-Final ("1" on the last frame) and Agent-Ctl (where the consumer sends credit and cancel).
+Credit: the consumer publishes to Agent-Ctl a message with Agent-Ack (highest sequence consumed) and
+Agent-Window (W): the producer may send sequence numbers up to ack + W. Agent-Cancel: 1 stops the producer.
+The bodies are raw bytes, so a 20 MB result costs no base64 or JSON re-encoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+import orjson
+from nats.aio.client import Client as NATSClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from .._eager import start_eager
+from ..envelope import decode, raise_for_error
+from ..errors import AgentCoreError, StreamError, StreamGapError, StreamTimeoutError
+from .subscriptions import confirm
+
+__all__ = ("StreamChunk", "StreamReceiver", "FrameSender", "pull_offer", "serve_pull", "encode_item", "split_point", "HEADER_ROOM",
+           "H_STREAM", "H_SEQ", "H_KIND", "H_FINAL", "H_CTL", "H_ACK", "H_WINDOW", "H_CANCEL")
+
+H_STREAM = "Agent-Stream"
+H_SEQ = "Agent-Seq"
+H_KIND = "Agent-Kind"
+H_FINAL = "Agent-Final"
+H_CTL = "Agent-Ctl"
+H_ACK = "Agent-Ack"
+H_WINDOW = "Agent-Window"
+H_CANCEL = "Agent-Cancel"
+
+TEXT, BYTES, JSON, ENVELOPE, ERROR = "text", "bytes", "json", "envelope", "error"
+
+log = logging.getLogger("agentcore.streaming")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChunk:
+    """One chunk of a stream, in order: data is at most chunk_size bytes of items of one kind."""
+
+    task_id: str
+    seq: int
+    kind: str  # "text" (UTF-8, never split inside a character), "bytes", or "json" (JSON Lines: one item per line)
+    data: bytes
+    final: bool
+
+    @property
+    def text(self) -> str:
+        """Return the chunk's data as text."""
+        return self.data.decode("utf-8")
+
+    def items(self) -> list[Any]:
+        """Return the JSON items of a json chunk (an item larger than chunk_size spans chunks: join their data)."""
+        return [orjson.loads(line) for line in self.data.splitlines() if line]
+
+
+def encode_item(item: Any) -> tuple[str, bytes]:
+    """Return (kind, bytes) for one generator item: str -> text, bytes -> bytes, anything else -> one JSON line."""
+    if isinstance(item, str):
+        return TEXT, item.encode("utf-8")
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return BYTES, bytes(item)
+    return JSON, orjson.dumps(item) + b"\n"
+
+
+def split_point(kind: str, data: bytes | bytearray, size: int) -> int:
+    """Return where to cut data so the first part holds at most size bytes (text is never cut inside a character)."""
+    if kind != TEXT:
+        return size
+    cut = size
+    while cut > 0 and (data[cut] & 0xC0) == 0x80:  # a UTF-8 continuation byte: back up to the character start
+        cut -= 1
+    return cut or size
+
+
+HEADER_ROOM = 1024  # headers and subject share max_payload with the body (nats-py checks the body alone)
+
+
+
+def _header_int(headers: dict[str, str], name: str) -> int | None:
+    """Return an integer stream header, or None when it is absent or malformed (peer input is never trusted)."""
+    text = headers.get(name)
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+class FrameSender:
+    """Send frames to one consumer, waiting for credit when the consumer asked for a window."""
+
+    def __init__(self, nc: NATSClient, task_id: str, dest: str | None, window: int | None, idle_timeout: float) -> None:
+        self.nc = nc
+        self.task_id = task_id
+        self.dest = dest
+        self.window = window  # None: the requester did not ask for flow control, send freely
+        self.idle_timeout = idle_timeout
+        self.acked = -1
+        self.seq = 0
+        self.cancelled = False
+        self.max_in_flight = 0
+        self.ctl = nc.new_inbox()
+        self._wake = asyncio.Event()
+        self._sub: Subscription | None = None
+
+    async def open(self) -> None:
+        self._sub = await self.nc.subscribe(self.ctl, cb=self._on_ctl)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except nats.errors.Error:
+                pass
+
+    async def _on_ctl(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        if headers.get(H_CANCEL):
+            self.cancelled = True
+        if msg.reply and self.dest is None:  # a pull: where the frames go
+            self.dest = msg.reply
+        window, acked = _header_int(headers, H_WINDOW), _header_int(headers, H_ACK)
+        if window is not None:
+            self.window = max(1, window)
+        if acked is not None:
+            self.acked = max(self.acked, acked)
+        self._wake.set()
+
+    async def wait_pulled(self, timeout: float) -> None:
+        while self.dest is None and not self.cancelled:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                raise StreamTimeoutError(f"nobody pulled stream {self.task_id} within {timeout}s", task_id=self.task_id) from None
+
+    async def abort(self, code: str, text: str) -> None:
+        """End the stream with an error frame right away, without waiting for credit."""
+        if self.cancelled or self.dest is None:
+            return
+        headers = {H_STREAM: self.task_id, H_SEQ: str(self.seq), H_KIND: ERROR, H_CTL: self.ctl, H_FINAL: "1"}
+        try:
+            await self.nc.publish(self.dest, orjson.dumps({"code": code, "message": text}), headers=headers)
+        except nats.errors.Error as exc:
+            log.debug("stream %s: could not send its error frame: %s", self.task_id, exc)
+        self.seq += 1
+
+    async def send(self, kind: str, data: bytes, final: bool = False) -> bool:
+        """Send one frame once credit allows; return False when the consumer cancelled."""
+        while self.window is not None and self.seq > self.acked + self.window and not self.cancelled:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.idle_timeout)
+            except asyncio.TimeoutError:
+                raise StreamTimeoutError(
+                    f"stream {self.task_id}: no credit from the consumer within {self.idle_timeout}s", task_id=self.task_id
+                ) from None
+        if self.cancelled:
+            return False
+        headers = {H_STREAM: self.task_id, H_SEQ: str(self.seq), H_KIND: kind, H_CTL: self.ctl}
+        if final:
+            headers[H_FINAL] = "1"
+        assert self.dest is not None
+        await self.nc.publish(self.dest, data, headers=headers)
+        self.max_in_flight = max(self.max_in_flight, self.seq - self.acked)
+        self.seq += 1
+        return True
+
+
+class StreamReceiver:
+    """Yield a stream's chunks in order: duplicates dropped, gaps detected, credit granted as chunks are consumed.
+
+    Use ``async with`` (or call ``aclose()``) so that leaving early tells the producer to stop.
+    """
+
+    def __init__(
+        self,
+        nc: NATSClient,
+        *,
+        window: int = 16,
+        idle_timeout: float = 30.0,
+        gap_timeout: float = 1.0,
+        start: Any = None,
+        task_id: str | None = None,
+        reply_to: str | None = None,
+    ) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.nc = nc
+        self.inbox = reply_to or nc.new_inbox()
+        self.window = window
+        self.idle_timeout = idle_timeout
+        self.gap_timeout = gap_timeout
+        self.duplicates = 0
+        self.max_buffered = 0
+        self.task_id: str | None = task_id
+        self._expect = task_id  # when set, frames and results of other tasks on the same subject are ignored
+        self._start = start  # coroutine function(inbox) that asks the producer to begin
+        self._frames: dict[int, Msg] = {}
+        self._next = 0
+        self._acked = -1
+        self._ctl: str | None = None
+        self._granting: set[asyncio.Task[Any]] = set()
+        self._done = False
+        self._arrived = asyncio.Event()
+        self._sub: Subscription | None = None
+
+    @property
+    def reply_to(self) -> str:
+        """Return the subject the task must name as its replyTo (or NATS reply subject) for its stream to arrive here."""
+        return self.inbox
+
+    def stamp(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Address a task envelope to this receiver: replyTo, routing.stream window and the id it expects; return it."""
+        if self._expect is None:
+            self._expect = self.task_id = message["id"]
+        else:
+            message["id"] = self._expect
+        message["replyTo"] = self.inbox
+        routing = message.get("routing")
+        if routing is None:
+            routing = message["routing"] = {}
+        routing["stream"] = {"window": self.window}
+        return message
+
+    async def _open(self) -> None:
+        if self._sub is None:
+            self._sub = await self.nc.subscribe(self.inbox, cb=self._on_frame)
+            if self._start is not None:
+                await self._start(self.inbox)
+            else:  # the task goes out some other way, maybe on another connection: the server must know us first
+                await confirm(self.nc)
+
+    async def _on_frame(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        if self._expect is not None and not self._is_ours(msg, headers):
+            return
+        if H_SEQ in headers:
+            seq = _header_int(headers, H_SEQ)
+            if seq is None or seq < 0:
+                self.duplicates += 1  # counted with the frames dropped: a malformed frame carries nothing usable
+                log.warning("stream %s: dropped a frame with a malformed %s header", self.task_id, H_SEQ)
+                return
+        else:
+            seq = -1  # a plain result envelope (no stream)
+        if seq >= 0 and (seq < self._next or seq in self._frames):
+            self.duplicates += 1
+            return
+        if seq < 0:
+            seq = self._next
+        self._frames[seq] = msg
+        self.max_buffered = max(self.max_buffered, len(self._frames))
+        if self._ctl is None and headers.get(H_CTL):
+            self._ctl = headers[H_CTL]
+        self._arrived.set()
+
+    def __aiter__(self) -> AsyncIterator[StreamChunk]:
+        return self
+
+    async def __aenter__(self) -> StreamReceiver:
+        await self._open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def _is_ours(self, msg: Msg, headers: dict[str, str]) -> bool:
+        stream = headers.get(H_STREAM)
+        if stream is not None:
+            return stream == self._expect
+        try:  # a plain result (or an offer) answers the task it correlates with
+            return bool(orjson.loads(msg.data).get("correlationId") == self._expect)
+        except (orjson.JSONDecodeError, AttributeError):
+            return True  # not an envelope at all: let _result() report it
+
+    async def __anext__(self) -> StreamChunk:
+        await self._open()
+        while True:
+            if self._done:
+                raise StopAsyncIteration
+            msg = self._frames.pop(self._next, None)
+            if msg is not None:
+                if msg.headers is None or H_SEQ not in msg.headers:
+                    return await self._result(msg)
+                chunk = self._chunk(msg)
+                if chunk is None:
+                    continue
+                return chunk
+            await self._wait()
+
+    async def _wait(self) -> None:
+        gap = bool(self._frames)  # later frames are here, the next one is not: wait briefly for reordering
+        timeout = self.gap_timeout if gap else self.idle_timeout
+        self._arrived.clear()
+        try:
+            await asyncio.wait_for(self._arrived.wait(), timeout)
+        except asyncio.TimeoutError:
+            await self.aclose()
+            if gap:
+                raise StreamGapError(
+                    f"stream {self.task_id}: chunk {self._next} missing (have {sorted(self._frames)[:5]}...)", task_id=self.task_id
+                ) from None
+            raise StreamTimeoutError(f"stream {self.task_id}: no chunk within {self.idle_timeout}s", task_id=self.task_id) from None
+
+    async def _result(self, msg: Msg) -> StreamChunk:
+        """Return the one chunk of a task that answered with a plain result instead of streaming (errors raise)."""
+        seq = self._next
+        self._next += 1
+        self._done = True
+        reply = decode(msg.data)
+        offer = reply["payload"].get("stream")
+        if isinstance(offer, dict) and offer.get("pull"):  # a result too large for one message: pull it whole
+            await self._release()
+            reply = await pull_offer(self.nc, offer, window=self.window, timeout=self.idle_timeout)
+        raise_for_error(reply)
+        self.task_id = reply.get("correlationId") or self.task_id
+        return StreamChunk(self.task_id or "", seq, JSON, orjson.dumps(reply["payload"]["content"]) + b"\n", True)
+
+    def _chunk(self, msg: Msg) -> StreamChunk | None:
+        headers = msg.headers
+        assert headers is not None
+        seq = self._next
+        self._next += 1
+        self.task_id = headers.get(H_STREAM)
+        kind = headers.get(H_KIND, BYTES)
+        final = headers.get(H_FINAL) == "1"
+        if kind == ERROR:
+            self._done = True
+            error = orjson.loads(msg.data) if msg.data else {}
+            raise StreamError(str(error.get("message", "stream failed")), code=str(error.get("code", "stream_error")), task_id=self.task_id)
+        if final:
+            self._done = True
+        elif seq - self._acked >= max(1, self.window // 2):
+            self._grant(seq)
+        if final and not msg.data:
+            return None
+        return StreamChunk(self.task_id or "", seq, kind, msg.data, final)
+
+    def _grant(self, seq: int, cancel: bool = False) -> None:
+        if self._ctl is None:
+            return
+        self._acked = seq
+        headers = {H_ACK: str(seq), H_WINDOW: str(self.window)}
+        if cancel:
+            headers[H_CANCEL] = "1"
+        # Credit is fire-and-forget: nats-py buffers the publish; the next grant is cumulative if one is lost.
+        task = start_eager(self.nc.publish(self._ctl, b"", headers=headers))
+        if task is not None:  # keep it alive until it is written
+            self._granting.add(task)
+            task.add_done_callback(self._granting.discard)
+
+    async def read_all(self, max_bytes: int | None = None) -> bytes:
+        """Return every chunk's data joined (and close the stream); StreamError beyond max_bytes (the producer is told to stop)."""
+        parts = []
+        total = 0
+        try:
+            async for chunk in self:
+                total += len(chunk.data)
+                if max_bytes is not None and total > max_bytes:
+                    raise StreamError(f"stream {self.task_id} is larger than the {max_bytes} bytes allowed", task_id=self.task_id)
+                parts.append(chunk.data)
+        finally:
+            await self.aclose()
+        return b"".join(parts)
+
+    async def aclose(self) -> None:
+        """Stop receiving; tell the producer to stop if the stream has not ended."""
+        if not self._done:
+            self._done = True
+            if self._ctl is not None and not self.nc.is_closed:
+                self._grant(self._acked, cancel=True)
+        await self._release()
+
+    async def _release(self) -> None:
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            self._start = None
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error:
+                pass
+
+
+async def pull_offer(
+    nc: NATSClient, offer: dict[str, Any], *, window: int = 8, timeout: float = 30.0, max_bytes: int | None = None
+) -> dict[str, Any]:
+    """Pull an oversized message (a result or a request) offered as ``payload.stream = {"pull": subject, ...}``; return its envelope."""
+    pull = offer["pull"]
+
+    async def start(inbox: str) -> None:
+        await nc.publish(pull, b"", reply=inbox, headers={H_WINDOW: str(window)})
+
+    data = await StreamReceiver(nc, window=window, idle_timeout=timeout, start=start).read_all(max_bytes)
+    try:
+        reply: dict[str, Any] = decode(data)
+    except AgentCoreError as exc:
+        raise StreamError(f"the reassembled message does not decode: {exc}") from exc
+    return reply
+
+
+async def serve_pull(sender: FrameSender, data: bytes, timeout: float) -> bool:
+    """Wait until the offer is pulled, then send data as ENVELOPE frames; False when the puller cancelled."""
+    await sender.wait_pulled(timeout)
+    step = (sender.nc.max_payload or 1024 * 1024) - HEADER_ROOM
+    view = memoryview(data)
+    for start in range(0, len(data), step):
+        end = start + step
+        if not await sender.send(ENVELOPE, bytes(view[start:end]), final=end >= len(data)):
+            return False
+    return True

@@ -1,0 +1,94 @@
+"""Messages larger than the server's max_payload travel as pulled streams: offered small, pulled whole.
+
+A result or request that does not fit in one message is replaced by a small envelope whose
+``payload.stream = {"pull": subject, "size": n}``; whoever can take it publishes a pull to that subject
+(with its inbox as reply) and receives the encoded envelope as ENVELOPE frames with credit. A requester
+says it can pull an oversized result by sending ``routing.stream``. A pulled request must be the offered
+message itself, within ``agent.max_request_bytes``, and its pull subject a reply inbox: a forged offer
+cannot make the agent publish anywhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from .._impl import validate_subject
+from ..envelope import encode, new_message
+from ..errors import PayloadTooLargeError, RequestTimeoutError, StreamError, StreamTimeoutError, SubjectError
+from .connection import Connection
+from .frames import FrameSender, pull_offer, serve_pull
+
+__all__ = ("offer_result", "request_large", "pull_request", "pull_result")
+
+
+async def offer_result(connection: Connection, source: dict[str, str], request: dict[str, Any], dest: str, data: bytes,
+                       *, window: int = 8, timeout: float = 30.0) -> None:
+    """Offer an encoded result too large for one message at dest, then stream it to whoever pulls it."""
+    nc = connection.require()
+    sender = FrameSender(nc, request["id"], None, window, timeout)
+    await sender.open()
+    try:
+        offer = new_message("result", None, source_id=source["id"], source_type=source["type"],
+                            target=request["source"]["id"], correlation_id=request["id"])
+        offer["payload"]["stream"] = {"pull": sender.ctl, "size": len(data)}
+        await connection.publish(dest, encode(offer))
+        if await serve_pull(sender, data, timeout):
+            connection.metrics.counters["large_results_streamed"] += 1
+    finally:
+        await sender.close()
+
+
+async def request_large(connection: Connection, subject: str, message: dict[str, Any], data: bytes, timeout: float) -> Msg:
+    """Send a request too large for one message as a small offer, stream the envelope to the agent that pulls it.
+
+    Return the reply to the offer (the handler's result for the whole message).
+    """
+    nc = connection.require()
+    sender = FrameSender(nc, message["id"], None, 8, timeout)
+    await sender.open()  # its SUB reaches the server before the offer below: the puller's first message finds it
+    offer = {**message, "payload": {"content": None, "stream": {"pull": sender.ctl, "size": len(data)}}}
+    serving = asyncio.ensure_future(serve_pull(sender, data, timeout))
+    try:
+        msg = await connection.request(subject, encode(offer), timeout)
+    finally:
+        if not serving.done():
+            serving.cancel()  # the answer came (an error, say) without a pull, or the request failed
+        await asyncio.gather(serving, return_exceptions=True)
+        await sender.close()
+    if not serving.cancelled() and serving.exception() is None and serving.result():
+        connection.metrics.counters["large_requests_streamed"] += 1
+    return msg
+
+
+async def pull_request(connection: Connection, offer: dict[str, Any], timeout: float, limit: int,
+                       slots: asyncio.Semaphore) -> dict[str, Any]:
+    """Pull the whole envelope of a request that came as an offer; it must be the offered message itself."""
+    stream = offer["payload"]["stream"]
+    if not (isinstance(stream, dict) and isinstance(stream.get("size"), int) and isinstance(stream.get("pull"), str)):
+        raise StreamError(f"message {offer['id']} carries a malformed stream offer")
+    if stream["size"] > limit:
+        raise PayloadTooLargeError(stream["size"], limit)
+    pull = stream["pull"]
+    # The pull is a publish of ours: only to a literal reply inbox, or a forged offer could make us publish anywhere.
+    try:
+        validate_subject(pull)  # no wildcards, no whitespace, no empty tokens
+    except SubjectError:
+        pull = ""
+    if not any(pull.startswith(prefix) for prefix in connection.inbox_prefixes()):
+        raise StreamError(f"message {offer['id']} offers its stream on {stream['pull']!r}, which is not a reply inbox")
+    async with slots:  # a few envelopes being pulled into memory at once, the rest wait
+        message = await pull_offer(connection.require(), stream, timeout=timeout, max_bytes=min(stream["size"], limit))
+    if message["id"] != offer["id"] or message["source"] != offer["source"]:
+        raise StreamError(f"the stream offered as message {offer['id']} carried another message ({message['id']})")
+    return message
+
+
+async def pull_result(connection: Connection, offer: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Pull an offered oversized result and return its envelope."""
+    try:
+        return await pull_offer(connection.require(), offer["payload"]["stream"], timeout=timeout)
+    except StreamTimeoutError as exc:
+        raise RequestTimeoutError(str(exc)) from None
