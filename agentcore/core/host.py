@@ -95,11 +95,11 @@ class Host(Protocol):
 
     def register(self, subject: str, handler: Handler, *, kind: int = TASK, queue: str = "", system: bool = False,
                  fallback: Callable[[dict[str, Any]], str | None] | None = None) -> Registration:
-        """Route messages on subject to handler (synced to the server by sync() or at start)."""
+        """Route messages on subject to handler (synced to the server by sync() or at start; never served from the result cache)."""
         ...
 
     def unregister(self, subject: str, handler: Handler | None = None) -> None:
-        """Remove the registrations of subject (only handler's, when given)."""
+        """Remove the registrations of subject (only handler's, when given); sync() or schedule_sync() ends the subscription."""
         ...
 
     async def sync(self) -> None:
