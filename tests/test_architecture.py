@@ -23,11 +23,16 @@ def _modules() -> dict[str, Path]:
     return found
 
 
+# Parsed once, at collection: on CPython 3.11 a RecursionError caught earlier in the same process can leave
+# ast.parse failing with "AST constructor recursion depth mismatch" (a CPython bug), so no test parses later.
+TREES = {path: ast.parse(path.read_text()) for path in PACKAGE.rglob("*.py")}
+
+
 def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     """Every agentcore module name imports, counting imports inside functions and under TYPE_CHECKING."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     targets: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(TREES[path]):
         if isinstance(node, ast.Import):
             candidates = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -104,8 +109,7 @@ def test_the_agent_has_no_mixin_bases() -> None:
 
 def test_demos_use_only_the_public_api() -> None:
     for path in (PACKAGE / "demos").glob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
+        for node in ast.walk(TREES[path]):
             if isinstance(node, ast.ImportFrom):
                 private = [alias.name for alias in node.names if alias.name.startswith("_") and alias.name != "__future__"]
                 assert not private, f"{path.name} imports {private}"

@@ -40,7 +40,7 @@ class Dispatcher:
     def __init__(self, agent_id: str, config: AgentConfig, topics: Topics, metrics: AgentMetrics, index: SubjectIndex,
                  connection: Connection, replies: Replies, settlement: Settlement,
                  spawn: Callable[[Coroutine[Any, Any, Any] | asyncio.Future[Any] | None], None],
-                 call_handler: Callable[..., Awaitable[Any]]) -> None:
+                 call_sync: Callable[..., Awaitable[Any]]) -> None:
         self.agent_id = agent_id
         self.config = config
         self.topics = topics
@@ -50,7 +50,7 @@ class Dispatcher:
         self.replies = replies
         self.settlement = settlement
         self._spawn = spawn
-        self._call_handler = call_handler
+        self._call_sync = call_sync  # runs a sync handler in the thread pool
         self.max_concurrency: int = config["agent.max_concurrency"]
         self.max_queued: int = config["agent.max_queued"]  # beyond it new work is refused as overloaded
         self.inflight = 0
@@ -231,7 +231,7 @@ class Dispatcher:
             if reg.is_async:
                 result = await reg.call(*args)
             else:
-                result = await self._call_handler(reg.call, *args)
+                result = await self._call_sync(reg.call, *args)
             if not delivery.answered:
                 if reg.kind == TASK:
                     if result is not NO_REPLY:

@@ -67,7 +67,7 @@ class Core:
         self.replies = Replies(self._source, config, self.metrics, self.connection, self.settlement, self.spawn)
         self.registry = Registry(self.topics, default)
         self.work = Dispatcher(agent_id, config, self.topics, self.metrics, self.registry.index, self.connection,
-                               self.replies, self.settlement, self.spawn, self.call_handler)
+                               self.replies, self.settlement, self.spawn, self.call_sync)
         self.registry.dispatch = self.work.dispatch
         self.control = Control(agent_id, agent_type, self.topics, self.connection, status=lambda: self._status,
                                describe=self.describe, capabilities=self.registry.capabilities, pause=self.pause,
@@ -137,6 +137,10 @@ class Core:
         """Call a user function: async ones inline on the loop, sync ones in the agent's thread pool."""
         if is_async(fn):
             return await fn(*args)
+        return await self.call_sync(fn, *args)
+
+    async def call_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call a sync user function in the agent's thread pool."""
         # Sync handlers may block (an LLM call, say): a worker thread keeps the loop, control and heartbeats
         # responsive. Async handlers run inline on the loop and cost no thread hop.
         return await asyncio.get_running_loop().run_in_executor(self._get_executor(), fn, *args)
