@@ -41,17 +41,19 @@ class NATSAgent:
         self.agent_id = validate_token(agent_id)
         self.agent_type = agent_type
         self.config = config if isinstance(config, AgentConfig) else AgentConfig(config)
-        core = self._core = Core(self.agent_id, agent_type, self.config, self.process_message)
+        # The override points are looked up when used, so one assigned on the instance counts too.
+        core = self._core = Core(self.agent_id, agent_type, self.config, lambda: self.process_message)
         self.environment: str = core.environment
         self.topics: Topics = core.topics
         self.capabilities: list[str] = core.registry.capabilities
         # Features, each over the core's Host interface; the core calls them at start, reconnect, drain and stop.
         self._persistence = Persistence(core)
         self._streaming = Streaming(core)
-        self._batching = Batching(core, self.process_batch)
+        self._batching = Batching(core, lambda messages: self.process_batch(messages))
         self._negotiation = Negotiation(core)
         self._mcp = MCP(core)
         core.components.extend((self._persistence, self._streaming, self._batching, self._negotiation, self._mcp))
+        core.setup = self._setup_subscriptions  # looked up now: a subclass's override (the guide's style) runs at start
         self._own_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ capabilities and subscriptions
@@ -82,6 +84,10 @@ class NATSAgent:
         self._core.unsubscribe(topic, handler)
 
     # ------------------------------------------------------------------ override points
+
+    def _setup_subscriptions(self) -> None:
+        """Register control, discovery and the capabilities' task topics at start (a subclass may add its own)."""
+        self._core.register_base()
 
     def process_message(self, topic: str, message: dict[str, Any]) -> bool:
         """Handle a message no specific handler took; return True when handled (override in a subclass)."""

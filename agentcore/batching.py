@@ -96,6 +96,13 @@ class Batching:
         """Add nothing to discovery."""
         return {}
 
+    def gauges(self) -> Mapping[str, float]:
+        """Report the batch settings in force and how many messages wait in the pending batch."""
+        batch = self._batch
+        if batch is None:
+            return {}
+        return {"batch_size_limit": batch.batch_size, "batch_timeout": batch.batch_timeout, "batch_pending": len(batch)}
+
     # ------------------------------------------------------------------ internals
 
     def _add(self, item: Queued) -> None:

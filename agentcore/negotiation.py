@@ -140,6 +140,10 @@ class Negotiation:
         """Return the negotiation types this agent answers (for discovery answers and heartbeats)."""
         return {"negotiation_types": sorted(self._handlers)}
 
+    def gauges(self) -> Mapping[str, float]:
+        """Report nothing: a negotiation's events are counted as they happen."""
+        return {}
+
     # ================================================================== participant side
 
     def register_a2a_handler(

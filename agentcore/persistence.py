@@ -183,6 +183,10 @@ class Persistence:
         """Name the task stream, when persistence is on: its tasks are kept in JetStream until answered."""
         return {"persistent_stream": self._stream} if self._stream is not None else {}
 
+    def gauges(self) -> Mapping[str, float]:
+        """Report how many persisted tasks this agent holds unsettled."""
+        return {"persisted_held": len(self._host.work.settlement.held)} if self._js is not None else {}
+
     async def _request(self, subject: str, message: dict[str, Any], timeout: float) -> Msg:
         """Store a task in JetStream (retrying through reconnects) and return the result sent to our inbox."""
         host = self._host

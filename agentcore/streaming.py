@@ -205,3 +205,7 @@ class Streaming:
     def describe(self) -> Mapping[str, Any]:
         """Add nothing to discovery."""
         return {}
+
+    def gauges(self) -> Mapping[str, float]:
+        """Report nothing: a stream in progress is a handler in flight."""
+        return {}

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import itertools
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import nats
 import pytest
 
-from agentcore import AgentConfig, NATSAgent
+from agentcore import AgentConfig, AgentCoreError, NATSAgent
 from agentcore.server import NATSServer
 
 _envs = itertools.count(1)
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -56,9 +60,9 @@ async def make_agent(agent_config: Callable[..., AgentConfig]) -> AsyncIterator[
 
     yield make
     for agent in reversed(agents):
-        if agent._own_thread is not None:
-            agent.stop()
-        else:
+        try:
+            agent.stop()  # an agent the test started on its own thread (agent.start())
+        except AgentCoreError:  # "use `await agent.astop()`": it runs on this loop
             await agent.astop()
 
 
@@ -75,10 +79,6 @@ async def eventually(condition: Callable[[], Any], timeout: float = 5.0, what: s
 
     condition may return an awaitable (a query to the server, say): its result is what must hold.
     """
-    import asyncio
-    import inspect
-    import time
-
     async def holds() -> bool:
         result = condition()
         return bool(await result) if inspect.isawaitable(result) else bool(result)
@@ -90,8 +90,22 @@ async def eventually(condition: Callable[[], Any], timeout: float = 5.0, what: s
         await asyncio.sleep(0.002)
 
 
-async def subscribed(nc: nats.NATS) -> None:
-    """Return once the server has every SUB nc sent: nats-py's flush() alone can overtake SUBs still buffered."""
-    from agentcore.transport.subscriptions import confirm as _confirm
+async def within(awaitable: Awaitable[T], what: str, timeout: float = 30.0) -> T:
+    """Await awaitable for at most timeout seconds: a wait that would hang fails as an assertion naming what."""
+    try:
+        async with asyncio.timeout(timeout) as scope:
+            return await awaitable
+    except TimeoutError:
+        if scope.expired():
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+        raise  # the awaitable's own timeout error (RequestTimeoutError is a TimeoutError too)
 
-    await _confirm(nc)
+
+async def subscribed(nc: nats.NATS) -> None:
+    """Return once the server has every SUB nc sent: nats-py's flush() alone can overtake SUBs still buffered.
+
+    flush() writes its PING straight to the socket, ahead of what still waits in nats-py's pending buffer; push
+    that buffer out first (a nats-py internal), then the PING/PONG round trip proves the server has it all.
+    """
+    await nc._flush_pending(force_flush=True)
+    await nc.flush()

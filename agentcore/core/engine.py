@@ -42,7 +42,7 @@ log = logging.getLogger("agentcore.agent")
 class Core:
     """Wire the connection, registry, dispatcher, replies and control of one agent, and run its lifecycle."""
 
-    def __init__(self, agent_id: str, agent_type: str, config: AgentConfig, default: Handler) -> None:
+    def __init__(self, agent_id: str, agent_type: str, config: AgentConfig, default: Callable[[], Handler]) -> None:
         self.agent_id = agent_id
         self.agent_type = agent_type
         self.config = config
@@ -50,6 +50,7 @@ class Core:
         self.topics = Topics(self.environment)
         self.metrics = AgentMetrics()
         self.components: list[Component] = []
+        self.setup: Callable[[], None] = self.register_base  # run at start, before subscribing (the guide's hook)
         self._source = {"id": agent_id, "type": agent_type}  # shared by every envelope this agent sends
         self._status = "created"
         self.started_at: float | None = None
@@ -323,7 +324,10 @@ class Core:
         """Return counters and latencies (see NATSAgent.get_metrics)."""
         snapshot = self.metrics.snapshot()
         snapshot.update(in_flight=self.work.inflight, queued=len(self.work.queue), status=self._status,
-                        implementation=IMPLEMENTATION)
+                        implementation=IMPLEMENTATION, subscriptions=len(self.registry.subs),
+                        results_owed=len(self.replies.owed))
+        for component in self.components:
+            snapshot.update(component.gauges())
         return snapshot
 
     async def pause(self) -> None:
@@ -341,6 +345,14 @@ class Core:
             await self.control.publish_status()
 
     # ------------------------------------------------------------------ lifecycle
+
+    def register_base(self) -> None:
+        """Register control, discovery and the task topic of every capability."""
+        topics, control = self.topics, self.control
+        self.registry.register(topics.control(self.agent_id), control.on_control, kind=TASK, system=True)
+        self.registry.register(topics.discovery_requests(), control.on_discovery, kind=TASK, system=True,
+                               fallback=lambda _m: topics.discovery_responses())
+        self.registry.register_capabilities()
 
     def _closing(self) -> bool:
         return self._status in ("stopping", "stopped")
@@ -377,14 +389,10 @@ class Core:
             raise
         self._status = "running"
         self.started_at = time.time()
-        topics, control = self.topics, self.control
-        self.registry.register(topics.control(self.agent_id), control.on_control, kind=TASK, system=True)
-        self.registry.register(topics.discovery_requests(), control.on_discovery, kind=TASK, system=True,
-                               fallback=lambda _m: topics.discovery_responses())
-        self.registry.register_capabilities()
+        self.setup()  # the agent's _setup_subscriptions(): register_base() plus what a subclass adds
         await self.sync()
-        self._heartbeat = self._loop.create_task(control.heartbeats(self.config["agent.heartbeat_interval"]))
-        await control.publish_status()
+        self._heartbeat = self._loop.create_task(self.control.heartbeats(self.config["agent.heartbeat_interval"]))
+        await self.control.publish_status()
         log.info("agent %s (%s) started with capabilities %s", self.agent_id, self.agent_type, self.registry.capabilities)
 
     async def astop(self, timeout: float | None = None) -> None:

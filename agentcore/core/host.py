@@ -192,3 +192,7 @@ class Component(Protocol):
     def describe(self) -> Mapping[str, Any]:
         """Return what the feature adds to discovery answers and heartbeats."""
         ...
+
+    def gauges(self) -> Mapping[str, float]:
+        """Return the feature's current levels (what it holds now) for get_metrics()."""
+        ...

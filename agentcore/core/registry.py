@@ -31,7 +31,7 @@ def is_async(fn: Callable[..., Any]) -> bool:
 class Registry:
     """Hold capabilities and registrations; make one wire subscription per (pattern, queue) that has handlers."""
 
-    def __init__(self, topics: Topics, default: Handler) -> None:
+    def __init__(self, topics: Topics, default: Callable[[], Handler]) -> None:
         self.topics = topics
         self.capabilities: list[str] = []
         self.handlers: dict[str, Handler | None] = {}  # capability -> its handler (None: the default handler)
@@ -41,7 +41,7 @@ class Registry:
         self.subs: dict[SubscriptionKey, Subscription | TaskPuller] = {}
         self.lock = asyncio.Lock()  # one change of the wire subscriptions at a time
         self.source: PersistedSource | None = None  # serves some subscriptions from JetStream
-        self._default = default
+        self._default = default  # returns the handler of registrations without one (read at registration)
         self.dispatch: Callable[[Msg, SubscriptionKey], None] = lambda msg, key: None  # set to the dispatcher's
 
     # ------------------------------------------------------------------ registrations
@@ -89,7 +89,7 @@ class Registry:
         cache: bool = False,
     ) -> Registration:
         """Add a registration (the same handler and kind twice is one registration) and return it."""
-        fn = handler if handler is not None else self._default
+        fn = handler if handler is not None else self._default()
         reg = Registration(subject, queue, handler, fn, kind, is_async(fn), system=system, cache=cache, fallback=fallback)
         regs = self.registrations.setdefault(reg.key, [])
         for old in regs:

@@ -167,6 +167,10 @@ class MCP:
             }
         }
 
+    def gauges(self) -> dict[str, float]:
+        """Report the MCP calls this agent still waits for."""
+        return {"mcp_calls_pending": len(self._pending)}
+
     # ------------------------------------------------------------------ hosting
 
     def register_mcp_server(

@@ -42,6 +42,19 @@ def _chain(first: Callable[..., Awaitable[None]] | None, then: Callable[..., Any
     return both
 
 
+def _abandon(connecting: asyncio.Future[NATSClient]) -> None:
+    """Cancel a connect attempt without waiting for it; close the client if it connects after all."""
+
+    def settle(fut: asyncio.Future[NATSClient]) -> None:
+        if fut.cancelled():
+            return
+        if fut.exception() is None:
+            asyncio.ensure_future(fut.result().close())
+
+    connecting.cancel()
+    connecting.add_done_callback(settle)
+
+
 class Connection:
     """Own the nats-py client: connect it, publish through it (typed errors), and multiplex requests over it."""
 
@@ -98,8 +111,21 @@ class Connection:
         options = self.options()
         # nats-py keeps retrying an initial connect that fails; bound it so a wrong URL is an error, not a hang.
         bound = options["connect_timeout"] * len(options["servers"]) + 1.0
+        connecting = asyncio.ensure_future(nats.connect(**options))
         try:
-            self.nc = await asyncio.wait_for(nats.connect(**options), bound)
+            # Not wait_for: a cancelled nats.connect() can stay "cancelling" (seen with a refused password under
+            # load), and on Python 3.11 wait_for then waits for it forever.
+            await asyncio.wait({connecting}, timeout=bound)
+        except asyncio.CancelledError:
+            _abandon(connecting)
+            raise
+        if not connecting.done():
+            _abandon(connecting)
+            self.nc = None
+            raise NotConnectedError(f"agent {self.agent_id} cannot connect to {self.config['nats.servers']}: "
+                                    f"no connection within {bound:.1f}s")
+        try:
+            self.nc = connecting.result()
         except Exception as exc:
             self.nc = None
             raise NotConnectedError(f"agent {self.agent_id} cannot connect to {self.config['nats.servers']}: {exc}") from exc

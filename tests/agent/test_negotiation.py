@@ -8,7 +8,7 @@ from typing import Any, Dict
 
 import pytest
 
-from agentcore import NATSAgent, NegotiationError
+from agentcore import NATSAgent, NegotiationError, RemoteError
 from agentcore.envelope import decode, encode, new_message
 from agentcore.negotiation_state import Negotiation, check_constraints, select_offers
 from nats_fixtures import eventually, subscribed
@@ -516,7 +516,8 @@ async def test_negotiation_demo_sends_the_job_to_the_winner(make_agent: Any) -> 
     assert summary["outcomes"] == {"summarizer-1": "accepted", "summarizer-2": "rejected", "summarizer-3": "refused",
                                    "analyst-1": "rejected"}, lines
     assert summary["job"]["done_by"] == "summarizer-1" and summary["job"]["billed"] == 45
-    assert any("counter-proposes" in line for line in lines), lines and any("sent the job" in line for line in lines)
+    assert any("counter-proposes" in line for line in lines) and any("sent the job" in line for line in lines), lines
     # A worker without a confirmed agreement refuses the job.
-    with pytest.raises(Exception, match="no_contract"):
+    with pytest.raises(RemoteError, match="no_contract") as refused:
         await coordinator.send_task("contract", {"negotiation_id": summary["negotiation_id"]}, specificity="summarizer-2", timeout=5.0)
+    assert refused.value.code == "no_contract"

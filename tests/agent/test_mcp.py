@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from mcp import ClientSession
+from mcp.shared.exceptions import MCPError as SDKError
 from mcp.server.mcpserver import Context, MCPServer
 
 from agentcore import (
@@ -193,7 +194,17 @@ async def test_killed_server_process_gives_a_clear_error_and_the_agent_keeps_ser
     # The host stops advertising the dead server (so replicas would take its calls) and serves the rest.
     await eventually(lambda: "doomed" not in host.hosted_mcp_servers(), what="host drops the dead server")
     assert await caller.call_mcp_tool("healthy", "add", {"a": 1, "b": 1}) == [{"type": "text", "text": "2"}]
-    await eventually(lambda: host._subs.get(("agents.test.mcp.doomed.requests", "mcp-doomed")) is None, what="unsubscribed")
+
+    async def unsubscribed() -> bool:  # nobody on the bus serves "doomed" any more: no responders, at once
+        try:
+            await caller.call_mcp_tool("doomed", "add", {"a": 1, "b": 1}, timeout=5)
+        except MCPServerNotFoundError:
+            return True
+        except MCPError:
+            return False  # still subscribed: the host answers that it no longer serves it
+        raise AssertionError("the dead server answered a call")
+
+    await eventually(unsubscribed, what="the host to leave the dead server's queue group")
     with pytest.raises(MCPServerNotFoundError):
         await caller.call_mcp_tool("doomed", "add", {"a": 1, "b": 1})
     assert await caller.send_task("ping", {}) == "pong"
@@ -244,7 +255,8 @@ async def test_opt_in_result_cache(make_agent: Callable[..., Any], mcp_clients: 
     other = await caller.call_mcp_tool("tools", "lookup", {"key": "j"})
     assert first == again == [{"type": "text", "text": "k=1"}]
     assert other == [{"type": "text", "text": "j=2"}]  # different arguments ran the tool
-    assert [await caller.call_mcp_tool("tools", "echo", {"text": "x"}) for _ in range(2)]  # not opted in
+    # Not opted in: echo runs every time, and neither call touches the cache counters below.
+    assert [await caller.call_mcp_tool("tools", "echo", {"text": "x"}) for _ in range(2)] == [[{"type": "text", "text": "x"}]] * 2
     metrics = host.get_metrics()
     assert metrics["mcp_cache_hits"] == 1 and metrics["mcp_cache_misses"] == 2
 
@@ -307,9 +319,11 @@ async def test_sdk_session_sees_no_host_as_an_error(make_agent: Callable[..., An
     caller = await make_agent("caller")
     async with nats_client_transport(caller, "absent") as (read, write):
         async with ClientSession(read, write) as session:
-            with pytest.raises(Exception) as exc_info:
+            # An SDK session hears the SDK's own error type; its data names the kind (MCPServerNotFoundError's).
+            with pytest.raises(SDKError) as exc_info:
                 await session.initialize()
             assert "no agent hosts MCP server 'absent'" in str(exc_info.value)
+            assert exc_info.value.error.data["kind"] == "server_not_found"
 
 
 async def test_demo_mcp_step(agent_config: Callable[..., Any]) -> None:
@@ -367,7 +381,6 @@ async def test_registering_a_client_that_is_not_connected_says_so(make_agent: Ca
 
 async def test_sdk_session_reads_resources_gets_prompts_and_completes_over_nats(pair: tuple[NATSAgent, NATSAgent, MCPClient]) -> None:
     _, caller, _ = pair
-    from mcp.shared.exceptions import MCPError as SDKError
     from mcp.types import PromptReference
 
     async with nats_client_transport(caller, "tools") as (read, write):
@@ -409,7 +422,6 @@ async def test_sdk_session_reads_resources_gets_prompts_and_completes_over_nats(
 
 async def test_a_server_without_resources_or_prompts_is_not_offered_them(make_agent: Callable[..., Any]) -> None:
     from mcp.server import Server
-    from mcp.shared.exceptions import MCPError as SDKError
 
     bare = Server("bare")  # the low-level server: only what it has handlers for
     host, caller = await asyncio.gather(make_agent("host"), make_agent("caller"))
@@ -443,9 +455,10 @@ async def test_a_host_stopping_mid_call_answers_with_a_clear_error(make_agent: C
             await host.astop(timeout=0.1)  # the calls outlive the drain timeout and are cut short
             with pytest.raises(MCPServerDiedError, match="agent host stopped while serving tool 'slow' of MCP server 'tools'"):
                 await asyncio.wait_for(call, 5)
-            with pytest.raises(Exception, match="agent host stopped while serving tool 'slow'"):
+            with pytest.raises(SDKError, match="agent host stopped while serving tool 'slow'") as sdk_error:
                 await asyncio.wait_for(sdk_call, 5)
-    assert caller._mcp_pending == {}
+            assert sdk_error.value.error.data["kind"] == "host_stopped"
+    assert caller.get_metrics()["mcp_calls_pending"] == 0
 
 
 async def test_a_caller_stopping_mid_call_fails_its_calls_at_once(make_agent: Callable[..., Any], mcp_clients: Callable[..., Any]) -> None:
@@ -457,7 +470,7 @@ async def test_a_caller_stopping_mid_call_fails_its_calls_at_once(make_agent: Ca
     await caller.astop(timeout=0.1)
     with pytest.raises(MCPError, match="agent caller stopped before MCP server 'tools' \\(tool 'slow'\\) answered"):
         await asyncio.wait_for(call, 5)
-    assert caller._mcp_pending == {}
+    assert caller.get_metrics()["mcp_calls_pending"] == 0
 
 
 async def test_a_timeout_leaves_nothing_behind(pair: tuple[NATSAgent, NATSAgent, MCPClient]) -> None:
@@ -465,10 +478,10 @@ async def test_a_timeout_leaves_nothing_behind(pair: tuple[NATSAgent, NATSAgent,
     with pytest.raises(MCPTimeoutError, match="MCP server 'tools' \\(tool 'slow'\\) within 0.2s") as timed_out:
         await caller.call_mcp_tool("tools", "slow", {"seconds": 30}, timeout=0.2)
     assert timed_out.value.server_id == "tools" and timed_out.value.tool == "slow"
-    assert caller._mcp_pending == {}  # no future, no timer left on the caller
+    assert caller.get_metrics()["mcp_calls_pending"] == 0  # no future, no timer left on the caller
     # The caller's cancellation stopped the call on the host, and nothing of it is left there either.
     await eventually(lambda: host.get_metrics().get("mcp_calls_cancelled") == 1, what="host cancelled the timed-out call")
-    assert host._mcp_hosted["tools"].inflight == {}
+    assert host.get_metrics()["in_flight"] == 0  # the host handles no call any more
     subs = [key for key in caller.nc._subs.values() if "responses" in key.subject]
     assert len(subs) == 1  # one wildcard response subscription per agent, not one per call
 
@@ -485,7 +498,7 @@ async def test_many_callers_on_separate_agents_at_once(make_agent: Callable[...,
     answers = await asyncio.gather(*(burst(n, agent) for n, agent in enumerate(callers)))
     assert answers == [[f"{n}:{i}" for i in range(40)] for n in range(6)]
     assert host.get_metrics()["mcp_calls_served"] == 240
-    assert all(agent._mcp_pending == {} for agent in callers)
+    assert all(agent.get_metrics()["mcp_calls_pending"] == 0 for agent in callers)
 
 
 async def test_a_caller_that_vanishes_does_not_leave_work_on_the_host(
@@ -502,4 +515,4 @@ async def test_a_caller_that_vanishes_does_not_leave_work_on_the_host(
                            timeout_ms=300.0, capabilities=["mcp"])
     await raw_nc.publish("agents.test.mcp.tools.requests", encode(envelope))
     await eventually(marker.exists, what="the server was told to stop the call")
-    await eventually(lambda: not host._mcp_hosted["tools"].inflight, what="nothing left in flight on the host")
+    await eventually(lambda: host.get_metrics()["in_flight"] == 0, what="nothing left in flight on the host")

@@ -13,6 +13,7 @@ import pytest
 
 from agentcore import (
     AgentConfig,
+    AgentCoreError,
     HandlerError,
     MessageExpiredError,
     NATSAgent,
@@ -23,25 +24,11 @@ from agentcore import (
 )
 from agentcore.envelope import new_message
 from agentcore.errors import InvalidMessageError
+from helpers import Deferring, Never, task_envelope
 from nats_fixtures import eventually
 
 
-def guide_envelope(message_id: str, content: Any, **overrides: Any) -> dict[str, Any]:
-    message = {
-        "id": message_id,
-        "timestamp": time.time(),
-        "version": "1.0",
-        "type": "task",
-        "source": {"id": "plain-client", "type": "agent"},
-        "target": None,
-        "replyTo": None,
-        "correlationId": None,
-        "context": {"conversationId": "conv-1", "metadata": {}},
-        "payload": {"content": content},
-        "routing": {"priority": 5, "capabilities": ["analysis"], "timeout": 30000},
-    }
-    message.update(overrides)
-    return message
+GUIDE = {"capability": "analysis", "conversation": "conv-1"}  # the guide's task, as a plain client sends it
 
 
 def test_guide_my_agent_receives_a_task_and_its_result_comes_back(nats_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -90,7 +77,7 @@ def test_guide_my_agent_receives_a_task_and_its_result_comes_back(nats_url: str,
         async def ask() -> dict[str, Any]:
             nc = await nats.connect(nats_url)
             try:
-                data = orjson.dumps(guide_envelope("task-1", {"text": "one two three"}))
+                data = orjson.dumps(task_envelope("task-1", {"text": "one two three"}, **GUIDE))
                 msg = await nc.request("agents.prod.task.analysis.sentiment", data, timeout=5)
                 return orjson.loads(msg.data)
             finally:
@@ -113,7 +100,7 @@ def test_guide_my_agent_receives_a_task_and_its_result_comes_back(nats_url: str,
 
 async def test_plain_nats_client_gets_result_with_correlation_id(make_agent, raw_nc) -> None:
     await make_agent("worker-1", capabilities={"analysis": lambda m: {"echo": m["payload"]["content"]}})
-    data = orjson.dumps(guide_envelope("unique-message-id", {"x": 1}))
+    data = orjson.dumps(task_envelope("unique-message-id", {"x": 1}, **GUIDE))
     msg = await raw_nc.request("agents.test.task.analysis.default", data, timeout=5)
     reply = orjson.loads(msg.data)
     assert reply["correlationId"] == "unique-message-id"
@@ -125,7 +112,7 @@ async def test_reply_to_field_wins_over_the_reply_subject(make_agent, raw_nc) ->
     await make_agent("worker-1", capabilities={"analysis": lambda m: "done"})
     sub = await raw_nc.subscribe("agents.test.result.plain-client.analysis")
     await raw_nc.publish("agents.test.task.analysis.default", orjson.dumps(
-        guide_envelope("m-7", None, replyTo="agents.test.result.plain-client.analysis")))
+        task_envelope("m-7", None, **GUIDE, replyTo="agents.test.result.plain-client.analysis")))
     msg = await sub.next_msg(timeout=5)
     assert orjson.loads(msg.data)["correlationId"] == "m-7"
 
@@ -133,7 +120,7 @@ async def test_reply_to_field_wins_over_the_reply_subject(make_agent, raw_nc) ->
 async def test_result_without_reply_goes_to_the_result_topic(make_agent, raw_nc) -> None:
     await make_agent("worker-1", capabilities={"analysis": lambda m: 42})
     sub = await raw_nc.subscribe("agents.test.result.plain-client.analysis")
-    await raw_nc.publish("agents.test.task.analysis.default", orjson.dumps(guide_envelope("m-8", None)))
+    await raw_nc.publish("agents.test.task.analysis.default", orjson.dumps(task_envelope("m-8", None, **GUIDE)))
     reply = orjson.loads((await sub.next_msg(timeout=5)).data)
     assert reply["correlationId"] == "m-8" and reply["payload"]["content"] == 42
 
@@ -229,7 +216,7 @@ async def test_handler_exception_reaches_the_requester_and_agent_keeps_running(m
 async def test_expired_message_is_not_processed(make_agent, raw_nc) -> None:
     calls: list[Any] = []
     worker = await make_agent("worker", capabilities={"analysis": lambda m: calls.append(m) or "ran"})
-    stale = guide_envelope("old-1", "late", timestamp=time.time() - 10, routing={"priority": 5, "capabilities": [], "timeout": 1000})
+    stale = task_envelope("old-1", "late", **GUIDE, timestamp=time.time() - 10, routing={"priority": 5, "capabilities": [], "timeout": 1000})
     msg = await raw_nc.request("agents.test.task.analysis.default", orjson.dumps(stale), timeout=5)
     reply = orjson.loads(msg.data)
     assert reply["payload"]["error"]["code"] == "expired"
@@ -354,10 +341,7 @@ async def test_no_responders_fails_fast_and_timeouts_are_typed(make_agent) -> No
         await client.send_task("nobody", 1, timeout=10)
     assert time.perf_counter() - t0 < 5  # fast, long before the 10 s timeout
 
-    async def never(message: dict[str, Any]) -> None:
-        await asyncio.Event().wait()
-
-    await make_agent("sleepy", capabilities={"sleep": never}, nats__drain_timeout=0.2)
+    await make_agent("sleepy", capabilities={"sleep": Never()}, nats__drain_timeout=0.2)
     with pytest.raises(RequestTimeoutError):
         await client.send_task("sleep", 1, timeout=0.2)
 
@@ -468,21 +452,14 @@ async def test_handler_timeouts_and_context_belong_to_the_handler(make_agent) ->
 
 async def test_deferred_answers_and_no_silent_timeouts(make_agent) -> None:
     """A handler may answer after it returns; if it never does, the requester hears no_result, not silence."""
-    later: list[str] = []
-
-    class Deferring(NATSAgent):
-        async def process_message(self, topic: str, message: Dict[str, Any]) -> bool:
-            if message["payload"]["content"] == "later":
-                later.append(message["id"])
-            return True  # handled, no result yet
-
     worker = await make_agent("worker", cls=Deferring, capabilities={"analysis": None})
     client = await make_agent("client")
     pending = asyncio.ensure_future(client.send_task("analysis", "later", timeout=5))
-    await eventually(lambda: len(later) == 1)
+    await eventually(lambda: len(worker.taken_ids("later")) == 1)
+    later = worker.taken_ids("later")
     await worker.publish_result(later[0], {"done": True})
     assert await pending == {"done": True}
-    with pytest.raises(Exception, match="no pending message"):
+    with pytest.raises(AgentCoreError, match="no pending message"):
         worker.publish_result(later[0], "twice")
 
     with pytest.raises(RemoteError) as info:
@@ -513,7 +490,7 @@ async def test_control_ignores_results_reflected_onto_it(make_agent, raw_nc) -> 
     victim = await make_agent("victim")
     await make_agent("echo", capabilities={"echo": lambda m: m["payload"]["content"]})
     # A task whose replyTo points at the victim's control subject: the echo's *result* lands there.
-    forged = guide_envelope("f-1", {"command": "shutdown"}, replyTo="agents.test.control.victim")
+    forged = task_envelope("f-1", {"command": "shutdown"}, **GUIDE, replyTo="agents.test.control.victim")
     await raw_nc.publish("agents.test.task.echo.default", orjson.dumps(forged))
     client = await make_agent("client")
     assert (await client.control("victim", "ping"))["pong"] is True
@@ -548,26 +525,28 @@ async def test_stop_finishes_queued_work_or_says_why(make_agent) -> None:
 
 async def test_messages_are_dispatched_inline_without_nats_py_queueing(make_agent) -> None:
     """The agent's subscriptions and its request inbox hand messages over as nats-py reads them."""
-    from agentcore.transport.inline import _InlineQueue
+    from agentcore.transport.inline import _InlineQueue  # INTERNAL by design: this test checks the inline delivery itself
 
     worker = await make_agent("worker", capabilities={"work": lambda m: "ok"})
     client = await make_agent("client")
     assert await client.send_task("work", 1) == "ok"
-    assert worker._subs and all(isinstance(sub._pending_queue, _InlineQueue) for sub in worker._subs.values())
-    assert isinstance(client._mux._sub._pending_queue, _InlineQueue)
-    assert all(sub.pending_msgs == 0 and sub.pending_bytes == 0 for sub in worker._subs.values())
+    # Every subscription on the agents' connections (nats-py's own registry): the worker's control, discovery
+    # and task subscriptions, and the client's request inbox.
+    worker_subs, client_subs = list(worker.nc._subs.values()), list(client.nc._subs.values())
+    assert any(sub.subject.startswith("agents.test.task.work.") for sub in worker_subs)
+    assert any(sub.subject.startswith("_INBOX.") for sub in client_subs)  # the request inbox
+    assert all(isinstance(sub._pending_queue, _InlineQueue) for sub in worker_subs + client_subs)
+    assert all(sub.pending_msgs == 0 and sub.pending_bytes == 0 for sub in worker_subs)
 
 
 async def test_stopping_fails_the_agents_own_waiting_requests_at_once(make_agent) -> None:
     from agentcore import NotConnectedError
 
-    async def never(message: dict[str, Any]) -> None:
-        await asyncio.Event().wait()
-
+    never = Never()
     await make_agent("sleepy", capabilities={"sleep": never}, nats__drain_timeout=0.2)
     client = await make_agent("client")
     waiting = asyncio.ensure_future(client.send_task("sleep", 1, timeout=30))
-    await eventually(lambda: client._mux is not None and len(client._mux._waiting) == 1)
+    await never.wait_started()  # the request is out and waits for its answer
     t0 = time.perf_counter()
     await client.astop()
     with pytest.raises(NotConnectedError):
@@ -577,7 +556,7 @@ async def test_stopping_fails_the_agents_own_waiting_requests_at_once(make_agent
 
 async def test_latency_bound_sends_skip_nats_py_flusher_and_keep_order(make_agent, raw_nc) -> None:
     """Requests and replies are written at once when nothing is pending (this nats-py's internals allow it)."""
-    from agentcore.transport.inline import send_now
+    from agentcore.transport.inline import send_now  # INTERNAL by design: this test checks the direct write itself
     from nats_fixtures import subscribed
 
     got: list[bytes] = []

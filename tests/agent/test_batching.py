@@ -11,6 +11,12 @@ from agentcore import HandlerError, NATSAgent
 from nats_fixtures import eventually
 
 
+def pending_in_batch(worker: NATSAgent) -> int:
+    """Messages taken but not yet flushed: with batching on and no flush yet, every task received is in the batch."""
+    metrics = worker.get_metrics()
+    return metrics["messages_received"] if not metrics.get("batches") else -1
+
+
 class Batcher(NATSAgent):
     """Answers each task in a batch with its text upper-cased and records the batch sizes."""
 
@@ -61,7 +67,7 @@ async def test_disable_flushes_what_is_pending(make_agent: Any) -> None:
     worker.enable_batch_processing(batch_size=10, batch_timeout=60.0)
     client = await make_agent("client")
     pending = [asyncio.ensure_future(client.send_task("upper", f"m{i}")) for i in range(3)]
-    await eventually(lambda: worker._batch is not None and len(worker._batch) == 3, what="three pending messages")
+    await eventually(lambda: pending_in_batch(worker) == 3, what="three pending messages")
     worker.disable_batch_processing()
     assert await asyncio.gather(*pending) == ["M0", "M1", "M2"]
     assert worker.sizes == [3] and worker.get_metrics()["batch_flush_disable"] == 1
@@ -74,7 +80,8 @@ async def test_disable_flushes_what_is_pending(make_agent: Any) -> None:
 async def test_defaults_come_from_config_and_control_is_never_batched(make_agent: Any) -> None:
     worker = await make_agent(cls=Batcher, nats__batch_size=3, nats__batch_timeout=60.0)
     worker.enable_batch_processing()
-    assert worker._batch.batch_size == 3 and worker._batch.batch_timeout == 60.0
+    metrics = worker.get_metrics()  # the batch settings in force
+    assert metrics["batch_size_limit"] == 3 and metrics["batch_timeout"] == 60.0
     client = await make_agent("client")
     assert (await client.control(worker.agent_id, "ping"))["pong"] is True
     assert worker.get_metrics().get("batches", 0) == 0
@@ -97,7 +104,7 @@ async def test_a_clean_stop_processes_the_pending_batch(make_agent: Any) -> None
     worker.enable_batch_processing(batch_size=10, batch_timeout=60.0)
     client = await make_agent("client")
     pending = [asyncio.ensure_future(client.send_task("upper", f"m{i}")) for i in range(3)]
-    await eventually(lambda: worker._batch is not None and len(worker._batch) == 3, what="three pending messages")
+    await eventually(lambda: pending_in_batch(worker) == 3, what="three pending messages")
     await worker.astop()
     assert await asyncio.gather(*pending) == ["M0", "M1", "M2"]
     assert worker.sizes == [3] and worker.get_metrics()["batch_flush_stop"] == 1
@@ -120,7 +127,7 @@ async def test_a_clean_stop_runs_the_handlers_of_a_pending_default_batch(make_ag
     worker.enable_batch_processing(batch_size=10, batch_timeout=60.0)
     client = await make_agent("client")
     pending = [asyncio.ensure_future(client.send_task("double", i)) for i in range(7)]
-    await eventually(lambda: worker._batch is not None and len(worker._batch) == 7, what="seven pending messages")
+    await eventually(lambda: pending_in_batch(worker) == 7, what="seven pending messages")
     await worker.astop()
     assert await asyncio.gather(*pending) == [i * 2 for i in range(7)]
     assert most <= 2 and worker.get_metrics()["messages_processed"] == 7

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any, Dict
 
 import nats
@@ -12,17 +11,17 @@ import nats.errors
 import orjson
 import pytest
 
-from agentcore import NATSAgent, NoRespondersError, NotConnectedError, OverloadedError, ShuttingDownError
+from agentcore import (
+    AgentCoreError,
+    NATSAgent,
+    NoRespondersError,
+    NotConnectedError,
+    OverloadedError,
+    RequestTimeoutError,
+    ShuttingDownError,
+)
+from helpers import Deferring, Never, task_bytes
 from nats_fixtures import eventually
-
-
-def envelope(message_id: str, source: str, content: Any, timeout_ms: float = 30000) -> bytes:
-    return orjson.dumps({
-        "id": message_id, "timestamp": time.time(), "version": "1.0", "type": "task",
-        "source": {"id": source, "type": "agent"}, "target": None, "replyTo": None, "correlationId": None,
-        "context": {"conversationId": None, "metadata": {}}, "payload": {"content": content},
-        "routing": {"priority": 5, "capabilities": ["work"], "timeout": timeout_ms},
-    })
 
 
 async def test_pausing_under_load_loses_no_task(make_agent) -> None:
@@ -63,47 +62,39 @@ async def test_stop_never_subscribes_again(make_agent, caplog: pytest.LogCapture
     with caplog.at_level(logging.ERROR, logger="agentcore"):
         await worker.astop()
         await pausing
-        await worker._sync_subscriptions()  # what any late sync does: nothing
-    assert worker._subs == {} and worker.status == "stopped"
+        await worker.asubscribe("agents/event/late/*", lambda topic, message: True)  # a late sync: it does nothing
+    assert worker.get_metrics()["subscriptions"] == 0 and worker.status == "stopped"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_stop_answers_requests_still_owed_a_published_result(make_agent) -> None:
-    taken: list[str] = []
-
-    class Deferring(NATSAgent):
-        async def process_message(self, topic: str, message: Dict[str, Any]) -> bool:
-            taken.append(message["id"])
-            return True  # handled; publish_result is to come later, and never does
-
-    worker = await make_agent("worker", cls=Deferring, capabilities={"analysis": None})
+    worker = await make_agent("worker", cls=Deferring, capabilities={"analysis": None})  # publish_result never comes
     client = await make_agent("client")
     pending = asyncio.ensure_future(client.send_task("analysis", "later", timeout=30))
-    await eventually(lambda: len(taken) == 1 and taken[0] in worker._deliveries)
-    delivery = worker._deliveries[taken[0]]
+    # Handled (process_message returned True): the answer is owed, with a no_result timer running.
+    await eventually(lambda: worker.get_metrics()["messages_processed"] == 1)
+    [taken] = worker.taken_ids()
+    assert worker.get_metrics()["results_owed"] == 1
+    delivery = worker._core.replies.pending[taken]  # INTERNAL: its no_result timer is not public
     assert delivery.timer is not None
     await worker.astop()
     with pytest.raises(ShuttingDownError) as info:
         await pending  # at the stop, not after 30 s
     assert info.value.code == "shutting_down"
-    assert delivery.answered and delivery.timer is None  # its no_result timer was cancelled
-    assert worker._deliveries == {}
+    assert delivery.answered and delivery.timer is None  # its no_result timer was cancelled (INTERNAL, as above)
+    assert worker.get_metrics()["results_owed"] == 0
+    with pytest.raises(AgentCoreError, match="no pending message"):
+        worker.publish_result(taken, "too late")  # nothing is owed any more
 
 
 async def test_a_batch_cancelled_at_stop_answers_its_requesters(make_agent) -> None:
-    entered = asyncio.Event()
-
-    class Stuck(NATSAgent):
-        async def process_batch(self, messages: list[dict[str, Any]]) -> list[Any]:
-            entered.set()
-            await asyncio.Event().wait()
-            return []
-
-    worker = await make_agent("worker", cls=Stuck, capabilities={"work": None}, nats__drain_timeout=0.2)
+    stuck = Never()
+    worker = await make_agent("worker", capabilities={"work": None}, nats__drain_timeout=0.2)
+    worker.process_batch = stuck  # the batch hook never finishes
     worker.enable_batch_processing(batch_size=2, batch_timeout=30)
     client = await make_agent("client")
     calls = [asyncio.ensure_future(client.send_task("work", i, timeout=30)) for i in range(2)]
-    await entered.wait()
+    await stuck.wait_started()
     await worker.astop()
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
     assert [getattr(e, "code", e) for e in outcomes] == ["cancelled", "cancelled"]
@@ -132,14 +123,24 @@ async def test_a_full_queue_refuses_work_as_overloaded(make_agent) -> None:
 
 async def test_a_request_racing_an_unsubscribe_is_answered(make_agent, raw_nc) -> None:
     worker = await make_agent("worker")
-    worker.subscribe("agents/task/old/*", lambda topic, message: True)
-    await worker._sync_subscriptions()
-    async with worker._sync_lock:  # the wire subscription outlives its handler until the sync runs
+    await worker.asubscribe("agents/task/old/*", lambda topic, message: True)
+    # INTERNAL: holding the subscription sync back is the only way to keep the wire subscription past its handler
+    async with worker._core.registry.lock:  # the wire subscription outlives its handler until the sync runs
         worker.unsubscribe("agents/task/old/*")
-        reply = orjson.loads((await raw_nc.request("agents.test.task.old.x", envelope("u-1", "raw", 1), timeout=5)).data)
+        reply = orjson.loads((await raw_nc.request("agents.test.task.old.x", task_bytes("u-1", 1, source="raw"), timeout=5)).data)
     assert reply["correlationId"] == "u-1"
     assert reply["payload"]["error"]["code"] == "unhandled"
-    await eventually(lambda: ("agents.test.task.old.*", "") not in worker._subs and len(worker._subs) > 0)
+
+    async def unsubscribed() -> bool:  # the old subject's wire subscription goes, the agent's others stay
+        try:
+            await raw_nc.request("agents.test.task.old.x", task_bytes("u-2", 1, source="raw"), timeout=5)
+        except nats.errors.NoRespondersError:
+            return True
+        return False
+
+    await eventually(unsubscribed, what="the old subscription to leave the server")
+    client = await make_agent("client")
+    assert (await client.control("worker", "ping"))["pong"] is True
 
 
 async def test_one_answer_per_message(make_agent, raw_nc) -> None:
@@ -157,34 +158,31 @@ async def test_one_answer_per_message(make_agent, raw_nc) -> None:
         replies.append(orjson.loads(msg.data))
 
     sub = await raw_nc.subscribe(inbox, cb=collect)
-    await raw_nc.publish("agents.test.task.work.default", envelope("once-1", "raw", 1), reply=inbox)
+    await raw_nc.publish("agents.test.task.work.default", task_bytes("once-1", 1, source="raw"), reply=inbox)
     await eventually(lambda: len(replies) == 1)
-    ping = orjson.loads(envelope("ping-1", "raw", {"command": "ping"}))
+    ping = orjson.loads(task_bytes("ping-1", {"command": "ping"}, source="raw"))
     ping["type"] = "query"
     # Replies from one connection arrive in order: once the ping's answer is here, any second answer would be too.
     await raw_nc.publish(worker.topics.control("worker"), orjson.dumps(ping), reply=inbox)
     await eventually(lambda: any(r["correlationId"] == "ping-1" for r in replies))
     assert [r["payload"]["content"] for r in replies if r["correlationId"] == "once-1"] == ["published"]
-    with pytest.raises(Exception, match="no pending message"):
+    with pytest.raises(AgentCoreError, match="no pending message"):
         worker.publish_error("once-1", "late", "too late")
     await sub.unsubscribe()
 
 
 async def _alice_and_bob_send_one_id(make_agent: Any, raw_nc: Any, bob_timeout_ms: float) -> tuple[NATSAgent, Any, Any]:
     """A deferring worker that took alice's and then bob's message, both with the id "same"; their pending requests."""
-    taken: list[str] = []
-
-    class Deferring(NATSAgent):
-        async def process_message(self, topic: str, message: Dict[str, Any]) -> bool:
-            taken.append(message["source"]["id"])
-            return True
-
     worker = await make_agent("worker", cls=Deferring, capabilities={"work": None})
-    first = asyncio.ensure_future(raw_nc.request("agents.test.task.work.default", envelope("same", "alice", 1), timeout=20))
-    await eventually(lambda: taken == ["alice"])
+
+    def senders() -> list[str]:
+        return [m["source"]["id"] for m in worker.taken]
+
+    first = asyncio.ensure_future(raw_nc.request("agents.test.task.work.default", task_bytes("same", 1, source="alice"), timeout=20))
+    await eventually(lambda: senders() == ["alice"])
     second = asyncio.ensure_future(raw_nc.request(
-        "agents.test.task.work.default", envelope("same", "bob", 2, timeout_ms=bob_timeout_ms), timeout=20))
-    await eventually(lambda: taken == ["alice", "bob"])
+        "agents.test.task.work.default", task_bytes("same", 2, source="bob", timeout_ms=bob_timeout_ms), timeout=20))
+    await eventually(lambda: senders() == ["alice", "bob"])
     return worker, first, second
 
 
@@ -204,15 +202,13 @@ async def test_stop_answers_a_deferred_request_whose_id_another_holds(make_agent
 
 
 async def test_transport_failures_on_requests_are_typed(make_agent, monkeypatch: pytest.MonkeyPatch) -> None:
-    from agentcore.transport.inline import RequestMux
-
     await make_agent("worker", capabilities={"work": lambda m: 1})
     client = await make_agent("client")
 
-    async def refuse(self: Any, subject: str, data: bytes, timeout: float) -> Any:
+    async def refuse(*args: Any, **kwargs: Any) -> Any:
         raise nats.errors.OutboundBufferLimitError  # what nats-py raises when its reconnect buffer is full
 
-    monkeypatch.setattr(RequestMux, "request", refuse)
+    monkeypatch.setattr(client.nc, "publish", refuse)  # this connection's publishes fail as nats-py's would
     with pytest.raises(NotConnectedError, match="could not request"):
         await client.send_task("work", 1)
 
@@ -220,20 +216,20 @@ async def test_transport_failures_on_requests_are_typed(make_agent, monkeypatch:
 async def test_a_batch_flushed_at_stop_answers_handlers_still_waiting_for_a_slot(make_agent, raw_nc) -> None:
     from agentcore.core.caching import MISS
 
-    async def stuck(message: dict[str, Any]) -> None:
-        await asyncio.Event().wait()
-
-    worker = await make_agent("worker", capabilities={"work": stuck}, agent__max_concurrency=1, nats__drain_timeout=0.3)
+    worker = await make_agent("worker", capabilities={"work": Never()}, agent__max_concurrency=1, nats__drain_timeout=0.3)
     worker.enable_batch_processing(batch_size=100, batch_timeout=30)
-    (key,) = [k for k in worker._subs if k[0].startswith("agents.test.task.work.")]
-    calls = [asyncio.ensure_future(raw_nc.request("agents.test.task.work.default", envelope(f"b-{i}", "raw", i), timeout=20))
+    # INTERNAL: the wire subscription's key, for the duplicate-detection query below
+    (key,) = [k for k in worker._core.registry.subs if k[0].startswith("agents.test.task.work.")]
+    calls = [asyncio.ensure_future(raw_nc.request("agents.test.task.work.default", task_bytes(f"b-{i}", i, source="raw"), timeout=20))
              for i in range(3)]
-    await eventually(lambda: len(worker._batch) == 3)
+    # Batching on and nothing flushed yet: every task the worker received waits in the batch.
+    await eventually(lambda: worker.get_metrics()["messages_received"] == 3 and not worker.get_metrics().get("batches"))
     await worker.astop()  # runs the pending batch's handlers one at a time, then cancels them at the deadline
     answers = [orjson.loads((await call).data) for call in calls]
     assert [a["payload"]["error"]["code"] for a in answers] == ["cancelled"] * 3
     # None of them ran to the end: each is forgotten by duplicate detection, so a retry would run it.
-    assert [worker._cache.seen((key, "raw"), f"b-{i}") for i in range(3)] == [MISS] * 3
+    # INTERNAL: no public member says whether duplicate detection holds a message id
+    assert [worker._core.work.cache.seen((key, "raw"), f"b-{i}") for i in range(3)] == [MISS] * 3
 
 
 async def test_stop_ends_a_stream_in_progress_with_an_error_frame(make_agent) -> None:
@@ -280,38 +276,50 @@ async def test_stop_after_the_connection_is_gone_still_ends_every_handler(make_a
     client = await make_agent("client")
     calls = [asyncio.ensure_future(client.send_task("work", i, timeout=2)) for i in range(3)]
     await eventually(lambda: worker.get_metrics()["queued"] == 2)
-    await worker._nc.close()  # what nats-py does once its reconnect attempts are exhausted
+    await worker.nc.close()  # what nats-py does once its reconnect attempts are exhausted
     await worker.astop()  # nobody can be told any more, but the stop completes and nothing keeps running
-    assert worker.status == "stopped" and not [t for t in worker._tasks if not t.done()]
-    await asyncio.gather(*calls, return_exceptions=True)
+    metrics = worker.get_metrics()
+    assert worker.status == "stopped" and metrics["in_flight"] == 0 and metrics["queued"] == 0
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    # Nobody could tell them: each requester ends at its own timeout, with the typed error, none with a result.
+    assert all(isinstance(o, RequestTimeoutError) for o in outcomes), outcomes
 
 
-async def test_stop_is_bounded_when_the_server_stalls(make_agent, nats_server) -> None:
+async def test_stop_is_bounded_when_the_server_stalls(make_agent, tmp_path) -> None:
     """A server that stops answering (SIGSTOP) cannot hold stop() past its deadlines, even mid-pause."""
     import os
     import signal
 
-    worker = await make_agent("worker", capabilities={"work": lambda m: 1}, nats__drain_timeout=0.5)
-    os.kill(nats_server._proc.pid, signal.SIGSTOP)
-    # kill() returns before the server's threads have stopped: on a loaded box the server still answered
-    # pause()'s PING (CI run of e14701b). waitpid(WUNTRACED) returns once the child really is stopped.
-    _, status = os.waitpid(nats_server._proc.pid, os.WUNTRACED)
-    assert os.WIFSTOPPED(status)
-    try:
-        pausing = asyncio.ensure_future(worker.pause())
-        await eventually(lambda: worker._sync_lock.locked())  # pause() waits for a PONG that will not come
-        # nats-py's own flushes wait 10 s each: without the bounds, this stop took 30 s.
-        await asyncio.wait_for(worker.astop(timeout=0.5), 15)  # ~2-4.5 s here; generous for a loaded box
-    finally:
-        os.kill(nats_server._proc.pid, signal.SIGCONT)
-    assert worker.status == "stopped"
-    pausing.cancel()  # its flush belongs to a connection that is gone; nats-py would let it wait out 10 s
-    await asyncio.gather(pausing, return_exceptions=True)
+    from agentcore.server import NATSServer
+
+    pid_file = tmp_path / "nats-server.pid"
+    with NATSServer(extra_args=["--pid", str(pid_file)]) as server:  # its own server: this test needs its pid
+        await eventually(lambda: pid_file.exists() and pid_file.read_text().strip().isdigit(), what="the server's pid file")
+        pid = int(pid_file.read_text())
+        worker = await make_agent("worker", capabilities={"work": lambda m: 1}, nats__drain_timeout=0.5,
+                                  nats__servers=[server.url])
+        os.kill(pid, signal.SIGSTOP)
+        # kill() returns before the server's threads have stopped: on a loaded box the server still answered
+        # pause()'s PING (CI run of e14701b). waitpid(WUNTRACED) returns once the child really is stopped.
+        _, status = os.waitpid(pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status)
+        try:
+            pausing = asyncio.ensure_future(worker.pause())
+            # pause() marks the agent paused, then (without suspending) takes the subscription lock and waits
+            # for a PONG that will not come.
+            await eventually(lambda: worker.status == "paused")
+            # nats-py's own flushes wait 10 s each: without the bounds, this stop took 30 s.
+            await asyncio.wait_for(worker.astop(timeout=0.5), 15)  # ~2-4.5 s here; generous for a loaded box
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert worker.status == "stopped"
+        pausing.cancel()  # its flush belongs to a connection that is gone; nats-py would let it wait out 10 s
+        await asyncio.gather(pausing, return_exceptions=True)
 
 
 async def test_pause_drains_in_order_through_nats_py_internals(make_agent, monkeypatch: pytest.MonkeyPatch) -> None:
     """The lossless drain needs nats-py's _send_unsubscribe/_remove_sub: fail loudly if it silently stops being used."""
-    import agentcore.transport.subscriptions as subscriptions
+    import agentcore.transport.subscriptions as subscriptions  # INTERNAL by design: this test watches the drain path itself
 
     used: list[str] = []
     real = subscriptions.drain

@@ -8,7 +8,7 @@ from typing import Any
 from agentcore import NATSAgent
 from agentcore.envelope import decode, encode, new_message
 from agentcore.transport.frames import ENVELOPE, H_CTL, H_FINAL, H_KIND, H_SEQ, H_STREAM
-from nats_fixtures import eventually, subscribed
+from nats_fixtures import eventually, subscribed, within
 
 BIG = "q" * 2_500_000  # over the default 1 MB max_payload
 
@@ -122,10 +122,15 @@ async def test_an_offer_larger_than_allowed_or_than_declared_is_refused(make_age
 
 async def test_a_stop_during_a_pull_answers_the_requester(make_agent: Any, raw_nc: Any) -> None:
     worker = await make_agent("worker", capabilities={"echo": lambda m: "ok"}, nats__drain_timeout=0.3)
-    never = asyncio.Event()
+    pulling, never = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> None:  # the worker's pull request has arrived: never send it the frames
+        pulling.set()
+        await never.wait()
+
     serving, replies = await _serve_offer(raw_nc, worker.topics.task("echo"), new_message("task", BIG, source_id="raw"),
-                                          before_frames=never.wait)
-    await eventually(lambda: len(worker._tasks) > 0, what="the pull in progress")
+                                          before_frames=hold)
+    await within(pulling.wait(), "the pull in progress")
     await worker.astop()
     reply = await asyncio.wait_for(replies.get(), 5)
     assert reply["payload"]["error"]["code"] == "cancelled"
@@ -135,20 +140,23 @@ async def test_a_stop_during_a_pull_answers_the_requester(make_agent: Any, raw_n
 async def test_a_pull_finishing_during_a_batching_stop_is_still_handled(make_agent: Any, raw_nc: Any) -> None:
     worker: NATSAgent = await make_agent("worker", capabilities={"echo": lambda m: "ok"}, cache__enabled=False)
     worker.enable_batch_processing(10, 30.0)
-    gate, flushed = asyncio.Event(), asyncio.Event()
-    flush = worker._flush_batch_on_stop
+    client = await make_agent("client")
+    # A small task waits in the batch, so the stop's flush of it shows in the metrics (batch_flush_stop).
+    small = asyncio.ensure_future(client.send_task("echo", "small", timeout=20))
+    await eventually(lambda: worker.get_metrics()["messages_received"] == 1, what="the small task in the batch")
+    pulling, gate = asyncio.Event(), asyncio.Event()
 
-    def flush_and_tell() -> None:
-        flush()
-        flushed.set()
+    async def hold() -> None:  # the worker's pull request has arrived: send the frames once the gate opens
+        pulling.set()
+        await gate.wait()
 
-    worker._flush_batch_on_stop = flush_and_tell  # type: ignore[method-assign]
     serving, replies = await _serve_offer(raw_nc, worker.topics.task("echo"), new_message("task", BIG, source_id="raw"),
-                                          before_frames=gate.wait)
-    await eventually(lambda: len(worker._tasks) > 0, what="the pull in progress")
+                                          before_frames=hold)
+    await within(pulling.wait(), "the pull in progress")
     stopping = asyncio.ensure_future(worker.astop(timeout=5.0))
-    await flushed.wait()
+    await eventually(lambda: worker.get_metrics().get("batch_flush_stop") == 1, what="the stop to flush the pending batch")
     gate.set()  # the pull completes after the stop flushed the pending batch
     reply = await asyncio.wait_for(replies.get(), 10)
     await stopping
     assert reply["payload"]["content"] == "ok"
+    assert await small == "ok"

@@ -1,4 +1,4 @@
-"""An MCP server written with the SDK for the MCP-over-NATS tests: run as `python tests/mcp_servers/tools_server.py`."""
+"""An MCP server written with the SDK for the MCP-over-NATS tests: run as `python tests/agent/mcp_servers/tools_server.py`."""
 
 from __future__ import annotations
 

@@ -143,7 +143,9 @@ async def test_nats_options_callbacks_returning_values_pass_as_they_are_and_rais
 
     with NATSServer() as server:
         agent = NATSAgent("w", config=config([server.url], **{"nats.options": {"closed_cb": closed}}))
-        assert NATSAgent("j", config=config([server.url], **{"nats.options": {"user_jwt_cb": jwt}}))._connect_options()["user_jwt_cb"] is jwt
+        # This server asks for no JWT, so nats-py keeps the callback without calling it: the one it holds is ours.
+        async with NATSAgent("j", config=config([server.url], **{"nats.options": {"user_jwt_cb": jwt}})) as j:
+            assert j.nc._user_jwt_cb is jwt
         await agent.astart()
         await agent.astop()  # the raising callback is logged, the stop completes
     assert agent.status == "stopped"

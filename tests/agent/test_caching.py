@@ -11,7 +11,7 @@ import pytest
 
 from agentcore import HandlerError, NATSAgent
 from agentcore.core.caching import TaskCache
-from conftest import FakeClock
+from helpers import FakeClock, task_bytes, task_envelope
 from nats_fixtures import eventually
 
 
@@ -51,7 +51,8 @@ async def test_ttl_expiry_runs_the_handler_again(make_agent: Any) -> None:
     calls: list[Any] = []
     worker = await make_agent(capabilities={"summarise": counting(calls)})
     clock = FakeClock()
-    worker._cache = TaskCache(10.0, 100, worker._metrics, clock)  # the injectable clock instead of waiting 10 s
+    # INTERNAL: the result cache's clock can only be injected by replacing the dispatcher's cache
+    worker._core.work.cache = TaskCache(10.0, 100, worker._core.metrics, clock)  # the injectable clock instead of waiting 10 s
     client = await make_agent("client")
     assert await client.send_task("summarise", "x") == {"n": 1}
     clock.advance(9.0)
@@ -95,10 +96,10 @@ async def test_errors_are_never_cached(make_agent: Any) -> None:
 async def test_disabled_cache_runs_every_time(make_agent: Any) -> None:
     calls: list[Any] = []
     worker = await make_agent(capabilities={"summarise": counting(calls)}, cache__enabled=False)
-    assert worker._cache is None
     client = await make_agent("client")
     assert [await client.send_task("summarise", "x") for _ in range(3)] == [{"n": 1}, {"n": 2}, {"n": 3}]
     assert "cache_hits" not in worker.get_metrics()
+    assert not {"cache_misses", "duplicates"} & worker.get_metrics().keys()  # no cache at all: nothing looked up
 
 
 async def test_max_entries_evicts_the_least_recently_used(make_agent: Any) -> None:
@@ -114,12 +115,8 @@ async def test_max_entries_evicts_the_least_recently_used(make_agent: Any) -> No
 async def test_redelivered_duplicate_never_runs_the_handler_twice(make_agent: Any, raw_nc: nats.NATS) -> None:
     calls: list[Any] = []
     worker = await make_agent(capabilities={"s": counting(calls)})
-    envelope = {
-        "id": "redelivered-1", "timestamp": 1e12, "version": "1.0", "type": "task",
-        "source": {"id": "plain", "type": "agent"}, "payload": {"content": "x"},
-        "context": {"metadata": {"cache": False}}, "routing": {"priority": 5, "capabilities": ["s"], "timeout": None},
-    }
-    data = orjson.dumps(envelope)
+    data = task_bytes("redelivered-1", "x", source="plain", capability="s", timeout_ms=None, timestamp=1e12,
+                      context={"conversationId": None, "metadata": {"cache": False}})
     reply = await raw_nc.request(worker.topics.task("s"), data, timeout=5)
     assert orjson.loads(reply.data)["payload"]["content"] == {"n": 1}
     # A redelivery nobody waits for is dropped; a retry that waits gets the first result replayed.
@@ -143,8 +140,7 @@ async def test_duplicate_of_a_message_in_flight_is_answered_not_dropped(make_age
         return "done"
 
     worker = await make_agent(capabilities={"s": slow})
-    envelope = {"id": "twice", "timestamp": 1e12, "version": "1.0", "type": "task",
-                "source": {"id": "plain", "type": "agent"}, "payload": {"content": "x"}}
+    envelope = task_envelope("twice", "x", source="plain", capability="s", timestamp=1e12)
     first = asyncio.ensure_future(raw_nc.request(worker.topics.task("s"), orjson.dumps(envelope), timeout=5))
     await eventually(lambda: worker.get_metrics()["in_flight"] == 1)
     second = await raw_nc.request(worker.topics.task("s"), orjson.dumps(envelope), timeout=5)
@@ -164,8 +160,7 @@ async def test_a_retry_after_a_failure_runs_again(make_agent: Any, raw_nc: nats.
         return "ok"
 
     worker = await make_agent(capabilities={"s": flaky})
-    envelope = orjson.dumps({"id": "retry-1", "timestamp": 1e12, "version": "1.0", "type": "task",
-                             "source": {"id": "plain", "type": "agent"}, "payload": {"content": "x"}})
+    envelope = task_bytes("retry-1", "x", source="plain", capability="s", timestamp=1e12)
     first = orjson.loads((await raw_nc.request(worker.topics.task("s"), envelope, timeout=5)).data)
     assert first["payload"]["error"]["code"] == "handler_error"
     second = orjson.loads((await raw_nc.request(worker.topics.task("s"), envelope, timeout=5)).data)

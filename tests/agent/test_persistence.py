@@ -8,9 +8,10 @@ from typing import Any
 
 import nats
 import pytest
-from nats_fixtures import eventually
+from helpers import Deferring, Never
+from nats_fixtures import eventually, within
 
-from agentcore import AgentConfig, NATSAgent, PersistenceError
+from agentcore import AgentConfig, HandlerError, NATSAgent, NotConnectedError, PersistenceError, RemoteError
 from agentcore.persistence import default_stream_name
 from agentcore.server import NATSServer
 
@@ -26,6 +27,12 @@ def nats_server() -> Iterator[NATSServer]:
 
 async def _stream_messages(agent: NATSAgent) -> int:
     return int((await agent.persistence_info())["messages"])
+
+
+async def _consumer(agent: NATSAgent, capability: str) -> Any:
+    """The server's view of capability's durable consumer on agent's task stream (asked on agent's connection)."""
+    stream = (await agent.persistence_info())["stream"]
+    return await agent.nc.jetstream().consumer_info(stream, capability)
 
 
 async def _emptied(agent: NATSAgent) -> None:
@@ -47,18 +54,6 @@ class _Slow:
         self.calls += 1
         await asyncio.sleep(self.seconds)
         return self.result
-
-
-class _Stuck:
-    """An async handler that never finishes on its own; started is set once it runs."""
-
-    def __init__(self) -> None:
-        self.started = asyncio.Event()
-
-    async def __call__(self, message: dict[str, Any]) -> str:
-        self.started.set()
-        await asyncio.Event().wait()
-        return "never"
 
 
 async def test_a_persisted_task_round_trip_leaves_the_stream_empty(make_agent) -> None:
@@ -140,20 +135,20 @@ async def test_a_handler_error_is_answered_and_not_run_again(make_agent) -> None
 
     worker = await make_agent("worker", capabilities={"fail": fail}, jetstream__ack_wait=0.5, **JS)
     client = await make_agent("client", **JS)
-    with pytest.raises(Exception, match="boom"):
+    with pytest.raises(HandlerError, match="boom"):
         await client.send_task("fail", 1, timeout=5)
     await _emptied(client)  # acked, not handed back: nothing left to redeliver
-    consumer = await client._js.consumer_info(client._js_stream, "fail")
+    consumer = await _consumer(client, "fail")
     assert consumer.num_ack_pending == 0 and consumer.num_redelivered == 0 and calls == 1
 
 
 async def test_a_task_cut_off_by_a_stopping_agent_goes_to_a_replica(make_agent) -> None:
     """The stopping agent hands the task back instead of answering cancelled; the requester never notices."""
-    stuck = _Stuck()
+    stuck = Never()
     first = await make_agent("first", capabilities={"work": stuck}, nats__drain_timeout=0.3, **JS)
     client = await make_agent("client", **JS)
     call = asyncio.ensure_future(client.send_task("work", 1, timeout=20))
-    await stuck.started.wait()
+    await stuck.wait_started()
     await first.astop()  # its handler is cancelled past the drain timeout
     assert first.get_metrics()["persisted_nakked"] == 1 and not call.done()
     await make_agent("second", capabilities={"work": lambda m: "second"}, **JS)
@@ -161,14 +156,14 @@ async def test_a_task_cut_off_by_a_stopping_agent_goes_to_a_replica(make_agent) 
 
 
 async def test_a_crashed_worker_s_task_is_redelivered_after_ack_wait(make_agent) -> None:
-    stuck = _Stuck()
+    stuck = Never()
     config = {"jetstream__ack_wait": 1.0, **JS}
     doomed = await make_agent("doomed", capabilities={"work": stuck}, nats__drain_timeout=0.3, **config)
     client = await make_agent("client", **JS)
     call = asyncio.ensure_future(client.send_task("work", 7, timeout=20))
-    await stuck.started.wait()
-    doomed._stop_persistence()  # no more in-progress reports ...
-    await doomed._nc.close()  # ... and the connection dies without an ack, as when the process is killed
+    await stuck.wait_started()
+    # The connection dies without an ack, as when the process is killed: no in-progress report gets out either.
+    await doomed.nc.close()
     survivor = await make_agent("survivor", capabilities={"work": lambda m: m["payload"]["content"]}, **config)
     assert await call == 7
     assert survivor.get_metrics()["persisted_redelivered"] == 1
@@ -223,7 +218,9 @@ async def test_a_server_without_jetstream_is_a_clear_error(agent_config) -> None
         agent = NATSAgent("worker", config=config)
         with pytest.raises(PersistenceError, match="JetStream"):
             await agent.astart()
-        assert agent._nc is None
+        with pytest.raises(NotConnectedError):
+            agent.nc  # the failed start left no connection open
+        assert agent.status != "running"
 
 
 async def test_a_missing_stream_is_an_error_when_agents_may_not_create_it(make_agent) -> None:
@@ -261,11 +258,12 @@ async def test_a_redelivery_while_the_task_runs_is_not_run_twice(make_agent) -> 
     """Without in-progress reports JetStream redelivers a slow task; the first delivery still answers and acks."""
     slow = _Slow(1.2, "once")
     worker = await make_agent("worker", capabilities={"slow": slow}, jetstream__ack_wait=0.4, **JS)
-    worker._stop_persistence()  # no in-progress reports: JetStream redelivers at ack_wait
+    # INTERNAL: no public way to turn the in-progress reports off; without them JetStream redelivers at ack_wait
+    worker._core.settlement.stop()
     client = await make_agent("client", **JS)
     assert await client.send_task("slow", 1, timeout=10) == "once"
     assert slow.calls == 1 and worker.get_metrics()["persisted_redelivered"] >= 1
-    assert not worker._js_held  # the redelivered copies were dropped, not held forever
+    assert (await worker.persistence_info())["held"] == 0  # the redelivered copies were dropped, not held forever
     # A redelivery that lands just after the answer is acked too (a replay): one ack or two.
     await eventually(lambda: worker.get_metrics().get("persisted_acked", 0) >= 1)
     await _emptied(client)  # the first delivery's ack took the task off the stream
@@ -315,8 +313,9 @@ async def test_the_last_delivery_of_a_task_that_cannot_be_taken_is_answered(make
 
     worker = await make_agent("worker", capabilities={"work": cancelled}, jetstream__max_deliver=2, **JS)
     client = await make_agent("client", **JS)
-    with pytest.raises(Exception, match="cancelled"):
+    with pytest.raises(RemoteError, match="cancelled") as info:
         await client.send_task("work", 1, timeout=10)
+    assert info.value.code == "cancelled"
     m = worker.get_metrics()
     assert m["persisted_nakked"] == 1 and m["persisted_terminated"] == 1
     await _emptied(client)
@@ -335,7 +334,7 @@ async def test_handlers_draining_at_stop_stay_in_progress(make_agent) -> None:
     first = await make_agent("first", capabilities={"work": slow}, nats__drain_timeout=5, **config)
     client = await make_agent("client", **JS)
     call = asyncio.ensure_future(client.send_task("work", 1, timeout=10))
-    await started.wait()
+    await within(started.wait(), "the first agent's handler to start")
     second = await make_agent("second", capabilities={"work": lambda m: "second"}, **config)
     await first.astop()
     assert await call == "first"
@@ -356,14 +355,10 @@ async def test_the_consumer_s_own_ack_wait_is_what_counts(make_agent) -> None:
 async def test_a_deferred_answer_is_acked_when_it_is_published(make_agent) -> None:
     """process_message may answer later with publish_result: the task stays held until then."""
 
-    class Deferring(NATSAgent):
-        def process_message(self, topic: str, message: dict[str, Any]) -> bool:
-            import threading  # a sync process_message runs in the agent's thread pool
+    class Answering(Deferring):
+        answer_after, answer = 0.05, {"later": True}  # publish_result from another thread, 50 ms after returning
 
-            threading.Timer(0.05, self.publish_result, (message["id"], {"later": True})).start()
-            return True
-
-    worker = await make_agent("worker", cls=Deferring, capabilities={"work": None}, **JS)
+    worker = await make_agent("worker", cls=Answering, capabilities={"work": None}, **JS)
     client = await make_agent("client", **JS)
     assert await client.send_task("work", 1, timeout=5) == {"later": True}
     await eventually(lambda: worker.get_metrics().get("persisted_acked") == 1)
@@ -388,14 +383,17 @@ async def test_pausing_under_load_strands_no_task(make_agent) -> None:
     calls = [asyncio.ensure_future(client.send_task("work", i, timeout=25)) for i in range(1200)]
 
     async def nothing_out() -> bool:
-        return (await client._js.consumer_info(client._js_stream, "work")).num_ack_pending == 0
+        return (await _consumer(client, "work")).num_ack_pending == 0
+
+    async def nothing_held() -> bool:
+        return (await worker.persistence_info())["held"] == 0
 
     for _ in range(4):  # pause and resume in the thick of it, four times
         paused.clear()
         taken = 0
-        await paused.wait()
+        await within(paused.wait(), "the 50th task since the last resume")
         await worker.pause()
-        await eventually(lambda: not worker._js_held)  # what it took before the pause is answered, and once its
+        await eventually(nothing_held, what="the tasks taken before the pause answered")  # and once their
         await eventually(nothing_out, what="no task stranded on the paused agent's inbox")  # acks are in, no more
         await worker.resume()
     assert sorted(await asyncio.gather(*calls)) == list(range(1200))  # well before ack_wait (30 s)
