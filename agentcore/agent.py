@@ -54,6 +54,7 @@ class NATSAgent:
         self._mcp = MCP(core)
         core.components.extend((self._persistence, self._streaming, self._batching, self._negotiation, self._mcp))
         core.setup = self._setup_subscriptions  # looked up now: a subclass's override (the guide's style) runs at start
+        core.face = self  # control, discovery and status use this agent's (possibly overridden) public methods
         self._own_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ capabilities and subscriptions
@@ -249,7 +250,11 @@ class NATSAgent:
         metadata: dict[str, Any] | None = None,
         priority: int = 5,
     ) -> StreamReceiver:
-        """Send a task whose handler streams its answer; return the receiver (``async with`` / ``async for`` it)."""
+        """Send a task whose handler streams its answer; return the receiver (``async with`` / ``async for`` it).
+
+        Up to window chunks are in flight; a gap that stays open gap_timeout seconds raises StreamGapError,
+        no chunk for idle_timeout seconds raises StreamTimeoutError, an error frame raises StreamError.
+        """
         return self._streaming.request_stream(topic, content, window=window, idle_timeout=idle_timeout, gap_timeout=gap_timeout,
                                               type=type, capabilities=capabilities, metadata=metadata, priority=priority)
 
@@ -262,7 +267,16 @@ class NATSAgent:
         idle_timeout: float = 30.0,
         gap_timeout: float = 1.0,
     ) -> StreamReceiver:
-        """Return a receiver for the stream of a task you send yourself (``async with`` it, then send the task)."""
+        """Return a receiver for the stream of a task you send yourself (``async with`` it, then send the task).
+
+        The task must carry ``replyTo`` = ``receiver.reply_to`` (a fresh inbox, or reply_to: a subject of your
+        choosing that the agent does not otherwise subscribe) and the id ``receiver.task_id`` (task_id, or a
+        new one); ``receiver.stamp(envelope)`` sets both plus ``routing.stream = {"window": window}``, which
+        bounds the producer from its first chunk (without it the producer adopts the window at the first credit).
+        ``agent.publish(topic, content, type="task", message_id=r.task_id, reply_to=r.reply_to)`` addresses
+        a task as well, without the window. Entering the receiver subscribes and confirms the subscription with the server, so
+        the task may then go out on any connection. Only frames and results of that task id are yielded.
+        """
         return self._streaming.receive_stream(task_id, reply_to=reply_to, window=window, idle_timeout=idle_timeout,
                                               gap_timeout=gap_timeout)
 
@@ -297,13 +311,22 @@ class NATSAgent:
     def register_a2a_handler(
         self, negotiation_type: str, handler: NegotiationHandler, *, on_outcome: OutcomeCallback | None = None
     ) -> None:
-        """Answer calls for proposals of negotiation_type with handler(negotiation) -> {"accept": ..., ...}."""
+        """Answer calls for proposals of negotiation_type with handler(negotiation) -> {"accept": ..., ...}.
+
+        handler (sync: run in the agent's thread pool; async: run on the loop) receives a dict with id,
+        type, initiator, proposal, constraints, round, max_rounds and feedback, and returns
+        ``{"accept": True, "terms": {...}}`` or ``{"accept": False, "reason": "..."}``, optionally with
+        ``"counter_proposal": {...}`` to ask for another round. If it raises, the initiator gets a refusal
+        carrying the error. on_outcome(record), if given, learns the end of each negotiation this agent
+        took part in (state "confirmed", "rejected" or "cancelled"); raising on "confirmed" withdraws the
+        offer (the initiator sees a failure).
+        """
         self._negotiation.register_a2a_handler(negotiation_type, handler, on_outcome=on_outcome)
 
     async def aregister_a2a_handler(
         self, negotiation_type: str, handler: NegotiationHandler, *, on_outcome: OutcomeCallback | None = None
     ) -> None:
-        """Register like register_a2a_handler() and return once the server has the subscription."""
+        """Register like register_a2a_handler() and return once the server routes calls for proposals here."""
         await self._negotiation.aregister_a2a_handler(negotiation_type, handler, on_outcome=on_outcome)
 
     def unregister_a2a_handler(self, negotiation_type: str) -> None:
@@ -331,7 +354,17 @@ class NATSAgent:
         confirm_timeout: float | None = None,
         discovery_timeout: float | None = None,
     ) -> dict[str, Any]:
-        """Negotiate proposal with target_agents (or every agent with capability); return the outcome."""
+        """Negotiate proposal with target agents (or those offering capability) and return the outcome.
+
+        timeout bounds the collection of proposals over all rounds; confirming the winners adds at most
+        confirm_timeout (default min(timeout, 5 s)). Offers are checked against constraints by check
+        (default ``check_constraints``); select(offers) -> agent ids overrides the default choice (every
+        offer within the constraints, cheapest first, at most max_winners). Counter-proposals and offers
+        that broke the constraints go to another round (up to max_rounds); counter(agent_id,
+        counter_proposal, negotiation) -> revised proposal or None overrides adopting a counter that
+        fits the constraints. The result has state, responses, outcomes, accepted, agreements, reasons,
+        silent, no_responders, negotiation_id and history; see docs/negotiation.md.
+        """
         return await self._negotiation.negotiate_with_agents(
             target_agents, negotiation_type, proposal, constraints, timeout, capability=capability, max_rounds=max_rounds,
             max_winners=max_winners, select=select, counter=counter, check=check, confirm_timeout=confirm_timeout,
@@ -342,7 +375,12 @@ class NATSAgent:
 
     def register_mcp_server(self, server_id: str, client: MCPClient, *, tools: Iterable[str] | None = None,
                             cache: Mapping[str, float] | None = None) -> None:
-        """Serve an MCP server's tools to the bus as server_id (tools: an allow-list; cache: per-tool TTLs)."""
+        """Serve a connected MCPClient's tools to the bus under server_id.
+
+        tools is an allow-list: a tool not on it is neither listed nor callable over NATS. cache maps tool
+        names to a time-to-live in seconds: identical calls (same canonical arguments) within it are
+        answered from the content-hash cache (opt in only for pure lookups).
+        """
         self._mcp.register_mcp_server(server_id, client, tools=tools, cache=cache)
 
     async def aregister_mcp_server(self, server_id: str, client: MCPClient, *, tools: Iterable[str] | None = None,
@@ -352,15 +390,15 @@ class NATSAgent:
 
     async def serve_mcp_server(self, server_id: str, server: Any, *, tools: Iterable[str] | None = None,
                                cache: Mapping[str, float] | None = None) -> MCPClient:
-        """Serve an in-process MCP SDK server (no subprocess) as server_id; return its client."""
+        """Expose an in-process SDK server (MCPServer or low-level Server) on the bus, no subprocess; return its client."""
         return await self._mcp.serve_mcp_server(server_id, server, tools=tools, cache=cache)
 
     def unregister_mcp_server(self, server_id: str) -> MCPClient | None:
-        """Stop serving server_id; return its client (not closed), or None when it was not hosted."""
+        """Stop serving server_id (the client stays open; close it yourself) and return its client."""
         return self._mcp.unregister_mcp_server(server_id)
 
     def hosted_mcp_servers(self) -> dict[str, list[str]]:
-        """Return the MCP servers this agent hosts, each with the tools it exposes."""
+        """Return the hosted server ids and the tool names each exposes (as discovery shows them)."""
         return self._mcp.hosted_mcp_servers()
 
     async def call_mcp_tool(
@@ -373,11 +411,18 @@ class NATSAgent:
         progress: Callable[[float, float | None, str | None], Any] | None = None,
         raw: bool = False,
     ) -> Any:
-        """Call tool_name on the MCP server hosted as server_id somewhere on the bus and return its result."""
+        """Call a tool of an MCP server hosted by some agent on the bus and return its content as plain data.
+
+        The result is the MCP content list ([{"type": "text", "text": ...}, ...]); raw=True returns the whole
+        CallToolResult as a dict and does not raise on isError. progress(progress, total, message) is called
+        for the server's progress notifications. Raises MCPServerNotFoundError (nobody hosts server_id, at
+        once), MCPToolNotFoundError, MCPToolError (the tool reported isError), MCPTimeoutError,
+        MCPServerDiedError or MCPResultTooLargeError.
+        """
         return await self._mcp.call_mcp_tool(server_id, tool_name, arguments, timeout, progress=progress, raw=raw)
 
     async def list_mcp_tools(self, server_id: str, timeout: float = 10.0) -> list[dict[str, Any]]:
-        """Return the tools the MCP server hosted as server_id exposes."""
+        """Return the tools (name, description, inputSchema, ...) an MCP server exposes on the bus."""
         return await self._mcp.list_mcp_tools(server_id, timeout)
 
     # ------------------------------------------------------------------ lifecycle on the running loop

@@ -36,7 +36,6 @@ from .errors import (
     EnvelopeError,
     NegotiationError,
     NoRespondersError,
-    NotConnectedError,
     RemoteError,
     RequestTimeoutError,
 )
@@ -92,7 +91,6 @@ class _Round:
     pending: set[str]
     answers: dict[str, dict[str, Any]]  # agent id -> {"kind": "answer"|"no_responder", ...}, in arrival order
     done: asyncio.Event
-    stopped: bool = False  # the agent stopped while the round collected: the negotiation ends
 
 
 def _remember(records: Records, key: str, record: dict[str, Any]) -> None:
@@ -131,13 +129,12 @@ class Negotiation:
         """Nothing is held for the handlers being drained: negotiations in flight finish or time out."""
 
     async def stop(self) -> None:
-        """End the rounds still collecting answers: the connection is closed, so none can arrive."""
-        for rnd in self._rounds:
-            rnd.stopped = True
-            rnd.done.set()
+        """Nothing to end: a round still collecting when the agent stops times out as its window ends."""
 
     def describe(self) -> Mapping[str, Any]:
-        """Return the negotiation types this agent answers (for discovery answers and heartbeats)."""
+        """Return the negotiation types this agent answers, once it has started or registered one."""
+        if not self._handlers and self._host.status == "created":
+            return {}
         return {"negotiation_types": sorted(self._handlers)}
 
     def gauges(self) -> Mapping[str, float]:
@@ -436,8 +433,6 @@ class Negotiation:
                         pass  # the window is over: whoever did not answer is silent, not guessed
                 holder[0] = None
                 self._rounds.discard(rnd)
-                if rnd.stopped:
-                    raise NotConnectedError(f"agent {host.agent_id} stopped during negotiation {neg.id}")
                 offers, counters_seen = self._evaluate(neg, rnd, current, check_fn)
                 winners = self._select(neg, offers, select, max_winners)
                 if winners:

@@ -28,8 +28,9 @@ from .core.records import SubscriptionKey
 from .envelope import encode
 from .errors import PersistenceError, RequestTimeoutError
 from .transport.puller import ConsumerLimits, TaskPuller
+from .transport.settlement import PersistedMsg, pub_ack_stream
 
-__all__ = ("Persistence", "default_stream_name")
+__all__ = ("Persistence", "PersistedMsg", "default_stream_name", "pub_ack_stream")
 
 log = logging.getLogger("agentcore.persistence")
 

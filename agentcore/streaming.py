@@ -30,10 +30,11 @@ from .transport.frames import (
     StreamChunk,
     StreamReceiver,
     encode_item,
+    pull_offer,
     split_point,
 )
 
-__all__ = ("Streaming", "StreamReceiver", "StreamChunk")
+__all__ = ("Streaming", "StreamReceiver", "StreamChunk", "pull_offer")
 
 
 async def _iterate(generator: Any) -> AsyncIterator[Any]:

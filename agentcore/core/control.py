@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -22,6 +22,26 @@ __all__ = ("Control",)
 log = logging.getLogger("agentcore.agent")
 
 COMMANDS = ("ping", "status", "pause", "resume", "shutdown")
+
+
+class Face(Protocol):
+    """The agent's overridable methods that control, discovery and status use (a subclass may override them)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Return what discovery and heartbeats say about this agent."""
+        ...
+
+    async def pause(self) -> None:
+        """Stop taking new work."""
+        ...
+
+    async def resume(self) -> None:
+        """Take work again."""
+        ...
+
+    async def publish(self, topic: str, content: Any, *, type: str = "event", **fields: Any) -> str:
+        """Publish a message; return its id."""
+        ...
 
 
 class Control:

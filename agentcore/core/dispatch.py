@@ -40,7 +40,7 @@ class Dispatcher:
     def __init__(self, agent_id: str, config: AgentConfig, topics: Topics, metrics: AgentMetrics, index: SubjectIndex,
                  connection: Connection, replies: Replies, settlement: Settlement,
                  spawn: Callable[[Coroutine[Any, Any, Any] | asyncio.Future[Any] | None], None],
-                 call_sync: Callable[..., Awaitable[Any]]) -> None:
+                 call_sync: Callable[..., Awaitable[Any]], default: Callable[[], Callable[..., Any]]) -> None:
         self.agent_id = agent_id
         self.config = config
         self.topics = topics
@@ -51,6 +51,7 @@ class Dispatcher:
         self.settlement = settlement
         self._spawn = spawn
         self._call_sync = call_sync  # runs a sync handler in the thread pool
+        self._default = default  # returns the agent's process_message, for registrations without a handler
         self.max_concurrency: int = config["agent.max_concurrency"]
         self.max_queued: int = config["agent.max_queued"]  # beyond it new work is refused as overloaded
         self.inflight = 0
@@ -228,10 +229,11 @@ class Dispatcher:
                     metrics.processed += 1
                     return
             args: tuple[Any, ...] = (message,) if reg.kind == TASK else (self.topics.to_topic(subject), message)
+            call = reg.handler if reg.handler is not None else self._default()
             if reg.is_async:
-                result = await reg.call(*args)
+                result = await call(*args)
             else:
-                result = await self._call_sync(reg.call, *args)
+                result = await self._call_sync(call, *args)
             if not delivery.answered:
                 if reg.kind == TASK:
                     if result is not NO_REPLY:

@@ -27,7 +27,7 @@ from ..transport.connection import Connection
 from ..transport.offload import pull_result, request_large
 from ..transport.settlement import Settlement, pub_ack_stream
 from .caching import MISS
-from .control import Control
+from .control import Control, Face
 from .dispatch import Dispatcher
 from .host import Component, PersistedSource, RequestRoute
 from .records import MESSAGE, TASK, Delivery, Handler, Registration
@@ -68,11 +68,15 @@ class Core:
         self.replies = Replies(self._source, config, self.metrics, self.connection, self.settlement, self.spawn)
         self.registry = Registry(self.topics, default)
         self.work = Dispatcher(agent_id, config, self.topics, self.metrics, self.registry.index, self.connection,
-                               self.replies, self.settlement, self.spawn, self.call_sync)
+                               self.replies, self.settlement, self.spawn, self.call_sync, default)
         self.registry.dispatch = self.work.dispatch
+        # Control, discovery and status go through the agent's public methods, read when used: a subclass's
+        # describe() (or pause, resume, publish) is what the bus sees. The agent sets face to itself.
+        self.face: Face = self
         self.control = Control(agent_id, agent_type, self.topics, self.connection, status=lambda: self._status,
-                               describe=self.describe, capabilities=self.registry.capabilities, pause=self.pause,
-                               resume=self.resume, shutdown=self._shutdown_soon, publish=self.publish)
+                               describe=lambda: self.face.describe(), capabilities=self.registry.capabilities,
+                               pause=lambda: self.face.pause(), resume=lambda: self.face.resume(),
+                               shutdown=self._shutdown_soon, publish=lambda *a, **k: self.face.publish(*a, **k))
 
     # ------------------------------------------------------------------ the Host interface
 
@@ -156,9 +160,8 @@ class Core:
         return self._executor
 
     def pending(self, message_id: str) -> Delivery | None:
-        """Return the unanswered request with message_id, if any."""
-        delivery = self.replies.pending.get(message_id)
-        return None if delivery is None or delivery.answered else delivery
+        """Return the request with message_id that this agent still holds (claim() tells whether it is answered)."""
+        return self.replies.pending.get(message_id)
 
     def hold(self, delivery: Delivery) -> None:
         """Make delivery answerable by its id (publish_result) until unhold()."""
@@ -400,6 +403,7 @@ class Core:
         if self._status in ("stopping", "stopped", "created"):
             return
         self._status = "stopping"
+        self.work.intercept(None)  # what arrives while subscriptions drain runs its own handler, never a new batch
         timeout = timeout if timeout is not None else self.config["nats.drain_timeout"]
         if self._heartbeat is not None:
             self._heartbeat.cancel()

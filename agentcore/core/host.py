@@ -119,7 +119,7 @@ class Host(Protocol):
         ...
 
     def pending(self, message_id: str) -> Delivery | None:
-        """Return the unanswered request with message_id, if any."""
+        """Return the request with message_id that this agent still holds (claim() tells whether it is answered)."""
         ...
 
     def hold(self, delivery: Delivery) -> None:

@@ -32,8 +32,7 @@ class Registration:
 
     pattern: str
     queue: str
-    handler: Handler | None  # None: the agent's own process_message
-    call: Handler  # what runs: handler, or the default handler it stands for
+    handler: Handler | None  # None: the agent's own process_message, looked up per message
     kind: int
     is_async: bool
     system: bool = False  # control/discovery/negotiation: never paused, never queued behind tasks

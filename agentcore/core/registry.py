@@ -90,7 +90,7 @@ class Registry:
     ) -> Registration:
         """Add a registration (the same handler and kind twice is one registration) and return it."""
         fn = handler if handler is not None else self._default()
-        reg = Registration(subject, queue, handler, fn, kind, is_async(fn), system=system, cache=cache, fallback=fallback)
+        reg = Registration(subject, queue, handler, kind, is_async(fn), system=system, cache=cache, fallback=fallback)
         regs = self.registrations.setdefault(reg.key, [])
         for old in regs:
             if old.handler == handler and old.kind == kind:

@@ -8,11 +8,14 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from nats.aio.client import Client as NATSClient
+
 from ..config import AgentConfig
 from ..envelope import VERSION, encode, error_payload, new_id, new_message
 from ..errors import AgentCoreError, EnvelopeError, PayloadTooLargeError
 from ..metrics import AgentMetrics
 from ..transport.connection import Connection
+from ..transport.inline import send_now
 from ..transport.offload import offer_result
 from ..transport.settlement import Settlement
 from .records import Delivery
@@ -110,7 +113,10 @@ class Replies:
             await self.fail(delivery, "result_invalid", str(exc))
             return
         delivery.answered = True
-        await self.connection.send(dest, data)
+        nc: NATSClient = self.connection.nc  # type: ignore[assignment]  # connected: the request came over it
+        if not send_now(nc, dest, data):  # at once when nothing is pending (inline: no extra coroutine)
+            await nc.publish(dest, data)
+        self.metrics.published += 1
 
     async def fail(self, delivery: Delivery, code: str, text: str) -> None:
         """Send an error result (payload.error = {code, message}) for delivery."""

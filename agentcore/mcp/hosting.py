@@ -132,6 +132,7 @@ class MCP:
     def __init__(self, host: Host) -> None:
         self._host = host
         self._hosted: dict[str, _Hosted] = {}  # server id -> what this agent serves under it
+        self._ever_hosted = False  # discovery keeps saying "mcp_servers" (maybe empty) once one was hosted
         self._pending: dict[str, _Pending] = {}  # request envelope id -> a call of ours waiting for its answer
         self._responses: tuple[NATSClient, Subscription] | None = None  # the inbox all our answers arrive on
         self._lock: asyncio.Lock | None = None  # one subscribe of that inbox at a time (made on first use)
@@ -158,7 +159,7 @@ class MCP:
 
     def describe(self) -> dict[str, Any]:
         """Return the hosted servers, their tools and liveness for discovery answers and heartbeats ({} when none)."""
-        if not self._hosted:
+        if not self._ever_hosted:
             return {}
         return {
             "mcp_servers": {
@@ -201,6 +202,7 @@ class MCP:
         elif client.initialize_result.capabilities.tools is None:
             hosted.tools = []  # a server without tools (resources or prompts only)
         self._hosted[server_id] = hosted
+        self._ever_hosted = True
 
         async def serve(message: dict[str, Any]) -> Any:
             return await self._serve(hosted, message)
@@ -219,7 +221,7 @@ class MCP:
         if host.connection.usable:
             host.schedule_sync()
             if hosted.tools is None and host.on_loop_thread():
-                host.spawn(self._prefetch_tools(hosted))
+                host.spawn(asyncio.ensure_future(self._prefetch_tools(hosted)))  # not eagerly: register returns first
 
     async def aregister_mcp_server(
         self, server_id: str, client: MCPClient, *, tools: Iterable[str] | None = None, cache: Mapping[str, float] | None = None

@@ -189,13 +189,6 @@ class Connection:
             raise NotConnectedError(f"agent {self.agent_id} could not publish on {subject}: {exc or type(exc).__name__}") from exc
         self.metrics.published += 1
 
-    async def send(self, subject: str, data: bytes) -> None:
-        """Send a latency-bound answer: written to the socket at once when nothing is pending, else published."""
-        nc: NATSClient = self.nc  # type: ignore[assignment]  # connected: the request came over it
-        if not send_now(nc, subject, data):
-            await nc.publish(subject, data)
-        self.metrics.published += 1
-
     def requests(self, nc: NATSClient) -> RequestMux:
         """Return the request multiplexer over nc (one wildcard inbox, replies resolved inline)."""
         mux = self._mux

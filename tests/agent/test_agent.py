@@ -572,3 +572,27 @@ async def test_latency_bound_sends_skip_nats_py_flusher_and_keep_order(make_agen
     assert send_now(client.nc, "direct.x", b"x") is False  # a second one in the same iteration goes through the flusher
     await client.nc.publish("direct.x", b"second")
     await eventually(lambda: got == [b"first", b"second"])
+
+
+async def test_overridden_public_methods_are_what_the_bus_sees(make_agent) -> None:
+    """A subclass's describe() answers status and discovery; process_message assigned late still handles."""
+
+    class Described(NATSAgent):
+        def describe(self) -> dict[str, Any]:
+            return {**super().describe(), "extra": "yes"}
+
+    worker = await make_agent("described", cls=Described, start=False)
+    seen: list[str] = []
+
+    def late(topic: str, message: dict[str, Any]) -> bool:
+        seen.append(topic)
+        return True
+
+    worker.subscribe("agents/event/late/*")
+    worker.process_message = late  # type: ignore[method-assign]
+    await worker.astart()
+    client = await make_agent("client")
+    assert (await client.control("described", "status"))["extra"] == "yes"
+    assert [a.get("extra") for a in await client.discover(expected=1, timeout=5)] == ["yes"]
+    await client.publish("agents/event/late/x", {"n": 1})
+    await eventually(lambda: seen == ["agents/event/late/x"], what="the late process_message to run")
