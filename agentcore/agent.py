@@ -21,6 +21,7 @@ from .errors import AgentCoreError, NotConnectedError
 from .mcp.hosting import MCP
 from .negotiation import CheckCallback, CounterCallback, Negotiation, NegotiationHandler, OutcomeCallback, SelectCallback
 from .persistence import Persistence
+from .services import Services
 from .streaming import StreamReceiver, Streaming
 from .topics import Topics
 
@@ -52,7 +53,9 @@ class NATSAgent:
         self._batching = Batching(core, lambda messages: self.process_batch(messages))
         self._negotiation = Negotiation(core)
         self._mcp = MCP(core)
-        core.components.extend((self._persistence, self._streaming, self._batching, self._negotiation, self._mcp))
+        self._services = Services(core)  # the NATS service API ($SRV.PING/INFO/STATS)
+        core.components.extend((self._persistence, self._streaming, self._batching, self._negotiation, self._mcp,
+                                self._services))
         core.setup = self._setup_subscriptions  # looked up now: a subclass's override (the guide's style) runs at start
         core.face = self  # control, discovery and status use this agent's (possibly overridden) public methods
         self._own_thread: threading.Thread | None = None

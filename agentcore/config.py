@@ -129,6 +129,9 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "agent.sync_workers": (16, _positive_int),
     "agent.request_timeout": (30.0, _positive_float),
     "agent.discovery_timeout": (0.5, _positive_float),
+    # The NATS service API (ADR-32, agentcore.services): $SRV.PING/INFO/STATS answered as service service.name (default: the agent type).
+    "service.enabled": (True, _bool),
+    "service.name": (None, _optional_str),
     "cache.enabled": (True, _bool),
     "cache.ttl": (60.0, _positive_float),
     "cache.max_entries": (4096, _positive_int),

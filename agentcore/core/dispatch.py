@@ -263,6 +263,8 @@ class Dispatcher:
             else:
                 code, text = "handler_error", f"{type(exc).__name__}: {exc}"
                 log.exception("agent %s handler for %s raised on message %s", self.agent_id, subject, mid)
+            reg.errors += 1
+            reg.last_error = f"{code}: {text}"
             if not delivery.answered:
                 try:
                     await replies.fail(delivery, code, text)
@@ -279,7 +281,10 @@ class Dispatcher:
                     delivery.held = msg  # settled when publish_result (or no_result) answers it
                 else:
                     self.settlement.release(msg)
-            metrics.observe(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - t0
+            metrics.observe(elapsed)
+            reg.handled += 1  # per registration, for the NATS service API's endpoint stats
+            reg.seconds += elapsed
             if not reg.system:
                 self.inflight -= 1
             if self.queue:

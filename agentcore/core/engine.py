@@ -99,6 +99,11 @@ class Core:
         """Route messages on subject to handler (synced to the server by sync() or at start)."""
         return self.registry.register(subject, handler, kind=kind, queue=queue, system=system, fallback=fallback)
 
+    def capability_registrations(self) -> dict[str, list[Registration]]:
+        """Return each declared capability's task registrations (their counters are its service-API stats)."""
+        registry = self.registry
+        return {cap: registry.registrations.get((self.topics.task_pattern(cap), cap), []) for cap in registry.capabilities}
+
     def unregister(self, subject: str, handler: Handler | None = None) -> None:
         """Remove the registrations of subject (only handler's, when given)."""
         self.registry.unregister(subject, handler)

@@ -98,6 +98,10 @@ class Host(Protocol):
         """Route messages on subject to handler (synced to the server by sync() or at start; never served from the result cache)."""
         ...
 
+    def capability_registrations(self) -> dict[str, list[Registration]]:
+        """Return each declared capability's task registrations (their counters are its service-API stats)."""
+        ...
+
     def unregister(self, subject: str, handler: Handler | None = None) -> None:
         """Remove the registrations of subject (only handler's, when given); sync() or schedule_sync() ends the subscription."""
         ...

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ("MESSAGE", "TASK", "NO_REPLY", "Handler", "Incoming", "Registration", "Delivery", "Queued", "SubscriptionKey")
+__all__ = ("MESSAGE", "TASK", "RAW", "NO_REPLY", "Handler", "Incoming", "Registration", "Delivery", "Queued", "SubscriptionKey")
 
 Handler = Callable[..., Any]
 SubscriptionKey = tuple[str, str]  # (subject pattern, queue group): one wire subscription
@@ -16,6 +16,8 @@ SubscriptionKey = tuple[str, str]  # (subject pattern, queue group): one wire su
 NO_REPLY: Any = object()
 
 MESSAGE, TASK = 0, 1  # handler kinds: (topic, message) -> bool, or (message) -> result that is sent back
+#: A handler kind that takes the raw NATS message inline (not an envelope; the NATS service API): handler(msg) -> None.
+RAW = 2
 
 
 class Incoming(Protocol):
@@ -39,6 +41,10 @@ class Registration:
     cache: bool = True  # results may be served from the content-hash cache (tasks only)
     fallback: Callable[[dict[str, Any]], str | None] | None = None  # where results go without a reply subject
     key: SubscriptionKey = field(init=False)  # the wire subscription it rides on: (pattern, queue)
+    handled: int = 0  # messages its handler finished (the NATS service API's num_requests)
+    errors: int = 0  # of which failed
+    seconds: float = 0.0  # total time from arrival to the end of handling
+    last_error: str = ""
 
     def __post_init__(self) -> None:
         self.key = (self.pattern, self.queue)

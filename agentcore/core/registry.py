@@ -18,7 +18,7 @@ from ..transport.inline import deliver_inline
 from ..transport.puller import TaskPuller
 from ..transport.subscriptions import confirm, retire
 from .host import PersistedSource
-from .records import MESSAGE, TASK, Handler, Registration, SubscriptionKey
+from .records import MESSAGE, RAW, TASK, Handler, Registration, SubscriptionKey
 
 __all__ = ("Registry", "is_async")
 
@@ -151,15 +151,23 @@ class Registry:
                     self.subs[key] = sub
             await confirm(nc)
 
+    def _raw(self, key: SubscriptionKey) -> Callable[[Msg], None] | None:
+        """Return the handler of a RAW registration on key (delivered the message as it is, never dispatched)."""
+        regs = self.registrations.get(key)
+        return regs[0].handler if regs and regs[0].kind == RAW else None
+
     def _callback(self, key: SubscriptionKey) -> Callable[[Msg], Any]:
-        dispatch = self.dispatch
+        deliver = self._inline(key)
 
         async def on_message(msg: Msg) -> None:  # used only where inline delivery is unavailable
-            dispatch(msg, key)
+            deliver(msg)
 
         return on_message
 
     def _inline(self, key: SubscriptionKey) -> Callable[[Msg], None]:
+        raw = self._raw(key)
+        if raw is not None:
+            return raw
         dispatch = self.dispatch
         return lambda msg: dispatch(msg, key)
 
