@@ -227,6 +227,14 @@ class NATSAgent:
         """Return counters and latencies: messages_processed, messages_failed, avg/p50/p99 latency_ms, in_flight, reconnects, ..."""
         return self._core.get_metrics()
 
+    def service_info(self) -> dict[str, Any]:
+        """Return what this agent answers on $SRV.INFO (the NATS service API): identity and one endpoint per capability."""
+        return self._services.info().to_dict()
+
+    def service_stats(self) -> dict[str, Any]:
+        """Return what this agent answers on $SRV.STATS: requests, errors and processing time (ns) per capability."""
+        return self._services.stats().to_dict()
+
     # ------------------------------------------------------------------ streaming
 
     async def stream_response(
