@@ -15,6 +15,7 @@ from ._eager import run_eager
 from ._impl import validate_token
 from .batching import Batching
 from .config import AgentConfig
+from .contracts import Contracts, Schema
 from .core.engine import Core
 from .core.records import NO_REPLY, Handler
 from .errors import AgentCoreError, NotConnectedError
@@ -54,21 +55,27 @@ class NATSAgent:
         self._negotiation = Negotiation(core)
         self._mcp = MCP(core)
         self._services = Services(core)  # the NATS service API ($SRV.PING/INFO/STATS)
+        self._contracts = Contracts(core)  # capability input/output schemas
+        self._services.endpoint_metadata = self._contracts.metadata
         core.components.extend((self._persistence, self._streaming, self._batching, self._negotiation, self._mcp,
-                                self._services))
+                                self._services, self._contracts))
         core.setup = self._setup_subscriptions  # looked up now: a subclass's override (the guide's style) runs at start
         core.face = self  # control, discovery and status use this agent's (possibly overridden) public methods
         self._own_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ capabilities and subscriptions
 
-    def add_capability(self, capability: str, handler: Handler | None = None, *, cache: bool = True) -> None:
+    def add_capability(self, capability: str, handler: Handler | None = None, *, cache: bool = True,
+                       input_schema: Schema | None = None, output_schema: Schema | None = None) -> None:
         """Declare a capability; its tasks go to handler(message) -> result, or else to process_message.
 
         With cache=False the handler runs for every task even when the result cache is on (side effects,
-        sampling); otherwise identical tasks within cache.ttl are answered from the cache.
+        sampling); otherwise identical tasks within cache.ttl are answered from the cache. input_schema and
+        output_schema (JSON Schema dicts or pydantic model classes) are the capability's contract: published in
+        discovery and the service API, a task whose content breaks it is answered invalid_message naming the
+        field, a result that breaks it result_invalid.
         """
-        self._core.add_capability(capability, handler, cache)
+        self._core.add_capability(capability, self._contracts.wrap(capability, handler, input_schema, output_schema), cache)
 
     def subscribe(self, topic: str, handler: Handler | None = None, *, queue: str | None = None) -> None:
         """Subscribe a topic or subject (wildcards allowed); messages go to handler(topic, message) or process_message.
