@@ -58,11 +58,14 @@ class NATSAgent:
 
     # ------------------------------------------------------------------ capabilities and subscriptions
 
-    def add_capability(self, capability: str, handler: Handler | None = None, *, cache: bool = True) -> None:
+    def add_capability(self, capability: str, handler: Handler | None = None, *, cache: bool | str = True) -> None:
         """Declare a capability; its tasks go to handler(message) -> result, or else to process_message.
 
-        With cache=False the handler runs for every task even when the result cache is on (side effects,
-        sampling); otherwise identical tasks within cache.ttl are answered from the cache.
+        With the result cache on (cache.enabled), a request whose content matches one answered within
+        cache.ttl is answered from the cache. cache=True (the default) scopes that to the requester: the same
+        source.id and context.metadata.tenant. cache="shared" shares results between requesters: only for a
+        handler whose result depends on the content alone. cache=False runs the handler for every task (side
+        effects, sampling). A task nobody waits for (no reply subject, no replyTo) always runs the handler.
         """
         self._core.add_capability(capability, handler, cache)
 

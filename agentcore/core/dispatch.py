@@ -25,8 +25,8 @@ from ..topics import Topics
 from ..transport.connection import Connection
 from ..transport.offload import pull_request
 from ..transport.settlement import PersistedMsg, Settlement
-from .caching import DONE, IN_FLIGHT, MISS, TaskCache
-from .records import NO_REPLY, TASK, Delivery, Incoming, Queued, Registration, SubscriptionKey
+from .caching import DONE, IN_FLIGHT, MISS, SHARED, TaskCache
+from .records import NO_REPLY, TASK, Delivery, Incoming, Queued, Registration, SubscriptionKey, asked_at
 from .replies import Replies
 
 __all__ = ("Dispatcher",)
@@ -217,16 +217,19 @@ class Dispatcher:
                 log.info("agent %s skipped expired message %s on %s", self.agent_id, mid, subject)
                 await replies.fail(delivery, "expired", f"message {mid} expired before it was processed")
                 return
+            # The cache answers only requests (someone waits for the answer), each scoped to its requester
+            # unless the capability shares its results.
             cache = self.cache if reg.kind == TASK and reg.cache and not reg.system else None
-            key = cache.key(reg.pattern, message) if cache is not None else None
-            if key is not None:
-                assert cache is not None
-                hit = cache.get(key)
-                if hit is not MISS:
-                    replay = hit
-                    await replies.answer(delivery, hit)
-                    metrics.processed += 1
-                    return
+            key = None
+            if cache is not None and (msg.reply or message.get("replyTo")):
+                key = cache.key(reg.pattern, message, reg.cache == SHARED)
+                if key is not None:
+                    hit = cache.get(key)
+                    if hit is not MISS:
+                        replay = hit
+                        await replies.answer(delivery, hit)
+                        metrics.processed += 1
+                        return
             args: tuple[Any, ...] = (message,) if reg.kind == TASK else (self.topics.to_topic(subject), message)
             if reg.is_async:
                 result = await reg.call(*args)
@@ -270,7 +273,7 @@ class Dispatcher:
             if pending.get(mid) is delivery and not delivery.deferred:
                 del pending[mid]
             if self.cache is not None and not reg.system:
-                self.cache.finish((reg.key, message["source"]["id"]), mid, replay)
+                self.cache.finish((reg.key, message["source"]["id"]), mid, replay, asked_at(message, msg.reply))
             # A persisted task is answered now (or was handed back above): JetStream may forget it.
             if msg.__class__ is PersistedMsg:
                 if delivery.deferred and not delivery.answered:
@@ -284,20 +287,24 @@ class Dispatcher:
                 self._pump()
 
     async def _answer_duplicate(self, reg: Registration, subject: str, message: dict[str, Any], msg: Incoming, seen: Any) -> None:
-        """Answer a message id this subscription already took: replay its result, or say it is a duplicate."""
+        """Answer a message id this subscription already took: replay its result where the original asked for it,
+        or say it is a duplicate (an id alone never hands a result to another destination)."""
         if seen is IN_FLIGHT and self.settlement.forget(msg):
             return  # JetStream redelivered a task still being handled: the first delivery answers and acks it
         self.settlement.release(msg)
-        if not (msg.reply or message.get("replyTo")):
+        destination = asked_at(message, msg.reply)
+        if destination is None:
             return  # a redelivered publish nobody waits for: dropping it is the point
         delivery = Delivery(message, msg.reply or None, subject, None)
-        if seen is IN_FLIGHT or seen is DONE:
-            state = "is being handled" if seen is IN_FLIGHT else "was handled"
-            await self.replies.fail(delivery, "duplicate", f"message {message['id']} {state} by agent {self.agent_id}; "
-                                                           "send it with a new id to run it again")
-        else:
+        if seen is not IN_FLIGHT and seen is not DONE and seen[0] == destination:
             self.metrics.counters["duplicates_replayed"] += 1
-            await self.replies.answer(delivery, seen)
+            await self.replies.answer(delivery, seen[1])
+            return
+        # Still running, nothing to replay, or asked for somewhere else: the same words for each, so a stranger
+        # learns nothing of another's answer from the refusal.
+        state = "is being handled" if seen is IN_FLIGHT else "was handled"
+        await self.replies.fail(delivery, "duplicate", f"message {message['id']} {state} by agent {self.agent_id}; "
+                                                       "send it with a new id to run it again")
 
     def _pump(self) -> None:
         # Handlers that finish inline call _pump again from inside _run: only the outermost call loops, so a
@@ -333,7 +340,8 @@ class Dispatcher:
     def finish(self, queued: Queued, replay: Any) -> None:
         """Record a message as handled for duplicate detection: replay is its result, DONE, or MISS to forget it."""
         if self.cache is not None and not queued.reg.system:
-            self.cache.finish((queued.reg.key, queued.message["source"]["id"]), queued.message["id"], replay)
+            message = queued.message
+            self.cache.finish((queued.reg.key, message["source"]["id"]), message["id"], replay, asked_at(message, queued.msg.reply))
 
     def take_queue(self) -> list[Queued]:
         """Empty the queue and return what waited in it (stopping: none of it will run)."""

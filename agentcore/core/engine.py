@@ -30,7 +30,7 @@ from .caching import MISS
 from .control import Control
 from .dispatch import Dispatcher
 from .host import Component, PersistedSource, RequestRoute
-from .records import MESSAGE, TASK, Delivery, Handler, Registration
+from .records import MESSAGE, TASK, CacheMode, Delivery, Handler, Registration
 from .registry import Registry, is_async
 from .replies import Replies
 
@@ -201,7 +201,7 @@ class Core:
 
     # ------------------------------------------------------------------ registering
 
-    def add_capability(self, capability: str, handler: Handler | None, cache: bool) -> None:
+    def add_capability(self, capability: str, handler: Handler | None, cache: CacheMode) -> None:
         """Declare a capability (see NATSAgent.add_capability)."""
         self.registry.add_capability(capability, handler, cache)
         if self.connection.nc is not None:
