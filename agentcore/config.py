@@ -71,6 +71,23 @@ def _token(value: Any) -> str:
     return value
 
 
+def _str_list(value: Any) -> list[str]:
+    if isinstance(value, str):  # "a, b" (an environment variable, say)
+        value = [s for s in (part.strip() for part in value.split(",")) if s]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) and s for s in value):
+        raise ValueError("must be a list of non-empty strings")
+    return list(value)
+
+
+def _subject_patterns(value: Any) -> list[str]:
+    from ._impl import validate_subject
+
+    patterns = _str_list(value)
+    for pattern in patterns:
+        validate_subject(pattern, wildcards=True)
+    return patterns
+
+
 def _connect_options(value: Any) -> dict[str, Any]:
     # Everything else nats.connect() takes (JWT callbacks, nkeys_seed_str, an SSLContext, dont_randomize, ...).
     import inspect
@@ -129,6 +146,8 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "agent.sync_workers": (16, _positive_int),
     "agent.request_timeout": (30.0, _positive_float),
     "agent.discovery_timeout": (0.5, _positive_float),
+    # Subjects a message's replyTo may name besides reply inboxes, agents.{env}.result.> and agentcore's MCP responses.
+    "agent.reply_subjects": ([], _subject_patterns),
     "cache.enabled": (True, _bool),
     "cache.ttl": (60.0, _positive_float),
     "cache.max_entries": (4096, _positive_int),

@@ -3,6 +3,10 @@
 Messages arrive inline from nats-py's read loop (or from a JetStream puller) and are routed through the
 compiled subject index; a handler that does not suspend finishes inside the dispatch call. Optional features
 hook in at one place each, at the cost of one ``is None`` test: the cache, and an interceptor (batching).
+
+No message makes the agent an open relay: one whose ``replyTo`` is not a reply inbox, a result subject,
+agentcore's MCP responses or a configured ``agent.reply_subjects`` pattern is refused before any handler
+sees it, and a task handler never runs a result (an answer reflected onto a task subject).
 """
 
 from __future__ import annotations
@@ -16,10 +20,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from .._eager import start_eager
-from .._impl import SubjectIndex
+from .._impl import SubjectIndex, subject_matches, validate_subject
 from ..config import AgentConfig
 from ..envelope import decode, is_expired
-from ..errors import EnvelopeError, PayloadTooLargeError, RemoteError
+from ..errors import EnvelopeError, PayloadTooLargeError, RemoteError, SubjectError
 from ..metrics import AgentMetrics
 from ..topics import Topics
 from ..transport.connection import Connection
@@ -65,6 +69,10 @@ class Dispatcher:
         # At most 8 large requests (each up to agent.max_request_bytes) pulled into memory at once; made per start,
         # bound to that start's loop.
         self.pulls = asyncio.Semaphore(min(self.max_concurrency, 8))
+        # Where a replyTo may send answers: reply inboxes and result subjects (a prefix test), agentcore's MCP
+        # responses and the configured agent.reply_subjects (patterns, tested only when no prefix matched).
+        self._reply_prefixes = (*connection.inbox_prefixes(), topics.result_prefix())
+        self._reply_patterns = (topics.mcp_responses_any(), *config["agent.reply_subjects"])
 
     # ------------------------------------------------------------------ the hot path
 
@@ -101,6 +109,18 @@ class Dispatcher:
         self._route(msg, key, regs, message, t0)
 
     def _route(self, msg: Incoming, key: SubscriptionKey, regs: list[Registration], message: dict[str, Any], t0: float) -> None:
+        reply_to = message.get("replyTo")
+        if reply_to and not self.may_answer(reply_to):
+            self._refuse_reply_to(msg, message, reply_to)
+            return
+        if message["type"] == "result":
+            # An answer is never work: one reflected onto a task subject (a NATS reply subject aimed there) must
+            # not run a task handler as its sender's deputy. Observers (subscribe handlers) still see it.
+            regs = [reg for reg in regs if reg.kind != TASK or reg.system]
+            if not regs:
+                self.metrics.counters["results_ignored"] += 1
+                self.settlement.reject(msg)
+                return
         subject = msg.subject
         cache = self.cache
         take = self._take
@@ -155,6 +175,31 @@ class Dispatcher:
         self.metrics.counters["large_requests_pulled"] += 1
         self._route(msg, key, regs, message, t0)
 
+    def may_answer(self, subject: str) -> bool:
+        """Return whether a replyTo of subject is honoured: a reply inbox, a result subject, an allowed pattern."""
+        if subject.startswith(self._reply_prefixes):
+            try:
+                validate_subject(subject, wildcards=False)
+            except SubjectError:
+                return False
+            return True
+        return any(subject_matches(pattern, subject) for pattern in self._reply_patterns)
+
+    def _refuse_reply_to(self, msg: Incoming, message: dict[str, Any], reply_to: str) -> None:
+        """Refuse a message whose replyTo names a subject the agent does not answer to: no handler runs it."""
+        metrics = self.metrics
+        metrics.failed += 1
+        metrics.counters["replies_refused"] += 1
+        if metrics.counters["replies_refused"] % 1000 == 1:  # once per thousand: a flood must not flood the log too
+            log.warning("agent %s refused message %s from %s on %s: its replyTo %r is no reply inbox or result subject",
+                        self.agent_id, message["id"], message["source"]["id"], msg.subject, reply_to)
+        self.settlement.reject(msg)  # a persisted task: redelivering it cannot make its replyTo acceptable
+        if msg.reply:
+            self._spawn(self.replies.send_error(
+                msg.reply, message["id"], "forbidden",
+                f"agent {self.agent_id} does not send answers to replyTo {reply_to!r}: only to reply inboxes, "
+                f"result subjects and agent.reply_subjects", reason="reply_to"))
+
     def _admit(self, queued: Queued) -> None:
         """Queue a message until a handler slot frees up; refuse it as overloaded when the queue is full."""
         if len(self.queue) >= self.max_queued:
@@ -185,6 +230,10 @@ class Dispatcher:
         except EnvelopeError as exc:
             if msg.reply:
                 await self.replies.send_error(msg.reply, None, "invalid_message", str(exc))
+            return
+        reply_to = message.get("replyTo")
+        if reply_to and not self.may_answer(reply_to):
+            self._refuse_reply_to(msg, message, reply_to)
             return
         delivery = Delivery(message, msg.reply or None, msg.subject, None)
         if delivery.destination is not None:  # a request (reply subject or replyTo), not a plain publish
