@@ -210,7 +210,13 @@ class NATSAgent:
         await self._core.resume()
 
     async def control(self, agent_id: str, command: str, *, timeout: float = 5.0) -> Any:
-        """Send a control command (ping, status, pause, resume, shutdown) to an agent and return its answer."""
+        """Send a control command (ping, status, pause, resume, shutdown) to an agent and return its answer.
+
+        ping and status are open to anyone (the target's control.open); pause, resume and shutdown are taken only
+        from the target itself and the agent ids in its control.allow, anyone else gets ForbiddenError. The
+        target goes by the source.id this agent sends: until identities are signed that is a claim, so NATS
+        permissions on agents.{env}.control.{agent_id} are what keep others out for real (docs/security.md).
+        """
         return await self.request(self.topics.control(agent_id), {"command": command}, type="query", timeout=timeout)
 
     async def discover(

@@ -19,6 +19,8 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+import orjson
+
 from .._eager import start_eager
 from .._impl import SubjectIndex, subject_matches, validate_subject
 from ..config import AgentConfig
@@ -308,14 +310,21 @@ class Dispatcher:
         except Exception as exc:
             metrics.failed += 1
             replay = MISS  # a retry of a failed message runs again
+            details: dict[str, Any] = {}
             if isinstance(exc, RemoteError):
                 code, text = exc.code, exc.remote_message
+                if isinstance(exc.details, dict):  # the requester's RemoteError gets them as its details
+                    details = {k: v for k, v in exc.details.items() if k not in ("code", "message")}
+                    try:
+                        orjson.dumps(details)
+                    except TypeError:
+                        details = {}  # not JSON: the error still goes out, without them
             else:
                 code, text = "handler_error", f"{type(exc).__name__}: {exc}"
                 log.exception("agent %s handler for %s raised on message %s", self.agent_id, subject, mid)
             if not delivery.answered:
                 try:
-                    await replies.fail(delivery, code, text)
+                    await replies.fail(delivery, code, text, **details)
                 except Exception:
                     log.exception("agent %s could not send the error result for %s", self.agent_id, mid)
         finally:

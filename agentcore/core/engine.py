@@ -70,7 +70,8 @@ class Core:
         self.work = Dispatcher(agent_id, config, self.topics, self.metrics, self.registry.index, self.connection,
                                self.replies, self.settlement, self.spawn, self.call_sync)
         self.registry.dispatch = self.work.dispatch
-        self.control = Control(agent_id, agent_type, self.topics, self.connection, status=lambda: self._status,
+        self.control = Control(agent_id, agent_type, self.topics, self.connection, config=config, metrics=self.metrics,
+                               status=lambda: self._status,
                                describe=self.describe, capabilities=self.registry.capabilities, pause=self.pause,
                                resume=self.resume, shutdown=self._shutdown_soon, publish=self.publish)
 
