@@ -122,7 +122,7 @@ async def test_redelivered_duplicate_never_runs_the_handler_twice(make_agent: An
     await raw_nc.publish(worker.topics.task("s"), data, reply=inbox)
     assert orjson.loads((await answers.next_msg(timeout=5)).data)["payload"]["content"] == {"n": 1}
     # A redelivery nobody waits for is dropped; a retry that waits where the original did gets the first result
-    # replayed. (One that asks elsewhere is refused: tests/security/test_ids.py.)
+    # replayed. (One that asks elsewhere is refused: tests/security/test_id_replay.py.)
     await raw_nc.publish(worker.topics.task("s"), data)
     await raw_nc.publish(worker.topics.task("s"), data, reply=inbox)
     again = await answers.next_msg(timeout=5)

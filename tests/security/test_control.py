@@ -6,15 +6,18 @@ and that the honest path (ping and status for anyone, the allowed agent's comman
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import nats
 import orjson
 import pytest
 
-from agentcore import ForbiddenError, NATSAgent, NoRespondersError, RemoteError
+from agentcore import AgentConfig, ForbiddenError, NATSAgent, NoRespondersError, RemoteError
 from agentcore.envelope import decode, raise_for_error
+from agentcore.server import NATSServer
 from helpers import task_envelope
+from nats_fixtures import eventually
 
 
 async def test_a_stranger_cannot_pause_resume_or_shut_down(make_agent: Any, raw_nc: nats.NATS) -> None:
@@ -66,3 +69,48 @@ async def test_control_open_can_close_ping_and_status_too(make_agent: Any) -> No
     with pytest.raises(RemoteError) as info:  # an unknown command is unknown to anyone, allowed or not
         await stranger.control("worker", "dance")
     assert info.value.code == "unknown_command"
+
+
+# --------------------------------------------------------------------------- NATS permissions: the real boundary
+
+CONTROL_PERMISSIONS = """
+authorization {
+  users = [
+    {user: worker, password: worker-pw}
+    {user: ops, password: ops-pw}
+    {user: app, password: app-pw, permissions: {publish: {deny: ["agents.*.control.>"]}}}
+  ]
+}
+"""
+
+
+async def test_nats_permissions_stop_a_stranger_who_claims_an_allowed_id(tmp_path: Path) -> None:
+    # source.id is self-declared: a client may claim "ops". What stops it for real is the server refusing its
+    # publish to the control subject (docs/security.md).
+    conf = tmp_path / "nats.conf"
+    conf.write_text(CONTROL_PERMISSIONS)
+    with NATSServer(extra_args=["-c", str(conf)]) as server:
+        def config(user: str, **extra: Any) -> AgentConfig:
+            return AgentConfig({"nats.servers": [server.url], "nats.environment": "test", "nats.user": user,
+                                "nats.password": f"{user}-pw", "agent.heartbeat_interval": 60.0, **extra}, environ={})
+
+        worker = NATSAgent("worker", "worker", config("worker", **{"control.allow": ["ops"]}))
+        ops = NATSAgent("ops", "ops", config("ops"))
+        errors: list[Exception] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(exc)
+
+        async with worker, ops:
+            app = await nats.connect(server.url, user="app", password="app-pw", error_cb=on_error)
+            try:
+                claim = task_envelope("claim-1", {"command": "shutdown"}, source="ops", type="query", capability="control")
+                await app.publish(worker.topics.control("worker"), orjson.dumps(claim))
+                await app.flush()
+                await eventually(lambda: any("permissions violation" in str(e).lower() for e in errors),
+                                 what="the server to refuse the publish")
+                assert worker.status == "running"
+                assert await ops.control("worker", "pause") == {"status": "paused"}  # the honest path
+                assert await ops.control("worker", "resume") == {"status": "running"}
+            finally:
+                await app.close()
