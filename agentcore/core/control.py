@@ -63,7 +63,7 @@ class Control:
             return NO_REPLY
         content = message["payload"]["content"]
         command = content.get("command") if isinstance(content, dict) else content
-        if command not in self.open and command in COMMANDS and message["source"]["id"] not in self.allowed:
+        if command in COMMANDS and command not in self.open and message["source"]["id"] not in self.allowed:
             self._refuse(command, message["source"]["id"])
         if command == "ping":
             return {"pong": True, "agent_id": self.agent_id, "status": self._status()}

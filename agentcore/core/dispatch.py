@@ -112,7 +112,7 @@ class Dispatcher:
 
     def _route(self, msg: Incoming, key: SubscriptionKey, regs: list[Registration], message: dict[str, Any], t0: float) -> None:
         reply_to = message.get("replyTo")
-        if reply_to and not self.may_answer(reply_to):
+        if reply_to and not self._may_answer(reply_to):
             self._refuse_reply_to(msg, message, reply_to)
             return
         if message["type"] == "result":
@@ -177,7 +177,7 @@ class Dispatcher:
         self.metrics.counters["large_requests_pulled"] += 1
         self._route(msg, key, regs, message, t0)
 
-    def may_answer(self, subject: str) -> bool:
+    def _may_answer(self, subject: str) -> bool:
         """Return whether a replyTo of subject is honoured: a reply inbox, a result subject, an allowed pattern."""
         if subject.startswith(self._reply_prefixes):
             try:
@@ -234,7 +234,7 @@ class Dispatcher:
                 await self.replies.send_error(msg.reply, None, "invalid_message", str(exc))
             return
         reply_to = message.get("replyTo")
-        if reply_to and not self.may_answer(reply_to):
+        if reply_to and not self._may_answer(reply_to):
             self._refuse_reply_to(msg, message, reply_to)
             return
         delivery = Delivery(message, msg.reply or None, msg.subject, None)

@@ -114,3 +114,12 @@ async def test_nats_permissions_stop_a_stranger_who_claims_an_allowed_id(tmp_pat
                 assert await ops.control("worker", "resume") == {"status": "running"}
             finally:
                 await app.close()
+
+
+async def test_a_command_of_any_shape_is_answered_not_crashed_on(make_agent: Any, raw_nc: nats.NATS) -> None:
+    worker: NATSAgent = await make_agent("worker")
+    for content in ({"command": ["pause"]}, {"command": {"x": 1}}, {"command": None}, 42):
+        envelope = task_envelope("odd", content, source="mallory", capability="control")
+        answer = decode((await raw_nc.request(worker.topics.control("worker"), orjson.dumps(envelope), timeout=5)).data)
+        assert answer["payload"]["error"]["code"] == "unknown_command"
+    assert worker.status == "running"
