@@ -3,8 +3,9 @@
 
 from cpython.ref cimport PyObject
 from libc.math cimport isfinite
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy
 
+from os import register_at_fork as _register_at_fork, urandom as _urandom
 from sys import intern as _intern
 
 import orjson
@@ -13,7 +14,7 @@ from agentcore.errors import EnvelopeError
 
 from agentcore._ext import envelope_py as _twin
 
-__all__ = ("MAX_DEPTH", "MESSAGE_TYPES", "decode", "encode", "validate")
+__all__ = ("MAX_DEPTH", "MESSAGE_TYPES", "decode", "encode", "new_id", "validate")
 
 
 cdef extern from "Python.h":
@@ -555,3 +556,66 @@ def encode(message):
         return _dumps(message, None, _DUMPS_OPTIONS)
     except TypeError as exc:
         raise EnvelopeError(f"envelope cannot be serialized: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------------ message ids
+# 128 bits of the operating system's CSPRNG per id, as 32 lowercase hex digits. Randomness is drawn 4 KB (256
+# ids) at a time into a C buffer. Under the GIL taking 16 bytes is atomic: no Python code runs between the
+# check, the copy and the advance (os.urandom may let other threads run, so the buffer is filled only after it
+# returns). A free-threaded build has no GIL to rely on and draws each id's bytes on its own. A forked child
+# forgets the buffer it inherited (its parent keeps using it).
+
+cdef extern from *:
+    """
+    #ifdef Py_GIL_DISABLED
+    #define AGENTCORE_SHARED_POOL 0
+    #else
+    #define AGENTCORE_SHARED_POOL 1
+    #endif
+    """
+    int AGENTCORE_SHARED_POOL
+
+cdef extern from "Python.h":
+    object _new_str "PyUnicode_New"(Py_ssize_t size, Py_UCS4 maxchar)
+    void* _str_bytes "PyUnicode_DATA"(object o)
+
+cdef enum:
+    _POOL = 4096
+    _ID_BYTES = 16
+
+cdef unsigned char _pool[_POOL]
+cdef Py_ssize_t _pool_used = _POOL
+cdef const char* _HEX_DIGITS = b"0123456789abcdef"
+
+
+def _forget_pool():
+    global _pool_used
+    _pool_used = _POOL
+
+
+_register_at_fork(after_in_child=_forget_pool)
+
+
+def new_id():
+    """Return a new message id: 128 random bits from the operating system as 32 hex digits."""
+    global _pool_used
+    cdef unsigned char raw[_ID_BYTES]
+    cdef bytes fresh
+    cdef unsigned char* out
+    cdef int i
+    if AGENTCORE_SHARED_POOL:
+        while _pool_used > _POOL - _ID_BYTES:
+            fresh = _urandom(_POOL)
+            memcpy(_pool, <const char*>fresh, _POOL)
+            _pool_used = 0
+        memcpy(raw, _pool + _pool_used, _ID_BYTES)
+        _pool_used += _ID_BYTES
+    else:
+        fresh = _urandom(_ID_BYTES)
+        memcpy(raw, <const char*>fresh, _ID_BYTES)
+    s = _new_str(2 * _ID_BYTES, 127)
+    out = <unsigned char*>_str_bytes(s)
+    for i in range(_ID_BYTES):
+        out[2 * i] = _HEX_DIGITS[raw[i] >> 4]
+        out[2 * i + 1] = _HEX_DIGITS[raw[i] & 15]
+    return s

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
 from typing import Any
 
 import orjson
 
 from agentcore.errors import EnvelopeError
 
-__all__ = ("MAX_DEPTH", "MESSAGE_TYPES", "decode", "encode", "validate")
+__all__ = ("MAX_DEPTH", "MESSAGE_TYPES", "decode", "encode", "new_id", "validate")
 
 MESSAGE_TYPES = frozenset({"task", "result", "event", "query"})
 # Deepest container nesting allowed, counting the envelope's own objects (payload, context, ...) as level 1.
@@ -175,3 +177,37 @@ def encode(message: dict[str, Any]) -> bytes:
         return orjson.dumps(message, option=_DUMPS_OPTIONS)
     except TypeError as exc:
         raise EnvelopeError(f"envelope cannot be serialized: {exc}") from None
+
+
+# Message ids: 128 bits of the operating system's CSPRNG each, as 32 lowercase hex digits. Randomness is drawn
+# 2 KB (128 ids) at a time. Each call claims a unique number from an atomic counter; its block selects a draw
+# and its slot a distinct 32-digit slice of it, so threads need no lock: a claim only ever reads a draw made for
+# its own block, and two claims never share a slot of the same draw. A forked child forgets the draw it
+# inherited (its parent keeps using it).
+_claim = itertools.count().__next__
+_draw: tuple[int, str] = (-1, "")
+
+
+def _forget_draw() -> None:
+    global _draw
+    _draw = (-1, "")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_draw)
+
+
+def _redraw(block: int) -> tuple[int, str]:
+    global _draw
+    draw = _draw = (block, os.urandom(2048).hex())
+    return draw
+
+
+def new_id() -> str:
+    """Return a new message id: 128 random bits from the operating system as 32 hex digits."""
+    n = _claim()
+    draw = _draw
+    if draw[0] != n >> 7:
+        draw = _redraw(n >> 7)
+    start = (n & 127) << 5
+    return draw[1][start : start + 32]

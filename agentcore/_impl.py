@@ -11,7 +11,7 @@ NO_EXTENSIONS = bool(os.environ.get("AGENTCORE_NO_EXTENSIONS")) or sys.implement
 if TYPE_CHECKING or NO_EXTENSIONS:
     from ._ext.batch_py import BatchAccumulator
     from ._ext.cache_py import ContentCache, canonical_hash, content_hash
-    from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, validate
+    from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, new_id, validate
     from ._ext.subjects_py import SubjectIndex, subject_matches, validate_subject, validate_token
 
     IMPLEMENTATION = "pure"
@@ -19,7 +19,7 @@ else:
     try:
         from ._ext.batch import BatchAccumulator
         from ._ext.cache import ContentCache, canonical_hash, content_hash
-        from ._ext.envelope import MESSAGE_TYPES, decode, encode, validate
+        from ._ext.envelope import MESSAGE_TYPES, decode, encode, new_id, validate
         from ._ext.subjects import SubjectIndex, subject_matches, validate_subject, validate_token
 
         IMPLEMENTATION = "compiled"
@@ -38,7 +38,7 @@ else:
                           "Set AGENTCORE_NO_EXTENSIONS=1 to choose them explicitly.", RuntimeWarning, stacklevel=2)
         from ._ext.batch_py import BatchAccumulator
         from ._ext.cache_py import ContentCache, canonical_hash, content_hash
-        from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, validate
+        from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, new_id, validate
         from ._ext.subjects_py import SubjectIndex, subject_matches, validate_subject, validate_token
 
         IMPLEMENTATION = "pure"
@@ -52,6 +52,7 @@ __all__ = (
     "MESSAGE_TYPES",
     "decode",
     "encode",
+    "new_id",
     "validate",
     "SubjectIndex",
     "subject_matches",

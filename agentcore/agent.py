@@ -65,15 +65,18 @@ class NATSAgent:
 
     # ------------------------------------------------------------------ capabilities and subscriptions
 
-    def add_capability(self, capability: str, handler: Handler | None = None, *, cache: bool = True,
+    def add_capability(self, capability: str, handler: Handler | None = None, *, cache: bool | str = True,
                        input_schema: Schema | None = None, output_schema: Schema | None = None) -> None:
         """Declare a capability; its tasks go to handler(message) -> result, or else to process_message.
 
-        With cache=False the handler runs for every task even when the result cache is on (side effects,
-        sampling); otherwise identical tasks within cache.ttl are answered from the cache. input_schema and
-        output_schema (JSON Schema dicts or pydantic model classes) are the capability's contract: published in
-        discovery and the service API, a task whose content breaks it is answered invalid_message naming the
-        field, a result that breaks it result_invalid.
+        With the result cache on (cache.enabled), a request whose content matches one answered within
+        cache.ttl is answered from the cache. cache=True (the default) scopes that to the requester: the same
+        source.id and context.metadata.tenant. cache="shared" shares results between requesters: only for a
+        handler whose result depends on the content alone. cache=False runs the handler for every task (side
+        effects, sampling). A task nobody waits for (no reply subject, no replyTo) always runs the handler.
+        input_schema and output_schema (JSON Schema dicts or pydantic model classes) are the capability's
+        contract: published in discovery and the service API, a task whose content breaks it is answered
+        invalid_message naming the field, a result that breaks it result_invalid.
         """
         self._core.add_capability(capability, self._contracts.wrap(capability, handler, input_schema, output_schema), cache)
 
@@ -218,7 +221,13 @@ class NATSAgent:
         await self._core.resume()
 
     async def control(self, agent_id: str, command: str, *, timeout: float = 5.0) -> Any:
-        """Send a control command (ping, status, pause, resume, shutdown) to an agent and return its answer."""
+        """Send a control command (ping, status, pause, resume, shutdown) to an agent and return its answer.
+
+        ping and status are open to anyone (the target's control.open); pause, resume and shutdown are taken only
+        from the target itself and the agent ids in its control.allow, anyone else gets ForbiddenError. The
+        target goes by the source.id this agent sends: until identities are signed that is a claim, so NATS
+        permissions on agents.{env}.control.{agent_id} are what keep others out for real (docs/security.md).
+        """
         return await self.request(self.topics.control(agent_id), {"command": command}, type="query", timeout=timeout)
 
     async def discover(

@@ -9,7 +9,10 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ("AgentConfig",)
+__all__ = ("AgentConfig", "CONTROL_COMMANDS")
+
+#: The commands an agent answers on its control subject (agentcore.core.control).
+CONTROL_COMMANDS = ("ping", "status", "pause", "resume", "shutdown")
 
 
 def _servers(value: Any) -> list[str]:
@@ -69,6 +72,40 @@ def _token(value: Any) -> str:
         raise ValueError("must be a string")
     validate_token(value)
     return value
+
+
+def _str_list(value: Any) -> list[str]:
+    if isinstance(value, str):  # "a, b" (an environment variable, say)
+        value = [s for s in (part.strip() for part in value.split(",")) if s]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) and s for s in value):
+        raise ValueError("must be a list of non-empty strings")
+    return list(value)
+
+
+def _agent_ids(value: Any) -> list[str]:
+    from ._impl import validate_token
+
+    ids = _str_list(value)
+    for agent_id in ids:
+        validate_token(agent_id)
+    return ids
+
+
+def _subject_patterns(value: Any) -> list[str]:
+    from ._impl import validate_subject
+
+    patterns = _str_list(value)
+    for pattern in patterns:
+        validate_subject(pattern, wildcards=True)
+    return patterns
+
+
+def _control_commands(value: Any) -> list[str]:
+    commands = _str_list(value)
+    unknown = [c for c in commands if c not in CONTROL_COMMANDS]
+    if unknown:
+        raise ValueError(f"names unknown control commands {unknown}; the commands are {', '.join(CONTROL_COMMANDS)}")
+    return commands
 
 
 def _connect_options(value: Any) -> dict[str, Any]:
@@ -132,6 +169,12 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     # The NATS service API (ADR-32, agentcore.services): $SRV.PING/INFO/STATS answered as service service.name (default: the agent type).
     "service.enabled": (True, _bool),
     "service.name": (None, _optional_str),
+    # Subjects a message's replyTo may name besides reply inboxes, agents.{env}.result.> and agentcore's MCP responses.
+    "agent.reply_subjects": ([], _subject_patterns),
+    # Who may pause, resume and shut the agent down (source ids; the agent itself always may), and which commands
+    # anyone may send.
+    "control.allow": ([], _agent_ids),
+    "control.open": (["ping", "status"], _control_commands),
     "cache.enabled": (True, _bool),
     "cache.ttl": (60.0, _positive_float),
     "cache.max_entries": (4096, _positive_int),

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
-import os
 import time
 from typing import Any
 
-from ._impl import MESSAGE_TYPES, decode, encode, validate
+from ._impl import MESSAGE_TYPES, decode, encode, new_id, validate
 from .errors import (
-    DuplicateMessageError, HandlerError, InvalidMessageError, MessageExpiredError, OverloadedError, RemoteError, ShuttingDownError,
+    DuplicateMessageError, ForbiddenError, HandlerError, InvalidMessageError, MessageExpiredError, OverloadedError, RemoteError, ShuttingDownError,
 )
 
 __all__ = (
@@ -17,6 +15,7 @@ __all__ = (
     "decode",
     "encode",
     "validate",
+    "new_id",
     "new_message",
     "error_payload",
     "raise_for_error",
@@ -28,20 +27,13 @@ VERSION = "1.0"
 
 
 class IdGenerator:
-    """Make unique message ids cheaply: a random per-process prefix and a counter."""
+    """Make message ids: each is new_id(), 128 random bits (no sequence to guess from the ids seen before)."""
 
-    __slots__ = ("_prefix", "_next")
-
-    def __init__(self) -> None:
-        # uuid4() costs ~2 µs per message; a random prefix plus a counter is unique and ~10x cheaper.
-        self._prefix = os.urandom(8).hex()
-        self._next = itertools.count(1).__next__
+    __slots__ = ()
 
     def __call__(self) -> str:
-        return f"{self._prefix}-{self._next()}"
-
-
-new_id = IdGenerator()
+        made: str = new_id()
+        return made
 
 
 def new_message(
@@ -90,6 +82,7 @@ _ERROR_TYPES: dict[str, type[RemoteError]] = {
     "expired": MessageExpiredError,
     "invalid_message": InvalidMessageError,
     "duplicate": DuplicateMessageError,
+    "forbidden": ForbiddenError,
     "overloaded": OverloadedError,
     "shutting_down": ShuttingDownError,
 }

@@ -78,11 +78,20 @@ class InvalidMessageError(RemoteError):
 
 
 class DuplicateMessageError(RemoteError):
-    """The message id was already taken by that agent, and it has no result to replay."""
+    """The message id was already taken from that sender by that agent, and no result is replayed for it.
+
+    Nothing to replay (still running, failed, or answered without a result), or the retry asked for its answer
+    somewhere else than the original did: a stored result goes only where the original asked for it.
+    """
 
 
 class OverloadedError(RemoteError):
     """The agent's queue was full (agent.max_queued): the message was refused, not run; try again later."""
+
+
+class ForbiddenError(RemoteError):
+    """The agent refused the message without running it: a replyTo it does not send answers to, or a control
+    command the sender is not allowed (``details["reason"]`` says which: ``"reply_to"`` or ``"control"``)."""
 
 
 class ShuttingDownError(RemoteError):

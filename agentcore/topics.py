@@ -41,6 +41,14 @@ class Topics:
         """Return the result subject for results addressed to an agent."""
         return f"{self.prefix}.result.{validate_token(agent_id)}.{validate_token(task_type)}"
 
+    def result_prefix(self) -> str:
+        """Return the prefix of every result subject (agents.{env}.result.): where a replyTo may always point."""
+        return f"{self.prefix}.result."
+
+    def mcp_responses_any(self) -> str:
+        """Return the pattern of every MCP response subject (the replyTo of agentcore's MCP calls)."""
+        return f"{self.prefix}.mcp.*.responses.*"
+
     def event(self, event_type: str, detail: str) -> str:
         """Return the subject of a system event."""
         return f"{self.prefix}.event.{validate_token(event_type)}.{validate_token(detail)}"

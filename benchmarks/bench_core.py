@@ -192,6 +192,44 @@ def test_envelope_validate(benchmark: Any, suffix: str) -> None:
     benchmark(_module("envelope", suffix).validate, MESSAGE)
 
 
+# ------------------------------------------------------------------------------------------------- message ids
+
+
+def _x1000(make: Callable[[], Any]) -> Callable[[], None]:
+    def run() -> None:
+        for _ in range(INNER):
+            make()
+
+    return run
+
+
+@pytest.mark.benchmark(group="message-id")
+@pytest.mark.parametrize("suffix", IMPLEMENTATIONS)
+def test_new_id_x1000(benchmark: Any, suffix: str) -> None:
+    """128 random bits from the OS's CSPRNG per id (drawn in blocks), as 32 hex digits."""
+    new_id = _module("envelope", suffix).new_id
+    assert len(new_id()) == 32
+    benchmark(_x1000(new_id))
+
+
+@pytest.mark.benchmark(group="message-id")
+def test_counter_id_x1000(benchmark: Any) -> None:
+    """Reference: the ids before (a random per-process prefix and a counter: unique, but predictable)."""
+    import itertools
+    import os
+
+    prefix, counter = os.urandom(8).hex(), itertools.count(1).__next__
+    benchmark(_x1000(lambda: f"{prefix}-{counter()}"))
+
+
+@pytest.mark.benchmark(group="message-id")
+def test_urandom_hex_id_x1000(benchmark: Any) -> None:
+    """Reference: one os.urandom(16) call per id (a system call each)."""
+    import os
+
+    benchmark(_x1000(lambda: os.urandom(16).hex()))
+
+
 # ------------------------------------------------------------------------------------------------- cache
 
 

@@ -24,7 +24,7 @@ from nats_fixtures import within
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-AGENT_SUITES = TESTS / "agent"
+AGENT_SUITES = (TESTS / "agent", TESTS / "security")  # the suites against a real nats-server
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -119,8 +119,8 @@ class FakeClock:
 # The agent suites on the pure-Python core.
 
 def agent_suites() -> list[str]:
-    """Every agent test file, relative to the repository root."""
-    return sorted(str(path.relative_to(ROOT)) for path in AGENT_SUITES.glob("test_*.py"))
+    """Every agent (and security) test file, relative to the repository root."""
+    return sorted(str(path.relative_to(ROOT)) for folder in AGENT_SUITES for path in folder.glob("test_*.py"))
 
 
 @dataclass

@@ -30,6 +30,7 @@ def test_demo_starts_its_own_server_and_runs_agents() -> None:
     assert "finalized" in out and "sent the job to the winner" in out  # the negotiation step
     assert "mcp: word_count -> 7" in out  # the MCP step
     assert "JetStream stream AGENTS_DEMO-DURABLE keeps 5" in out and "answered all 5" in out  # the persistence step
+    assert "-> paused, running" in out and "from summarizer-1 -> refused (forbidden" in out  # control, allowed and not
     assert "stopped the local nats-server" in out
 
 

@@ -11,8 +11,10 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from .._impl import validate_token
+from ..config import CONTROL_COMMANDS, AgentConfig
 from ..envelope import decode, encode, new_message
-from ..errors import AgentCoreError, EnvelopeError, RemoteError
+from ..errors import AgentCoreError, EnvelopeError, ForbiddenError, RemoteError
+from ..metrics import AgentMetrics
 from ..topics import Topics
 from ..transport.connection import Connection
 from .records import NO_REPLY
@@ -21,7 +23,7 @@ __all__ = ("Control",)
 
 log = logging.getLogger("agentcore.agent")
 
-COMMANDS = ("ping", "status", "pause", "resume", "shutdown")
+COMMANDS = CONTROL_COMMANDS
 
 
 class Face(Protocol):
@@ -45,9 +47,16 @@ class Face(Protocol):
 
 
 class Control:
-    """Answer control commands and discovery queries; publish status on changes and as heartbeats."""
+    """Answer control commands and discovery queries; publish status on changes and as heartbeats.
+
+    Commands not in ``control.open`` (by default pause, resume and shutdown) are taken only from the agent
+    itself and the source ids in ``control.allow``; anyone else is refused with ``forbidden``. A source id is
+    what the sender says it is until identities are signed: NATS permissions on the control subject are what
+    keeps strangers out for real (docs/security.md).
+    """
 
     def __init__(self, agent_id: str, agent_type: str, topics: Topics, connection: Connection, *,
+                 config: AgentConfig, metrics: AgentMetrics,
                  status: Callable[[], str], describe: Callable[[], dict[str, Any]], capabilities: list[str],
                  pause: Callable[[], Awaitable[None]], resume: Callable[[], Awaitable[None]],
                  shutdown: Callable[[], None], publish: Callable[..., Awaitable[str]]) -> None:
@@ -55,6 +64,9 @@ class Control:
         self.agent_type = agent_type
         self.topics = topics
         self.connection = connection
+        self.allowed = frozenset((agent_id, *config["control.allow"]))  # who may send every command
+        self.open = frozenset(config["control.open"])  # the commands anyone may send
+        self._counters = metrics.counters
         self._status = status
         self._describe = describe
         self._capabilities = capabilities
@@ -71,6 +83,8 @@ class Control:
             return NO_REPLY
         content = message["payload"]["content"]
         command = content.get("command") if isinstance(content, dict) else content
+        if command in COMMANDS and command not in self.open and message["source"]["id"] not in self.allowed:
+            self._refuse(command, message["source"]["id"])
         if command == "ping":
             return {"pong": True, "agent_id": self.agent_id, "status": self._status()}
         if command == "status":
@@ -85,6 +99,13 @@ class Control:
             self._shutdown()  # answered first; stopping from inside our own handler would wait on ourselves
             return {"status": "stopping"}
         raise RemoteError("unknown_command", f"unknown control command {command!r}; use ping, status, pause, resume or shutdown")
+
+    def _refuse(self, command: str, sender: str) -> None:
+        self._counters["control_refused"] += 1
+        if self._counters["control_refused"] % 100 == 1:  # not every one: a flood must not flood the log too
+            log.warning("agent %s refused control command %r from %r (not in control.allow)", self.agent_id, command, sender)
+        raise ForbiddenError("forbidden", f"agent {self.agent_id} does not take {command!r} from {sender!r}: "
+                                          "the sender is not in its control.allow", details={"reason": "control"})
 
     async def on_discovery(self, message: dict[str, Any]) -> Any:
         """Answer a discovery query unless it asks for a capability this agent lacks."""

@@ -3,6 +3,10 @@
 Messages arrive inline from nats-py's read loop (or from a JetStream puller) and are routed through the
 compiled subject index; a handler that does not suspend finishes inside the dispatch call. Optional features
 hook in at one place each, at the cost of one ``is None`` test: the cache, and an interceptor (batching).
+
+No message makes the agent an open relay: one whose ``replyTo`` is not a reply inbox, a result subject,
+agentcore's MCP responses or a configured ``agent.reply_subjects`` pattern is refused before any handler
+sees it, and a task handler never runs a result (an answer reflected onto a task subject).
 """
 
 from __future__ import annotations
@@ -15,18 +19,20 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+import orjson
+
 from .._eager import start_eager
-from .._impl import SubjectIndex
+from .._impl import SubjectIndex, subject_matches, validate_subject
 from ..config import AgentConfig
 from ..envelope import decode, is_expired
-from ..errors import EnvelopeError, PayloadTooLargeError, RemoteError
+from ..errors import EnvelopeError, PayloadTooLargeError, RemoteError, SubjectError
 from ..metrics import AgentMetrics
 from ..topics import Topics
 from ..transport.connection import Connection
 from ..transport.offload import pull_request
 from ..transport.settlement import PersistedMsg, Settlement
-from .caching import DONE, IN_FLIGHT, MISS, TaskCache
-from .records import NO_REPLY, TASK, Delivery, Incoming, Queued, Registration, SubscriptionKey
+from .caching import DONE, IN_FLIGHT, MISS, SHARED, TaskCache
+from .records import NO_REPLY, TASK, Delivery, Incoming, Queued, Registration, SubscriptionKey, asked_at
 from .replies import Replies
 
 __all__ = ("Dispatcher",)
@@ -66,6 +72,10 @@ class Dispatcher:
         # At most 8 large requests (each up to agent.max_request_bytes) pulled into memory at once; made per start,
         # bound to that start's loop.
         self.pulls = asyncio.Semaphore(min(self.max_concurrency, 8))
+        # Where a replyTo may send answers: reply inboxes and result subjects (a prefix test), agentcore's MCP
+        # responses and the configured agent.reply_subjects (patterns, tested only when no prefix matched).
+        self._reply_prefixes = (*connection.inbox_prefixes(), topics.result_prefix())
+        self._reply_patterns = (topics.mcp_responses_any(), *config["agent.reply_subjects"])
 
     # ------------------------------------------------------------------ the hot path
 
@@ -102,6 +112,18 @@ class Dispatcher:
         self._route(msg, key, regs, message, t0)
 
     def _route(self, msg: Incoming, key: SubscriptionKey, regs: list[Registration], message: dict[str, Any], t0: float) -> None:
+        reply_to = message.get("replyTo")
+        if reply_to and not self._may_answer(reply_to):
+            self._refuse_reply_to(msg, message, reply_to)
+            return
+        if message["type"] == "result":
+            # An answer is never work: one reflected onto a task subject (a NATS reply subject aimed there) must
+            # not run a task handler as its sender's deputy. Observers (subscribe handlers) still see it.
+            regs = [reg for reg in regs if reg.kind != TASK or reg.system]
+            if not regs:
+                self.metrics.counters["results_ignored"] += 1
+                self.settlement.reject(msg)
+                return
         subject = msg.subject
         cache = self.cache
         take = self._take
@@ -156,6 +178,31 @@ class Dispatcher:
         self.metrics.counters["large_requests_pulled"] += 1
         self._route(msg, key, regs, message, t0)
 
+    def _may_answer(self, subject: str) -> bool:
+        """Return whether a replyTo of subject is honoured: a reply inbox, a result subject, an allowed pattern."""
+        if subject.startswith(self._reply_prefixes):
+            try:
+                validate_subject(subject, wildcards=False)
+            except SubjectError:
+                return False
+            return True
+        return any(subject_matches(pattern, subject) for pattern in self._reply_patterns)
+
+    def _refuse_reply_to(self, msg: Incoming, message: dict[str, Any], reply_to: str) -> None:
+        """Refuse a message whose replyTo names a subject the agent does not answer to: no handler runs it."""
+        metrics = self.metrics
+        metrics.failed += 1
+        metrics.counters["replies_refused"] += 1
+        if metrics.counters["replies_refused"] % 1000 == 1:  # once per thousand: a flood must not flood the log too
+            log.warning("agent %s refused message %s from %s on %s: its replyTo %r is no reply inbox or result subject",
+                        self.agent_id, message["id"], message["source"]["id"], msg.subject, reply_to)
+        self.settlement.reject(msg)  # a persisted task: redelivering it cannot make its replyTo acceptable
+        if msg.reply:
+            self._spawn(self.replies.send_error(
+                msg.reply, message["id"], "forbidden",
+                f"agent {self.agent_id} does not send answers to replyTo {reply_to!r}: only to reply inboxes, "
+                f"result subjects and agent.reply_subjects", reason="reply_to"))
+
     def _admit(self, queued: Queued) -> None:
         """Queue a message until a handler slot frees up; refuse it as overloaded when the queue is full."""
         if len(self.queue) >= self.max_queued:
@@ -186,6 +233,10 @@ class Dispatcher:
         except EnvelopeError as exc:
             if msg.reply:
                 await self.replies.send_error(msg.reply, None, "invalid_message", str(exc))
+            return
+        reply_to = message.get("replyTo")
+        if reply_to and not self._may_answer(reply_to):
+            self._refuse_reply_to(msg, message, reply_to)
             return
         delivery = Delivery(message, msg.reply or None, msg.subject, None)
         if delivery.destination is not None:  # a request (reply subject or replyTo), not a plain publish
@@ -218,16 +269,19 @@ class Dispatcher:
                 log.info("agent %s skipped expired message %s on %s", self.agent_id, mid, subject)
                 await replies.fail(delivery, "expired", f"message {mid} expired before it was processed")
                 return
+            # The cache answers only requests (someone waits for the answer), each scoped to its requester
+            # unless the capability shares its results.
             cache = self.cache if reg.kind == TASK and reg.cache and not reg.system else None
-            key = cache.key(reg.pattern, message) if cache is not None else None
-            if key is not None:
-                assert cache is not None
-                hit = cache.get(key)
-                if hit is not MISS:
-                    replay = hit
-                    await replies.answer(delivery, hit)
-                    metrics.processed += 1
-                    return
+            key = None
+            if cache is not None and (msg.reply or message.get("replyTo")):
+                key = cache.key(reg.pattern, message, reg.cache == SHARED)
+                if key is not None:
+                    hit = cache.get(key)
+                    if hit is not MISS:
+                        replay = hit
+                        await replies.answer(delivery, hit)
+                        metrics.processed += 1
+                        return
             args: tuple[Any, ...] = (message,) if reg.kind == TASK else (self.topics.to_topic(subject), message)
             call = reg.handler if reg.handler is not None else self._default()
             if reg.is_async:
@@ -258,8 +312,15 @@ class Dispatcher:
         except Exception as exc:
             metrics.failed += 1
             replay = MISS  # a retry of a failed message runs again
+            details: dict[str, Any] = {}
             if isinstance(exc, RemoteError):
                 code, text = exc.code, exc.remote_message
+                if isinstance(exc.details, dict):  # the requester's RemoteError gets them as its details
+                    details = {k: v for k, v in exc.details.items() if k not in ("code", "message")}
+                    try:
+                        orjson.dumps(details)
+                    except TypeError:
+                        details = {}  # not JSON: the error still goes out, without them
             else:
                 code, text = "handler_error", f"{type(exc).__name__}: {exc}"
                 log.exception("agent %s handler for %s raised on message %s", self.agent_id, subject, mid)
@@ -267,14 +328,14 @@ class Dispatcher:
             reg.last_error = f"{code}: {text}"
             if not delivery.answered:
                 try:
-                    await replies.fail(delivery, code, text)
+                    await replies.fail(delivery, code, text, **details)
                 except Exception:
                     log.exception("agent %s could not send the error result for %s", self.agent_id, mid)
         finally:
             if pending.get(mid) is delivery and not delivery.deferred:
                 del pending[mid]
             if self.cache is not None and not reg.system:
-                self.cache.finish((reg.key, message["source"]["id"]), mid, replay)
+                self.cache.finish((reg.key, message["source"]["id"]), mid, replay, asked_at(message, msg.reply))
             # A persisted task is answered now (or was handed back above): JetStream may forget it.
             if msg.__class__ is PersistedMsg:
                 if delivery.deferred and not delivery.answered:
@@ -291,20 +352,24 @@ class Dispatcher:
                 self._pump()
 
     async def _answer_duplicate(self, reg: Registration, subject: str, message: dict[str, Any], msg: Incoming, seen: Any) -> None:
-        """Answer a message id this subscription already took: replay its result, or say it is a duplicate."""
+        """Answer a message id this subscription already took: replay its result where the original asked for it,
+        or say it is a duplicate (an id alone never hands a result to another destination)."""
         if seen is IN_FLIGHT and self.settlement.forget(msg):
             return  # JetStream redelivered a task still being handled: the first delivery answers and acks it
         self.settlement.release(msg)
-        if not (msg.reply or message.get("replyTo")):
+        destination = asked_at(message, msg.reply)
+        if destination is None:
             return  # a redelivered publish nobody waits for: dropping it is the point
         delivery = Delivery(message, msg.reply or None, subject, None)
-        if seen is IN_FLIGHT or seen is DONE:
-            state = "is being handled" if seen is IN_FLIGHT else "was handled"
-            await self.replies.fail(delivery, "duplicate", f"message {message['id']} {state} by agent {self.agent_id}; "
-                                                           "send it with a new id to run it again")
-        else:
+        if seen is not IN_FLIGHT and seen is not DONE and seen[0] == destination:
             self.metrics.counters["duplicates_replayed"] += 1
-            await self.replies.answer(delivery, seen)
+            await self.replies.answer(delivery, seen[1])
+            return
+        # Still running, nothing to replay, or asked for somewhere else: the same words for each, so a stranger
+        # learns nothing of another's answer from the refusal.
+        state = "is being handled" if seen is IN_FLIGHT else "was handled"
+        await self.replies.fail(delivery, "duplicate", f"message {message['id']} {state} by agent {self.agent_id}; "
+                                                       "send it with a new id to run it again")
 
     def _pump(self) -> None:
         # Handlers that finish inline call _pump again from inside _run: only the outermost call loops, so a
@@ -340,7 +405,8 @@ class Dispatcher:
     def finish(self, queued: Queued, replay: Any) -> None:
         """Record a message as handled for duplicate detection: replay is its result, DONE, or MISS to forget it."""
         if self.cache is not None and not queued.reg.system:
-            self.cache.finish((queued.reg.key, queued.message["source"]["id"]), queued.message["id"], replay)
+            message = queued.message
+            self.cache.finish((queued.reg.key, message["source"]["id"]), message["id"], replay, asked_at(message, queued.msg.reply))
 
     def take_queue(self) -> list[Queued]:
         """Empty the queue and return what waited in it (stopping: none of it will run)."""

@@ -30,7 +30,7 @@ from .caching import MISS
 from .control import Control, Face
 from .dispatch import Dispatcher
 from .host import Component, PersistedSource, RequestRoute
-from .records import MESSAGE, TASK, Delivery, Handler, Registration
+from .records import MESSAGE, TASK, CacheMode, Delivery, Handler, Registration
 from .registry import Registry, is_async
 from .replies import Replies
 
@@ -73,7 +73,8 @@ class Core:
         # Control, discovery and status go through the agent's public methods, read when used: a subclass's
         # describe() (or pause, resume, publish) is what the bus sees. The agent sets face to itself.
         self.face: Face = self
-        self.control = Control(agent_id, agent_type, self.topics, self.connection, status=lambda: self._status,
+        self.control = Control(agent_id, agent_type, self.topics, self.connection, config=config, metrics=self.metrics,
+                               status=lambda: self._status,
                                describe=lambda: self.face.describe(), capabilities=self.registry.capabilities,
                                pause=lambda: self.face.pause(), resume=lambda: self.face.resume(),
                                shutdown=self._shutdown_soon, publish=lambda *a, **k: self.face.publish(*a, **k))
@@ -209,7 +210,7 @@ class Core:
 
     # ------------------------------------------------------------------ registering
 
-    def add_capability(self, capability: str, handler: Handler | None, cache: bool) -> None:
+    def add_capability(self, capability: str, handler: Handler | None, cache: CacheMode) -> None:
         """Declare a capability (see NATSAgent.add_capability)."""
         self.registry.add_capability(capability, handler, cache)
         if self.connection.nc is not None:

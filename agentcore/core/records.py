@@ -7,7 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ("MESSAGE", "TASK", "RAW", "NO_REPLY", "Handler", "Incoming", "Registration", "Delivery", "Queued", "SubscriptionKey")
+__all__ = ("MESSAGE", "TASK", "RAW", "NO_REPLY", "Handler", "Incoming", "Registration", "Delivery", "Queued",
+           "SubscriptionKey", "CacheMode", "asked_at")
 
 Handler = Callable[..., Any]
 SubscriptionKey = tuple[str, str]  # (subject pattern, queue group): one wire subscription
@@ -18,6 +19,9 @@ NO_REPLY: Any = object()
 MESSAGE, TASK = 0, 1  # handler kinds: (topic, message) -> bool, or (message) -> result that is sent back
 #: A handler kind that takes the raw NATS message inline (not an envelope; the NATS service API): handler(msg) -> None.
 RAW = 2
+
+#: How a registration's results are cached: False (never), True (per requester), "shared" (for every requester).
+CacheMode = bool | str
 
 
 class Incoming(Protocol):
@@ -38,7 +42,7 @@ class Registration:
     kind: int
     is_async: bool
     system: bool = False  # control/discovery/negotiation: never paused, never queued behind tasks
-    cache: bool = True  # results may be served from the content-hash cache (tasks only)
+    cache: CacheMode = True  # results may be served from the content-hash cache (tasks only); "shared": across requesters
     fallback: Callable[[dict[str, Any]], str | None] | None = None  # where results go without a reply subject
     key: SubscriptionKey = field(init=False)  # the wire subscription it rides on: (pattern, queue)
     handled: int = 0  # messages its handler finished (the NATS service API's num_requests)
@@ -48,6 +52,11 @@ class Registration:
 
     def __post_init__(self) -> None:
         self.key = (self.pattern, self.queue)
+
+
+def asked_at(message: dict[str, Any], reply: str) -> str | None:
+    """Return where the sender asked for the answer: the message's replyTo, else the NATS reply subject, else None."""
+    return message.get("replyTo") or reply or None
 
 
 @dataclass(eq=False, slots=True)

@@ -12,13 +12,13 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from .._impl import SubjectIndex, validate_token
-from ..errors import AgentCoreError
+from ..errors import AgentCoreError, ConfigError
 from ..topics import Topics
 from ..transport.inline import deliver_inline
 from ..transport.puller import TaskPuller
 from ..transport.subscriptions import confirm, retire
 from .host import PersistedSource
-from .records import MESSAGE, RAW, TASK, Handler, Registration, SubscriptionKey
+from .records import MESSAGE, RAW, TASK, CacheMode, Handler, Registration, SubscriptionKey
 
 __all__ = ("Registry", "is_async")
 
@@ -35,7 +35,7 @@ class Registry:
         self.topics = topics
         self.capabilities: list[str] = []
         self.handlers: dict[str, Handler | None] = {}  # capability -> its handler (None: the default handler)
-        self.uncached: set[str] = set()  # capabilities whose handlers must run for every task
+        self.cache_modes: dict[str, CacheMode] = {}  # capability -> False, True (per requester) or "shared"
         self.index = SubjectIndex()  # subject -> the registrations whose patterns match (compiled)
         self.registrations: dict[SubscriptionKey, list[Registration]] = {}
         self.subs: dict[SubscriptionKey, Subscription | TaskPuller] = {}
@@ -46,16 +46,16 @@ class Registry:
 
     # ------------------------------------------------------------------ registrations
 
-    def add_capability(self, capability: str, handler: Handler | None, cache: bool) -> None:
-        """Declare capability with handler (None: the default handler)."""
+    def add_capability(self, capability: str, handler: Handler | None, cache: CacheMode) -> None:
+        """Declare capability with handler (None: the default handler) and how its results are cached."""
         validate_token(capability)
+        if cache is not True and cache is not False and cache != "shared":
+            raise ConfigError(f"add_capability({capability!r}, cache=...) takes True (per requester), \"shared\" or False, "
+                              f"got {cache!r}")
         if capability not in self.handlers:
             self.capabilities.append(capability)
         self.handlers[capability] = handler
-        if cache:
-            self.uncached.discard(capability)
-        else:
-            self.uncached.add(capability)
+        self.cache_modes[capability] = cache
 
     def register_capabilities(self) -> None:
         """Register the task topic of every declared capability."""
@@ -66,7 +66,7 @@ class Registry:
         """Register capability's task topic in its queue group."""
         self.register(
             self.topics.task_pattern(capability), handler, kind=TASK if handler else MESSAGE, queue=capability,
-            fallback=self._result_fallback, cache=capability not in self.uncached,
+            fallback=self._result_fallback, cache=self.cache_modes.get(capability, True),
         )
 
     def capability_queue(self, subject: str) -> str | None:
@@ -86,7 +86,7 @@ class Registry:
         queue: str = "",
         system: bool = False,
         fallback: Callable[[dict[str, Any]], str | None] | None = None,
-        cache: bool = False,
+        cache: CacheMode = False,
     ) -> Registration:
         """Add a registration (the same handler and kind twice is one registration) and return it."""
         fn = handler if handler is not None else self._default()

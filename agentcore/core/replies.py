@@ -118,19 +118,19 @@ class Replies:
             await nc.publish(dest, data)
         self.metrics.published += 1
 
-    async def fail(self, delivery: Delivery, code: str, text: str) -> None:
-        """Send an error result (payload.error = {code, message}) for delivery."""
+    async def fail(self, delivery: Delivery, code: str, text: str, **details: Any) -> None:
+        """Send an error result (payload.error = {code, message, **details}) for delivery."""
         if not self.settle(delivery):
             return
         dest = delivery.destination
         delivery.answered = True
         if dest is not None:
-            await self.connection.publish(dest, self.result_message(delivery, None, error_payload(code, text)))
+            await self.connection.publish(dest, self.result_message(delivery, None, error_payload(code, text, **details)))
 
-    async def send_error(self, reply: str, request_id: str | None, code: str, text: str) -> None:
+    async def send_error(self, reply: str, request_id: str | None, code: str, text: str, **details: Any) -> None:
         """Send an error result to reply for a message that never became a delivery (malformed, refused)."""
         message = new_message("result", None, source_id=self.source["id"], source_type=self.source["type"],
-                              correlation_id=request_id, error=error_payload(code, text))
+                              correlation_id=request_id, error=error_payload(code, text, **details))
         await self.connection.publish(reply, encode(message))
 
     def defer(self, delivery: Delivery) -> None:

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from .. import AgentConfig, NATSAgent
+from .. import AgentConfig, ForbiddenError, NATSAgent
 
 __all__ = ("run_demo",)
 
@@ -28,7 +28,9 @@ async def _analyse(message: dict[str, Any]) -> dict[str, Any]:
 
 async def run_demo(url: str, *, tasks: int = 200, out: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the demo against the server at url and return what it measured."""
-    config = AgentConfig({"nats.servers": [url], "nats.environment": "demo", "agent.heartbeat_interval": 1.0})
+    # pause, resume and shutdown are taken only from the ids in control.allow: here the coordinator's.
+    config = AgentConfig({"nats.servers": [url], "nats.environment": "demo", "agent.heartbeat_interval": 1.0,
+                          "control.allow": ["coordinator"]})
     summarizers = [NATSAgent(f"summarizer-{i}", "worker", config) for i in (1, 2, 3)]
     for agent in summarizers:
         agent.add_capability("summarize", _summarize)
@@ -92,6 +94,13 @@ async def run_demo(url: str, *, tasks: int = 200, out: Callable[[str], None] = p
 
         pong = await coordinator.control("analyst-1", "ping")
         out(f"control ping analyst-1 -> {pong}")
+        paused = await coordinator.control("analyst-1", "pause")
+        resumed = await coordinator.control("analyst-1", "resume")
+        out(f"control pause, resume analyst-1 from the coordinator (in its control.allow) -> {paused['status']}, {resumed['status']}")
+        try:
+            await summarizers[0].control("analyst-1", "pause")
+        except ForbiddenError as exc:
+            out(f"control pause analyst-1 from summarizer-1 -> refused ({exc.code}: not in control.allow)")
         for agent in workers:
             m = agent.get_metrics()
             out(f"  {agent.agent_id:<14} processed={m['messages_processed']:<4} failed={m['messages_failed']} "

@@ -173,7 +173,8 @@ async def test_queue_group_shares_tasks_across_replicas(make_agent) -> None:
 
 
 async def test_control_ping_status_pause_resume_shutdown(make_agent) -> None:
-    worker = await make_agent("worker", capabilities={"work": lambda m: "ok"})
+    # pause, resume and shutdown are taken only from senders in control.allow (tests/security covers strangers).
+    worker = await make_agent("worker", capabilities={"work": lambda m: "ok"}, control__allow=["client"])
     client = await make_agent("client")
     assert (await client.control("worker", "ping"))["pong"] is True
     assert (await client.control("worker", "status"))["capabilities"] == ["work"]

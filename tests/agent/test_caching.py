@@ -117,11 +117,15 @@ async def test_redelivered_duplicate_never_runs_the_handler_twice(make_agent: An
     worker = await make_agent(capabilities={"s": counting(calls)})
     data = task_bytes("redelivered-1", "x", source="plain", capability="s", timeout_ms=None, timestamp=1e12,
                       context={"conversationId": None, "metadata": {"cache": False}})
-    reply = await raw_nc.request(worker.topics.task("s"), data, timeout=5)
-    assert orjson.loads(reply.data)["payload"]["content"] == {"n": 1}
-    # A redelivery nobody waits for is dropped; a retry that waits gets the first result replayed.
+    inbox = raw_nc.new_inbox()
+    answers = await raw_nc.subscribe(inbox)
+    await raw_nc.publish(worker.topics.task("s"), data, reply=inbox)
+    assert orjson.loads((await answers.next_msg(timeout=5)).data)["payload"]["content"] == {"n": 1}
+    # A redelivery nobody waits for is dropped; a retry that waits where the original did gets the first result
+    # replayed. (One that asks elsewhere is refused: tests/security/test_id_replay.py.)
     await raw_nc.publish(worker.topics.task("s"), data)
-    again = await raw_nc.request(worker.topics.task("s"), data, timeout=5)
+    await raw_nc.publish(worker.topics.task("s"), data, reply=inbox)
+    again = await answers.next_msg(timeout=5)
     assert orjson.loads(again.data)["payload"]["content"] == {"n": 1}
     assert orjson.loads(again.data)["correlationId"] == "redelivered-1"
     assert calls == ["x"]

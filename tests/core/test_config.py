@@ -55,6 +55,11 @@ def test_nats_url_overrides_servers() -> None:
         ("nats.batch_timeout", -1, "> 0"),
         ("messaging.provider", "kafka", "nats"),
         ("nats.allow_reconnect", "maybe", "boolean"),
+        ("agent.reply_subjects", ["a..b"], "empty token"),
+        ("agent.reply_subjects", [3], "non-empty strings"),
+        ("control.allow", ["ops.1"], "token"),
+        ("control.allow", {"ops": 1}, "list"),
+        ("control.open", ["dance"], "unknown control commands"),
     ],
 )
 def test_bad_values_raise_config_error(key: str, value: object, fragment: str) -> None:
@@ -62,6 +67,18 @@ def test_bad_values_raise_config_error(key: str, value: object, fragment: str) -
         AgentConfig({key: value}, environ={})
     assert key in str(info.value)
     assert fragment in str(info.value)
+
+
+def test_trust_keys(tmp_path: Path) -> None:
+    defaults = AgentConfig(environ={})
+    assert defaults["agent.reply_subjects"] == [] and defaults["control.allow"] == []
+    assert defaults["control.open"] == ["ping", "status"]
+    path = tmp_path / "c.yaml"
+    path.write_text("control:\n  allow: [ops, deployer]\n  open: []\nagent:\n  reply_subjects: ['results.>', '_INBOX_alice.>']\n")
+    config = AgentConfig.from_yaml(path, environ={})
+    assert config["control.allow"] == ["ops", "deployer"] and config["control.open"] == []
+    assert config["agent.reply_subjects"] == ["results.>", "_INBOX_alice.>"]
+    assert AgentConfig({"control.allow": "ops, deployer"}, environ={})["control.allow"] == ["ops", "deployer"]
 
 
 def test_bad_yaml_files(tmp_path: Path) -> None:
