@@ -80,8 +80,8 @@ async def run_demo(url: str, *, tasks: int = 200, out: Callable[[str], None] = p
 
         try:
             from .mcp import run_mcp_demo
-        except ImportError:  # the MCP SDK is the optional extra agentcore[mcp]
-            out("mcp: skipped (install agentcore[mcp] for the MCP step)")
+        except ImportError:  # the MCP SDK is the optional extra agentcore-nats[mcp]
+            out("mcp: skipped (install agentcore-nats[mcp] for the MCP step)")
             mcp_result: dict[str, Any] = {}
         else:
             mcp_result = await run_mcp_demo(config, out, calls=tasks)
