@@ -1,4 +1,4 @@
-"""Starting up: a start that fails does so at once, with its reason."""
+"""Starting up: a start that fails does so at once, with its reason; the guide's logger name."""
 
 from __future__ import annotations
 
@@ -32,3 +32,26 @@ async def test_a_refused_password_fails_at_once_with_its_reason() -> None:
         with pytest.raises(NotConnectedError, match="Authorization Violation"):
             await within(intruder.astart(), "the refused start")
         assert time.perf_counter() - t0 < 1.0
+
+
+def test_the_guides_logger_name_reaches_agentcores_loggers() -> None:
+    guide = logging.getLogger("AgentFramework.Messaging.NATSProvider")
+    ours = logging.getLogger("agentcore.agent")
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep()
+    assert not ours.isEnabledFor(logging.DEBUG)
+    guide.setLevel(logging.DEBUG)  # the guide's troubleshooting line
+    guide.addHandler(handler)
+    try:
+        assert ours.isEnabledFor(logging.DEBUG)
+        ours.debug("connection details")
+        assert [r.getMessage() for r in records] == ["connection details"]
+    finally:
+        guide.removeHandler(handler)
+        guide.setLevel(logging.NOTSET)
+    assert not ours.isEnabledFor(logging.DEBUG)
