@@ -12,6 +12,7 @@ from .envelope import new_message
 from .errors import (
     AgentCoreError,
     ConfigError,
+    DuplicateAgentError,
     DuplicateMessageError,
     EnvelopeError,
     HandlerError,
@@ -63,6 +64,7 @@ __all__ = (
     "errors",
     "AgentCoreError",
     "ConfigError",
+    "DuplicateAgentError",
     "DuplicateMessageError",
     "EnvelopeError",
     "HandlerError",
