@@ -391,6 +391,7 @@ class Core:
             for component in self.components:
                 await component.start()
         except BaseException:
+            self._status = "stopped"  # so closing reads as our own close, not an outage to warn about
             await nc.close()
             self.connection.nc = None
             raise

@@ -137,7 +137,7 @@ class Connection:
         if not connecting.done():
             _abandon(connecting)
             self.nc = None
-            reason = _reason(errors[-1]) if errors else f"no connection within {bound:.1f}s"
+            reason = _reason(errors[0]) if errors else f"no connection within {bound:.1f}s"
             raise NotConnectedError(f"agent {self.agent_id} cannot connect to {', '.join(options['servers'])}: {reason}")
         try:
             self.nc = connecting.result()

@@ -33,12 +33,14 @@ async def test_a_second_agent_with_the_same_id_is_reported_at_start(make_agent, 
     assert DUPLICATE not in caplog.text
 
 
-async def test_a_duplicate_id_refuses_to_start_when_configured(make_agent) -> None:
+async def test_a_duplicate_id_refuses_to_start_when_configured(make_agent, caplog: pytest.LogCaptureFixture) -> None:
     first = await make_agent("only-one", capabilities={"work": lambda m: "first"})
     second = await make_agent("only-one", start=False, capabilities={"work": lambda m: "second"},
                               **{"agent__duplicate_id": "error"})
-    with pytest.raises(DuplicateAgentError, match="another live agent already uses the id 'only-one'"):
+    with caplog.at_level(logging.WARNING, logger="agentcore"), \
+            pytest.raises(DuplicateAgentError, match="another live agent already uses the id 'only-one'"):
         await second.astart()
+    assert "disconnected" not in caplog.text  # closing after a failed start is no outage
     assert second.status != "running"
     client = await make_agent("client")
     assert {await client.send_task("work", i) for i in range(10)} == {"first"}  # the refused one never subscribed

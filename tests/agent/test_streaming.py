@@ -11,10 +11,10 @@ import pytest
 
 from agentcore import HandlerError, NATSAgent
 from agentcore.envelope import encode, new_message
-from agentcore.errors import StreamError, StreamGapError, StreamTimeoutError
+from agentcore.errors import NoRespondersError, StreamError, StreamGapError, StreamTimeoutError
 from agentcore.transport.frames import H_CTL, H_FINAL, H_KIND, H_SEQ, H_STREAM
 from agentcore.streaming import StreamReceiver
-from nats_fixtures import eventually, subscribed
+from nats_fixtures import eventually, subscribed, within
 
 
 async def streamer(make_agent: Any, generator_factory: Any, chunk_size: int = 1024) -> NATSAgent:
@@ -340,3 +340,9 @@ async def test_an_oversized_plain_result_reaches_a_stream_consumer_whole(make_ag
         assert [c.items() async for c in stream] == [[{"blob": blob}]]
     assert worker.get_metrics()["large_results_streamed"] == 2
 
+
+async def test_a_stream_nobody_serves_is_no_responders_at_once(make_agent) -> None:
+    client = await make_agent("client")
+    with pytest.raises(NoRespondersError, match="stream's task subject"):
+        async with client.request_stream(client.topics.task("nobody"), {}) as stream:
+            await within(stream.__anext__(), "the no-responders answer", timeout=5)
