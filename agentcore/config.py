@@ -271,10 +271,11 @@ class AgentConfig:
     def __contains__(self, key: object) -> bool:
         return key in self._values
 
-    def as_dict(self) -> dict[str, Any]:
-        """Return a copy of all settings as a flat dotted-key dict."""
+    def as_dict(self, *, hide_secrets: bool = False) -> dict[str, Any]:
+        """Return a copy of all settings as a flat dotted-key dict (secrets as "***" with hide_secrets)."""
+        if hide_secrets:
+            return {k: ("***" if k in _SECRET_KEYS and v else v) for k, v in self._values.items()}
         return dict(self._values)
 
     def __repr__(self) -> str:
-        shown = {k: ("***" if k in _SECRET_KEYS and v else v) for k, v in self._values.items()}
-        return f"AgentConfig({shown!r})"
+        return f"AgentConfig({self.as_dict(hide_secrets=True)!r})"
