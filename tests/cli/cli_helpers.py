@@ -12,7 +12,8 @@ from typing import Any
 from agentcore import NATSAgent
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "agentcore"]
+# -P: the working directory (a checkout, say) is not put on sys.path, so the command is the installed one.
+CLI = [sys.executable, "-P", "-m", "agentcore"]
 _CLEARED = ("NATS_URL", "NATS_USER", "NATS_PASSWORD", "NATS_TOKEN", "NATS_CREDS", "NATS_NKEY", "NATS_CA", "NATS_CERT",
             "NATS_KEY", "AGENT_ID")
 

@@ -30,7 +30,7 @@ def test_version_and_help_start_fast_without_loading_nats() -> None:
     for command in ("server", "discover", "ping", "status", "pause", "resume", "shutdown", "send", "tail", "run", "config",
                     "demo"):
         assert f"    {command}" in helped.stdout
-    assert subprocess.run([sys.executable, "-m", "agentcore.cli", "--version"], capture_output=True, text=True,
+    assert subprocess.run([sys.executable, "-P", "-m", "agentcore.cli", "--version"], capture_output=True, text=True,
                           timeout=30).stdout.strip() == f"agentcore-nats {__version__}"
 
 
