@@ -60,6 +60,8 @@ __all__ = (
     # which core is active: "compiled" or "pure"
     "implementation",
     "speedups",
+    # the guide's logger name, above agentcore's own loggers
+    "GUIDE_LOGGER",
     # errors
     "errors",
     "AgentCoreError",
