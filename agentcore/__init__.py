@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+from typing import TYPE_CHECKING, Any
+
 from . import errors
 from ._impl import IMPLEMENTATION as implementation
-from .agent import NO_REPLY, NATSAgent
 from .config import AgentConfig
 from .envelope import new_message
 from .errors import (
     AgentCoreError,
     ConfigError,
+    DuplicateAgentError,
     DuplicateMessageError,
     EnvelopeError,
     ForbiddenError,
@@ -38,7 +41,15 @@ from .errors import (
 )
 from .topics import Topics
 
+if TYPE_CHECKING:
+    from .agent import NO_REPLY, NATSAgent
+
 __version__ = "0.1.0"
+
+# The guide's troubleshooting line, logging.getLogger("AgentFramework.Messaging.NATSProvider").setLevel(DEBUG), works:
+# agentcore's logger tree hangs below that name, so its level and handlers apply to every agentcore.* logger.
+GUIDE_LOGGER = "AgentFramework.Messaging.NATSProvider"
+logging.getLogger("agentcore").parent = logging.getLogger(GUIDE_LOGGER)
 
 __all__ = (
     # agents
@@ -50,10 +61,13 @@ __all__ = (
     # which core is active: "compiled" or "pure"
     "implementation",
     "speedups",
+    # the guide's logger name, above agentcore's own loggers
+    "GUIDE_LOGGER",
     # errors
     "errors",
     "AgentCoreError",
     "ConfigError",
+    "DuplicateAgentError",
     "DuplicateMessageError",
     "EnvelopeError",
     "ForbiddenError",
@@ -80,6 +94,16 @@ __all__ = (
     "StreamTimeoutError",
     "SubjectError",
 )
+
+
+def __getattr__(name: str) -> Any:
+    # The agent (and nats-py, asyncio under it) loads when first used: `agentcore --version` need not pay for it.
+    if name in ("NATSAgent", "NO_REPLY"):
+        from . import agent
+
+        value = globals()[name] = getattr(agent, name)
+        return value
+    raise AttributeError(f"module 'agentcore' has no attribute {name!r}")
 
 
 def speedups() -> bool:

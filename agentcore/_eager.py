@@ -17,7 +17,7 @@ from asyncio.tasks import _enter_task, _leave_task
 from collections.abc import Coroutine, Generator
 from typing import Any
 
-__all__ = ("run_eager", "start_eager")
+__all__ = ("run_eager", "start_eager", "step_now")
 
 log = logging.getLogger("agentcore.agent")
 
@@ -154,3 +154,18 @@ def start_eager(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
             task.add_done_callback(_report)
     # Finished: before 3.12 the loop holds the Task until its trivial first step hands over the outcome.
     return None
+
+
+def step_now(coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
+    """Run coro's first step now, without a Task: (True, its result) when that finished it, else (False, a Task).
+
+    The Task carries on from where the step stopped. An error raised in the first step is raised here. Unlike
+    run_eager, a coroutine that finishes at once costs no Task and no event-loop iteration on any Python.
+    """
+    try:
+        first = coro.send(None)
+    except StopIteration as stop:
+        return True, stop.value
+    step = _Resume(coro)
+    step.first = first
+    return False, asyncio.get_running_loop().create_task(step)

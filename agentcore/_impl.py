@@ -8,6 +8,30 @@ from typing import TYPE_CHECKING
 
 NO_EXTENSIONS = bool(os.environ.get("AGENTCORE_NO_EXTENSIONS")) or sys.implementation.name != "cpython"
 
+
+def _map_source_tree() -> str | None:
+    """Map a source checkout's top-level _ext/ as agentcore._ext (installs map it in setup.py); return the checkout."""
+    from importlib.util import find_spec, module_from_spec, spec_from_file_location
+    from pathlib import Path
+
+    if find_spec("agentcore._ext") is not None:
+        return None  # an installed (wheel or editable) package: its own mapping holds
+    root = Path(__file__).resolve().parent.parent
+    init = root / "_ext" / "__init__.py"
+    if not init.is_file():
+        return None
+    spec = spec_from_file_location("agentcore._ext", init, submodule_search_locations=[str(init.parent)])
+    if spec is None or spec.loader is None:
+        return None
+    module = sys.modules["agentcore._ext"] = module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return str(root)
+
+
+# Python puts the working directory first on sys.path, so in a checkout `import agentcore` finds the source tree
+# ahead of the installed package; without this mapping that import failed with a circular ImportError.
+SOURCE_TREE = _map_source_tree()
+
 if TYPE_CHECKING or NO_EXTENSIONS:
     from ._ext.batch_py import BatchAccumulator
     from ._ext.cache_py import ContentCache, canonical_hash, content_hash
@@ -36,6 +60,11 @@ else:
         if any(any(d.glob(f"*{suffix}")) for d in ext_dirs for suffix in EXTENSION_SUFFIXES):
             warnings.warn(f"agentcore's compiled core cannot be imported ({exc}); using the pure-Python twins. "
                           "Set AGENTCORE_NO_EXTENSIONS=1 to choose them explicitly.", RuntimeWarning, stacklevel=2)
+        elif SOURCE_TREE is not None:
+            warnings.warn(f"agentcore is imported from the source tree {SOURCE_TREE}, whose compiled core is not built: "
+                          "using the pure-Python twins. Run `pip install -e .` there to build it (or run from another "
+                          "folder to use the installed package); AGENTCORE_NO_EXTENSIONS=1 chooses the twins quietly.",
+                          RuntimeWarning, stacklevel=2)
         from ._ext.batch_py import BatchAccumulator
         from ._ext.cache_py import ContentCache, canonical_hash, content_hash
         from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, new_id, validate

@@ -254,15 +254,18 @@ class NATSAgent:
     # ------------------------------------------------------------------ streaming
 
     async def stream_response(
-        self, task_id: str, response_generator: Any, chunk_size: int = 1024, *, idle_timeout: float = 30.0
+        self, task_id: str, response_generator: Any, chunk_size: int = 1024, *, idle_timeout: float = 30.0,
+        linger: float = 0.0,
     ) -> None:
         """Stream a generator's output to the requester of task_id in ordered chunks of at most chunk_size bytes.
 
-        Items may be str, bytes or JSON-able objects; consecutive items of one kind are coalesced. A
-        generator that raises ends the stream with an error frame (and the exception propagates). The
-        requester's cancel closes the generator and returns early.
+        Items may be str, bytes or JSON-able objects. A chunk goes out as soon as the generator pauses (its next
+        item is not ready, or not within linger seconds), so tokens arrive live; items that are ready at once
+        (of one kind) are coalesced up to chunk_size. A generator that raises ends the stream with an error
+        frame (and the exception propagates). The requester's cancel closes the generator and returns early.
         """
-        await self._streaming.stream_response(task_id, response_generator, chunk_size, idle_timeout=idle_timeout)
+        await self._streaming.stream_response(task_id, response_generator, chunk_size, idle_timeout=idle_timeout,
+                                              linger=linger)
 
     def request_stream(
         self,

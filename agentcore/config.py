@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -108,6 +109,28 @@ def _control_commands(value: Any) -> list[str]:
     return commands
 
 
+def _optional_token(value: Any) -> str | None:
+    return None if value is None else _token(value)
+
+
+def _subject_root(value: Any) -> str:
+    from ._impl import validate_subject
+
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    validate_subject(value, wildcards=False)  # one or more tokens, such as "agents" or "acme.agents"
+    return value
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return str(value)
+
+    return check
+
+
 def _connect_options(value: Any) -> dict[str, Any]:
     # Everything else nats.connect() takes (JWT callbacks, nkeys_seed_str, an SSLContext, dont_randomize, ...).
     import inspect
@@ -121,8 +144,10 @@ def _connect_options(value: Any) -> dict[str, Any]:
     known = set(inspect.signature(Client.connect).parameters) - {"self", "servers"}
     unknown = sorted(str(k) for k in value if k not in known)
     if unknown:
+        guesses = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+        hints = [f"{k!r} (did you mean {g[0]!r}?)" if g else repr(k) for k, g in guesses.items()]
         hint = " (use nats.servers)" if "servers" in unknown else ""
-        raise ValueError(f"has options nats.connect() does not take: {', '.join(unknown)}{hint}")
+        raise ValueError(f"has options nats.connect() does not take: {', '.join(hints)}{hint}")
     not_callable = sorted(k for k, v in value.items() if k.endswith("_cb") and v is not None and not callable(v))
     if not_callable:
         raise ValueError(f"has callbacks that are not callable: {', '.join(not_callable)}")
@@ -135,11 +160,13 @@ def _provider(value: Any) -> str:
     return "nats"
 
 
-# key -> (default, validator). Unknown keys are kept as given so applications can store their own settings.
+# key -> (default, validator). A key under one of these sections that is not listed is a ConfigError (a typo such as
+# nats.enviroment would otherwise leave the default in force); keys of other sections are the application's own.
 _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "messaging.provider": ("nats", _provider),
     "nats.servers": (["nats://127.0.0.1:4222"], _servers),
     "nats.environment": ("dev", _token),
+    "nats.subject_prefix": ("agents", _subject_root),  # the root of every subject: {prefix}.{env}.{message_type}...
     "nats.name": (None, _optional_str),
     "nats.batch_size": (10, _positive_int),
     "nats.batch_timeout": (1.0, _positive_float),
@@ -160,6 +187,9 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "nats.tls_hostname": (None, _optional_str),
     "nats.options": ({}, _connect_options),  # passed to nats.connect() as they are, after the keys above
     "agent.heartbeat_interval": (5.0, _positive_float),
+    "agent.instance": (None, _optional_token),  # what tells replicas sharing an id apart; None: random per start-up
+    # Another live agent with this id at start: "warn" (replicas sharing work may mean it), "error" refuses to start.
+    "agent.duplicate_id": ("warn", _choice("warn", "error", "allow")),
     "agent.max_concurrency": (64, _positive_int),
     "agent.max_queued": (10000, _positive_int),
     "agent.max_request_bytes": (64 * 1024 * 1024, _positive_int),  # a request pulled as a stream, at most
@@ -198,6 +228,23 @@ _SECRET_KEYS = frozenset(("nats.password", "nats.token", "nats.nkeys_seed", "nat
 _YAML_ALIASES = {"environment": "nats.environment", "batch_size": "nats.batch_size", "batch_timeout": "nats.batch_timeout"}
 
 
+_SECTIONS = frozenset(key.partition(".")[0] for key in _SCHEMA)
+
+
+def _unknown_key(key: str) -> str | None:
+    """Return why key is no setting when it looks like a mistake; None for the application's own keys."""
+    section, _, name = key.partition(".")
+    if section in _SECTIONS:
+        names = [k.partition(".")[2] for k in _SCHEMA if k.startswith(section + ".")]
+        match = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        if match:
+            return f"unknown configuration key {key!r} (did you mean '{section}.{match[0]}'?)"
+        return f"unknown configuration key {key!r} (the {section} settings are {', '.join(f'{section}.{n}' for n in names)})"
+    # Other sections are the application's own, unless the key is a near miss of ours ("nast.servers", "enviroment").
+    match = difflib.get_close_matches(key, [*_SCHEMA, *_YAML_ALIASES], n=1, cutoff=0.8)
+    return f"unknown configuration key {key!r} (did you mean {match[0]!r}?)" if match else None
+
+
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     for key, value in data.items():
         if not isinstance(key, str):
@@ -215,7 +262,7 @@ class AgentConfig:
     def __init__(self, values: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None) -> None:
         self._values: dict[str, Any] = {key: default for key, (default, _) in _SCHEMA.items()}
         for key, value in _flatten(values or {}):
-            self.set(_YAML_ALIASES.get(key, key), value)
+            self.set(key, value)
         env = os.environ if environ is None else environ
         if env.get("NATS_URL"):
             # NATS_URL wins over files and code so one deployment setting points every agent at the cluster.
@@ -236,12 +283,20 @@ class AgentConfig:
             data = {}
         if not isinstance(data, Mapping):
             raise ConfigError(f"configuration file {path} must hold a mapping, got {type(data).__name__}")
-        return cls(data, environ=environ)
+        try:
+            return cls(data, environ=environ)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
     def set(self, key: str, value: Any) -> None:
-        """Set one dotted key, validating known keys."""
+        """Set one dotted key, validating known keys; a key under agentcore's sections must be one of them."""
+        key = _YAML_ALIASES.get(key, key)
         spec = _SCHEMA.get(key)
-        if spec is not None:
+        if spec is None:
+            problem = _unknown_key(key)
+            if problem is not None:
+                raise ConfigError(problem)
+        else:
             try:
                 value = spec[1](value)
             except ValueError as exc:
@@ -262,10 +317,11 @@ class AgentConfig:
     def __contains__(self, key: object) -> bool:
         return key in self._values
 
-    def as_dict(self) -> dict[str, Any]:
-        """Return a copy of all settings as a flat dotted-key dict."""
+    def as_dict(self, *, hide_secrets: bool = False) -> dict[str, Any]:
+        """Return a copy of all settings as a flat dotted-key dict (secrets as "***" with hide_secrets)."""
+        if hide_secrets:
+            return {k: ("***" if k in _SECRET_KEYS and v else v) for k, v in self._values.items()}
         return dict(self._values)
 
     def __repr__(self) -> str:
-        shown = {k: ("***" if k in _SECRET_KEYS and v else v) for k, v in self._values.items()}
-        return f"AgentConfig({shown!r})"
+        return f"AgentConfig({self.as_dict(hide_secrets=True)!r})"

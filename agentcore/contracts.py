@@ -6,7 +6,7 @@ is given: the default path is untouched): a task whose content does not match is
 ``result_invalid`` (RemoteError) instead of being sent. The schemas are published in discovery
 (``describe()["contracts"]``) and in the NATS service API's endpoint metadata (as JSON strings). A schema
 may be given as a dict or as a pydantic model class (its ``model_json_schema()``). Validation uses the
-``jsonschema`` package (the extra ``agentcore[contracts]``).
+``jsonschema`` package (the extra ``agentcore-nats[contracts]``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _checker(schema: dict[str, Any], what: str) -> Callable[[Any], str | None]:
     try:
         from jsonschema import exceptions, validators
     except ImportError:  # pragma: no cover - the extra is missing
-        raise ConfigError("capability schemas need the jsonschema package: pip install 'agentcore[contracts]'") from None
+        raise ConfigError("capability schemas need the jsonschema package: pip install 'agentcore-nats[contracts]'") from None
     cls = validators.validator_for(schema)
     try:
         cls.check_schema(schema)

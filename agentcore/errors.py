@@ -42,6 +42,10 @@ class ServerStartError(AgentCoreError):
     """A local nats-server could not be found or started."""
 
 
+class DuplicateAgentError(AgentCoreError):
+    """Another live agent already uses this agent's id in its environment (raised at start with agent.duplicate_id: error)."""
+
+
 class RequestTimeoutError(AgentCoreError, TimeoutError):
     """No reply arrived before the timeout."""
 

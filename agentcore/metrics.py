@@ -32,6 +32,11 @@ class AgentMetrics:
         """Record one handler latency."""
         self._latencies.append(seconds)
 
+    def percentile(self, p: float) -> float:
+        """Return the p-th percentile (0..1) of the recent handler latencies, in milliseconds (0.0 before any)."""
+        lat = sorted(self._latencies)
+        return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000.0 if lat else 0.0
+
     def snapshot(self) -> dict[str, Any]:
         """Return the metrics as a plain dict (latencies in milliseconds)."""
         lat = sorted(self._latencies)

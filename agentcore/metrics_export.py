@@ -1,4 +1,4 @@
-"""Prometheus/OpenMetrics export of get_metrics() (the optional extra ``agentcore[prometheus]``).
+"""Prometheus/OpenMetrics export of get_metrics() (the optional extra ``agentcore-nats[prometheus]``).
 
 Every number in ``get_metrics()`` becomes a metric labelled by agent id and type: event counts as counters
 (``agentcore_messages_processed_total``), levels as gauges (``agentcore_in_flight``), the handler latency

@@ -35,9 +35,9 @@ __all__ = ("Persistence", "PersistedMsg", "default_stream_name", "pub_ack_stream
 log = logging.getLogger("agentcore.persistence")
 
 
-def default_stream_name(environment: str) -> str:
-    """Return the stream name used for an environment's tasks when jetstream.stream is not set."""
-    return "AGENTS_" + re.sub(r"[^A-Za-z0-9_-]", "_", environment).upper()
+def default_stream_name(environment: str, root: str = "agents") -> str:
+    """Return the stream name used for an environment's tasks when jetstream.stream is not set (AGENTS_{ENV})."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", f"{root}_{environment}").upper()
 
 
 class Persistence:
@@ -66,7 +66,7 @@ class Persistence:
         if not config["jetstream.enabled"]:
             return
         js = host.connection.require().jetstream()
-        name = config["jetstream.stream"] or default_stream_name(host.topics.env)
+        name = config["jetstream.stream"] or default_stream_name(host.topics.env, host.topics.root)
         subjects = [f"{host.topics.prefix}.task.>"]
         try:
             info = await js.stream_info(name)

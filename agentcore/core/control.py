@@ -120,7 +120,7 @@ class Control:
         nc = self.connection.require()
         if capability is not None:
             validate_token(capability)
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[tuple[str, str], dict[str, Any]] = {}  # replicas sharing an id differ by instance
         enough = asyncio.Event()
 
         async def collect(msg: Msg) -> None:
@@ -131,7 +131,7 @@ class Control:
                 return
             info = reply["payload"]["content"]
             if isinstance(info, dict) and isinstance(info.get("id"), str) and (include_self or info["id"] != self.agent_id):
-                found[info["id"]] = info
+                found[info["id"], str(info.get("instance", ""))] = info
                 if expected is not None and len(found) >= expected:
                     enough.set()
 
@@ -146,7 +146,7 @@ class Control:
                 pass  # the collection window is over; what arrived is the answer
         finally:
             await sub.unsubscribe()
-        return sorted(found.values(), key=lambda info: info["id"])
+        return [found[key] for key in sorted(found)]
 
     async def publish_status(self) -> None:
         """Publish describe() on the agent's status subject (best effort)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -19,7 +20,8 @@ from .._impl import IMPLEMENTATION, validate_token
 from ..config import AgentConfig
 from ..envelope import decode, encode, new_message, raise_for_error
 from ..errors import (
-    AgentCoreError, EnvelopeError, NoRespondersError, NotConnectedError, PersistenceError, RequestTimeoutError,
+    AgentCoreError, DuplicateAgentError, EnvelopeError, NoRespondersError, NotConnectedError, PersistenceError, RemoteError,
+    RequestTimeoutError,
 )
 from ..metrics import AgentMetrics
 from ..topics import Topics
@@ -47,7 +49,9 @@ class Core:
         self.agent_type = agent_type
         self.config = config
         self.environment: str = config["nats.environment"]
-        self.topics = Topics(self.environment)
+        self.topics = Topics(self.environment, config["nats.subject_prefix"])
+        # Replicas may share an agent id (a queue group shares their work); the instance id tells them apart.
+        self.instance: str = config["agent.instance"] or os.urandom(4).hex()
         self.metrics = AgentMetrics()
         self.components: list[Component] = []
         self.setup: Callable[[], None] = self.register_base  # run at start, before subscribing (the guide's hook)
@@ -316,6 +320,7 @@ class Core:
         """Return what discovery and heartbeats say about this agent."""
         info: dict[str, Any] = {
             "id": self.agent_id,
+            "instance": self.instance,
             "type": self.agent_type,
             "capabilities": list(self.registry.capabilities),
             "status": self._status,
@@ -323,6 +328,7 @@ class Core:
             "in_flight": self.work.inflight,
             "queued": len(self.work.queue),
             "messages_processed": self.metrics.processed,
+            "p50_latency_ms": self.metrics.percentile(0.5),
             "started_at": self.started_at,
         }
         for component in self.components:
@@ -390,9 +396,11 @@ class Core:
         self.work.pulls = asyncio.Semaphore(min(self.work.max_concurrency, 8))  # bound to this start's loop
         nc = await self.connection.connect()
         try:
+            await self._check_unique_id()
             for component in self.components:
                 await component.start()
         except BaseException:
+            self._status = "stopped"  # so closing reads as our own close, not an outage to warn about
             await nc.close()
             self.connection.nc = None
             raise
@@ -403,6 +411,32 @@ class Core:
         self._heartbeat = self._loop.create_task(self.control.heartbeats(self.config["agent.heartbeat_interval"]))
         await self.control.publish_status()
         log.info("agent %s (%s) started with capabilities %s", self.agent_id, self.agent_type, self.registry.capabilities)
+
+    async def _check_unique_id(self) -> None:
+        """Before subscribing, ask the agent's own control subject who answers: another live agent with this id."""
+        policy = self.config["agent.duplicate_id"]
+        if policy == "allow":
+            return
+        # A status query, not discovery: nobody listening is NoRespondersError at once, where discovery waits its window.
+        try:
+            info = await self.request_message(self.topics.control(self.agent_id), {"command": "status"}, type="query",
+                                              timeout=self.config["agent.discovery_timeout"])
+        except NoRespondersError:
+            return
+        except RequestTimeoutError:  # a subscriber that is no agent (a `nats sub >`, say): nothing to report
+            log.debug("agent %s: its control subject has a listener that does not answer", self.agent_id)
+            return
+        except RemoteError as exc:  # an agent that answers, if only to refuse the query
+            other = f"it answered {exc.code}"
+        else:
+            described = info["payload"]["content"]
+            described = described if isinstance(described, dict) else {}
+            other = f"instance {described.get('instance', '?')}, {described.get('status', '?')}"
+        problem = (f"another live agent already uses the id {self.agent_id!r} in environment {self.environment!r} ({other})")
+        if policy == "error":
+            raise DuplicateAgentError(f"{problem}; agent.duplicate_id is 'error'")
+        log.warning("agent %s: %s: replicas share its control commands and its work; give each agent its own id, or "
+                    "set agent.duplicate_id to 'allow' (replicas meant) or 'error'", self.agent_id, problem)
 
     async def astop(self, timeout: float | None = None) -> None:
         """Stop taking work, let in-flight handlers finish (up to timeout), announce it and close the connection."""

@@ -6,7 +6,7 @@ import asyncio
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import AgentConfig, ForbiddenError, NATSAgent
@@ -26,11 +26,12 @@ async def _analyse(message: dict[str, Any]) -> dict[str, Any]:
     return {"count": len(numbers), "mean": statistics.fmean(numbers) if numbers else None, "max": max(numbers, default=None)}
 
 
-async def run_demo(url: str, *, tasks: int = 200, out: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the demo against the server at url and return what it measured."""
+async def run_demo(url: str, *, tasks: int = 200, out: Callable[[str], None] = print, environment: str = "demo",
+                   settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run the demo against the server at url and return what it measured (settings: credentials and the like)."""
     # pause, resume and shutdown are taken only from the ids in control.allow: here the coordinator's.
-    config = AgentConfig({"nats.servers": [url], "nats.environment": "demo", "agent.heartbeat_interval": 1.0,
-                          "control.allow": ["coordinator"]})
+    config = AgentConfig({"control.allow": ["coordinator"], **(settings or {}), "nats.servers": [url],
+                          "nats.environment": environment, "agent.heartbeat_interval": 1.0})
     summarizers = [NATSAgent(f"summarizer-{i}", "worker", config) for i in (1, 2, 3)]
     for agent in summarizers:
         agent.add_capability("summarize", _summarize)
@@ -42,7 +43,7 @@ async def run_demo(url: str, *, tasks: int = 200, out: Callable[[str], None] = p
     for agent in [*workers, coordinator]:
         await agent.astart()
     try:
-        out(f"started {len(workers)} workers and a coordinator on {url} (environment 'demo')")
+        out(f"started {len(workers)} workers and a coordinator on {url} (environment {environment!r})")
         found = await coordinator.discover(expected=len(workers), timeout=2.0)
         for info in found:
             out(f"  discovered {info['id']:<14} type={info['type']:<8} capabilities={info['capabilities']} status={info['status']}")
@@ -82,15 +83,15 @@ async def run_demo(url: str, *, tasks: int = 200, out: Callable[[str], None] = p
 
         try:
             from .mcp import run_mcp_demo
-        except ImportError:  # the MCP SDK is the optional extra agentcore[mcp]
-            out("mcp: skipped (install agentcore[mcp] for the MCP step)")
+        except ImportError:  # the MCP SDK is the optional extra agentcore-nats[mcp]
+            out("mcp: skipped (install agentcore-nats[mcp] for the MCP step)")
             mcp_result: dict[str, Any] = {}
         else:
             mcp_result = await run_mcp_demo(config, out, calls=tasks)
 
         from .persistence import run_persistence_demo
 
-        persistence = await run_persistence_demo(url, out)
+        persistence = await run_persistence_demo(url, out, environment=f"{environment}-durable", settings=settings)
 
         pong = await coordinator.control("analyst-1", "ping")
         out(f"control ping analyst-1 -> {pong}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import AgentConfig, NATSAgent, PersistenceError
@@ -16,10 +16,11 @@ async def _shout(message: dict[str, Any]) -> str:
     return str(message["payload"]["content"]).upper()
 
 
-async def run_persistence_demo(url: str, out: Callable[[str], None], *, tasks: int = 5) -> dict[str, Any]:
+async def run_persistence_demo(url: str, out: Callable[[str], None], *, tasks: int = 5, environment: str = "demo-durable",
+                               settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Send tasks with no worker running, start one, and report how they were answered; skip without JetStream."""
-    config = AgentConfig({"nats.servers": [url], "nats.environment": "demo-durable", "agent.heartbeat_interval": 1.0,
-                          "jetstream.enabled": True})
+    config = AgentConfig({**(settings or {}), "nats.servers": [url], "nats.environment": environment,
+                          "agent.heartbeat_interval": 1.0, "jetstream.enabled": True})
     sender = NATSAgent("durable-sender", "coordinator", config)
     try:
         await sender.astart()

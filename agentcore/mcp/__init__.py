@@ -1,6 +1,6 @@
 """MCP over NATS: MCP servers hosted by agents, their tools called through NATS subjects.
 
-Needs the optional extra `agentcore[mcp]` (the official MCP SDK) for MCPClient and the transport.
+Needs the optional extra `agentcore-nats[mcp]` (the official MCP SDK) for MCPClient and the transport.
 """
 
 from __future__ import annotations

@@ -55,6 +55,12 @@ def _abandon(connecting: asyncio.Future[NATSClient]) -> None:
     connecting.add_done_callback(settle)
 
 
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (no nats-server listens there)"
+    return str(exc) or type(exc).__name__
+
+
 class Connection:
     """Own the nats-py client: connect it, publish through it (typed errors), and multiplex requests over it."""
 
@@ -67,6 +73,8 @@ class Connection:
         self._mux: RequestMux | None = None
         self._closing = closing  # whether a disconnect is our own close, not an outage
         self._reconnected = reconnected
+        self._first_errors: list[Exception] | None = None  # while connecting the first time: each attempt's failure
+        self._gave_up: asyncio.Event | None = None  # set once every server has failed its first attempt
 
     # ------------------------------------------------------------------ connecting
 
@@ -107,31 +115,44 @@ class Connection:
         return options
 
     async def connect(self) -> NATSClient:
-        """Connect (bounded in time) and return the client; NotConnectedError says why not."""
+        """Connect (bounded in time) and return the client; NotConnectedError says why not, once each server failed."""
         options = self.options()
-        # nats-py keeps retrying an initial connect that fails; bound it so a wrong URL is an error, not a hang.
+        # nats-py retries a first connect that fails without end, reporting each failure to error_cb: one failed
+        # attempt per server decides here (and is the reason given), and a time bound covers a server that hangs.
         bound = options["connect_timeout"] * len(options["servers"]) + 1.0
+        errors = self._first_errors = []
+        gave_up = self._gave_up = asyncio.Event()
         connecting = asyncio.ensure_future(nats.connect(**options))
+        failing = asyncio.ensure_future(gave_up.wait())
         try:
             # Not wait_for: a cancelled nats.connect() can stay "cancelling" (seen with a refused password under
             # load), and on Python 3.11 wait_for then waits for it forever.
-            await asyncio.wait({connecting}, timeout=bound)
+            await asyncio.wait({connecting, failing}, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             _abandon(connecting)
             raise
+        finally:
+            failing.cancel()
+            self._first_errors = self._gave_up = None
         if not connecting.done():
             _abandon(connecting)
             self.nc = None
-            raise NotConnectedError(f"agent {self.agent_id} cannot connect to {self.config['nats.servers']}: "
-                                    f"no connection within {bound:.1f}s")
+            reason = _reason(errors[0]) if errors else f"no connection within {bound:.1f}s"
+            raise NotConnectedError(f"agent {self.agent_id} cannot connect to {', '.join(options['servers'])}: {reason}")
         try:
             self.nc = connecting.result()
         except Exception as exc:
             self.nc = None
-            raise NotConnectedError(f"agent {self.agent_id} cannot connect to {self.config['nats.servers']}: {exc}") from exc
+            raise NotConnectedError(f"agent {self.agent_id} cannot connect to {', '.join(options['servers'])}: {_reason(exc)}") from exc
         return self.nc
 
     async def _on_error(self, exc: Exception) -> None:
+        errors = self._first_errors
+        if errors is not None:  # a failed first attempt: connect() reports it, once, as the reason
+            errors.append(exc)
+            if len(errors) >= len(self.config["nats.servers"]) and self._gave_up is not None:
+                self._gave_up.set()
+            return
         # Permission violations and slow-consumer drops arrive only here (nats-py does not raise them).
         self.metrics.async_errors += 1
         log.warning("agent %s: NATS error: %s", self.agent_id, exc)

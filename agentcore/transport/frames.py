@@ -24,7 +24,7 @@ from nats.aio.subscription import Subscription
 
 from .._eager import start_eager
 from ..envelope import decode, raise_for_error
-from ..errors import AgentCoreError, StreamError, StreamGapError, StreamTimeoutError
+from ..errors import AgentCoreError, NoRespondersError, StreamError, StreamGapError, StreamTimeoutError
 from .subscriptions import confirm
 
 __all__ = ("StreamChunk", "StreamReceiver", "FrameSender", "pull_offer", "serve_pull", "encode_item", "split_point", "HEADER_ROOM",
@@ -318,6 +318,8 @@ class StreamReceiver:
         seq = self._next
         self._next += 1
         self._done = True
+        if not msg.data and (msg.headers or {}).get("Status") == "503":  # the server: nobody took the task
+            raise NoRespondersError("no agent is subscribed to the stream's task subject")
         reply = decode(msg.data)
         offer = reply["payload"].get("stream")
         if isinstance(offer, dict) and offer.get("pull"):  # a result too large for one message: pull it whole

@@ -11,10 +11,10 @@ import pytest
 
 from agentcore import HandlerError, NATSAgent
 from agentcore.envelope import encode, new_message
-from agentcore.errors import StreamError, StreamGapError, StreamTimeoutError
+from agentcore.errors import NoRespondersError, StreamError, StreamGapError, StreamTimeoutError
 from agentcore.transport.frames import H_CTL, H_FINAL, H_KIND, H_SEQ, H_STREAM
 from agentcore.streaming import StreamReceiver
-from nats_fixtures import eventually, subscribed
+from nats_fixtures import eventually, subscribed, within
 
 
 async def streamer(make_agent: Any, generator_factory: Any, chunk_size: int = 1024) -> NATSAgent:
@@ -37,6 +37,44 @@ async def test_chunks_arrive_in_order_and_coalesced(make_agent: Any) -> None:
     assert all(len(c.data) == 100 for c in chunks)  # 900 bytes: nine full chunks (the empty final frame is not yielded)
     assert len(chunks) == 9
     assert "".join(c.text for c in chunks) == "".join(f"part {i:03d};" for i in range(100))
+
+
+async def test_a_token_goes_out_as_soon_as_the_generator_pauses(make_agent: Any) -> None:
+    """Each token reaches the requester while the generator waits for the next: it waits until the requester has it."""
+    received: list[asyncio.Event] = [asyncio.Event() for _ in range(5)]
+
+    async def tokens(message: dict[str, Any]) -> Any:
+        for i in range(5):
+            yield f"token {i} "
+            # Coalescing until chunk_size (1024) would hold this token back, and the requester would never see it.
+            await within(received[i].wait(), f"the requester to receive token {i} while the generator waits", 10)
+
+    producer = await streamer(make_agent, tokens)
+    client = await make_agent("client")
+    texts = []
+    async with client.request_stream(producer.topics.task("gen"), None) as stream:
+        async for chunk in stream:
+            texts.append(chunk.text)
+            received[len(texts) - 1].set()
+    assert texts == [f"token {i} " for i in range(5)]
+
+
+async def test_linger_joins_tokens_that_come_close_together(make_agent: Any) -> None:
+    gate = asyncio.Event()
+
+    async def burst(message: dict[str, Any]) -> Any:
+        yield "a"
+        await gate.wait()  # released below, while the producer lingers on its first token
+        yield "b"
+
+    async def handler(message: dict[str, Any]) -> None:
+        asyncio.get_running_loop().call_soon(gate.set)
+        await agent.stream_response(message["id"], burst(message), linger=30.0)
+
+    agent = await make_agent("producer", capabilities={"gen": handler}, cache__enabled=False)
+    client = await make_agent("client")
+    chunks = [c.text async for c in client.request_stream(agent.topics.task("gen"), None)]
+    assert chunks == ["ab"]
 
 
 async def test_sync_generators_bytes_and_json_items(make_agent: Any) -> None:
@@ -340,3 +378,9 @@ async def test_an_oversized_plain_result_reaches_a_stream_consumer_whole(make_ag
         assert [c.items() async for c in stream] == [[{"blob": blob}]]
     assert worker.get_metrics()["large_results_streamed"] == 2
 
+
+async def test_a_stream_nobody_serves_is_no_responders_at_once(make_agent) -> None:
+    client = await make_agent("client")
+    with pytest.raises(NoRespondersError, match="stream's task subject"):
+        async with client.request_stream(client.topics.task("nobody"), {}) as stream:
+            await within(stream.__anext__(), "the no-responders answer", timeout=5)

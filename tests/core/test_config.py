@@ -96,3 +96,54 @@ def test_bad_yaml_files(tmp_path: Path) -> None:
 
 def test_repr_hides_secrets() -> None:
     assert "hunter2" not in repr(AgentConfig({"nats.password": "hunter2"}, environ={}))
+
+
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        ({"nats.enviroment": "prod"}, "did you mean 'nats.environment'?"),
+        ({"nats": {"enviroment": "prod"}}, "did you mean 'nats.environment'?"),
+        ({"nast.servers": ["nats://x:4222"]}, "did you mean 'nats.servers'?"),
+        ({"enviroment": "prod"}, "did you mean 'environment'?"),  # the guide's file puts environment at the top
+        ({"cache": {"enabeld": False}}, "did you mean 'cache.enabled'?"),
+        ({"agent.frobnicate": 1}, "the agent settings are agent.heartbeat_interval"),
+    ],
+)
+def test_unknown_keys_are_errors_with_a_suggestion(values: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigError, match="unknown configuration key") as info:
+        AgentConfig(values, environ={})
+    assert fragment in str(info.value)
+
+
+def test_unknown_keys_in_yaml_files_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "nats_config.yaml"
+    path.write_text("nats:\n  servers: [nats://localhost:4222]\n  enviroment: prod\n")
+    with pytest.raises(ConfigError) as info:
+        AgentConfig.from_yaml(path, environ={})
+    assert str(info.value) == f"{path}: unknown configuration key 'nats.enviroment' (did you mean 'nats.environment'?)"
+
+
+def test_the_applications_own_sections_are_kept() -> None:
+    config = AgentConfig({"llm": {"model": "small", "temperature": 0.2}, "nats.environment": "prod"}, environ={})
+    assert config["llm.model"] == "small" and config.get("llm.temperature") == 0.2
+    config.set("llm.model", "large")
+    with pytest.raises(ConfigError, match="did you mean 'nats.environment'"):
+        config.set("nats.enviroment", "x")
+
+
+def test_nats_options_suggest_the_option_meant() -> None:
+    with pytest.raises(ConfigError, match="'dont_randomise' \\(did you mean 'dont_randomize'\\?\\)"):
+        AgentConfig({"nats.options": {"dont_randomise": True}}, environ={})
+
+
+def test_subject_prefix_duplicate_id_and_instance_are_checked() -> None:
+    config = AgentConfig({"nats.subject_prefix": "acme.agents", "agent.duplicate_id": "error", "agent.instance": "pod-7"},
+                         environ={})
+    assert config["nats.subject_prefix"] == "acme.agents" and config["agent.instance"] == "pod-7"
+    defaults = AgentConfig(environ={})
+    assert defaults["nats.subject_prefix"] == "agents" and defaults["agent.duplicate_id"] == "warn"
+    assert defaults["agent.instance"] is None
+    for key, value, fragment in (("nats.subject_prefix", "agents.*", "wildcard"), ("nats.subject_prefix", "a..b", "subject"),
+                                 ("agent.duplicate_id", "sometimes", "warn, error, allow"), ("agent.instance", "a.b", "token")):
+        with pytest.raises(ConfigError, match=fragment):
+            AgentConfig({key: value}, environ={})

@@ -83,3 +83,27 @@ async def test_a_handler_that_suspends_many_times_gets_every_value(eager: Any) -
     waiting = eager.run_eager(consumer())
     assert "consumer" in repr(waiting)  # reprs name the handler, not a wrapper
     waiting.cancel()
+
+
+async def test_step_now_returns_at_once_what_needs_no_waiting_and_a_task_for_the_rest() -> None:
+    async def now() -> str:
+        return "here"
+
+    gate = asyncio.Event()
+
+    async def later() -> str:
+        await gate.wait()
+        return "later"
+
+    async def fails() -> None:
+        raise ValueError("boom")
+
+    assert _eager.step_now(now()) == (True, "here")
+    done, task = _eager.step_now(later())
+    assert not done and isinstance(task, asyncio.Task) and not task.done()
+    gate.set()
+    assert await task == "later"
+    with pytest.raises(ValueError, match="boom"):
+        _eager.step_now(fails())
+    done, task = _eager.step_now(later())  # the gate is open: it finishes in the first step
+    assert done and task == "later"
