@@ -41,17 +41,19 @@ def server(args: argparse.Namespace) -> int:
         features = [f"JetStream store {nats.store_dir}" if nats.jetstream else "no JetStream"]
         if args.monitor_port:
             features.append(f"monitoring http://{args.host}:{args.monitor_port}")
-        emit(f"nats-server listening on {nats.url} ({'; '.join(features)})")
-        emit(f"use it: export NATS_URL={nats.url}   (Ctrl-C stops the server)")
-        asyncio.run(_until_stopped(nats))
+        lines = [f"nats-server listening on {nats.url} ({'; '.join(features)})",
+                 f"use it: export NATS_URL={nats.url}   (Ctrl-C stops the server)"]
+        asyncio.run(_until_stopped(nats, lines))
     finally:
         nats.close()
     emit("nats-server stopped")
     return 0
 
 
-async def _until_stopped(nats: Any) -> None:
+async def _until_stopped(nats: Any, lines: list[str]) -> None:
     with stop_on_signals() as stop:
+        for line in lines:  # said only once Ctrl-C is handled: whoever reads the URL may signal at once
+            emit(line)
         while not stop.is_set():
             if not nats.running:
                 raise ServerStartError("nats-server exited on its own")
