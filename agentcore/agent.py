@@ -208,7 +208,7 @@ class NATSAgent:
 
     async def control(self, agent_id: str, command: str, *, timeout: float = 5.0) -> Any:
         """Send a control command (ping, status, pause, resume, shutdown) to an agent and return its answer."""
-        return await self.request(self.topics.control(agent_id), {"command": command}, type="query", timeout=timeout)
+        return await self.request(self.topics.control(agent_id), {"command": command}, type="query", timeout=timeout, target=agent_id)
 
     async def discover(
         self, capability: str | None = None, *, timeout: float | None = None, expected: int | None = None, include_self: bool = False
