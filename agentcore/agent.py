@@ -341,19 +341,22 @@ class NATSAgent:
     # ------------------------------------------------------------------ MCP over NATS
 
     def register_mcp_server(self, server_id: str, client: MCPClient, *, tools: Iterable[str] | None = None,
-                            cache: Mapping[str, float] | None = None) -> None:
-        """Serve an MCP server's tools to the bus as server_id (tools: an allow-list; cache: per-tool TTLs)."""
-        self._mcp.register_mcp_server(server_id, client, tools=tools, cache=cache)
+                            cache: Mapping[str, float] | None = None, resources: Iterable[str] | None = None,
+                            prompts: Iterable[str] | None = None) -> None:
+        """Serve an MCP server to the bus as server_id (tools, resources, prompts: allow-lists; cache: per-tool TTLs)."""
+        self._mcp.register_mcp_server(server_id, client, tools=tools, cache=cache, resources=resources, prompts=prompts)
 
     async def aregister_mcp_server(self, server_id: str, client: MCPClient, *, tools: Iterable[str] | None = None,
-                                   cache: Mapping[str, float] | None = None) -> None:
+                                   cache: Mapping[str, float] | None = None, resources: Iterable[str] | None = None,
+                                   prompts: Iterable[str] | None = None) -> None:
         """Register like register_mcp_server() and return once its tools are listed and the server has the subscription."""
-        await self._mcp.aregister_mcp_server(server_id, client, tools=tools, cache=cache)
+        await self._mcp.aregister_mcp_server(server_id, client, tools=tools, cache=cache, resources=resources, prompts=prompts)
 
     async def serve_mcp_server(self, server_id: str, server: Any, *, tools: Iterable[str] | None = None,
-                               cache: Mapping[str, float] | None = None) -> MCPClient:
+                               cache: Mapping[str, float] | None = None, resources: Iterable[str] | None = None,
+                               prompts: Iterable[str] | None = None) -> MCPClient:
         """Serve an in-process MCP SDK server (no subprocess) as server_id; return its client."""
-        return await self._mcp.serve_mcp_server(server_id, server, tools=tools, cache=cache)
+        return await self._mcp.serve_mcp_server(server_id, server, tools=tools, cache=cache, resources=resources, prompts=prompts)
 
     def unregister_mcp_server(self, server_id: str) -> MCPClient | None:
         """Stop serving server_id; return its client (not closed), or None when it was not hosted."""
