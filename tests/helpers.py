@@ -25,6 +25,7 @@ from nats_fixtures import within
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 AGENT_SUITES = TESTS / "agent"
+SECURITY_SUITES = TESTS / "security"  # attacks against agents: they involve the compiled core too
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -119,8 +120,8 @@ class FakeClock:
 # The agent suites on the pure-Python core.
 
 def agent_suites() -> list[str]:
-    """Every agent test file, relative to the repository root."""
-    return sorted(str(path.relative_to(ROOT)) for path in AGENT_SUITES.glob("test_*.py"))
+    """Every agent test file (tests/agent and tests/security), relative to the repository root."""
+    return sorted(str(path.relative_to(ROOT)) for folder in (AGENT_SUITES, SECURITY_SUITES) for path in folder.glob("test_*.py"))
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Every agent suite (tests/agent) passes on the pure-Python twins too: one item per file, run to the end.
+"""Every agent suite (tests/agent, tests/security) passes on the pure-Python twins too: one item per file, run to the end.
 
 Each file runs in its own subprocess with AGENTCORE_NO_EXTENSIONS=1 (the core is chosen at import time, so it
 cannot be switched inside this process). A failure names the failing tests of that file.
@@ -26,6 +26,7 @@ def test_the_environment_selects_the_pure_core() -> None:
 
 def test_every_agent_suite_is_covered() -> None:
     assert len(agent_suites()) >= 11 and "tests/agent/test_persistence.py" in agent_suites()
+    assert "tests/security/test_replies.py" in agent_suites()
 
 
 @pytest.mark.timeout(600)  # a whole file, where the ini's 120 s is per test
