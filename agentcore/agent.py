@@ -228,7 +228,7 @@ class NATSAgent:
         target goes by the source.id this agent sends: until identities are signed that is a claim, so NATS
         permissions on agents.{env}.control.{agent_id} are what keep others out for real (docs/security.md).
         """
-        return await self.request(self.topics.control(agent_id), {"command": command}, type="query", timeout=timeout)
+        return await self.request(self.topics.control(agent_id), {"command": command}, type="query", timeout=timeout, target=agent_id)
 
     async def discover(
         self, capability: str | None = None, *, timeout: float | None = None, expected: int | None = None, include_self: bool = False
@@ -404,24 +404,28 @@ class NATSAgent:
     # ------------------------------------------------------------------ MCP over NATS
 
     def register_mcp_server(self, server_id: str, client: MCPClient, *, tools: Iterable[str] | None = None,
-                            cache: Mapping[str, float] | None = None) -> None:
+                            cache: Mapping[str, float] | None = None, resources: Iterable[str] | None = None,
+                            prompts: Iterable[str] | None = None) -> None:
         """Serve a connected MCPClient's tools to the bus under server_id.
 
-        tools is an allow-list: a tool not on it is neither listed nor callable over NATS. cache maps tool
-        names to a time-to-live in seconds: identical calls (same canonical arguments) within it are
-        answered from the content-hash cache (opt in only for pure lookups).
+        tools is an allow-list: a tool not on it is neither listed nor callable over NATS; resources (resource
+        URIs and templates) and prompts are allow-lists the same way: anything not listed is refused as not found.
+        cache maps tool names to a time-to-live in seconds: identical calls (same canonical arguments) within it
+        are answered from the content-hash cache (opt in only for pure lookups).
         """
-        self._mcp.register_mcp_server(server_id, client, tools=tools, cache=cache)
+        self._mcp.register_mcp_server(server_id, client, tools=tools, cache=cache, resources=resources, prompts=prompts)
 
     async def aregister_mcp_server(self, server_id: str, client: MCPClient, *, tools: Iterable[str] | None = None,
-                                   cache: Mapping[str, float] | None = None) -> None:
+                                   cache: Mapping[str, float] | None = None, resources: Iterable[str] | None = None,
+                                   prompts: Iterable[str] | None = None) -> None:
         """Register like register_mcp_server() and return once its tools are listed and the server has the subscription."""
-        await self._mcp.aregister_mcp_server(server_id, client, tools=tools, cache=cache)
+        await self._mcp.aregister_mcp_server(server_id, client, tools=tools, cache=cache, resources=resources, prompts=prompts)
 
     async def serve_mcp_server(self, server_id: str, server: Any, *, tools: Iterable[str] | None = None,
-                               cache: Mapping[str, float] | None = None) -> MCPClient:
+                               cache: Mapping[str, float] | None = None, resources: Iterable[str] | None = None,
+                               prompts: Iterable[str] | None = None) -> MCPClient:
         """Expose an in-process SDK server (MCPServer or low-level Server) on the bus, no subprocess; return its client."""
-        return await self._mcp.serve_mcp_server(server_id, server, tools=tools, cache=cache)
+        return await self._mcp.serve_mcp_server(server_id, server, tools=tools, cache=cache, resources=resources, prompts=prompts)
 
     def unregister_mcp_server(self, server_id: str) -> MCPClient | None:
         """Stop serving server_id (the client stays open; close it yourself) and return its client."""

@@ -127,6 +127,14 @@ class MCPToolNotFoundError(MCPError):
     """The MCP server has no such tool, or its host does not expose it (allow-list)."""
 
 
+class MCPResourceNotFoundError(MCPError):
+    """The MCP server's host does not expose that resource (allow-list): refused as not found."""
+
+
+class MCPPromptNotFoundError(MCPError):
+    """The MCP server's host does not expose that prompt (allow-list): refused as not found."""
+
+
 class MCPToolError(MCPError):
     """The tool ran and reported an error (isError); content holds what it said."""
 

@@ -20,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
@@ -77,6 +78,7 @@ Records = OrderedDict[str, dict[str, Any]]  # negotiation id -> record, oldest f
 
 _RECORDS_KEPT = 4096  # participant records and finished negotiations remembered per agent (oldest dropped first)
 _CLOSED = frozenset({"confirmed", "rejected", "cancelled", "failed"})
+CONSIDERING = "considering"  # participant: the call for proposals reached the handler, which has not answered yet
 
 
 @dataclass(eq=False, slots=True)
@@ -91,6 +93,12 @@ class _Round:
     pending: set[str]
     answers: dict[str, dict[str, Any]]  # agent id -> {"kind": "answer"|"no_responder", ...}, in arrival order
     done: asyncio.Event
+    asked: dict[str, str] = field(default_factory=dict)  # agent id -> the id of the cfp it was sent (its answer correlates)
+
+
+def _shown(record: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of a participant record for the application (without the token it shares with the initiator)."""
+    return {k: v for k, v in record.items() if k != "token"}
 
 
 def _remember(records: Records, key: str, record: dict[str, Any]) -> None:
@@ -194,7 +202,7 @@ class Negotiation:
         if initiated is not None:
             return dict(initiated)
         record = self._participations.get(negotiation_id)
-        return dict(record) if record is not None else None
+        return _shown(record) if record is not None else None
 
     async def _call(self, fn: Callable[[Any], Any], arg: Any) -> Any:
         result = await self._host.call_handler(fn, arg)
@@ -217,7 +225,7 @@ class Negotiation:
         if performative == ACCEPT_PROPOSAL and isinstance(content.get("negotiation_id"), str):
             return await self._confirm(initiator, content)
         if performative in (REJECT_PROPOSAL, CANCEL) and isinstance(content.get("negotiation_id"), str):
-            await self._close(initiator, content, "rejected" if performative == REJECT_PROPOSAL else "cancelled")
+            await self._close(initiator, content, performative)
             return NO_REPLY
         raise RemoteError("invalid_message", f"not a negotiation message (performative {performative!r})")
 
@@ -237,39 +245,46 @@ class Negotiation:
             "max_rounds": negotiation.get("max_rounds", 1),
             "feedback": negotiation.get("feedback"),
         }
-        previous = self._participations.get(nid)
+        record = self._participations.get(nid)
+        if record is not None and record["initiator"] != initiator:
+            # A negotiation id belongs to the initiator that first sent it: another sender cannot reopen or steer it.
+            counters["negotiation_messages_rejected"] += 1
+            return {"performative": REFUSE, "negotiation_id": nid, "round": rnd, "accept": False,
+                    "reason": f"negotiation {nid} was started by another initiator"}
+        if record is None:
+            # Kept while the handler runs, so the initiator's cancel can close it meanwhile. The token goes only to the
+            # initiator's answer inbox: its accept-proposal and reject-proposal must bring it back.
+            record = {"negotiation_id": nid, "role": "participant", "type": ntype, "initiator": initiator, "state": CONSIDERING,
+                      "round": rnd, "proposal": view["proposal"], "terms": None, "reason": None, "token": secrets.token_hex(16),
+                      "updated": time.time()}
+            _remember(self._participations, nid, record)
         handlers = self._handlers
         entry = handlers.get(ntype)
-        if previous is not None and previous["state"] in _CLOSED:
-            answer: dict[str, Any] = {"accept": False, "reason": f"negotiation {nid} is already {previous['state']} here"}
-        elif self._host.status == "paused":
-            answer = {"accept": False, "reason": f"agent {self._host.agent_id} is paused"}
-        elif entry is None:
-            answer = {"accept": False, "reason": f"unknown negotiation type {ntype!r}; this agent handles {sorted(handlers)}"}
+        if record["state"] in _CLOSED:
+            answer: dict[str, Any] = {"accept": False, "reason": f"negotiation {nid} is already {record['state']} here"}
         else:
-            try:
-                answer = self._normalize(await self._call(entry.fn, view))
-            except Exception as exc:
-                log.warning("agent %s: negotiation handler for %r raised on %s", self._host.agent_id, ntype, nid, exc_info=True)
-                answer = {"accept": False, "reason": f"handler error: {type(exc).__name__}: {exc}", "error": type(exc).__name__}
+            record.update(state=CONSIDERING, round=rnd, proposal=view["proposal"], updated=time.time())
+            if self._host.status == "paused":
+                answer = {"accept": False, "reason": f"agent {self._host.agent_id} is paused"}
+            elif entry is None:
+                answer = {"accept": False, "reason": f"unknown negotiation type {ntype!r}; this agent handles {sorted(handlers)}"}
+            else:
+                try:
+                    answer = self._normalize(await self._call(entry.fn, view))
+                except Exception as exc:
+                    log.warning("agent %s: negotiation handler for %r raised on %s", self._host.agent_id, ntype, nid, exc_info=True)
+                    answer = {"accept": False, "reason": f"handler error: {type(exc).__name__}: {exc}", "error": type(exc).__name__}
         if answer["accept"]:
             state, performative = "proposed", PROPOSE
             counters["negotiation_proposals_sent"] += 1
         else:
             state, performative = ("countered" if "counter_proposal" in answer else "refused"), REFUSE
             counters["negotiation_counters_sent" if state == "countered" else "negotiation_refusals_sent"] += 1
-        record = self._participations.get(nid)
-        if record is not None and record["state"] in _CLOSED:
-            pass  # the initiator closed it while the handler ran: keep what both sides already agreed
-        else:
-            _remember(self._participations, nid, {
-                "negotiation_id": nid, "role": "participant", "type": ntype, "initiator": initiator, "state": state,
-                "round": rnd, "proposal": view["proposal"], "terms": answer.get("terms"), "reason": answer.get("reason"),
-                "updated": time.time(),
-            })
+        if record["state"] not in _CLOSED:  # else the initiator closed it while the handler ran: keep what both sides agreed
+            record.update(state=state, terms=answer.get("terms"), reason=answer.get("reason"), updated=time.time())
         await self._event(state, {"negotiation_id": nid, "role": "participant", "agent_id": self._host.agent_id,
                                   "initiator": initiator, "type": ntype, "round": rnd, "state": state})
-        return {"performative": performative, "negotiation_id": nid, "round": rnd, **answer}
+        return {"performative": performative, "negotiation_id": nid, "round": rnd, **answer, "token": record["token"]}
 
     @staticmethod
     def _normalize(raw: Any) -> dict[str, Any]:
@@ -291,18 +306,39 @@ class Negotiation:
                 answer["counter_proposal"] = dict(counter)
         return answer
 
+    def _from_initiator(self, initiator: str, content: dict[str, Any], performative: str) -> dict[str, Any] | None:
+        """Return the record of the negotiation content names if the initiator of that negotiation sent it, else None.
+
+        The sender must be the negotiation's initiator (source.id: self-declared until identities are signed) and,
+        once this agent has answered, bring back the token that went only to the initiator's answer inbox; a
+        cancel may come without it while the handler still considers the call. Refusals are counted.
+        """
+        record = self._participations.get(content["negotiation_id"])
+        token_needed = record is not None and (performative != CANCEL or record["state"] != CONSIDERING)
+        if record is None or record["initiator"] != initiator or (token_needed and content.get("token") != record["token"]):
+            self._host.metrics.counters["negotiation_messages_rejected"] += 1
+            log.warning("agent %s ignored a %s for negotiation %s: not from its initiator", self._host.agent_id,
+                        performative, content["negotiation_id"])
+            return None
+        return record
+
     async def _confirm(self, initiator: str, content: dict[str, Any]) -> dict[str, Any]:
         nid = content["negotiation_id"]
-        record = self._participations.get(nid)
+        record = self._from_initiator(initiator, content, ACCEPT_PROPOSAL)
         done = {"performative": INFORM_DONE, "negotiation_id": nid, "agent_id": self._host.agent_id}
-        if record is None or record["initiator"] != initiator:
+        if record is None:
             reason = f"agent {self._host.agent_id} made no offer in negotiation {nid}"
             return {"performative": FAILURE, "negotiation_id": nid, "reason": reason}
         if record["state"] == "confirmed":
             return {**done, "terms": record["terms"]}  # a repeated accept-proposal: same answer
         if record["state"] != "proposed":
             return {"performative": FAILURE, "negotiation_id": nid, "reason": f"negotiation {nid} is {record['state']} here"}
-        record.update(state="confirmed", terms=content.get("terms", record["terms"]), updated=time.time())
+        if content.get("terms", record["terms"]) != record["terms"] or content.get("round", record["round"]) != record["round"]:
+            # Only the offer made is confirmed: accepting other terms (a forged proposal's, say) is no agreement.
+            self._host.metrics.counters["negotiation_messages_rejected"] += 1
+            return {"performative": FAILURE, "negotiation_id": nid,
+                    "reason": f"the terms accepted are not the terms agent {self._host.agent_id} offered in round {record['round']}"}
+        record.update(state="confirmed", updated=time.time())
         try:
             await self._outcome(record)
         except Exception as exc:
@@ -314,16 +350,12 @@ class Negotiation:
                                         "initiator": initiator, "terms": record["terms"]})
         return {**done, "terms": record["terms"]}
 
-    async def _close(self, initiator: str, content: dict[str, Any], state: str) -> None:
+    async def _close(self, initiator: str, content: dict[str, Any], performative: str) -> None:
         nid = content["negotiation_id"]
-        record = self._participations.get(nid)
-        if record is None:
-            # A cancel can overtake the cfp's answer; remember it so a late handler result does not reopen it.
-            record = {"negotiation_id": nid, "role": "participant", "type": None, "initiator": initiator, "round": None,
-                      "proposal": None, "terms": None}
-            _remember(self._participations, nid, record)
-        elif record["initiator"] != initiator or record["state"] in _CLOSED:
+        record = self._from_initiator(initiator, content, performative)
+        if record is None or record["state"] in _CLOSED:
             return
+        state = "rejected" if performative == REJECT_PROPOSAL else "cancelled"
         record.update(state=state, reason=content.get("reason"), updated=time.time())
         self._host.metrics.counters["negotiations_lost"] += 1
         try:
@@ -337,7 +369,7 @@ class Negotiation:
         ntype = record.get("type")
         entry = self._handlers.get(ntype) if isinstance(ntype, str) else None  # None: closed before its cfp came
         if entry is not None and entry.on_outcome is not None:
-            await self._call(entry.on_outcome, dict(record))
+            await self._call(entry.on_outcome, _shown(record))
 
     # ================================================================== initiator side
 
@@ -425,7 +457,7 @@ class Negotiation:
                                                 "targets": sorted(current)})
                 window = max(deadline - loop.time(), 0.0)
                 for aid, prop in current.items():
-                    await self._send_cfp(neg, aid, prop, feedback.get(aid), window, f"{inbox}.{neg.round}.{aid}")
+                    rnd.asked[aid] = await self._send_cfp(neg, aid, prop, feedback.get(aid), window, f"{inbox}.{neg.round}.{aid}")
                 if rnd.pending:
                     try:
                         await asyncio.wait_for(rnd.done.wait(), max(deadline - loop.time(), 0.0))
@@ -484,7 +516,8 @@ class Negotiation:
         return result
 
     async def _send_cfp(self, neg: NegotiationRun, aid: str, proposal: dict[str, Any], feedback: dict[str, Any] | None,
-                        window: float, reply: str) -> None:
+                        window: float, reply: str) -> str:
+        """Send aid the call for proposals of this round, answered on reply; return its message id."""
         body = {"performative": CFP, "negotiation": {
             "id": neg.id, "type": neg.type, "proposal": proposal, "constraints": neg.constraints,
             "round": neg.round, "max_rounds": neg.max_rounds, "feedback": feedback,
@@ -495,6 +528,7 @@ class Negotiation:
         data = encode(message)
         host.connection.check_size(data)
         await host.connection.publish(host.topics.a2a_negotiate(aid), data, reply)
+        return str(message["id"])
 
     def _collect(self, neg: NegotiationRun, rnd: _Round | None, tail: str, msg: Msg) -> None:
         round_token, _, aid = tail.partition(".")
@@ -509,8 +543,10 @@ class Negotiation:
             except EnvelopeError as exc:
                 answer = {"kind": "answer", "content": {"accept": False, "reason": f"invalid answer: {exc}"}}
             else:
-                if reply["source"]["id"] != aid:
-                    neg.ignored += 1  # only the target itself may answer for it
+                if reply["source"]["id"] != aid or reply.get("correlationId") != rnd.asked.get(aid):
+                    # Only the target itself answers for it, and only to the call it was sent.
+                    neg.ignored += 1
+                    self._host.metrics.counters["replies_rejected"] += 1
                     return
                 error = reply["payload"].get("error")
                 content = reply["payload"].get("content")
@@ -537,7 +573,9 @@ class Negotiation:
                 neg.set_outcome(aid, "no_responder", f"nobody is subscribed to {self._host.topics.a2a_negotiate(aid)}")
                 continue
             content = answer["content"]
-            response = {k: v for k, v in content.items() if k not in ("performative", "negotiation_id")}
+            response = {k: v for k, v in content.items() if k not in ("performative", "negotiation_id", "token")}
+            if isinstance(content.get("token"), str):
+                neg.tokens[aid] = content["token"]  # brought back in accept-proposal, reject-proposal and cancel
             response.setdefault("round", rnd.number)
             neg.responses[aid] = response
             if content.get("accept") is True:
@@ -605,7 +643,10 @@ class Negotiation:
 
     async def _notify(self, neg: NegotiationRun, aid: str, performative: str, reason: str) -> None:
         host = self._host
-        message = new_message("event", {"performative": performative, "negotiation_id": neg.id, "reason": reason},
+        body = {"performative": performative, "negotiation_id": neg.id, "reason": reason}
+        if aid in neg.tokens:
+            body["token"] = neg.tokens[aid]
+        message = new_message("event", body,
                               source_id=host.agent_id, source_type=host.agent_type, target=aid, conversation_id=neg.id)
         try:
             await host.connection.publish(host.topics.a2a_negotiate(aid), encode(message))
@@ -614,6 +655,8 @@ class Negotiation:
 
     async def _confirm_winner(self, neg: NegotiationRun, aid: str, terms: dict[str, Any], timeout: float) -> bool:
         body = {"performative": ACCEPT_PROPOSAL, "negotiation_id": neg.id, "round": neg.round, "terms": terms}
+        if aid in neg.tokens:
+            body["token"] = neg.tokens[aid]
         try:
             reply = await self._host.request_message(self._host.topics.a2a_negotiate(aid), body, type="query",
                                                      timeout=timeout, target=aid, conversation_id=neg.id)
@@ -624,6 +667,8 @@ class Negotiation:
             content = {"performative": FAILURE, "reason": f"no confirmation within {timeout}s"}
         except RemoteError as exc:
             content = {"performative": FAILURE, "reason": str(exc)}
+        if isinstance(content, dict) and content.get("performative") == INFORM_DONE and content.get("terms", terms) != terms:
+            content = {"performative": FAILURE, "reason": f"confirmed other terms than those accepted: {content.get('terms')!r}"}
         if isinstance(content, dict) and content.get("performative") == INFORM_DONE:
             neg.set_outcome(aid, "accepted")
             neg.agreements[aid] = terms

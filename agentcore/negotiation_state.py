@@ -97,6 +97,7 @@ class Negotiation:
     history: list[dict[str, Any]] = field(default_factory=list)
     transcript: list[dict[str, Any]] = field(default_factory=list)  # per round: who was asked, who said what
     ignored: int = 0
+    tokens: dict[str, str] = field(default_factory=dict)  # agent id -> the token its answers carried (only it and we know it)
 
     def transition(self, new_state: str, **detail: Any) -> None:
         """Move to new_state, or raise NegotiationError when the state machine does not allow it."""

@@ -27,6 +27,7 @@ from .core.host import Host
 from .core.records import SubscriptionKey
 from .envelope import encode
 from .errors import PersistenceError, RequestTimeoutError
+from .transport.inline import Accept
 from .transport.puller import ConsumerLimits, TaskPuller
 from .transport.settlement import PersistedMsg, pub_ack_stream
 
@@ -188,8 +189,8 @@ class Persistence:
         """Report how many persisted tasks this agent holds unsettled."""
         return {"persisted_held": len(self._host.work.settlement.held)} if self._js is not None else {}
 
-    async def _request(self, subject: str, message: dict[str, Any], timeout: float) -> Msg:
-        """Store a task in JetStream (retrying through reconnects) and return the result sent to our inbox."""
+    async def _request(self, subject: str, message: dict[str, Any], timeout: float, accept: Accept) -> Any:
+        """Store a task in JetStream (retrying through reconnects) and return the result sent to our inbox (accept checks it)."""
         host = self._host
         js = self._js
         assert js is not None
@@ -223,7 +224,7 @@ class Persistence:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-        return await host.connection.request_via(publish, timeout)
+        return await host.connection.request_via(publish, timeout, accept)
 
     async def persistence_info(self) -> dict[str, Any]:
         """Return the task stream's name and state (messages kept, consumers), or {"enabled": False}."""

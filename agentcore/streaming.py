@@ -238,7 +238,8 @@ class Streaming:
             await nc.publish(subject, data, reply=inbox)
             host.metrics.published += 1
 
-        return StreamReceiver(nc, window=window, idle_timeout=idle_timeout, gap_timeout=gap_timeout, start=start)
+        return StreamReceiver(nc, window=window, idle_timeout=idle_timeout, gap_timeout=gap_timeout, start=start,
+                              task_id=message["id"], on_reject=self._rejected)
 
     def receive_stream(
         self,
@@ -261,8 +262,12 @@ class Streaming:
         """
         return StreamReceiver(
             self._host.connection.require(), window=window, idle_timeout=idle_timeout, gap_timeout=gap_timeout,
-            task_id=task_id or new_id(), reply_to=reply_to,
+            task_id=task_id or new_id(), reply_to=reply_to, on_reject=self._rejected,
         )
+
+    def _rejected(self) -> None:
+        """Count a message on a stream's inbox that is not that stream's (another producer, a forgery)."""
+        self._host.metrics.counters["replies_rejected"] += 1
 
     # ------------------------------------------------------------------ the Component protocol
 

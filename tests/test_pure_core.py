@@ -26,7 +26,7 @@ def test_the_environment_selects_the_pure_core() -> None:
 
 def test_every_agent_suite_is_covered() -> None:
     assert len(agent_suites()) >= 15 and "tests/agent/test_persistence.py" in agent_suites()
-    assert "tests/security/test_relay.py" in agent_suites()
+    assert "tests/security/test_relay.py" in agent_suites() and "tests/security/test_replies.py" in agent_suites()
 
 
 @pytest.mark.timeout(600)  # a whole file, where the ini's 120 s is per test

@@ -26,6 +26,7 @@ from ..errors import (
 from ..metrics import AgentMetrics
 from ..topics import Topics
 from ..transport.connection import Connection
+from ..transport.inline import REJECT, Accept
 from ..transport.offload import pull_result, request_large
 from ..transport.settlement import Settlement, pub_ack_stream
 from .caching import MISS
@@ -53,6 +54,7 @@ class Core:
         # Replicas may share an agent id (a queue group shares their work); the instance id tells them apart.
         self.instance: str = config["agent.instance"] or os.urandom(4).hex()
         self.metrics = AgentMetrics()
+        self.metrics.counters["replies_rejected"] = 0  # always reported: answers to our requests that failed verification
         self.components: list[Component] = []
         self.setup: Callable[[], None] = self.register_base  # run at start, before subscribing (the guide's hook)
         self._source = {"id": agent_id, "type": agent_type}  # shared by every envelope this agent sends
@@ -278,35 +280,63 @@ class Core:
         )
         message["routing"]["stream"] = True  # we can pull a result larger than max_payload as a stream
         data = encode(message)
+        accept, stored = self._verifier(message["id"], target)
         try:
             if subject.startswith(self._route_prefix):  # a task, and tasks persist: stored first, answered as usual
                 assert self._route is not None
-                msg: Msg = await self._route(subject, message, timeout)
+                reply: dict[str, Any] = await self._route(subject, message, timeout, accept)
             elif len(data) <= connection.max_payload():
-                msg = await connection.requests(nc).request(subject, data, timeout)
+                reply = await connection.requests(nc).request(subject, data, timeout, accept)
             else:  # offered as a stream that the serving agent pulls: a 20 MB task arrives whole
-                msg = await request_large(connection, subject, message, data, timeout)
+                reply = await request_large(connection, subject, message, data, timeout, accept)
         except nats.errors.NoRespondersError:
             raise NoRespondersError(f"no agent is subscribed to {subject}") from None
         except nats.errors.TimeoutError:
+            if stored:
+                raise PersistenceError(f"JetStream stream {stored[0]} stored the task on {subject} instead of an agent "
+                                       "answering it: set jetstream.enabled on this agent too") from None
             raise RequestTimeoutError(f"no reply on {subject} within {timeout}s") from None
         except nats.errors.ConnectionClosedError:
             raise NotConnectedError(f"agent {self.agent_id} stopped before the reply on {subject} arrived") from None
         except nats.errors.Error as exc:  # draining, outbound buffer full while reconnecting, stale connection
             raise NotConnectedError(f"agent {self.agent_id} could not request on {subject}: {exc or exc.__class__.__name__}") from exc
         self.metrics.published += 1
-        try:
-            reply: dict[str, Any] = decode(msg.data)
-        except EnvelopeError:
-            stream = pub_ack_stream(msg.data)
-            if stream is None:
-                raise
-            raise PersistenceError(f"JetStream stream {stream} stored the task on {subject} instead of an agent answering it: "
-                                   "set jetstream.enabled on this agent too") from None
         if "stream" in reply["payload"]:
             reply = await pull_result(connection, reply, timeout)  # an oversized result, offered as a stream
         raise_for_error(reply)
         return reply
+
+    def _verifier(self, request_id: str, target: str | None) -> tuple[Accept, list[str]]:
+        """Return the check a reply to request_id must pass (and the JetStream streams that stored it instead).
+
+        Only a result envelope whose correlationId is request_id (and, when the request named a target, whose
+        source.id is that target) answers the request; anything else that reaches its inbox is dropped, counted
+        in replies_rejected, and the request keeps waiting for its answer. It runs where the reply is read, on
+        the one decode the reply needs anyway. A JetStream publish acknowledgement (the task was stored, not
+        answered) is remembered: the request then fails with PersistenceError at its timeout, not at once, so a
+        forged one cannot cut a request short.
+        """
+        counters = self.metrics.counters
+        stored: list[str] = []
+
+        def accept(msg: Msg) -> Any:
+            try:
+                reply = decode(msg.data)
+            except EnvelopeError:
+                stream = pub_ack_stream(msg.data)
+                if stream is not None:
+                    stored.append(stream)
+                    return REJECT
+                reply = None
+            if reply is None or reply.get("correlationId") != request_id or (target is not None and reply["source"]["id"] != target):
+                counters["replies_rejected"] += 1
+                if counters["replies_rejected"] % 1000 == 1:  # once per thousand: a flood must not flood the log too
+                    log.warning("agent %s dropped a reply to %s that does not answer it (correlationId or source wrong)",
+                                self.agent_id, request_id)
+                return REJECT
+            return reply
+
+        return accept, stored
 
     async def discover(self, capability: str | None = None, *, timeout: float | None = None,
                        expected: int | None = None, include_self: bool = False) -> list[dict[str, Any]]:

@@ -15,14 +15,16 @@ from ..config import AgentConfig
 from ..metrics import AgentMetrics
 from ..topics import Topics
 from ..transport.connection import Connection
+from ..transport.inline import Accept
 from ..transport.puller import TaskPuller
 from ..transport.settlement import Settlement
 from .records import TASK, Delivery, Handler, Incoming, Queued, Registration, SubscriptionKey
 
 __all__ = ("Host", "Work", "Component", "PersistedSource", "RequestRoute")
 
-#: Sends a request the core does not carry itself (a task stored in JetStream): (subject, envelope, timeout) -> reply.
-RequestRoute = Callable[[str, dict[str, Any], float], Awaitable[Any]]
+#: Sends a request the core does not carry itself (a task stored in JetStream): (subject, envelope, timeout, accept)
+#: -> what accept made of the reply that reached the request's inbox (accept drops what does not answer it).
+RequestRoute = Callable[[str, dict[str, Any], float, Accept], Awaitable[Any]]
 
 
 class PersistedSource(Protocol):

@@ -28,6 +28,8 @@ from ..errors import (
     AgentCoreError,
     EnvelopeError,
     MCPError,
+    MCPPromptNotFoundError,
+    MCPResourceNotFoundError,
     MCPResultTooLargeError,
     MCPServerDiedError,
     MCPServerNotFoundError,
@@ -35,6 +37,7 @@ from ..errors import (
     MCPToolError,
     MCPToolNotFoundError,
 )
+from .exposure import Exposure
 
 if TYPE_CHECKING:
     from mcp import types as mcp_types
@@ -58,6 +61,8 @@ REQUEST_TIMEOUT = -32001
 _KINDS: dict[str, type[MCPError]] = {
     "server_not_found": MCPServerNotFoundError,
     "tool_not_found": MCPToolNotFoundError,
+    "resource_not_found": MCPResourceNotFoundError,
+    "prompt_not_found": MCPPromptNotFoundError,
     "tool_error": MCPToolError,
     "timeout": MCPTimeoutError,
     "server_died": MCPServerDiedError,
@@ -106,16 +111,17 @@ def error_from_rpc(error: Mapping[str, Any], *, server_id: str, tool: str | None
 class _Hosted:
     server_id: str
     client: MCPClient
-    allowed: frozenset[str] | None
+    exposure: Exposure
     cache_ttls: dict[str, float]
     caches: dict[str, ContentCache] = field(default_factory=dict)
     tools: list[mcp_types.Tool] | None = None  # the SDK's Tool objects, allow-list applied
     inflight: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
+    callers: dict[str, tuple[str, Any]] = field(default_factory=dict)  # request id -> (caller's source.id, JSON-RPC id)
     handlers: list[tuple[str, Callable[..., Any]]] = field(default_factory=list)
     withdrawn: bool = False  # unregistered: calls cut short get an error, not the silence of a cancellation
 
     def exposes(self, name: str) -> bool:
-        return self.allowed is None or name in self.allowed
+        return self.exposure.tool(name)
 
 
 @dataclass(eq=False, slots=True)
@@ -124,6 +130,9 @@ class _Pending:
     sink: Sink
     timer: asyncio.TimerHandle | None
     tool: str | None
+    rpc_id: Any = None  # the JSON-RPC id the answer must carry
+    progress_token: Any = None  # the token progress notifications must carry (None: none expected)
+    host: str | None = None  # the source.id of the host that answered first: the rest must come from it too
 
 
 class MCP:
@@ -181,12 +190,17 @@ class MCP:
         *,
         tools: Iterable[str] | None = None,
         cache: Mapping[str, float] | None = None,
+        resources: Iterable[str] | None = None,
+        prompts: Iterable[str] | None = None,
     ) -> None:
-        """Serve a connected MCPClient's tools to the bus under server_id.
+        """Serve a connected MCPClient's tools, resources and prompts to the bus under server_id.
 
-        tools is an allow-list: a tool not on it is neither listed nor callable over NATS. cache maps tool
-        names to a time-to-live in seconds: identical calls (same canonical arguments) within it are
-        answered from the content-hash cache (opt in only for pure lookups).
+        tools, resources and prompts are allow-lists, each of its own kind (resources holds URIs and URI
+        templates: a template allows the URIs it matches, and lists itself among the templates). With none of
+        them, everything the server offers is exposed; with any of them, only what is listed: a kind left out
+        exposes nothing. What is not exposed is neither listed nor served over NATS (refused as not found).
+        cache maps tool names to a time-to-live in seconds: identical calls (same canonical arguments) within
+        it are answered from the content-hash cache (opt in only for pure lookups).
         """
         host = self._host
         validate_token(server_id)
@@ -196,7 +210,7 @@ class MCP:
             raise MCPError(f"cannot host MCP server {server_id!r}: its client {client.name} is not connected "
                            "(await client.connect() first, or use aregister_mcp_server())", server_id=server_id)
         ttls = {str(name): float(ttl) for name, ttl in (cache or {}).items()}
-        hosted = _Hosted(server_id, client, frozenset(tools) if tools is not None else None, ttls)
+        hosted = _Hosted(server_id, client, Exposure(tools, resources, prompts), ttls)
         if client.tools is not None:  # listed at connect: discovery names them from the start, before any request
             hosted.tools = [t for t in client.tools if hosted.exposes(t.name)]
         elif client.initialize_result.capabilities.tools is None:
@@ -224,25 +238,27 @@ class MCP:
                 host.spawn(asyncio.ensure_future(self._prefetch_tools(hosted)))  # not eagerly: register returns first
 
     async def aregister_mcp_server(
-        self, server_id: str, client: MCPClient, *, tools: Iterable[str] | None = None, cache: Mapping[str, float] | None = None
+        self, server_id: str, client: MCPClient, *, tools: Iterable[str] | None = None, cache: Mapping[str, float] | None = None,
+        resources: Iterable[str] | None = None, prompts: Iterable[str] | None = None,
     ) -> None:
         """Register like register_mcp_server(), then return once the tools are listed and the bus has the interest."""
         if not client.connected:
             await client.connect()
-        self.register_mcp_server(server_id, client, tools=tools, cache=cache)
+        self.register_mcp_server(server_id, client, tools=tools, cache=cache, resources=resources, prompts=prompts)
         hosted = self._hosted[server_id]
         if hosted.tools is None:
             await self._refresh_tools(hosted)
         await self._host.sync()
 
     async def serve_mcp_server(self, server_id: str, server: Any, *, tools: Iterable[str] | None = None,
-                               cache: Mapping[str, float] | None = None) -> MCPClient:
+                               cache: Mapping[str, float] | None = None, resources: Iterable[str] | None = None,
+                               prompts: Iterable[str] | None = None) -> MCPClient:
         """Expose an in-process SDK server (MCPServer or low-level Server) on the bus, no subprocess; return its client."""
         from .client import MCPClient
 
         client = MCPClient.in_process(server, name=server_id)
         await client.connect()
-        await self.aregister_mcp_server(server_id, client, tools=tools, cache=cache)
+        await self.aregister_mcp_server(server_id, client, tools=tools, cache=cache, resources=resources, prompts=prompts)
         return client
 
     def unregister_mcp_server(self, server_id: str) -> MCPClient | None:
@@ -321,6 +337,7 @@ class MCP:
         # Every call runs as its own task, so a notifications/cancelled or unregistering can stop just that one.
         task = asyncio.ensure_future(work)
         hosted.inflight[message["id"]] = task
+        hosted.callers[message["id"]] = (message["source"]["id"], rpc_id)
         try:
             # Shielded: when this handler is cancelled, answer at once instead of waiting for the server to
             # acknowledge the call's cancellation (by then the stopping agent's connection may be closed).
@@ -342,7 +359,7 @@ class MCP:
             host.metrics.counters["mcp_calls_cancelled"] += 1
             return NO_REPLY  # cancelled by the caller: MCP says a cancelled request gets no response
         except _RPCFailure as failure:
-            return rpc_error(rpc_id, failure.code, failure.text, failure.kind, serverId=hosted.server_id)
+            return rpc_error(rpc_id, failure.code, failure.text, failure.kind, **failure.data, serverId=hosted.server_id)
         except MCPServerDiedError as exc:
             text = f"MCP server {hosted.server_id!r} on agent {host.agent_id} died during {what}: {exc.__cause__ or exc}"
             return rpc_error(rpc_id, CONNECTION_CLOSED, text, "server_died", serverId=hosted.server_id, host=host.agent_id)
@@ -355,6 +372,7 @@ class MCP:
             raise
         finally:
             hosted.inflight.pop(message["id"], None)
+            hosted.callers.pop(message["id"], None)
         return {"jsonrpc": JSONRPC, "id": rpc_id, "result": result}
 
     def _capabilities(self, hosted: _Hosted) -> dict[str, Any]:
@@ -365,7 +383,7 @@ class MCP:
         for name in ("tools", "resources", "prompts", "completions"):
             if getattr(advertised, name, None) is not None:
                 served[name] = {}
-        return served
+        return hosted.exposure.capabilities(served)
 
     async def _host_list_tools(self, hosted: _Hosted) -> dict[str, Any]:
         if hosted.tools is None:
@@ -373,11 +391,17 @@ class MCP:
         return {"tools": [t.model_dump(by_alias=True, mode="json", exclude_none=True) for t in hosted.tools or ()]}
 
     async def _host_forward(self, hosted: _Hosted, message: dict[str, Any], method: str, params: Mapping[str, Any]) -> Any:
+        refused = hosted.exposure.refusal(method, params)
+        if refused is not None:
+            self._host.metrics.counters["mcp_requests_refused"] += 1
+            kind, text, what = refused
+            raise _RPCFailure(INVALID_PARAMS, text, kind, **what)
         meta = params.get("_meta")
         token = meta.get("progressToken") if isinstance(meta, dict) else None
         destination = message.get("replyTo")
         progress = self._progress_sender(destination, token, message) if token is not None and destination else None
-        return await hosted.client.request(method, params, progress_callback=progress, timeout=_deadline(message))
+        result = await hosted.client.request(method, params, progress_callback=progress, timeout=_deadline(message))
+        return hosted.exposure.filter(method, result)
 
     async def _host_call(self, hosted: _Hosted, message: dict[str, Any], params: Mapping[str, Any]) -> Any:
         counters = self._host.metrics.counters
@@ -386,6 +410,7 @@ class MCP:
             raise _RPCFailure(INVALID_PARAMS, "tools/call needs params.name", None)
         arguments = params.get("arguments") or {}
         if not hosted.exposes(name):
+            counters["mcp_requests_refused"] += 1
             raise _RPCFailure(INVALID_PARAMS, f"unknown tool {name!r} on MCP server {hosted.server_id!r}", "tool_not_found")
         if hosted.tools is None or name not in {t.name for t in hosted.tools}:
             await self._refresh_tools(hosted)  # the server may have gained tools since we listed them
@@ -435,9 +460,21 @@ class MCP:
         return send
 
     def _on_cancel(self, hosted: _Hosted, message: dict[str, Any]) -> Any:
-        task = hosted.inflight.get(message.get("correlationId") or "")
-        if task is not None and not task.done():
-            task.cancel()
+        """Stop the call a notifications/cancelled names, when it comes from the caller that made the call."""
+        request_id = message.get("correlationId") or ""
+        task = hosted.inflight.get(request_id)
+        if task is None or task.done():
+            return NO_REPLY  # over already, or never ours (all hosts of the server id hear every cancel)
+        caller, rpc_id = hosted.callers[request_id]
+        note = message["payload"]["content"]
+        params = note.get("params") if isinstance(note, dict) else None
+        named = params.get("requestId", rpc_id) if isinstance(params, dict) else rpc_id
+        if message["source"]["id"] != caller or named != rpc_id:
+            self._host.metrics.counters["mcp_cancels_rejected"] += 1
+            log.warning("agent %s ignored a cancellation of call %s of MCP server %s: not from the caller that made it",
+                        self._host.agent_id, request_id, hosted.server_id)
+            return NO_REPLY
+        task.cancel()
         return NO_REPLY
 
     # ------------------------------------------------------------------ calling
@@ -545,7 +582,9 @@ class MCP:
         host.connection.check_size(data)
         loop = asyncio.get_running_loop()
         timer = loop.call_later(timeout, self._expire, request_id, server_id, timeout)
-        self._pending[request_id] = _Pending(server_id, sink, timer, tool)
+        meta = (rpc.get("params") or {}).get("_meta")
+        token = meta.get("progressToken") if isinstance(meta, dict) else None
+        self._pending[request_id] = _Pending(server_id, sink, timer, tool, rpc["id"], token)
         try:
             await host.connection.publish(host.topics.mcp_requests(server_id), data, reply=reply)
         except BaseException:
@@ -607,10 +646,15 @@ class MCP:
         try:
             envelope = decode(msg.data)
         except EnvelopeError as exc:
-            log.warning("agent %s dropped a malformed MCP response: %s", host.agent_id, exc)
+            self._reject(request_id, f"a malformed MCP response: {exc}")
             return
         payload = envelope["payload"]
         source = envelope["source"]["id"]
+        rpc = payload.get("content")
+        if not self._answers(entry, request_id, envelope, rpc):
+            self._reject(request_id, f"a response from {source} that does not answer the call")
+            return
+        entry.host = source  # the host that took the call: whatever else comes for it comes from that host
         error = payload.get("error")
         if error is not None:
             self.forget(request_id)
@@ -620,12 +664,36 @@ class MCP:
                            server_id=entry.server_id, tool=entry.tool,
                            data=error, source=source))
             return
-        rpc = payload.get("content")
-        if not isinstance(rpc, dict):
-            return
+        assert isinstance(rpc, dict)
         if "id" in rpc and ("result" in rpc or "error" in rpc):
             self.forget(request_id)  # the final answer; progress notifications come before it
         entry.sink(rpc)
+
+    @staticmethod
+    def _answers(entry: _Pending, request_id: str, envelope: dict[str, Any], rpc: Any) -> bool:
+        """Return whether envelope answers the call entry waits for (an error result, a progress note, the response).
+
+        It must correlate with the request envelope, come from the host that answered first (when one did), and
+        carry the call's JSON-RPC id (a response) or its progress token (a progress notification).
+        """
+        if envelope.get("correlationId") != request_id or (entry.host is not None and envelope["source"]["id"] != entry.host):
+            return False
+        if envelope["payload"].get("error") is not None:
+            return True
+        if not isinstance(rpc, dict):
+            return False
+        if "result" in rpc or "error" in rpc:
+            return "id" in rpc and rpc["id"] == entry.rpc_id
+        if rpc.get("method") == "notifications/progress" and "id" not in rpc:
+            params = rpc.get("params")
+            return entry.progress_token is not None and isinstance(params, dict) and params.get("progressToken") == entry.progress_token
+        return False
+
+    def _reject(self, request_id: str, what: str) -> None:
+        counters = self._host.metrics.counters
+        counters["replies_rejected"] += 1
+        if counters["replies_rejected"] % 1000 == 1:
+            log.warning("agent %s dropped %s (MCP call %s)", self._host.agent_id, what, request_id)
 
 
 def _deadline(message: Mapping[str, Any]) -> float | None:
@@ -643,9 +711,10 @@ def _about(tool: str | None) -> str:
 
 
 class _RPCFailure(Exception):
-    def __init__(self, code: int, text: str, kind: str | None) -> None:
+    def __init__(self, code: int, text: str, kind: str | None, **data: Any) -> None:
         super().__init__(text)
         self.code = code
         self.text = text
         self.kind = kind
+        self.data = data
 

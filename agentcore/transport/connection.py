@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from ..config import AgentConfig
 from ..errors import NotConnectedError, PayloadTooLargeError
 from ..metrics import AgentMetrics
-from .inline import RequestMux, forget_connection, send_now
+from .inline import Accept, RequestMux, forget_connection, send_now
 
 __all__ = ("Connection",)
 
@@ -217,13 +217,13 @@ class Connection:
             mux = self._mux = RequestMux(nc)
         return mux
 
-    async def request(self, subject: str, data: bytes, timeout: float) -> Msg:
-        """Publish data and return the reply (nats-py's NoRespondersError or TimeoutError otherwise)."""
-        return await self.requests(self.require()).request(subject, data, timeout)
+    async def request(self, subject: str, data: bytes, timeout: float, accept: Accept | None = None) -> Any:
+        """Publish data and return the reply, or what accept made of it (nats-py's NoRespondersError or TimeoutError otherwise)."""
+        return await self.requests(self.require()).request(subject, data, timeout, accept)
 
-    async def request_via(self, publish: Callable[[str], Awaitable[None]], timeout: float) -> Msg:
-        """Call publish(inbox) and return the reply that reaches that inbox within timeout."""
-        return await self.requests(self.require()).request_via(publish, timeout)
+    async def request_via(self, publish: Callable[[str], Awaitable[None]], timeout: float, accept: Accept | None = None) -> Any:
+        """Call publish(inbox) and return the reply that reaches that inbox within timeout (accept as in request)."""
+        return await self.requests(self.require()).request_via(publish, timeout, accept)
 
     # ------------------------------------------------------------------ closing
 

@@ -23,11 +23,15 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from .._eager import start_eager
+from .._impl import validate_subject
 from ..envelope import decode, raise_for_error
-from ..errors import AgentCoreError, NoRespondersError, StreamError, StreamGapError, StreamTimeoutError
+from ..errors import (
+    AgentCoreError, NoRespondersError, PersistenceError, StreamError, StreamGapError, StreamTimeoutError, SubjectError,
+)
+from .settlement import pub_ack_stream
 from .subscriptions import confirm
 
-__all__ = ("StreamChunk", "StreamReceiver", "FrameSender", "pull_offer", "serve_pull", "encode_item", "split_point", "HEADER_ROOM",
+__all__ = ("StreamChunk", "StreamReceiver", "FrameSender", "pull_offer", "pull_answer", "serve_pull", "encode_item", "split_point", "HEADER_ROOM",
            "H_STREAM", "H_SEQ", "H_KIND", "H_FINAL", "H_CTL", "H_ACK", "H_WINDOW", "H_CANCEL")
 
 H_STREAM = "Agent-Stream"
@@ -194,6 +198,8 @@ class StreamReceiver:
         start: Any = None,
         task_id: str | None = None,
         reply_to: str | None = None,
+        producer: str | None = None,
+        on_reject: Callable[[], None] | None = None,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
@@ -203,6 +209,7 @@ class StreamReceiver:
         self.idle_timeout = idle_timeout
         self.gap_timeout = gap_timeout
         self.duplicates = 0
+        self.rejected = 0  # messages on the inbox that are not this stream's: other streams, other producers, forgeries
         self.max_buffered = 0
         self.task_id: str | None = task_id
         self._expect = task_id  # when set, frames and results of other tasks on the same subject are ignored
@@ -210,7 +217,13 @@ class StreamReceiver:
         self._frames: dict[int, Msg] = {}
         self._next = 0
         self._acked = -1
-        self._ctl: str | None = None
+        # The stream is bound to its producer from the first frame on: its Agent-Stream and its Agent-Ctl (given
+        # up front for a pulled offer, whose producer's control inbox is the pull subject).
+        self._stream: str | None = None
+        self._ctl: str | None = producer
+        self._answered = False  # a plain result was taken: nothing else can be the answer
+        self._on_reject = on_reject
+        self._stored: str | None = None  # a JetStream stream acknowledged storing the task instead of an agent answering
         self._granting: set[asyncio.Task[Any]] = set()
         self._done = False
         self._arrived = asyncio.Event()
@@ -244,7 +257,11 @@ class StreamReceiver:
 
     async def _on_frame(self, msg: Msg) -> None:
         headers = msg.headers or {}
-        if self._expect is not None and not self._is_ours(msg, headers):
+        if not self._accepts(msg, headers):
+            self.rejected += 1
+            if self._on_reject is not None:
+                self._on_reject()
+            log.debug("stream %s: dropped a message on %s that is not this stream's", self.task_id, msg.subject)
             return
         if H_SEQ in headers:
             seq = _header_int(headers, H_SEQ)
@@ -259,11 +276,40 @@ class StreamReceiver:
             return
         if seq < 0:
             seq = self._next
+            self._answered = True
         self._frames[seq] = msg
         self.max_buffered = max(self.max_buffered, len(self._frames))
-        if self._ctl is None and headers.get(H_CTL):
-            self._ctl = headers[H_CTL]
         self._arrived.set()
+
+    def _accepts(self, msg: Msg, headers: dict[str, str]) -> bool:
+        """Return whether msg belongs to this stream; the first frame binds it to its producer."""
+        if self._answered:
+            return False  # the task was answered with one plain result already
+        stream = headers.get(H_STREAM)
+        if stream is not None or H_SEQ in headers:  # a frame
+            ctl = headers.get(H_CTL)
+            if self._stream is None:
+                if stream is None or not ctl or (self._expect is not None and stream != self._expect):
+                    return False
+                if self._ctl is not None and ctl != self._ctl:
+                    return False
+                self._stream, self._ctl = stream, ctl
+                return True
+            return stream == self._stream and ctl == self._ctl
+        if self._stream is not None or self._ctl is not None:
+            return False  # the producer streams (or an offer is being pulled): a plain result is not its answer
+        if self._expect is None:
+            return True
+        if not msg.data and headers.get("Status") == "503":
+            return True  # the server's no-responders status: nobody took the task (before any frame came)
+        try:  # a plain result (or an offer) answers the task it correlates with
+            correlation = orjson.loads(msg.data).get("correlationId")
+        except (orjson.JSONDecodeError, AttributeError):
+            stored = pub_ack_stream(msg.data)
+            if stored is not None:  # said at the idle timeout, unless the answer comes after all
+                self._stored = stored
+            return False
+        return bool(correlation == self._expect)
 
     def __aiter__(self) -> AsyncIterator[StreamChunk]:
         return self
@@ -274,15 +320,6 @@ class StreamReceiver:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-    def _is_ours(self, msg: Msg, headers: dict[str, str]) -> bool:
-        stream = headers.get(H_STREAM)
-        if stream is not None:
-            return stream == self._expect
-        try:  # a plain result (or an offer) answers the task it correlates with
-            return bool(orjson.loads(msg.data).get("correlationId") == self._expect)
-        except (orjson.JSONDecodeError, AttributeError):
-            return True  # not an envelope at all: let _result() report it
 
     async def __anext__(self) -> StreamChunk:
         await self._open()
@@ -307,6 +344,9 @@ class StreamReceiver:
             await asyncio.wait_for(self._arrived.wait(), timeout)
         except asyncio.TimeoutError:
             await self.aclose()
+            if self._stored is not None and not self._frames:
+                raise PersistenceError(f"JetStream stream {self._stored} stored task {self.task_id} instead of an agent "
+                                       "streaming its answer: streams travel over core NATS only") from None
             if gap:
                 raise StreamGapError(
                     f"stream {self.task_id}: chunk {self._next} missing (have {sorted(self._frames)[:5]}...)", task_id=self.task_id
@@ -324,7 +364,7 @@ class StreamReceiver:
         offer = reply["payload"].get("stream")
         if isinstance(offer, dict) and offer.get("pull"):  # a result too large for one message: pull it whole
             await self._release()
-            reply = await pull_offer(self.nc, offer, window=self.window, timeout=self.idle_timeout)
+            reply = await pull_answer(self.nc, reply, window=self.window, timeout=self.idle_timeout, on_reject=self._on_reject)
         raise_for_error(reply)
         self.task_id = reply.get("correlationId") or self.task_id
         return StreamChunk(self.task_id or "", seq, JSON, orjson.dumps(reply["payload"]["content"]) + b"\n", True)
@@ -395,19 +435,50 @@ class StreamReceiver:
 
 
 async def pull_offer(
-    nc: NATSClient, offer: dict[str, Any], *, window: int = 8, timeout: float = 30.0, max_bytes: int | None = None
+    nc: NATSClient, offer: dict[str, Any], *, window: int = 8, timeout: float = 30.0, max_bytes: int | None = None,
+    stream_id: str | None = None, on_reject: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Pull an oversized message (a result or a request) offered as ``payload.stream = {"pull": subject, ...}``; return its envelope."""
-    pull = offer["pull"]
+    """Pull an oversized message (a result or a request) offered as ``payload.stream = {"pull": subject, ...}``; return its envelope.
+
+    The frames must come from the producer that offered it (Agent-Ctl = the pull subject) and, when stream_id is
+    given, carry it as Agent-Stream; anything else reaching the inbox is dropped (on_reject() is called for each).
+    """
+    pull = offer.get("pull")
+    try:
+        if not isinstance(pull, str):
+            raise SubjectError("not a string")
+        validate_subject(pull)  # peer input: no wildcards, no whitespace
+    except SubjectError:
+        raise StreamError(f"the offer names {pull!r} to pull from, which is not a subject") from None
 
     async def start(inbox: str) -> None:
         await nc.publish(pull, b"", reply=inbox, headers={H_WINDOW: str(window)})
 
-    data = await StreamReceiver(nc, window=window, idle_timeout=timeout, start=start).read_all(max_bytes)
+    receiver = StreamReceiver(nc, window=window, idle_timeout=timeout, start=start, task_id=stream_id, producer=pull,
+                              on_reject=on_reject)
+    data = await receiver.read_all(max_bytes)
     try:
         reply: dict[str, Any] = decode(data)
     except AgentCoreError as exc:
         raise StreamError(f"the reassembled message does not decode: {exc}") from exc
+    return reply
+
+
+async def pull_answer(nc: NATSClient, offer: dict[str, Any], *, window: int = 8, timeout: float = 30.0,
+                      on_reject: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Pull the result offered by offer (an answer already verified as ours) and return it: it must be that same answer.
+
+    The frames carry the request's id (the offer's correlationId) from the offer's producer, at most the size
+    offered, and the reassembled result must have the offer's correlationId and source.
+    """
+    stream = offer["payload"]["stream"]
+    request_id = offer.get("correlationId")
+    size = stream.get("size")
+    reply = await pull_offer(nc, stream, window=window, timeout=timeout, stream_id=request_id, on_reject=on_reject,
+                             max_bytes=size if isinstance(size, int) and not isinstance(size, bool) else None)
+    if reply.get("correlationId") != request_id or reply["source"] != offer["source"]:
+        raise StreamError(f"the result offered for {request_id} carried another message ({reply['id']} from "
+                          f"{reply['source'].get('id')})", task_id=request_id)
     return reply
 
 

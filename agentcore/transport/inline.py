@@ -25,11 +25,16 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.protocol.command import pub_cmd
 
-__all__ = ("deliver_inline", "forget_connection", "send_now", "RequestMux")
+__all__ = ("deliver_inline", "forget_connection", "send_now", "RequestMux", "REJECT", "Accept")
 
 log = logging.getLogger("agentcore.agent")
 
 _NO_RESPONDERS = "503"
+
+#: What an accept callback returns for a message that does not answer its request: it is dropped, the wait goes on.
+REJECT: Any = object()
+#: Checks one message that came to a request's inbox: returns what the request returns, or REJECT.
+Accept = Callable[[Msg], Any]
 
 
 class _InlineQueue(asyncio.Queue):  # type: ignore[type-arg]
@@ -108,12 +113,17 @@ def forget_connection(nc: NATSClient) -> None:
 
 
 class RequestMux:
-    """Requests over one wildcard inbox subscription, with replies resolved inline."""
+    """Requests over one wildcard inbox subscription, with replies resolved inline.
+
+    A request may name an accept callback: it sees each message that reaches the request's inbox, right where
+    nats-py reads it, and returns what the request returns (a decoded, verified reply, say) or REJECT to drop
+    the message and keep waiting for the real answer. nats-server's no-responders status bypasses it.
+    """
 
     def __init__(self, nc: NATSClient) -> None:
         self.nc = nc
         self._prefix = ""
-        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._waiting: dict[str, tuple[asyncio.Future[Any], Accept | None]] = {}
         self._tokens = itertools.count(1)
         self._sub: Subscription | None = None
         # (deadline, token) of every request, a heap pruned lazily, and the one loop timer that serves it, armed
@@ -132,21 +142,46 @@ class RequestMux:
         self._sub = sub
 
     def _resolve(self, msg: Msg) -> None:
-        fut = self._waiting.pop(msg.subject[len(self._prefix):], None)
-        if fut is not None and not fut.done():
-            fut.set_result(msg)
+        token = msg.subject[len(self._prefix):]
+        entry = self._waiting.get(token)
+        if entry is None:
+            return
+        fut, accept = entry
+        if fut.done():
+            return
+        headers = msg.headers
+        if headers and not msg.data and headers.get("Status") == _NO_RESPONDERS:
+            del self._waiting[token]
+            fut.set_exception(nats.errors.NoRespondersError())
+            return
+        if accept is None:
+            value: Any = msg
+        else:
+            try:
+                value = accept(msg)
+            except Exception as exc:  # the request fails with it; never into nats-py's read loop
+                del self._waiting[token]
+                fut.set_exception(exc)
+                return
+            if value is REJECT:
+                return
+        del self._waiting[token]
+        fut.set_result(value)
 
-    async def request(self, subject: str, data: bytes, timeout: float) -> Msg:
-        """Publish data to subject and return the reply; raise nats' NoRespondersError or TimeoutError."""
+    async def request(self, subject: str, data: bytes, timeout: float, accept: Accept | None = None) -> Any:
+        """Publish data to subject and return the reply (what accept made of it, when given).
+
+        Raise nats' NoRespondersError or TimeoutError.
+        """
         nc = self.nc
 
         async def publish(inbox: str) -> None:
             if not send_now(nc, subject, data, inbox):
                 await nc.publish(subject, data, reply=inbox)
 
-        return await self.request_via(publish, timeout)
+        return await self.request_via(publish, timeout, accept)
 
-    async def request_via(self, publish: Callable[[str], Awaitable[None]], timeout: float) -> Msg:
+    async def request_via(self, publish: Callable[[str], Awaitable[None]], timeout: float, accept: Accept | None = None) -> Any:
         """Call publish(inbox) and return the reply that comes to that inbox within timeout (same errors as request)."""
         if not timeout >= 0:  # NaN would never compare due and stall every other request's deadline in the heap
             raise ValueError(f"request timeout must be a number >= 0, got {timeout!r}")
@@ -154,18 +189,15 @@ class RequestMux:
             await self._start()  # SUB goes out before the PUB on the same connection: no flush needed
         token = str(next(self._tokens))
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Msg] = loop.create_future()
+        fut: asyncio.Future[Any] = loop.create_future()
         waiting = self._waiting
-        waiting[token] = fut
+        waiting[token] = (fut, accept)
         self._expire_at(loop, loop.time() + timeout, token)
         try:
             await publish(self._prefix + token)
-            msg = await fut
+            return await fut
         finally:
             waiting.pop(token, None)
-        if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS and not msg.data:
-            raise nats.errors.NoRespondersError
-        return msg
 
     def _expire_at(self, loop: asyncio.AbstractEventLoop, when: float, token: str) -> None:
         """Time out the request token at when (loop time), unless it has its answer by then."""
@@ -185,9 +217,9 @@ class RequestMux:
         deadlines, waiting = self._deadlines, self._waiting
         now = loop.time() + _RESOLUTION  # what asyncio itself counts as due
         while deadlines and (deadlines[0][0] <= now or deadlines[0][1] not in waiting):
-            fut = waiting.get(heapq.heappop(deadlines)[1])
-            if fut is not None:
-                _expire(fut)
+            entry = waiting.get(heapq.heappop(deadlines)[1])
+            if entry is not None:
+                _expire(entry[0])
         if deadlines:
             self._timer = loop.call_at(deadlines[0][0], self._expire_due, loop)
 
@@ -197,7 +229,7 @@ class RequestMux:
             self._timer.cancel()
             self._timer = None
         self._deadlines.clear()
-        for fut in self._waiting.values():
+        for fut, _accept in self._waiting.values():
             if not fut.done():
                 fut.set_exception(nats.errors.ConnectionClosedError())
         self._waiting.clear()

@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from nats.aio.msg import Msg
-
 from .._impl import validate_subject
 from ..envelope import encode, new_message
 from ..errors import PayloadTooLargeError, RequestTimeoutError, StreamError, StreamTimeoutError, SubjectError
 from .connection import Connection
-from .frames import FrameSender, pull_offer, serve_pull
+from .frames import FrameSender, pull_answer, pull_offer, serve_pull
+from .inline import Accept
 
 __all__ = ("offer_result", "request_large", "pull_request", "pull_result")
 
@@ -41,10 +40,11 @@ async def offer_result(connection: Connection, source: dict[str, str], request: 
         await sender.close()
 
 
-async def request_large(connection: Connection, subject: str, message: dict[str, Any], data: bytes, timeout: float) -> Msg:
+async def request_large(connection: Connection, subject: str, message: dict[str, Any], data: bytes, timeout: float,
+                        accept: Accept | None = None) -> Any:
     """Send a request too large for one message as a small offer, stream the envelope to the agent that pulls it.
 
-    Return the reply to the offer (the handler's result for the whole message).
+    Return the reply to the offer (the handler's result for the whole message; what accept made of it, when given).
     """
     nc = connection.require()
     sender = FrameSender(nc, message["id"], None, 8, timeout)
@@ -52,7 +52,7 @@ async def request_large(connection: Connection, subject: str, message: dict[str,
     offer = {**message, "payload": {"content": None, "stream": {"pull": sender.ctl, "size": len(data)}}}
     serving = asyncio.ensure_future(serve_pull(sender, data, timeout))
     try:
-        msg = await connection.request(subject, encode(offer), timeout)
+        msg = await connection.request(subject, encode(offer), timeout, accept)
     finally:
         if not serving.done():
             serving.cancel()  # the answer came (an error, say) without a pull, or the request failed
@@ -80,15 +80,21 @@ async def pull_request(connection: Connection, offer: dict[str, Any], timeout: f
     if not any(pull.startswith(prefix) for prefix in connection.inbox_prefixes()):
         raise StreamError(f"message {offer['id']} offers its stream on {stream['pull']!r}, which is not a reply inbox")
     async with slots:  # a few envelopes being pulled into memory at once, the rest wait
-        message = await pull_offer(connection.require(), stream, timeout=timeout, max_bytes=min(stream["size"], limit))
+        message = await pull_offer(connection.require(), stream, timeout=timeout, max_bytes=min(stream["size"], limit),
+                                   stream_id=offer["id"])
     if message["id"] != offer["id"] or message["source"] != offer["source"]:
         raise StreamError(f"the stream offered as message {offer['id']} carried another message ({message['id']})")
     return message
 
 
 async def pull_result(connection: Connection, offer: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Pull an offered oversized result and return its envelope."""
+    """Pull an offered oversized result (an offer already verified as the answer) and return its envelope."""
+    counters = connection.metrics.counters
+
+    def rejected() -> None:
+        counters["replies_rejected"] += 1
+
     try:
-        return await pull_offer(connection.require(), offer["payload"]["stream"], timeout=timeout)
+        return await pull_answer(connection.require(), offer, timeout=timeout, on_reject=rejected)
     except StreamTimeoutError as exc:
         raise RequestTimeoutError(str(exc)) from None

@@ -54,7 +54,8 @@ async def pair(make_agent: Callable[..., Any], mcp_clients: Callable[..., Any]) 
     """A host serving the tools server as "tools" (with an allow-list) and a caller, on separate connections."""
     host, client = await asyncio.gather(make_agent("mcp-host"), mcp_clients())
     caller = await make_agent("mcp-caller")
-    await host.aregister_mcp_server("tools", client, tools=["add", "echo", "fail", "slow", "wait_cancel", "pid", "big", "lookup"])
+    await host.aregister_mcp_server("tools", client, tools=["add", "echo", "fail", "slow", "wait_cancel", "pid", "big", "lookup"],
+                                    resources=["config://app", "greeting://{name}"], prompts=["review"])
     return host, caller, client
 
 
@@ -405,8 +406,13 @@ async def test_sdk_session_reads_resources_gets_prompts_and_completes_over_nats(
             assert done.completion.values == ["python", "pyrex"]
             # The server's own JSON-RPC errors come back unchanged (code, message, data).
             with pytest.raises(SDKError) as missing:
+                await session.get_prompt("review", {"language": "rust"})
+            assert missing.value.error.message == "Missing required arguments: {'code'}" and missing.value.error.data is None
+            # A resource the host does not expose (allow-list) is refused as the server refuses one it does not have.
+            with pytest.raises(SDKError) as hidden:
                 await session.read_resource("nope://x")
-            assert missing.value.error.code == -32602 and missing.value.error.data == {"uri": "nope://x"}
+            assert hidden.value.error.code == -32602 and hidden.value.error.message == "Unknown resource: nope://x"
+            assert hidden.value.error.data["uri"] == "nope://x"
             # Methods that would touch the host's shared session are refused, naming the server.
             with pytest.raises(SDKError) as refused, warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the SDK marks logging as deprecated in its newest protocol version

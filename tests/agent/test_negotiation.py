@@ -375,16 +375,16 @@ async def test_duplicate_answers_are_ignored(make_agent: Any, raw_nc: Any) -> No
         if content["performative"] != "cfp":
             if msg.reply:
                 done = {"performative": "inform-done", "negotiation_id": content["negotiation_id"]}
-                await raw_nc.publish(msg.reply, encode(new_message("result", done, source_id="echo")))
+                await raw_nc.publish(msg.reply, encode(new_message("result", done, source_id="echo", correlation_id=cfp["id"])))
             return
         neg = content["negotiation"]
         for cost in (7, 99):
             answer = {"performative": "propose", "negotiation_id": neg["id"], "round": neg["round"], "accept": True,
                       "terms": {"cost": cost}}
-            await raw_nc.publish(msg.reply, encode(new_message("result", answer, source_id="echo")))
+            await raw_nc.publish(msg.reply, encode(new_message("result", answer, source_id="echo", correlation_id=cfp["id"])))
         # and one claiming to come from someone else
         forged = {"performative": "propose", "negotiation_id": neg["id"], "round": neg["round"], "accept": True, "terms": {}}
-        await raw_nc.publish(msg.reply, encode(new_message("result", forged, source_id="mallory")))
+        await raw_nc.publish(msg.reply, encode(new_message("result", forged, source_id="mallory", correlation_id=cfp["id"])))
 
     await raw_nc.subscribe("agents.test.a2a.negotiate.echo", cb=twice)
     await subscribed(raw_nc)
