@@ -139,7 +139,7 @@ class Control:
         sub = await nc.subscribe(inbox, cb=collect)
         try:
             query = new_message("query", {"capability": capability}, source_id=self.agent_id, source_type=self.agent_type)
-            await nc.publish(self.topics.discovery_requests(), encode(query), reply=inbox)
+            await self.connection.publish(self.topics.discovery_requests(), encode(query), reply=inbox)
             try:
                 await asyncio.wait_for(enough.wait(), timeout)
             except asyncio.TimeoutError:

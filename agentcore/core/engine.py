@@ -279,7 +279,10 @@ class Core:
                 assert self._route is not None
                 msg: Msg = await self._route(subject, message, timeout)
             elif len(data) <= connection.max_payload():
-                msg = await connection.requests(nc).request(subject, data, timeout)
+                if connection.signer is None:
+                    msg = await connection.requests(nc).request(subject, data, timeout)
+                else:
+                    msg = await connection.request(subject, data, timeout)  # signed, so through nc.publish
             else:  # offered as a stream that the serving agent pulls: a 20 MB task arrives whole
                 msg = await request_large(connection, subject, message, data, timeout)
         except nats.errors.NoRespondersError:
@@ -299,6 +302,11 @@ class Core:
                 raise
             raise PersistenceError(f"JetStream stream {stream} stored the task on {subject} instead of an agent answering it: "
                                    "set jetstream.enabled on this agent too") from None
+        if connection.verifier is not None:  # the reply's identity, checked as a served message's is
+            source_id = reply["source"]["id"]
+            reason = connection.verifier.check(msg.subject, msg.reply, msg.headers, msg.data, source_id)
+            if reason is not None:
+                raise connection.verifier.refuse(reason, source_id, msg.subject)
         if "stream" in reply["payload"]:
             reply = await pull_result(connection, reply, timeout)  # an oversized result, offered as a stream
         raise_for_error(reply)
@@ -335,6 +343,8 @@ class Core:
         snapshot.update(in_flight=self.work.inflight, queued=len(self.work.queue), status=self._status,
                         implementation=IMPLEMENTATION, subscriptions=len(self.registry.subs),
                         results_owed=len(self.replies.owed))
+        if self.connection.verifier is not None:
+            snapshot.update(self.connection.verifier.gauges())
         for component in self.components:
             snapshot.update(component.gauges())
         return snapshot

@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 from ..config import AgentConfig
 from ..errors import NotConnectedError, PayloadTooLargeError
 from ..metrics import AgentMetrics
+from .identity import Signer, Verifier, load_seed
 from .inline import RequestMux, forget_connection, send_now
 
 __all__ = ("Connection",)
@@ -67,6 +68,12 @@ class Connection:
         self._mux: RequestMux | None = None
         self._closing = closing  # whether a disconnect is our own close, not an outage
         self._reconnected = reconnected
+        # Signed identity, opt-in: None (the default) keeps every send on its unsigned path, one `is None` test.
+        seed = config["identity.seed"]
+        self.signer: Signer | None = Signer(load_seed(seed)) if seed else None
+        self.verifier: Verifier | None = (
+            Verifier(agent_id, config, metrics, self.signer) if config["identity.trusted"] or config["identity.require"] else None
+        )
 
     # ------------------------------------------------------------------ connecting
 
@@ -183,6 +190,8 @@ class Connection:
     async def publish(self, subject: str, data: bytes, reply: str = "", headers: dict[str, str] | None = None) -> None:
         """Publish through nats-py's buffer; a refusal is NotConnectedError with its reason."""
         nc = self.require()
+        if self.signer is not None:
+            headers = self.signer.headers(subject, reply, data, headers)
         try:
             await nc.publish(subject, data, reply=reply, headers=headers)
         except nats.errors.Error as exc:
@@ -198,7 +207,10 @@ class Connection:
 
     async def request(self, subject: str, data: bytes, timeout: float) -> Msg:
         """Publish data and return the reply (nats-py's NoRespondersError or TimeoutError otherwise)."""
-        return await self.requests(self.require()).request(subject, data, timeout)
+        mux = self.requests(self.require())
+        if self.signer is None:
+            return await mux.request(subject, data, timeout)
+        return await mux.request_via(lambda inbox: self.publish(subject, data, inbox), timeout)  # signed: no direct write
 
     async def request_via(self, publish: Callable[[str], Awaitable[None]], timeout: float) -> Msg:
         """Call publish(inbox) and return the reply that reaches that inbox within timeout."""
