@@ -16,7 +16,7 @@ import nkeys
 import orjson
 import pytest
 
-from agentcore import AgentConfig, IdentityError, NATSAgent
+from agentcore import AgentConfig, IdentityError, NATSAgent, NoRespondersError
 from agentcore.envelope import decode, raise_for_error
 from agentcore.errors import ConfigError
 from agentcore.transport.identity import H_SIGNATURE, H_TIMESTAMP, Signer, Verifier
@@ -148,8 +148,13 @@ async def test_a_forged_reply_is_refused_by_the_requester(make_agent: Any, raw_n
 
     await raw_nc.subscribe(boss.topics.task("work"), cb=forge)
     await raw_nc.flush()
+    # TODO: run after the other tests of this file, the first request is sometimes answered 503 (no responders)
+    # although raw_nc's SUB was flushed; root cause not found yet, so the request is repeated once in that case.
     with pytest.raises(IdentityError) as info:
-        await boss.send_task("work", 1, timeout=5)
+        try:
+            await boss.send_task("work", 1, timeout=5)
+        except NoRespondersError:
+            await boss.send_task("work", 1, timeout=5)
     assert info.value.details == {"reason": "unsigned"}
 
 
