@@ -225,7 +225,7 @@ class NATSAgent:
 
         ping and status are open to anyone (the target's control.open); pause, resume and shutdown are taken only
         from the target itself and the agent ids in its control.allow, anyone else gets ForbiddenError. The
-        target goes by the source.id this agent sends: until identities are signed that is a claim, so NATS
+        target goes by the source.id this agent sends: unless identities are signed (identity.seed and identity.trusted, docs/security.md) that is a claim, so NATS
         permissions on agents.{env}.control.{agent_id} are what keep others out for real (docs/security.md).
         """
         return await self.request(self.topics.control(agent_id), {"command": command}, type="query", timeout=timeout, target=agent_id)

@@ -131,6 +131,25 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return check
 
 
+def _trusted_keys(value: Any) -> Any:
+    # A list of nkey public keys, or a mapping of agent id -> key (or list of keys); the keys themselves are
+    # decoded (checksum and all) when the agent builds its verifier.
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        keys = list(value)
+    elif isinstance(value, Mapping):
+        if not all(isinstance(k, str) and k for k in value):
+            raise ValueError("must map agent ids (non-empty strings) to public keys")
+        keys = [k for v in value.values() for k in ([v] if isinstance(v, str) else v if isinstance(v, (list, tuple)) else [v])]
+        value = dict(value)
+    else:
+        raise ValueError("must be a list of nkey public keys or a mapping of agent id to public key(s)")
+    if not all(isinstance(k, str) and k.startswith("U") for k in keys):
+        raise ValueError("must hold nkey user public keys (strings starting with U)")
+    return value
+
+
 def _connect_options(value: Any) -> dict[str, Any]:
     # Everything else nats.connect() takes (JWT callbacks, nkeys_seed_str, an SSLContext, dont_randomize, ...).
     import inspect
@@ -205,6 +224,14 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     # anyone may send.
     "control.allow": ([], _agent_ids),
     "control.open": (["ping", "status"], _control_commands),
+    # Signed identity (agentcore.transport.identity, needs the nkeys package: extra "identity"): identity.seed (an
+    # nkey user seed or a file holding one) signs everything the agent sends; identity.trusted (public keys, or
+    # agent id -> key) and identity.require make it verify what it receives.
+    "identity.seed": (None, _optional_str),
+    "identity.trusted": ([], _trusted_keys),
+    "identity.require": (False, _bool),
+    "identity.window": (30.0, _positive_float),  # seconds a signature's timestamp may be off from the receiver's clock
+    "identity.replay_bytes": (4 * 1024 * 1024, _positive_int),  # memory for recently seen signatures
     "cache.enabled": (True, _bool),
     "cache.ttl": (60.0, _positive_float),
     "cache.max_entries": (4096, _positive_int),
@@ -222,7 +249,7 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
 }
 
 # Values never shown in reprs or errors (nats.options may hold nkeys_seed_str or a JWT callback's secrets).
-_SECRET_KEYS = frozenset(("nats.password", "nats.token", "nats.nkeys_seed", "nats.options"))
+_SECRET_KEYS = frozenset(("nats.password", "nats.token", "nats.nkeys_seed", "nats.options", "identity.seed"))
 
 # The YAML file of the guide puts some keys at the top level; they belong under "nats.".
 _YAML_ALIASES = {"environment": "nats.environment", "batch_size": "nats.batch_size", "batch_timeout": "nats.batch_timeout"}

@@ -7,7 +7,7 @@ from typing import Any
 
 from ._impl import MESSAGE_TYPES, decode, encode, new_id, validate
 from .errors import (
-    DuplicateMessageError, ForbiddenError, HandlerError, InvalidMessageError, MessageExpiredError, OverloadedError, RemoteError, ShuttingDownError,
+    DuplicateMessageError, ForbiddenError, HandlerError, IdentityError, InvalidMessageError, MessageExpiredError, OverloadedError, RemoteError, ShuttingDownError,
 )
 
 __all__ = (
@@ -85,6 +85,7 @@ _ERROR_TYPES: dict[str, type[RemoteError]] = {
     "forbidden": ForbiddenError,
     "overloaded": OverloadedError,
     "shutting_down": ShuttingDownError,
+    "identity": IdentityError,
 }
 
 

@@ -98,6 +98,12 @@ class ForbiddenError(RemoteError):
     command the sender is not allowed (``details["reason"]`` says which: ``"reply_to"`` or ``"control"``)."""
 
 
+class IdentityError(RemoteError):
+    """A message's signed identity was refused (code ``"identity"``; ``details["reason"]`` says why):
+    ``unsigned`` (identity.require), ``untrusted`` key, ``wrong_key`` for its source.id, ``bad_signature``,
+    ``stale`` (outside identity.window) or ``replayed``. Raised by a requester whose reply fails the same checks."""
+
+
 class ShuttingDownError(RemoteError):
     """The agent stopped before it handled the message (or before it published the result it owed)."""
 

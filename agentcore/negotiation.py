@@ -309,7 +309,7 @@ class Negotiation:
     def _from_initiator(self, initiator: str, content: dict[str, Any], performative: str) -> dict[str, Any] | None:
         """Return the record of the negotiation content names if the initiator of that negotiation sent it, else None.
 
-        The sender must be the negotiation's initiator (source.id: self-declared until identities are signed) and,
+        The sender must be the negotiation's initiator (source.id: self-declared unless identities are signed (identity.seed and identity.trusted, docs/security.md)) and,
         once this agent has answered, bring back the token that went only to the initiator's answer inbox; a
         cancel may come without it while the handler still considers the call. Refusals are counted.
         """

@@ -206,6 +206,8 @@ class Persistence:
             while True:
                 # The message id doubles as JetStream's dedup id: a retry after a lost PubAck is stored once.
                 headers = {"Nats-Msg-Id": message["id"]}
+                if host.connection.signer is not None:  # stored as signed; checked (key, signature) when delivered
+                    headers = host.connection.signer.headers(subject, "", data, headers)
                 try:
                     await js.publish(subject, data, timeout=max(min(deadline - loop.time(), 2.0), 0.01),
                                      stream=self._stream, headers=headers)

@@ -235,8 +235,7 @@ class Streaming:
         host.connection.check_size(data)
 
         async def start(inbox: str) -> None:
-            await nc.publish(subject, data, reply=inbox)
-            host.metrics.published += 1
+            await host.connection.publish(subject, data, reply=inbox)  # signed when the agent signs
 
         return StreamReceiver(nc, window=window, idle_timeout=idle_timeout, gap_timeout=gap_timeout, start=start,
                               task_id=message["id"], on_reject=self._rejected)

@@ -51,7 +51,7 @@ class Control:
 
     Commands not in ``control.open`` (by default pause, resume and shutdown) are taken only from the agent
     itself and the source ids in ``control.allow``; anyone else is refused with ``forbidden``. A source id is
-    what the sender says it is until identities are signed: NATS permissions on the control subject are what
+    what the sender says it is unless identities are signed (identity.seed and identity.trusted, docs/security.md): NATS permissions on the control subject are what
     keeps strangers out for real (docs/security.md).
     """
 
@@ -139,7 +139,7 @@ class Control:
         sub = await nc.subscribe(inbox, cb=collect)
         try:
             query = new_message("query", {"capability": capability}, source_id=self.agent_id, source_type=self.agent_type)
-            await nc.publish(self.topics.discovery_requests(), encode(query), reply=inbox)
+            await self.connection.publish(self.topics.discovery_requests(), encode(query), reply=inbox)
             try:
                 await asyncio.wait_for(enough.wait(), timeout)
             except asyncio.TimeoutError:

@@ -76,6 +76,7 @@ class Dispatcher:
         # responses and the configured agent.reply_subjects (patterns, tested only when no prefix matched).
         self._reply_prefixes = (*connection.inbox_prefixes(), topics.result_prefix())
         self._reply_patterns = (topics.mcp_responses_any(), *config["agent.reply_subjects"])
+        self.verifier = connection.verifier  # None unless identities are verified: one `is None` test per message
 
     # ------------------------------------------------------------------ the hot path
 
@@ -103,6 +104,8 @@ class Dispatcher:
             self.settlement.reject(msg)
             if msg.reply:
                 self._spawn(self.replies.send_error(msg.reply, None, "invalid_message", str(exc)))
+            return
+        if self.verifier is not None and not self._verified(msg, message):
             return
         if "stream" in message["payload"] and message["type"] in ("task", "query") and any(r.kind == TASK or r.queue for r in regs):
             # A request too large for one message came as an offer: a subscription that answers it pulls the
@@ -177,6 +180,25 @@ class Dispatcher:
             return
         self.metrics.counters["large_requests_pulled"] += 1
         self._route(msg, key, regs, message, t0)
+
+    def _verified(self, msg: Incoming, message: dict[str, Any]) -> bool:
+        """Check msg's signed identity; refuse it (typed, to the NATS reply subject) and return False when it fails."""
+        assert self.verifier is not None
+        source_id = message["source"]["id"]
+        persisted = msg.__class__ is PersistedMsg  # stored for later and redelivered on purpose: no window, no replay set
+        reason = self.verifier.check(msg.subject, msg.reply, getattr(msg, "headers", None), msg.data, source_id,
+                                     fresh=not persisted)
+        if reason is None:
+            return True
+        error = self.verifier.refuse(reason, source_id, msg.subject)
+        self.metrics.failed += 1
+        if self.metrics.counters["identity_refused"] % 1000 == 1:  # once per thousand: a flood must not flood the log
+            log.warning("agent %s refused message %s from %r on %s: %s", self.agent_id, message["id"], source_id,
+                        msg.subject, error.remote_message)
+        self.settlement.reject(msg)  # a persisted task: redelivering it cannot make its signature good
+        if msg.reply:
+            self._spawn(self.replies.send_error(msg.reply, message["id"], error.code, error.remote_message, reason=reason))
+        return False
 
     def _may_answer(self, subject: str) -> bool:
         """Return whether a replyTo of subject is honoured: a reply inbox, a result subject, an allowed pattern."""

@@ -280,18 +280,23 @@ class Core:
         )
         message["routing"]["stream"] = True  # we can pull a result larger than max_payload as a stream
         data = encode(message)
-        accept, stored = self._verifier(message["id"], target)
+        accept, stored, refused = self._verifier(message["id"], target)
         try:
             if subject.startswith(self._route_prefix):  # a task, and tasks persist: stored first, answered as usual
                 assert self._route is not None
                 reply: dict[str, Any] = await self._route(subject, message, timeout, accept)
             elif len(data) <= connection.max_payload():
-                reply = await connection.requests(nc).request(subject, data, timeout, accept)
+                if connection.signer is None:
+                    reply = await connection.requests(nc).request(subject, data, timeout, accept)
+                else:
+                    reply = await connection.request(subject, data, timeout, accept)  # signed, so through nc.publish
             else:  # offered as a stream that the serving agent pulls: a 20 MB task arrives whole
                 reply = await request_large(connection, subject, message, data, timeout, accept)
         except nats.errors.NoRespondersError:
             raise NoRespondersError(f"no agent is subscribed to {subject}") from None
         except nats.errors.TimeoutError:
+            if refused:  # only replies whose identity failed came: that is the reason, not silence
+                raise refused[-1] from None
             if stored:
                 raise PersistenceError(f"JetStream stream {stored[0]} stored the task on {subject} instead of an agent "
                                        "answering it: set jetstream.enabled on this agent too") from None
@@ -306,7 +311,7 @@ class Core:
         raise_for_error(reply)
         return reply
 
-    def _verifier(self, request_id: str, target: str | None) -> tuple[Accept, list[str]]:
+    def _verifier(self, request_id: str, target: str | None) -> tuple[Accept, list[str], list[Exception]]:
         """Return the check a reply to request_id must pass (and the JetStream streams that stored it instead).
 
         Only a result envelope whose correlationId is request_id (and, when the request named a target, whose
@@ -318,6 +323,7 @@ class Core:
         """
         counters = self.metrics.counters
         stored: list[str] = []
+        refused: list[Exception] = []  # replies dropped for their identity (IdentityError), newest last
 
         def accept(msg: Msg) -> Any:
             try:
@@ -334,9 +340,17 @@ class Core:
                     log.warning("agent %s dropped a reply to %s that does not answer it (correlationId or source wrong)",
                                 self.agent_id, request_id)
                 return REJECT
+            verifier = self.connection.verifier
+            if verifier is not None:  # the reply's identity, checked as a served message's is
+                source_id = reply["source"]["id"]
+                reason = verifier.check(msg.subject, msg.reply, msg.headers, msg.data, source_id)
+                if reason is not None:  # dropped: the genuine answer may still come; said at the timeout if not
+                    counters["replies_rejected"] += 1
+                    refused.append(verifier.refuse(reason, source_id, msg.subject))
+                    return REJECT
             return reply
 
-        return accept, stored
+        return accept, stored, refused
 
     async def discover(self, capability: str | None = None, *, timeout: float | None = None,
                        expected: int | None = None, include_self: bool = False) -> list[dict[str, Any]]:
@@ -371,6 +385,8 @@ class Core:
         snapshot.update(in_flight=self.work.inflight, queued=len(self.work.queue), status=self._status,
                         implementation=IMPLEMENTATION, subscriptions=len(self.registry.subs),
                         results_owed=len(self.replies.owed))
+        if self.connection.verifier is not None:
+            snapshot.update(self.connection.verifier.gauges())
         for component in self.components:
             snapshot.update(component.gauges())
         return snapshot

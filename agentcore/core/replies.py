@@ -113,6 +113,9 @@ class Replies:
             await self.fail(delivery, "result_invalid", str(exc))
             return
         delivery.answered = True
+        if self.connection.signer is not None:  # signed: headers, so never the direct (header-less) write
+            await self.connection.publish(dest, data)
+            return
         nc: NATSClient = self.connection.nc  # type: ignore[assignment]  # connected: the request came over it
         if not send_now(nc, dest, data):  # at once when nothing is pending (inline: no extra coroutine)
             await nc.publish(dest, data)

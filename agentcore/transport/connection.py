@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 from ..config import AgentConfig
 from ..errors import NotConnectedError, PayloadTooLargeError
 from ..metrics import AgentMetrics
+from .identity import Signer, Verifier, load_seed
 from .inline import Accept, RequestMux, forget_connection, send_now
 
 __all__ = ("Connection",)
@@ -75,6 +76,12 @@ class Connection:
         self._reconnected = reconnected
         self._first_errors: list[Exception] | None = None  # while connecting the first time: each attempt's failure
         self._gave_up: asyncio.Event | None = None  # set once every server has failed its first attempt
+        # Signed identity, opt-in: None (the default) keeps every send on its unsigned path, one `is None` test.
+        seed = config["identity.seed"]
+        self.signer: Signer | None = Signer(load_seed(seed)) if seed else None
+        self.verifier: Verifier | None = (
+            Verifier(agent_id, config, metrics, self.signer) if config["identity.trusted"] or config["identity.require"] else None
+        )
 
     # ------------------------------------------------------------------ connecting
 
@@ -204,6 +211,8 @@ class Connection:
     async def publish(self, subject: str, data: bytes, reply: str = "", headers: dict[str, str] | None = None) -> None:
         """Publish through nats-py's buffer; a refusal is NotConnectedError with its reason."""
         nc = self.require()
+        if self.signer is not None:
+            headers = self.signer.headers(subject, reply, data, headers)
         try:
             await nc.publish(subject, data, reply=reply, headers=headers)
         except nats.errors.Error as exc:
@@ -219,7 +228,10 @@ class Connection:
 
     async def request(self, subject: str, data: bytes, timeout: float, accept: Accept | None = None) -> Any:
         """Publish data and return the reply, or what accept made of it (nats-py's NoRespondersError or TimeoutError otherwise)."""
-        return await self.requests(self.require()).request(subject, data, timeout, accept)
+        mux = self.requests(self.require())
+        if self.signer is None:
+            return await mux.request(subject, data, timeout, accept)
+        return await mux.request_via(lambda inbox: self.publish(subject, data, inbox), timeout, accept)  # signed: no direct write
 
     async def request_via(self, publish: Callable[[str], Awaitable[None]], timeout: float, accept: Accept | None = None) -> Any:
         """Call publish(inbox) and return the reply that reaches that inbox within timeout (accept as in request)."""
