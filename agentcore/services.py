@@ -22,7 +22,7 @@ from nats.micro.service import (
     EndpointInfo, EndpointStats, ServiceInfo, ServicePing, ServiceStats, ServiceVerb, control_subject,
 )
 
-from .core.host import Host
+from .core.host import Feature, Host
 from .core.records import RAW
 
 __all__ = ("Services", "VERSION", "service_name")
@@ -40,7 +40,7 @@ def service_name(name: str) -> str:
     return _NOT_NAME.sub("_", name) or "agent"
 
 
-class Services:
+class Services(Feature):
     """Answer the NATS service API for one agent (a Component)."""
 
     def __init__(self, host: Host) -> None:
@@ -113,20 +113,3 @@ class Services:
         for verb, handler in handlers.items():
             for name, id_ in ((None, None), (self.name, None), (self.name, self.id)):
                 self._host.register(control_subject(verb, name, id_), handler, kind=RAW, system=True)
-
-    def reconnected(self) -> None:
-        """Nothing to do: nats-py subscribes again itself."""
-
-    def drain(self) -> None:
-        """Nothing held."""
-
-    async def stop(self) -> None:
-        """Nothing left to end."""
-
-    def describe(self) -> Mapping[str, Any]:
-        """Add nothing to discovery (the service API is its own answer)."""
-        return {}
-
-    def gauges(self) -> Mapping[str, float]:
-        """No levels of its own."""
-        return {}

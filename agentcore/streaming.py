@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
 from ._eager import step_now
-from .core.host import Host
+from .core.host import Feature, Host
 from .envelope import encode, new_id, new_message
 from .errors import StreamError, StreamTimeoutError
 from .transport.frames import (
@@ -116,7 +116,7 @@ async def _close_generator(generator: Any) -> None:
             await result
 
 
-class Streaming:
+class Streaming(Feature):
     """Stream a handler's answer to its requester in ordered chunks; receive such streams."""
 
     def __init__(self, host: Host) -> None:
@@ -267,25 +267,3 @@ class Streaming:
     def _rejected(self) -> None:
         """Count a message on a stream's inbox that is not that stream's (another producer, a forgery)."""
         self._host.metrics.counters["replies_rejected"] += 1
-
-    # ------------------------------------------------------------------ the Component protocol
-
-    async def start(self) -> None:
-        """Nothing to set up: streams open per task."""
-
-    def reconnected(self) -> None:
-        """Nothing to renew."""
-
-    def drain(self) -> None:
-        """Streams in progress end with their handlers (cancelled ones send an error frame)."""
-
-    async def stop(self) -> None:
-        """Nothing left to end."""
-
-    def describe(self) -> Mapping[str, Any]:
-        """Add nothing to discovery."""
-        return {}
-
-    def gauges(self) -> Mapping[str, float]:
-        """Report nothing: a stream in progress is a handler in flight."""
-        return {}

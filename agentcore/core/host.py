@@ -20,7 +20,7 @@ from ..transport.puller import TaskPuller
 from ..transport.settlement import Settlement
 from .records import TASK, Delivery, Handler, Incoming, Queued, Registration, SubscriptionKey
 
-__all__ = ("Host", "Work", "Component", "PersistedSource", "RequestRoute")
+__all__ = ("Host", "Work", "Component", "Feature", "PersistedSource", "RequestRoute")
 
 #: Sends a request the core does not carry itself (a task stored in JetStream): (subject, envelope, timeout, accept)
 #: -> what accept made of the reply that reached the request's inbox (accept drops what does not answer it).
@@ -174,6 +174,30 @@ class Host(Protocol):
                        expected: int | None = None, include_self: bool = False) -> list[dict[str, Any]]:
         """Return the live agents (as NATSAgent.discover)."""
         ...
+
+
+class Feature:
+    """Default Component hooks that do nothing: a feature overrides the lifecycle points it takes part in."""
+
+    async def start(self) -> None:
+        """Nothing to set up."""
+
+    def reconnected(self) -> None:
+        """Nothing to renew."""
+
+    def drain(self) -> None:
+        """Nothing held for the handlers being drained."""
+
+    async def stop(self) -> None:
+        """Nothing left to end."""
+
+    def describe(self) -> Mapping[str, Any]:
+        """Add nothing to discovery."""
+        return {}
+
+    def gauges(self) -> Mapping[str, float]:
+        """No levels of its own."""
+        return {}
 
 
 class Component(Protocol):

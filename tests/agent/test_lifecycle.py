@@ -300,7 +300,7 @@ async def test_stop_is_bounded_when_the_server_stalls(make_agent, tmp_path) -> N
                                   nats__servers=[server.url])
         os.kill(pid, signal.SIGSTOP)
         # kill() returns before the server's threads have stopped: on a loaded box the server still answered
-        # pause()'s PING (CI run of e14701b). waitpid(WUNTRACED) returns once the child really is stopped.
+        # pause()'s PING. waitpid(WUNTRACED) returns once the child really is stopped.
         _, status = os.waitpid(pid, os.WUNTRACED)
         assert os.WIFSTOPPED(status)
         try:
