@@ -147,7 +147,8 @@ class Streaming(Feature):
         chunk_size = max(1, min(chunk_size, limit))
         wanted = ((delivery.message.get("routing") or {}).get("stream"))
         window = wanted.get("window") if isinstance(wanted, dict) else None
-        sender = FrameSender(nc, task_id, dest, window if isinstance(window, int) and window > 0 else None, idle_timeout)
+        sender = FrameSender(nc, task_id, dest, window if isinstance(window, int) and window > 0 else None, idle_timeout,
+                             host.connection.signer)
         await sender.open()
         counters = host.metrics.counters
         counters["streams_sent"] += 1
@@ -238,7 +239,7 @@ class Streaming(Feature):
             await host.connection.publish(subject, data, reply=inbox)  # signed when the agent signs
 
         return StreamReceiver(nc, window=window, idle_timeout=idle_timeout, gap_timeout=gap_timeout, start=start,
-                              task_id=message["id"], on_reject=self._rejected)
+                              task_id=message["id"], on_reject=self._rejected, verifier=host.connection.verifier)
 
     def receive_stream(
         self,
@@ -262,6 +263,7 @@ class Streaming(Feature):
         return StreamReceiver(
             self._host.connection.require(), window=window, idle_timeout=idle_timeout, gap_timeout=gap_timeout,
             task_id=task_id or new_id(), reply_to=reply_to, on_reject=self._rejected,
+            verifier=self._host.connection.verifier,
         )
 
     def _rejected(self) -> None:

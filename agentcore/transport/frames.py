@@ -28,6 +28,7 @@ from ..envelope import decode, raise_for_error
 from ..errors import (
     AgentCoreError, NoRespondersError, PersistenceError, StreamError, StreamGapError, StreamTimeoutError, SubjectError,
 )
+from .identity import H_SENDER, Signer, Verifier
 from .settlement import pub_ack_stream
 from .subscriptions import confirm
 
@@ -104,8 +105,10 @@ def _header_int(headers: dict[str, str], name: str) -> int | None:
 class FrameSender:
     """Send frames to one consumer, waiting for credit when the consumer asked for a window."""
 
-    def __init__(self, nc: NATSClient, task_id: str, dest: str | None, window: int | None, idle_timeout: float) -> None:
+    def __init__(self, nc: NATSClient, task_id: str, dest: str | None, window: int | None, idle_timeout: float,
+                 signer: Signer | None = None) -> None:
         self.nc = nc
+        self.signer = signer  # frames are signed (subject, headers with the sequence number, body) when the agent signs
         self.task_id = task_id
         self.dest = dest
         self.window = window  # None: the requester did not ask for flow control, send freely
@@ -154,8 +157,11 @@ class FrameSender:
         if self.cancelled or self.dest is None:
             return
         headers = {H_STREAM: self.task_id, H_SEQ: str(self.seq), H_KIND: ERROR, H_CTL: self.ctl, H_FINAL: "1"}
+        data = orjson.dumps({"code": code, "message": text})
+        if self.signer is not None:
+            headers = self.signer.headers(self.dest, "", data, headers)
         try:
-            await self.nc.publish(self.dest, orjson.dumps({"code": code, "message": text}), headers=headers)
+            await self.nc.publish(self.dest, data, headers=headers)
         except nats.errors.Error as exc:
             log.debug("stream %s: could not send its error frame: %s", self.task_id, exc)
         self.seq += 1
@@ -176,6 +182,8 @@ class FrameSender:
         if final:
             headers[H_FINAL] = "1"
         assert self.dest is not None
+        if self.signer is not None:
+            headers = self.signer.headers(self.dest, "", data, headers)
         await self.nc.publish(self.dest, data, headers=headers)
         self.max_in_flight = max(self.max_in_flight, self.seq - self.acked)
         self.seq += 1
@@ -200,6 +208,8 @@ class StreamReceiver:
         reply_to: str | None = None,
         producer: str | None = None,
         on_reject: Callable[[], None] | None = None,
+        verifier: Verifier | None = None,
+        source_id: str | None = None,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
@@ -223,6 +233,12 @@ class StreamReceiver:
         self._ctl: str | None = producer
         self._answered = False  # a plain result was taken: nothing else can be the answer
         self._on_reject = on_reject
+        # Signed identities (verifier not None): every frame and result is checked before it may bind the stream;
+        # frames carry no envelope source, so they are bound to source_id's keys (the agent asked, when known),
+        # and from the first verified signed frame on, to that frame's Agent-Sender key.
+        self._verifier = verifier
+        self._source_id = source_id
+        self._key: str | None = None
         self._stored: str | None = None  # a JetStream stream acknowledged storing the task instead of an agent answering
         self._granting: set[asyncio.Task[Any]] = set()
         self._done = False
@@ -293,23 +309,66 @@ class StreamReceiver:
                     return False
                 if self._ctl is not None and ctl != self._ctl:
                     return False
+                if self._verifier is not None and not self._verified(msg, headers, self._source_id):
+                    return False  # checked before it binds the stream: a forged first frame binds nothing
                 self._stream, self._ctl = stream, ctl
                 return True
-            return stream == self._stream and ctl == self._ctl
+            if stream != self._stream or ctl != self._ctl:
+                return False
+            return self._verifier is None or self._verified(msg, headers, self._source_id)
         if self._stream is not None or self._ctl is not None:
             return False  # the producer streams (or an offer is being pulled): a plain result is not its answer
         if self._expect is None:
-            return True
+            return self._verifier is None or self._verified(msg, headers, self._result_source(msg))
         if not msg.data and headers.get("Status") == "503":
             return True  # the server's no-responders status: nobody took the task (before any frame came)
         try:  # a plain result (or an offer) answers the task it correlates with
-            correlation = orjson.loads(msg.data).get("correlationId")
+            result = orjson.loads(msg.data)
+            correlation = result.get("correlationId")
         except (orjson.JSONDecodeError, AttributeError):
             stored = pub_ack_stream(msg.data)
             if stored is not None:  # said at the idle timeout, unless the answer comes after all
                 self._stored = stored
             return False
-        return bool(correlation == self._expect)
+        if correlation != self._expect:
+            return False
+        if self._verifier is None:
+            return True
+        source = result.get("source")
+        return self._verified(msg, headers, source.get("id") if isinstance(source, dict) else None)
+
+    def _result_source(self, msg: Msg) -> Any:
+        """Return the source.id a plain result claims (None when it claims none)."""
+        try:
+            source = orjson.loads(msg.data).get("source")
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+        return source.get("id") if isinstance(source, dict) else None
+
+    def _verified(self, msg: Msg, headers: dict[str, str], source_id: Any) -> bool:
+        """Check msg's signed identity (the verifier is set); count a refusal and return False when it fails.
+
+        A frame is bound to source_id's keys when the agent asked is known, else to any key trusted for some
+        agent; the first verified signed frame pins the stream to its Agent-Sender key, so a later frame
+        signed by another trusted key, or not signed at all, is refused even where identity.require is off.
+        """
+        verifier = self._verifier
+        assert verifier is not None
+        sender = headers.get(H_SENDER)
+        reason: str | None
+        if self._key is not None and sender != self._key:
+            reason = "wrong_key"
+        else:
+            if source_id is None and sender is not None:
+                source_id = verifier.owner(sender)
+            reason = verifier.check(msg.subject, msg.reply, headers, msg.data, source_id)
+        if reason is not None:
+            verifier.refuse(reason, source_id, msg.subject)
+            log.debug("stream %s: refused a message on %s (%s)", self.task_id, msg.subject, reason)
+            return False
+        if sender is not None and self._key is None and (H_SEQ in headers or H_STREAM in headers):
+            self._key = sender
+        return True
 
     def __aiter__(self) -> AsyncIterator[StreamChunk]:
         return self

@@ -158,6 +158,19 @@ class Verifier:
             key = self._keys[public_key] = VerifyKey(public_key_bytes(public_key))
         return key
 
+    def owner(self, public_key: str) -> str | None:
+        """Return an agent id public_key is trusted to speak as, for a message that names no source (a stream frame).
+
+        None when the key is trusted for any id (identity.trusted as a list) or not trusted at all: check() then
+        decides with the unbound keys.
+        """
+        if public_key in self.unbound:
+            return None
+        for agent_id, keys in self.bound.items():
+            if public_key in keys:
+                return agent_id
+        return None
+
     def check(self, subject: str, reply: str, headers: Mapping[str, str] | None, data: bytes, source_id: Any,
               *, fresh: bool = True) -> str | None:
         """Return why the message must be refused (a reason code), or None when it may be handled.
