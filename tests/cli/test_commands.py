@@ -14,6 +14,7 @@ import pytest
 from agentcore import NATSAgent, __version__
 from agentcore.server import free_port
 from cli_helpers import CLI, ROOT, call, command_env, one_error_line
+from nats_fixtures import subscribed
 
 
 def test_version_and_help_start_fast_without_loading_nats() -> None:
@@ -83,7 +84,7 @@ async def test_as_names_the_commands_agent_id(nats_url: str) -> None:
         await nc.publish(msg.reply, json.dumps(reply).encode())  # type: ignore[attr-defined]
 
     await nc.subscribe("agents.dev.control.guarded", cb=answer)
-    await nc.flush()
+    await subscribed(nc)
     proc = await _run_async([*CLI, "ping", "guarded", "--as", "ops-console"], command_env(nats_url))
     await nc.close()
     assert proc.returncode == 0, proc.stderr

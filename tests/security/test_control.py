@@ -17,7 +17,7 @@ from agentcore import AgentConfig, ForbiddenError, NATSAgent, NoRespondersError,
 from agentcore.envelope import decode, raise_for_error
 from agentcore.server import NATSServer
 from helpers import task_envelope
-from nats_fixtures import eventually
+from nats_fixtures import eventually, subscribed
 
 
 async def test_a_stranger_cannot_pause_resume_or_shut_down(make_agent: Any, raw_nc: nats.NATS) -> None:
@@ -106,7 +106,7 @@ async def test_nats_permissions_stop_a_stranger_who_claims_an_allowed_id(tmp_pat
             try:
                 claim = task_envelope("claim-1", {"command": "shutdown"}, source="ops", type="query", capability="control")
                 await app.publish(worker.topics.control("worker"), orjson.dumps(claim))
-                await app.flush()
+                await subscribed(app)
                 await eventually(lambda: any("permissions violation" in str(e).lower() for e in errors),
                                  what="the server to refuse the publish")
                 assert worker.status == "running"

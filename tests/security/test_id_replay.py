@@ -14,7 +14,7 @@ import pytest
 from agentcore import DuplicateMessageError, NATSAgent
 from agentcore.envelope import decode, raise_for_error
 from helpers import task_envelope
-from nats_fixtures import eventually
+from nats_fixtures import eventually, subscribed
 
 
 def per_requester(message: dict[str, Any]) -> dict[str, Any]:
@@ -31,7 +31,7 @@ async def _watch(nc: nats.NATS, subject: str) -> tuple[list[dict[str, Any]], Any
         seen.append(orjson.loads(msg.data))
 
     sub = await nc.subscribe(subject, cb=keep)
-    await nc.flush()
+    await subscribed(nc)
     return seen, sub
 
 
@@ -102,7 +102,7 @@ async def test_ids_of_the_past_do_not_tell_the_next_ones(make_agent: Any, raw_nc
     for guess in guesses:
         poison = task_envelope(guess, {"poison": True}, source="victim", capability="secret")
         await raw_nc.publish(worker.topics.task("secret"), orjson.dumps(poison))
-    await raw_nc.flush()
+    await subscribed(raw_nc)
     # The honest path: 50 later requests, each answered with its own result.
     for i in range(50):
         assert await victim.send_task("secret", {"n": i}) == {"for": "victim", "secret": "secret-of-victim", "asked": {"n": i}}

@@ -21,7 +21,7 @@ from agentcore.envelope import decode, raise_for_error
 from agentcore.server import NATSServer
 from agentcore.transport.identity import Signer
 from helpers import task_envelope
-from nats_fixtures import eventually
+from nats_fixtures import eventually, subscribed
 
 # The server side of docs/security.md's locked-down deployment (environment "prod" there, "test" here).
 LOCKED_DOWN = """
@@ -90,7 +90,7 @@ async def test_the_locked_down_deployment_runs_the_demo_flow(tmp_path: Path) -> 
                 # The server stops it at the control subject, whatever source.id it claims.
                 claim = task_envelope("s-1", {"command": "shutdown"}, source="coordinator", type="query", capability="control")
                 await stranger.publish(worker.topics.control("worker"), orjson.dumps(claim))
-                await stranger.flush()
+                await subscribed(stranger)
                 await eventually(lambda: any("permissions violation" in str(e).lower() for e in errors),
                                  what="the server to refuse the stranger's control publish")
                 # Where its permissions let it publish (tasks), the worker refuses it unsigned, even claiming an id.

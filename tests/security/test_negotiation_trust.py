@@ -145,7 +145,7 @@ async def test_a_spoofed_cancel_or_reject_does_not_end_a_negotiation(make_agent:
     await raw_nc.publish(NEGOTIATE + "seller", performative("cancel", nid, source="mallory", reason="spoofed"))
     # A cancel for a negotiation the seller never heard of leaves no record behind.
     await raw_nc.publish(NEGOTIATE + "seller", performative("cancel", "made-up", source="buyer", reason="spoofed"))
-    await raw_nc.flush()
+    await subscribed(raw_nc)
     await eventually(lambda: seller.get_metrics().get("negotiation_messages_rejected") == 2, what="both refused")
     assert seller.negotiation_status(nid)["state"] == "considering" and seller.negotiation_status("made-up") is None
 
@@ -154,7 +154,7 @@ async def test_a_spoofed_cancel_or_reject_does_not_end_a_negotiation(make_agent:
     # Once it has offered, cancel and reject-proposal need the token only the initiator's inbox received.
     for kind, source in (("cancel", "mallory"), ("cancel", "buyer"), ("reject-proposal", "buyer"), ("reject-proposal", "mallory")):
         await raw_nc.publish(NEGOTIATE + "seller", performative(kind, nid, source=source, reason="spoofed"))
-    await raw_nc.flush()
+    await subscribed(raw_nc)
     await eventually(lambda: seller.get_metrics().get("negotiation_messages_rejected") == 6, what="all four refused")
     assert seller.negotiation_status(nid)["state"] == "proposed" and outcomes == []
 

@@ -20,7 +20,7 @@ from agentcore import AgentConfig, ForbiddenError, NATSAgent
 from agentcore.envelope import decode, raise_for_error
 from agentcore.server import NATSServer
 from helpers import task_envelope
-from nats_fixtures import eventually
+from nats_fixtures import eventually, subscribed
 
 
 def admin_and_echo(ran: list[Any]) -> dict[str, Any]:
@@ -150,7 +150,7 @@ async def test_an_agent_is_no_deputy_for_a_user_denied_the_admin_capability(lock
         try:
             # Directly: the server refuses mallory's publish.
             await mallory.publish("agents.test.task.admin.default", orjson.dumps(task_envelope("m-0", {}, capability="admin")))
-            await mallory.flush()
+            await subscribed(mallory)
             # Through the echo capability, replyTo = the admin subject: refused by the agent, 10 of 10.
             for i in range(10):
                 relay = task_envelope(f"m-{i}", {"drop": "tables"}, source="mallory", capability="echo",

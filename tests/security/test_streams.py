@@ -78,7 +78,7 @@ async def test_frames_injected_into_a_request_stream_inbox_are_not_yielded(make_
             for data, forged_headers in forgeries:
                 await raw_nc.publish(inbox, data, headers=forged_headers)
                 sent[0] += 1
-            await raw_nc.flush()  # the server has them all before the producer's next frame
+            await subscribed(raw_nc)  # the server has them all before the producer's next frame
             injected.set()
 
         await raw_nc.subscribe(inbox, cb=on_frame)
