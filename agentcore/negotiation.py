@@ -64,6 +64,7 @@ from .negotiation_state import Negotiation as NegotiationRun
 
 if TYPE_CHECKING:
     from .core.host import Host
+    from .transport.identity import Verifier
 
 __all__ = ("Negotiation",)
 
@@ -107,6 +108,15 @@ def _remember(records: Records, key: str, record: dict[str, Any]) -> None:
     while len(records) > _RECORDS_KEPT:
         records.popitem(last=False)
 
+
+
+def _signed_by(verifier: Verifier, msg: Msg, source_id: str) -> bool:
+    """Return whether msg carries a valid signature of source_id's key (a refusal is counted by the verifier)."""
+    reason = verifier.check(msg.subject, msg.reply, msg.headers, msg.data, source_id)
+    if reason is None:
+        return True
+    verifier.refuse(reason, source_id, msg.subject)
+    return False
 
 class Negotiation:
     """The agent's negotiation component: register_a2a_handler and negotiate_with_agents (Contract Net over NATS).
@@ -543,8 +553,11 @@ class Negotiation:
             except EnvelopeError as exc:
                 answer = {"kind": "answer", "content": {"accept": False, "reason": f"invalid answer: {exc}"}}
             else:
-                if reply["source"]["id"] != aid or reply.get("correlationId") != rnd.asked.get(aid):
-                    # Only the target itself answers for it, and only to the call it was sent.
+                verifier = self._host.connection.verifier
+                if reply["source"]["id"] != aid or reply.get("correlationId") != rnd.asked.get(aid) or (
+                        verifier is not None and not _signed_by(verifier, msg, aid)):
+                    # Only the target itself answers for it (signed by its key, when identities are verified), and
+                    # only to the call it was sent.
                     neg.ignored += 1
                     self._host.metrics.counters["replies_rejected"] += 1
                     return

@@ -651,6 +651,13 @@ class MCP:
         payload = envelope["payload"]
         source = envelope["source"]["id"]
         rpc = payload.get("content")
+        verifier = host.connection.verifier
+        if verifier is not None:  # identities are verified: the response must be signed by the key of the source it names
+            reason = verifier.check(msg.subject, msg.reply, msg.headers, msg.data, source)
+            if reason is not None:
+                verifier.refuse(reason, source, msg.subject)
+                self._reject(request_id, f"a response claiming {source} whose signed identity fails ({reason})")
+                return
         if not self._answers(entry, request_id, envelope, rpc):
             self._reject(request_id, f"a response from {source} that does not answer the call")
             return

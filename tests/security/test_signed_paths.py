@@ -123,3 +123,67 @@ async def test_without_a_verifier_nothing_changes(make_agent: Any, raw_nc: nats.
         chunks = [c async for c in stream]
     assert b"".join(c.data for c in chunks) == b"12" and stream.rejected == 0
     assert client.get_metrics().get("identity_refused", 0) == 0
+
+
+async def test_an_unsigned_proposal_under_the_targets_name_does_not_win(make_agent: Any, raw_nc: nats.NATS) -> None:
+    """A bystander answers the cfp first with the right correlation and the seller's name, unsigned: dropped."""
+    import asyncio
+
+    from nats_fixtures import within
+    from test_negotiation_trust import cheap_offer, watch_cfps
+
+    async def bid(negotiation: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(0.05)  # lets the forgery arrive first (not synchronisation)
+        return {"accept": True, "terms": {"price": 100}}
+
+    seller = await make_agent("seller", start=False, identity__seed=PRODUCER)
+    seller.register_a2a_handler("sale", bid)
+    await seller.astart()
+    buyer = await make_agent("buyer", identity__trusted={"seller": public(PRODUCER)}, identity__require=True)
+    cfps = await watch_cfps(raw_nc, "seller")
+
+    async def forge() -> None:
+        cfp, msg = await within(cfps.get(), "the call for proposals")
+        await raw_nc.publish(msg.reply, cheap_offer(cfp, source="seller", correlation=cfp["id"]))
+
+    attack = asyncio.ensure_future(forge())
+    result = await buyer.negotiate_with_agents(["seller"], "sale", {"item": "x"}, timeout=10.0)
+    await attack
+    assert result["state"] == "finalized" and result["agreements"] == {"seller": {"price": 100}}
+    metrics = buyer.get_metrics()
+    assert metrics["replies_rejected"] == 1 and metrics["identity_unsigned"] == 1
+
+
+async def test_an_unsigned_mcp_response_under_the_hosts_name_is_dropped(make_agent: Any, raw_nc: nats.NATS) -> None:
+    """A bystander answers an MCP call first with everything right but the signature: the host's signed answer wins."""
+    import sys
+    from pathlib import Path
+
+    import orjson
+
+    from agentcore.mcp import MCPClient
+    from nats_fixtures import subscribed
+
+    client = MCPClient(server_command=sys.executable,
+                       server_args=[str(Path(__file__).parent.parent / "agent" / "mcp_servers" / "tools_server.py")])
+    await client.connect()
+    try:
+        host = await make_agent("mcp-host", identity__seed=PRODUCER)
+        await host.aregister_mcp_server("tools", client, tools=["slow"])
+        caller = await make_agent("mcp-caller", identity__trusted={"mcp-host": public(PRODUCER)}, identity__require=True)
+
+        async def forge(msg: Any) -> None:
+            request = orjson.loads(msg.data)
+            rpc = {"jsonrpc": "2.0", "id": request["payload"]["content"]["id"],
+                   "result": {"content": [{"type": "text", "text": "forged"}]}}
+            await raw_nc.publish(msg.reply, encode(new_message("result", rpc, source_id="mcp-host",
+                                                               correlation_id=request["id"])))
+
+        await raw_nc.subscribe("agents.test.mcp.tools.requests", cb=forge)
+        await subscribed(raw_nc)
+        result = await caller.call_mcp_tool("tools", "slow", {"seconds": 0.02})
+        assert result == [{"type": "text", "text": "slept 0.02"}]
+        metrics = caller.get_metrics()
+        assert metrics["replies_rejected"] == 1 and metrics["identity_unsigned"] == 1
+    finally:
+        await client.close()
