@@ -98,9 +98,9 @@ class Services(Feature):
         self._reply(msg, orjson.dumps(self.stats().to_dict()))
 
     def _reply(self, msg: Msg, data: bytes) -> None:
-        nc = self._host.connection.nc
-        if msg.reply and nc is not None:
-            self._host.spawn(nc.publish(msg.reply, data))  # started eagerly: queued for the flusher at once
+        if msg.reply and self._host.connection.usable:
+            # Started eagerly: queued for the flusher at once; signed when the agent signs.
+            self._host.spawn(self._host.try_send(self._host.connection.publish(msg.reply, data)))
 
     # ------------------------------------------------------------------ the Component protocol
 

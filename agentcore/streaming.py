@@ -148,7 +148,7 @@ class Streaming(Feature):
         wanted = ((delivery.message.get("routing") or {}).get("stream"))
         window = wanted.get("window") if isinstance(wanted, dict) else None
         sender = FrameSender(nc, task_id, dest, window if isinstance(window, int) and window > 0 else None, idle_timeout,
-                             host.connection.signer)
+                             host.connection.signer, host.connection.verifier)
         await sender.open()
         counters = host.metrics.counters
         counters["streams_sent"] += 1
@@ -239,7 +239,8 @@ class Streaming(Feature):
             await host.connection.publish(subject, data, reply=inbox)  # signed when the agent signs
 
         return StreamReceiver(nc, window=window, idle_timeout=idle_timeout, gap_timeout=gap_timeout, start=start,
-                              task_id=message["id"], on_reject=self._rejected, verifier=host.connection.verifier)
+                              task_id=message["id"], on_reject=self._rejected, verifier=host.connection.verifier,
+                              signer=host.connection.signer)
 
     def receive_stream(
         self,
@@ -263,7 +264,7 @@ class Streaming(Feature):
         return StreamReceiver(
             self._host.connection.require(), window=window, idle_timeout=idle_timeout, gap_timeout=gap_timeout,
             task_id=task_id or new_id(), reply_to=reply_to, on_reject=self._rejected,
-            verifier=self._host.connection.verifier,
+            verifier=self._host.connection.verifier, signer=self._host.connection.signer,
         )
 
     def _rejected(self) -> None:

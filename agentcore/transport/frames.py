@@ -106,9 +106,13 @@ class FrameSender:
     """Send frames to one consumer, waiting for credit when the consumer asked for a window."""
 
     def __init__(self, nc: NATSClient, task_id: str, dest: str | None, window: int | None, idle_timeout: float,
-                 signer: Signer | None = None) -> None:
+                 signer: Signer | None = None, verifier: Verifier | None = None) -> None:
         self.nc = nc
         self.signer = signer  # frames are signed (subject, headers with the sequence number, body) when the agent signs
+        # Identities verified: credit, cancel and the pull are taken only signed by a trusted key, and from the first
+        # one on only from that key (the consumer); anything else on the control inbox is ignored.
+        self.verifier = verifier
+        self._consumer: str | None = None
         self.task_id = task_id
         self.dest = dest
         self.window = window  # None: the requester did not ask for flow control, send freely
@@ -133,6 +137,8 @@ class FrameSender:
 
     async def _on_ctl(self, msg: Msg) -> None:
         headers = msg.headers or {}
+        if self.verifier is not None and not self._from_consumer(msg, headers):
+            return
         if headers.get(H_CANCEL):
             self.cancelled = True
         if msg.reply and self.dest is None:  # a pull: where the frames go
@@ -143,6 +149,21 @@ class FrameSender:
         if acked is not None:
             self.acked = max(self.acked, acked)
         self._wake.set()
+
+    def _from_consumer(self, msg: Msg, headers: dict[str, str]) -> bool:
+        """Return whether a control message is signed by the consumer (the first verified key); count a refusal."""
+        verifier = self.verifier
+        assert verifier is not None
+        sender = headers.get(H_SENDER)
+        source_id = verifier.owner(sender) if sender is not None else None
+        reason = "wrong_key" if self._consumer is not None and sender != self._consumer else verifier.check(
+            msg.subject, msg.reply, headers, msg.data, source_id)
+        if reason is not None:
+            verifier.refuse(reason, source_id, msg.subject)
+            return False
+        if self._consumer is None:
+            self._consumer = sender
+        return True
 
     async def wait_pulled(self, timeout: float) -> None:
         while self.dest is None and not self.cancelled:
@@ -210,6 +231,7 @@ class StreamReceiver:
         on_reject: Callable[[], None] | None = None,
         verifier: Verifier | None = None,
         source_id: str | None = None,
+        signer: Signer | None = None,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
@@ -238,6 +260,7 @@ class StreamReceiver:
         # and from the first verified signed frame on, to that frame's Agent-Sender key.
         self._verifier = verifier
         self._source_id = source_id
+        self._signer = signer  # credit, cancel and pulls are signed when the agent signs
         self._key: str | None = None
         self._stored: str | None = None  # a JetStream stream acknowledged storing the task instead of an agent answering
         self._granting: set[asyncio.Task[Any]] = set()
@@ -423,7 +446,8 @@ class StreamReceiver:
         offer = reply["payload"].get("stream")
         if isinstance(offer, dict) and offer.get("pull"):  # a result too large for one message: pull it whole
             await self._release()
-            reply = await pull_answer(self.nc, reply, window=self.window, timeout=self.idle_timeout, on_reject=self._on_reject)
+            reply = await pull_answer(self.nc, reply, window=self.window, timeout=self.idle_timeout, on_reject=self._on_reject,
+                                      verifier=self._verifier, signer=self._signer)
         raise_for_error(reply)
         self.task_id = reply.get("correlationId") or self.task_id
         return StreamChunk(self.task_id or "", seq, JSON, orjson.dumps(reply["payload"]["content"]) + b"\n", True)
@@ -455,6 +479,8 @@ class StreamReceiver:
         headers = {H_ACK: str(seq), H_WINDOW: str(self.window)}
         if cancel:
             headers[H_CANCEL] = "1"
+        if self._signer is not None:
+            headers = self._signer.headers(self._ctl, "", b"", headers)
         # Credit is fire-and-forget: nats-py buffers the publish; the next grant is cumulative if one is lost.
         task = start_eager(self.nc.publish(self._ctl, b"", headers=headers))
         if task is not None:  # keep it alive until it is written
@@ -495,7 +521,8 @@ class StreamReceiver:
 
 async def pull_offer(
     nc: NATSClient, offer: dict[str, Any], *, window: int = 8, timeout: float = 30.0, max_bytes: int | None = None,
-    stream_id: str | None = None, on_reject: Callable[[], None] | None = None,
+    stream_id: str | None = None, on_reject: Callable[[], None] | None = None, verifier: Verifier | None = None,
+    signer: Signer | None = None, source_id: str | None = None,
 ) -> dict[str, Any]:
     """Pull an oversized message (a result or a request) offered as ``payload.stream = {"pull": subject, ...}``; return its envelope.
 
@@ -511,10 +538,13 @@ async def pull_offer(
         raise StreamError(f"the offer names {pull!r} to pull from, which is not a subject") from None
 
     async def start(inbox: str) -> None:
-        await nc.publish(pull, b"", reply=inbox, headers={H_WINDOW: str(window)})
+        headers = {H_WINDOW: str(window)}
+        if signer is not None:
+            headers = signer.headers(pull, inbox, b"", headers)
+        await nc.publish(pull, b"", reply=inbox, headers=headers)
 
     receiver = StreamReceiver(nc, window=window, idle_timeout=timeout, start=start, task_id=stream_id, producer=pull,
-                              on_reject=on_reject)
+                              on_reject=on_reject, verifier=verifier, source_id=source_id, signer=signer)
     data = await receiver.read_all(max_bytes)
     try:
         reply: dict[str, Any] = decode(data)
@@ -524,7 +554,8 @@ async def pull_offer(
 
 
 async def pull_answer(nc: NATSClient, offer: dict[str, Any], *, window: int = 8, timeout: float = 30.0,
-                      on_reject: Callable[[], None] | None = None) -> dict[str, Any]:
+                      on_reject: Callable[[], None] | None = None, verifier: Verifier | None = None,
+                      signer: Signer | None = None) -> dict[str, Any]:
     """Pull the result offered by offer (an answer already verified as ours) and return it: it must be that same answer.
 
     The frames carry the request's id (the offer's correlationId) from the offer's producer, at most the size
@@ -533,8 +564,10 @@ async def pull_answer(nc: NATSClient, offer: dict[str, Any], *, window: int = 8,
     stream = offer["payload"]["stream"]
     request_id = offer.get("correlationId")
     size = stream.get("size")
+    source = offer.get("source")
     reply = await pull_offer(nc, stream, window=window, timeout=timeout, stream_id=request_id, on_reject=on_reject,
-                             max_bytes=size if isinstance(size, int) and not isinstance(size, bool) else None)
+                             max_bytes=size if isinstance(size, int) and not isinstance(size, bool) else None,
+                             verifier=verifier, signer=signer, source_id=source.get("id") if isinstance(source, dict) else None)
     if reply.get("correlationId") != request_id or reply["source"] != offer["source"]:
         raise StreamError(f"the result offered for {request_id} carried another message ({reply['id']} from "
                           f"{reply['source'].get('id')})", task_id=request_id)

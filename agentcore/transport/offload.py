@@ -27,7 +27,7 @@ async def offer_result(connection: Connection, source: dict[str, str], request: 
                        *, window: int = 8, timeout: float = 30.0) -> None:
     """Offer an encoded result too large for one message at dest, then stream it to whoever pulls it."""
     nc = connection.require()
-    sender = FrameSender(nc, request["id"], None, window, timeout)
+    sender = FrameSender(nc, request["id"], None, window, timeout, connection.signer, connection.verifier)
     await sender.open()
     try:
         offer = new_message("result", None, source_id=source["id"], source_type=source["type"],
@@ -47,7 +47,7 @@ async def request_large(connection: Connection, subject: str, message: dict[str,
     Return the reply to the offer (the handler's result for the whole message; what accept made of it, when given).
     """
     nc = connection.require()
-    sender = FrameSender(nc, message["id"], None, 8, timeout)
+    sender = FrameSender(nc, message["id"], None, 8, timeout, connection.signer, connection.verifier)
     await sender.open()  # its SUB reaches the server before the offer below: the puller's first message finds it
     offer = {**message, "payload": {"content": None, "stream": {"pull": sender.ctl, "size": len(data)}}}
     serving = asyncio.ensure_future(serve_pull(sender, data, timeout))
@@ -81,7 +81,8 @@ async def pull_request(connection: Connection, offer: dict[str, Any], timeout: f
         raise StreamError(f"message {offer['id']} offers its stream on {stream['pull']!r}, which is not a reply inbox")
     async with slots:  # a few envelopes being pulled into memory at once, the rest wait
         message = await pull_offer(connection.require(), stream, timeout=timeout, max_bytes=min(stream["size"], limit),
-                                   stream_id=offer["id"])
+                                   stream_id=offer["id"], verifier=connection.verifier, signer=connection.signer,
+                                   source_id=offer["source"]["id"])
     if message["id"] != offer["id"] or message["source"] != offer["source"]:
         raise StreamError(f"the stream offered as message {offer['id']} carried another message ({message['id']})")
     return message
@@ -95,6 +96,7 @@ async def pull_result(connection: Connection, offer: dict[str, Any], timeout: fl
         counters["replies_rejected"] += 1
 
     try:
-        return await pull_answer(connection.require(), offer, timeout=timeout, on_reject=rejected)
+        return await pull_answer(connection.require(), offer, timeout=timeout, on_reject=rejected,
+                                 verifier=connection.verifier, signer=connection.signer)
     except StreamTimeoutError as exc:
         raise RequestTimeoutError(str(exc)) from None

@@ -187,3 +187,21 @@ async def test_an_unsigned_mcp_response_under_the_hosts_name_is_dropped(make_age
         assert metrics["replies_rejected"] == 1 and metrics["identity_unsigned"] == 1
     finally:
         await client.close()
+
+
+async def test_oversized_messages_travel_signed_both_ways(make_agent: Any) -> None:
+    """A 2 MB task and its 2 MB result are pulled as streams whose frames, pulls and credit are all signed and checked."""
+    big = "x" * (2 * 1024 * 1024)
+
+    async def echo(message: dict[str, Any]) -> str:
+        return str(message["payload"]["content"]) + "!"
+
+    worker = await make_agent("worker", capabilities={"echo": echo}, cache__enabled=False, identity__seed=PRODUCER,
+                              identity__trusted={"client": public(OTHER)}, identity__require=True)
+    client = await make_agent("client", identity__seed=OTHER, identity__trusted={"worker": public(PRODUCER)},
+                              identity__require=True)
+    assert await client.send_task("echo", big, timeout=30) == big + "!"
+    for agent in (worker, client):
+        assert agent.get_metrics().get("identity_refused", 0) == 0
+    assert worker.get_metrics()["large_requests_pulled"] == 1
+    assert worker.get_metrics()["large_results_streamed"] == 1
