@@ -104,7 +104,7 @@ def _start(coro: Coroutine[Any, Any, Any]) -> tuple[asyncio.Task[Any], int]:
     """Return the Task and the state of its coroutine after the inline step."""
     loop = asyncio.get_running_loop()
     if _NATIVE:
-        task = asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg]
+        task = asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]  # (eager_start is typeshed-known from 3.12)
         if not task.done():
             return task, _RUNNING
         return task, _FINISHED if task.cancelled() or task.exception() is None else _FAILED
