@@ -13,19 +13,26 @@ from nats.micro.service import ServiceInfo, ServicePing, ServiceStats
 
 from agentcore import AgentCoreError
 from agentcore.services import VERSION
+from nats_fixtures import subscribed, within
 
 
-async def collect(nc: nats.NATS, subject: str, wait: float = 0.3) -> list[dict[str, Any]]:
-    """Request subject with a reply inbox and gather every answer for wait seconds (as `nats micro ls` does)."""
+async def collect(nc: nats.NATS, subject: str, expected: int) -> list[dict[str, Any]]:
+    """Request subject with a reply inbox and gather the answers (as `nats micro ls` does): once expected have come
+    (at most 10 s), a little longer, so that one too many would show too."""
     inbox = nc.new_inbox()
     answers: list[dict[str, Any]] = []
+    enough = asyncio.Event()
 
     async def on(msg: Any) -> None:
         answers.append(json.loads(msg.data))
+        if len(answers) >= expected:
+            enough.set()
 
     sub = await nc.subscribe(inbox, cb=on)
+    await subscribed(nc)
     await nc.publish(subject, b"", reply=inbox)
-    await asyncio.sleep(wait)
+    await within(enough.wait(), f"{expected} answers on {subject}", 10)
+    await asyncio.sleep(0.1)  # a window for an answer too many (nothing is awaited here)
     await sub.unsubscribe()
     return answers
 
@@ -41,15 +48,15 @@ async def test_ping_info_stats_from_raw_nats(make_agent: Any, raw_nc: nats.NATS)
     await make_agent("svc-b", "summarizer", capabilities={"upper": upper})
     await make_agent("other-1", "planner")
 
-    pings = await collect(raw_nc, "$SRV.PING")
+    pings = await collect(raw_nc, "$SRV.PING", 3)
     assert sorted((p["name"], p["id"]) for p in pings) == [("planner", "other-1"), ("summarizer", "svc-a"), ("summarizer", "svc-b")]
     for p in pings:
         assert p["type"] == "io.nats.micro.v1.ping_response" and p["version"] == VERSION
         ServicePing.from_dict(p)  # nats.micro's own parser accepts it
-    assert sorted(p["id"] for p in await collect(raw_nc, "$SRV.PING.summarizer")) == ["svc-a", "svc-b"]
-    assert [p["id"] for p in await collect(raw_nc, "$SRV.PING.summarizer.svc-a")] == ["svc-a"]
+    assert sorted(p["id"] for p in await collect(raw_nc, "$SRV.PING.summarizer", 2)) == ["svc-a", "svc-b"]
+    assert [p["id"] for p in await collect(raw_nc, "$SRV.PING.summarizer.svc-a", 1)] == ["svc-a"]
 
-    infos = await collect(raw_nc, "$SRV.INFO.summarizer.svc-a")
+    infos = await collect(raw_nc, "$SRV.INFO.summarizer.svc-a", 1)
     assert len(infos) == 1
     info = ServiceInfo.from_dict(infos[0])
     assert info.type == "io.nats.micro.v1.info_response"
@@ -62,7 +69,7 @@ async def test_ping_info_stats_from_raw_nats(make_agent: Any, raw_nc: nats.NATS)
     with pytest.raises(AgentCoreError):
         await a.send_task("broken", "x")
 
-    stats_all = await collect(raw_nc, "$SRV.STATS.summarizer")
+    stats_all = await collect(raw_nc, "$SRV.STATS.summarizer", 2)
     assert len(stats_all) == 2
     raw = next(s for s in stats_all if s["id"] == "svc-a")
     assert raw["type"] == "io.nats.micro.v1.stats_response"
@@ -88,5 +95,5 @@ async def test_a_paused_agent_still_answers_and_nats_request_works(make_agent: A
 async def test_service_name_and_disable(make_agent: Any, raw_nc: nats.NATS) -> None:
     await make_agent("svc-n", "my.type", service__name="custom")
     await make_agent("svc-off", "worker", service__enabled=False)
-    pings = await collect(raw_nc, "$SRV.PING")
+    pings = await collect(raw_nc, "$SRV.PING", 1)
     assert [(p["name"], p["id"]) for p in pings] == [("custom", "svc-n")]
