@@ -181,10 +181,7 @@ class Core:
 
     def unhold(self, delivery: Delivery) -> None:
         """Stop offering delivery by its id."""
-        pending = self.replies.pending
-        mid = delivery.message["id"]
-        if pending.get(mid) is delivery:
-            del pending[mid]
+        self.replies.forget(delivery)
 
     def claim(self, delivery: Delivery) -> bool:
         """Take over answering delivery (a stream, say); False when it was answered already."""

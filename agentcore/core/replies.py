@@ -79,10 +79,14 @@ class Replies:
             if delivery.timer is not None:
                 delivery.timer.cancel()
                 delivery.timer = None
-            mid = delivery.message["id"]
-            if self.pending.get(mid) is delivery:
-                del self.pending[mid]
+            self.forget(delivery)
         return True
+
+    def forget(self, delivery: Delivery) -> None:
+        """Stop offering delivery by its id (another delivery may hold that id by now)."""
+        mid = delivery.message["id"]
+        if self.pending.get(mid) is delivery:
+            del self.pending[mid]
 
     def claim(self, delivery: Delivery) -> bool:
         """Take over answering delivery (a stream is its answer); False when it was answered already."""
@@ -153,9 +157,8 @@ class Replies:
     def _expire_deferred(self, delivery: Delivery) -> None:
         delivery.timer = None
         self.owed.discard(delivery)
+        self.forget(delivery)
         mid = delivery.message["id"]
-        if self.pending.get(mid) is delivery:
-            del self.pending[mid]
         if not delivery.answered and self.connection.usable:
             log.warning("agent %s handled message %s but published no result for it", self.source["id"], mid)
             self.spawn(self.fail(delivery, "no_result", f"agent {self.source['id']} handled message {mid} but published no result"))

@@ -63,9 +63,7 @@ def test_control_commands_through_the_cli(cli, worker: NATSAgent) -> None:
     assert cli("pause", "worker", "--as", "operator").stdout == "worker: paused\n" and worker.status == "paused"
     assert cli("resume", "worker", "--as", "operator").stdout == "worker: running\n" and worker.status == "running"
     assert cli("shutdown", "worker", "--as", "operator").stdout == "worker: stopping\n"
-    deadline = time.monotonic() + 10
-    while worker.status != "stopped" and time.monotonic() < deadline:
-        time.sleep(0.01)  # the worker stops on its own thread
+    worker.call(worker.wait_stopped(), timeout=10)  # the worker stops on its own loop thread, which keeps running
     assert worker.status == "stopped"
     assert one_error_line(cli("ping", "worker")) == ("agentcore: no agent worker in environment 'dev' (subject root 'agents') "
                                                      f"on {worker.config['nats.servers'][0]}")
