@@ -18,6 +18,7 @@ from ..transport.connection import Connection
 from ..transport.inline import send_now
 from ..transport.offload import offer_result
 from ..transport.settlement import Settlement
+from ..transport.tracecontext import CURRENT
 from .records import Delivery
 
 __all__ = ("Replies",)
@@ -117,7 +118,7 @@ class Replies:
             await self.fail(delivery, "result_invalid", str(exc))
             return
         delivery.answered = True
-        if self.connection.signer is not None:  # signed: headers, so never the direct (header-less) write
+        if not self.connection.bare or CURRENT.get() is not None:  # signed or traced: headers, so never the direct (header-less) write
             await self.connection.publish(dest, data)
             return
         nc: NATSClient = self.connection.nc  # type: ignore[assignment]  # connected: the request came over it

@@ -1,0 +1,222 @@
+"""Trace context over NATS: pass-through without OpenTelemetry, one trace across agents and MCP with it (real nats-server)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import nats
+import pytest
+from mcp.server.mcpserver import MCPServer
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from agentcore import NATSAgent
+from agentcore.envelope import decode, encode, new_message
+from agentcore.transport.frames import H_FINAL
+from nats_fixtures import eventually, subscribed, within
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+TRACE_ID = int("4bf92f3577b34da6a3ce929d0e0e4736", 16)
+INCOMING = {"traceparent": TRACEPARENT, "tracestate": "vendor=abc", "baggage": "tenant=acme"}
+
+
+def _task(content: Any, reply_to: str | None = None) -> bytes:
+    return encode(new_message("task", content, source_id="raw-client", source_type="client", reply_to=reply_to))
+
+
+async def _chained(make_agent: Callable[..., Any], **config: Any) -> tuple[NATSAgent, NATSAgent]:
+    """A front agent whose handler sends a sub-task to a back agent and answers with its result."""
+    back = await make_agent("back", capabilities={"inner": lambda m: {"inner": m["payload"]["content"]}}, **config)
+
+    async def outer(message: dict[str, Any]) -> Any:
+        reply = await front.request_message(front.topics.task("inner"), message["payload"]["content"])
+        return {"outer": reply["payload"]["content"]}
+
+    front = await make_agent("front", capabilities={"outer": outer}, **config)
+    return front, back
+
+
+async def test_a_result_and_a_sub_task_carry_the_trace_headers_of_their_task(
+        make_agent: Callable[..., Any], raw_nc: nats.NATS) -> None:
+    front, _back = await _chained(make_agent)
+    seen: list[Any] = []
+
+    async def spy_on(msg: Any) -> None:
+        seen.append(msg)
+
+    spy = await raw_nc.subscribe(front.topics.task("inner"), cb=spy_on)
+    await subscribed(raw_nc)
+
+    reply = await raw_nc.request(front.topics.task("outer"), _task(1), timeout=10, headers=dict(INCOMING))
+    assert decode(reply.data)["payload"]["content"] == {"outer": {"inner": 1}}
+    assert reply.headers is not None and {k: reply.headers[k] for k in INCOMING} == INCOMING  # the result
+    await eventually(lambda: len(seen) == 1, what="the spy's copy of the sub-task")
+    assert {k: seen[0].headers[k] for k in INCOMING} == INCOMING  # the sub-task sent from the handler
+
+    # Untraced in, untraced out: no headers appear from nowhere (and the direct write stays in use).
+    plain = await raw_nc.request(front.topics.task("outer"), _task(2), timeout=10)
+    assert decode(plain.data)["payload"]["content"] == {"outer": {"inner": 2}}
+    assert not plain.headers
+    await eventually(lambda: len(seen) == 2, what="the spy's copy of the second sub-task")
+    assert not seen[1].headers
+    await spy.unsubscribe()
+
+
+async def test_a_stream_carries_the_trace_headers_on_every_frame(make_agent: Callable[..., Any], raw_nc: nats.NATS) -> None:
+    agent = await make_agent("streamer", start=False)
+
+    async def tokens(message: dict[str, Any]) -> Any:
+        async def gen() -> Any:
+            for i in range(3):
+                yield f"t{i}"
+                await asyncio.sleep(0)  # the generator pauses: what it made so far goes out as a frame
+        await agent.stream_response(message["id"], gen())
+        return None
+
+    agent.add_capability("tokens", tokens)
+    await agent.astart()
+    inbox = raw_nc.new_inbox()
+    frames: list[Any] = []
+    done = asyncio.get_running_loop().create_future()
+
+    async def on_frame(msg: Any) -> None:
+        frames.append(msg)
+        if (msg.headers or {}).get(H_FINAL) and not done.done():
+            done.set_result(None)
+
+    await raw_nc.subscribe(inbox, cb=on_frame)
+    await subscribed(raw_nc)
+    await raw_nc.publish(agent.topics.task("tokens"), _task("go"), reply=inbox, headers=dict(INCOMING))
+    await within(done, "the stream's last frame", 10)
+    assert frames
+    for frame in frames:
+        assert frame.headers is not None and frame.headers.get("traceparent") == TRACEPARENT, frame.headers
+
+
+# ---------------------------------------------------------------------------------------------- with OpenTelemetry
+
+
+@pytest.fixture(scope="module")
+def exporter() -> Iterator[InMemorySpanExporter]:
+    """An in-memory exporter on the global tracer provider (the MCP SDK records its spans there)."""
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield exporter
+    exporter.shutdown()
+
+
+def _by_name(spans: tuple[ReadableSpan, ...], prefix: str) -> list[ReadableSpan]:
+    return [s for s in spans if s.name.startswith(prefix)]
+
+
+async def test_one_trace_from_requester_through_worker_and_mcp_host_to_the_mcp_server(
+        make_agent: Callable[..., Any], exporter: InMemorySpanExporter) -> None:
+    server = MCPServer("traced")
+
+    @server.tool()
+    def multiply(a: int, b: int) -> int:
+        """Multiply."""
+        return a * b
+
+    host, requester = await asyncio.gather(make_agent("mcp-host", "host"), make_agent("requester", "client"))
+    client = await host.serve_mcp_server("calc", server)
+    worker = await make_agent("worker", "calculator", start=False)
+
+    async def compute(message: dict[str, Any]) -> Any:
+        args = message["payload"]["content"]
+        return await worker.call_mcp_tool("calc", "multiply", args)
+
+    worker.add_capability("compute", compute)
+    await worker.astart()
+    for agent in (host, requester, worker):
+        agent.enable_tracing()
+    exporter.clear()
+    try:
+        tracer = trace.get_tracer("test")
+        with tracer.start_as_current_span("user asks") as root:
+            reply = await requester.request_message(requester.topics.task("compute"), {"a": 6, "b": 7},
+                                                    conversation_id="conv-1")
+        assert reply["payload"]["content"] == [{"type": "text", "text": "42"}]
+    finally:
+        await client.close()
+    trace_id = root.get_span_context().trace_id
+
+    spans = exporter.get_finished_spans()
+    ours = [s for s in spans if s.context.trace_id == trace_id]
+    names = sorted(s.name for s in ours)
+    # requester -> worker
+    send_task = [s for s in _by_name(ours, "send ") if "compute" in s.attributes.get("messaging.destination.name", "")]
+    assert len(send_task) == 1, names
+    assert send_task[0].kind == SpanKind.PRODUCER and send_task[0].parent.span_id == root.get_span_context().span_id
+    assert send_task[0].attributes["messaging.system"] == "nats"
+    assert send_task[0].attributes["messaging.operation.type"] == "send"
+    assert send_task[0].attributes["messaging.message.conversation_id"] == "conv-1"
+    process = [s for s in _by_name(ours, "process ") if "compute" in s.attributes["messaging.destination.name"]]
+    assert len(process) == 1, names
+    run = process[0]
+    assert run.kind == SpanKind.CONSUMER and run.parent.span_id == send_task[0].context.span_id
+    assert run.attributes["messaging.operation.type"] == "process"
+    assert run.attributes["gen_ai.operation.name"] == "invoke_agent"
+    assert run.attributes["gen_ai.agent.name"] == "calculator"
+    assert run.attributes["messaging.message.conversation_id"] == "conv-1"
+    assert run.attributes["messaging.message.id"] == send_task[0].attributes["messaging.message.id"]
+    # worker -> MCP host: the tool call
+    tool = _by_name(ours, "execute_tool multiply")
+    assert len(tool) == 1 and tool[0].parent.span_id == run.context.span_id, names
+    assert tool[0].attributes["gen_ai.operation.name"] == "execute_tool"
+    assert tool[0].attributes["gen_ai.tool.name"] == "multiply"
+    hosted = [s for s in _by_name(ours, "process ") if ".mcp.calc." in s.attributes["messaging.destination.name"]]
+    assert len(hosted) == 1, names
+    sent = {s.context.span_id: s for s in _by_name(ours, "send ")}
+    assert sent[hosted[0].parent.span_id].parent.span_id == tool[0].context.span_id
+    # MCP host -> MCP server (the SDK's own spans, continued from params._meta)
+    served = [s for s in ours if s.kind == SpanKind.SERVER and s.name.startswith("tools/call")]
+    assert len(served) == 1, names
+    assert served[0].attributes.get("gen_ai.tool.name") == "multiply"
+    # and the answers went back as sends within the trace
+    assert any(s.attributes.get("messaging.destination.temporary") for s in sent.values()), names
+    assert all(s.context.trace_id == trace_id for s in [*process, *tool, *hosted, *served])
+
+
+async def test_a_failing_handler_marks_its_span(make_agent: Callable[..., Any], exporter: InMemorySpanExporter) -> None:
+    def broken(message: dict[str, Any]) -> Any:
+        raise ValueError("no")
+
+    worker = await make_agent("broken-worker", capabilities={"broken": broken})
+    worker.enable_tracing()
+    requester = await make_agent("asker")
+    requester.enable_tracing()
+    exporter.clear()
+    with trace.get_tracer("test").start_as_current_span("ask"):
+        with pytest.raises(Exception):
+            await requester.request(requester.topics.task("broken"), {})
+    runs = [s for s in exporter.get_finished_spans() if s.name.startswith("process ") and "broken" in s.name]
+    assert len(runs) == 1
+    assert runs[0].status.status_code == trace.StatusCode.ERROR
+    assert runs[0].attributes["error.type"] == "ValueError"
+
+
+async def test_untraced_traffic_opens_no_spans(make_agent: Callable[..., Any], exporter: InMemorySpanExporter) -> None:
+    """Heartbeats, discovery and control are not traced; a task that arrives untraced starts a trace of its own."""
+    worker = await make_agent("plain-worker", capabilities={"echo": lambda m: m["payload"]["content"]})
+    worker.enable_tracing()
+    requester = await make_agent("plain-asker")
+    exporter.clear()
+    await requester.discover()
+    await requester.request(requester.topics.control(worker.agent_id), {"command": "ping"}, type="query")
+    assert not exporter.get_finished_spans()
+    await requester.request_message(requester.topics.task("echo"), 1)
+    spans = exporter.get_finished_spans()
+    roots = [s for s in spans if s.parent is None]
+    assert [s.name for s in roots] == [f"process {worker.topics.task('echo')}"]
