@@ -295,7 +295,9 @@ class Dispatcher:
         else:
             headers = msg.headers
             if headers is not None and TRACEPARENT in headers:
-                token = CURRENT.set(carried(headers))
+                trace = carried(headers)
+                if trace is not None:
+                    token = CURRENT.set(trace)
         try:
             routing = message.get("routing")
             if routing is not None and routing.get("timeout") is not None and is_expired(message):

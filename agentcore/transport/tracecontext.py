@@ -14,13 +14,22 @@ spans is open, the context variable holds that span's context, so stream frames 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any, Protocol
 
-__all__ = ("TRACEPARENT", "TRACE_HEADERS", "CURRENT", "Tracer", "Scope", "carried", "with_trace")
+__all__ = ("TRACEPARENT", "TRACE_HEADERS", "CURRENT", "MAX_TRACESTATE", "MAX_BAGGAGE", "Tracer", "Scope", "carried",
+           "with_trace")
 
 TRACEPARENT = "traceparent"
+#: W3C Trace Context's traceparent (version 00 and the fields any version starts with) and its all-zero trace id.
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_NO_TRACE = "0" * 32
+#: The sizes past which tracestate (W3C Trace Context: 32 members of at most 256 characters, 512 recommended to
+#: pass on) and baggage (W3C Baggage: 8192 bytes) are not passed on.
+MAX_TRACESTATE = 512
+MAX_BAGGAGE = 8192
 #: The headers of W3C Trace Context and W3C Baggage, the ones a message passes on.
 TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 
@@ -56,9 +65,24 @@ class Tracer(Protocol):
         ...
 
 
-def carried(headers: Mapping[str, str]) -> dict[str, str]:
-    """Return the trace headers among headers."""
-    return {name: headers[name] for name in TRACE_HEADERS if name in headers}
+def carried(headers: Mapping[str, str]) -> dict[str, str] | None:
+    """Return the trace headers among headers that are fit to pass on; None without a well-formed traceparent.
+
+    Anyone on the bus may send a task with trace headers, and the agent copies them onto every message it sends
+    for that task: a malformed traceparent is dropped with the rest, and a tracestate or baggage past W3C's limits
+    (512 and 8192 bytes) is dropped alone, so a header cannot grow an answer past the server's max_payload.
+    """
+    parent = headers.get(TRACEPARENT)
+    if parent is None or not _TRACEPARENT.fullmatch(parent) or parent[3:35] == _NO_TRACE or parent[:2] == "ff":
+        return None
+    found = {TRACEPARENT: parent}
+    state = headers.get("tracestate")
+    if state is not None and len(state) <= MAX_TRACESTATE:
+        found["tracestate"] = state
+    baggage = headers.get("baggage")
+    if baggage is not None and len(baggage) <= MAX_BAGGAGE:
+        found["baggage"] = baggage
+    return found
 
 
 def with_trace(headers: dict[str, str] | None) -> dict[str, str] | None:
