@@ -284,8 +284,8 @@ class Core:
                 assert self._route is not None
                 reply: dict[str, Any] = await self._route(subject, message, timeout, accept)
             elif len(data) <= connection.max_payload():
-                if connection.bare and CURRENT.get() is None:
-                    reply = await connection.requests(nc).request(subject, data, timeout, accept)
+                if connection.bare:  # sent at once when it can be, with the trace headers of the handler sending it
+                    reply = await connection.requests(nc).request(subject, data, timeout, accept, CURRENT.get())
                 else:
                     reply = await connection.request(subject, data, timeout, accept)  # signed or traced: through nc.publish
             else:  # offered as a stream that the serving agent pulls: a 20 MB task arrives whole

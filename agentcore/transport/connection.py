@@ -237,10 +237,6 @@ class Connection:
         self.tracer = tracer
         self.bare = self.signer is None and tracer is None
 
-    def plain(self) -> bool:
-        """Return whether a send here needs no headers (unsigned, untraced): the direct, header-less write may send it."""
-        return self.bare and CURRENT.get() is None
-
     def requests(self, nc: NATSClient) -> RequestMux:
         """Return the request multiplexer over nc (one wildcard inbox, replies resolved inline)."""
         mux = self._mux
@@ -251,8 +247,8 @@ class Connection:
     async def request(self, subject: str, data: bytes, timeout: float, accept: Accept | None = None) -> Any:
         """Publish data and return the reply, or what accept made of it (nats-py's NoRespondersError or TimeoutError otherwise)."""
         mux = self.requests(self.require())
-        if self.plain():
-            return await mux.request(subject, data, timeout, accept)
+        if self.bare:
+            return await mux.request(subject, data, timeout, accept, CURRENT.get())
         return await mux.request_via(lambda inbox: self.publish(subject, data, inbox), timeout, accept)  # with headers: no direct write
 
     async def request_via(self, publish: Callable[[str], Awaitable[None]], timeout: float, accept: Accept | None = None) -> Any:

@@ -220,3 +220,37 @@ async def test_untraced_traffic_opens_no_spans(make_agent: Callable[..., Any], e
     spans = exporter.get_finished_spans()
     roots = [s for s in spans if s.parent is None]
     assert [s.name for s in roots] == [f"process {worker.topics.task('echo')}"]
+
+
+async def test_a_negotiation_run_by_a_handler_carries_the_trace_on_every_message(
+        make_agent: Callable[..., Any], raw_nc: nats.NATS) -> None:
+    bidder = await make_agent("bidder", start=False)
+
+    async def bid(negotiation: dict[str, Any]) -> dict[str, Any]:
+        return {"accept": True, "terms": {"cost": 5}}
+
+    bidder.register_a2a_handler("job", bid)
+    await bidder.astart()
+    planner = await make_agent("planner", start=False)
+
+    async def plan(message: dict[str, Any]) -> Any:
+        outcome = await planner.negotiate_with_agents(["bidder"], "job", {"task": "x"}, timeout=10.0)
+        return outcome["state"]
+
+    planner.add_capability("plan", plan)
+    await planner.astart()
+    seen: list[Any] = []
+
+    async def spy(msg: Any) -> None:
+        seen.append(msg)
+
+    await raw_nc.subscribe("agents.>", cb=spy)
+    await raw_nc.subscribe("_INBOX.>", cb=spy)
+    await subscribed(raw_nc)
+    reply = await raw_nc.request(planner.topics.task("plan"), _task(None), timeout=15, headers=dict(INCOMING))
+    assert decode(reply.data)["payload"]["content"] == "finalized"
+    # Call for proposals, proposal, award, confirmation, the negotiation's events and the task's result: all traced.
+    kinds = [(m.subject.rsplit(".", 2)[-2] if m.subject.startswith("agents.") else "reply", decode(m.data)["type"]) for m in seen]
+    assert sum(1 for k in kinds if k == ("negotiate", "query")) >= 2 and ("reply", "result") in kinds, kinds
+    for msg in seen:
+        assert msg.headers and msg.headers.get("traceparent") == TRACEPARENT, (msg.subject, msg.data[:200])
