@@ -41,13 +41,9 @@ class _Discard(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[NATSServer]:
-    with NATSServer() as s:
-        yield s
+class TracedPair(KindBench):
+    """One kind's requester and responder on a private loop; the call it returns times one round trip."""
 
-
-class Pair(KindBench):
     async def _setup(self) -> Callable[[], Awaitable[Any]]:
         if self.kind.startswith("raw"):
             responder = await nats.connect(self.url)
@@ -111,7 +107,7 @@ def _async(fn: Callable[[], Any]) -> Callable[[], Awaitable[None]]:
 
 @pytest.fixture(scope="module")
 def pairs(server: NATSServer) -> Iterator[dict[str, KindBench]]:
-    yield from opened({kind: Pair(server.url, kind) for kind in KINDS})
+    yield from opened({kind: TracedPair(server.url, kind) for kind in KINDS})
 
 
 def test_tracing_ratio(pairs: dict[str, KindBench]) -> None:
