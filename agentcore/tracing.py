@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ._impl import subject_matches
 from .core.host import Feature, Host
 from .errors import ConfigError
 from .transport.tracecontext import CURRENT, Scope
@@ -39,7 +40,6 @@ except PackageNotFoundError:  # pragma: no cover - run from a source tree that w
 #: Bodies up to this size are read for the message id and conversation id of a send span (larger ones are not
 #: parsed again just for tracing).
 _PARSE_LIMIT = 64 * 1024
-_INBOXES = ("_INBOX.",)
 
 
 class _NoScope:
@@ -98,11 +98,15 @@ class OTelTracer:
     """The OpenTelemetry tracer the connection and the dispatcher call (agentcore.transport.tracecontext.Tracer)."""
 
     def __init__(self, agent_id: str, agent_type: str, tracer_provider: TracerProvider | None = None,
-                 propagator: TextMapPropagator | None = None) -> None:
+                 propagator: TextMapPropagator | None = None, *, inboxes: tuple[str, ...] = ("_INBOX.",),
+                 responses: str | None = None) -> None:
         from opentelemetry import propagate, trace
 
         self.agent_id = agent_id
         self.agent_type = agent_type
+        # Answers go to one-off subjects (reply inboxes, MCP response subjects): their send spans share one name.
+        self._inboxes = inboxes
+        self._responses = responses
         self._trace = trace
         self._tracer = trace.get_tracer("agentcore", _VERSION, tracer_provider=tracer_provider)
         self._propagator = propagator if propagator is not None else propagate.get_global_textmap()
@@ -138,7 +142,8 @@ class OTelTracer:
         trace = self._trace
         if not trace.get_current_span().get_span_context().is_valid:
             return headers  # not within a trace: no span of its own (heartbeats, discovery)
-        temporary = subject.startswith(_INBOXES)
+        temporary = subject.startswith(self._inboxes) or (
+            self._responses is not None and ".responses." in subject and subject_matches(self._responses, subject))
         attributes: dict[str, Any] = {
             "messaging.system": "nats",
             "messaging.destination.name": subject,
@@ -148,7 +153,7 @@ class OTelTracer:
         }
         if temporary:
             attributes["messaging.destination.temporary"] = True
-        span = self._tracer.start_span("send (reply inbox)" if temporary else f"send {subject}", kind=self._producer,
+        span = self._tracer.start_span("send (reply)" if temporary else f"send {subject}", kind=self._producer,
                                        attributes=attributes)
         if span.is_recording() and data[:1] == b"{" and len(data) <= _PARSE_LIMIT:
             try:
@@ -192,7 +197,9 @@ class Tracing(Feature):
     def enable(self, tracer_provider: TracerProvider | None = None, propagator: TextMapPropagator | None = None) -> None:
         """Trace with OpenTelemetry: the given (or the global) tracer provider and propagator."""
         try:
-            self.tracer = OTelTracer(self._host.agent_id, self._host.agent_type, tracer_provider, propagator)
+            host = self._host
+            self.tracer = OTelTracer(host.agent_id, host.agent_type, tracer_provider, propagator,
+                                     inboxes=host.connection.inbox_prefixes(), responses=host.topics.mcp_responses_any())
         except ImportError as exc:
             raise ConfigError("tracing needs the OpenTelemetry API: pip install 'agentcore-nats[otel]'") from exc
         self._host.connection.trace_with(self.tracer)

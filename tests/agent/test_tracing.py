@@ -8,7 +8,7 @@ from typing import Any
 
 import nats
 import pytest
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -98,6 +98,43 @@ async def test_a_stream_carries_the_trace_headers_on_every_frame(make_agent: Cal
         assert frame.headers is not None and frame.headers.get("traceparent") == TRACEPARENT, frame.headers
 
 
+async def test_an_mcp_call_from_a_traced_handler_carries_the_trace_to_the_mcp_server(
+        make_agent: Callable[..., Any], raw_nc: nats.NATS) -> None:
+    """Without OpenTelemetry configured: NATS headers to the MCP host, params._meta from there to the server."""
+    server = MCPServer("meta")
+
+    @server.tool()
+    async def trace_seen(ctx: Context) -> str:
+        """Return the traceparent of the request's params._meta."""
+        meta = ctx.request_context.meta
+        return str((dict(meta) if meta is not None else {}).get("traceparent"))
+
+    host = await make_agent("meta-host")
+    client = await host.serve_mcp_server("meta", server)
+    worker = await make_agent("meta-worker", start=False)
+
+    async def ask(message: dict[str, Any]) -> Any:
+        return await worker.call_mcp_tool("meta", "trace_seen", {})
+
+    worker.add_capability("ask", ask)
+    await worker.astart()
+    seen: list[Any] = []
+
+    async def spy(msg: Any) -> None:
+        seen.append(msg)
+
+    await raw_nc.subscribe(host.topics.mcp_requests("meta"), cb=spy)
+    await subscribed(raw_nc)
+    try:
+        reply = await raw_nc.request(worker.topics.task("ask"), _task(None), timeout=15, headers=dict(INCOMING))
+    finally:
+        await client.close()
+    assert decode(reply.data)["payload"]["content"] == [{"type": "text", "text": TRACEPARENT}]
+    await eventually(lambda: len(seen) == 1, what="the spy's copy of the MCP request")
+    assert seen[0].headers["traceparent"] == TRACEPARENT
+    assert decode(seen[0].data)["payload"]["content"]["params"]["_meta"]["traceparent"] == TRACEPARENT
+
+
 # ---------------------------------------------------------------------------------------------- with OpenTelemetry
 
 
@@ -152,6 +189,12 @@ async def test_one_trace_from_requester_through_worker_and_mcp_host_to_the_mcp_s
         await client.close()
     trace_id = root.get_span_context().trace_id
 
+    def names() -> list[str]:
+        return [s.name for s in exporter.get_finished_spans() if s.context.trace_id == trace_id]
+
+    # A reply can overtake the end of the span that sent it (both ends run on this loop): wait for the last ones.
+    await eventually(lambda: sum(n.startswith("process ") for n in names()) == 2 and names().count("send (reply)") >= 2
+                     and any(n.startswith("tools/call") for n in names()), what="every span of the trace to end")
     spans = exporter.get_finished_spans()
     ours = [s for s in spans if s.context.trace_id == trace_id]
     names = sorted(s.name for s in ours)
@@ -201,10 +244,13 @@ async def test_a_failing_handler_marks_its_span(make_agent: Callable[..., Any], 
     with trace.get_tracer("test").start_as_current_span("ask"):
         with pytest.raises(Exception):
             await requester.request(requester.topics.task("broken"), {})
-    runs = [s for s in exporter.get_finished_spans() if s.name.startswith("process ") and "broken" in s.name]
-    assert len(runs) == 1
-    assert runs[0].status.status_code == trace.StatusCode.ERROR
-    assert runs[0].attributes["error.type"] == "ValueError"
+
+    def runs() -> list[ReadableSpan]:
+        return [s for s in exporter.get_finished_spans() if s.name.startswith("process ") and "broken" in s.name]
+
+    await eventually(lambda: len(runs()) == 1, what="the failed run's span")
+    assert runs()[0].status.status_code == trace.StatusCode.ERROR
+    assert runs()[0].attributes["error.type"] == "ValueError"
 
 
 async def test_untraced_traffic_opens_no_spans(make_agent: Callable[..., Any], exporter: InMemorySpanExporter) -> None:
@@ -217,9 +263,8 @@ async def test_untraced_traffic_opens_no_spans(make_agent: Callable[..., Any], e
     await requester.request(requester.topics.control(worker.agent_id), {"command": "ping"}, type="query")
     assert not exporter.get_finished_spans()
     await requester.request_message(requester.topics.task("echo"), 1)
-    spans = exporter.get_finished_spans()
-    roots = [s for s in spans if s.parent is None]
-    assert [s.name for s in roots] == [f"process {worker.topics.task('echo')}"]
+    await eventually(lambda: [s.name for s in exporter.get_finished_spans() if s.parent is None]
+                     == [f"process {worker.topics.task('echo')}"], what="one root span: the worker's run")
 
 
 async def test_a_negotiation_run_by_a_handler_carries_the_trace_on_every_message(
@@ -244,7 +289,7 @@ async def test_a_negotiation_run_by_a_handler_carries_the_trace_on_every_message
     async def spy(msg: Any) -> None:
         seen.append(msg)
 
-    await raw_nc.subscribe("agents.>", cb=spy)
+    await raw_nc.subscribe("agents.test.>", cb=spy)
     await raw_nc.subscribe("_INBOX.>", cb=spy)
     await subscribed(raw_nc)
     reply = await raw_nc.request(planner.topics.task("plan"), _task(None), timeout=15, headers=dict(INCOMING))
@@ -253,4 +298,16 @@ async def test_a_negotiation_run_by_a_handler_carries_the_trace_on_every_message
     kinds = [(m.subject.rsplit(".", 2)[-2] if m.subject.startswith("agents.") else "reply", decode(m.data)["type"]) for m in seen]
     assert sum(1 for k in kinds if k == ("negotiate", "query")) >= 2 and ("reply", "result") in kinds, kinds
     for msg in seen:
+        if ".status." in msg.subject:
+            continue  # status heartbeats belong to no task
         assert msg.headers and msg.headers.get("traceparent") == TRACEPARENT, (msg.subject, msg.data[:200])
+
+
+async def test_tracing_enabled_in_the_configuration_uses_the_global_provider(
+        make_agent: Callable[..., Any], exporter: InMemorySpanExporter) -> None:
+    worker = await make_agent("configured", capabilities={"echo": lambda m: m["payload"]["content"]}, tracing__enabled=True)
+    requester = await make_agent("configured-asker")
+    exporter.clear()
+    await requester.request_message(requester.topics.task("echo"), 1)
+    await eventually(lambda: [s.name for s in exporter.get_finished_spans() if s.name.startswith("process ")]
+                     == [f"process {worker.topics.task('echo')}"], what="the configured agent's span")
