@@ -311,3 +311,24 @@ async def test_tracing_enabled_in_the_configuration_uses_the_global_provider(
     await requester.request_message(requester.topics.task("echo"), 1)
     await eventually(lambda: [s.name for s in exporter.get_finished_spans() if s.name.startswith("process ")]
                      == [f"process {worker.topics.task('echo')}"], what="the configured agent's span")
+
+
+def test_without_the_otel_extra_enabling_tracing_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from agentcore import ConfigError
+
+    agent = NATSAgent("no-otel")
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # as if the package were not installed
+    with pytest.raises(ConfigError, match=r"agentcore-nats\[otel\]"):
+        agent.enable_tracing()
+
+
+def test_the_agent_imports_no_opentelemetry_until_tracing_is_enabled() -> None:
+    import subprocess
+    import sys
+
+    probe = ("import sys, agentcore; a = agentcore.NATSAgent('probe'); a.add_capability('x', lambda m: m); "
+             "print('opentelemetry' in sys.modules)")
+    run = subprocess.run([sys.executable, "-P", "-c", probe], capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "False", run.stdout + run.stderr
