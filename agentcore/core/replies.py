@@ -152,8 +152,9 @@ class Replies:
             wait = message["timestamp"] + routing["timeout"] / 1000.0 - time.time()
         else:
             wait = self.config["agent.request_timeout"]
-        # Say no_result a little before the requester gives up (its timeout is routing.timeout), so it hears it.
-        wait -= min(wait * 0.1, 1.0)
+        # Say no_result before the requester gives up (its timeout is routing.timeout), early enough that it hears
+        # it on a loaded machine: 10% of the wait, at least 250 ms (at most half the wait), at most 1 s.
+        wait -= min(max(wait * 0.1, 0.25), wait / 2, 1.0)
         delivery.timer = asyncio.get_running_loop().call_later(max(wait, 0.0), self._expire_deferred, delivery)
 
     def _expire_deferred(self, delivery: Delivery) -> None:
