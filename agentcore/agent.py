@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from nats.aio.client import Client as NATSClient
 
-from ._eager import run_eager
+from ._eager import step_now
 from ._impl import validate_token
 from .batching import Batching
 from .config import AgentConfig
 from .contracts import Contracts, Schema
 from .core.engine import Core
 from .core.records import NO_REPLY, Handler
-from .errors import AgentCoreError, NotConnectedError
+from .errors import AgentCoreError, LoopThreadError, NotConnectedError
 from .mcp.hosting import MCP
 from .negotiation import CheckCallback, CounterCallback, Negotiation, NegotiationHandler, OutcomeCallback, SelectCallback
 from .persistence import Persistence
@@ -136,8 +136,20 @@ class NATSAgent:
             coro.close()
             raise NotConnectedError(f"agent {self.agent_id} is not started")
         if self._core.on_loop_thread():
-            fut = run_eager(coro)
-            self._core.spawn(fut)
+            # On the loop (an async handler, or a sync one running inline): the answer is written now, with no
+            # Task unless sending has to wait (the direct write needs none).
+            try:
+                finished, value = step_now(coro)
+            except Exception as exc:
+                fut: asyncio.Future[T] = loop.create_future()
+                fut.set_exception(exc)
+                self._core.spawn(fut)  # logged there unless awaited
+                return fut
+            if not finished:
+                self._core.spawn(value)
+                return value  # type: ignore[no-any-return]
+            fut = loop.create_future()
+            fut.set_result(value)
             return fut
         cfut = asyncio.run_coroutine_threadsafe(coro, loop)
         cfut.result(self.config["agent.request_timeout"])
@@ -539,6 +551,10 @@ class NATSAgent:
         if loop is None:
             coro.close()
             raise NotConnectedError(f"agent {self.agent_id} is not started")
+        if self._core.on_loop_thread():  # it would wait for the loop it holds (a sync handler running inline, say)
+            coro.close()
+            raise LoopThreadError(f"agent {self.agent_id}: call() cannot be called from a running event loop (its "
+                                  "own thread); await the coroutine there")
         return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
 
     def __repr__(self) -> str:
