@@ -19,6 +19,7 @@ from .contracts import Contracts, Schema
 from .core.engine import Core
 from .core.records import NO_REPLY, Handler
 from .errors import AgentCoreError, LoopThreadError, NotConnectedError
+from .loops import new_event_loop
 from .mcp.hosting import MCP
 from .negotiation import CheckCallback, CounterCallback, Negotiation, NegotiationHandler, OutcomeCallback, SelectCallback
 from .persistence import Persistence
@@ -504,7 +505,7 @@ class NATSAgent:
         """Start the agent on its own event-loop thread (for plain scripts); return True once connected and subscribed."""
         if self.status in ("running", "paused"):
             return True
-        loop = asyncio.new_event_loop()
+        loop = new_event_loop(self.config)  # uvloop when installed (extra "fast"), unless turned off
         thread = threading.Thread(target=loop.run_forever, name=f"agentcore-{self.agent_id}", daemon=True)
         thread.start()
         self._own_thread = thread
