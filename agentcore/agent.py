@@ -123,7 +123,8 @@ class NATSAgent:
     def publish_result(self, message_id: str, result: Any) -> concurrent.futures.Future[None] | asyncio.Future[None]:
         """Send result to whoever asked for message_id: its replyTo, else its reply subject, else the result topic.
 
-        Callable from sync handlers (it waits until sent) and from async code (await the returned future, or not).
+        Callable from any thread: on the agent's loop (async code, or a sync handler running inline) it writes at once
+        and returns a future (await it, or not); from another thread it waits until sent.
         """
         return self._call_soon(self._core.answer(self._core.replies.lookup(message_id), result))
 
@@ -356,7 +357,7 @@ class NATSAgent:
     ) -> None:
         """Answer calls for proposals of negotiation_type with handler(negotiation) -> {"accept": ..., ...}.
 
-        handler (sync: run in the agent's thread pool; async: run on the loop) receives a dict with id,
+        handler (sync: run as agent.sync_handlers says; async: run on the loop) receives a dict with id,
         type, initiator, proposal, constraints, round, max_rounds and feedback, and returns
         ``{"accept": True, "terms": {...}}`` or ``{"accept": False, "reason": "..."}``, optionally with
         ``"counter_proposal": {...}`` to ask for another round. If it raises, the initiator gets a refusal

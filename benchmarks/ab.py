@@ -157,6 +157,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes, to check that both sides work")
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
                    help="the event loop both sides' workers run on (default asyncio; uvloop must be installed in both)")
+    p.add_argument("--show", metavar="FILE", help="print the table of a run saved with --out, and exit")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--sizes", help=argparse.SUPPRESS)
@@ -164,6 +165,12 @@ def main() -> None:
     sizes = dict(_measure_module.SIZES)
     if args.worker:
         worker_main(args.url, {**sizes, **json.loads(args.sizes or "{}")}, args.loop)
+        return
+    if args.show:
+        with open(args.show) as f:
+            saved = json.load(f)
+        print(f"A: {saved['a']}\nB: {saved['b']}\n")
+        report(saved["blocks"])
         return
     if not (args.a and args.b):
         p.error("give two python interpreters, A and B")

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from .measure import METRICS
+from .run import summarise
 
 __all__ = ("compare", "main", "markdown", "table")
 
@@ -23,6 +24,7 @@ def _fmt(value: float) -> str:
 
 def _rows(results: dict[str, Any]) -> list[list[str]]:
     loops: list[str] = results["loops"]
+    results = {**results, **summarise(results["blocks"], loops)}  # from the blocks: a file saved earlier reads the same
     rows = []
     for name, (unit, higher, base, _suite) in METRICS.items():
         cells = [name, unit + ("↑" if higher else "↓")]
