@@ -46,3 +46,26 @@ def test_compare_flags_a_ratio_more_than_ten_percent_worse() -> None:
     assert [line.split(":")[0] for line in flagged] == ["asyncio rt_sync", "asyncio oneway_agent"]
     assert compare(old, run(0.80, 1.30)) == []  # better is never flagged
     assert compare(copy.deepcopy(old), old) == []
+
+
+def test_progress_is_one_rewritten_line_on_a_terminal_and_block_lines_elsewhere() -> None:
+    import io
+
+    from agentcore.cli.bench import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream, tty in ((Terminal(), True), (io.StringIO(), False)):
+        progress = Progress(stream)
+        progress.start(4)
+        for label in ("block 1/2 uvloop rt_raw", "block 1/2 uvloop rt_sync", "block 2/2 asyncio rt_raw",
+                      "block 2/2 asyncio rt_sync"):
+            progress.step(label)
+        progress.end()
+        text = stream.getvalue()
+        if tty:
+            assert text.count("\r") == 4 and "4/4" in text and text.endswith("\n")
+        else:
+            assert text.splitlines() == ["bench: block 1/2 uvloop (1/4)", "bench: block 2/2 asyncio (3/4)"]
