@@ -24,7 +24,7 @@ def test_install_commands_and_extras_use_the_distribution_name() -> None:
     readme = (ROOT / "README.md").read_text()
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert f'name = "{NAME}"' in pyproject
-    assert f'"{NAME}[server,mcp]"' in pyproject  # the extras that pull in other extras name the project itself
+    assert f'"{NAME}[server,mcp' in pyproject  # the extras that pull in other extras name the project itself
     assert f"pip install {NAME}" in readme and f'pip install "{NAME}[server]"' in readme
     sources = [readme, *(p.read_text() for p in (ROOT / "agentcore").rglob("*.py"))]
     for text in sources:

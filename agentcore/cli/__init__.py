@@ -139,6 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "run worker agents and a coordinator over NATS and print what happened "
                     "(starts a local nats-server unless --server or $NATS_URL names one)", common)
     demo.add_argument("--tasks", type=int, default=200, help="tasks per phase (default 200)")
+
+    bench = _command(commands, "bench", "agentcore.cli.bench:bench",
+                     "measure agentcore against raw nats-py in the same run (round trips, throughput, streams) and "
+                     "print the ratios (starts a local nats-server unless --server or $NATS_URL names one)", [])
+    bench.add_argument("-s", "--server", metavar="URL", help="a NATS server to use (default $NATS_URL, else a local one)")
+    bench.add_argument("--quick", action="store_true", help="a seconds-long smoke with tiny sizes (no real measurement)")
+    bench.add_argument("--blocks", type=int, metavar="N", help="blocks per loop, interleaved (default 3; --quick 1)")
+    bench.add_argument("--suite", dest="suites", action="append", metavar="NAME",
+                       help="roundtrip, throughput, stream (repeat or comma-separate; default all)")
+    bench.add_argument("--loop", dest="loops", action="append", choices=("uvloop", "asyncio"),
+                       help="event loops to measure on (repeat; default uvloop, when installed, and asyncio)")
+    bench.add_argument("--json", metavar="FILE", help="save the results, with machine and version info, to FILE")
+    bench.add_argument("--compare", metavar="FILE", help="flag every ratio more than 10%% worse than in a saved run")
+    bench.add_argument("--fail-on-regression", action="store_true", help="with --compare: exit 3 when a ratio is flagged")
     return parser
 
 

@@ -16,7 +16,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from contextvars import Token
 from typing import Any
 
@@ -36,6 +36,7 @@ from ..transport.tracecontext import CURRENT, TRACEPARENT, Scope, carried
 from .caching import DONE, IN_FLIGHT, MISS, SHARED, TaskCache
 from .records import NO_REPLY, TASK, Delivery, Incoming, Queued, Registration, SubscriptionKey, asked_at
 from .replies import Replies
+from .sync_calls import SyncCalls
 
 __all__ = ("Dispatcher",)
 
@@ -48,7 +49,7 @@ class Dispatcher:
     def __init__(self, agent_id: str, config: AgentConfig, topics: Topics, metrics: AgentMetrics, index: SubjectIndex,
                  connection: Connection, replies: Replies, settlement: Settlement,
                  spawn: Callable[[Coroutine[Any, Any, Any] | asyncio.Future[Any] | None], None],
-                 call_sync: Callable[..., Awaitable[Any]], default: Callable[[], Callable[..., Any]]) -> None:
+                 sync_calls: SyncCalls, default: Callable[[], Callable[..., Any]]) -> None:
         self.agent_id = agent_id
         self.config = config
         self.topics = topics
@@ -58,7 +59,7 @@ class Dispatcher:
         self.replies = replies
         self.settlement = settlement
         self._spawn = spawn
-        self._call_sync = call_sync  # runs a sync handler in the thread pool
+        self._sync = sync_calls  # runs a sync handler inline, or in the thread pool once it was seen to block
         self._default = default  # returns the agent's process_message, for registrations without a handler
         self.max_concurrency: int = config["agent.max_concurrency"]
         self.max_queued: int = config["agent.max_queued"]  # beyond it new work is refused as overloaded
@@ -323,8 +324,17 @@ class Dispatcher:
             call = reg.handler if reg.handler is not None else self._default()
             if reg.is_async:
                 result = await call(*args)
+            elif reg.threaded or self._sync.all_threaded:
+                result = await self._sync.threaded(call, *args)
             else:
-                result = await self._call_sync(call, *args)
+                try:  # inline: no thread hop there and back, and publish_result writes straight to the socket
+                    result = self._sync.inline(reg, call, args)
+                except RuntimeError as exc:
+                    if not self._sync.move(reg, exc):
+                        raise
+                    # It called something that cannot run on the loop's thread (asyncio.run, agent.call), which refused
+                    # before running anything: the handler runs again where that works, in a worker thread.
+                    result = await self._sync.threaded(call, *args)
             if not delivery.answered:
                 if reg.kind == TASK:
                     if result is not NO_REPLY:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import os
 import threading
@@ -37,6 +36,7 @@ from .host import Component, PersistedSource, RequestRoute
 from .records import MESSAGE, TASK, CacheMode, Delivery, Handler, Registration
 from .registry import Registry, is_async
 from .replies import Replies
+from .sync_calls import SyncCalls
 
 __all__ = ("Core",)
 
@@ -65,7 +65,6 @@ class Core:
         self._loop_thread: int | None = None
         self.stopped: asyncio.Event | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._subjects: dict[str, str] = {}  # topic -> validated subject, for requests
         self._route_prefix = "\0"  # requests to subjects starting with it go through _route; nothing does by default
@@ -74,8 +73,9 @@ class Core:
         self.settlement = Settlement(self.metrics.counters, lambda step: self.spawn(self.try_send(step)))
         self.replies = Replies(self._source, config, self.metrics, self.connection, self.settlement, self.spawn)
         self.registry = Registry(self.topics, default)
+        self.sync_calls = SyncCalls(agent_id, config, self.metrics, lambda: self._status == "stopped")
         self.work = Dispatcher(agent_id, config, self.topics, self.metrics, self.registry.index, self.connection,
-                               self.replies, self.settlement, self.spawn, self.call_sync, default)
+                               self.replies, self.settlement, self.spawn, self.sync_calls, default)
         self.registry.dispatch = self.work.dispatch
         # Control, discovery and status go through the agent's public methods, read when used: a subclass's
         # describe() (or pause, resume, publish) is what the bus sees. The agent sets face to itself.
@@ -152,25 +152,10 @@ class Core:
             log.error("agent %s background step failed", self.agent_id, exc_info=fut.exception())
 
     async def call_handler(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call a user function: async ones inline on the loop, sync ones in the agent's thread pool."""
+        """Call a user function: async ones on the loop, sync ones as agent.sync_handlers says (core/sync_calls.py)."""
         if is_async(fn):
             return await fn(*args)
-        return await self.call_sync(fn, *args)
-
-    async def call_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call a sync user function in the agent's thread pool."""
-        # Sync handlers may block (an LLM call, say): a worker thread keeps the loop, control and heartbeats
-        # responsive. Async handlers run inline on the loop and cost no thread hop.
-        return await asyncio.get_running_loop().run_in_executor(self._get_executor(), fn, *args)
-
-    def _get_executor(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._executor is None:
-            if self._status == "stopped":
-                raise NotConnectedError(f"agent {self.agent_id} is stopped")
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=self.config["agent.sync_workers"], thread_name_prefix=f"agentcore-{self.agent_id}"
-            )
-        return self._executor
+        return await self.sync_calls.call(fn, *args)
 
     def pending(self, message_id: str) -> Delivery | None:
         """Return the request with message_id that this agent still holds (claim() tells whether it is answered)."""
@@ -522,9 +507,7 @@ class Core:
                 except Exception:
                     log.exception("agent %s: stopping %s failed", self.agent_id, type(component).__name__)
             self.connection.forget()
-            if self._executor is not None:
-                self._executor.shutdown(wait=False, cancel_futures=True)
-                self._executor = None
+            self.sync_calls.shutdown()
             if self.stopped is not None:
                 self.stopped.set()
             log.info("agent %s stopped", self.agent_id)
