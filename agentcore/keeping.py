@@ -1,0 +1,189 @@
+"""Results of persisted tasks kept in JetStream for a requester that was away, and the tasks' stored status.
+
+The requester stamps each persisted task with a fresh secret (``routing.keep``, ``transport.sealing``) and
+remembers it. The worker that answers the task seals the result with it, keeps it in the results bucket for
+``jetstream.result_ttl`` (``transport.taskstore``), records the task's final status, then sends the result
+live as before. A result that does not fit in one message is sent live as a small notice (``payload.kept``)
+and kept through the object bucket. The requester takes a kept result:
+
+* live, as usual, when it was connected;
+* after a reconnect, for a request still waiting (the result may have gone by while it was away);
+* on a notice (whoever sent it: a notice only makes the requester look; what it finds must open with the
+  secret);
+* later with ``await agent.result(task_id)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import Any
+
+from .core.host import Host
+from .core.records import Delivery
+from .envelope import decode, encode, new_message, raise_for_error
+from .errors import AgentCoreError, EnvelopeError, PersistenceError, RequestTimeoutError
+from .transport.inline import REJECT, Accept
+from .transport.sealing import locator, new_secret, parse_secret, seal, unseal
+from .transport.taskstore import TaskStore
+
+__all__ = ("Keeping",)
+
+log = logging.getLogger("agentcore.persistence")
+
+_REMEMBERED = 65536  # secrets of the requester's own tasks it keeps in memory at most (oldest dropped first)
+
+
+class Keeping:
+    """Both ends of kept results and task status over one TaskStore (see the module docstring)."""
+
+    def __init__(self, host: Host, store: TaskStore) -> None:
+        self._host = host
+        self.store = store
+        self._counters = host.metrics.counters
+        self._task_prefix = f"{host.topics.prefix}.task."
+        # task id -> (secret, target, when it is forgotten): the requester's own tasks, added by its own sends only.
+        self._secrets: OrderedDict[str, tuple[bytes, str | None, float]] = OrderedDict()
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}  # requests still waiting for their result
+
+    # ------------------------------------------------------------------ requester
+
+    def stamp(self, message: dict[str, Any]) -> None:
+        """Give a persisted task a secret its result will be sealed with, and remember it."""
+        secret = new_secret()
+        message["routing"]["keep"] = secret
+        loop = asyncio.get_running_loop()
+        secrets = self._secrets
+        secrets[message["id"]] = (parse_secret(secret) or b"", message.get("target"),
+                                  loop.time() + self._host.config["jetstream.result_ttl"])
+        now = loop.time()
+        while secrets and (len(secrets) > _REMEMBERED or next(iter(secrets.values()))[2] < now):
+            secrets.popitem(last=False)
+
+    def watch(self, accept: Accept, task_id: str) -> tuple[Accept, asyncio.Future[dict[str, Any]]]:
+        """Return accept extended to notices of kept results, and the future a recovered result resolves."""
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[task_id] = waiter
+        host = self._host
+
+        def accepting(msg: Any) -> Any:
+            reply = accept(msg)
+            if reply is not REJECT and reply["payload"].get("kept") is True:
+                # Too large to send: it was kept. Look there; what is found must open with our secret.
+                host.spawn(self.recover(task_id))
+                return REJECT
+            return reply
+
+        return accepting, waiter
+
+    def unwatch(self, task_id: str) -> None:
+        """The request ended: stop recovering its result."""
+        waiter = self._waiting.pop(task_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+
+    def reconnected(self) -> None:
+        """Results may have gone by while the connection was down: look for those of the requests still waiting."""
+        for task_id in list(self._waiting):
+            self._host.spawn(self.recover(task_id))
+
+    async def recover(self, task_id: str) -> None:
+        """Resolve the waiting request task_id with its kept result, when there is one."""
+        try:
+            reply = await self._kept(task_id, 0.0)
+        except AgentCoreError as exc:  # the store unreachable right now: the live answer may still come
+            log.debug("agent %s: no kept result for %s yet: %s", self._host.agent_id, task_id, exc)
+            return
+        waiter = self._waiting.get(task_id)
+        if reply is not None and waiter is not None and not waiter.done():
+            self._counters["results_recovered"] += 1
+            waiter.set_result(reply)
+
+    async def result(self, task_id: str, timeout: float | None = None) -> Any:
+        """Return the content of the kept result of task_id, a persisted task this agent sent (waiting up to timeout)."""
+        timeout = self._host.config["agent.request_timeout"] if timeout is None else timeout
+        reply = await self._kept(task_id, timeout)
+        if reply is None:
+            raise RequestTimeoutError(f"no result of task {task_id} was kept within {timeout}s", task_id=task_id)
+        self._counters["results_recovered"] += 1
+        raise_for_error(reply)
+        return reply["payload"]["content"]
+
+    async def _kept(self, task_id: str, timeout: float) -> dict[str, Any] | None:
+        known = self._secrets.get(task_id)
+        if known is None:
+            raise PersistenceError(f"agent {self._host.agent_id} sent no persisted task {task_id!r} that it remembers "
+                                   "(only the requester can open a kept result, within jetstream.result_ttl)")
+        secret, target, _ = known
+        limit = self._host.config["jetstream.results_max_bytes"]
+        sealed = await self.store.fetch(locator(secret, task_id), limit, timeout)
+        if sealed is None:
+            return None
+        data = unseal(secret, task_id, sealed)
+        try:
+            reply = decode(data) if data is not None else None
+        except EnvelopeError:
+            reply = None
+        if reply is None or reply.get("correlationId") != task_id or (target is not None and reply["source"]["id"] != target):
+            self._counters["replies_rejected"] += 1  # not sealed with our secret for this task: someone else's write
+            return None
+        kept: dict[str, Any] = reply
+        return kept
+
+    # ------------------------------------------------------------------ worker
+
+    def wants(self, delivery: Delivery) -> bool:
+        """Whether delivery is a persisted task whose requester asked for its result to be kept."""
+        routing = delivery.message.get("routing")
+        return bool(routing and routing.get("keep")) and delivery.subject.startswith(self._task_prefix)
+
+    async def keep(self, delivery: Delivery, data: bytes, error: dict[str, Any] | None) -> bytes:
+        """Keep the encoded result of delivery sealed, record the task's status; return what to send live."""
+        message = delivery.message
+        task_id = message["id"]
+        secret = parse_secret(message["routing"].get("keep"))
+        status = "done" if error is None else ("cancelled" if error.get("code") == "cancelled" else "failed")
+        kept = False
+        track = self._host.config["jetstream.track_status"]
+
+        async def keep_sealed() -> bool:
+            if secret is None:
+                return False
+            try:
+                await self.store.keep(locator(secret, task_id), seal(secret, task_id, data))
+            except (AgentCoreError, OSError, asyncio.TimeoutError) as exc:
+                self._counters["results_not_kept"] += 1
+                log.warning("agent %s could not keep the result of %s: %s", self._host.agent_id, task_id, exc)
+                return False
+            self._counters["results_kept"] += 1
+            return True
+
+        # Both before the live answer: whoever hears the answer finds the result kept and the status final.
+        if track:
+            kept, _ = await asyncio.gather(keep_sealed(), self.mark(task_id, status))
+        else:
+            kept = await keep_sealed()
+        if kept and len(data) > self._host.connection.max_payload():
+            return notice(self._host.agent_id, self._host.agent_type, message)
+        return data
+
+    async def mark(self, task_id: str, status: str, **details: Any) -> None:
+        """Record task_id's status (forward only), logging a store that cannot take it."""
+        try:
+            await self.store.set_status(task_id, status, self._host.agent_id, **details)
+        except Exception as exc:  # the store unreachable: the status is advisory, the task goes on
+            log.debug("agent %s could not record %s as %s: %s", self._host.agent_id, task_id, status, exc)
+
+    async def status_of(self, task_id: str) -> dict[str, Any] | None:
+        """Return the stored status record of a persisted task ({"status", "agent", "at"}), None when none is kept."""
+        return await self.store.status_of(task_id)
+
+
+def notice(agent_id: str, agent_type: str, request: dict[str, Any]) -> bytes:
+    """Return the small result that tells a requester its (too large) result was kept."""
+    message = new_message("result", None, source_id=agent_id, source_type=agent_type, target=request["source"]["id"],
+                          correlation_id=request["id"])
+    message["payload"]["kept"] = True
+    data: bytes = encode(message)
+    return data
