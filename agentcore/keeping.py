@@ -20,6 +20,8 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
+import nats.errors
+
 from .core.host import Host
 from .core.records import Delivery
 from .envelope import decode, encode, new_message, raise_for_error
@@ -92,7 +94,7 @@ class Keeping:
         """Resolve the waiting request task_id with its kept result, when there is one."""
         try:
             reply = await self._kept(task_id, 0.0)
-        except AgentCoreError as exc:  # the store unreachable right now: the live answer may still come
+        except (AgentCoreError, nats.errors.Error) as exc:  # the store unreachable right now: the live answer may still come
             log.debug("agent %s: no kept result for %s yet: %s", self._host.agent_id, task_id, exc)
             return
         waiter = self._waiting.get(task_id)
@@ -152,7 +154,7 @@ class Keeping:
                 return False
             try:
                 await self.store.keep(locator(secret, task_id), seal(secret, task_id, data))
-            except (AgentCoreError, OSError, asyncio.TimeoutError) as exc:
+            except (AgentCoreError, nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
                 self._counters["results_not_kept"] += 1
                 log.warning("agent %s could not keep the result of %s: %s", self._host.agent_id, task_id, exc)
                 return False

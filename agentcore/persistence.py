@@ -107,7 +107,8 @@ class Persistence:
         store = TaskStore(js, name, ttl=config["jetstream.result_ttl"], results_max_bytes=config["jetstream.results_max_bytes"],
                           objects_max_bytes=config["jetstream.objects_max_bytes"],
                           objects_ttl=max(max_age, config["jetstream.result_ttl"]) if max_age else None,
-                          replicas=config["jetstream.replicas"], max_payload=host.connection.max_payload())
+                          replicas=config["jetstream.replicas"], max_payload=host.connection.max_payload(),
+                          retry_for=config["jetstream.ack_wait"] / 2)  # a leader election: within the in-progress reports
         try:
             await store.open()
         except nats.js.errors.APIError as exc:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -32,14 +33,19 @@ STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINAL = frozenset(("done", "failed", "cancelled"))
 _RANK = {"queued": 0, "running": 1, "done": 2, "failed": 2, "cancelled": 2}
 _INLINE, _OBJECT = b"S", b"O"
+T = TypeVar("T")
+# What a cluster says while it elects a leader or a node restarts: worth asking again, with the same write.
+_PASSING = (nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError,
+            nats.errors.NoRespondersError, nats.errors.ConnectionReconnectingError)
 
 
 class TaskStore:
     """Open (or create) the three buckets and read and write them; every failure is a PersistenceError."""
 
     def __init__(self, js: JetStreamContext, stream: str, *, ttl: float, results_max_bytes: int, objects_max_bytes: int,
-                 objects_ttl: float | None, replicas: int, max_payload: int) -> None:
+                 objects_ttl: float | None, replicas: int, max_payload: int, retry_for: float = 10.0) -> None:
         self.js = js
+        self.retry_for = retry_for  # how long a write waits out a leader election before it fails
         self.names = (f"{stream}_RESULTS", f"{stream}_STATUS", f"{stream}_OBJECTS")
         self._ttl, self._results_max, self._objects_max = ttl, results_max_bytes, objects_max_bytes
         self._objects_ttl, self._replicas = objects_ttl, replicas
@@ -76,6 +82,20 @@ class TaskStore:
         except nats.js.errors.BadRequestError:  # another agent created it meanwhile
             return await self.js.key_value(bucket)
 
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Await call(), again while the cluster is between leaders, for at most retry_for seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_for
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except _PASSING as exc:
+                if loop.time() + delay >= deadline:
+                    raise PersistenceError(f"JetStream did not answer within {self.retry_for}s ({type(exc).__name__})") from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
     # ------------------------------------------------------------------ claim-checked objects
 
     async def put_object(self, data: bytes) -> str:
@@ -83,7 +103,7 @@ class TaskStore:
         assert self.objects is not None
         digest = hashlib.sha256(data).hexdigest()
         try:
-            await self.objects.put(digest, data)
+            await self._retrying(lambda: self.objects.put(digest, data))  # type: ignore[union-attr]
         except nats.js.errors.APIError as exc:
             raise PersistenceError(f"JetStream refused a {len(data)}-byte object in {self.names[2]}: {exc.description or exc}") from None
         return f"{digest} {len(data)}"
@@ -125,7 +145,7 @@ class TaskStore:
         if len(value) > self.inline_limit:
             value = _OBJECT + (await self.put_object(sealed)).encode()
         try:
-            await self.results.put(locator, value)
+            await self._retrying(lambda: self.results.put(locator, value))  # type: ignore[union-attr]
         except nats.js.errors.APIError as exc:
             raise PersistenceError(f"JetStream did not keep the result in {self.names[0]}: {exc.description or exc}") from None
 
@@ -133,7 +153,7 @@ class TaskStore:
         """Return the sealed result kept under locator, waiting up to timeout for it; None when there is none."""
         assert self.results is not None
         try:
-            value = (await self.results.get(locator)).value
+            value = (await self._retrying(lambda: self.results.get(locator))).value  # type: ignore[union-attr]
         except nats.js.errors.KeyNotFoundError:
             value = await self._await(locator, timeout) if timeout > 0 else None
         if not value:
@@ -169,14 +189,15 @@ class TaskStore:
         for _ in range(8):  # each round lost to a concurrent writer re-reads what it wrote
             try:
                 try:
-                    entry = await kv.get(task_id)
+                    entry = await self._retrying(lambda: kv.get(task_id))
                 except nats.js.errors.KeyNotFoundError:
-                    await kv.create(task_id, value)
+                    await self._retrying(lambda: kv.create(task_id, value))
                     return True
                 current = orjson.loads(entry.value or b"{}").get("status")
                 if current in FINAL or _RANK.get(current, -1) >= _RANK[status]:
                     return False
-                await kv.update(task_id, value, last=entry.revision)
+                revision = entry.revision
+                await self._retrying(lambda: kv.update(task_id, value, last=revision))
                 return True
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue
@@ -188,7 +209,7 @@ class TaskStore:
         """Return task_id's stored status record ({"status", "agent", "at", ...}), or None when none is kept."""
         assert self.status is not None
         try:
-            entry = await self.status.get(task_id)
+            entry = await self._retrying(lambda: self.status.get(task_id))  # type: ignore[union-attr]
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.InvalidKeyError):
             return None
         record: dict[str, Any] = orjson.loads(entry.value or b"{}")
