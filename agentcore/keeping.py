@@ -73,6 +73,7 @@ class Keeping:
             reply = accept(msg)
             if reply is not REJECT and reply["payload"].get("kept") is True:
                 # Too large to send: it was kept. Look there; what is found must open with our secret.
+                self._counters["kept_notices"] += 1
                 host.spawn(self.recover(task_id))
                 return REJECT
             return reply
