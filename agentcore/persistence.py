@@ -297,6 +297,8 @@ class Persistence:
             else:
                 signed = data
             if host.connection.signer is not None:  # stored as signed (the whole task); checked when delivered
+                # nats-py adds Nats-Expected-Stream to the headers it publishes, and the stream keeps it: signed too.
+                headers["Nats-Expected-Stream"] = self._stream or ""
                 headers = host.connection.signer.headers(subject, "", signed, headers)
             delay = 0.05
             while True:

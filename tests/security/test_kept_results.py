@@ -128,3 +128,30 @@ async def test_a_claim_whose_object_does_not_match_is_refused(make_agent, raw_nc
     assert not ran
     client = await make_agent("client", **JS)
     assert await client.send_task("echo", "x", timeout=10) == "ran"  # the honest path still works
+
+
+async def test_a_signed_claim_checked_task_and_kept_result_pass_with_signatures_required(make_agent) -> None:
+    """The stub carries the signature of the whole task: checked once the object is fetched; the result is kept."""
+    import os
+
+    import nkeys
+
+    from agentcore.transport.identity import Signer
+
+    worker_seed, client_seed = (nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode() for _ in range(2))
+
+    def public(seed: str) -> str:
+        return Signer(seed.encode()).public_key
+
+    big = "s" * (2 * 1024 * 1024)
+    worker = await make_agent("worker", capabilities={"echo": lambda m: m["payload"]["content"] + "!"},
+                              identity__seed=worker_seed, identity__trusted={"client": public(client_seed)},
+                              identity__require=True, **JS)
+    client = await make_agent("client", identity__seed=client_seed, identity__trusted={"worker": public(worker_seed)},
+                              identity__require=True, **JS)
+    assert await within(client.send_task("echo", "small", timeout=10), "a small signed answer") == "small!"
+    reply = await within(client.request_message(client.topics.task("echo"), big, timeout=30), "the signed answer")
+    assert reply["payload"]["content"] == big + "!"
+    assert worker.get_metrics()["claims_fetched"] == 1 and client.get_metrics()["results_recovered"] == 1
+    for agent in (worker, client):
+        assert agent.get_metrics().get("identity_refused", 0) == 0
