@@ -28,12 +28,13 @@ from .envelope import decode, encode, new_message, raise_for_error
 from .errors import AgentCoreError, EnvelopeError, PersistenceError, RequestTimeoutError
 from .transport.inline import REJECT, Accept
 from .transport.sealing import locator, new_secret, parse_secret, seal, unseal
-from .transport.taskstore import TaskStore
+from .transport.taskstore import FINAL, TaskStore
 
 __all__ = ("Keeping",)
 
 log = logging.getLogger("agentcore.persistence")
 
+_RUNNING_AFTER = 0.05  # seconds a task is held before it is recorded running
 _REMEMBERED = 65536  # secrets of the requester's own tasks it keeps in memory at most (oldest dropped first)
 
 
@@ -48,6 +49,9 @@ class Keeping:
         # task id -> (secret, target, when it is forgotten): the requester's own tasks, added by its own sends only.
         self._secrets: OrderedDict[str, tuple[bytes, str | None, float]] = OrderedDict()
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}  # requests still waiting for their result
+        # task id -> this agent's write of "running": the final write follows its revision (one round trip).
+        self._revisions: OrderedDict[str, asyncio.Future[int | None]] = OrderedDict()
+        self._writing: set[str] = set()  # tasks whose running write has gone out
 
     # ------------------------------------------------------------------ requester
 
@@ -162,21 +166,44 @@ class Keeping:
             self._counters["results_kept"] += 1
             return True
 
-        # Both before the live answer: whoever hears the answer finds the result kept and the status final.
-        if track:
-            kept, _ = await asyncio.gather(keep_sealed(), self.mark(task_id, status))
-        else:
-            kept = await keep_sealed()
+        if track:  # in the background: a round trip or two that the answer need not wait for
+            self._host.spawn(self.mark(task_id, status))
+        kept = await keep_sealed()  # before the live answer: whoever hears the answer finds the result kept
         if kept and len(data) > self._host.connection.max_payload():
             return notice(self._host.agent_id, self._host.agent_type, message)
         return data
 
-    async def mark(self, task_id: str, status: str, **details: Any) -> None:
-        """Record task_id's status (forward only), logging a store that cannot take it."""
+    def running(self, task_id: str) -> None:
+        """Record that this agent took task_id, once it has held it _RUNNING_AFTER seconds (in the background)."""
+        revisions = self._revisions
+        writing = revisions[task_id] = asyncio.ensure_future(self._mark_running(task_id))
+        self._host.spawn(writing)  # a stop waits for it
+        while len(revisions) > _REMEMBERED:  # tasks whose final status another replica wrote: forgotten, oldest first
+            revisions.popitem(last=False)
+
+    async def _mark_running(self, task_id: str) -> int | None:
+        # A task answered sooner goes from queued to its final status: two writes fewer on the busy path.
+        await asyncio.sleep(_RUNNING_AFTER)
+        self._writing.add(task_id)
         try:
-            await self.store.set_status(task_id, status, self._host.agent_id, **details)
+            return await self.mark(task_id, "running")
+        finally:
+            self._writing.discard(task_id)
+
+    async def mark(self, task_id: str, status: str, **details: Any) -> int | None:
+        """Record task_id's status (forward only), logging a store that cannot take it; return the revision written."""
+        expect = None
+        earlier = self._revisions.pop(task_id, None) if status in FINAL else None
+        if earlier is not None:
+            if task_id in self._writing or earlier.done():
+                expect = await earlier  # our own running write: the revision a final one most likely follows
+            else:
+                earlier.cancel()  # not written yet, and no longer true
+        try:
+            return await self.store.set_status(task_id, status, self._host.agent_id, expect=expect, **details)
         except Exception as exc:  # the store unreachable: the status is advisory, the task goes on
             log.debug("agent %s could not record %s as %s: %s", self._host.agent_id, task_id, status, exc)
+            return None
 
     async def status_of(self, task_id: str) -> dict[str, Any] | None:
         """Return the stored status record of a persisted task ({"status", "agent", "at"}), None when none is kept."""

@@ -143,7 +143,7 @@ class Persistence:
             headers = js_msg.headers
             claim = headers.get("Agent-Claim") if headers else None
             if track and headers and "Nats-Msg-Id" in headers:
-                host.spawn(keeping.mark(headers["Nats-Msg-Id"], "running"))
+                keeping.running(headers["Nats-Msg-Id"])
             if claim is None:
                 settlement.receive(js_msg, puller, lambda msg: dispatch(msg, key))
             else:  # the task waits in the object bucket: fetched, checked against the claim, then dispatched

@@ -181,29 +181,39 @@ class TaskStore:
 
     # ------------------------------------------------------------------ status
 
-    async def set_status(self, task_id: str, status: str, agent: str, **details: Any) -> bool:
-        """Move task_id's status forward to status (never back, never off a final one); return whether it moved."""
+    async def set_status(self, task_id: str, status: str, agent: str, *, expect: int | None = None,
+                         **details: Any) -> int | None:
+        """Move task_id's status forward to status (never back, never off a final one); return the revision written.
+
+        expect: the revision the writer believes current (its own last write): one round trip when it still is.
+        None when the status did not move (it was there already, or further on).
+        """
         kv = self.status
         assert kv is not None
         value = orjson.dumps({"status": status, "agent": agent, "at": time.time(), **details})
-        for _ in range(8):  # each round lost to a concurrent writer re-reads what it wrote
-            try:
+        try:
+            if expect is not None or status == "queued":  # queued: the first status, so only ever created
                 try:
-                    entry = await self._retrying(lambda: kv.get(task_id))
-                except nats.js.errors.KeyNotFoundError:
-                    await self._retrying(lambda: kv.create(task_id, value))
-                    return True
-                current = orjson.loads(entry.value or b"{}").get("status")
-                if current in FINAL or _RANK.get(current, -1) >= _RANK[status]:
-                    return False
-                revision = entry.revision
-                await self._retrying(lambda: kv.update(task_id, value, last=revision))
-                return True
-            except nats.js.errors.KeyWrongLastSequenceError:
-                continue
-            except nats.js.errors.InvalidKeyError:
-                return False  # an id that is no key (a stranger's): nothing to record
-        return False
+                    return await self._retrying(lambda: kv.update(task_id, value, last=expect or 0))
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    if status == "queued":
+                        return None  # something is recorded already: it is queued or further on
+            for _ in range(8):  # each round lost to a concurrent writer re-reads what it wrote
+                try:
+                    try:
+                        entry = await self._retrying(lambda: kv.get(task_id))
+                    except nats.js.errors.KeyNotFoundError:
+                        return await self._retrying(lambda: kv.update(task_id, value, last=0))
+                    current = orjson.loads(entry.value or b"{}").get("status")
+                    if current in FINAL or _RANK.get(current, -1) >= _RANK[status]:
+                        return None
+                    revision = entry.revision
+                    return await self._retrying(lambda: kv.update(task_id, value, last=revision))
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    continue
+        except nats.js.errors.InvalidKeyError:
+            return None  # an id that is no key (a stranger's): nothing to record
+        return None
 
     async def status_of(self, task_id: str) -> dict[str, Any] | None:
         """Return task_id's stored status record ({"status", "agent", "at", ...}), or None when none is kept."""

@@ -41,6 +41,10 @@ async def _status(agent: NATSAgent, task_id: str) -> str | None:
     return None if record is None else record["status"]
 
 
+async def _done(agent: NATSAgent, task_id: str, status: str = "done") -> bool:
+    return await _status(agent, task_id) == status
+
+
 async def test_a_requester_that_gave_up_fetches_the_kept_result_later(make_agent) -> None:
     gate = _Gate()
     worker = await make_agent("worker", capabilities={"double": gate}, **JS)
@@ -51,12 +55,11 @@ async def test_a_requester_that_gave_up_fetches_the_kept_result_later(make_agent
     assert task_id and task_id in str(info.value)
     assert await _status(client, task_id) in ("queued", "running")
     await within(gate.started.wait(), "the handler to start")
-    await eventually(lambda: _status(client, task_id), what="the running status")  # noqa: B023
-    assert await _status(client, task_id) == "running"
+    await eventually(lambda: _done(client, task_id, "running"), what="the running status")  # noqa: B023
     gate.open.set()
     assert await within(client.result(task_id, timeout=10), "the kept result") == 42
     assert await client.result(task_id, timeout=1) == 42  # kept until result_ttl: asked again, the same
-    assert await _status(client, task_id) == "done"
+    await eventually(lambda: _done(client, task_id), what="the done status")
     assert worker.get_metrics()["results_kept"] == 1
     assert client.get_metrics()["results_recovered"] == 2
 
@@ -79,7 +82,7 @@ async def test_status_of_a_persisted_task_survives_an_agent_restart(make_agent, 
     reply = await client.request_message(client.topics.task("echo"), "x", timeout=5)
     task_id = reply["correlationId"]
     await eventually(lambda: _status(client, task_id), what="a status")  # noqa: B023
-    await eventually(lambda: _status(worker, task_id), what="the done status")
+    await eventually(lambda: _done(worker, task_id), what="the done status")
     await worker.astop()
     again = NATSAgent("worker", "worker", agent_config(**JS))  # the same agent, restarted
     await again.astart()
@@ -110,7 +113,7 @@ async def test_a_failed_task_is_recorded_failed_and_its_kept_error_raises(make_a
     gate.set()
     with pytest.raises(HandlerError, match="no"):
         await within(client.result(task_id, timeout=10), "the kept error")
-    assert await _status(client, task_id) == "failed"
+    await eventually(lambda: _done(client, task_id, "failed"), what="the failed status")
 
 
 async def test_a_task_that_waits_for_a_worker_is_queued(make_agent) -> None:
