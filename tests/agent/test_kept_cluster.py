@@ -10,6 +10,7 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
+from nats.js import api
 
 from agentcore import AgentConfig, NATSAgent
 from agentcore.server import NATSServer
@@ -34,17 +35,19 @@ def _cluster() -> Iterator[list[NATSServer]]:
 
 
 async def _jetstream_ready(url: str) -> None:
-    """Wait until the cluster has elected a JetStream meta leader (agents find their stream only then)."""
+    """Wait until the cluster places a 3-replica stream: a meta leader is elected and all three peers are known."""
     nc = await nats.connect(url)
+    js = nc.jetstream(timeout=2.0)
     try:
         async def ready() -> bool:
             try:
-                await nc.jetstream(timeout=1.0).account_info()
+                await js.add_stream(api.StreamConfig(name="READY", subjects=["ready.probe"], num_replicas=3))
+                await js.delete_stream("READY")
                 return True
             except (nats.errors.Error, nats.js.errors.Error):
                 return False
 
-        await eventually(ready, timeout=30, what="a JetStream meta leader")
+        await eventually(ready, timeout=60, what="the cluster to place a 3-replica stream")
     finally:
         await nc.close()
 
