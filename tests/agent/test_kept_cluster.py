@@ -58,7 +58,7 @@ def _config(url: str) -> AgentConfig:
                         "jetstream.enabled": True, "jetstream.replicas": 3, "jetstream.pull_expires": 0.5}, environ={})
 
 
-async def test_a_result_produced_while_the_requester_s_node_is_down_reaches_it_when_it_is_back() -> None:
+async def test_results_produced_while_the_requester_s_node_is_down_reach_it_when_it_is_back() -> None:
     started, release = asyncio.Event(), asyncio.Event()
 
     async def double(message: dict[str, Any]) -> Any:
@@ -74,17 +74,18 @@ async def test_a_result_produced_while_the_requester_s_node_is_down_reaches_it_w
         await within(worker.astart(), "the worker to start", 60)
         try:
             await within(client.astart(), "the client to start", 60)
-            waiting = asyncio.ensure_future(client.send_task("double", 21, timeout=120))
+            waiting = asyncio.ensure_future(asyncio.gather(*(client.send_task("double", i, timeout=120) for i in range(20))))
             await within(started.wait(), "the task to reach the worker", 60)
             await asyncio.to_thread(c.kill)  # the requester's node dies mid-task
             await eventually(lambda: client.get_metrics()["disconnects"] >= 1, timeout=30, what="the client to notice")
             release.set()
-            # The worker keeps the result (R3, on a and b) and sends it live to an inbox nobody reads now.
-            await eventually(lambda: worker.get_metrics().get("results_kept") == 1, timeout=60, what="the result kept")
+            # The worker keeps the results (R3, on a and b) and sends them live to an inbox nobody reads now.
+            await eventually(lambda: worker.get_metrics().get("results_kept") == 20, timeout=60, what="the results kept")
             assert not waiting.done()
             await asyncio.to_thread(c.start, 30.0)
-            assert await within(waiting, "the waiting request to get its result after the reconnect", 90) == 42
-            assert client.get_metrics()["results_recovered"] == 1
+            results = await within(waiting, "the waiting requests to get their results after the reconnect", 90)
+            assert results == [2 * i for i in range(20)]  # 20 of 20, all produced while the requester was away
+            assert client.get_metrics()["results_recovered"] == 20
         finally:
             if not waiting.done():
                 waiting.cancel()
