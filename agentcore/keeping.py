@@ -46,6 +46,7 @@ class Keeping:
         self.store = store
         self._counters = host.metrics.counters
         self._task_prefix = f"{host.topics.prefix}.task."
+        self._track = bool(host.config["jetstream.track_status"])
         # task id -> (secret, target, when it is forgotten): the requester's own tasks, added by its own sends only.
         self._secrets: OrderedDict[str, tuple[bytes, str | None, float]] = OrderedDict()
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}  # requests still waiting for their result
@@ -141,18 +142,20 @@ class Keeping:
     # ------------------------------------------------------------------ worker
 
     def wants(self, delivery: Delivery) -> bool:
-        """Whether delivery is a persisted task whose requester asked for its result to be kept."""
+        """Whether delivery is a persisted task whose result is kept (its requester asked) or whose status is tracked."""
+        if not delivery.subject.startswith(self._task_prefix):
+            return False
         routing = delivery.message.get("routing")
-        return bool(routing and routing.get("keep")) and delivery.subject.startswith(self._task_prefix)
+        return bool(routing and routing.get("keep")) or self._track
 
     async def keep(self, delivery: Delivery, data: bytes, error: dict[str, Any] | None) -> bytes:
         """Keep the encoded result of delivery sealed, record the task's status; return what to send live."""
         message = delivery.message
         task_id = message["id"]
-        secret = parse_secret(message["routing"].get("keep"))
+        secret = parse_secret((message.get("routing") or {}).get("keep"))  # none: a peer that keeps nothing
         status = "done" if error is None else ("cancelled" if error.get("code") == "cancelled" else "failed")
         kept = False
-        track = self._host.config["jetstream.track_status"]
+        track = self._track
 
         async def keep_sealed() -> bool:
             if secret is None:

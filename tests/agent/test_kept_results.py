@@ -158,3 +158,20 @@ async def test_a_20_mb_task_is_claim_checked_and_its_object_dropped(make_agent) 
         return not [o for o in objects if (o.size or 0) > 1024 * 1024]
 
     await eventually(dropped, timeout=10, what="the task's object to be deleted")
+
+
+async def test_a_peer_that_asks_for_no_kept_result_still_gets_its_task_s_status(make_agent, raw_nc) -> None:
+    """A task stored by another client (no routing.keep): answered as before, nothing kept, its status recorded."""
+    from agentcore.envelope import decode, encode
+    from helpers import task_envelope
+    from nats_fixtures import subscribed
+
+    worker = await make_agent("worker", capabilities={"echo": lambda m: m["payload"]["content"]}, **JS)
+    inbox = raw_nc.new_inbox()
+    answers = await raw_nc.subscribe(inbox)
+    await subscribed(raw_nc)
+    task = {**task_envelope("go-1", "hi", capability="echo"), "replyTo": inbox}
+    await raw_nc.jetstream().publish("agents.test.task.echo.default", encode(task), headers={"Nats-Msg-Id": "go-1"})
+    assert decode((await answers.next_msg(timeout=10)).data)["payload"]["content"] == "hi"
+    await eventually(lambda: _done(worker, "go-1"), what="the peer's task recorded done")
+    assert worker.get_metrics().get("results_kept", 0) == 0
