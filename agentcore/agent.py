@@ -356,6 +356,10 @@ class NATSAgent:
         """Return the task stream's name and state (messages kept, consumers), or {"enabled": False}."""
         return await self._persistence.persistence_info()
 
+    async def result(self, task_id: str, timeout: float | None = None) -> Any:
+        """Return the result of a persisted task this agent sent, kept for jetstream.result_ttl (waits up to timeout)."""
+        return await self._persistence.result(task_id, timeout)
+
     # ------------------------------------------------------------------ negotiation (FIPA Contract Net)
 
     def register_a2a_handler(

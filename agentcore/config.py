@@ -257,6 +257,11 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "jetstream.duplicate_window": (120.0, _positive_float),
     "jetstream.replicas": (1, _positive_int),
     "jetstream.pull_expires": (1.0, _positive_float),  # how long one pull request lingers: what a pause may wait
+    # Kept results, task status and large payloads (agentcore.keeping, transport.taskstore): buckets beside the stream.
+    "jetstream.result_ttl": (3600.0, _positive_float),  # how long results and task status are kept
+    "jetstream.results_max_bytes": (256 * 1024 * 1024, _positive_int),  # the results bucket's bound (and the status one's)
+    "jetstream.objects_max_bytes": (1024 * 1024 * 1024, _positive_int),  # the object bucket's bound (large tasks, results)
+    "jetstream.track_status": (True, _bool),  # record each persisted task's status (two more JetStream writes a task)
 }
 
 # Values never shown in reprs or errors (nats.options may hold nkeys_seed_str or a JWT callback's secrets).

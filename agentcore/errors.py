@@ -51,7 +51,11 @@ class DuplicateAgentError(AgentCoreError):
 
 
 class RequestTimeoutError(AgentCoreError, TimeoutError):
-    """No reply arrived before the timeout."""
+    """No reply arrived before the timeout (task_id: the persisted task whose result agent.result() can still fetch)."""
+
+    def __init__(self, message: str, *, task_id: str | None = None) -> None:
+        super().__init__(message)
+        self.task_id = task_id
 
 
 class PersistenceError(AgentCoreError):

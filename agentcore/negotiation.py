@@ -40,6 +40,7 @@ from .errors import (
     RemoteError,
     RequestTimeoutError,
 )
+from .transport.offload import publish_request
 from .negotiation_state import (
     ACCEPT_PROPOSAL,
     CANCEL,
@@ -536,8 +537,8 @@ class Negotiation:
         message = new_message("query", body, source_id=host.agent_id, source_type=host.agent_type, target=aid,
                               conversation_id=neg.id, timeout_ms=window * 1000.0)
         data = encode(message)
-        host.connection.check_size(data)
-        await host.connection.publish(host.topics.a2a_negotiate(aid), data, reply)
+        # Larger than max_payload: offered, and pulled whole by the participant.
+        await publish_request(host.connection, host.topics.a2a_negotiate(aid), message, data, reply, window, host.spawn)
         return str(message["id"])
 
     def _collect(self, neg: NegotiationRun, rnd: _Round | None, tail: str, msg: Msg) -> None:

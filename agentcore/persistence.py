@@ -7,7 +7,10 @@ and wait for the result on their reply inbox as usual. Workers take each capabil
 consumer shared by their replicas (the queue group's JetStream twin). A task is acknowledged once the agent
 has answered it, result or error; it is handed back for redelivery when the agent could not take it
 (overloaded, stopping, its handler cancelled), and redelivered after ``jetstream.ack_wait`` when the agent
-died. Results travel over core NATS to the requester's inbox, as without persistence.
+died. Results travel over core NATS to the requester's inbox, as without persistence, and are kept sealed for the
+requester in a JetStream bucket (``keeping``); each task's status is stored there too. Tasks larger than
+max_payload travel claim-checked: the stored message carries ``Agent-Claim`` (digest and size) and the task
+itself waits in the object bucket.
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ from nats.js import JetStreamContext, api
 
 from .core.host import Host
 from .core.records import SubscriptionKey
-from .envelope import encode
-from .errors import PersistenceError, RequestTimeoutError
+from .envelope import decode, encode, error_payload, new_message
+from .errors import AgentCoreError, EnvelopeError, PersistenceError, RequestTimeoutError
+from .keeping import Keeping
 from .transport.inline import Accept
 from .transport.puller import ConsumerLimits, TaskPuller
 from .transport.settlement import PersistedMsg, pub_ack_stream
+from .transport.taskstore import TaskStore
 
 __all__ = ("Persistence", "PersistedMsg", "default_stream_name", "pub_ack_stream")
 
@@ -49,6 +54,7 @@ class Persistence:
         self._js: JetStreamContext | None = None
         self._stream: str | None = None
         self._pullers: set[TaskPuller] = set()
+        self.keeping: Keeping | None = None
 
     @property
     def enabled(self) -> bool:
@@ -97,6 +103,18 @@ class Persistence:
         if subjects[0] not in (info.config.subjects or []):
             log.warning("agent %s: stream %s captures %s, not %s: tasks outside it are not persisted",
                         host.agent_id, name, info.config.subjects, subjects[0])
+        max_age = config["jetstream.max_age"]
+        store = TaskStore(js, name, ttl=config["jetstream.result_ttl"], results_max_bytes=config["jetstream.results_max_bytes"],
+                          objects_max_bytes=config["jetstream.objects_max_bytes"],
+                          objects_ttl=max(max_age, config["jetstream.result_ttl"]) if max_age else None,
+                          replicas=config["jetstream.replicas"], max_payload=host.connection.max_payload(),
+                          retry_for=config["jetstream.ack_wait"] / 2)  # a leader election: within the in-progress reports
+        try:
+            await store.open()
+        except nats.js.errors.APIError as exc:
+            raise PersistenceError(f"JetStream refused the buckets {', '.join(store.names)}: {exc.description or exc}") from None
+        self.keeping = Keeping(host, store)
+        host.keep_answers(self.keeping)
         self._js, self._stream = js, name
         host.work.settlement.keep_alive(config["jetstream.ack_wait"])
         host.serve_from(self)
@@ -117,8 +135,19 @@ class Persistence:
         work = host.work
         settlement, dispatch = work.settlement, work.dispatch
 
+        keeping = self.keeping
+        assert keeping is not None
+        track = config["jetstream.track_status"]
+
         def deliver(js_msg: Msg, puller: TaskPuller) -> None:
-            settlement.receive(js_msg, puller, lambda msg: dispatch(msg, key))
+            headers = js_msg.headers
+            claim = headers.get("Agent-Claim") if headers else None
+            if track and headers and "Nats-Msg-Id" in headers:
+                keeping.running(headers["Nats-Msg-Id"])
+            if claim is None:
+                settlement.receive(js_msg, puller, lambda msg: dispatch(msg, key))
+            else:  # the task waits in the object bucket: fetched, checked against the claim, then dispatched
+                settlement.receive(js_msg, puller, lambda msg: host.spawn(self._claimed(msg, claim, key)))
 
         # Twice what runs at once: enough that the next tasks are here when handlers finish, few enough that idle
         # replicas get their share. Never more than the agent would queue.
@@ -171,9 +200,11 @@ class Persistence:
     # ------------------------------------------------------------------ the Component protocol
 
     def reconnected(self) -> None:
-        """A new connection may have lost the outstanding pull requests: ask again."""
+        """A new connection may have lost the outstanding pull requests and results sent meanwhile: ask again."""
         for puller in list(self._pullers):
             puller.reset()
+        if self.keeping is not None:
+            self.keeping.reconnected()
 
     def drain(self) -> None:
         """Nothing to hand on: the pullers were retired with the subscriptions."""
@@ -189,29 +220,95 @@ class Persistence:
         """Report how many persisted tasks this agent holds unsettled."""
         return {"persisted_held": len(self._host.work.settlement.held)} if self._js is not None else {}
 
-    async def _request(self, subject: str, message: dict[str, Any], timeout: float, accept: Accept) -> Any:
-        """Store a task in JetStream (retrying through reconnects) and return the result sent to our inbox (accept checks it)."""
+    async def _claimed(self, msg: PersistedMsg, claim: str, key: SubscriptionKey) -> None:
+        """Fetch a claim-checked task from the object bucket, check it, and dispatch it whole (or refuse it, typed)."""
         host = self._host
-        js = self._js
-        assert js is not None
+        keeping = self.keeping
+        assert keeping is not None
+        try:
+            data = await keeping.store.get_object(claim, host.config["agent.max_request_bytes"])
+            stub, message = decode(msg.data), decode(data)
+            if (message["id"], message["source"]) != (stub["id"], stub["source"]):
+                raise PersistenceError(f"the object claimed by task {stub['id']} holds another message ({message['id']})")
+        except asyncio.CancelledError:
+            host.work.settlement.release(msg, redeliver=True)
+            raise
+        except (AgentCoreError, EnvelopeError, nats.errors.Error) as exc:
+            host.metrics.counters["claims_refused"] += 1
+            host.metrics.failed += 1
+            log.warning("agent %s refused a claim-checked task on %s: %s", host.agent_id, msg.subject, exc)
+            host.work.settlement.reject(msg)  # fetching again cannot make it match
+            await self._refuse_claim(msg, str(exc))
+            return
+        host.metrics.counters["claims_fetched"] += 1
+        msg.data = data  # the signature headers, when signed, cover the whole task: checked as usual from here
+        host.work.dispatch(msg, key)
+        host.spawn(self._drop(claim))  # redeliveries of it are replays of a task already taken
+
+    async def _drop(self, claim: str) -> None:
+        if self.keeping is not None:
+            try:
+                await self.keeping.store.drop_object(claim)
+            except (AgentCoreError, nats.errors.Error) as exc:
+                log.debug("could not delete object %s: %s", claim, exc)
+
+    async def _refuse_claim(self, msg: PersistedMsg, text: str) -> None:
+        """Tell the requester of a claim-checked task that could not be fetched, when its replyTo is a reply inbox."""
+        host = self._host
+        try:
+            stub = decode(msg.data)
+        except EnvelopeError:
+            return
+        reply_to = stub.get("replyTo")
+        prefixes = (*host.connection.inbox_prefixes(), f"{host.topics.prefix}.result.")
+        if isinstance(reply_to, str) and reply_to.startswith(prefixes):
+            error = new_message("result", None, source_id=host.agent_id, source_type=host.agent_type,
+                                target=stub["source"]["id"], correlation_id=stub["id"],
+                                error=error_payload("invalid_message", f"the claim-checked task could not be taken: {text}"))
+            await host.try_send(host.connection.publish(reply_to, encode(error)))
+
+    async def _request(self, subject: str, message: dict[str, Any], timeout: float, accept: Accept) -> Any:
+        """Store a task in JetStream (retrying through reconnects) and return the result sent to our inbox (accept checks it).
+
+        The result is kept for us too: a result that went by while we were disconnected is fetched at reconnect.
+        """
+        host = self._host
+        js, keeping = self._js, self.keeping
+        assert js is not None and keeping is not None
         loop = asyncio.get_running_loop()
         # Past the duplicate window a retry could be stored twice: stop retrying there, whatever the timeout.
         deadline = loop.time() + min(timeout, host.config["jetstream.duplicate_window"])
+        task_id = message["id"]
+        keeping.stamp(message)
+        track = host.config["jetstream.track_status"]
 
         async def publish(inbox: str) -> None:
             message["replyTo"] = inbox  # JetStream keeps no reply subject: the result goes where the envelope says
             data = encode(message)
-            host.connection.check_size(data)
+            # The task id is also JetStream's dedup id (a retry is stored once); trace headers ride along.
+            headers: dict[str, str] = host.connection.traced(subject, data, {"Nats-Msg-Id": task_id}) or {}
+            if len(data) > host.connection.max_payload():
+                if len(data) > host.config["jetstream.objects_max_bytes"]:
+                    raise PersistenceError(f"task {task_id} is {len(data)} bytes, more than jetstream.objects_max_bytes")
+                # Claim-checked: the task waits in the object bucket, the stream holds its claim (digest and size).
+                headers["Agent-Claim"] = await keeping.store.put_object(data)
+                host.metrics.counters["claims_stored"] += 1
+                signed = data
+                data = encode({**message, "payload": {"content": None, "claimed": True}})
+            else:
+                signed = data
+            if host.connection.signer is not None:  # stored as signed (the whole task); checked when delivered
+                # nats-py adds Nats-Expected-Stream to the headers it publishes, and the stream keeps it: signed too.
+                headers["Nats-Expected-Stream"] = self._stream or ""
+                headers = host.connection.signer.headers(subject, "", signed, headers)
             delay = 0.05
             while True:
-                # The message id doubles as JetStream's dedup id: a retry after a lost PubAck is stored once.
-                headers = host.connection.traced(subject, data, {"Nats-Msg-Id": message["id"]})
-                if host.connection.signer is not None:  # stored as signed; checked (key, signature) when delivered
-                    headers = host.connection.signer.headers(subject, "", data, headers)
                 try:
                     await js.publish(subject, data, timeout=max(min(deadline - loop.time(), 2.0), 0.01),
                                      stream=self._stream, headers=headers)
                     host.metrics.counters["persisted_sent"] += 1
+                    if track:
+                        host.spawn(keeping.mark(task_id, "queued"))
                     return
                 except nats.js.errors.APIError as exc:
                     if not isinstance(exc, nats.js.errors.ServiceUnavailableError):
@@ -226,7 +323,34 @@ class Persistence:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-        return await host.connection.request_via(publish, timeout, accept)
+        accepting, recovered = keeping.watch(accept, task_id)
+        live = asyncio.ensure_future(host.connection.request_via(publish, timeout, accepting))
+        try:
+            await asyncio.wait((live, recovered), return_when=asyncio.FIRST_COMPLETED)
+            if recovered.done() and not recovered.cancelled():
+                return recovered.result()  # it went by while we were away (or was too large to send): kept for us
+            try:
+                return await live
+            except nats.errors.TimeoutError:
+                raise RequestTimeoutError(f"no reply on {subject} within {timeout}s; its result is kept for "
+                                          f"jetstream.result_ttl: await agent.result({task_id!r})", task_id=task_id) from None
+        finally:
+            keeping.unwatch(task_id)
+            if not live.done():
+                live.cancel()
+                await asyncio.gather(live, return_exceptions=True)
+
+    async def result(self, task_id: str, timeout: float | None = None) -> Any:
+        """Return the content of the kept result of a persisted task this agent sent (see keeping)."""
+        if self.keeping is None:
+            raise PersistenceError(f"agent {self._host.agent_id} keeps no results: jetstream.enabled is off")
+        return await self.keeping.result(task_id, timeout)
+
+    async def status_of(self, task_id: str) -> dict[str, Any] | None:
+        """Return the stored status record of a persisted task ({"status", "agent", "at"}), None when none is kept."""
+        if self.keeping is None:
+            raise PersistenceError(f"agent {self._host.agent_id} keeps no task status: jetstream.enabled is off")
+        return await self.keeping.status_of(task_id)
 
     async def persistence_info(self) -> dict[str, Any]:
         """Return the task stream's name and state (messages kept, consumers), or {"enabled": False}."""

@@ -34,6 +34,7 @@ from .transport.frames import (
     pull_offer,
     split_point,
 )
+from .transport.offload import publish_request
 
 __all__ = ("Streaming", "StreamReceiver", "StreamChunk", "pull_offer")
 
@@ -233,10 +234,10 @@ class Streaming(Feature):
         )
         message["routing"]["stream"] = {"window": window}
         data = encode(message)
-        host.connection.check_size(data)
 
         async def start(inbox: str) -> None:
-            await host.connection.publish(subject, data, reply=inbox)  # signed when the agent signs
+            # Signed when the agent signs; larger than max_payload: offered, and pulled whole by the serving agent.
+            await publish_request(host.connection, subject, message, data, inbox, idle_timeout, host.spawn)
 
         return StreamReceiver(nc, window=window, idle_timeout=idle_timeout, gap_timeout=gap_timeout, start=start,
                               task_id=message["id"], on_reject=self._rejected, verifier=host.connection.verifier,

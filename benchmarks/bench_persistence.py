@@ -3,7 +3,9 @@
 raw_js: the requester publishes to a work-queue stream with js.publish (waits for the PubAck, as ours does) and
 the reply inbox in a header; the responder takes it from a durable push consumer in a queue group, publishes
 the reply and acks. agent_js: send_task with jetstream.enabled on both agents (envelopes, dedup id, ack after
-the answer). agent_core: the same task over core NATS, for what persistence costs.
+the answer; the result kept sealed and the task's status recorded). agent_js_untracked: the same with
+jetstream.track_status off (the result still kept). agent_core: the same task over core NATS, for what
+persistence costs.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from agentcore.server import NATSServer
 from harness import KindBench, interleaved, opened, summarise_pair
 
 CONTENT = {"text": "summarise the quarterly numbers for the board " * 4, "lang": "en"}
-KINDS = ("raw_js", "agent_js", "agent_core")
+KINDS = ("raw_js", "agent_js", "agent_js_untracked", "agent_core")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,8 @@ class Pair(KindBench):
             return await self._setup_raw()
         config = AgentConfig({"nats.servers": [self.url], "nats.environment": f"bench-{self.kind.replace('_', '-')}",
                               "agent.heartbeat_interval": 60.0, "cache.enabled": False,
-                              "jetstream.enabled": self.kind == "agent_js"}, environ={})
+                              "jetstream.enabled": self.kind.startswith("agent_js"),
+                              "jetstream.track_status": self.kind == "agent_js"}, environ={})
         client = await summarise_pair(self, config)
 
         async def call() -> Any:
@@ -99,6 +102,6 @@ def test_persisted_roundtrip_ratio(pairs: dict[str, KindBench]) -> None:
     stats = interleaved(pairs, blocks=10, per_block=100)
     raw = stats["raw_js"]
     print(f"\npersisted round trip over {raw[2]} calls each: raw nats-py JetStream p50 {raw[0]:.1f} µs p99 {raw[1]:.1f} µs")
-    for kind in ("agent_js", "agent_core"):
+    for kind in ("agent_js", "agent_js_untracked", "agent_core"):
         p50, p99, _ = stats[kind]
         print(f"  {kind:<11} p50 {p50:.1f} µs p99 {p99:.1f} µs; ratio to raw JetStream p50 {p50 / raw[0]:.3f}x p99 {p99 / raw[1]:.3f}x")

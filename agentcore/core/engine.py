@@ -35,7 +35,7 @@ from .dispatch import Dispatcher
 from .host import Component, PersistedSource, RequestRoute
 from .records import MESSAGE, TASK, CacheMode, Delivery, Handler, Registration
 from .registry import Registry, is_async
-from .replies import Replies
+from .replies import Keeper, Replies
 from .sync_calls import SyncCalls
 
 __all__ = ("Core",)
@@ -196,6 +196,10 @@ class Core:
     def serve_from(self, source: PersistedSource | None) -> None:
         """Let source serve the wire subscriptions it claims (None: all from core NATS)."""
         self.registry.source = source
+
+    def keep_answers(self, keeper: Keeper | None) -> None:
+        """Let keeper keep the answers it wants before they are sent (None: answers are only sent)."""
+        self.replies.keeper = keeper
 
     # ------------------------------------------------------------------ registering
 

@@ -18,6 +18,7 @@ from ..transport.connection import Connection
 from ..transport.inline import Accept
 from ..transport.puller import TaskPuller
 from ..transport.settlement import Settlement
+from .replies import Keeper
 from .records import TASK, Delivery, Handler, Incoming, Queued, Registration, SubscriptionKey
 
 __all__ = ("Host", "Work", "Component", "Feature", "PersistedSource", "RequestRoute")
@@ -158,6 +159,10 @@ class Host(Protocol):
 
     def serve_from(self, source: PersistedSource | None) -> None:
         """Let source serve the wire subscriptions it claims (None: all from core NATS)."""
+        ...
+
+    def keep_answers(self, keeper: Keeper | None) -> None:
+        """Let keeper keep the answers it wants before they are sent (None: answers are only sent)."""
         ...
 
     async def request_message(self, topic: str, content: Any, *, type: str = "task", timeout: float | None = None,

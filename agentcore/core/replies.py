@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from nats.aio.client import Client as NATSClient
 
@@ -21,9 +21,21 @@ from ..transport.settlement import Settlement
 from ..transport.tracecontext import CURRENT
 from .records import Delivery
 
-__all__ = ("Replies",)
+__all__ = ("Replies", "Keeper")
 
 log = logging.getLogger("agentcore.agent")
+
+
+class Keeper(Protocol):
+    """Keeps some answers before they are sent (persistence keeps persisted tasks' results for their requesters)."""
+
+    def wants(self, delivery: Delivery) -> bool:
+        """Return whether delivery's answer is kept."""
+        ...
+
+    async def keep(self, delivery: Delivery, data: bytes, error: dict[str, Any] | None) -> bytes:
+        """Keep the encoded answer data (error: its payload.error); return what to send (a notice when too large)."""
+        ...
 
 
 class Replies:
@@ -39,6 +51,7 @@ class Replies:
         self.spawn = spawn
         self.pending: dict[str, Delivery] = {}  # message id -> the request publish_result() would answer
         self.owed: set[Delivery] = set()  # deferred deliveries still waiting for publish_result()
+        self.keeper: Keeper | None = None  # None: answers are only sent (one `is None` test per answer)
 
     def lookup(self, message_id: str) -> Delivery:
         """Return the unanswered request with message_id; AgentCoreError when there is none."""
@@ -106,12 +119,17 @@ class Replies:
             return
         try:
             data = self.result_message(delivery, content)
+            keeper = self.keeper
+            if keeper is not None and keeper.wants(delivery):
+                delivery.answered = True  # one answer: a racing publish_result must not pass settle() meanwhile
+                data = await keeper.keep(delivery, data, None)  # a kept result too large to send is sent as a notice
             self.connection.check_size(data)
         except PayloadTooLargeError as exc:
             if (delivery.message.get("routing") or {}).get("stream"):
                 delivery.answered = True  # the requester said it can pull a stream: it reassembles it
                 await offer_result(self.connection, self.source, delivery.message, dest, data)
             else:
+                delivery.answered = False  # a kept answer that could not be kept: its error still goes out
                 await self.fail(delivery, "payload_too_large", str(exc))
             return
         except EnvelopeError as exc:
@@ -133,8 +151,13 @@ class Replies:
             return
         dest = delivery.destination
         delivery.answered = True
+        error = error_payload(code, text, **details)
+        data = self.result_message(delivery, None, error)
+        keeper = self.keeper
+        if keeper is not None and keeper.wants(delivery):
+            data = await keeper.keep(delivery, data, error)
         if dest is not None:
-            await self.connection.publish(dest, self.result_message(delivery, None, error_payload(code, text, **details)))
+            await self.connection.publish(dest, data)
 
     async def send_error(self, reply: str, request_id: str | None, code: str, text: str, **details: Any) -> None:
         """Send an error result to reply for a message that never became a delivery (malformed, refused)."""

@@ -38,6 +38,7 @@ from ..errors import (
     MCPToolNotFoundError,
 )
 from ..transport.tracecontext import CURRENT
+from ..transport.offload import publish_request
 from .exposure import Exposure
 
 if TYPE_CHECKING:
@@ -597,14 +598,15 @@ class MCP:
             timeout_ms=timeout * 1000.0, capabilities=["mcp"], message_id=request_id,
         )
         data = encode(envelope)
-        host.connection.check_size(data)
         loop = asyncio.get_running_loop()
         timer = loop.call_later(timeout, self._expire, request_id, server_id, timeout)
         meta = (rpc.get("params") or {}).get("_meta")
         token = meta.get("progressToken") if isinstance(meta, dict) else None
         self._pending[request_id] = _Pending(server_id, sink, timer, tool, rpc["id"], token)
         try:
-            await host.connection.publish(host.topics.mcp_requests(server_id), data, reply=reply)
+            # Larger than max_payload: offered, and pulled whole by the hosting agent.
+            await publish_request(host.connection, host.topics.mcp_requests(server_id), envelope, data, reply, timeout,
+                                  host.spawn)
         except BaseException:
             self.forget(request_id)
             raise

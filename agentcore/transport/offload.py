@@ -11,6 +11,7 @@ cannot make the agent publish anywhere else.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .._impl import validate_subject
@@ -20,7 +21,7 @@ from .connection import Connection
 from .frames import FrameSender, pull_answer, pull_offer, serve_pull
 from .inline import Accept
 
-__all__ = ("offer_result", "request_large", "pull_request", "pull_result")
+__all__ = ("offer_result", "request_large", "publish_request", "pull_request", "pull_result")
 
 
 async def offer_result(connection: Connection, source: dict[str, str], request: dict[str, Any], dest: str, data: bytes,
@@ -61,6 +62,35 @@ async def request_large(connection: Connection, subject: str, message: dict[str,
     if not serving.cancelled() and serving.exception() is None and serving.result():
         connection.metrics.counters["large_requests_streamed"] += 1
     return msg
+
+
+async def publish_request(connection: Connection, subject: str, message: dict[str, Any], data: bytes, reply: str,
+                          timeout: float, spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+    """Publish an encoded request whose answers come to reply; one too large for a message goes as an offer.
+
+    The offer is published like the request (same reply subject); its pull is served in the background (spawn) for
+    up to timeout. For the paths that read their answers elsewhere than a request inbox: streams, MCP, negotiation.
+    """
+    if len(data) <= connection.max_payload():
+        await connection.publish(subject, data, reply)
+        return
+    sender = FrameSender(connection.require(), message["id"], None, 8, timeout, connection.signer, connection.verifier)
+    await sender.open()  # its SUB reaches the server before the offer: the puller's first message finds it
+    try:
+        offer = {**message, "payload": {"content": None, "stream": {"pull": sender.ctl, "size": len(data)}}}
+        await connection.publish(subject, encode(offer), reply)
+    except BaseException:
+        await sender.close()
+        raise
+
+    async def serve() -> None:
+        try:
+            if await serve_pull(sender, data, timeout):
+                connection.metrics.counters["large_requests_streamed"] += 1
+        finally:
+            await sender.close()
+
+    spawn(serve())
 
 
 async def pull_request(connection: Connection, offer: dict[str, Any], timeout: float, limit: int,

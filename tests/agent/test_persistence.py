@@ -244,16 +244,6 @@ async def test_a_requester_without_persistence_hears_why_it_got_no_answer(make_a
         await plain.send_task("echo", 1, timeout=5)
 
 
-async def test_a_persisted_task_larger_than_max_payload_is_refused(make_agent) -> None:
-    from agentcore import PayloadTooLargeError
-
-    await make_agent("worker", capabilities={"echo": lambda m: 1}, **JS)
-    client = await make_agent("client", **JS)
-    with pytest.raises(PayloadTooLargeError):
-        await client.send_task("echo", "x" * (client.nc.max_payload + 1), timeout=5)
-    assert await client.send_task("echo", "small", timeout=5) == 1
-
-
 async def test_a_redelivery_while_the_task_runs_is_not_run_twice(make_agent) -> None:
     """Without in-progress reports JetStream redelivers a slow task; the first delivery still answers and acks."""
     slow = _Slow(1.2, "once")

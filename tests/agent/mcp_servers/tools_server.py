@@ -45,6 +45,12 @@ def lookup(key: str) -> str:
 
 
 @server.tool()
+def length(text: str) -> int:
+    """Return how long text is (a large argument, a small answer)."""
+    return len(text)
+
+
+@server.tool()
 def big(size: int) -> str:
     """Return size bytes of text."""
     return "x" * size

@@ -1,0 +1,222 @@
+"""Results of persisted tasks kept in JetStream for a requester that was away, and the tasks' stored status.
+
+The requester stamps each persisted task with a fresh secret (``routing.keep``, ``transport.sealing``) and
+remembers it. The worker that answers the task seals the result with it, keeps it in the results bucket for
+``jetstream.result_ttl`` (``transport.taskstore``), records the task's final status, then sends the result
+live as before. A result that does not fit in one message is sent live as a small notice (``payload.kept``)
+and kept through the object bucket. The requester takes a kept result:
+
+* live, as usual, when it was connected;
+* after a reconnect, for a request still waiting (the result may have gone by while it was away);
+* on a notice (whoever sent it: a notice only makes the requester look; what it finds must open with the
+  secret);
+* later with ``await agent.result(task_id)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import Any
+
+import nats.errors
+
+from .core.host import Host
+from .core.records import Delivery
+from .envelope import decode, encode, new_message, raise_for_error
+from .errors import AgentCoreError, EnvelopeError, PersistenceError, RequestTimeoutError
+from .transport.inline import REJECT, Accept
+from .transport.sealing import locator, new_secret, parse_secret, seal, unseal
+from .transport.taskstore import FINAL, TaskStore
+
+__all__ = ("Keeping",)
+
+log = logging.getLogger("agentcore.persistence")
+
+_RUNNING_AFTER = 0.05  # seconds a task is held before it is recorded running
+_REMEMBERED = 65536  # secrets of the requester's own tasks it keeps in memory at most (oldest dropped first)
+
+
+class Keeping:
+    """Both ends of kept results and task status over one TaskStore (see the module docstring)."""
+
+    def __init__(self, host: Host, store: TaskStore) -> None:
+        self._host = host
+        self.store = store
+        self._counters = host.metrics.counters
+        self._task_prefix = f"{host.topics.prefix}.task."
+        self._track = bool(host.config["jetstream.track_status"])
+        # task id -> (secret, target, when it is forgotten): the requester's own tasks, added by its own sends only.
+        self._secrets: OrderedDict[str, tuple[bytes, str | None, float]] = OrderedDict()
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}  # requests still waiting for their result
+        # task id -> this agent's write of "running": the final write follows its revision (one round trip).
+        self._revisions: OrderedDict[str, asyncio.Future[int | None]] = OrderedDict()
+        self._writing: set[str] = set()  # tasks whose running write has gone out
+
+    # ------------------------------------------------------------------ requester
+
+    def stamp(self, message: dict[str, Any]) -> None:
+        """Give a persisted task a secret its result will be sealed with, and remember it."""
+        secret = new_secret()
+        message["routing"]["keep"] = secret
+        loop = asyncio.get_running_loop()
+        secrets = self._secrets
+        secrets[message["id"]] = (parse_secret(secret) or b"", message.get("target"),
+                                  loop.time() + self._host.config["jetstream.result_ttl"])
+        now = loop.time()
+        while secrets and (len(secrets) > _REMEMBERED or next(iter(secrets.values()))[2] < now):
+            secrets.popitem(last=False)
+
+    def watch(self, accept: Accept, task_id: str) -> tuple[Accept, asyncio.Future[dict[str, Any]]]:
+        """Return accept extended to notices of kept results, and the future a recovered result resolves."""
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[task_id] = waiter
+        host = self._host
+
+        def accepting(msg: Any) -> Any:
+            reply = accept(msg)
+            if reply is not REJECT and reply["payload"].get("kept") is True:
+                # Too large to send: it was kept. Look there; what is found must open with our secret.
+                self._counters["kept_notices"] += 1
+                host.spawn(self.recover(task_id))
+                return REJECT
+            return reply
+
+        return accepting, waiter
+
+    def unwatch(self, task_id: str) -> None:
+        """The request ended: stop recovering its result."""
+        waiter = self._waiting.pop(task_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+
+    def reconnected(self) -> None:
+        """Results may have gone by while the connection was down: look for those of the requests still waiting."""
+        for task_id in list(self._waiting):
+            self._host.spawn(self.recover(task_id))
+
+    async def recover(self, task_id: str) -> None:
+        """Resolve the waiting request task_id with its kept result, when there is one."""
+        try:
+            reply = await self._kept(task_id, 0.0)
+        except (AgentCoreError, nats.errors.Error) as exc:  # the store unreachable right now: the live answer may still come
+            log.debug("agent %s: no kept result for %s yet: %s", self._host.agent_id, task_id, exc)
+            return
+        waiter = self._waiting.get(task_id)
+        if reply is not None and waiter is not None and not waiter.done():
+            self._counters["results_recovered"] += 1
+            waiter.set_result(reply)
+
+    async def result(self, task_id: str, timeout: float | None = None) -> Any:
+        """Return the content of the kept result of task_id, a persisted task this agent sent (waiting up to timeout)."""
+        timeout = self._host.config["agent.request_timeout"] if timeout is None else timeout
+        reply = await self._kept(task_id, timeout)
+        if reply is None:
+            raise RequestTimeoutError(f"no result of task {task_id} was kept within {timeout}s", task_id=task_id)
+        self._counters["results_recovered"] += 1
+        raise_for_error(reply)
+        return reply["payload"]["content"]
+
+    async def _kept(self, task_id: str, timeout: float) -> dict[str, Any] | None:
+        known = self._secrets.get(task_id)
+        if known is None:
+            raise PersistenceError(f"agent {self._host.agent_id} sent no persisted task {task_id!r} that it remembers "
+                                   "(only the requester can open a kept result, within jetstream.result_ttl)")
+        secret, target, _ = known
+        limit = self._host.config["jetstream.results_max_bytes"]
+        sealed = await self.store.fetch(locator(secret, task_id), limit, timeout)
+        if sealed is None:
+            return None
+        data = unseal(secret, task_id, sealed)
+        try:
+            reply = decode(data) if data is not None else None
+        except EnvelopeError:
+            reply = None
+        if reply is None or reply.get("correlationId") != task_id or (target is not None and reply["source"]["id"] != target):
+            self._counters["replies_rejected"] += 1  # not sealed with our secret for this task: someone else's write
+            return None
+        kept: dict[str, Any] = reply
+        return kept
+
+    # ------------------------------------------------------------------ worker
+
+    def wants(self, delivery: Delivery) -> bool:
+        """Whether delivery is a persisted task whose result is kept (its requester asked) or whose status is tracked."""
+        if not delivery.subject.startswith(self._task_prefix):
+            return False
+        routing = delivery.message.get("routing")
+        return bool(routing and routing.get("keep")) or self._track
+
+    async def keep(self, delivery: Delivery, data: bytes, error: dict[str, Any] | None) -> bytes:
+        """Keep the encoded result of delivery sealed, record the task's status; return what to send live."""
+        message = delivery.message
+        task_id = message["id"]
+        secret = parse_secret((message.get("routing") or {}).get("keep"))  # none: a peer that keeps nothing
+        status = "done" if error is None else ("cancelled" if error.get("code") == "cancelled" else "failed")
+        kept = False
+        track = self._track
+
+        async def keep_sealed() -> bool:
+            if secret is None:
+                return False
+            try:
+                await self.store.keep(locator(secret, task_id), seal(secret, task_id, data))
+            except (AgentCoreError, nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+                self._counters["results_not_kept"] += 1
+                log.warning("agent %s could not keep the result of %s: %s", self._host.agent_id, task_id, exc)
+                return False
+            self._counters["results_kept"] += 1
+            return True
+
+        if track:  # in the background: a round trip or two that the answer need not wait for
+            self._host.spawn(self.mark(task_id, status))
+        kept = await keep_sealed()  # before the live answer: whoever hears the answer finds the result kept
+        if kept and len(data) > self._host.connection.max_payload():
+            return notice(self._host.agent_id, self._host.agent_type, message)
+        return data
+
+    def running(self, task_id: str) -> None:
+        """Record that this agent took task_id, once it has held it _RUNNING_AFTER seconds (in the background)."""
+        revisions = self._revisions
+        writing = revisions[task_id] = asyncio.ensure_future(self._mark_running(task_id))
+        self._host.spawn(writing)  # a stop waits for it
+        while len(revisions) > _REMEMBERED:  # tasks whose final status another replica wrote: forgotten, oldest first
+            revisions.popitem(last=False)
+
+    async def _mark_running(self, task_id: str) -> int | None:
+        # A task answered sooner goes from queued to its final status: two writes fewer on the busy path.
+        await asyncio.sleep(_RUNNING_AFTER)
+        self._writing.add(task_id)
+        try:
+            return await self.mark(task_id, "running")
+        finally:
+            self._writing.discard(task_id)
+
+    async def mark(self, task_id: str, status: str, **details: Any) -> int | None:
+        """Record task_id's status (forward only), logging a store that cannot take it; return the revision written."""
+        expect = None
+        earlier = self._revisions.pop(task_id, None) if status in FINAL else None
+        if earlier is not None:
+            if task_id in self._writing or earlier.done():
+                expect = await earlier  # our own running write: the revision a final one most likely follows
+            else:
+                earlier.cancel()  # not written yet, and no longer true
+        try:
+            return await self.store.set_status(task_id, status, self._host.agent_id, expect=expect, **details)
+        except Exception as exc:  # the store unreachable: the status is advisory, the task goes on
+            log.debug("agent %s could not record %s as %s: %s", self._host.agent_id, task_id, status, exc)
+            return None
+
+    async def status_of(self, task_id: str) -> dict[str, Any] | None:
+        """Return the stored status record of a persisted task ({"status", "agent", "at"}), None when none is kept."""
+        return await self.store.status_of(task_id)
+
+
+def notice(agent_id: str, agent_type: str, request: dict[str, Any]) -> bytes:
+    """Return the small result that tells a requester its (too large) result was kept."""
+    message = new_message("result", None, source_id=agent_id, source_type=agent_type, target=request["source"]["id"],
+                          correlation_id=request["id"])
+    message["payload"]["kept"] = True
+    data: bytes = encode(message)
+    return data
