@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import cast
 
 import nats.errors
 from nats.aio.client import Client as NATSClient
@@ -36,10 +37,12 @@ _CRLF_SIZE = 2
 class _Target:
     """Delivers one subscription's frames as nats-py's _process_msg would, minus the pending queue."""
 
-    __slots__ = ("nc", "sub", "sid", "dispatch", "msg_class")
+    __slots__ = ("nc", "sub", "sid", "dispatch", "msg_class", "targets")
 
-    def __init__(self, nc: NATSClient, sub: Subscription, dispatch: Callable[[Msg], None]) -> None:
+    def __init__(self, nc: NATSClient, sub: Subscription, dispatch: Callable[[Msg], None],
+                 targets: dict[int, _Target]) -> None:
         self.nc = nc
+        self.targets = targets
         self.sub = sub
         self.sid: int = sub._id
         self.dispatch = dispatch
@@ -49,12 +52,12 @@ class _Target:
         sub = self.sub
         nc = self.nc
         if nc._subs.get(self.sid) is not sub:  # unsubscribed or drained: nats-py drops what still arrives for it
-            nc._ps.targets.pop(self.sid, None)
+            self.targets.pop(self.sid, None)
             return
         sub._received += 1
         limit = sub._pending_bytes_limit
         if 0 < limit <= len(data):  # nats-py's slow-consumer rule (the inline queue never holds one message)
-            asyncio.get_running_loop().create_task(
+            asyncio.ensure_future(
                 nc._error_cb(nats.errors.SlowConsumerError(subject=subject, reply=reply, sid=self.sid, sub=sub)))
             return
         try:
@@ -63,7 +66,7 @@ class _Target:
             log.exception("dispatching a message on %s failed", subject)
 
 
-class _Reader(_Parser):  # type: ignore[misc]  # nats-py is untyped
+class _Reader(_Parser):
     """nats-py's Parser with a fast path for the frames of the agent's own subscriptions."""
 
     targets: dict[int, _Target]
@@ -126,13 +129,13 @@ def take_over(nc: NATSClient, sub: Subscription, dispatch: Callable[[Msg], None]
                 return False
             # The parser object stays (nats-py's reconnect resets it in place); only its parse() changes.
             parser.__class__ = _Reader
-            parser.targets = {}
+            cast(_Reader, parser).targets = {}
         if sub._max_msgs or sub._jsi is not None or nc._subs.get(sub._id) is not sub:
             return False  # auto-unsubscribe and JetStream bookkeeping stay nats-py's
-        targets: dict[int, _Target] = parser.targets
+        targets = cast(_Reader, parser).targets
         for sid in [sid for sid in targets if sid not in nc._subs]:  # subscriptions gone since: nats-py forgot them
             del targets[sid]
-        targets[sub._id] = _Target(nc, sub, dispatch)
+        targets[sub._id] = _Target(nc, sub, dispatch, targets)
     except AttributeError:  # a nats-py whose internals differ: delivery stays inline through its own parser
         return False
     return True
