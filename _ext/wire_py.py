@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = ("scan_frames", "frame_end")
@@ -20,7 +20,7 @@ def frame_end(buf: Any, pos: int) -> int:
     """Return where the protocol frame starting at pos ends (after its CRLFs), or -1 when it is not all in buf yet."""
     # MSG and HMSG carry a payload whose size their control line gives; every other operation is one line. A
     # control line this cannot read returns the end of buf, so the general parser sees it (and raises).
-    nl = buf.find(_CRLF, pos)
+    nl: int = buf.find(_CRLF, pos)
     if nl < 0:
         return -1 if len(buf) - pos <= _MAX_LINE else len(buf)
     line = bytes(buf[pos:nl])
@@ -40,7 +40,7 @@ def _number(text: bytes) -> int:
     return int(text) if 0 < len(text) <= 18 and text.isdigit() else -1
 
 
-def scan_frames(buf: Any, pos: int, targets: dict[int, Callable[[str, str, bytes], None]]) -> tuple[int, int, int, int]:
+def scan_frames(buf: Any, pos: int, targets: Mapping[int, Callable[[str, str, bytes], None]]) -> tuple[int, int, int, int]:
     """Deliver MSG frames from pos to targets[sid](subject, reply, payload); return (stop, MORE/OTHER, msgs, bytes)."""
     # A target must not raise. Scanning stops at the first frame that is not all in buf (MORE) or that is not a
     # MSG for a sid with a target (OTHER: HMSG, PING, another sid, a malformed line), which the caller's general
