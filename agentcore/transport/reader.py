@@ -55,6 +55,8 @@ class _Target:
             self.targets.pop(self.sid, None)
             return
         sub._received += 1
+        if sub._max_msgs and sub._received >= sub._max_msgs:  # unsubscribe(limit=n) since: nats-py's auto-unsubscribe
+            nc._subs.pop(self.sid, None)
         limit = sub._pending_bytes_limit
         if 0 < limit <= len(data):  # nats-py's slow-consumer rule (the inline queue never holds one message)
             asyncio.ensure_future(

@@ -142,3 +142,22 @@ async def test_a_reconnect_mid_stream_keeps_the_fast_path(agent_config: Callable
         finally:
             await publisher.close()
             await agent.astop()
+
+
+async def test_an_auto_unsubscribe_limit_set_later_is_honoured(make_agent: Callable[..., Any], raw_nc: nats.NATS) -> None:
+    """nats-py's unsubscribe(limit=n) on a subscription read through the fast path stops it after n messages."""
+    seen: list[Any] = []
+    agent = await sink_agent(make_agent, seen)
+    subject = agent.topics.task("sink")
+    sub = next(s for s in agent.nc._subs.values() if ".task.sink" in s.subject)
+    assert sub._id in fast_sids(agent)
+    await sub.unsubscribe(limit=3)
+    await subscribed(agent.nc)
+    for i in range(5):
+        await raw_nc.publish(subject, envelope({"i": i}))
+    await subscribed(raw_nc)
+    await eventually(lambda: len(seen) == 3, what="three messages")
+    assert sub._id not in agent.nc._subs
+    await raw_nc.publish(subject, envelope({"i": "late"}))
+    await subscribed(raw_nc)
+    assert seen == [{"i": 0}, {"i": 1}, {"i": 2}]
