@@ -160,11 +160,15 @@ def scan_frames(object buf, Py_ssize_t pos, dict targets):
             return pos, MORE, msgs, nbytes
         if p[end] != b'\r' or p[end + 1] != b'\n':
             return pos, OTHER, msgs, nbytes
-        subject = PyUnicode_DecodeUTF8(p + a, s1 - a, NULL)
-        if spaces == 2:
-            reply = ""
-        else:
-            reply = PyUnicode_DecodeUTF8(p + sp[1] + 1, sp[2] - sp[1] - 1, NULL)
+        try:
+            subject = PyUnicode_DecodeUTF8(p + a, s1 - a, NULL)
+            if spaces == 2:
+                reply = ""
+            else:
+                reply = PyUnicode_DecodeUTF8(p + sp[1] + 1, sp[2] - sp[1] - 1, NULL)
+        except UnicodeDecodeError:  # a stranger's subject that is not UTF-8: dropped (nats-py's decode would raise)
+            pos = end + 2
+            continue
         payload = PyBytes_FromStringAndSize(p + start, size)
         pos = end + 2
         msgs += 1

@@ -76,9 +76,14 @@ def scan_frames(buf: Any, pos: int, targets: Mapping[int, Callable[[str, str, by
             return pos, MORE, msgs, nbytes
         if buf[end:end + 2] != _CRLF:
             return pos, OTHER, msgs, nbytes
+        try:
+            subject_text, reply_text = subject.decode(), reply.decode()
+        except UnicodeDecodeError:  # a stranger's subject that is not UTF-8: dropped (nats-py's decode would raise)
+            pos = end + 2
+            continue
         payload = bytes(buf[start:end])
         pos = end + 2
         msgs += 1
         nbytes += size
-        target(subject.decode(), reply.decode(), payload)
+        target(subject_text, reply_text, payload)
     return pos, MORE, msgs, nbytes

@@ -104,6 +104,9 @@ class _Reader(_Parser):
             if end < 0:
                 break  # a frame for nats-py that is not all here yet: kept below until it is
             # nats-py's parser takes exactly this frame (a MSG for another sid, HMSG, PING, INFO, -ERR, ...).
+            if not _readable(view, pos):
+                pos = end  # nats-py would raise decoding it, in its read loop: that loop would stop for good
+                continue
             own = self.buf = bytearray(view[pos:end])
             await _Parser.parse(self)
             pos = end
@@ -114,6 +117,22 @@ class _Reader(_Parser):
             self.buf = buf
         else:
             self.buf = bytearray(view[pos:])
+
+
+def _readable(view: bytes | bytearray, pos: int) -> bool:
+    """Return whether the control line at pos is UTF-8 (a MSG/HMSG subject or reply a stranger chose may not be)."""
+    line = view[pos:view.find(b"\r\n", pos)]
+    try:
+        line.decode()
+    except UnicodeDecodeError:
+        _dropped[0] += 1
+        if _dropped[0] % 1000 == 1:  # once per thousand: a flood must not flood the log
+            log.warning("dropped %d messages whose subject is not UTF-8, the last: %r", _dropped[0], bytes(line[:200]))
+        return False
+    return True
+
+
+_dropped = [0]  # messages dropped by _readable, in this process
 
 
 def _usable(parser: object) -> bool:

@@ -119,3 +119,10 @@ def test_only_bytes_and_bytearray_are_read(wire_module: ModuleType) -> None:
         return  # the twin reads any buffer; the compiled scanner insists on the two types nats-py hands it
     with pytest.raises(TypeError):
         wire_module.scan_frames(memoryview(STREAM), 0, {})
+
+
+def test_a_frame_whose_subject_or_reply_is_not_utf8_is_dropped(wire_module: ModuleType) -> None:
+    stream = b"MSG a.\xff 1 2\r\nhi\r\nMSG a 1 \xfe 2\r\nhi\r\nMSG a 1 2\r\nok\r\n"
+    result, got = _scan(wire_module, stream)
+    assert result == (len(stream), MORE, 1, 2)
+    assert got == [(1, "a", "", b"ok")]
