@@ -161,3 +161,17 @@ async def test_an_auto_unsubscribe_limit_set_later_is_honoured(make_agent: Calla
     await raw_nc.publish(subject, envelope({"i": "late"}))
     await subscribed(raw_nc)
     assert seen == [{"i": 0}, {"i": 1}, {"i": 2}]
+
+
+async def test_nats_pys_slow_consumer_limit_still_applies(make_agent: Callable[..., Any], raw_nc: nats.NATS) -> None:
+    """A message at or over a subscription's pending-bytes limit is dropped and reported, as nats-py does."""
+    seen: list[Any] = []
+    agent = await sink_agent(make_agent, seen)
+    sub = next(s for s in agent.nc._subs.values() if ".task.sink" in s.subject)
+    assert sub._id in fast_sids(agent)
+    sub._pending_bytes_limit = 2000  # nats-py's own setting (subscribe(pending_bytes_limit=...)); the agent keeps the default
+    subject = agent.topics.task("sink")
+    await raw_nc.publish(subject, envelope({"pad": "x" * 3000}))
+    await raw_nc.publish(subject, envelope({"i": "small"}))
+    await eventually(lambda: seen == [{"i": "small"}], what="the small message")
+    await eventually(lambda: agent.get_metrics()["async_errors"] == 1, what="the drop reported as nats-py reports it")
