@@ -13,11 +13,14 @@ import contextvars
 import collections.abc
 import logging
 import sys
+import threading
 from asyncio.tasks import _enter_task, _leave_task
 from collections.abc import Coroutine, Generator
 from typing import Any
 
-__all__ = ("run_eager", "start_eager", "step_now")
+__all__ = ("release_spare", "run_eager", "start_eager", "step_now")
+
+_current_task = asyncio.current_task
 
 log = logging.getLogger("agentcore.agent")
 
@@ -36,10 +39,11 @@ class _Resume(collections.abc.Coroutine):  # type: ignore[type-arg]
     as a native eager Task would.
     """
 
-    __slots__ = ("coro", "first", "done", "result", "error")
+    __slots__ = ("coro", "first", "done", "result", "error", "gate")
 
-    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
-        self.coro = coro
+    def __init__(self, coro: Coroutine[Any, Any, Any] | None) -> None:
+        self.coro = coro  # None: a spare Task's driver, not bound to a coroutine yet (see start_eager)
+        self.gate: asyncio.Future[None] | None = None  # what an unbound spare Task waits on until it is bound
         self.first: Any = _NOTHING  # what the inline step yielded, until the Task takes it
         self.done = False  # the inline step finished the coroutine: the Task only reports the outcome
         self.result: Any = None
@@ -59,7 +63,12 @@ class _Resume(collections.abc.Coroutine):  # type: ignore[type-arg]
         if first is not _NOTHING:
             self.first = _NOTHING
             return first
-        return self.coro.send(value)
+        coro = self.coro
+        if coro is None:  # a spare Task's first step: park until a coroutine is bound (or it is retired)
+            gate = self.gate = asyncio.get_running_loop().create_future()
+            gate._asyncio_future_blocking = True  # what `await gate` would set: the Task waits on it
+            return gate
+        return coro.send(value)
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
         if self.done:
@@ -69,12 +78,16 @@ class _Resume(collections.abc.Coroutine):  # type: ignore[type-arg]
             self.first = _NOTHING
             if isinstance(first, asyncio.Future):
                 first.cancel()  # what Task.cancel() does to the future it waits on, had it seen this one
+        if self.coro is None:  # a spare Task cancelled before any coroutine was bound to it (the loop closing)
+            self.done = True  # never bound now: start_eager sees its Task done and makes another
+            raise typ if val is None else val
         if val is None and tb is None:
             return self.coro.throw(typ)
         return self.coro.throw(typ, val, tb)
 
     def close(self) -> None:
-        self.coro.close()
+        if self.coro is not None:
+            self.coro.close()
 
     def __await__(self) -> Generator[Any, None, Any]:
         raise TypeError("_Resume is driven by its Task, never awaited")
@@ -133,27 +146,96 @@ def run_eager(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
     return _start(coro)[0]
 
 
-def _report(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background step failed", exc_info=task.exception())
+class _Spare:
+    """A Task made ahead, not yet bound to a coroutine: the Task the next started coroutine runs its first step as."""
+
+    __slots__ = ("loop", "task", "step", "context", "base")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.base = contextvars.copy_context()  # what a coroutine started in another context must not run in
+        self.context = self.base.copy()  # the Task's own context: equal to base until a first step sets a variable
+        self.step = _Resume(None)
+        self.task = loop.create_task(self.step, context=self.context)
+
+    def retire(self) -> None:
+        """End the Task without a coroutine (its context was changed by a step that finished)."""
+        step = self.step
+        step.done = True
+        gate, step.gate = step.gate, None
+        if gate is not None and not gate.done():
+            gate.set_result(None)
+
+
+class _Local(threading.local):
+    spare: _Spare | None = None  # one per thread (a loop runs on one thread), checked against the running loop
+
+
+_local = _Local()
+
+
+def release_spare() -> None:
+    """End this thread's spare Task of the running loop (call before that loop closes: no Task is left pending)."""
+    spare = _local.spare
+    if spare is not None and spare.loop is asyncio.get_running_loop():
+        _local.spare = None
+        spare.retire()
 
 
 def start_eager(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
     """Start coro like run_eager, fire and forget: None when it already finished (errors are logged).
 
-    A returned Task (one that suspended, or before 3.12 one that still owes its cheap first step) must be
-    kept alive and checked by the caller.
+    A returned Task (one that suspended) must be kept alive and checked by the caller.
+
+    A Task costs an allocation, a loop callback and (before 3.12) an event-loop iteration for its first step, so
+    a coroutine that finishes without suspending (a handler answering at once) is run without one of its own:
+    its first step runs as a spare Task made ahead, inside that Task's context, exactly as it would in its own
+    Task. When the step suspends, the spare Task carries on with the coroutine (so what the step saw as
+    ``asyncio.current_task()`` -- a timeout's or a cancel scope's target -- is the Task that runs the rest), and
+    the next coroutine gets a new spare. When it finishes, the spare is used again for the next one, unless the
+    step changed a context variable or the caller's context differs from the one the spare copied (then a new
+    spare is made, so each first step sees a fresh copy of its caller's context, as with a Task of its own).
     """
-    task, state = _start(coro)
-    if state == _RUNNING:
-        return task
-    if state == _FAILED:
-        if task.done():
-            _report(task)
-        else:  # before 3.12 the Task raises it in its first step, still to come
-            task.add_done_callback(_report)
-    # Finished: before 3.12 the loop holds the Task until its trivial first step hands over the outcome.
-    return None
+    loop = asyncio.get_running_loop()
+    local = _local
+    spare = local.spare
+    if spare is None or spare.loop is not loop or spare.step.done or contextvars.copy_context() != spare.base:
+        if spare is not None and spare.loop is loop and not spare.step.done:
+            spare.retire()
+        spare = local.spare = _Spare(loop)
+    task, step, context = spare.task, spare.step, spare.context
+    local.spare = None  # taken while its step runs: a coroutine started from inside that step gets a spare of its own
+    outer = _current_task(loop)
+    if outer is not None:
+        _leave_task(loop, outer)
+    _enter_task(loop, task)
+    error: BaseException | None = None
+    try:
+        first = context.run(coro.send, None)
+    except StopIteration:
+        first = _NOTHING
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # logged below, as a Task of its own would report it
+        first, error = _NOTHING, exc
+    finally:
+        _leave_task(loop, task)
+        if outer is not None:
+            _enter_task(loop, outer)
+    if first is _NOTHING:  # finished in the first step: the spare serves the next coroutine
+        if context != spare.base or local.spare is not None:  # changed, or a nested start left a spare already
+            spare.retire()
+        else:
+            local.spare = spare
+        if error is not None and not isinstance(error, asyncio.CancelledError):
+            log.error("background step failed", exc_info=error)
+        return None
+    # Suspended: the spare Task becomes this coroutine's Task and picks it up where the step stopped.
+    step.coro, step.first = coro, first
+    gate, step.gate = step.gate, None
+    if gate is not None:  # the Task already parked: wake it to take over
+        gate.set_result(None)
+    return task
 
 
 def step_now(coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:

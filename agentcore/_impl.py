@@ -37,6 +37,7 @@ if TYPE_CHECKING or NO_EXTENSIONS:
     from ._ext.cache_py import ContentCache, canonical_hash, content_hash
     from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, new_id, validate
     from ._ext.subjects_py import SubjectIndex, subject_matches, validate_subject, validate_token
+    from ._ext.wire_py import frame_end, scan_frames
 
     IMPLEMENTATION = "pure"
 else:
@@ -45,6 +46,7 @@ else:
         from ._ext.cache import ContentCache, canonical_hash, content_hash
         from ._ext.envelope import MESSAGE_TYPES, decode, encode, new_id, validate
         from ._ext.subjects import SubjectIndex, subject_matches, validate_subject, validate_token
+        from ._ext.wire import frame_end, scan_frames
 
         IMPLEMENTATION = "compiled"
     except ImportError as exc:  # a build made with AGENTCORE_NO_EXTENSIONS=1, or a broken install
@@ -69,6 +71,7 @@ else:
         from ._ext.cache_py import ContentCache, canonical_hash, content_hash
         from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, new_id, validate
         from ._ext.subjects_py import SubjectIndex, subject_matches, validate_subject, validate_token
+        from ._ext.wire_py import frame_end, scan_frames
 
         IMPLEMENTATION = "pure"
 
@@ -87,4 +90,6 @@ __all__ = (
     "subject_matches",
     "validate_subject",
     "validate_token",
+    "frame_end",
+    "scan_frames",
 )

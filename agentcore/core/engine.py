@@ -14,7 +14,7 @@ import nats.errors
 from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 
-from .._eager import start_eager
+from .._eager import release_spare, start_eager
 from .._impl import IMPLEMENTATION, validate_token
 from ..config import AgentConfig
 from ..envelope import decode, encode, new_message, raise_for_error
@@ -514,6 +514,7 @@ class Core:
             self.sync_calls.shutdown()
             if self.stopped is not None:
                 self.stopped.set()
+            release_spare()  # the loop may close after this: leave no spare Task pending on it
             log.info("agent %s stopped", self.agent_id)
 
     async def _abandon(self, me: asyncio.Task[Any] | None, timeout: float) -> None:

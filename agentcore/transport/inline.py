@@ -27,9 +27,14 @@ from nats.protocol.command import hpub_cmd, pub_cmd
 
 from .tracecontext import TRACE_HEADERS
 
+from .reader import take_over
+
 __all__ = ("deliver_inline", "forget_connection", "send_now", "RequestMux", "REJECT", "Accept")
 
 log = logging.getLogger("agentcore.agent")
+
+#: Read the agent's own MSG frames straight from the buffer (tests turn it off to compare with nats-py's parser).
+READ_FRAMES = True
 
 _NO_RESPONDERS = "503"
 
@@ -57,10 +62,17 @@ class _InlineQueue(asyncio.Queue):  # type: ignore[type-arg]
 
 
 def deliver_inline(sub: Subscription, dispatch: Callable[[Msg], None]) -> bool:
-    """Make sub hand its messages to dispatch as they are read; False when this nats-py cannot."""
+    """Make sub hand its messages to dispatch as they are read; False when this nats-py cannot.
+
+    Its plain MSG frames are read straight from the connection's buffer (transport.reader); the rest (HMSG)
+    still comes through nats-py's parser and the inline queue.
+    """
     if not isinstance(getattr(sub, "_pending_queue", None), asyncio.Queue) or not hasattr(sub, "_pending_size"):
         return False
     sub._pending_queue = _InlineQueue(sub, dispatch)
+    conn = getattr(sub, "_conn", None)
+    if conn is not None and READ_FRAMES:
+        take_over(conn, sub, dispatch)
     return True
 
 

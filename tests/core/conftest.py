@@ -14,18 +14,19 @@ import pytest
 from helpers import FakeClock
 
 NO_EXTENSIONS = bool(os.environ.get("AGENTCORE_NO_EXTENSIONS"))
-CORE_MODULES = ("subjects", "envelope", "cache", "batch")
+CORE_MODULES = ("subjects", "envelope", "cache", "batch", "wire")
 
 
 @dataclass(frozen=True)
 class CoreImplementation:
-    """The four core modules of one implementation."""
+    """The core modules of one implementation."""
 
     name: str
     subjects: ModuleType
     envelope: ModuleType
     cache: ModuleType
     batch: ModuleType
+    wire: ModuleType
 
 
 def load_core(compiled: bool) -> CoreImplementation:
@@ -64,6 +65,11 @@ def cache_module(core: CoreImplementation) -> ModuleType:
 @pytest.fixture(scope="session")
 def batch_module(core: CoreImplementation) -> ModuleType:
     return core.batch
+
+
+@pytest.fixture(scope="session")
+def wire_module(core: CoreImplementation) -> ModuleType:
+    return core.wire
 
 
 @pytest.fixture(scope="session")

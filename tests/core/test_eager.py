@@ -107,3 +107,94 @@ async def test_step_now_returns_at_once_what_needs_no_waiting_and_a_task_for_the
         _eager.step_now(fails())
     done, task = _eager.step_now(later())  # the gate is open: it finishes in the first step
     assert done and task == "later"
+
+
+async def test_start_eager_runs_what_finishes_at_once_without_a_task_of_its_own() -> None:
+    """Handlers that answer at once share one spare Task as current_task(); none is left pending by them."""
+    seen: list[Any] = []
+
+    async def quick() -> None:
+        seen.append(asyncio.current_task())
+
+    before = len(asyncio.all_tasks())
+    for _ in range(50):
+        assert _eager.start_eager(quick()) is None
+    assert len(set(map(id, seen))) == 1 and seen[0] is not asyncio.current_task()
+    assert len(asyncio.all_tasks()) <= before + 1  # the one spare
+    _eager.release_spare()
+    await asyncio.sleep(0)
+    assert seen[0].done()  # released: it ends rather than stay pending when the loop closes
+
+
+async def test_a_suspending_coroutine_keeps_the_task_its_first_step_saw() -> None:
+    """asyncio.timeout() (or anything else holding current_task()) entered in the first step targets the right Task."""
+    seen: list[Any] = []
+
+    async def slow() -> str:
+        seen.append(asyncio.current_task())
+        try:
+            async with asyncio.timeout(0.01):
+                await asyncio.Event().wait()
+        except TimeoutError:
+            return "timed out"
+        return "no"
+
+    async def quick() -> None:
+        seen.append(asyncio.current_task())
+
+    task = _eager.start_eager(slow())
+    assert task is not None and seen == [task]
+    assert _eager.start_eager(quick()) is None
+    assert seen[1] is not task  # the next coroutine got a new spare
+    assert await within_bounds(task) == "timed out"
+    _eager.release_spare()
+
+
+async def within_bounds(task: asyncio.Task[Any]) -> Any:
+    return await asyncio.wait_for(task, 30)
+
+
+async def test_each_first_step_sees_its_callers_context_and_changes_none_for_the_next() -> None:
+    values: list[str] = []
+
+    async def reads_and_sets() -> None:
+        values.append(var.get())
+        var.set("leaked?")
+
+    async def reads() -> None:
+        values.append(var.get())
+
+    assert _eager.start_eager(reads_and_sets()) is None
+    assert _eager.start_eager(reads()) is None
+    var.set("caller")
+    assert _eager.start_eager(reads()) is None
+    assert values == ["outer", "outer", "caller"]
+    assert var.get() == "caller"
+    _eager.release_spare()
+
+
+async def test_nested_starts_and_failures(caplog: pytest.LogCaptureFixture) -> None:
+    inner: list[Any] = []
+
+    async def child() -> None:
+        inner.append(asyncio.current_task())
+
+    async def parent() -> None:
+        assert _eager.start_eager(child()) is None  # started from inside another first step
+        inner.append(asyncio.current_task())
+        raise ValueError("boom")
+
+    assert _eager.start_eager(parent()) is None
+    assert inner[0] is not inner[1]
+    assert "background step failed" in caplog.text and "boom" in caplog.text
+    gate = asyncio.Event()
+
+    async def cancelled_later() -> None:
+        await gate.wait()
+
+    task = _eager.start_eager(cancelled_later())
+    assert task is not None
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    _eager.release_spare()

@@ -15,12 +15,13 @@ _PROBE = """
 import importlib, json
 from agentcore import _impl
 names = ("SubjectIndex", "subject_matches", "validate_subject", "validate_token", "MESSAGE_TYPES", "decode",
-         "encode", "validate", "ContentCache", "canonical_hash", "content_hash", "BatchAccumulator")
+         "encode", "validate", "ContentCache", "canonical_hash", "content_hash", "BatchAccumulator", "scan_frames",
+         "frame_end")
 modules = {}
 for name in names:
     obj = getattr(_impl, name)
     modules[name] = getattr(obj, "__module__", None)
-files = {m: importlib.import_module(f"agentcore._ext.{m}").__file__ for m in ("subjects", "envelope", "cache", "batch")}
+files = {m: importlib.import_module(f"agentcore._ext.{m}").__file__ for m in ("subjects", "envelope", "cache", "batch", "wire")}
 print(json.dumps({"implementation": _impl.IMPLEMENTATION, "modules": modules, "files": files}))
 """
 
@@ -42,6 +43,7 @@ def test_c_extension_preferred_by_default() -> None:
         assert not info["modules"][name].endswith("_py")
     assert info["modules"]["SubjectIndex"] == "agentcore._ext.subjects"
     assert info["modules"]["BatchAccumulator"] == "agentcore._ext.batch"
+    assert info["modules"]["scan_frames"] == "agentcore._ext.wire"
     for path in info["files"].values():
         assert path.endswith(".so") or path.endswith(".pyd")
 
@@ -53,6 +55,7 @@ def test_pure_python_when_asked() -> None:
     assert info["modules"]["ContentCache"] == "agentcore._ext.cache_py"
     assert info["modules"]["BatchAccumulator"] == "agentcore._ext.batch_py"
     assert info["modules"]["decode"] == "agentcore._ext.envelope_py"
+    assert info["modules"]["scan_frames"] == "agentcore._ext.wire_py"
 
 
 def _doc_body(obj: object) -> str:
@@ -60,7 +63,7 @@ def _doc_body(obj: object) -> str:
     return (obj.__doc__ or "").strip().split("\n\n")[-1]
 
 
-@pytest.mark.parametrize("name", ["subjects", "envelope", "cache", "batch"])
+@pytest.mark.parametrize("name", ["subjects", "envelope", "cache", "batch", "wire"])
 def test_twins_have_the_same_public_api(name: str) -> None:
     if os.environ.get("AGENTCORE_NO_EXTENSIONS"):
         pytest.skip("pure build requested")

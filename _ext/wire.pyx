@@ -1,0 +1,178 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Read NATS MSG frames straight from a connection's read buffer and hand them to their targets (compiled core)."""
+
+from libc.string cimport memchr, memcmp
+
+__all__ = ("scan_frames", "frame_end")
+
+MORE = 0
+OTHER = 1
+
+cdef Py_ssize_t _MAX_LINE = 4096
+
+
+cdef extern from "Python.h":
+    bint PyByteArray_CheckExact(object o)
+    bint PyBytes_CheckExact(object o)
+    char* PyByteArray_AS_STRING(object o)
+    Py_ssize_t PyByteArray_GET_SIZE(object o)
+    char* PyBytes_AS_STRING(object o)
+    Py_ssize_t PyBytes_GET_SIZE(object o)
+    object PyBytes_FromStringAndSize(const char* s, Py_ssize_t n)
+    object PyUnicode_DecodeUTF8(const char* s, Py_ssize_t n, const char* errors)
+    object PyLong_FromSsize_t(Py_ssize_t v)
+
+
+cdef inline const char* _data(object buf, Py_ssize_t* n) except NULL:
+    if PyByteArray_CheckExact(buf):
+        n[0] = PyByteArray_GET_SIZE(buf)
+        return PyByteArray_AS_STRING(buf)
+    if PyBytes_CheckExact(buf):
+        n[0] = PyBytes_GET_SIZE(buf)
+        return PyBytes_AS_STRING(buf)
+    raise TypeError(f"expected bytes or bytearray, got {type(buf).__name__}")
+
+
+cdef inline Py_ssize_t _find_crlf(const char* p, Py_ssize_t start, Py_ssize_t stop) noexcept:
+    """Index of the first CRLF in p[start:stop], or -1."""
+    cdef const char* hit
+    while start < stop:
+        hit = <const char*>memchr(p + start, b'\r', stop - start)
+        if hit == NULL:
+            return -1
+        start = hit - p
+        if start + 1 < stop and p[start + 1] == b'\n':
+            return start
+        start += 1
+    return -1
+
+
+cdef inline Py_ssize_t _number(const char* p, Py_ssize_t a, Py_ssize_t b) noexcept:
+    """The decimal number p[a:b] (digits only, at most 18), or -1."""
+    cdef Py_ssize_t v = 0
+    cdef char c
+    if a >= b or b - a > 18:
+        return -1
+    while a < b:
+        c = p[a]
+        if c < 48 or c > 57:  # '0'..'9'
+            return -1
+        v = v * 10 + (c - 48)
+        a += 1
+    return v
+
+
+def frame_end(object buf, Py_ssize_t pos):
+    """Return where the protocol frame starting at pos ends (after its CRLFs), or -1 when it is not all in buf yet."""
+    # MSG and HMSG carry a payload whose size their control line gives; every other operation is one line. A
+    # control line this cannot read returns the end of buf, so the general parser sees it (and raises).
+    cdef Py_ssize_t n, nl, i, last, size, end
+    cdef const char* p = _data(buf, &n)
+    nl = _find_crlf(p, pos, n)
+    if nl < 0:
+        return -1 if n - pos <= _MAX_LINE else n
+    if (nl - pos >= 4 and memcmp(p + pos, b"MSG ", 4) == 0) or (nl - pos >= 5 and memcmp(p + pos, b"HMSG ", 5) == 0):
+        # the last whitespace-separated token is the total size; a MSG/HMSG has at least 4 tokens
+        return _payload_end(p, pos, nl, n)
+    return nl + 2
+
+
+cdef Py_ssize_t _payload_end(const char* p, Py_ssize_t pos, Py_ssize_t nl, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i = nl, stop, tokens = 0, size
+    cdef bint inside = False
+    # count tokens and find the last one
+    cdef Py_ssize_t last_start = -1, last_stop = -1, j = pos
+    while j < nl:
+        if p[j] == b' ' or p[j] == b'\t':
+            if inside:
+                last_stop = j
+                inside = False
+        else:
+            if not inside:
+                tokens += 1
+                last_start = j
+                inside = True
+        j += 1
+    if inside:
+        last_stop = nl
+    if tokens < 4:
+        return n
+    size = _number(p, last_start, last_stop)
+    if size < 0:
+        return n
+    if nl + 2 + size + 2 <= n:
+        return nl + 2 + size + 2
+    return -1
+
+
+def scan_frames(object buf, Py_ssize_t pos, dict targets):
+    """Deliver MSG frames from pos to targets[sid](subject, reply, payload); return (stop, MORE/OTHER, msgs, bytes)."""
+    # A target must not raise. Scanning stops at the first frame that is not all in buf (MORE) or that is not a
+    # MSG for a sid with a target (OTHER: HMSG, PING, another sid, a malformed line), which the caller's general
+    # parser handles.
+    cdef Py_ssize_t n, nl, a, s1, s2, s3, sid, size, start, end, limit, spaces, k
+    cdef Py_ssize_t msgs = 0, nbytes = 0
+    cdef Py_ssize_t sp[3]
+    cdef const char* p = _data(buf, &n)
+    cdef object target, subject, reply, payload
+    while pos < n:
+        if n - pos < 4:
+            if memcmp(p + pos, b"MSG ", n - pos) == 0:
+                return pos, MORE, msgs, nbytes
+            return pos, OTHER, msgs, nbytes
+        if memcmp(p + pos, b"MSG ", 4) != 0:
+            return pos, OTHER, msgs, nbytes
+        limit = pos + _MAX_LINE
+        if limit > n:
+            limit = n
+        nl = _find_crlf(p, pos, limit)
+        if nl < 0:
+            return pos, (MORE if n - pos < _MAX_LINE else OTHER), msgs, nbytes
+        # MSG <subject> <sid> [reply] <size>: single spaces, as nats-server writes them
+        a = pos + 4
+        spaces = 0
+        k = a
+        while k < nl:
+            if p[k] == b' ':
+                if spaces == 3:
+                    return pos, OTHER, msgs, nbytes
+                sp[spaces] = k
+                spaces += 1
+            k += 1
+        if spaces < 2 or sp[0] == a:
+            return pos, OTHER, msgs, nbytes
+        s1 = sp[0]
+        sid = _number(p, s1 + 1, sp[1])
+        if spaces == 2:
+            size = _number(p, sp[1] + 1, nl)
+        else:
+            if sp[2] == sp[1] + 1:
+                return pos, OTHER, msgs, nbytes
+            size = _number(p, sp[2] + 1, nl)
+        if sid < 0 or size < 0:
+            return pos, OTHER, msgs, nbytes
+        target = targets.get(PyLong_FromSsize_t(sid))
+        if target is None:
+            return pos, OTHER, msgs, nbytes
+        start = nl + 2
+        end = start + size
+        if end + 2 > n:
+            return pos, MORE, msgs, nbytes
+        if p[end] != b'\r' or p[end + 1] != b'\n':
+            return pos, OTHER, msgs, nbytes
+        try:
+            subject = PyUnicode_DecodeUTF8(p + a, s1 - a, NULL)
+            if spaces == 2:
+                reply = ""
+            else:
+                reply = PyUnicode_DecodeUTF8(p + sp[1] + 1, sp[2] - sp[1] - 1, NULL)
+        except UnicodeDecodeError:  # a stranger's subject that is not UTF-8: dropped (nats-py's decode would raise)
+            pos = end + 2
+            continue
+        payload = PyBytes_FromStringAndSize(p + start, size)
+        pos = end + 2
+        msgs += 1
+        nbytes += size
+        target(subject, reply, payload)
+        p = _data(buf, &n)  # the target ran Python code: never trust a pointer across it
+    return pos, MORE, msgs, nbytes

@@ -1,0 +1,162 @@
+"""The agent's own subscriptions read straight from nats-py's read buffer: no regex parse, no coroutine, per message.
+
+nats-py parses each frame with regular expressions, copies it out of its buffer, awaits ``_process_msg`` and
+``_process_headers`` and builds the Msg, per message. For the subscriptions the agent delivers inline
+(``inline.deliver_inline``) the compiled frame scanner (``agentcore._ext.wire``) finds the complete MSG frames
+at the head of the buffer and hands each one to the subscription's dispatch as a nats-py Msg. Everything else
+-- HMSG (headers: signed identities, no-responders), messages for every other sid (JetStream, the user's own
+subscriptions), PING/PONG, INFO, -ERR, +OK -- goes one frame at a time through nats-py's own parser, so
+connect, reconnect, auth, TLS and JetStream stay nats-py's. Where nats-py's parser is not the one this module
+was written against, the connection keeps it and only delivery stays inline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import cast
+
+import nats.errors
+from nats.aio.client import Client as NATSClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.protocol import parser as nats_parser
+
+from .._impl import frame_end, scan_frames
+
+__all__ = ("take_over",)
+
+log = logging.getLogger("agentcore.agent")
+
+_Parser = nats_parser.Parser
+_WAITING = nats_parser.AWAITING_CONTROL_LINE
+_CRLF_SIZE = 2
+
+
+class _Target:
+    """Delivers one subscription's frames as nats-py's _process_msg would, minus the pending queue."""
+
+    __slots__ = ("nc", "sub", "sid", "dispatch", "msg_class", "targets")
+
+    def __init__(self, nc: NATSClient, sub: Subscription, dispatch: Callable[[Msg], None],
+                 targets: dict[int, _Target]) -> None:
+        self.nc = nc
+        self.targets = targets
+        self.sub = sub
+        self.sid: int = sub._id
+        self.dispatch = dispatch
+        self.msg_class: type[Msg] = nc.msg_class
+
+    def __call__(self, subject: str, reply: str, data: bytes) -> None:
+        sub = self.sub
+        nc = self.nc
+        if nc._subs.get(self.sid) is not sub:  # unsubscribed or drained: nats-py drops what still arrives for it
+            self.targets.pop(self.sid, None)
+            return
+        sub._received += 1
+        if sub._max_msgs and sub._received >= sub._max_msgs:  # unsubscribe(limit=n) since: nats-py's auto-unsubscribe
+            nc._subs.pop(self.sid, None)
+        limit = sub._pending_bytes_limit
+        if 0 < limit <= len(data):  # nats-py's slow-consumer rule (the inline queue never holds one message)
+            asyncio.ensure_future(
+                nc._error_cb(nats.errors.SlowConsumerError(subject=subject, reply=reply, sid=self.sid, sub=sub)))
+            return
+        try:
+            self.dispatch(self.msg_class(nc, subject, reply, data, None, None, False, self.sid))
+        except Exception:  # never into nats-py's read loop: that would drop the connection
+            log.exception("dispatching a message on %s failed", subject)
+
+
+class _Reader(_Parser):
+    """nats-py's Parser with a fast path for the frames of the agent's own subscriptions."""
+
+    targets: dict[int, _Target]
+
+    async def parse(self, data: bytes = b"") -> None:
+        buf: bytearray = self.buf
+        if self.state != _WAITING:  # nats-py's parser is inside a frame's payload: let it finish that frame
+            need = self.needed + _CRLF_SIZE - len(buf)
+            if len(data) < need:
+                buf.extend(data)
+                return
+            await _Parser.parse(self, data[:need])
+            data = data[need:]
+            if self.buf is not buf or buf or self.state != _WAITING:  # reset (a reconnect) or not what we know
+                await _Parser.parse(self, data)
+                return
+        if buf:
+            buf.extend(data)
+            view: bytes | bytearray = buf
+        else:
+            view = data
+        targets = self.targets
+        stats = self.nc.stats
+        pos, end_of = 0, len(view)
+        while pos < end_of:
+            pos, other, msgs, nbytes = scan_frames(view, pos, targets)
+            if msgs:
+                stats["in_msgs"] += msgs
+                stats["in_bytes"] += nbytes
+            if not other:
+                break
+            end = frame_end(view, pos)
+            if end < 0:
+                break  # a frame for nats-py that is not all here yet: kept below until it is
+            # nats-py's parser takes exactly this frame (a MSG for another sid, HMSG, PING, INFO, -ERR, ...).
+            if not _readable(view, pos):
+                pos = end  # nats-py would raise decoding it, in its read loop: that loop would stop for good
+                continue
+            own = self.buf = bytearray(view[pos:end])
+            await _Parser.parse(self)
+            pos = end
+            if self.buf is not own or own or self.state != _WAITING:  # reset by a reconnect, or a close
+                return
+        if view is buf:
+            del buf[:pos]
+            self.buf = buf
+        else:
+            self.buf = bytearray(view[pos:])
+
+
+def _readable(view: bytes | bytearray, pos: int) -> bool:
+    """Return whether the control line at pos is UTF-8 (a MSG/HMSG subject or reply a stranger chose may not be)."""
+    line = view[pos:view.find(b"\r\n", pos)]
+    try:
+        line.decode()
+    except UnicodeDecodeError:
+        _dropped[0] += 1
+        if _dropped[0] % 1000 == 1:  # once per thousand: a flood must not flood the log
+            log.warning("dropped %d messages whose subject is not UTF-8, the last: %r", _dropped[0], bytes(line[:200]))
+        return False
+    return True
+
+
+_dropped = [0]  # messages dropped by _readable, in this process
+
+
+def _usable(parser: object) -> bool:
+    """Return whether parser is nats-py's own Parser, in the shape this module was written against."""
+    return type(parser) is _Parser and all(
+        hasattr(parser, name) for name in ("buf", "state", "needed", "nc", "reset"))
+
+
+def take_over(nc: NATSClient, sub: Subscription, dispatch: Callable[[Msg], None]) -> bool:
+    """Read sub's MSG frames straight from nc's buffer into dispatch; False when this nats-py cannot."""
+    try:
+        parser = nc._ps
+        if type(parser) is not _Reader:
+            if not _usable(parser):
+                return False
+            # The parser object stays (nats-py's reconnect resets it in place); only its parse() changes.
+            parser.__class__ = _Reader
+            cast(_Reader, parser).targets = {}
+        if sub._max_msgs or sub._jsi is not None or nc._subs.get(sub._id) is not sub:
+            return False  # auto-unsubscribe and JetStream bookkeeping stay nats-py's
+        targets = cast(_Reader, parser).targets
+        for sid in [sid for sid in targets if sid not in nc._subs]:  # subscriptions gone since: nats-py forgot them
+            del targets[sid]
+        targets[sub._id] = _Target(nc, sub, dispatch, targets)
+    except AttributeError:  # a nats-py whose internals differ: delivery stays inline through its own parser
+        return False
+    return True
