@@ -214,6 +214,9 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "agent.max_request_bytes": (64 * 1024 * 1024, _positive_int),  # a request pulled as a stream, at most
     "agent.sync_workers": (16, _positive_int),
     "agent.request_timeout": (30.0, _positive_float),
+    # Event-loop lag (agentcore.core.watchdog): a loop held longer than this (a blocking call inside an async handler)
+    # is logged once per episode with the code that held it; seconds, 0 turns the watchdog off.
+    "agent.loop_lag_warn": (0.25, _non_negative_float),
     "agent.discovery_timeout": (0.5, _positive_float),
     # The NATS service API (ADR-32, agentcore.services): $SRV.PING/INFO/STATS answered as service service.name (default: the agent type).
     "service.enabled": (True, _bool),
