@@ -132,13 +132,13 @@ class Connection:
             if cfg[key] is not None:
                 options[option] = cfg[key]
         if cfg["nats.tls_ca"] or cfg["nats.tls_cert"]:
-            ca, cert, key = (_tls_file(k, cfg[k]) for k in ("nats.tls_ca", "nats.tls_cert", "nats.tls_key"))
+            ca, cert, key_file = (_tls_file(name, cfg[name]) for name in ("nats.tls_ca", "nats.tls_cert", "nats.tls_key"))
             try:
                 context = ssl.create_default_context(cafile=ca)
                 if cert:
-                    context.load_cert_chain(cert, key)
+                    context.load_cert_chain(cert, key_file)
             except (ssl.SSLError, OSError) as exc:  # a file that is no PEM, a key that does not match its certificate
-                files = ", ".join(f"{k}={v!r}" for k, v in (("nats.tls_ca", ca), ("nats.tls_cert", cert), ("nats.tls_key", key)) if v)
+                files = ", ".join(f"{k}={v!r}" for k, v in (("nats.tls_ca", ca), ("nats.tls_cert", cert), ("nats.tls_key", key_file)) if v)
                 raise ConfigError(f"TLS files unusable ({files}): {exc}") from exc
             options["tls"] = context
         for name, value in cfg["nats.options"].items():
@@ -213,7 +213,7 @@ class Connection:
                 elif mux.covers(denial.subject):  # our reply inbox itself is denied: no request can get its answer
                     failed = mux.fail_tokens(mux.tokens(), error)
             self.metrics.counters["permission_denied"] += 1
-            self._warn("permission", "%s%s", error, f" ({failed} waiting requests failed)" if failed else "")
+            self._warn("permission", error, f" ({failed} waiting requests failed)" if failed else "")
             return
         if isinstance(exc, nats.errors.SlowConsumerError):
             self.metrics.counters["slow_consumer_dropped"] += 1
@@ -222,14 +222,14 @@ class Connection:
                 "pending limits were full", subject=exc.subject, sid=exc.sid, side="client")
             if mux is not None and mux.covers("", exc.sid):  # a reply to one of our requests: it fails now
                 mux.fail_inbox(exc.subject, dropped)
-            self._warn("slow", "%s", dropped, "")
+            self._warn("slow", dropped)
             return
-        self._warn("other", f"agent {self.agent_id}: NATS error: %s", exc, "")
+        self._warn("other", f"agent {self.agent_id}: NATS error: {exc}")
 
-    def _warn(self, kind: str, text: str, what: object, more: str) -> None:
+    def _warn(self, kind: str, what: object, more: str = "") -> None:
         count = self._warned[kind] = self._warned.get(kind, 0) + 1
         if count <= 10 or count % 1000 == 0:  # the first ten, then one in a thousand: a flood must not flood the log
-            log.warning(text + "%s", what, more, "" if count <= 10 else f" ({count} so far)")
+            log.warning("%s%s%s", what, more, "" if count <= 10 else f" ({count} of this kind so far)")
 
     async def _on_disconnected(self) -> None:
         if self._closing():
