@@ -29,6 +29,7 @@ from ..errors import (
     AgentCoreError, NoRespondersError, PersistenceError, StreamError, StreamGapError, StreamTimeoutError, SubjectError,
 )
 from .identity import H_SENDER, Signer, Verifier
+from .inline import MAX_NAMED_SUBJECT
 from .settlement import pub_ack_stream
 from .subscriptions import confirm
 
@@ -328,7 +329,7 @@ class StreamReceiver:
         if stream is not None or H_SEQ in headers:  # a frame
             ctl = headers.get(H_CTL)
             if self._stream is None:
-                if stream is None or not ctl or (self._expect is not None and stream != self._expect):
+                if stream is None or not ctl or len(ctl) > MAX_NAMED_SUBJECT or (self._expect is not None and stream != self._expect):
                     return False
                 if self._ctl is not None and ctl != self._ctl:
                     return False

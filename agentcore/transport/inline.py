@@ -25,11 +25,15 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.protocol.command import pub_cmd
 
-__all__ = ("deliver_inline", "forget_connection", "send_now", "RequestMux", "REJECT", "Accept")
+__all__ = ("deliver_inline", "forget_connection", "send_now", "RequestMux", "REJECT", "Accept", "MAX_NAMED_SUBJECT")
 
 log = logging.getLogger("agentcore.agent")
 
 _NO_RESPONDERS = "503"
+
+#: The longest subject a stranger may name for us to publish to (a replyTo, a pull or credit subject): nats-server
+#: closes a connection whose PUB control line passes 4,096 bytes, so one long forged subject would cut the agent off.
+MAX_NAMED_SUBJECT = 1024
 
 #: What an accept callback returns for a message that does not answer its request: it is dropped, the wait goes on.
 REJECT: Any = object()
