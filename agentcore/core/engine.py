@@ -20,7 +20,8 @@ from .._impl import IMPLEMENTATION, validate_token
 from ..config import AgentConfig
 from ..envelope import decode, encode, new_message, raise_for_error
 from ..errors import (
-    AgentCoreError, DuplicateAgentError, EnvelopeError, NoRespondersError, NotConnectedError, PersistenceError, RemoteError,
+    AgentCoreError, DuplicateAgentError, EnvelopeError, NoRespondersError, NotConnectedError, PermissionDeniedError,
+    PersistenceError, RemoteError,
     RequestTimeoutError,
 )
 from ..metrics import AgentMetrics
@@ -476,6 +477,10 @@ class Core:
                                               timeout=self.config["agent.discovery_timeout"])
         except NoRespondersError:
             return
+        except PermissionDeniedError as exc:
+            if exc.operation != "publish":
+                raise  # its reply inbox is denied: no request of this agent could ever get its answer
+            return  # a locked-down user may not publish to its own control subject: it cannot ask, so it does not
         except RequestTimeoutError:  # a subscriber that is no agent (a `nats sub >`, say): nothing to report
             log.debug("agent %s: its control subject has a listener that does not answer", self.agent_id)
             return
