@@ -48,7 +48,8 @@ def describe_stack(frame: FrameType | None, handler_code: CodeType | None) -> st
                 pattern = ""
             where = _where(called)
             return f"handler {where}{pattern}" + (f", in {inner}" if called is not frames[0] else "")
-    return inner
+    return f"{inner} (no handler of this agent was running: other code on this loop, the garbage collector, or a " \
+           "machine short of CPU)"
 
 
 class LoopWatchdog:
@@ -112,9 +113,11 @@ class LoopWatchdog:
             self.last_culprit = culprit
             if not self._in_episode:  # once per episode: a handler that blocks on every message must not flood the log
                 self._in_episode = True
-                log.warning("agent %s: the event loop was held for %.3fs (agent.loop_lag_warn %.3fs) by %s: a blocking "
-                            "call in an async handler holds every message, ping and heartbeat; make it async or sync "
-                            "(sync handlers run in threads)", self.agent_id, lag, self.threshold, culprit)
+                advice = ("a blocking call in an async handler holds every message, ping and heartbeat; make it async "
+                          "or sync (sync handlers run in threads)") if culprit.startswith("handler ") else \
+                    "every message, ping and heartbeat waited"
+                log.warning("agent %s: the event loop was held for %.3fs (agent.loop_lag_warn %.3fs) by %s: %s",
+                            self.agent_id, lag, self.threshold, culprit, advice)
         else:
             self._in_episode = False
         self._culprit = None

@@ -96,12 +96,12 @@ HEADER_ROOM = 1024  # headers and subject share max_payload with the body (nats-
 def _header_int(headers: dict[str, str], name: str) -> int | None:
     """Return an integer stream header, or None when it is absent or malformed (peer input is never trusted)."""
     text = headers.get(name)
-    if text is None:
+    # ASCII digits only, at most 18: int() also takes " 1", "1_0" and other scripts' digits ("\u0661" is 1), and
+    # a bystander's "1" spelled so would pass for the producer's own frame 1.
+    if text is None or not 0 < len(text.removeprefix("-")) <= 18 or not text.removeprefix("-").isascii() \
+            or not text.removeprefix("-").isdigit():
         return None
-    try:
-        return int(text)
-    except ValueError:
-        return None
+    return int(text)
 
 class FrameSender:
     """Send frames to one consumer, waiting for credit when the consumer asked for a window."""

@@ -246,3 +246,77 @@ async def worker_answers(nats_url: str) -> Any:
                                                      "agent.heartbeat_interval": 60.0}, environ={}))
     async with client:
         return await client.send_task("work", "after")
+
+
+def frame(stream: str, seq: str | None, ctl: str | None, **extra: str) -> dict[str, str]:
+    headers = {H_STREAM: stream, H_KIND: "text", **extra}
+    if seq is not None:
+        headers[H_SEQ] = seq
+    if ctl is not None:
+        headers[H_CTL] = ctl
+    return headers
+
+
+async def test_hostile_frames_on_a_live_stream_are_dropped_and_counted(make_agent: Any, raw_nc: nats.NATS) -> None:
+    """A bystander who sees a stream's task (its id and the consumer's inbox) and the producer's frames (its Agent-Ctl)
+    sends frames with malformed, negative, huge, duplicate and out-of-order sequence numbers, frames bound to another
+    producer or stream, non-UTF-8 bodies and odd kinds, and credit with malformed or negative numbers to the
+    producer. The frames are dropped and counted (rejected or duplicates); the honest stream arrives whole."""
+    watching, injected = asyncio.Event(), asyncio.Event()
+
+    async def parts(message: dict[str, Any]) -> Any:
+        await within(watching.wait(), "the attacker to watch the inbox")
+        yield "a"
+        await within(injected.wait(), "the attacker to inject")
+        for part in "bcde":
+            yield part
+
+    async def handler(message: dict[str, Any]) -> None:
+        await producer.stream_response(message["id"], parts(message), chunk_size=1)
+
+    producer = await make_agent("producer", capabilities={"gen": handler}, cache__enabled=False)
+    client = await make_agent("client")
+    other_ctl = raw_nc.new_inbox()
+    sent = [0]
+
+    async def on_task(msg: Any) -> None:
+        task_id = orjson.loads(msg.data)["id"]
+        inbox = msg.reply
+
+        async def on_frame(frame_msg: Any) -> None:
+            headers = frame_msg.headers or {}
+            if headers.get(H_SEQ) != "0" or headers.get(H_CTL) == other_ctl or injected.is_set() or sent[0]:
+                return  # only the producer's first frame starts the injection (our own copies of it arrive here too)
+            ctl = headers[H_CTL]  # the producer's: seen on the wire, so a bystander can copy it
+            forgeries: list[tuple[bytes, dict[str, str]]] = [
+                (b"dup", frame(task_id, "0", ctl)), (b"dup", frame(task_id, "0", ctl, **{H_FINAL: "1"})),
+                *((b"bad-seq", frame(task_id, seq, ctl)) for seq in ("-1", "NaN", "", "1e3", "0x1", "\u0661", "1_0")),
+                # (nats-py strips header values: " 1" arrives as "1", a frame a bystander can always forge unsigned)
+                *((b"other", frame(task_id, seq, other_ctl)) for seq in ("1", " 2", "3", "99999999999999999999", "-5")),
+                (b"other", frame(task_id, "1", None)), (b"other", frame("another-stream", "1", ctl)),
+                (b"\xff\xfe", frame(task_id, "1", other_ctl, **{H_KIND: "bytes"})),
+                (b"kind", frame(task_id, "2", other_ctl, **{H_KIND: "\u00e9" * 20, H_FINAL: "yes"})),
+                (encode(new_message("result", "forged", source_id="producer", correlation_id=task_id)), {}),
+                (b"not an envelope", {}),
+            ]
+            for data, forged in forgeries:
+                await raw_nc.publish(inbox, data, headers=forged or None)
+                sent[0] += 1
+            for credit in ({H_ACK: "-5"}, {H_ACK: "NaN"}, {H_WINDOW: "-1"}, {H_WINDOW: "0"}, {H_WINDOW: "x"},
+                           {H_ACK: "", H_WINDOW: ""}):
+                await raw_nc.publish(ctl, b"", headers=credit)  # malformed credit: ignored, the window stays
+            await subscribed(raw_nc)  # the server has them all before the producer's next frame
+            injected.set()
+
+        await raw_nc.subscribe(inbox, cb=on_frame)
+        await subscribed(raw_nc)
+        watching.set()
+
+    await raw_nc.subscribe("agents.test.task.>", cb=on_task)
+    await subscribed(raw_nc)
+    async with client.request_stream(producer.topics.task("gen"), None, window=2) as stream:
+        chunks = [c async for c in stream]
+    assert "".join(c.text for c in chunks) == "abcde"
+    assert [c.seq for c in chunks] == list(range(5))
+    assert stream.rejected + stream.duplicates == sent[0] == 20
+    assert client.get_metrics()["replies_rejected"] >= stream.rejected
