@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import nats
-import orjson
 import pytest
 
 from agentcore import NATSAgent, RemoteError
 from agentcore.envelope import decode, encode, new_message, raise_for_error
 from agentcore.mcp import MCPClient
 from agentcore.transport.frames import H_ACK, H_CANCEL, H_CTL, H_FINAL, H_KIND, H_SEQ, H_STREAM, H_WINDOW
-from helpers import task_envelope
+from helpers import paced_producer, task_envelope, watch_streams
 from nats_fixtures import eventually, subscribed, within
 
 TOOLS_SERVER = str(Path(__file__).parent.parent / "agent" / "mcp_servers" / "tools_server.py")
@@ -263,57 +262,32 @@ async def test_hostile_frames_on_a_live_stream_are_dropped_and_counted(make_agen
     producer or stream, non-UTF-8 bodies and odd kinds, and credit with malformed or negative numbers to the
     producer. The frames are dropped and counted (rejected or duplicates); the honest stream arrives whole."""
     watching, injected = asyncio.Event(), asyncio.Event()
-
-    async def parts(message: dict[str, Any]) -> Any:
-        await within(watching.wait(), "the attacker to watch the inbox")
-        yield "a"
-        await within(injected.wait(), "the attacker to inject")
-        for part in "bcde":
-            yield part
-
-    async def handler(message: dict[str, Any]) -> None:
-        await producer.stream_response(message["id"], parts(message), chunk_size=1)
-
-    producer = await make_agent("producer", capabilities={"gen": handler}, cache__enabled=False)
+    producer = await paced_producer(make_agent, watching, injected)
     client = await make_agent("client")
     other_ctl = raw_nc.new_inbox()
     sent = [0]
 
-    async def on_task(msg: Any) -> None:
-        task_id = orjson.loads(msg.data)["id"]
-        inbox = msg.reply
+    async def inject(task_id: str, inbox: str, headers: dict[str, str]) -> None:
+        ctl = headers[H_CTL]  # the producer's: seen on the wire, so a bystander can copy it
+        forgeries: list[tuple[bytes, dict[str, str]]] = [
+            (b"dup", frame(task_id, "0", ctl)), (b"dup", frame(task_id, "0", ctl, **{H_FINAL: "1"})),
+            *((b"bad-seq", frame(task_id, seq, ctl)) for seq in ("-1", "NaN", "", "1e3", "0x1", "\u0661", "1_0")),
+            # (nats-py strips header values: " 1" arrives as "1", a frame a bystander can always forge unsigned)
+            *((b"other", frame(task_id, seq, other_ctl)) for seq in ("1", " 2", "3", "99999999999999999999", "-5")),
+            (b"other", frame(task_id, "1", None)), (b"other", frame("another-stream", "1", ctl)),
+            (b"\xff\xfe", frame(task_id, "1", other_ctl, **{H_KIND: "bytes"})),
+            (b"kind", frame(task_id, "2", other_ctl, **{H_KIND: "\u00e9" * 20, H_FINAL: "yes"})),
+            (encode(new_message("result", "forged", source_id="producer", correlation_id=task_id)), {}),
+            (b"not an envelope", {}),
+        ]
+        for data, forged in forgeries:
+            await raw_nc.publish(inbox, data, headers=forged or None)
+            sent[0] += 1
+        for credit in ({H_ACK: "-5"}, {H_ACK: "NaN"}, {H_WINDOW: "-1"}, {H_WINDOW: "0"}, {H_WINDOW: "x"},
+                       {H_ACK: "", H_WINDOW: ""}):
+            await raw_nc.publish(ctl, b"", headers=credit)  # malformed credit: ignored, the window stays
 
-        async def on_frame(frame_msg: Any) -> None:
-            headers = frame_msg.headers or {}
-            if headers.get(H_SEQ) != "0" or headers.get(H_CTL) == other_ctl or injected.is_set() or sent[0]:
-                return  # only the producer's first frame starts the injection (our own copies of it arrive here too)
-            ctl = headers[H_CTL]  # the producer's: seen on the wire, so a bystander can copy it
-            forgeries: list[tuple[bytes, dict[str, str]]] = [
-                (b"dup", frame(task_id, "0", ctl)), (b"dup", frame(task_id, "0", ctl, **{H_FINAL: "1"})),
-                *((b"bad-seq", frame(task_id, seq, ctl)) for seq in ("-1", "NaN", "", "1e3", "0x1", "\u0661", "1_0")),
-                # (nats-py strips header values: " 1" arrives as "1", a frame a bystander can always forge unsigned)
-                *((b"other", frame(task_id, seq, other_ctl)) for seq in ("1", " 2", "3", "99999999999999999999", "-5")),
-                (b"other", frame(task_id, "1", None)), (b"other", frame("another-stream", "1", ctl)),
-                (b"\xff\xfe", frame(task_id, "1", other_ctl, **{H_KIND: "bytes"})),
-                (b"kind", frame(task_id, "2", other_ctl, **{H_KIND: "\u00e9" * 20, H_FINAL: "yes"})),
-                (encode(new_message("result", "forged", source_id="producer", correlation_id=task_id)), {}),
-                (b"not an envelope", {}),
-            ]
-            for data, forged in forgeries:
-                await raw_nc.publish(inbox, data, headers=forged or None)
-                sent[0] += 1
-            for credit in ({H_ACK: "-5"}, {H_ACK: "NaN"}, {H_WINDOW: "-1"}, {H_WINDOW: "0"}, {H_WINDOW: "x"},
-                           {H_ACK: "", H_WINDOW: ""}):
-                await raw_nc.publish(ctl, b"", headers=credit)  # malformed credit: ignored, the window stays
-            await subscribed(raw_nc)  # the server has them all before the producer's next frame
-            injected.set()
-
-        await raw_nc.subscribe(inbox, cb=on_frame)
-        await subscribed(raw_nc)
-        watching.set()
-
-    await raw_nc.subscribe("agents.test.task.>", cb=on_task)
-    await subscribed(raw_nc)
+    await watch_streams(raw_nc, watching, injected, other_ctl, inject)
     async with client.request_stream(producer.topics.task("gen"), None, window=2) as stream:
         chunks = [c async for c in stream]
     assert "".join(c.text for c in chunks) == "abcde"
