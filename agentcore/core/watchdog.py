@@ -80,11 +80,12 @@ class LoopWatchdog:
             return
         self._loop = loop
         self._loop_thread = threading.get_ident()
-        self._stop.clear()
+        self._stop = threading.Event()  # its own per start: a thread of an earlier start ends on the old one
         self._beat = time.monotonic()
         self._due = loop.time() + self.interval
         self._timer = loop.call_at(self._due, self._tick)
-        self._thread = threading.Thread(target=self._watch, name=f"agentcore-watchdog-{self.agent_id}", daemon=True)
+        self._thread = threading.Thread(target=self._watch, args=(self._stop,), name=f"agentcore-watchdog-{self.agent_id}",
+                                        daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -124,9 +125,9 @@ class LoopWatchdog:
         self._due = now + self.interval
         self._timer = loop.call_at(self._due, self._tick)
 
-    def _watch(self) -> None:
+    def _watch(self, stop: threading.Event) -> None:
         seen = 0.0  # the beat whose stall was already looked at: one look per stall
-        while not self._stop.wait(self.interval):
+        while not stop.wait(self.interval):
             beat = self._beat
             if beat == seen or time.monotonic() - beat < self.threshold:
                 continue

@@ -43,3 +43,20 @@ async def test_a_zero_threshold_turns_it_off() -> None:
     assert watchdog._timer is None and watchdog._thread is None
     assert watchdog.gauges() == {"loop_lag_max": 0.0, "loop_lag_events": 0}
     watchdog.stop()
+
+
+async def test_a_restart_leaves_one_watching_thread() -> None:
+    import threading
+
+    watchdog = LoopWatchdog("restarted", 0.1, AgentMetrics(), None)
+    loop = asyncio.get_running_loop()
+    watchdog.start(loop)
+    watchdog.stop()
+    watchdog.start(loop)
+    try:
+        await eventually(lambda: sum(t.name == "agentcore-watchdog-restarted" for t in threading.enumerate()) == 1,
+                         what="the first start's thread to end")
+    finally:
+        watchdog.stop()
+    await eventually(lambda: not any(t.name == "agentcore-watchdog-restarted" for t in threading.enumerate()),
+                     what="the watchdog thread to end after stop")
