@@ -203,6 +203,7 @@ class Persistence:
             data = encode(message)
             host.connection.check_size(data)
             delay = 0.05
+            mark = host.connection.denials.count
             while True:
                 # The message id doubles as JetStream's dedup id: a retry after a lost PubAck is stored once.
                 headers = {"Nats-Msg-Id": message["id"]}
@@ -220,13 +221,14 @@ class Persistence:
                 except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError, nats.errors.OutboundBufferLimitError,
                         nats.errors.ConnectionReconnectingError) as exc:
                     last = exc  # a server restarting or a leader election: try again with the same id
+                host.connection.raise_denied(mark, "publish", subject)  # the server said no: no retry makes it yes
                 if loop.time() + delay >= deadline:
                     raise RequestTimeoutError(f"JetStream did not store the task on {subject} within {timeout}s "
                                               f"({type(last).__name__})")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-        return await host.connection.request_via(publish, timeout, accept)
+        return await host.connection.request_via(publish, timeout, accept, subject)
 
     async def persistence_info(self) -> dict[str, Any]:
         """Return the task stream's name and state (messages kept, consumers), or {"enabled": False}."""

@@ -93,6 +93,21 @@ async def test_a_denied_subscription_fails_start_naming_the_subject(permissions_
         worker.nc
 
 
+async def test_a_persisted_task_to_a_denied_subject_fails_after_one_attempt_not_its_timeout(tmp_path: Path) -> None:
+    conf = tmp_path / "nats.conf"
+    conf.write_text(PERMISSIONS)
+    with NATSServer(jetstream=True, extra_args=["-c", str(conf)]) as server:
+        persisted = {"jetstream.enabled": True, "jetstream.pull_expires": 0.3}
+        worker = NATSAgent("w", config=config(server.url, "worker", **persisted))
+        worker.add_capability("secret", lambda m: "never")
+        client = NATSAgent("c", config=config(server.url, "client", **persisted))
+        async with worker, client:
+            started = time.monotonic()
+            with pytest.raises(PermissionDeniedError, match="agents.test.task.secret.default"):
+                await within(client.send_task("secret", 1, timeout=60), "the denied persisted task", timeout=30)
+            assert time.monotonic() - started < 30  # one JetStream publish attempt (at most 2 s), not the 60 s timeout
+
+
 async def test_a_denied_reply_inbox_fails_the_request_at_once(permissions_server: NATSServer) -> None:
     worker = NATSAgent("w", config=config(permissions_server.url, "worker"))
     worker.add_capability("work", lambda m: "done")
