@@ -206,7 +206,7 @@ class Persistence:
             mark = host.connection.denials.count
             while True:
                 # The message id doubles as JetStream's dedup id: a retry after a lost PubAck is stored once.
-                headers = {"Nats-Msg-Id": message["id"]}
+                headers = host.connection.traced(subject, data, {"Nats-Msg-Id": message["id"]})
                 if host.connection.signer is not None:  # stored as signed; checked (key, signature) when delivered
                     headers = host.connection.signer.headers(subject, "", data, headers)
                 try:
