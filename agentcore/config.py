@@ -222,6 +222,9 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     # installed (extra "fast"); False (or AGENTCORE_NO_UVLOOP=1) keeps asyncio's loop.
     "agent.uvloop": (True, _bool),
     "agent.request_timeout": (30.0, _positive_float),
+    # Event-loop lag (agentcore.core.watchdog): a loop held longer than this (a blocking call inside an async handler)
+    # is logged once per episode with the code that held it; seconds, 0 turns the watchdog off.
+    "agent.loop_lag_warn": (0.25, _non_negative_float),
     "agent.discovery_timeout": (0.5, _positive_float),
     # The NATS service API (ADR-32, agentcore.services): $SRV.PING/INFO/STATS answered as service service.name (default: the agent type).
     "service.enabled": (True, _bool),

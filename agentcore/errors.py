@@ -42,6 +42,34 @@ class LoopThreadError(AgentCoreError, RuntimeError):
     """A blocking call was made on the agent's own event-loop thread, where it would wait for itself."""
 
 
+class PermissionDeniedError(AgentCoreError, PermissionError):
+    """The NATS server refused a publish, request or subscription by its permissions (``-ERR 'Permissions Violation'``).
+
+    ``operation`` is ``"publish"``, ``"subscribe"`` or ``"reply"`` (a publish whose reply subject is denied),
+    ``subject`` the subject as the server named it (nats-py lowercases the server's error text), ``queue`` the
+    queue group of a denied queue subscription; ``details`` holds the three as a dict.
+    """
+
+    def __init__(self, message: str, *, operation: str, subject: str, queue: str | None = None) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.subject = subject
+        self.queue = queue
+        self.details: dict[str, str | None] = {"operation": operation, "subject": subject, "queue": queue}
+
+
+class SlowConsumerError(AgentCoreError):
+    """Messages meant for this agent were dropped: nats-py's pending limits overflowed on a subscription, or the
+    server cut the connection off as a slow consumer; a request whose reply may be among them fails with this."""
+
+    def __init__(self, message: str, *, subject: str | None = None, sid: int | None = None, side: str = "client") -> None:
+        super().__init__(message)
+        self.subject = subject
+        self.sid = sid
+        self.side = side  # "client": nats-py dropped it; "server": the server cut the connection
+        self.details: dict[str, Any] = {"subject": subject, "sid": sid, "side": side}
+
+
 class ServerStartError(AgentCoreError):
     """A local nats-server could not be found or started."""
 

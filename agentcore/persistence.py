@@ -302,6 +302,7 @@ class Persistence:
                 headers["Nats-Expected-Stream"] = self._stream or ""
                 headers = host.connection.signer.headers(subject, "", signed, headers)
             delay = 0.05
+            mark = host.connection.denials.count
             while True:
                 try:
                     await js.publish(subject, data, timeout=max(min(deadline - loop.time(), 2.0), 0.01),
@@ -317,6 +318,7 @@ class Persistence:
                 except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError, nats.errors.OutboundBufferLimitError,
                         nats.errors.ConnectionReconnectingError) as exc:
                     last = exc  # a server restarting or a leader election: try again with the same id
+                host.connection.raise_denied(mark, "publish", subject)  # the server said no: no retry makes it yes
                 if loop.time() + delay >= deadline:
                     raise RequestTimeoutError(f"JetStream did not store the task on {subject} within {timeout}s "
                                               f"({type(last).__name__})")
@@ -324,7 +326,7 @@ class Persistence:
                 delay = min(delay * 2, 1.0)
 
         accepting, recovered = keeping.watch(accept, task_id)
-        live = asyncio.ensure_future(host.connection.request_via(publish, timeout, accepting))
+        live = asyncio.ensure_future(host.connection.request_via(publish, timeout, accepting, subject))
         try:
             await asyncio.wait((live, recovered), return_when=asyncio.FIRST_COMPLETED)
             if recovered.done() and not recovered.cancelled():

@@ -150,3 +150,53 @@ def run_on_pure_core(*paths: str, timeout: float = 540.0) -> PureRun:
     )
     output = proc.stdout + proc.stderr
     return PureRun(proc.returncode, output, sorted(set(m.group(2) for m in _SUMMARY_LINE.finditer(proc.stdout))))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A stream a bystander attacks (tests/security): a producer paced by the attacker, and the attacker's view of it.
+
+async def paced_producer(make_agent: Any, watching: asyncio.Event, injected: asyncio.Event) -> NATSAgent:
+    """Streams "a" once the attacker watches the inbox, then "b" ... "e" once it has injected its frames (one frame each)."""
+
+    async def parts(message: dict[str, Any]) -> Any:
+        await within(watching.wait(), "the attacker to watch the inbox")
+        yield "a"
+        await within(injected.wait(), "the attacker to inject")
+        for part in "bcde":
+            yield part
+
+    async def handler(message: dict[str, Any]) -> None:
+        await agent.stream_response(message["id"], parts(message), chunk_size=1)
+
+    agent = await make_agent("producer", capabilities={"gen": handler}, cache__enabled=False)
+    return agent
+
+
+async def watch_streams(raw_nc: Any, watching: asyncio.Event, injected: asyncio.Event, own_ctl: str,
+                        inject: Any) -> None:
+    """Make raw_nc see every task and its stream inbox; on the producer's first frame, await inject(task_id, inbox,
+    frame headers) once, make sure the server has what it sent, and set injected. Frames carrying own_ctl (the
+    attacker's own Agent-Ctl) and the attacker's own copies of frame 0 never start it."""
+    from agentcore.transport.frames import H_CTL, H_SEQ
+    from nats_fixtures import subscribed
+
+    async def on_task(msg: Any) -> None:
+        task_id = orjson.loads(msg.data)["id"]
+        inbox = msg.reply
+        started = [False]
+
+        async def on_frame(frame_msg: Any) -> None:
+            headers = frame_msg.headers or {}
+            if headers.get(H_SEQ) != "0" or headers.get(H_CTL) == own_ctl or started[0]:
+                return
+            started[0] = True
+            await inject(task_id, inbox, headers)
+            await subscribed(raw_nc)  # the server has them all before the producer's next frame
+            injected.set()
+
+        await raw_nc.subscribe(inbox, cb=on_frame)
+        await subscribed(raw_nc)
+        watching.set()
+
+    await raw_nc.subscribe("agents.test.task.>", cb=on_task)
+    await subscribed(raw_nc)

@@ -79,7 +79,9 @@ class Control:
         """Run one control command and return its answer."""
         if message["type"] not in ("query", "task"):
             # A result or event reflected onto our control subject (e.g. via a forged replyTo) is no command.
-            log.warning("agent %s ignored a %s message on its control subject", self.agent_id, message["type"])
+            self._counters["control_ignored"] += 1
+            if self._counters["control_ignored"] % 100 == 1:  # not every one: a flood must not flood the log too
+                log.warning("agent %s ignored a %s message on its control subject", self.agent_id, message["type"])
             return NO_REPLY
         content = message["payload"]["content"]
         command = content.get("command") if isinstance(content, dict) else content

@@ -30,6 +30,7 @@ from ..errors import EnvelopeError, PayloadTooLargeError, RemoteError, SubjectEr
 from ..metrics import AgentMetrics
 from ..topics import Topics
 from ..transport.connection import Connection
+from ..transport.inline import MAX_NAMED_SUBJECT
 from ..transport.offload import pull_request
 from ..transport.settlement import PersistedMsg, Settlement
 from ..transport.tracecontext import CURRENT, TRACEPARENT, Scope, carried
@@ -205,6 +206,8 @@ class Dispatcher:
 
     def _may_answer(self, subject: str) -> bool:
         """Return whether a replyTo of subject is honoured: a reply inbox, a result subject, an allowed pattern."""
+        if len(subject) > MAX_NAMED_SUBJECT:
+            return False
         if subject.startswith(self._reply_prefixes):
             try:
                 validate_subject(subject, wildcards=False)

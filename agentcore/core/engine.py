@@ -19,7 +19,8 @@ from .._impl import IMPLEMENTATION, validate_token
 from ..config import AgentConfig
 from ..envelope import decode, encode, new_message, raise_for_error
 from ..errors import (
-    AgentCoreError, DuplicateAgentError, EnvelopeError, NoRespondersError, NotConnectedError, PersistenceError, RemoteError,
+    AgentCoreError, DuplicateAgentError, EnvelopeError, NoRespondersError, NotConnectedError, PermissionDeniedError,
+    PersistenceError, RemoteError,
     RequestTimeoutError,
 )
 from ..metrics import AgentMetrics
@@ -37,6 +38,7 @@ from .records import MESSAGE, TASK, CacheMode, Delivery, Handler, Registration
 from .registry import Registry, is_async
 from .replies import Keeper, Replies
 from .sync_calls import SyncCalls
+from .watchdog import LoopWatchdog
 
 __all__ = ("Core",)
 
@@ -77,6 +79,7 @@ class Core:
         self.work = Dispatcher(agent_id, config, self.topics, self.metrics, self.registry.index, self.connection,
                                self.replies, self.settlement, self.spawn, self.sync_calls, default)
         self.registry.dispatch = self.work.dispatch
+        self.watchdog = LoopWatchdog(agent_id, config["agent.loop_lag_warn"], self.metrics, Dispatcher._handle.__code__)
         # Control, discovery and status go through the agent's public methods, read when used: a subclass's
         # describe() (or pause, resume, publish) is what the bus sees. The agent sets face to itself.
         self.face: Face = self
@@ -120,7 +123,9 @@ class Core:
         """Make the wire subscriptions match the registrations and return once the server has them."""
         nc = self.connection.nc
         if nc is not None:
-            await self.registry.sync(nc, lambda: self._status)
+            mark = self.connection.denials.count
+            await self.registry.sync(nc, lambda: self._status)  # ends with a PING: a denied SUB was reported by then
+            self.connection.raise_denied(mark, "subscribe")
 
     def schedule_sync(self) -> None:
         """Sync the subscriptions soon (from any thread), when the agent is connected."""
@@ -235,7 +240,7 @@ class Core:
         message = new_message(type, content, source_id=self.agent_id, source_type=self.agent_type, **fields)
         data = encode(message)
         self.connection.check_size(data)
-        await self.connection.publish(subject, data)
+        await self.connection.publish_checked(subject, data)
         return str(message["id"])
 
     async def request_message(
@@ -361,6 +366,7 @@ class Core:
             "messages_processed": self.metrics.processed,
             "p50_latency_ms": self.metrics.percentile(0.5),
             "started_at": self.started_at,
+            **self.watchdog.gauges(),
         }
         for component in self.components:
             info.update(component.describe())
@@ -371,7 +377,7 @@ class Core:
         snapshot = self.metrics.snapshot()
         snapshot.update(in_flight=self.work.inflight, queued=len(self.work.queue), status=self._status,
                         implementation=IMPLEMENTATION, subscriptions=len(self.registry.subs),
-                        results_owed=len(self.replies.owed))
+                        results_owed=len(self.replies.owed), **self.watchdog.gauges())
         if self.connection.verifier is not None:
             snapshot.update(self.connection.verifier.gauges())
         for component in self.components:
@@ -439,8 +445,13 @@ class Core:
             raise
         self._status = "running"
         self.started_at = time.time()
+        self.watchdog.start(self._loop)
         self.setup()  # the agent's _setup_subscriptions(): register_base() plus what a subclass adds
-        await self.sync()
+        try:
+            await self.sync()  # PermissionDeniedError: the server refused a subscription; start fails, naming it
+        except BaseException:
+            await self.abort_start()
+            raise
         self._heartbeat = self._loop.create_task(self.control.heartbeats(self.config["agent.heartbeat_interval"]))
         await self.control.publish_status()
         log.info("agent %s (%s) started with capabilities %s", self.agent_id, self.agent_type, self.registry.capabilities)
@@ -456,6 +467,10 @@ class Core:
                                               timeout=self.config["agent.discovery_timeout"])
         except NoRespondersError:
             return
+        except PermissionDeniedError as exc:
+            if exc.operation != "publish":
+                raise  # its reply inbox is denied: no request of this agent could ever get its answer
+            return  # a locked-down user may not publish to its own control subject: it cannot ask, so it does not
         except RequestTimeoutError:  # a subscriber that is no agent (a `nats sub >`, say): nothing to report
             log.debug("agent %s: its control subject has a listener that does not answer", self.agent_id)
             return
@@ -504,6 +519,7 @@ class Core:
                 await self.connection.close()
         finally:
             self._status = "stopped"
+            self.watchdog.stop()
             self.settlement.stop()  # only now: handlers draining until here keep their tasks in progress
             for component in self.components:
                 try:

@@ -316,6 +316,8 @@ class MCP:
             return NO_REPLY  # a notification (e.g. notifications/initialized): the hosted session already did that
         method: str = rpc["method"]
         params = rpc.get("params") or {}
+        if not isinstance(params, dict):  # a stranger's params may be anything JSON holds
+            return rpc_error(rpc_id, INVALID_PARAMS, f"params of {method[:100]!r} must be an object, got {type(params).__name__}")
         host.metrics.counters["mcp_requests_served"] += 1
         if method == "ping":
             return {"jsonrpc": JSONRPC, "id": rpc_id, "result": {}}
@@ -411,6 +413,8 @@ class MCP:
         if not isinstance(name, str):
             raise _RPCFailure(INVALID_PARAMS, "tools/call needs params.name", None)
         arguments = params.get("arguments") or {}
+        if not isinstance(arguments, dict):
+            raise _RPCFailure(INVALID_PARAMS, f"tools/call params.arguments must be an object, got {type(arguments).__name__}", None)
         if not hosted.exposes(name):
             counters["mcp_requests_refused"] += 1
             raise _RPCFailure(INVALID_PARAMS, f"unknown tool {name!r} on MCP server {hosted.server_id!r}", "tool_not_found")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,10 +16,12 @@ from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 
 from ..config import AgentConfig
-from ..errors import NotConnectedError, PayloadTooLargeError
+from ..errors import ConfigError, NotConnectedError, PayloadTooLargeError, PermissionDeniedError, SlowConsumerError
 from ..metrics import AgentMetrics
+from .async_errors import Denials
 from .identity import Signer, Verifier, load_seed
 from .inline import Accept, RequestMux, forget_connection, send_now
+from .subscriptions import confirm as confirm_sent
 from .tracecontext import CURRENT, Tracer, with_trace
 
 __all__ = ("Connection",)
@@ -57,10 +60,26 @@ def _abandon(connecting: asyncio.Future[NATSClient]) -> None:
     connecting.add_done_callback(settle)
 
 
-def _reason(exc: Exception) -> str:
+def _reason(exc: Exception, timeout: float, plaintext: bool) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (no nats-server listens there)"
-    return str(exc) or type(exc).__name__
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return f"no answer within {timeout}s (nats.connect_timeout): the host is unreachable or the server hangs"
+    text = str(exc).removeprefix("nats: ").strip("'") or type(exc).__name__
+    if isinstance(exc, ssl.SSLError):
+        text = f"TLS: {text}"
+        if plaintext:  # nats-py upgrades to TLS when the server requires it, verifying against the system's CAs
+            text += " (the server requires TLS: use a tls:// URL and set nats.tls_ca to the CA that signed its certificate)"
+    elif isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in text.lower():
+        text = "Authorization Violation: the server refused the credentials (nats.user/password, token, nkey or creds)"
+    return text
+
+
+def _tls_file(key: str, path: str | None) -> str | None:
+    """Return path when it names a readable file; ConfigError naming the key and the file otherwise."""
+    if path is not None and not os.path.isfile(path):
+        raise ConfigError(f"{key}: no such file {path!r}")
+    return path
 
 
 class Connection:
@@ -77,6 +96,12 @@ class Connection:
         self._reconnected = reconnected
         self._first_errors: list[Exception] | None = None  # while connecting the first time: each attempt's failure
         self._gave_up: asyncio.Event | None = None  # set once every server has failed its first attempt
+        self.denials = Denials()  # permission violations the server reported, for callers confirming a send
+        self._server_id: str | None = None  # the server we are connected to (a cut-off tells itself by it)
+        self._cut: tuple[str | None, list[str]] | None = None  # at a disconnect: (server id, requests waiting then)
+        self._checked: set[str] = set()  # subjects publish_checked() confirmed since the last denial
+        self._checked_mark = 0
+        self._warned: dict[str, int] = {}  # per kind of async error: how many were logged (a flood must not flood the log)
         # Signed identity, opt-in: None (the default) keeps every send on its unsigned path, one `is None` test.
         seed = config["identity.seed"]
         self.signer: Signer | None = Signer(load_seed(seed)) if seed else None
@@ -112,9 +137,14 @@ class Connection:
             if cfg[key] is not None:
                 options[option] = cfg[key]
         if cfg["nats.tls_ca"] or cfg["nats.tls_cert"]:
-            context = ssl.create_default_context(cafile=cfg["nats.tls_ca"])
-            if cfg["nats.tls_cert"]:
-                context.load_cert_chain(cfg["nats.tls_cert"], cfg["nats.tls_key"])
+            ca, cert, key_file = (_tls_file(name, cfg[name]) for name in ("nats.tls_ca", "nats.tls_cert", "nats.tls_key"))
+            try:
+                context = ssl.create_default_context(cafile=ca)
+                if cert:
+                    context.load_cert_chain(cert, key_file)
+            except (ssl.SSLError, OSError) as exc:  # a file that is no PEM, a key that does not match its certificate
+                files = ", ".join(f"{k}={v!r}" for k, v in (("nats.tls_ca", ca), ("nats.tls_cert", cert), ("nats.tls_key", key_file)) if v)
+                raise ConfigError(f"TLS files unusable ({files}): {exc}") from exc
             options["tls"] = context
         for name, value in cfg["nats.options"].items():
             if name in _EVENT_CALLBACKS:
@@ -149,14 +179,21 @@ class Connection:
         if not connecting.done():
             _abandon(connecting)
             self.nc = None
-            reason = _reason(errors[0]) if errors else f"no connection within {bound:.1f}s"
+            reason = self._reason(errors[0], options) if errors else f"no connection within {bound:.1f}s"
             raise NotConnectedError(f"agent {self.agent_id} cannot connect to {', '.join(options['servers'])}: {reason}")
         try:
             self.nc = connecting.result()
         except Exception as exc:
             self.nc = None
-            raise NotConnectedError(f"agent {self.agent_id} cannot connect to {', '.join(options['servers'])}: {_reason(exc)}") from exc
+            raise NotConnectedError(f"agent {self.agent_id} cannot connect to {', '.join(options['servers'])}: "
+                                    f"{self._reason(exc, options)}") from exc
+        self._server_id = self.nc._server_info.get("server_id") if isinstance(getattr(self.nc, "_server_info", None), dict) else None
         return self.nc
+
+    @staticmethod
+    def _reason(exc: Exception, options: dict[str, Any]) -> str:
+        plaintext = "tls" not in options and all(not s.startswith("tls://") for s in options["servers"])
+        return _reason(exc, options["connect_timeout"], plaintext)
 
     async def _on_error(self, exc: Exception) -> None:
         errors = self._first_errors
@@ -165,21 +202,70 @@ class Connection:
             if len(errors) >= len(self.config["nats.servers"]) and self._gave_up is not None:
                 self._gave_up.set()
             return
-        # Permission violations and slow-consumer drops arrive only here (nats-py does not raise them).
+        # Permission violations and slow-consumer drops arrive only here (nats-py does not raise them): each goes
+        # to the requests it concerns, at once, and to callers confirming a send (publish(confirm=True), sync()).
         self.metrics.async_errors += 1
-        log.warning("agent %s: NATS error: %s", self.agent_id, exc)
+        denial = self.denials.record(exc)
+        mux = self._mux
+        if denial is not None:
+            error = denial.error(self.agent_id)
+            failed = 0
+            if mux is not None:
+                if denial.operation == "publish":
+                    failed = mux.fail_subject(denial.subject, error)
+                elif denial.operation == "reply":
+                    failed = mux.fail_inbox(denial.subject, error)
+                elif mux.covers(denial.subject):  # our reply inbox itself is denied: no request can get its answer
+                    failed = mux.fail_tokens(mux.tokens(), error)
+            self.metrics.counters["permission_denied"] += 1
+            self._warn("permission", error, f" ({failed} waiting requests failed)" if failed else "")
+            return
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            self.metrics.counters["slow_consumer_dropped"] += 1
+            dropped = SlowConsumerError(
+                f"agent {self.agent_id}: nats-py dropped a message on {exc.subject} (sid {exc.sid}): the subscription's "
+                "pending limits were full", subject=exc.subject, sid=exc.sid, side="client")
+            if mux is not None and mux.covers("", exc.sid):  # a reply to one of our requests: it fails now
+                mux.fail_inbox(exc.subject, dropped)
+            self._warn("slow", dropped)
+            return
+        self._warn("other", f"agent {self.agent_id}: NATS error: {exc}")
+
+    def _warn(self, kind: str, what: object, more: str = "") -> None:
+        count = self._warned[kind] = self._warned.get(kind, 0) + 1
+        if count <= 10 or count % 1000 == 0:  # the first ten, then one in a thousand: a flood must not flood the log
+            log.warning("%s%s%s", what, more, "" if count <= 10 else f" ({count} of this kind so far)")
 
     async def _on_disconnected(self) -> None:
         if self._closing():
             return  # our own close, not an outage
         self.metrics.disconnects += 1
+        mux = self._mux
+        self._cut = (self._server_id, mux.tokens() if mux is not None else [])
         log.warning("agent %s disconnected from NATS", self.agent_id)
 
     async def _on_reconnected(self) -> None:
         self.metrics.reconnects += 1
-        self._reconnected()
         nc = self.nc
+        info = getattr(nc, "_server_info", None)
+        server_id = info.get("server_id") if isinstance(info, dict) else None
+        cut, self._cut, self._server_id = self._cut, None, server_id
+        if cut is not None and cut[0] is not None and cut[0] == server_id:
+            self._cut_off(cut[1])
+        self._reconnected()
         log.info("agent %s reconnected to %s", self.agent_id, nc.connected_url.netloc if nc and nc.connected_url else "?")
+
+    def _cut_off(self, tokens: list[str]) -> None:
+        """The server that dropped us took us back at once: it cut this client off, as it does a slow consumer."""
+        # nats-server closes a slow consumer without an -ERR (nats-py sees only EOF or a reset); a server that restarts
+        # comes back with a new server id. What it held for us is gone, replies to our waiting requests among it.
+        self.metrics.counters["slow_consumer_disconnects"] += 1
+        error = SlowConsumerError(
+            f"agent {self.agent_id}: the NATS server cut this connection off without an error and took it back at once "
+            "(what it does to a slow consumer: max_pending exceeded or a write deadline missed); messages it held for "
+            "this agent, replies among them, are lost", side="server")
+        failed = self._mux.fail_tokens(tokens, error) if self._mux is not None and tokens else 0
+        log.warning("%s; %d waiting requests failed", error, failed)
 
     # ------------------------------------------------------------------ using it
 
@@ -213,8 +299,13 @@ class Connection:
             prefix = prefix.decode()
         return ("_INBOX.", f"{prefix}.") if prefix else ("_INBOX.",)
 
-    async def publish(self, subject: str, data: bytes, reply: str = "", headers: dict[str, str] | None = None) -> None:
-        """Publish through nats-py's buffer; a refusal is NotConnectedError with its reason."""
+    async def publish(self, subject: str, data: bytes, reply: str = "", headers: dict[str, str] | None = None,
+                      *, confirm: bool = False) -> None:
+        """Publish through nats-py's buffer; a refusal is NotConnectedError with its reason.
+
+        confirm: return only once the server has processed it (one round trip), raising PermissionDeniedError
+        when the server denied it.
+        """
         nc = self.require()
         if self.tracer is not None:
             headers = self.tracer.send(subject, data, headers)
@@ -222,11 +313,36 @@ class Connection:
             headers = with_trace(headers)
         if self.signer is not None:
             headers = self.signer.headers(subject, reply, data, headers)
+        mark = self.denials.count
         try:
             await nc.publish(subject, data, reply=reply, headers=headers)
+            if confirm:
+                await confirm_sent(nc)
         except nats.errors.Error as exc:
             raise NotConnectedError(f"agent {self.agent_id} could not publish on {subject}: {exc or type(exc).__name__}") from exc
+        if confirm:
+            self.raise_denied(mark, "publish", subject)
+            if reply:
+                self.raise_denied(mark, "reply", reply)
         self.metrics.published += 1
+
+    async def publish_checked(self, subject: str, data: bytes) -> None:
+        """Publish; the first time on each subject confirmed with a round trip, so a denied subject raises
+        PermissionDeniedError (and keeps raising it: a subject the server denied is confirmed every time)."""
+        if self.denials.count != self._checked_mark:  # something was denied since: confirm every subject afresh
+            self._checked_mark = self.denials.count
+            self._checked.clear()
+        confirm = subject not in self._checked
+        await self.publish(subject, data, confirm=confirm)
+        if confirm and len(self._checked) < 4096:
+            self._checked.add(subject)
+
+    def raise_denied(self, mark: int, operation: str | None = None, subject: str | None = None) -> None:
+        """Raise PermissionDeniedError for the first violation of operation on subject reported since mark."""
+        denied = self.denials.since(mark, operation, subject)
+        if denied:
+            error: PermissionDeniedError = denied[0].error(self.agent_id)
+            raise error
 
     def traced(self, subject: str, data: bytes, headers: dict[str, str] | None) -> dict[str, str] | None:
         """Return headers with the trace context this send carries (for sends that bypass publish: JetStream)."""
@@ -249,11 +365,13 @@ class Connection:
         mux = self.requests(self.require())
         if self.bare:
             return await mux.request(subject, data, timeout, accept, CURRENT.get())
-        return await mux.request_via(lambda inbox: self.publish(subject, data, inbox), timeout, accept)  # with headers: no direct write
+        return await mux.request_via(lambda inbox: self.publish(subject, data, inbox), timeout, accept, subject)  # with headers: no direct write
 
-    async def request_via(self, publish: Callable[[str], Awaitable[None]], timeout: float, accept: Accept | None = None) -> Any:
-        """Call publish(inbox) and return the reply that reaches that inbox within timeout (accept as in request)."""
-        return await self.requests(self.require()).request_via(publish, timeout, accept)
+    async def request_via(self, publish: Callable[[str], Awaitable[None]], timeout: float, accept: Accept | None = None,
+                          subject: str = "") -> Any:
+        """Call publish(inbox) and return the reply that reaches that inbox within timeout (accept as in request;
+        a permission violation on subject, where publish sends, fails it at once)."""
+        return await self.requests(self.require()).request_via(publish, timeout, accept, subject)
 
     # ------------------------------------------------------------------ closing
 

@@ -29,6 +29,7 @@ from ..errors import (
     AgentCoreError, NoRespondersError, PersistenceError, StreamError, StreamGapError, StreamTimeoutError, SubjectError,
 )
 from .identity import H_SENDER, Signer, Verifier
+from .inline import MAX_NAMED_SUBJECT
 from .settlement import pub_ack_stream
 from .subscriptions import confirm
 from .tracecontext import CURRENT
@@ -96,12 +97,12 @@ HEADER_ROOM = 1024  # headers and subject share max_payload with the body (nats-
 def _header_int(headers: dict[str, str], name: str) -> int | None:
     """Return an integer stream header, or None when it is absent or malformed (peer input is never trusted)."""
     text = headers.get(name)
-    if text is None:
+    # ASCII digits only, at most 18: int() also takes " 1", "1_0" and other scripts' digits ("\u0661" is 1), and
+    # a bystander's "1" spelled so would pass for the producer's own frame 1.
+    if text is None or not 0 < len(text.removeprefix("-")) <= 18 or not text.removeprefix("-").isascii() \
+            or not text.removeprefix("-").isdigit():
         return None
-    try:
-        return int(text)
-    except ValueError:
-        return None
+    return int(text)
 
 class FrameSender:
     """Send frames to one consumer, waiting for credit when the consumer asked for a window."""
@@ -335,7 +336,7 @@ class StreamReceiver:
         if stream is not None or H_SEQ in headers:  # a frame
             ctl = headers.get(H_CTL)
             if self._stream is None:
-                if stream is None or not ctl or (self._expect is not None and stream != self._expect):
+                if stream is None or not ctl or len(ctl) > MAX_NAMED_SUBJECT or (self._expect is not None and stream != self._expect):
                     return False
                 if self._ctl is not None and ctl != self._ctl:
                     return False

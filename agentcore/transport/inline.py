@@ -29,7 +29,7 @@ from .tracecontext import TRACE_HEADERS
 
 from .reader import take_over
 
-__all__ = ("deliver_inline", "forget_connection", "send_now", "RequestMux", "REJECT", "Accept")
+__all__ = ("deliver_inline", "forget_connection", "send_now", "RequestMux", "REJECT", "Accept", "MAX_NAMED_SUBJECT")
 
 log = logging.getLogger("agentcore.agent")
 
@@ -37,6 +37,10 @@ log = logging.getLogger("agentcore.agent")
 READ_FRAMES = True
 
 _NO_RESPONDERS = "503"
+
+#: The longest subject a stranger may name for us to publish to (a replyTo, a pull or credit subject): nats-server
+#: closes a connection whose PUB control line passes 4,096 bytes, so one long forged subject would cut the agent off.
+MAX_NAMED_SUBJECT = 1024
 
 #: What an accept callback returns for a message that does not answer its request: it is dropped, the wait goes on.
 REJECT: Any = object()
@@ -155,7 +159,8 @@ class RequestMux:
     def __init__(self, nc: NATSClient) -> None:
         self.nc = nc
         self._prefix = ""
-        self._waiting: dict[str, tuple[asyncio.Future[Any], Accept | None]] = {}
+        # token -> (future, accept, subject the request went to: a permission violation names it)
+        self._waiting: dict[str, tuple[asyncio.Future[Any], Accept | None, str]] = {}
         self._tokens = itertools.count(1)
         self._sub: Subscription | None = None
         # (deadline, token) of every request, a heap pruned lazily, and the one loop timer that serves it, armed
@@ -178,7 +183,7 @@ class RequestMux:
         entry = self._waiting.get(token)
         if entry is None:
             return
-        fut, accept = entry
+        fut, accept, _subject = entry
         if fut.done():
             return
         headers = msg.headers
@@ -212,10 +217,15 @@ class RequestMux:
             if not send_now(nc, subject, data, inbox, headers):
                 await nc.publish(subject, data, reply=inbox, headers=headers)
 
-        return await self.request_via(publish, timeout, accept)
+        return await self.request_via(publish, timeout, accept, subject)
 
-    async def request_via(self, publish: Callable[[str], Awaitable[None]], timeout: float, accept: Accept | None = None) -> Any:
-        """Call publish(inbox) and return the reply that comes to that inbox within timeout (same errors as request)."""
+    async def request_via(self, publish: Callable[[str], Awaitable[None]], timeout: float, accept: Accept | None = None,
+                          subject: str = "") -> Any:
+        """Call publish(inbox) and return the reply that comes to that inbox within timeout (same errors as request).
+
+        subject is where publish sends the request: a permission violation the server reports for it fails the
+        request at once (fail_subject).
+        """
         if not timeout >= 0:  # NaN would never compare due and stall every other request's deadline in the heap
             raise ValueError(f"request timeout must be a number >= 0, got {timeout!r}")
         if self._sub is None:
@@ -224,7 +234,7 @@ class RequestMux:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         waiting = self._waiting
-        waiting[token] = (fut, accept)
+        waiting[token] = (fut, accept, subject)
         self._expire_at(loop, loop.time() + timeout, token)
         try:
             await publish(self._prefix + token)
@@ -256,13 +266,50 @@ class RequestMux:
         if deadlines:
             self._timer = loop.call_at(deadlines[0][0], self._expire_due, loop)
 
+    def fail_subject(self, subject: str, exc: Exception) -> int:
+        """Fail the waiting requests sent to subject (compared lowercased, as nats-py reports it); return how many."""
+        subject = subject.lower()
+        return self._fail([t for t, (_f, _a, s) in self._waiting.items() if s.lower() == subject], exc)
+
+    def fail_inbox(self, inbox: str, exc: Exception) -> int:
+        """Fail the waiting request whose reply inbox is inbox (compared lowercased); return how many (0 or 1)."""
+        inbox = inbox.lower()
+        prefix = self._prefix.lower()
+        # Tokens are digits: the part after the (lowercased) prefix is the token itself.
+        return self._fail([inbox[len(prefix):]] if prefix and inbox.startswith(prefix) else [], exc)
+
+    def covers(self, subject: str, sid: int | None = None) -> bool:
+        """Return whether subject (lowercased, as nats-py reports it) or sid is this mux's inbox subscription."""
+        sub = self._sub
+        if sub is None:
+            return False
+        return (sid is not None and getattr(sub, "_id", None) == sid) or subject.lower() == sub.subject.lower()
+
+    def tokens(self) -> list[str]:
+        """Return the tokens of the requests waiting now (fail_tokens fails those still waiting later)."""
+        return list(self._waiting)
+
+    def fail_tokens(self, tokens: list[str], exc: Exception) -> int:
+        """Fail those of tokens still waiting; return how many."""
+        return self._fail(tokens, exc)
+
+    def _fail(self, tokens: list[str], exc: Exception) -> int:
+        waiting = self._waiting
+        failed = 0
+        for token in tokens:
+            entry = waiting.pop(token, None)
+            if entry is not None and not entry[0].done():
+                entry[0].set_exception(exc)
+                failed += 1
+        return failed
+
     async def close(self) -> None:
         """Fail the waiting requests and drop the inbox subscription."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._deadlines.clear()
-        for fut, _accept in self._waiting.values():
+        for fut, _accept, _subject in self._waiting.values():
             if not fut.done():
                 fut.set_exception(nats.errors.ConnectionClosedError())
         self._waiting.clear()

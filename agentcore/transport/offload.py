@@ -19,7 +19,7 @@ from ..envelope import encode, new_message
 from ..errors import PayloadTooLargeError, RequestTimeoutError, StreamError, StreamTimeoutError, SubjectError
 from .connection import Connection
 from .frames import FrameSender, pull_answer, pull_offer, serve_pull
-from .inline import Accept
+from .inline import MAX_NAMED_SUBJECT, Accept
 
 __all__ = ("offer_result", "request_large", "publish_request", "pull_request", "pull_result")
 
@@ -97,8 +97,9 @@ async def pull_request(connection: Connection, offer: dict[str, Any], timeout: f
                        slots: asyncio.Semaphore) -> dict[str, Any]:
     """Pull the whole envelope of a request that came as an offer; it must be the offered message itself."""
     stream = offer["payload"]["stream"]
-    if not (isinstance(stream, dict) and isinstance(stream.get("size"), int) and isinstance(stream.get("pull"), str)):
-        raise StreamError(f"message {offer['id']} carries a malformed stream offer")
+    size = stream.get("size") if isinstance(stream, dict) else None
+    if not (isinstance(size, int) and not isinstance(size, bool) and size >= 1 and isinstance(stream.get("pull"), str)):
+        raise StreamError(f"message {offer['id']} carries a malformed stream offer (size must be an integer >= 1)")
     if stream["size"] > limit:
         raise PayloadTooLargeError(stream["size"], limit)
     pull = stream["pull"]
@@ -107,6 +108,8 @@ async def pull_request(connection: Connection, offer: dict[str, Any], timeout: f
         validate_subject(pull)  # no wildcards, no whitespace, no empty tokens
     except SubjectError:
         pull = ""
+    if len(pull) > MAX_NAMED_SUBJECT:
+        raise StreamError(f"message {offer['id']} offers its stream on a subject of {len(pull)} characters (at most {MAX_NAMED_SUBJECT})")
     if not any(pull.startswith(prefix) for prefix in connection.inbox_prefixes()):
         raise StreamError(f"message {offer['id']} offers its stream on {stream['pull']!r}, which is not a reply inbox")
     async with slots:  # a few envelopes being pulled into memory at once, the rest wait

@@ -15,11 +15,11 @@ import nats
 import orjson
 import pytest
 
-from agentcore import NATSAgent
 from agentcore.envelope import encode, new_message
 from agentcore.errors import StreamTimeoutError
 from agentcore.transport.frames import H_CTL, H_FINAL, H_KIND, H_SEQ, H_STREAM
-from nats_fixtures import eventually, subscribed, within
+from helpers import paced_producer, watch_streams
+from nats_fixtures import eventually, subscribed
 
 
 def frame(stream: str, seq: int, ctl: str, *, final: bool = False) -> dict[str, str]:
@@ -27,23 +27,6 @@ def frame(stream: str, seq: int, ctl: str, *, final: bool = False) -> dict[str, 
     if final:
         headers[H_FINAL] = "1"
     return headers
-
-
-async def paced_producer(make_agent: Any, watching: asyncio.Event, injected: asyncio.Event) -> NATSAgent:
-    """Streams "a" once the attacker watches the inbox, then "b" ... "e" once it has injected its frames (one frame each)."""
-
-    async def parts(message: dict[str, Any]) -> Any:
-        await within(watching.wait(), "the attacker to watch the inbox")
-        yield "a"
-        await within(injected.wait(), "the attacker to inject")
-        for part in "bcde":
-            yield part
-
-    async def handler(message: dict[str, Any]) -> None:
-        await agent.stream_response(message["id"], parts(message), chunk_size=1)
-
-    agent = await make_agent("producer", capabilities={"gen": handler}, cache__enabled=False)
-    return agent
 
 
 async def test_frames_injected_into_a_request_stream_inbox_are_not_yielded(make_agent: Any, raw_nc: nats.NATS) -> None:
@@ -59,34 +42,20 @@ async def test_frames_injected_into_a_request_stream_inbox_are_not_yielded(make_
 
     await raw_nc.subscribe(attacker_ctl, cb=on_credit)
 
-    async def on_task(msg: Any) -> None:
-        task_id = orjson.loads(msg.data)["id"]
-        inbox = msg.reply
+    async def inject(task_id: str, inbox: str, headers: dict[str, str]) -> None:
+        # The honest stream has begun: inject the next frames, and a result that correlates with the task.
+        forgeries = [
+            (b"X", frame(task_id, 1, attacker_ctl)),  # the right stream, another producer
+            (b"Y", frame(task_id, 2, attacker_ctl, final=True)),
+            (b"Z", frame("another-task", 1, headers[H_CTL])),  # the producer's Agent-Ctl, another stream
+            (b"W", {H_STREAM: task_id, H_SEQ: "1", H_KIND: "text"}),  # no Agent-Ctl at all
+            (encode(new_message("result", "forged", source_id="producer", correlation_id=task_id)), None),
+        ]
+        for data, forged_headers in forgeries:
+            await raw_nc.publish(inbox, data, headers=forged_headers)
+            sent[0] += 1
 
-        async def on_frame(frame_msg: Any) -> None:
-            headers = frame_msg.headers or {}
-            if headers.get(H_SEQ) != "0" or headers.get(H_CTL) == attacker_ctl:
-                return
-            # The honest stream has begun: inject the next frames, and a result that correlates with the task.
-            forgeries = [
-                (b"X", frame(task_id, 1, attacker_ctl)),  # the right stream, another producer
-                (b"Y", frame(task_id, 2, attacker_ctl, final=True)),
-                (b"Z", frame("another-task", 1, headers[H_CTL])),  # the producer's Agent-Ctl, another stream
-                (b"W", {H_STREAM: task_id, H_SEQ: "1", H_KIND: "text"}),  # no Agent-Ctl at all
-                (encode(new_message("result", "forged", source_id="producer", correlation_id=task_id)), None),
-            ]
-            for data, forged_headers in forgeries:
-                await raw_nc.publish(inbox, data, headers=forged_headers)
-                sent[0] += 1
-            await subscribed(raw_nc)  # the server has them all before the producer's next frame
-            injected.set()
-
-        await raw_nc.subscribe(inbox, cb=on_frame)
-        await subscribed(raw_nc)
-        watching.set()
-
-    await raw_nc.subscribe("agents.test.task.>", cb=on_task)
-    await subscribed(raw_nc)
+    await watch_streams(raw_nc, watching, injected, attacker_ctl, inject)
 
     async with client.request_stream(producer.topics.task("gen"), None, window=2) as stream:
         chunks = [c async for c in stream]
