@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import time
 from collections.abc import Callable
@@ -114,8 +115,11 @@ class SyncCalls:
     # ------------------------------------------------------------------ the thread pool
 
     async def threaded(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call fn in the agent's thread pool and return its result."""
-        return await asyncio.get_running_loop().run_in_executor(self._get_executor(), fn, *args)
+        """Call fn in the agent's thread pool, in a copy of the caller's context, and return its result."""
+        # The copy carries context variables into the thread (the trace context of the message being handled), so
+        # what the handler sends from there (publish_result) is traced like what an inline handler sends.
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._get_executor(), context.run, fn, *args)
 
     def _get_executor(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._executor is None:

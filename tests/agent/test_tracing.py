@@ -67,6 +67,21 @@ async def test_a_result_and_a_sub_task_carry_the_trace_headers_of_their_task(
     await spy.unsubscribe()
 
 
+@pytest.mark.parametrize("where", ["inline", "thread"])
+async def test_the_guides_sync_handler_answers_with_the_trace_headers_of_its_task(
+        make_agent: Callable[..., Any], raw_nc: nats.NATS, where: str) -> None:
+    class Guide(NATSAgent):
+        def process_message(self, topic: str, message: dict[str, Any]) -> bool:
+            self.publish_result(message["id"], {"echo": message["payload"]["content"]})
+            return True
+
+    worker = await make_agent("worker", cls=Guide, capabilities={"analysis": None}, agent__sync_handlers=where)
+    reply = await raw_nc.request(worker.topics.task("analysis"), _task(1), timeout=10, headers=dict(INCOMING))
+    assert decode(reply.data)["payload"]["content"] == {"echo": 1}
+    # From the loop or from a pool thread (which runs in a copy of the handler's context), the trace goes on.
+    assert reply.headers is not None and {k: reply.headers[k] for k in INCOMING} == INCOMING
+
+
 async def test_a_stream_carries_the_trace_headers_on_every_frame(make_agent: Callable[..., Any], raw_nc: nats.NATS) -> None:
     agent = await make_agent("streamer", start=False)
 
