@@ -382,6 +382,7 @@ class Core:
         snapshot.update(in_flight=self.work.inflight, queued=len(self.work.queue), status=self._status,
                         implementation=IMPLEMENTATION, subscriptions=len(self.registry.subs),
                         results_owed=len(self.replies.owed))
+        snapshot.update(self.work.gauges())  # bytes held by the bounded stores (docs/limits.md)
         if self.connection.verifier is not None:
             snapshot.update(self.connection.verifier.gauges())
         for component in self.components:

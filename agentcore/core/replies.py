@@ -105,6 +105,7 @@ class Replies:
             return
         try:
             data = self.result_message(delivery, content)
+            delivery.size = len(data)
             self.connection.check_size(data)
         except PayloadTooLargeError as exc:
             if (delivery.message.get("routing") or {}).get("stream"):
