@@ -55,8 +55,7 @@ cdef class _Entry:
 
 @cython.final
 cdef class ContentCache:
-    """Keep up to max_entries values (and max_bytes of their given sizes) by hashable key, dropping the least recently
-    used and the expired."""
+    """Keep up to max_entries values (and max_bytes of their sizes) by key, dropping the least recently used and the expired."""
 
     cdef dict _data
     cdef _Entry _root  # _root.next is the least recently used entry, _root.prev the most recent
@@ -199,8 +198,7 @@ cdef class ContentCache:
         return default
 
     def put(self, key, value, Py_ssize_t size=0):
-        """Store value (counted as size bytes) under key as the most recently used entry, evicting the least recently
-        used beyond max_entries or max_bytes; return False (and hold nothing under key) when size alone exceeds max_bytes."""
+        """Store value (of size bytes) as the most recent entry, evicting beyond the bounds; False when it alone exceeds max_bytes."""
         cdef double expires
         cdef PyObject* found
         cdef _Entry entry

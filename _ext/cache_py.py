@@ -37,8 +37,7 @@ def _check_limits(max_entries: int, ttl: float | None, max_bytes: int | None) ->
 
 
 class ContentCache:
-    """Keep up to max_entries values (and max_bytes of their given sizes) by hashable key, dropping the least recently
-    used and the expired."""
+    """Keep up to max_entries values (and max_bytes of their sizes) by key, dropping the least recently used and the expired."""
 
     __slots__ = ("_data", "_order", "_max_entries", "_max_bytes", "_bytes", "_ttl", "_clock", "_hits", "_misses",
                  "_evictions", "_expired", "_rejected")
@@ -144,8 +143,7 @@ class ContentCache:
         return entry
 
     def put(self, key: Hashable, value: Any, size: int = 0) -> bool:
-        """Store value (counted as size bytes) under key as the most recently used entry, evicting the least recently
-        used beyond max_entries or max_bytes; return False (and hold nothing under key) when size alone exceeds max_bytes."""
+        """Store value (of size bytes) as the most recent entry, evicting beyond the bounds; False when it alone exceeds max_bytes."""
         size = operator.index(size)
         if size < 0:
             raise ValueError(f"size must be >= 0, got {size}")
