@@ -115,6 +115,12 @@ class TaskCache:
         if len(self._results) or len(self._seen):
             self._arm()
 
+    def stop(self) -> None:
+        """Stop the sweep timer (the next put or seen id arms it again)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def sweep(self) -> int:
         """Drop the expired entries of both stores now; return how many."""
         return int(self._results.sweep()) + int(self._seen.sweep())
@@ -161,9 +167,7 @@ class TaskCache:
         """Forget every cached result and seen id (and stop sweeping)."""
         self._results.clear()
         self._seen.clear()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.stop()
 
     def stats(self) -> dict[str, Any]:
         """Return the result cache's counters and limits."""

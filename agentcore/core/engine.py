@@ -516,6 +516,8 @@ class Core:
         finally:
             self._status = "stopped"
             self.settlement.stop()  # only now: handlers draining until here keep their tasks in progress
+            if self.work.cache is not None:
+                self.work.cache.stop()  # no sweep timer outlives the agent (the next put after a restart arms one)
             for component in self.components:
                 try:
                     await component.stop()
