@@ -96,6 +96,15 @@ async def serve(url: str, ttl: float) -> None:
     agent.add_capability("small", lambda m: m["payload"]["content"])
     agent.add_capability("metrics", lambda m: agent.get_metrics())
     agent.add_capability("consume", consume)
+
+    async def produce(message: dict[str, Any]) -> None:
+        try:
+            await agent.stream_response(message["id"], iter([f"{n:03d}" for n in range(300)]), chunk_size=3,
+                                        idle_timeout=1.0)
+        except Exception as exc:  # the attacker never grants honest credit: the producer gives up
+            print(f"producer: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+    agent.add_capability("produce", produce)
     agent.add_capability("trim", lambda m: ctypes.CDLL("libc.so.6").malloc_trim(0))  # hand freed heap back to the OS
     await agent.astart()
     print("ready", flush=True)
@@ -159,6 +168,28 @@ async def gap_frames(nc: nats.NATS) -> str:
                          headers={H_STREAM: where["task_id"], H_SEQ: str(seq), H_KIND: "bytes", H_CTL: ctl})
     await nc.flush()
     return "sent 400 frames"
+
+
+async def forged_credit(nc: nats.NATS) -> str:
+    """Ask a victim producer for a stream with window 4, never grant credit, forge Ack/Window of 10^9 once."""
+    inbox = nc.new_inbox()
+    frames: list[Any] = []
+    last = [time.monotonic()]
+
+    async def on_frame(msg: Any) -> None:
+        frames.append(msg)
+        last[0] = time.monotonic()
+        if len(frames) == 1:
+            await nc.publish(msg.headers[H_CTL], b"", headers={"Agent-Ack": str(10**9), "Agent-Window": str(10**9)})
+
+    sub = await nc.subscribe(inbox, cb=on_frame)
+    task = new_message("task", None, source_id="attacker")
+    task["routing"]["stream"] = {"window": 4}
+    await nc.publish(subject("produce"), encode(task), reply=inbox)
+    while not frames or time.monotonic() - last[0] < 2.0:  # (a benchmark) until the producer has stopped sending
+        await asyncio.sleep(0.1)
+    await sub.unsubscribe()
+    return f"{len(frames)} frames pushed with window 4"
 
 
 async def cache_fill(nc: nats.NATS, n: int = 1000) -> str:
@@ -228,6 +259,7 @@ async def attack(args: argparse.Namespace) -> None:
             attacks = [
                 ("60 MB offer, frames 1..400 of ~1 MB, never frame 0", offer_without_frame_0),
                 ("400 gap frames of 900 KB to a stream consumer", gap_frames),
+                ("forged credit (Agent-Ack, Agent-Window 10^9) to a producer with window 4", forged_credit),
                 ("1,000 distinct results of 900 KB (result cache)", cache_fill),
                 ("300 tasks with 900 KB answers + their duplicates", duplicates),
             ]
@@ -243,7 +275,7 @@ async def attack(args: argparse.Namespace) -> None:
             metrics = (await request(nc, "metrics", None))["content"]
             after = rss(victim.pid)
             rows.append((f"after cache.ttl ({args.ttl:g} s) with no reads", before, before, after, await trimmed(),
-                         f"cache_bytes {metrics['cache_bytes']}, duplicate_bytes {metrics['duplicate_bytes']}"))
+                         f"cache_bytes {metrics.get('cache_bytes')}, duplicate_bytes {metrics.get('duplicate_bytes')}"))
             await small_tasks(nc, 20_000)  # warm up the small-task path before its baseline
             before = await trimmed()
             with Peak(victim.pid) as peak:
@@ -265,7 +297,8 @@ async def attack(args: argparse.Namespace) -> None:
                 "pull_limit_aborts", "stream_limit_aborts", "queued_bytes", "messages_processed")
         print(orjson.dumps({k: metrics.get(k) for k in keys}).decode())
         log.seek(0)
-        said = [line for line in log.read().splitlines() if "consumer:" in line or "refused the message offered" in line]
+        said = [line for line in log.read().splitlines() if line.startswith(("consumer:", "producer:"))
+                or "refused the message offered" in line]
         print("victim said:", *(line[:300] for line in said[-4:]), sep="\n  ")
 
 
