@@ -213,7 +213,7 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "agent.max_queued": (10000, _positive_int),
     # Memory a stranger can fill is bounded by bytes (docs/limits.md): over a bound, the requester gets a typed error.
     "agent.max_queued_bytes": (64 * 1024 * 1024, _positive_int),  # the payloads waiting in the queue, at most
-    "agent.max_request_bytes": (64 * 1024 * 1024, _positive_int),  # a request pulled as a stream, at most
+    "agent.max_request_bytes": (64 * 1024 * 1024, _positive_int),  # a request (or result) pulled as a stream, at most
     "agent.pull_idle_timeout": (5.0, _positive_float),  # a pulled request whose producer sends nothing this long is dropped
     "agent.max_pulls": (64, _positive_int),  # offered requests being pulled (or waiting for their first frame) at once
     "agent.pulls_per_sender": (4, _positive_int),  # of which from one source.id

@@ -650,7 +650,7 @@ async def pull_offer(
 
 async def pull_answer(nc: NATSClient, offer: dict[str, Any], *, window: int = 8, timeout: float = 30.0,
                       on_reject: Callable[[], None] | None = None, verifier: Verifier | None = None,
-                      signer: Signer | None = None) -> dict[str, Any]:
+                      signer: Signer | None = None, limit: int | None = None) -> dict[str, Any]:
     """Pull the result offered by offer (an answer already verified as ours) and return it: it must be that same answer.
 
     The frames carry the request's id (the offer's correlationId) from the offer's producer, at most the size
@@ -660,8 +660,14 @@ async def pull_answer(nc: NATSClient, offer: dict[str, Any], *, window: int = 8,
     request_id = offer.get("correlationId")
     size = stream.get("size")
     source = offer.get("source")
+    max_bytes = size if isinstance(size, int) and not isinstance(size, bool) else None
+    if limit is not None:
+        if max_bytes is not None and max_bytes > limit:
+            raise StreamLimitError(f"the result offered for {request_id} declares {max_bytes} bytes, more than the "
+                                   f"{limit} allowed (agent.max_request_bytes)", task_id=request_id)
+        max_bytes = limit if max_bytes is None else max_bytes
     reply = await pull_offer(nc, stream, window=window, timeout=timeout, stream_id=request_id, on_reject=on_reject,
-                             max_bytes=size if isinstance(size, int) and not isinstance(size, bool) else None,
+                             max_bytes=max_bytes,
                              verifier=verifier, signer=signer, source_id=source.get("id") if isinstance(source, dict) else None)
     if reply.get("correlationId") != request_id or reply["source"] != offer["source"]:
         raise StreamError(f"the result offered for {request_id} carried another message ({reply['id']} from "

@@ -175,6 +175,7 @@ async def pull_result(connection: Connection, offer: dict[str, Any], timeout: fl
 
     try:
         return await pull_answer(connection.require(), offer, timeout=timeout, on_reject=rejected,
-                                 verifier=connection.verifier, signer=connection.signer)
+                                 verifier=connection.verifier, signer=connection.signer,
+                                 limit=connection.config["agent.max_request_bytes"])  # what it pulls into memory, at most
     except StreamTimeoutError as exc:
         raise RequestTimeoutError(str(exc)) from None

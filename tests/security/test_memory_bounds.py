@@ -277,3 +277,28 @@ async def test_the_queue_is_bounded_by_bytes(make_agent: Any, raw_nc: nats.NATS)
     await eventually(lambda: worker.get_metrics()["queued_bytes"] == 0, what="the queue to drain")
     client: NATSAgent = await make_agent("client")
     assert await client.send_task("slow", "honest") == "done"
+
+
+async def test_a_result_offer_larger_than_allowed_is_refused_before_pulling(make_agent: Any, raw_nc: nats.NATS) -> None:
+    pulls: list[Any] = []
+    ctl = raw_nc.new_inbox()
+
+    async def on_pull(msg: Any) -> None:
+        pulls.append(msg)
+
+    async def answer_with_a_huge_offer(msg: Any) -> None:  # a raw responder: its answer is an offer of 10 GB
+        task = decode(msg.data)
+        offer_ = new_message("result", None, source_id="liar", correlation_id=task["id"])
+        offer_["payload"]["stream"] = {"pull": ctl, "size": 10 * 1024**3}
+        await raw_nc.publish(msg.reply, encode(offer_))
+
+    await raw_nc.subscribe(ctl, cb=on_pull)
+    await raw_nc.subscribe("agents.test.task.huge.>", cb=answer_with_a_huge_offer)
+    await subscribed(raw_nc)
+    client: NATSAgent = await make_agent("client")
+    with pytest.raises(StreamLimitError, match="agent.max_request_bytes"):
+        await client.send_task("huge", None, timeout=10)
+    assert pulls == []  # refused before any pull
+    # The honest path: a real 2.5 MB result is offered and pulled.
+    await make_agent("worker", capabilities={"big": lambda m: "b" * 2_500_000})
+    assert await client.send_task("big", None, timeout=10) == "b" * 2_500_000
