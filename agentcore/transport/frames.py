@@ -378,7 +378,7 @@ class StreamReceiver:
         self._frames.clear()
         if self._on_limit is not None:
             self._on_limit()
-        log.warning("%s", error)
+        log.debug("%s", error)  # raised to the consumer; a flood of forged frames must not flood the log
         if self._ctl is not None and not self.nc.is_closed:
             self._grant(self._acked, cancel=True)
         self._arrived.set()
