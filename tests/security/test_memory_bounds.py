@@ -105,7 +105,7 @@ async def test_offers_never_served_hold_no_reassembly_slot(make_agent: Any, raw_
 
 
 async def test_an_offer_whose_producer_idles_is_dropped_with_a_typed_error(make_agent: Any, raw_nc: nats.NATS) -> None:
-    worker = await make_agent("worker", capabilities={"echo": echo_len}, agent__pull_idle_timeout=0.3)
+    worker = await make_agent("worker", capabilities={"echo": echo_len}, agent__pull_idle_timeout=1.0)
     inbox, replies = await replies_inbox(raw_nc)
     await subscribed(raw_nc)
     for n in range(3):
@@ -176,7 +176,7 @@ async def test_forged_credit_cannot_widen_a_producers_window(make_agent: Any, ra
     async def gen(message: dict[str, Any]) -> None:
         try:
             await producer.stream_response(message["id"], iter([f"{n:03d}" for n in range(300)]), chunk_size=3,
-                                           idle_timeout=0.5)
+                                           idle_timeout=2.0)
         except Exception as exc:  # no honest credit comes: the producer gives up at its idle timeout
             ended.set_result(exc)
 
@@ -209,7 +209,7 @@ async def test_forged_credit_cannot_widen_a_producers_window(make_agent: Any, ra
 
 async def test_the_result_cache_is_bounded_by_bytes_and_swept(make_agent: Any, raw_nc: nats.NATS) -> None:
     worker = await make_agent("worker", capabilities={"big": lambda m: "r" * 300_000}, cache__max_bytes=1_000_000,
-                              cache__ttl=0.5)
+                              cache__ttl=5.0)
     for n in range(12):  # distinct contents: each result would be kept
         reply = await raw_nc.request(worker.topics.task("big"), task_bytes(f"m{n}", n, capability="big"), timeout=10)
         assert len(decode(reply.data)["payload"]["content"]) == 300_000
@@ -217,7 +217,7 @@ async def test_the_result_cache_is_bounded_by_bytes_and_swept(make_agent: Any, r
     metrics = worker.get_metrics()
     assert metrics["cache_entries"] == 3 and metrics["cache_evictions"] == 9
     # Nobody reads them again: the sweep drops them at their TTL all the same.
-    await eventually(lambda: worker.get_metrics()["cache_bytes"] == 0, what="the expired results to be swept")
+    await eventually(lambda: worker.get_metrics()["cache_bytes"] == 0, 20.0, "the expired results to be swept")
     assert worker.get_metrics()["cache_expired"] == 3
     client: NATSAgent = await make_agent("client")
     assert await client.send_task("big", 1) == "r" * 300_000
