@@ -1,4 +1,5 @@
-"""Hash content with xxh3-64 and keep recent results in an LRU cache with a time-to-live (pure-Python twin)."""
+"""Hash content with xxh3-64 and keep recent results in an LRU cache bounded by entries and bytes, with a time-to-live
+(pure-Python twin)."""
 
 from __future__ import annotations
 
@@ -26,34 +27,46 @@ def canonical_hash(obj: object) -> int:
     return xxh3_64_intdigest(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS))
 
 
-def _check_limits(max_entries: int, ttl: float | None) -> None:
+def _check_limits(max_entries: int, ttl: float | None, max_bytes: int | None) -> None:
     if max_entries < 1:
         raise ValueError(f"max_entries must be >= 1, got {max_entries}")
     if ttl is not None and not ttl > 0:
         raise ValueError(f"ttl must be > 0 seconds or None, got {ttl}")
+    if max_bytes is not None and not max_bytes >= 1:
+        raise ValueError(f"max_bytes must be >= 1 or None, got {max_bytes}")
 
 
 class ContentCache:
-    """Keep up to max_entries values by hashable key, dropping the least recently used and the expired."""
+    """Keep up to max_entries values (and max_bytes of their sizes) by key, dropping the least recently used and the expired."""
 
-    __slots__ = ("_data", "_max_entries", "_ttl", "_clock", "_hits", "_misses", "_evictions")
+    __slots__ = ("_data", "_order", "_max_entries", "_max_bytes", "_bytes", "_ttl", "_clock", "_hits", "_misses",
+                 "_evictions", "_expired", "_rejected")
 
     def __init__(
         self,
         max_entries: int = 1024,
         ttl: float | None = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        max_bytes: int | None = None,
     ) -> None:
         max_entries = operator.index(max_entries)
-        _check_limits(max_entries, ttl)
-        # key -> (value, expiry time); the first entry is the least recently used.
-        self._data: OrderedDict[Hashable, tuple[Any, float]] = OrderedDict()
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+        _check_limits(max_entries, ttl, max_bytes)
+        # key -> (value, expiry time, size); the first entry is the least recently used.
+        self._data: OrderedDict[Hashable, tuple[Any, float, int]] = OrderedDict()
+        # The keys in put order, which is expiry order (one TTL for all): sweep() reads only the expired from the front.
+        self._order: dict[Hashable, None] = {}
         self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._ttl = None if ttl is None else float(ttl)
         self._clock = clock
         self._hits = 0
         self._misses = 0
         self._evictions = 0
+        self._expired = 0
+        self._rejected = 0
 
     @property
     def hits(self) -> int:
@@ -67,8 +80,28 @@ class ContentCache:
 
     @property
     def evictions(self) -> int:
-        """Return how many entries were dropped to stay within max_entries."""
+        """Return how many entries were dropped to stay within max_entries and max_bytes."""
         return self._evictions
+
+    @property
+    def expired(self) -> int:
+        """Return how many entries were dropped because their time-to-live ran out."""
+        return self._expired
+
+    @property
+    def rejected(self) -> int:
+        """Return how many put() calls were refused because the value alone is larger than max_bytes."""
+        return self._rejected
+
+    @property
+    def bytes(self) -> int:
+        """Return the sum of the sizes given for the entries held."""
+        return self._bytes
+
+    @property
+    def max_bytes(self) -> int | None:
+        """Return the most bytes (sum of given sizes) the cache holds, or None when unbounded."""
+        return self._max_bytes
 
     @property
     def max_entries(self) -> int:
@@ -98,25 +131,59 @@ class ContentCache:
                 data.move_to_end(key)
                 self._hits += 1
                 return entry[0]
-            del data[key]
+            self._drop(key)
+            self._expired += 1
         self._misses += 1
         return default
 
-    def put(self, key: Hashable, value: Any) -> None:
-        """Store value under key as the most recently used entry, evicting beyond max_entries."""
+    def _drop(self, key: Hashable) -> tuple[Any, float, int]:
+        entry = self._data.pop(key)
+        del self._order[key]
+        self._bytes -= entry[2]
+        return entry
+
+    def put(self, key: Hashable, value: Any, size: int = 0) -> bool:
+        """Store value (of size bytes) as the most recent entry, evicting beyond the bounds; False when it alone exceeds max_bytes."""
+        size = operator.index(size)
+        if size < 0:
+            raise ValueError(f"size must be >= 0, got {size}")
         data = self._data
+        order = self._order
         expires = float(self._clock()) + self._ttl if self._ttl is not None else 0.0
-        data[key] = (value, expires)
-        data.move_to_end(key)
-        if len(data) > self._max_entries:
-            data.popitem(last=False)
+        if key in data:
+            self._drop(key)
+        if self._max_bytes is not None and size > self._max_bytes:
+            self._rejected += 1
+            return False
+        data[key] = (value, expires, size)
+        order[key] = None
+        self._bytes += size
+        while len(data) > self._max_entries or (self._max_bytes is not None and self._bytes > self._max_bytes):
+            self._drop(next(iter(data)))  # never the entry just put: it is the most recent, and fits alone
             self._evictions += 1
+        return True
+
+    def sweep(self) -> int:
+        """Drop every expired entry and return how many; costs only the entries it drops (put order is expiry order)."""
+        if self._ttl is None:
+            return 0
+        now = float(self._clock())
+        data = self._data
+        expired = []
+        for key in self._order:
+            if data[key][1] > now:
+                break
+            expired.append(key)
+        for key in expired:
+            self._drop(key)
+        self._expired += len(expired)
+        return len(expired)
 
     def pop(self, key: Hashable, default: Any = None) -> Any:
         """Remove key and return its live value, else default."""
-        entry = self._data.pop(key, None)
-        if entry is None:
+        if key not in self._data:
             return default
+        entry = self._drop(key)
         if self._ttl is None or float(self._clock()) < entry[1]:
             return entry[0]
         return default
@@ -124,6 +191,8 @@ class ContentCache:
     def clear(self) -> None:
         """Remove every entry (the counters stay)."""
         self._data.clear()
+        self._order.clear()
+        self._bytes = 0
 
     def stats(self) -> dict[str, Any]:
         """Return the counters and limits as a dict."""
@@ -131,7 +200,11 @@ class ContentCache:
             "hits": self._hits,
             "misses": self._misses,
             "evictions": self._evictions,
+            "expired": self._expired,
+            "rejected": self._rejected,
             "size": len(self._data),
+            "bytes": self._bytes,
             "max_entries": self._max_entries,
+            "max_bytes": self._max_bytes,
             "ttl": self._ttl,
         }

@@ -211,7 +211,12 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "agent.duplicate_id": ("warn", _choice("warn", "error", "allow")),
     "agent.max_concurrency": (64, _positive_int),
     "agent.max_queued": (10000, _positive_int),
-    "agent.max_request_bytes": (64 * 1024 * 1024, _positive_int),  # a request pulled as a stream, at most
+    # Memory a stranger can fill is bounded by bytes (docs/limits.md): over a bound, the requester gets a typed error.
+    "agent.max_queued_bytes": (64 * 1024 * 1024, _positive_int),  # the payloads waiting in the queue, at most
+    "agent.max_request_bytes": (64 * 1024 * 1024, _positive_int),  # a request (or result) pulled as a stream, at most
+    "agent.pull_idle_timeout": (5.0, _positive_float),  # a pulled request whose producer sends nothing this long is dropped
+    "agent.max_pulls": (64, _positive_int),  # offered requests being pulled (or waiting for their first frame) at once
+    "agent.pulls_per_sender": (4, _positive_int),  # of which from one source.id
     "agent.sync_workers": (16, _positive_int),
     # Where sync handlers run (agentcore.core.sync_calls): "auto" inline until one is seen to hold the loop longer
     # than agent.sync_block_threshold seconds, then that handler in the thread pool; "inline" always; "thread" always
@@ -249,6 +254,9 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "cache.enabled": (True, _bool),
     "cache.ttl": (60.0, _positive_float),
     "cache.max_entries": (4096, _positive_int),
+    "cache.max_bytes": (64 * 1024 * 1024, _positive_int),  # results kept, counted as their encoded answers
+    "cache.duplicate_bytes": (16 * 1024 * 1024, _positive_int),  # the duplicate-answer store (ids seen, answers to replay)
+    "cache.replay_max_bytes": (256 * 1024, _positive_int),  # a larger answer is kept for duplicates as a marker only
     # JetStream persistence of tasks (agentcore.persistence): off unless enabled; the stream defaults to AGENTS_{ENV}.
     "jetstream.enabled": (False, _bool),
     "jetstream.stream": (None, _optional_str),

@@ -7,7 +7,7 @@ from typing import Any
 
 from ._impl import MESSAGE_TYPES, decode, encode, new_id, validate
 from .errors import (
-    DuplicateMessageError, ForbiddenError, HandlerError, IdentityError, InvalidMessageError, MessageExpiredError, OverloadedError, RemoteError, ShuttingDownError,
+    DuplicateMessageError, ForbiddenError, HandlerError, IdentityError, InvalidMessageError, LimitExceededError, MessageExpiredError, OverloadedError, RemoteError, ShuttingDownError,
 )
 
 __all__ = (
@@ -84,6 +84,7 @@ _ERROR_TYPES: dict[str, type[RemoteError]] = {
     "duplicate": DuplicateMessageError,
     "forbidden": ForbiddenError,
     "overloaded": OverloadedError,
+    "limit_exceeded": LimitExceededError,
     "shutting_down": ShuttingDownError,
     "identity": IdentityError,
 }

@@ -129,6 +129,12 @@ class OverloadedError(RemoteError):
     """The agent's queue was full (agent.max_queued): the message was refused, not run; try again later."""
 
 
+class LimitExceededError(RemoteError):
+    """The agent refused or aborted the message at one of its memory bounds (code ``"limit_exceeded"``;
+    ``details["reason"]`` names it, e.g. ``"pull_idle"``, ``"pull_window"``, ``"pull_size"``): nothing ran.
+    The bounds are configuration keys (docs/limits.md)."""
+
+
 class ForbiddenError(RemoteError):
     """The agent refused the message without running it: a replyTo it does not send answers to, or a control
     command the sender is not allowed (``details["reason"]`` says which: ``"reply_to"`` or ``"control"``)."""
@@ -209,6 +215,14 @@ class StreamError(AgentCoreError):
 
 class StreamGapError(StreamError):
     """A chunk of a stream never arrived: later ones did, and the gap did not close within the reorder wait."""
+
+
+class StreamLimitError(StreamError):
+    """A stream was aborted at a memory bound: a frame beyond the credit granted, a gap wider than the window, or
+    more bytes than the stream may hold. The producer was told to stop and what was buffered is freed."""
+
+    def __init__(self, message: str, *, task_id: str | None = None) -> None:
+        super().__init__(message, code="limit_exceeded", task_id=task_id)
 
 
 class StreamTimeoutError(StreamError, RequestTimeoutError):

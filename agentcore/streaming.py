@@ -206,6 +206,8 @@ class Streaming(Feature):
         finally:
             await items.abandon()  # (a no-op unless the stream ended early: never leave the generator running)
             await sender.close()
+            if sender.clamped:  # credit beyond the window granted, or for frames never sent: forged or confused
+                counters["credit_clamped"] += sender.clamped
 
     def request_stream(
         self,
@@ -241,7 +243,7 @@ class Streaming(Feature):
 
         return StreamReceiver(nc, window=window, idle_timeout=idle_timeout, gap_timeout=gap_timeout, start=start,
                               task_id=message["id"], on_reject=self._rejected, verifier=host.connection.verifier,
-                              signer=host.connection.signer)
+                              signer=host.connection.signer, on_limit=self._aborted)
 
     def receive_stream(
         self,
@@ -265,9 +267,13 @@ class Streaming(Feature):
         return StreamReceiver(
             self._host.connection.require(), window=window, idle_timeout=idle_timeout, gap_timeout=gap_timeout,
             task_id=task_id or new_id(), reply_to=reply_to, on_reject=self._rejected,
-            verifier=self._host.connection.verifier, signer=self._host.connection.signer,
+            verifier=self._host.connection.verifier, signer=self._host.connection.signer, on_limit=self._aborted,
         )
 
     def _rejected(self) -> None:
         """Count a message on a stream's inbox that is not that stream's (another producer, a forgery)."""
         self._host.metrics.counters["replies_rejected"] += 1
+
+    def _aborted(self) -> None:
+        """Count a stream aborted at a bound (a frame beyond the credit or the window, or too many bytes)."""
+        self._host.metrics.counters["stream_limit_aborts"] += 1

@@ -31,10 +31,10 @@ from ..metrics import AgentMetrics
 from ..topics import Topics
 from ..transport.connection import Connection
 from ..transport.inline import MAX_NAMED_SUBJECT
-from ..transport.offload import pull_request
+from ..transport.offload import PullGate, pull_request
 from ..transport.settlement import PersistedMsg, Settlement
 from ..transport.tracecontext import CURRENT, TRACEPARENT, Scope, carried
-from .caching import DONE, IN_FLIGHT, MISS, SHARED, TaskCache
+from .caching import DONE, IN_FLIGHT, MISS, NOT_KEPT, SHARED, TaskCache
 from .records import NO_REPLY, TASK, Delivery, Incoming, Queued, Registration, SubscriptionKey, asked_at
 from .replies import Replies
 from .sync_calls import SyncCalls
@@ -64,18 +64,23 @@ class Dispatcher:
         self._default = default  # returns the agent's process_message, for registrations without a handler
         self.max_concurrency: int = config["agent.max_concurrency"]
         self.max_queued: int = config["agent.max_queued"]  # beyond it new work is refused as overloaded
+        self.max_queued_bytes: int = config["agent.max_queued_bytes"]  # and beyond these bytes of it
+        self.queued_bytes = 0
         self.inflight = 0
         self.queue: list[tuple[int, int, Queued]] = []
         self._seq = itertools.count()
         self._pumping = False
         # None when caching is off, so the hot path pays one attribute test for it.
         self.cache: TaskCache | None = (
-            TaskCache(config["cache.ttl"], config["cache.max_entries"], metrics) if config["cache.enabled"] else None
+            TaskCache(config["cache.ttl"], config["cache.max_entries"], metrics, max_bytes=config["cache.max_bytes"],
+                      duplicate_bytes=config["cache.duplicate_bytes"], replay_max_bytes=config["cache.replay_max_bytes"])
+            if config["cache.enabled"] else None
         )
         self._take: Callable[[Queued], None] | None = None  # an interceptor (batching) takes non-system messages
         # At most 8 large requests (each up to agent.max_request_bytes) pulled into memory at once; made per start,
         # bound to that start's loop.
         self.pulls = asyncio.Semaphore(min(self.max_concurrency, 8))
+        self.pull_gate = PullGate(config["agent.max_pulls"], config["agent.pulls_per_sender"])
         # Where a replyTo may send answers: reply inboxes and result subjects (a prefix test), agentcore's MCP
         # responses and the configured agent.reply_subjects (patterns, tested only when no prefix matched).
         self._reply_prefixes = (*connection.inbox_prefixes(), topics.result_prefix())
@@ -118,7 +123,8 @@ class Dispatcher:
             return
         self._route(msg, key, regs, message, t0)
 
-    def _route(self, msg: Incoming, key: SubscriptionKey, regs: list[Registration], message: dict[str, Any], t0: float) -> None:
+    def _route(self, msg: Incoming, key: SubscriptionKey, regs: list[Registration], message: dict[str, Any], t0: float,
+               size: int = 0) -> None:
         reply_to = message.get("replyTo")
         if reply_to and not self._may_answer(reply_to):
             self._refuse_reply_to(msg, message, reply_to)
@@ -144,7 +150,7 @@ class Dispatcher:
             if take is not None and not reg.system:
                 take(Queued(reg, subject, message, msg, t0))
             elif not reg.system and self.inflight >= self.max_concurrency:
-                self._admit(Queued(reg, subject, message, msg, t0))
+                self._admit(Queued(reg, subject, message, msg, t0, size))
             else:
                 self._run(reg, subject, message, msg, t0)
 
@@ -155,12 +161,17 @@ class Dispatcher:
             timeout = max(offer["timestamp"] + routing["timeout"] / 1000.0 - time.time(), 0.1)
         else:
             timeout = self.config["agent.request_timeout"]
-        code = None
-        if len(self.queue) >= self.max_queued:
-            code, text = "overloaded", f"agent {self.agent_id} has {len(self.queue)} messages queued; try again later"
+        code = reason = None
+        stream = offer["payload"]["stream"]
+        declared = stream.get("size") if isinstance(stream, dict) else None  # checked by pull_request before any pull
+        declared = declared if isinstance(declared, int) else 0
+        if len(self.queue) >= self.max_queued or self.queued_bytes + declared > self.max_queued_bytes:
+            code, text = "overloaded", (f"agent {self.agent_id} has {len(self.queue)} messages ({self.queued_bytes} bytes) "
+                                        "queued; try again later")
         else:
             try:
-                message = await pull_request(self.connection, offer, timeout, self.config["agent.max_request_bytes"], self.pulls)
+                message = await pull_request(self.connection, offer, timeout, self.config["agent.max_request_bytes"], self.pulls,
+                                             self.pull_gate, self.config["agent.pull_idle_timeout"])
             except PayloadTooLargeError as exc:
                 code, text = "payload_too_large", f"agent {self.agent_id} takes requests up to agent.max_request_bytes: {exc}"
             except asyncio.CancelledError:  # stopping past the drain timeout
@@ -169,6 +180,8 @@ class Dispatcher:
                 if msg.reply:
                     self._spawn(self.replies.send_error(msg.reply, offer["id"], code, text))
                 raise
+            except RemoteError as exc:  # a memory bound (docs/limits.md): overloaded or limit_exceeded, with its reason
+                code, text, reason = exc.code, exc.remote_message, (exc.details or {}).get("reason")
             except Exception as exc:  # a malformed or forged offer, a puller that vanished: the requester hears why
                 code, text = "invalid_message", f"the offered message could not be pulled: {exc}"
         if code is not None:
@@ -180,10 +193,10 @@ class Dispatcher:
             log.warning("agent %s refused the message offered as %s on %s: %s", self.agent_id, offer["id"], msg.subject, text)
             self.settlement.release(msg, redeliver=code == "overloaded")
             if msg.reply:
-                await self.replies.send_error(msg.reply, offer["id"], code, text)
+                await self.replies.send_error(msg.reply, offer["id"], code, text, **({"reason": reason} if reason else {}))
             return
         self.metrics.counters["large_requests_pulled"] += 1
-        self._route(msg, key, regs, message, t0)
+        self._route(msg, key, regs, message, t0, stream["size"])  # queued, it holds the whole envelope
 
     def _verified(self, msg: Incoming, message: dict[str, Any]) -> bool:
         """Check msg's signed identity; refuse it (typed, to the NATS reply subject) and return False when it fails."""
@@ -232,10 +245,12 @@ class Dispatcher:
                 f"result subjects and agent.reply_subjects", reason="reply_to"))
 
     def _admit(self, queued: Queued) -> None:
-        """Queue a message until a handler slot frees up; refuse it as overloaded when the queue is full."""
-        if len(self.queue) >= self.max_queued:
+        """Queue a message until a handler slot frees up; refuse it as overloaded when the queue is full (by count or bytes)."""
+        size = queued.size = queued.size or len(queued.msg.data)
+        if len(self.queue) >= self.max_queued or self.queued_bytes + size > self.max_queued_bytes:
             self._refuse_overloaded(queued)
             return
+        self.queued_bytes += size
         priority = (queued.message.get("routing") or {}).get("priority") or 0
         # heapq is a min-heap: negate so the highest routing.priority runs first, FIFO within a priority.
         heapq.heappush(self.queue, (-priority, next(self._seq), queued))
@@ -244,15 +259,20 @@ class Dispatcher:
         metrics = self.metrics
         metrics.failed += 1
         metrics.counters["overloaded"] += 1
+        by_bytes = len(self.queue) < self.max_queued  # refused for agent.max_queued_bytes, not agent.max_queued
+        if by_bytes:
+            metrics.counters["overloaded_bytes"] += 1
         self.finish(queued, MISS)  # a retry later runs
         if self.settlement.release(queued.msg, redeliver=True):
             return  # JetStream offers it again shortly, perhaps to a replica: the requester keeps waiting
         if metrics.counters["overloaded"] % 1000 == 1:  # once per thousand: logging each would add to the load
-            log.warning("agent %s is overloaded (%d queued): refusing messages", self.agent_id, len(self.queue))
+            log.warning("agent %s is overloaded (%d queued, %d bytes): refusing messages", self.agent_id, len(self.queue),
+                        self.queued_bytes)
         delivery = queued.delivery()
         if delivery.reply or queued.message.get("replyTo"):
             self._spawn(self.replies.fail(
-                delivery, "overloaded", f"agent {self.agent_id} has {len(self.queue)} messages queued; try again later"))
+                delivery, "overloaded", f"agent {self.agent_id} has {len(self.queue)} messages ({self.queued_bytes} bytes) "
+                "queued; try again later", reason="max_queued_bytes" if by_bytes else "max_queued"))
 
     async def _answer_unrouted(self, msg: Incoming) -> None:
         """Answer a request that reached a subscription whose handler was just removed (not a silent timeout)."""
@@ -341,10 +361,10 @@ class Dispatcher:
             if not delivery.answered:
                 if reg.kind == TASK:
                     if result is not NO_REPLY:
-                        if key is not None:
-                            cache.put(key, result)  # type: ignore[union-attr]  # only results that did not raise
                         replay = result
                         await replies.answer(delivery, result)
+                        if key is not None and delivery.size:  # only results that did not raise, counted as sent
+                            cache.put(key, result, delivery.size)  # type: ignore[union-attr]
                 elif message.get("type") in ("task", "query"):
                     if result is False and delivery.destination:
                         await replies.fail(delivery, "unhandled", f"agent {self.agent_id} did not handle {subject}")
@@ -391,7 +411,7 @@ class Dispatcher:
             if pending.get(mid) is delivery and not delivery.deferred:
                 del pending[mid]
             if self.cache is not None and not reg.system:
-                self.cache.finish((reg.key, message["source"]["id"]), mid, replay, asked_at(message, msg.reply))
+                self.cache.finish((reg.key, message["source"]["id"]), mid, replay, asked_at(message, msg.reply), delivery.size)
             # A persisted task is answered now (or was handed back above): JetStream may forget it.
             if msg.__class__ is PersistedMsg:
                 if delivery.deferred and not delivery.answered:
@@ -418,6 +438,11 @@ class Dispatcher:
             return  # a redelivered publish nobody waits for: dropping it is the point
         delivery = Delivery(message, msg.reply or None, subject, None)
         if seen is not IN_FLIGHT and seen is not DONE and seen[0] == destination:
+            if seen[1] is NOT_KEPT:  # answered, but too large to keep a copy of (cache.replay_max_bytes)
+                await self.replies.fail(delivery, "duplicate", f"message {message['id']} was handled by agent "
+                                        f"{self.agent_id}; its answer is too large to keep for a replay "
+                                        "(cache.replay_max_bytes): send it with a new id to run it again", reason="not_kept")
+                return
             self.metrics.counters["duplicates_replayed"] += 1
             await self.replies.answer(delivery, seen[1])
             return
@@ -436,6 +461,7 @@ class Dispatcher:
         try:
             while self.queue and self.inflight < self.max_concurrency:
                 _, _, q = heapq.heappop(self.queue)
+                self.queued_bytes -= q.size
                 self._run(q.reg, q.subject, q.message, q.msg, q.t0)
         finally:
             self._pumping = False
@@ -464,7 +490,16 @@ class Dispatcher:
             message = queued.message
             self.cache.finish((queued.reg.key, message["source"]["id"]), message["id"], replay, asked_at(message, queued.msg.reply))
 
+    def gauges(self) -> dict[str, Any]:
+        """Return what get_metrics() reports of the bounded stores: bytes held and limits (docs/limits.md)."""
+        gauges: dict[str, Any] = {"queued_bytes": self.queued_bytes, "max_queued_bytes": self.max_queued_bytes,
+                                  **self.pull_gate.gauges()}
+        if self.cache is not None:
+            gauges.update(self.cache.gauges())
+        return gauges
+
     def take_queue(self) -> list[Queued]:
         """Empty the queue and return what waited in it (stopping: none of it will run)."""
         queued, self.queue = self.queue, []
+        self.queued_bytes = 0
         return [q for _, _, q in queued]

@@ -378,6 +378,7 @@ class Core:
         snapshot.update(in_flight=self.work.inflight, queued=len(self.work.queue), status=self._status,
                         implementation=IMPLEMENTATION, subscriptions=len(self.registry.subs),
                         results_owed=len(self.replies.owed), **self.watchdog.gauges())
+        snapshot.update(self.work.gauges())  # bytes held by the bounded stores (docs/limits.md)
         if self.connection.verifier is not None:
             snapshot.update(self.connection.verifier.gauges())
         for component in self.components:
@@ -521,6 +522,8 @@ class Core:
             self._status = "stopped"
             self.watchdog.stop()
             self.settlement.stop()  # only now: handlers draining until here keep their tasks in progress
+            if self.work.cache is not None:
+                self.work.cache.stop()  # no sweep timer outlives the agent (the next put after a restart arms one)
             for component in self.components:
                 try:
                     await component.stop()

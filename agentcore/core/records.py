@@ -73,6 +73,7 @@ class Delivery:
     deferred: bool = False  # the handler returned without answering; publish_result may still come
     timer: asyncio.TimerHandle | None = None  # when a deferred answer is given up on (no_result)
     held: Any = None  # a persisted task whose deferred answer is owed: settled when the answer goes out
+    size: int = 0  # bytes of the encoded answer sent (what the cache counts it as)
 
     @property
     def destination(self) -> str | None:
@@ -92,6 +93,7 @@ class Queued:
     message: dict[str, Any]
     msg: Incoming
     t0: float
+    size: int = 0  # bytes it holds while queued (a pulled request's whole envelope, not its small offer)
 
     def delivery(self) -> Delivery:
         """Return a fresh Delivery for answering this message."""

@@ -119,6 +119,7 @@ class Replies:
             return
         try:
             data = self.result_message(delivery, content)
+            delivery.size = len(data)
             keeper = self.keeper
             if keeper is not None and keeper.wants(delivery):
                 delivery.answered = True  # one answer: a racing publish_result must not pass settle() meanwhile

@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from .._impl import ContentCache, canonical_hash, validate_token
 from ..core.records import NO_REPLY, TASK
 from ..envelope import IdGenerator, decode, encode, new_message
@@ -426,7 +428,8 @@ class MCP:
         if name in hosted.cache_ttls:
             cache = hosted.caches.get(name)
             if cache is None:
-                cache = hosted.caches[name] = ContentCache(max_entries=4096, ttl=hosted.cache_ttls[name])
+                cache = hosted.caches[name] = ContentCache(max_entries=4096, ttl=hosted.cache_ttls[name],
+                                                           max_bytes=self._host.config["cache.max_bytes"])
             key = canonical_hash([name, arguments])
             cached = cache.get(key)
             if cached is not None:
@@ -445,7 +448,8 @@ class MCP:
                                                meta=CURRENT.get())
         data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
         if cache is not None and not result.is_error:
-            cache.put(key, data)
+            cache.sweep()  # the expired go as new results come, read again or not (it costs only those dropped)
+            cache.put(key, data, len(orjson.dumps(data)))  # callers choose the arguments: bounded by bytes too
         counters["mcp_calls_served"] += 1
         return data
 

@@ -6,6 +6,12 @@ A frame is one NATS message to the stream's inbox with headers
 Credit: the consumer publishes to Agent-Ctl a message with Agent-Ack (highest sequence consumed) and
 Agent-Window (W): the producer may send sequence numbers up to ack + W. Agent-Cancel: 1 stops the producer.
 The bodies are raw bytes, so a 20 MB result costs no base64 or JSON re-encoding.
+
+Anyone who sees a stream may send to its inboxes, so neither end trusts the other's numbers: a producer never
+widens its window beyond the first one configured (its own, or the consumer's first) and takes no credit for
+frames it has not sent; a receiver that asked for a window aborts the transfer (``StreamLimitError``, the
+producer is told to stop, what was buffered is freed) on a frame beyond the credit it granted, a gap wider than
+its window, or more bytes than the size it was told.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from .._eager import start_eager
 from .._impl import validate_subject
 from ..envelope import decode, raise_for_error
 from ..errors import (
-    AgentCoreError, NoRespondersError, PersistenceError, StreamError, StreamGapError, StreamTimeoutError, SubjectError,
+    AgentCoreError, NoRespondersError, PersistenceError, StreamError, StreamGapError, StreamLimitError, StreamTimeoutError,
+    SubjectError,
 )
 from .identity import H_SENDER, Signer, Verifier
 from .inline import MAX_NAMED_SUBJECT
@@ -34,7 +41,7 @@ from .settlement import pub_ack_stream
 from .subscriptions import confirm
 from .tracecontext import CURRENT
 
-__all__ = ("StreamChunk", "StreamReceiver", "FrameSender", "pull_offer", "pull_answer", "serve_pull", "encode_item", "split_point", "HEADER_ROOM",
+__all__ = ("StreamChunk", "StreamReceiver", "FrameSender", "offer_receiver", "decode_pulled", "pull_offer", "pull_answer", "serve_pull", "encode_item", "split_point", "HEADER_ROOM",
            "H_STREAM", "H_SEQ", "H_KIND", "H_FINAL", "H_CTL", "H_ACK", "H_WINDOW", "H_CANCEL")
 
 H_STREAM = "Agent-Stream"
@@ -118,6 +125,9 @@ class FrameSender:
         self.task_id = task_id
         self.dest = dest
         self.window = window  # None: the requester did not ask for flow control, send freely
+        # The widest window it ever allows: its own, else the first a consumer asks for; credit beyond it is clamped.
+        self.limit = window
+        self.clamped = 0  # credit messages that asked for more than was granted (a forgery, or a confused consumer)
         self.idle_timeout = idle_timeout
         self.acked = -1
         self.seq = 0
@@ -147,8 +157,17 @@ class FrameSender:
             self.dest = msg.reply
         window, acked = _header_int(headers, H_WINDOW), _header_int(headers, H_ACK)
         if window is not None:
-            self.window = max(1, window)
+            window = max(1, window)
+            if self.limit is None:
+                self.limit = window
+            elif window > self.limit:
+                self.clamped += 1
+                window = self.limit
+            self.window = window
         if acked is not None:
+            if acked >= self.seq:  # credit for frames never sent: no consumer consumed them
+                self.clamped += 1
+                acked = self.seq - 1
             self.acked = max(self.acked, acked)
         self._wake.set()
 
@@ -240,6 +259,8 @@ class StreamReceiver:
         verifier: Verifier | None = None,
         source_id: str | None = None,
         signer: Signer | None = None,
+        max_bytes: int | None = None,
+        on_limit: Callable[[], None] | None = None,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
@@ -257,6 +278,14 @@ class StreamReceiver:
         self._frames: dict[int, Msg] = {}
         self._next = 0
         self._acked = -1
+        # Bounds on what a producer (or a forger) can make it hold: frames beyond the granted credit (when it asked
+        # for the window itself: a start, or stamp()), gaps wider than the window, more than max_bytes in all.
+        self.max_bytes = max_bytes
+        self._strict = start is not None
+        self._received = 0  # bytes of the frames taken (buffered or yielded)
+        self._contiguous = 0  # the first sequence number not yet received
+        self._error: StreamError | None = None  # the transfer was aborted: raised to the consumer
+        self._on_limit = on_limit
         # The stream is bound to its producer from the first frame on: its Agent-Stream and its Agent-Ctl (given
         # up front for a pulled offer, whose producer's control inbox is the pull subject).
         self._stream: str | None = None
@@ -292,6 +321,7 @@ class StreamReceiver:
         if routing is None:
             routing = message["routing"] = {}
         routing["stream"] = {"window": self.window}
+        self._strict = True  # the producer is told the window: a frame beyond the credit is a violation
         return message
 
     async def _open(self) -> None:
@@ -324,13 +354,46 @@ class StreamReceiver:
         if seq < 0:
             seq = self._next
             self._answered = True
+        elif self._outside(seq, len(msg.data)):
+            return
         self._frames[seq] = msg
         self.max_buffered = max(self.max_buffered, len(self._frames))
         self._arrived.set()
 
+    def _outside(self, seq: int, size: int) -> bool:
+        """Take a frame's place and bytes; abort the transfer and return True when it lies outside the bounds."""
+        if self._strict and seq > self._acked + self.window:
+            problem = f"frame {seq} is beyond the credit granted (up to {self._acked + self.window})"
+        elif seq > max(self._contiguous, self._next) + self.window:
+            problem = f"frame {seq} leaves a gap wider than the window of {self.window} (next expected {self._contiguous})"
+        elif self.max_bytes is not None and self._received + size > self.max_bytes:
+            problem = f"its frames exceed the {self.max_bytes} bytes it may hold"
+        else:
+            self._received += size
+            if seq == self._contiguous:
+                self._contiguous += 1
+                while self._contiguous in self._frames:
+                    self._contiguous += 1
+            return False
+        self.abort(StreamLimitError(f"stream {self.task_id}: {problem}; the transfer was aborted", task_id=self.task_id))
+        return True
+
+    def abort(self, error: StreamError) -> None:
+        """End the transfer with error (raised to the consumer): tell the producer to stop and free what is buffered."""
+        if self._error is not None or self._done:
+            return
+        self._error = error
+        self._frames.clear()
+        if self._on_limit is not None:
+            self._on_limit()
+        log.debug("%s", error)  # raised to the consumer; a flood of forged frames must not flood the log
+        if self._ctl is not None and not self.nc.is_closed:
+            self._grant(self._acked, cancel=True)
+        self._arrived.set()
+
     def _accepts(self, msg: Msg, headers: dict[str, str]) -> bool:
         """Return whether msg belongs to this stream; the first frame binds it to its producer."""
-        if self._answered:
+        if self._answered or self._error is not None:
             return False  # the task was answered with one plain result already
         stream = headers.get(H_STREAM)
         if stream is not None or H_SEQ in headers:  # a frame
@@ -414,6 +477,10 @@ class StreamReceiver:
     async def __anext__(self) -> StreamChunk:
         await self._open()
         while True:
+            if self._error is not None and not self._done:
+                self._done = True
+                await self._release()
+                raise self._error
             if self._done:
                 raise StopAsyncIteration
             msg = self._frames.pop(self._next, None)
@@ -495,8 +562,21 @@ class StreamReceiver:
             self._granting.add(task)
             task.add_done_callback(self._granting.discard)
 
+    async def arrived(self) -> None:
+        """Open the stream and wait until its first frame or answer is here (StreamTimeoutError after idle_timeout)."""
+        await self._open()
+        while not self._frames and not self._done and self._error is None:
+            await self._wait()
+
+    def widen(self, window: int) -> None:
+        """Grant the producer a wider window (up to what it allows) from now on."""
+        self.window = window
+        self._grant(self._acked)
+
     async def read_all(self, max_bytes: int | None = None) -> bytes:
         """Return every chunk's data joined (and close the stream); StreamError beyond max_bytes (the producer is told to stop)."""
+        if max_bytes is not None and (self.max_bytes is None or max_bytes < self.max_bytes):
+            self.max_bytes = max_bytes  # frames beyond it are refused as they arrive, not only once yielded
         parts = []
         total = 0
         try:
@@ -527,16 +607,12 @@ class StreamReceiver:
                 pass
 
 
-async def pull_offer(
+def offer_receiver(
     nc: NATSClient, offer: dict[str, Any], *, window: int = 8, timeout: float = 30.0, max_bytes: int | None = None,
     stream_id: str | None = None, on_reject: Callable[[], None] | None = None, verifier: Verifier | None = None,
-    signer: Signer | None = None, source_id: str | None = None,
-) -> dict[str, Any]:
-    """Pull an oversized message (a result or a request) offered as ``payload.stream = {"pull": subject, ...}``; return its envelope.
-
-    The frames must come from the producer that offered it (Agent-Ctl = the pull subject) and, when stream_id is
-    given, carry it as Agent-Stream; anything else reaching the inbox is dropped (on_reject() is called for each).
-    """
+    signer: Signer | None = None, source_id: str | None = None, on_limit: Callable[[], None] | None = None,
+) -> StreamReceiver:
+    """Return the receiver that pulls an offer ``{"pull": subject, ...}`` (entering it sends the pull, asking for window)."""
     pull = offer.get("pull")
     try:
         if not isinstance(pull, str):
@@ -551,9 +627,13 @@ async def pull_offer(
             headers = signer.headers(pull, inbox, b"", headers)
         await nc.publish(pull, b"", reply=inbox, headers=headers)
 
-    receiver = StreamReceiver(nc, window=window, idle_timeout=timeout, start=start, task_id=stream_id, producer=pull,
-                              on_reject=on_reject, verifier=verifier, source_id=source_id, signer=signer)
-    data = await receiver.read_all(max_bytes)
+    return StreamReceiver(nc, window=window, idle_timeout=timeout, start=start, task_id=stream_id, producer=pull,
+                          on_reject=on_reject, verifier=verifier, source_id=source_id, signer=signer,
+                          max_bytes=max_bytes, on_limit=on_limit)
+
+
+def decode_pulled(data: bytes) -> dict[str, Any]:
+    """Return the envelope a pulled stream reassembled (StreamError when it does not decode)."""
     try:
         reply: dict[str, Any] = decode(data)
     except AgentCoreError as exc:
@@ -561,9 +641,24 @@ async def pull_offer(
     return reply
 
 
+async def pull_offer(
+    nc: NATSClient, offer: dict[str, Any], *, window: int = 8, timeout: float = 30.0, max_bytes: int | None = None,
+    stream_id: str | None = None, on_reject: Callable[[], None] | None = None, verifier: Verifier | None = None,
+    signer: Signer | None = None, source_id: str | None = None,
+) -> dict[str, Any]:
+    """Pull an oversized message (a result or a request) offered as ``payload.stream = {"pull": subject, ...}``; return its envelope.
+
+    The frames must come from the producer that offered it (Agent-Ctl = the pull subject) and, when stream_id is
+    given, carry it as Agent-Stream; anything else reaching the inbox is dropped (on_reject() is called for each).
+    """
+    receiver = offer_receiver(nc, offer, window=window, timeout=timeout, max_bytes=max_bytes, stream_id=stream_id,
+                              on_reject=on_reject, verifier=verifier, signer=signer, source_id=source_id)
+    return decode_pulled(await receiver.read_all(max_bytes))
+
+
 async def pull_answer(nc: NATSClient, offer: dict[str, Any], *, window: int = 8, timeout: float = 30.0,
                       on_reject: Callable[[], None] | None = None, verifier: Verifier | None = None,
-                      signer: Signer | None = None) -> dict[str, Any]:
+                      signer: Signer | None = None, limit: int | None = None) -> dict[str, Any]:
     """Pull the result offered by offer (an answer already verified as ours) and return it: it must be that same answer.
 
     The frames carry the request's id (the offer's correlationId) from the offer's producer, at most the size
@@ -573,8 +668,14 @@ async def pull_answer(nc: NATSClient, offer: dict[str, Any], *, window: int = 8,
     request_id = offer.get("correlationId")
     size = stream.get("size")
     source = offer.get("source")
+    max_bytes = size if isinstance(size, int) and not isinstance(size, bool) else None
+    if limit is not None:
+        if max_bytes is not None and max_bytes > limit:
+            raise StreamLimitError(f"the result offered for {request_id} declares {max_bytes} bytes, more than the "
+                                   f"{limit} allowed (agent.max_request_bytes)", task_id=request_id)
+        max_bytes = limit if max_bytes is None else max_bytes
     reply = await pull_offer(nc, stream, window=window, timeout=timeout, stream_id=request_id, on_reject=on_reject,
-                             max_bytes=size if isinstance(size, int) and not isinstance(size, bool) else None,
+                             max_bytes=max_bytes,
                              verifier=verifier, signer=signer, source_id=source.get("id") if isinstance(source, dict) else None)
     if reply.get("correlationId") != request_id or reply["source"] != offer["source"]:
         raise StreamError(f"the result offered for {request_id} carried another message ({reply['id']} from "

@@ -6,6 +6,11 @@ A result or request that does not fit in one message is replaced by a small enve
 says it can pull an oversized result by sending ``routing.stream``. A pulled request must be the offered
 message itself, within ``agent.max_request_bytes``, and its pull subject a reply inbox: a forged offer
 cannot make the agent publish anywhere else.
+
+Offers anyone may send cannot hold the agent's memory or starve honest ones (``PullGate``): at most
+``agent.max_pulls`` are pulled at once, ``agent.pulls_per_sender`` of them from one ``source.id``; a pull asks for
+one frame first and takes one of the few reassembly slots only once that frame is here (an offer whose producer
+never answers holds none), and a producer that sends nothing for ``agent.pull_idle_timeout`` is dropped.
 """
 
 from __future__ import annotations
@@ -16,12 +21,55 @@ from typing import Any
 
 from .._impl import validate_subject
 from ..envelope import encode, new_message
-from ..errors import PayloadTooLargeError, RequestTimeoutError, StreamError, StreamTimeoutError, SubjectError
+from ..errors import (
+    LimitExceededError, OverloadedError, PayloadTooLargeError, RequestTimeoutError, StreamError, StreamLimitError,
+    StreamTimeoutError, SubjectError,
+)
 from .connection import Connection
-from .frames import FrameSender, pull_answer, pull_offer, serve_pull
+from .frames import FrameSender, decode_pulled, offer_receiver, pull_answer, serve_pull
 from .inline import MAX_NAMED_SUBJECT, Accept
 
-__all__ = ("offer_result", "request_large", "publish_request", "pull_request", "pull_result")
+__all__ = ("offer_result", "request_large", "publish_request", "pull_request", "pull_result", "PullGate")
+
+PULL_WINDOW = 8  # frames in flight while reassembling a pulled request
+
+
+class PullGate:
+    """Count the offered requests being pulled, in all and per sender, and the bytes they declared."""
+
+    def __init__(self, max_pulls: int, per_sender: int) -> None:
+        self.max_pulls = max_pulls
+        self.per_sender = per_sender
+        self.by_sender: dict[str, int] = {}
+        self.active = 0
+        self.bytes = 0  # declared sizes of the pulls in progress: what they may come to hold
+        self.refused = 0
+
+    def enter(self, sender: str, size: int) -> None:
+        """Admit one pull from sender, or raise OverloadedError (reason max_pulls or pulls_per_sender)."""
+        held = self.by_sender.get(sender, 0)
+        if self.active >= self.max_pulls or held >= self.per_sender:
+            self.refused += 1
+            reason = "pulls_per_sender" if held >= self.per_sender else "max_pulls"
+            raise OverloadedError("overloaded", f"{self.active} offered requests are being pulled ({held} from {sender!r}); "
+                                  f"agent.{reason} is reached, try again later", details={"reason": reason})
+        self.by_sender[sender] = held + 1
+        self.active += 1
+        self.bytes += size
+
+    def leave(self, sender: str, size: int) -> None:
+        """Count one pull from sender as over."""
+        held = self.by_sender[sender] - 1
+        if held:
+            self.by_sender[sender] = held
+        else:
+            del self.by_sender[sender]
+        self.active -= 1
+        self.bytes -= size
+
+    def gauges(self) -> dict[str, int]:
+        """Return what get_metrics() reports of the pulls."""
+        return {"pulls_active": self.active, "pull_bytes": self.bytes, "pulls_refused": self.refused}
 
 
 async def offer_result(connection: Connection, source: dict[str, str], request: dict[str, Any], dest: str, data: bytes,
@@ -94,14 +142,18 @@ async def publish_request(connection: Connection, subject: str, message: dict[st
 
 
 async def pull_request(connection: Connection, offer: dict[str, Any], timeout: float, limit: int,
-                       slots: asyncio.Semaphore) -> dict[str, Any]:
-    """Pull the whole envelope of a request that came as an offer; it must be the offered message itself."""
+                       slots: asyncio.Semaphore, gate: PullGate | None = None, idle_timeout: float | None = None) -> dict[str, Any]:
+    """Pull the whole envelope of a request that came as an offer; it must be the offered message itself.
+
+    A bound that is hit raises a RemoteError to send the requester: OverloadedError (the gate is full),
+    LimitExceededError (its producer idled, or sent frames outside the size and window it was granted).
+    """
     stream = offer["payload"]["stream"]
     size = stream.get("size") if isinstance(stream, dict) else None
     if not (isinstance(size, int) and not isinstance(size, bool) and size >= 1 and isinstance(stream.get("pull"), str)):
         raise StreamError(f"message {offer['id']} carries a malformed stream offer (size must be an integer >= 1)")
-    if stream["size"] > limit:
-        raise PayloadTooLargeError(stream["size"], limit)
+    if size > limit:
+        raise PayloadTooLargeError(size, limit)
     pull = stream["pull"]
     # The pull is a publish of ours: only to a literal reply inbox, or a forged offer could make us publish anywhere.
     try:
@@ -112,10 +164,35 @@ async def pull_request(connection: Connection, offer: dict[str, Any], timeout: f
         raise StreamError(f"message {offer['id']} offers its stream on a subject of {len(pull)} characters (at most {MAX_NAMED_SUBJECT})")
     if not any(pull.startswith(prefix) for prefix in connection.inbox_prefixes()):
         raise StreamError(f"message {offer['id']} offers its stream on {stream['pull']!r}, which is not a reply inbox")
-    async with slots:  # a few envelopes being pulled into memory at once, the rest wait
-        message = await pull_offer(connection.require(), stream, timeout=timeout, max_bytes=min(stream["size"], limit),
-                                   stream_id=offer["id"], verifier=connection.verifier, signer=connection.signer,
-                                   source_id=offer["source"]["id"])
+    sender = str(offer["source"]["id"])
+    idle = min(timeout, idle_timeout) if idle_timeout is not None else timeout
+    counters = connection.metrics.counters
+
+    def aborted() -> None:
+        counters["pull_limit_aborts"] += 1
+
+    if gate is not None:
+        gate.enter(sender, max(size, 0))
+    try:
+        # One frame first: an offer whose producer never answers waits without a reassembly slot.
+        receiver = offer_receiver(connection.require(), stream, window=1, timeout=idle, max_bytes=max(size, 0),
+                                  stream_id=offer["id"], verifier=connection.verifier, signer=connection.signer,
+                                  source_id=offer["source"]["id"], on_limit=aborted)
+        async with receiver:
+            await receiver.arrived()
+            async with slots:  # a few envelopes being pulled into memory at once, the rest wait
+                receiver.widen(PULL_WINDOW)
+                data = await receiver.read_all()
+    except StreamLimitError as exc:
+        raise LimitExceededError("limit_exceeded", str(exc), details={"reason": "pull_frames"}) from None
+    except StreamTimeoutError:
+        counters["pull_idle_aborts"] += 1
+        raise LimitExceededError("limit_exceeded", f"the producer of message {offer['id']} sent nothing for {idle}s "
+                                 "(agent.pull_idle_timeout): the pull was dropped", details={"reason": "pull_idle"}) from None
+    finally:
+        if gate is not None:
+            gate.leave(sender, max(size, 0))
+    message = decode_pulled(data)
     if message["id"] != offer["id"] or message["source"] != offer["source"]:
         raise StreamError(f"the stream offered as message {offer['id']} carried another message ({message['id']})")
     return message
@@ -130,6 +207,7 @@ async def pull_result(connection: Connection, offer: dict[str, Any], timeout: fl
 
     try:
         return await pull_answer(connection.require(), offer, timeout=timeout, on_reject=rejected,
-                                 verifier=connection.verifier, signer=connection.signer)
+                                 verifier=connection.verifier, signer=connection.signer,
+                                 limit=connection.config["agent.max_request_bytes"])  # what it pulls into memory, at most
     except StreamTimeoutError as exc:
         raise RequestTimeoutError(str(exc)) from None

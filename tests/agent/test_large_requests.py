@@ -115,7 +115,8 @@ async def test_an_offer_larger_than_allowed_or_than_declared_is_refused(make_age
     envelope = new_message("task", "z" * 2_000_000, source_id="raw")
     serving, replies = await _serve_offer(raw_nc, worker.topics.task("echo"), envelope, declared=100)
     reply = await asyncio.wait_for(replies.get(), 10)
-    assert reply["payload"]["error"]["code"] == "invalid_message" and "larger than the 100 bytes" in reply["payload"]["error"]["message"]
+    assert reply["payload"]["error"]["code"] == "limit_exceeded" and "exceed the 100 bytes" in reply["payload"]["error"]["message"]
+    assert reply["payload"]["error"]["reason"] == "pull_frames"
     serving.cancel()
     assert sizes == []
 

@@ -38,6 +38,64 @@ def test_limits(cache_module: ModuleType) -> None:
     for max_entries, ttl in [(0, 1.0), (-1, 1.0), (1, 0), (1, -1.0), (1, float("nan"))]:
         with pytest.raises(ValueError):
             cache_module.ContentCache(max_entries, ttl)
+    assert cache.max_bytes is None and cache_module.ContentCache(max_bytes=10).max_bytes == 10
+    for max_bytes in (0, -1):
+        with pytest.raises(ValueError):
+            cache_module.ContentCache(max_bytes=max_bytes)
+    with pytest.raises(ValueError):
+        cache.put(1, "x", -1)
+
+
+def test_bytes_bound_evicts_least_recently_used(cache_module: ModuleType, make_clock: Any) -> None:
+    cache = cache_module.ContentCache(max_entries=100, ttl=10.0, clock=make_clock(), max_bytes=1000)
+    for key in range(4):
+        assert cache.put(key, f"v{key}", 300) is True
+    assert cache.bytes == 900 and len(cache) == 3 and 0 not in cache  # the fourth pushed the oldest out
+    assert cache.get(1) == "v1"  # 1 is now the most recent: 2 goes next
+    assert cache.put(9, "big", 500)
+    assert 2 not in cache and 3 not in cache and cache.bytes == 800  # two went to make room for 500 bytes
+    assert cache.put(1, "v1'", 100) and cache.bytes == 600  # a refresh counts the new size, not both
+    assert cache.evictions == 3
+
+
+def test_a_value_larger_than_max_bytes_is_refused(cache_module: ModuleType) -> None:
+    cache = cache_module.ContentCache(max_entries=10, ttl=None, max_bytes=100)
+    assert cache.put(1, "small", 60)
+    assert cache.put(2, "huge", 101) is False
+    assert 2 not in cache and cache.get(1) == "small"  # refusing it cost nothing already held
+    assert cache.put(1, "now huge", 500) is False  # the old value under that key is stale: it goes too
+    assert 1 not in cache and cache.bytes == 0
+    assert (cache.rejected, cache.evictions) == (2, 0)
+
+
+def test_sweep_drops_the_expired_without_reading_them(cache_module: ModuleType, make_clock: Any) -> None:
+    clock = make_clock()
+    cache = cache_module.ContentCache(max_entries=2000, ttl=60.0, clock=clock, max_bytes=10**9)
+    for key in range(1000):
+        cache.put(key, b"x", 900_000)
+    clock.advance(30)
+    cache.put("late", b"y", 10)
+    assert cache.get(0) == b"x"  # a read does not extend the life: 0 still expires with the first thousand
+    clock.advance(30)
+    assert cache.sweep() == 1000
+    assert len(cache) == 1 and cache.bytes == 10 and cache.expired == 1000
+    assert cache.sweep() == 0
+    clock.advance(30)
+    assert cache.sweep() == 1 and cache.bytes == 0
+    assert cache_module.ContentCache(ttl=None).sweep() == 0
+
+
+def test_a_refreshed_entry_expires_at_its_new_time(cache_module: ModuleType, make_clock: Any) -> None:
+    clock = make_clock()
+    cache = cache_module.ContentCache(max_entries=10, ttl=10.0, clock=clock)
+    cache.put(1, "a", 1)
+    cache.put(2, "b", 1)
+    clock.advance(5)
+    cache.put(1, "a2", 1)
+    clock.advance(5)
+    assert cache.sweep() == 1 and 1 in cache and 2 not in cache
+    clock.advance(5)
+    assert cache.sweep() == 1 and len(cache) == 0
 
 
 def test_hits_misses_and_lru(cache_module: ModuleType, make_clock: Any) -> None:
@@ -53,7 +111,8 @@ def test_hits_misses_and_lru(cache_module: ModuleType, make_clock: Any) -> None:
     assert (cache.get(1), cache.get(3)) == ("one", "three")
     assert (cache.hits, cache.misses, cache.evictions) == (3, 3, 1)
     assert len(cache) == 2
-    assert cache.stats() == {"hits": 3, "misses": 3, "evictions": 1, "size": 2, "max_entries": 2, "ttl": 10.0}
+    assert cache.stats() == {"hits": 3, "misses": 3, "evictions": 1, "expired": 0, "rejected": 0, "size": 2, "bytes": 0,
+                             "max_entries": 2, "max_bytes": None, "ttl": 10.0}
 
 
 def test_put_existing_refreshes(cache_module: ModuleType, make_clock: Any) -> None:
@@ -137,7 +196,7 @@ def test_many_entries(cache_module: ModuleType) -> None:
 
 _ops = st.lists(
     st.tuples(
-        st.sampled_from(["get", "put", "pop", "contains", "advance", "clear", "len"]),
+        st.sampled_from(["get", "put", "pop", "contains", "advance", "clear", "len", "sweep"]),
         st.integers(0, 6),
         st.sampled_from([0.0, 0.5, 1.0, 3.0]),
     ),
@@ -146,11 +205,12 @@ _ops = st.lists(
 
 
 @settings(max_examples=200, deadline=None)
-@given(ops=_ops, max_entries=st.integers(1, 5), ttl=st.sampled_from([None, 1.0, 2.5]))
-def test_twins_agree_on_random_operations(twins, make_clock, ops, max_entries, ttl) -> None:  # type: ignore[no-untyped-def]
+@given(ops=_ops, max_entries=st.integers(1, 5), ttl=st.sampled_from([None, 1.0, 2.5]), max_bytes=st.sampled_from([None, 5, 12]))
+def test_twins_agree_on_random_operations(twins, make_clock, ops, max_entries, ttl, max_bytes) -> None:  # type: ignore[no-untyped-def]
     compiled, pure = twins
     clock = make_clock()
-    caches = [compiled.cache.ContentCache(max_entries, ttl, clock), pure.cache.ContentCache(max_entries, ttl, clock)]
+    caches = [compiled.cache.ContentCache(max_entries, ttl, clock, max_bytes),
+              pure.cache.ContentCache(max_entries, ttl, clock, max_bytes)]
     for n, (op, key, seconds) in enumerate(ops):
         if op == "advance":
             clock.advance(seconds)
@@ -160,7 +220,9 @@ def test_twins_agree_on_random_operations(twins, make_clock, ops, max_entries, t
             if op == "get":
                 results.append(cache.get(key, "default"))
             elif op == "put":
-                results.append(cache.put(key, n))
+                results.append(cache.put(key, n, (n * 7) % 8))
+            elif op == "sweep":
+                results.append(cache.sweep())
             elif op == "pop":
                 results.append(cache.pop(key, "default"))
             elif op == "contains":
