@@ -108,17 +108,22 @@ async def test_a_task_published_during_a_restart_is_stored_once_it_is_back(make_
 
 async def test_replicas_share_one_durable_consumer(make_agent) -> None:
     seen: dict[str, int] = {"a": 0, "b": 0}
+    both = asyncio.Event()
 
     def serve(name: str) -> Any:
         async def handler(message: dict[str, Any]) -> str:
             seen[name] += 1
-            await asyncio.sleep(0.005)  # long enough that one replica cannot take all the work
+            if seen["a"] and seen["b"]:
+                both.set()
+            # Each replica holds at most 8 tasks (2 x max_concurrency) while its handlers wait for the other
+            # replica's first task: whoever pulled first cannot take all the work, however the pulls interleave.
+            await asyncio.wait_for(both.wait(), 10)
             return name
 
         return handler
 
-    await make_agent("replica-a", capabilities={"work": serve("a")}, **JS)
-    await make_agent("replica-b", capabilities={"work": serve("b")}, **JS)
+    await make_agent("replica-a", capabilities={"work": serve("a")}, agent__max_concurrency=4, **JS)
+    await make_agent("replica-b", capabilities={"work": serve("b")}, agent__max_concurrency=4, **JS)
     client = await make_agent("client", **JS)
     results = await asyncio.gather(*(client.send_task("work", i, timeout=10, metadata={"n": i}) for i in range(100)))
     assert sorted(set(results)) == ["a", "b"] and seen["a"] + seen["b"] == 100
