@@ -267,17 +267,22 @@ async def test_a_redelivery_while_the_task_runs_is_not_run_twice(make_agent) -> 
 async def test_replicas_starting_at_once_all_receive_tasks(make_agent) -> None:
     """Each creates the consumer; with a random delivery inbox each, the last would win and strand the rest."""
     seen: dict[str, int] = {}
+    spread = asyncio.Event()
 
     def serve(name: str) -> Any:
         async def handler(message: dict[str, Any]) -> str:
             seen[name] = seen.get(name, 0) + 1
-            await asyncio.sleep(0.005)
+            if len(seen) >= 3:
+                spread.set()
+            # Each replica holds at most 8 tasks (2 x max_concurrency) until three have some: the 60 tasks must
+            # reach at least three replicas unless one was stranded (the bug), however fast the first ones pull.
+            await asyncio.wait_for(spread.wait(), 10)
             return name
 
         return handler
 
-    replicas = await asyncio.gather(*(make_agent(f"r{i}", capabilities={"work": serve(f"r{i}")}, cache__enabled=False, **JS)
-                                      for i in range(4)))
+    replicas = await asyncio.gather(*(make_agent(f"r{i}", capabilities={"work": serve(f"r{i}")}, cache__enabled=False,
+                                                 agent__max_concurrency=4, **JS) for i in range(4)))
     client = await make_agent("client", **JS)
     await asyncio.gather(*(client.send_task("work", i, timeout=10) for i in range(60)))
     assert len(seen) >= 3, seen  # the work spreads (one replica taking it all was the bug)
