@@ -25,16 +25,20 @@ import nats.errors
 from .core.host import Host
 from .core.records import Delivery
 from .envelope import decode, encode, new_message, raise_for_error
+from ._eager import start_eager
 from .errors import AgentCoreError, EnvelopeError, PersistenceError, RequestTimeoutError
 from .transport.inline import REJECT, Accept
 from .transport.sealing import locator, new_secret, parse_secret, seal, unseal
-from .transport.taskstore import FINAL, TaskStore
+from .transport.taskstore import TaskStore
 
 __all__ = ("Keeping",)
 
 log = logging.getLogger("agentcore.persistence")
 
-_RUNNING_AFTER = 0.05  # seconds a task is held before it is recorded running
+# Seconds a task waits (requester) or runs (worker) before it is recorded queued or running: a task answered
+# sooner has only its final status written, one write instead of three.
+_STATUS_AFTER = 0.05
+_STATUS_IN_FLIGHT = 256  # status writes under way at most; more are skipped (counted in statuses_skipped)
 _REMEMBERED = 65536  # secrets of the requester's own tasks it keeps in memory at most (oldest dropped first)
 
 
@@ -50,9 +54,9 @@ class Keeping:
         # task id -> (secret, target, when it is forgotten): the requester's own tasks, added by its own sends only.
         self._secrets: OrderedDict[str, tuple[bytes, str | None, float]] = OrderedDict()
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}  # requests still waiting for their result
-        # task id -> this agent's write of "running": the final write follows its revision (one round trip).
-        self._revisions: OrderedDict[str, asyncio.Future[int | None]] = OrderedDict()
-        self._writing: set[str] = set()  # tasks whose running write has gone out
+        # task id -> this agent's write of "running" (its timer until it starts): the final write follows its revision.
+        self._revisions: OrderedDict[str, asyncio.TimerHandle | asyncio.Future[int | None]] = OrderedDict()
+        self._in_flight = 0  # status writes under way
 
     # ------------------------------------------------------------------ requester
 
@@ -93,13 +97,18 @@ class Keeping:
 
     def reconnected(self) -> None:
         """Results may have gone by while the connection was down: look for those of the requests still waiting."""
-        for task_id in list(self._waiting):
-            self._host.spawn(self.recover(task_id))
+        # A result is kept while it is sent live: one that went by may land a round trip later. Its worker keeps it
+        # within half of ack_wait (or the task is redelivered and answered again): watch that long, until answered.
+        wait = self._host.config["jetstream.ack_wait"]
+        for task_id, waiter in list(self._waiting.items()):
+            looking = asyncio.ensure_future(self.recover(task_id, wait))
+            self._host.spawn(looking)
+            waiter.add_done_callback(lambda _, looking=looking: looking.cancel())  # type: ignore[misc]
 
-    async def recover(self, task_id: str) -> None:
-        """Resolve the waiting request task_id with its kept result, when there is one."""
+    async def recover(self, task_id: str, wait: float = 0.0) -> None:
+        """Resolve the waiting request task_id with its kept result, when there is one (or one comes within wait)."""
         try:
-            reply = await self._kept(task_id, 0.0)
+            reply = await self._kept(task_id, wait)
         except (AgentCoreError, nats.errors.Error) as exc:  # the store unreachable right now: the live answer may still come
             log.debug("agent %s: no kept result for %s yet: %s", self._host.agent_id, task_id, exc)
             return
@@ -149,61 +158,96 @@ class Keeping:
         return bool(routing and routing.get("keep")) or self._track
 
     async def keep(self, delivery: Delivery, data: bytes, error: dict[str, Any] | None) -> bytes:
-        """Keep the encoded result of delivery sealed, record the task's status; return what to send live."""
+        """Keep the encoded result of delivery sealed, record the task's status; return what to send live.
+
+        A result that fits in a message is kept while it is sent (delivery.kept: the task is acked once it is kept,
+        so a worker that dies first has it redelivered and answered again); one too large is kept first, then
+        announced by a notice.
+        """
         message = delivery.message
         task_id = message["id"]
         secret = parse_secret((message.get("routing") or {}).get("keep"))  # none: a peer that keeps nothing
-        status = "done" if error is None else ("cancelled" if error.get("code") == "cancelled" else "failed")
-        kept = False
-        track = self._track
-
-        async def keep_sealed() -> bool:
-            if secret is None:
-                return False
-            try:
-                await self.store.keep(locator(secret, task_id), seal(secret, task_id, data))
-            except (AgentCoreError, nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
-                self._counters["results_not_kept"] += 1
-                log.warning("agent %s could not keep the result of %s: %s", self._host.agent_id, task_id, exc)
-                return False
-            self._counters["results_kept"] += 1
-            return True
-
-        if track:  # in the background: a round trip or two that the answer need not wait for
-            self._host.spawn(self.mark(task_id, status))
-        kept = await keep_sealed()  # before the live answer: whoever hears the answer finds the result kept
-        if kept and len(data) > self._host.connection.max_payload():
+        if self._track:  # in the background: a round trip or two that neither the answer nor the ack waits for
+            self.finished(task_id, "done" if error is None else ("cancelled" if error.get("code") == "cancelled" else "failed"))
+        if secret is None:
+            return data
+        sealed = seal(secret, task_id, data)
+        key = locator(secret, task_id)
+        if len(data) <= self._host.connection.max_payload():
+            keeping = start_eager(self._keep(key, sealed, task_id))  # its put goes out before the answer
+            if keeping is not None:
+                self._host.spawn(keeping)  # a stop waits for it
+                delivery.kept = keeping
+            return data
+        if await self._keep(key, sealed, task_id):  # the requester looks when the notice comes: kept by then
             return notice(self._host.agent_id, self._host.agent_type, message)
         return data
 
+    async def _keep(self, key: str, sealed: bytes, task_id: str) -> bool:
+        try:
+            await self.store.keep(key, sealed)
+        except (AgentCoreError, nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+            self._counters["results_not_kept"] += 1
+            log.warning("agent %s could not keep the result of %s: %s", self._host.agent_id, task_id, exc)
+            return False
+        self._counters["results_kept"] += 1
+        return True
+
+    # ------------------------------------------------------------------ status, off every answer's path
+
+    def queued(self, task_id: str) -> asyncio.TimerHandle:
+        """Record task_id queued unless its answer comes within _STATUS_AFTER seconds (cancel the returned handle then)."""
+        return asyncio.get_running_loop().call_later(_STATUS_AFTER, self._write, task_id, "queued")
+
     def running(self, task_id: str) -> None:
-        """Record that this agent took task_id, once it has held it _RUNNING_AFTER seconds (in the background)."""
+        """Record that this agent took task_id, once it has held it _STATUS_AFTER seconds (a quick one: only its end)."""
         revisions = self._revisions
-        writing = revisions[task_id] = asyncio.ensure_future(self._mark_running(task_id))
-        self._host.spawn(writing)  # a stop waits for it
+        revisions[task_id] = asyncio.get_running_loop().call_later(_STATUS_AFTER, self._write_running, task_id)
         while len(revisions) > _REMEMBERED:  # tasks whose final status another replica wrote: forgotten, oldest first
-            revisions.popitem(last=False)
+            earlier = revisions.popitem(last=False)[1]
+            if not isinstance(earlier, asyncio.Future):  # its timer (uvloop's handles are no asyncio.TimerHandle)
+                earlier.cancel()
 
-    async def _mark_running(self, task_id: str) -> int | None:
-        # A task answered sooner goes from queued to its final status: two writes fewer on the busy path.
-        await asyncio.sleep(_RUNNING_AFTER)
-        self._writing.add(task_id)
-        try:
-            return await self.mark(task_id, "running")
-        finally:
-            self._writing.discard(task_id)
+    def _write_running(self, task_id: str) -> None:
+        if self._revisions.get(task_id) is not None:
+            written = self._write(task_id, "running")
+            if written is not None:
+                self._revisions[task_id] = written  # the revision the final write most likely follows
 
-    async def mark(self, task_id: str, status: str, **details: Any) -> int | None:
-        """Record task_id's status (forward only), logging a store that cannot take it; return the revision written."""
+    def finished(self, task_id: str, status: str) -> None:
+        """Record task_id's final status in the background (compare-and-set on this agent's own running write)."""
+        earlier = self._revisions.pop(task_id, None)
+        if earlier is not None and not isinstance(earlier, asyncio.Future):
+            earlier.cancel()  # not written yet, and no longer true: the task goes straight to its end
+            earlier = None
+        self._write(task_id, status, earlier)
+
+    def _write(self, task_id: str, status: str, after: asyncio.Future[int | None] | None = None) -> asyncio.Future[int | None] | None:
+        """Start one status write, unless _STATUS_IN_FLIGHT are under way already (then it is skipped, and counted)."""
+        if self._in_flight >= _STATUS_IN_FLIGHT:
+            self._counters["statuses_skipped"] += 1  # the store lags behind: the status is advisory, the tasks go on
+            return None
+        self._in_flight += 1
+        writing = asyncio.ensure_future(self.mark(task_id, status, after))
+        writing.add_done_callback(self._written)
+        self._host.spawn(writing)  # a stop waits for it
+        return writing
+
+    def _written(self, _: asyncio.Future[int | None]) -> None:
+        self._in_flight -= 1
+
+    async def mark(self, task_id: str, status: str, after: asyncio.Future[int | None] | None = None) -> int | None:
+        """Record task_id's status (forward only), logging a store that cannot take it; return the revision written.
+
+        after: this agent's own earlier write of the task (running): a final write follows its revision.
+        """
         expect = None
-        earlier = self._revisions.pop(task_id, None) if status in FINAL else None
-        if earlier is not None:
-            if task_id in self._writing or earlier.done():
-                expect = await earlier  # our own running write: the revision a final one most likely follows
-            else:
-                earlier.cancel()  # not written yet, and no longer true
+        if after is not None:
+            await asyncio.wait((after,))
+            expect = None if after.cancelled() else after.result()
         try:
-            return await self.store.set_status(task_id, status, self._host.agent_id, expect=expect, **details)
+            return await self.store.set_status(task_id, status, self._host.agent_id, expect=expect,
+                                               fresh=status != "running" and expect is None)
         except Exception as exc:  # the store unreachable: the status is advisory, the task goes on
             log.debug("agent %s could not record %s as %s: %s", self._host.agent_id, task_id, status, exc)
             return None

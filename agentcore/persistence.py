@@ -31,6 +31,7 @@ from .core.records import SubscriptionKey
 from .envelope import decode, encode, error_payload, new_message
 from .errors import AgentCoreError, EnvelopeError, PersistenceError, RequestTimeoutError
 from .keeping import Keeping
+from .transport.acked import AckedPublisher
 from .transport.inline import Accept
 from .transport.puller import ConsumerLimits, TaskPuller
 from .transport.settlement import PersistedMsg, pub_ack_stream
@@ -39,6 +40,8 @@ from .transport.taskstore import TaskStore
 __all__ = ("Persistence", "PersistedMsg", "default_stream_name", "pub_ack_stream")
 
 log = logging.getLogger("agentcore.persistence")
+
+_ACKED_IN_FLIGHT = 1024  # kept results and status writes awaiting their acknowledgement at most (then awaited one by one)
 
 
 def default_stream_name(environment: str, root: str = "agents") -> str:
@@ -113,6 +116,9 @@ class Persistence:
             await store.open()
         except nats.js.errors.APIError as exc:
             raise PersistenceError(f"JetStream refused the buckets {', '.join(store.names)}: {exc.description or exc}") from None
+        # Kept results and statuses go out without a request each; one unanswered in time is written the awaited way.
+        store.acked = AckedPublisher(host.connection.require(), limit=_ACKED_IN_FLIGHT, timeout=min(2.0, store.retry_for / 4))
+        await store.acked.start()
         self.keeping = Keeping(host, store)
         host.keep_answers(self.keeping)
         self._js, self._stream = js, name
@@ -308,8 +314,8 @@ class Persistence:
                     await js.publish(subject, data, timeout=max(min(deadline - loop.time(), 2.0), 0.01),
                                      stream=self._stream, headers=headers)
                     host.metrics.counters["persisted_sent"] += 1
-                    if track:
-                        host.spawn(keeping.mark(task_id, "queued"))
+                    if track:  # recorded only if no answer comes at once: off the send's path, often never written
+                        queued.append(keeping.queued(task_id))
                     return
                 except nats.js.errors.APIError as exc:
                     if not isinstance(exc, nats.js.errors.ServiceUnavailableError):
@@ -325,19 +331,25 @@ class Persistence:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
+        queued: list[asyncio.TimerHandle] = []
         accepting, recovered = keeping.watch(accept, task_id)
         live = asyncio.ensure_future(host.connection.request_via(publish, timeout, accepting, subject))
         try:
             await asyncio.wait((live, recovered), return_when=asyncio.FIRST_COMPLETED)
             if recovered.done() and not recovered.cancelled():
-                return recovered.result()  # it went by while we were away (or was too large to send): kept for us
-            try:
-                return await live
-            except nats.errors.TimeoutError:
-                raise RequestTimeoutError(f"no reply on {subject} within {timeout}s; its result is kept for "
-                                          f"jetstream.result_ttl: await agent.result({task_id!r})", task_id=task_id) from None
+                answer = recovered.result()  # it went by while we were away (or was too large to send): kept for us
+            else:
+                try:
+                    answer = await live
+                except nats.errors.TimeoutError:
+                    raise RequestTimeoutError(f"no reply on {subject} within {timeout}s; its result is kept for "
+                                              f"jetstream.result_ttl: await agent.result({task_id!r})", task_id=task_id) from None
+            return answer
         finally:
             keeping.unwatch(task_id)
+            if _answered(live, recovered):
+                for handle in queued:  # its worker records its status from here on
+                    handle.cancel()
             if not live.done():
                 live.cancel()
                 await asyncio.gather(live, return_exceptions=True)
@@ -363,3 +375,10 @@ class Persistence:
         state = info.state
         return {"enabled": True, "stream": self._stream, "subjects": info.config.subjects, "messages": state.messages,
                 "consumers": state.consumer_count, "held": len(self._host.work.settlement.held)}
+
+
+def _answered(live: asyncio.Future[Any], recovered: asyncio.Future[Any]) -> bool:
+    """Whether a persisted request ended with an answer (a result, an error result): not timed out nor cancelled."""
+    if recovered.done() and not recovered.cancelled():
+        return True
+    return live.done() and not live.cancelled() and not isinstance(live.exception(), nats.errors.TimeoutError)

@@ -417,7 +417,7 @@ class Dispatcher:
                 if delivery.deferred and not delivery.answered:
                     delivery.held = msg  # settled when publish_result (or no_result) answers it
                 else:
-                    self.settlement.release(msg)
+                    self.settlement.release(msg, after=delivery.kept)  # acked once its result is kept
             elapsed = time.perf_counter() - t0
             metrics.observe(elapsed)
             reg.handled += 1  # per registration, for the NATS service API's endpoint stats

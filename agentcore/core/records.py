@@ -74,6 +74,7 @@ class Delivery:
     timer: asyncio.TimerHandle | None = None  # when a deferred answer is given up on (no_result)
     held: Any = None  # a persisted task whose deferred answer is owed: settled when the answer goes out
     size: int = 0  # bytes of the encoded answer sent (what the cache counts it as)
+    kept: Any = None  # the keeping of the answer, still under way when it was sent: a persisted task is acked after it
 
     @property
     def destination(self) -> str | None:

@@ -92,11 +92,13 @@ class Settlement:
                 msg.puller = puller
                 puller.held += 1
 
-    def release(self, msg: Any, *, redeliver: bool = False) -> bool:
+    def release(self, msg: Any, *, redeliver: bool = False, after: asyncio.Future[Any] | None = None) -> bool:
         """Acknowledge a persisted task, or hand it back for redelivery; return whether JetStream now has it in hand.
 
-        False means msg is no persisted task, or (with redeliver) that this was its last delivery: it is taken off
-        the stream instead and the caller answers the requester as it would without persistence.
+        after: work the acknowledgement waits for (the answer's result being kept): until it is done JetStream
+        still holds the task, so an agent that dies meanwhile has it redelivered. False means msg is no persisted
+        task, or (with redeliver) that this was its last delivery: it is taken off the stream instead and the
+        caller answers the requester as it would without persistence.
         """
         if msg.__class__ is not PersistedMsg:
             return False
@@ -105,7 +107,10 @@ class Settlement:
         self._let_go(msg)
         if not redeliver:
             self._counters["persisted_acked"] += 1
-            self._send(msg.js.ack())
+            if after is not None and not after.done():
+                after.add_done_callback(lambda _: self._send(msg.js.ack()))
+            else:
+                self._send(msg.js.ack())
             return True
         if 0 < msg.puller.limits.max_deliver <= msg.delivered:
             self._counters["persisted_terminated"] += 1

@@ -22,10 +22,11 @@ import nats.errors
 import nats.js.errors
 import orjson
 from nats.js import JetStreamContext, api
-from nats.js.kv import KeyValue
+from nats.js.kv import VALID_KEY_RE, KeyValue
 from nats.js.object_store import ObjectStore
 
 from ..errors import PayloadTooLargeError, PersistenceError
+from .acked import AckedPublisher
 
 __all__ = ("TaskStore", "STATUSES", "FINAL")
 
@@ -33,6 +34,7 @@ STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINAL = frozenset(("done", "failed", "cancelled"))
 _RANK = {"queued": 0, "running": 1, "done": 2, "failed": 2, "cancelled": 2}
 _INLINE, _OBJECT = b"S", b"O"
+_WRONG_LAST = 10071  # JetStream's error code for a compare-and-set that lost (the entry moved on)
 T = TypeVar("T")
 # What a cluster says while it elects a leader or a node restarts: worth asking again, with the same write.
 _PASSING = (nats.js.errors.NoStreamResponseError, nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError,
@@ -54,6 +56,7 @@ class TaskStore:
         self.results: KeyValue | None = None
         self.status: KeyValue | None = None
         self.objects: ObjectStore | None = None
+        self.acked: AckedPublisher | None = None  # set: writes go out without a request each (see transport.acked)
 
     async def open(self) -> None:
         """Find or create the buckets."""
@@ -95,6 +98,34 @@ class TaskStore:
                     raise PersistenceError(f"JetStream did not answer within {self.retry_for}s ({type(exc).__name__})") from None
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    async def _put(self, kv: KeyValue, key: str, value: bytes, last: int | None = None) -> int:
+        """Write value under key (compare-and-set on revision last, when given); return the revision written.
+
+        Through the acked publisher when there is room (no request per write), else, or when that write failed
+        other than by losing the compare-and-set, the awaited way (which waits out a leader election).
+        """
+        acked = self.acked
+        if acked is not None:
+            if not VALID_KEY_RE.match(key) or key[0] == "." or key[-1] == ".":
+                raise nats.js.errors.InvalidKeyError(key)  # a stranger's id must not become a subject
+            loop = asyncio.get_running_loop()
+            outcome: asyncio.Future[tuple[int | None, int | None]] = loop.create_future()
+            headers = None if last is None else {"Nats-Expected-Last-Subject-Sequence": str(last)}
+
+            def done(seq: int | None, code: int | None) -> None:
+                if not outcome.done():
+                    outcome.set_result((seq, code))
+
+            if await acked.publish(f"{kv._pre}{key}", value, done, headers):
+                seq, code = await outcome
+                if seq is not None:
+                    return seq
+                if code == _WRONG_LAST:
+                    raise nats.js.errors.KeyWrongLastSequenceError(description="wrong last sequence")
+        if last is None:
+            return await self._retrying(lambda: kv.put(key, value))
+        return await self._retrying(lambda: kv.update(key, value, last=last))
 
     # ------------------------------------------------------------------ claim-checked objects
 
@@ -145,7 +176,7 @@ class TaskStore:
         if len(value) > self.inline_limit:
             value = _OBJECT + (await self.put_object(sealed)).encode()
         try:
-            await self._retrying(lambda: self.results.put(locator, value))  # type: ignore[union-attr]
+            await self._put(self.results, locator, value)
         except nats.js.errors.APIError as exc:
             raise PersistenceError(f"JetStream did not keep the result in {self.names[0]}: {exc.description or exc}") from None
 
@@ -182,19 +213,20 @@ class TaskStore:
     # ------------------------------------------------------------------ status
 
     async def set_status(self, task_id: str, status: str, agent: str, *, expect: int | None = None,
-                         **details: Any) -> int | None:
+                         fresh: bool = False, **details: Any) -> int | None:
         """Move task_id's status forward to status (never back, never off a final one); return the revision written.
 
         expect: the revision the writer believes current (its own last write): one round trip when it still is.
+        fresh: most likely nothing is recorded yet (a task answered at once): created in one round trip then.
         None when the status did not move (it was there already, or further on).
         """
         kv = self.status
         assert kv is not None
         value = orjson.dumps({"status": status, "agent": agent, "at": time.time(), **details})
         try:
-            if expect is not None or status == "queued":  # queued: the first status, so only ever created
+            if expect is not None or fresh or status == "queued":  # queued: the first status, so only ever created
                 try:
-                    return await self._retrying(lambda: kv.update(task_id, value, last=expect or 0))
+                    return await self._put(kv, task_id, value, expect or 0)
                 except nats.js.errors.KeyWrongLastSequenceError:
                     if status == "queued":
                         return None  # something is recorded already: it is queued or further on
@@ -203,12 +235,12 @@ class TaskStore:
                     try:
                         entry = await self._retrying(lambda: kv.get(task_id))
                     except nats.js.errors.KeyNotFoundError:
-                        return await self._retrying(lambda: kv.update(task_id, value, last=0))
+                        return await self._put(kv, task_id, value, 0)
                     current = orjson.loads(entry.value or b"{}").get("status")
                     if current in FINAL or _RANK.get(current, -1) >= _RANK[status]:
                         return None
                     revision = entry.revision
-                    return await self._retrying(lambda: kv.update(task_id, value, last=revision))
+                    return await self._put(kv, task_id, value, revision)
                 except nats.js.errors.KeyWrongLastSequenceError:
                     continue
         except nats.js.errors.InvalidKeyError:
