@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import nats.errors
@@ -25,7 +26,6 @@ import nats.errors
 from .core.host import Host
 from .core.records import Delivery
 from .envelope import decode, encode, new_message, raise_for_error
-from ._eager import start_eager
 from .errors import AgentCoreError, EnvelopeError, PersistenceError, RequestTimeoutError
 from .transport.inline import REJECT, Accept
 from .transport.sealing import locator, new_secret, parse_secret, seal, unseal
@@ -53,7 +53,8 @@ class Keeping:
         self._track = bool(host.config["jetstream.track_status"])
         # task id -> (secret, target, when it is forgotten): the requester's own tasks, added by its own sends only.
         self._secrets: OrderedDict[str, tuple[bytes, str | None, float]] = OrderedDict()
-        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}  # requests still waiting for their result
+        self._waiting: dict[str, Callable[[dict[str, Any]], bool]] = {}  # requests still waiting: what answers each
+        self._looking: dict[str, asyncio.Future[None]] = {}  # task id -> the look for its kept result after a reconnect
         # task id -> this agent's write of "running" (its timer until it starts): the final write follows its revision.
         self._revisions: OrderedDict[str, asyncio.TimerHandle | asyncio.Future[int | None]] = OrderedDict()
         self._in_flight = 0  # status writes under way
@@ -72,10 +73,9 @@ class Keeping:
         while secrets and (len(secrets) > _REMEMBERED or next(iter(secrets.values()))[2] < now):
             secrets.popitem(last=False)
 
-    def watch(self, accept: Accept, task_id: str) -> tuple[Accept, asyncio.Future[dict[str, Any]]]:
-        """Return accept extended to notices of kept results, and the future a recovered result resolves."""
-        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiting[task_id] = waiter
+    def watch(self, accept: Accept, task_id: str, resolve: Callable[[dict[str, Any]], bool]) -> Accept:
+        """Return accept extended to notices of kept results; a result recovered for task_id goes to resolve."""
+        self._waiting[task_id] = resolve
         host = self._host
 
         def accepting(msg: Any) -> Any:
@@ -87,35 +87,38 @@ class Keeping:
                 return REJECT
             return reply
 
-        return accepting, waiter
+        return accepting
 
     def unwatch(self, task_id: str) -> None:
         """The request ended: stop recovering its result."""
-        waiter = self._waiting.pop(task_id, None)
-        if waiter is not None and not waiter.done():
-            waiter.cancel()
+        self._waiting.pop(task_id, None)
+        looking = self._looking.pop(task_id, None)
+        if looking is not None:
+            looking.cancel()
 
     def reconnected(self) -> None:
         """Results may have gone by while the connection was down: look for those of the requests still waiting."""
         # A result is kept while it is sent live: one that went by may land a round trip later. Its worker keeps it
         # within half of ack_wait (or the task is redelivered and answered again): watch that long, until answered.
         wait = self._host.config["jetstream.ack_wait"]
-        for task_id, waiter in list(self._waiting.items()):
+        for task_id in list(self._waiting):
             looking = asyncio.ensure_future(self.recover(task_id, wait))
+            earlier = self._looking.get(task_id)
+            if earlier is not None:
+                earlier.cancel()
+            self._looking[task_id] = looking
             self._host.spawn(looking)
-            waiter.add_done_callback(lambda _, looking=looking: looking.cancel())  # type: ignore[misc]
 
     async def recover(self, task_id: str, wait: float = 0.0) -> None:
-        """Resolve the waiting request task_id with its kept result, when there is one (or one comes within wait)."""
+        """Answer the waiting request task_id with its kept result, when there is one (or one comes within wait)."""
         try:
             reply = await self._kept(task_id, wait)
         except (AgentCoreError, nats.errors.Error) as exc:  # the store unreachable right now: the live answer may still come
             log.debug("agent %s: no kept result for %s yet: %s", self._host.agent_id, task_id, exc)
             return
-        waiter = self._waiting.get(task_id)
-        if reply is not None and waiter is not None and not waiter.done():
+        resolve = self._waiting.get(task_id)
+        if reply is not None and resolve is not None and resolve(reply):
             self._counters["results_recovered"] += 1
-            waiter.set_result(reply)
 
     async def result(self, task_id: str, timeout: float | None = None) -> Any:
         """Return the content of the kept result of task_id, a persisted task this agent sent (waiting up to timeout)."""
@@ -174,10 +177,11 @@ class Keeping:
         sealed = seal(secret, task_id, data)
         key = locator(secret, task_id)
         if len(data) <= self._host.connection.max_payload():
-            keeping = start_eager(self._keep(key, sealed, task_id))  # its put goes out before the answer
-            if keeping is not None:
-                self._host.spawn(keeping)  # a stop waits for it
-                delivery.kept = keeping
+            # Started on the loop's next turn: the answer goes out first, straight to the socket, and the
+            # server stores nothing ahead of it.
+            keeping = asyncio.ensure_future(self._keep(key, sealed, task_id))
+            self._host.spawn(keeping)  # a stop waits for it
+            delivery.kept = keeping
             return data
         if await self._keep(key, sealed, task_id):  # the requester looks when the notice comes: kept by then
             return notice(self._host.agent_id, self._host.agent_type, message)

@@ -332,27 +332,30 @@ class Persistence:
                 delay = min(delay * 2, 1.0)
 
         queued: list[asyncio.TimerHandle] = []
-        accepting, recovered = keeping.watch(accept, task_id)
-        live = asyncio.ensure_future(host.connection.request_via(publish, timeout, accepting, subject))
+        mux = host.connection.requests(host.connection.require())
+
+        def resolve(reply: dict[str, Any]) -> bool:  # a kept result recovered: the request's answer, as if it came live
+            inbox = message.get("replyTo")
+            return isinstance(inbox, str) and mux.resolve_inbox(inbox, reply)
+
+        accepting = keeping.watch(accept, task_id, resolve)
+        answered = False
         try:
-            await asyncio.wait((live, recovered), return_when=asyncio.FIRST_COMPLETED)
-            if recovered.done() and not recovered.cancelled():
-                answer = recovered.result()  # it went by while we were away (or was too large to send): kept for us
-            else:
-                try:
-                    answer = await live
-                except nats.errors.TimeoutError:
-                    raise RequestTimeoutError(f"no reply on {subject} within {timeout}s; its result is kept for "
-                                              f"jetstream.result_ttl: await agent.result({task_id!r})", task_id=task_id) from None
-            return answer
+            try:
+                reply = await host.connection.request_via(publish, timeout, accepting, subject)
+            except nats.errors.TimeoutError:
+                raise RequestTimeoutError(f"no reply on {subject} within {timeout}s; its result is kept for "
+                                          f"jetstream.result_ttl: await agent.result({task_id!r})", task_id=task_id) from None
+            except Exception:
+                answered = True  # an error result, a refusal: nothing waits in the stream
+                raise
+            answered = True
+            return reply
         finally:
             keeping.unwatch(task_id)
-            if _answered(live, recovered):
+            if answered:
                 for handle in queued:  # its worker records its status from here on
                     handle.cancel()
-            if not live.done():
-                live.cancel()
-                await asyncio.gather(live, return_exceptions=True)
 
     async def result(self, task_id: str, timeout: float | None = None) -> Any:
         """Return the content of the kept result of a persisted task this agent sent (see keeping)."""
@@ -376,9 +379,3 @@ class Persistence:
         return {"enabled": True, "stream": self._stream, "subjects": info.config.subjects, "messages": state.messages,
                 "consumers": state.consumer_count, "held": len(self._host.work.settlement.held)}
 
-
-def _answered(live: asyncio.Future[Any], recovered: asyncio.Future[Any]) -> bool:
-    """Whether a persisted request ended with an answer (a result, an error result): not timed out nor cancelled."""
-    if recovered.done() and not recovered.cancelled():
-        return True
-    return live.done() and not live.cancelled() and not isinstance(live.exception(), nats.errors.TimeoutError)

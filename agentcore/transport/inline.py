@@ -278,6 +278,15 @@ class RequestMux:
         # Tokens are digits: the part after the (lowercased) prefix is the token itself.
         return self._fail([inbox[len(prefix):]] if prefix and inbox.startswith(prefix) else [], exc)
 
+    def resolve_inbox(self, inbox: str, value: Any) -> bool:
+        """Give the request waiting on reply inbox value as its reply (found another way); False when none waits there."""
+        prefix = self._prefix
+        entry = self._waiting.pop(inbox[len(prefix):], None) if prefix and inbox.startswith(prefix) else None
+        if entry is None or entry[0].done():
+            return False
+        entry[0].set_result(value)
+        return True
+
     def covers(self, subject: str, sid: int | None = None) -> bool:
         """Return whether subject (lowercased, as nats-py reports it) or sid is this mux's inbox subscription."""
         sub = self._sub
