@@ -1,10 +1,12 @@
 """Results of persisted tasks kept in JetStream for a requester that was away, and the tasks' stored status.
 
 The requester stamps each persisted task with a fresh secret (``routing.keep``, ``transport.sealing``) and
-remembers it. The worker that answers the task seals the result with it, keeps it in the results bucket for
-``jetstream.result_ttl`` (``transport.taskstore``), records the task's final status, then sends the result
-live as before. A result that does not fit in one message is sent live as a small notice (``payload.kept``)
-and kept through the object bucket. The requester takes a kept result:
+remembers it. The worker that answers the task sends the result live as before and meanwhile seals it with
+the secret and keeps it in the results bucket for ``jetstream.result_ttl`` (``transport.taskstore``); the
+task is acked once it is kept (until then JetStream would redeliver it). A result that does not fit in one
+message is kept through the object bucket first, then sent live as a small notice (``payload.kept``).
+Statuses are written in the background, never on a send's or an answer's path; a task answered within
+_STATUS_AFTER has only its final status written. The requester takes a kept result:
 
 * live, as usual, when it was connected;
 * after a reconnect, for a request still waiting (the result may have gone by while it was away);
