@@ -41,6 +41,7 @@ from .errors import (
     StreamGapError,
     StreamTimeoutError,
     SubjectError,
+    TaskNotFoundError,
 )
 from .topics import Topics
 
@@ -99,6 +100,7 @@ __all__ = (
     "StreamGapError",
     "StreamTimeoutError",
     "SubjectError",
+    "TaskNotFoundError",
 )
 
 

@@ -71,6 +71,7 @@ class Delivery:
     deferred: bool = False  # the handler returned without answering; publish_result may still come
     timer: asyncio.TimerHandle | None = None  # when a deferred answer is given up on (no_result)
     held: Any = None  # a persisted task whose deferred answer is owed: settled when the answer goes out
+    cancelled: bool = False  # its requester cancelled it: nothing more is sent, a persisted task is terminated
 
     @property
     def destination(self) -> str | None:

@@ -168,10 +168,11 @@ class RequestMux:
         del self._waiting[token]
         fut.set_result(value)
 
-    async def request(self, subject: str, data: bytes, timeout: float, accept: Accept | None = None) -> Any:
+    async def request(self, subject: str, data: bytes, timeout: float, accept: Accept | None = None,
+                      inbox: list[str] | None = None) -> Any:
         """Publish data to subject and return the reply (what accept made of it, when given).
 
-        Raise nats' NoRespondersError or TimeoutError.
+        Raise nats' NoRespondersError or TimeoutError. inbox, when given, gets the reply inbox appended.
         """
         nc = self.nc
 
@@ -179,9 +180,10 @@ class RequestMux:
             if not send_now(nc, subject, data, inbox):
                 await nc.publish(subject, data, reply=inbox)
 
-        return await self.request_via(publish, timeout, accept)
+        return await self.request_via(publish, timeout, accept, inbox)
 
-    async def request_via(self, publish: Callable[[str], Awaitable[None]], timeout: float, accept: Accept | None = None) -> Any:
+    async def request_via(self, publish: Callable[[str], Awaitable[None]], timeout: float, accept: Accept | None = None,
+                          inbox: list[str] | None = None) -> Any:
         """Call publish(inbox) and return the reply that comes to that inbox within timeout (same errors as request)."""
         if not timeout >= 0:  # NaN would never compare due and stall every other request's deadline in the heap
             raise ValueError(f"request timeout must be a number >= 0, got {timeout!r}")
@@ -193,6 +195,8 @@ class RequestMux:
         waiting = self._waiting
         waiting[token] = (fut, accept)
         self._expire_at(loop, loop.time() + timeout, token)
+        if inbox is not None:
+            inbox.append(self._prefix + token)
         try:
             await publish(self._prefix + token)
             return await fut
