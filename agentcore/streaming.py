@@ -166,16 +166,18 @@ class Streaming(Feature):
         if delivery is None:  # no task of that id here: the stream goes where an unclaimed result would
             dest: str | None = host.topics.result(host.agent_id, STREAM_TYPE)
         else:
-            if not host.claim(delivery):  # the stream is the answer: the handler's return value is not sent
+            if delivery.answered:
                 raise StreamError(f"task {task_id} was already answered", task_id=task_id)
-            dest = delivery.destination
-            if dest is None:
-                raise StreamError(f"task {task_id} has no reply destination to stream to", task_id=task_id)
             wanted = ((delivery.message.get("routing") or {}).get("stream"))
             if not isinstance(wanted, dict) and delivery.reply is not None and (wanted is True or not delivery.message.get("replyTo")):
                 # A plain request (send_task, request, a raw NATS request) waits for one result: it gets the whole.
                 await assemble(host, delivery, response_generator)
                 return
+            if not host.claim(delivery):  # the stream is the answer: the handler's return value is not sent
+                raise StreamError(f"task {task_id} was already answered", task_id=task_id)
+            dest = delivery.destination
+            if dest is None:
+                raise StreamError(f"task {task_id} has no reply destination to stream to", task_id=task_id)
             window = wanted.get("window") if isinstance(wanted, dict) else None
         nc = host.connection.require()
         limit = host.connection.max_payload() - HEADER_ROOM

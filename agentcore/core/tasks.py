@@ -90,7 +90,7 @@ class TaskTable:
     def start(self, message: dict[str, Any], delivery: Delivery, key: str | None) -> TaskRecord:
         """Record a task whose handler starts now (in the current Task); its cancel_requested says not to run it."""
         rec = self._records.get((message["source"]["id"], message["id"]))
-        if rec is None or rec.state != QUEUED:
+        if rec is None or (rec.state != QUEUED and not rec.cancel_requested) or rec.task is not None:
             rec = self._add(message, delivery.destination, key, RUNNING)
         elif not rec.cancel_requested:
             rec.state, rec.since = RUNNING, time.time()
