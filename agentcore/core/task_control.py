@@ -156,7 +156,7 @@ class TaskControl:
         if rec is None:
             return  # not ours: every agent hears every cancel
         sender = (msg.headers or {}).get(H_SENDER) if self.connection.verifier is not None else None
-        if content.get("reply_to") != rec.dest or sender != rec.key:
+        if content.get("reply_to") != rec.destination() or sender != rec.key:
             self.metrics.counters["cancels_rejected"] += 1
             log.warning("agent %s ignored a cancellation of task %s claiming to come from %s: not from its requester",
                         self.agent_id, rec.task_id, rec.source_id)
