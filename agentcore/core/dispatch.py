@@ -35,7 +35,7 @@ from ..transport.settlement import PersistedMsg, Settlement
 from .caching import DONE, IN_FLIGHT, MISS, SHARED, TaskCache
 from .records import NO_REPLY, TASK, Delivery, Incoming, Queued, Registration, SubscriptionKey, asked_at
 from .replies import Replies
-from .tasks import CANCELLED, DONE, FAILED, TaskRecord, TaskTable
+from .tasks import CANCELLED, DONE, FAILED, TaskTable
 
 __all__ = ("Dispatcher",)
 
@@ -298,8 +298,13 @@ class Dispatcher:
                 log.warning("agent %s got message id %s from %s while one with that id is still pending; "
                             "publish_result(%r) answers the first", self.agent_id, mid, message["source"]["id"], mid)
         replay: Any = DONE  # what a retry of this message id is answered with
-        rec: TaskRecord | None = (None if reg.system or message["type"] not in _TASK_TYPES
-                                  else self.tasks.start(message, delivery, self._signer_of(msg)))
+        tracked = not reg.system and message["type"] in _TASK_TYPES  # a task: its status kept, its requester may cancel
+        if tracked:
+            delivery.task = asyncio.current_task()
+            if self.verifier is not None:
+                delivery.key = self._signer_of(msg)
+            if self.tasks.waiting:
+                self.tasks.started(message, delivery)
         ended = FAILED
         try:
             if delivery.cancelled:  # its requester cancelled it while it was queued
@@ -381,8 +386,8 @@ class Dispatcher:
                 except Exception:
                     log.exception("agent %s could not send the error result for %s", self.agent_id, mid)
         finally:
-            if rec is not None:
-                self.tasks.finish(rec, CANCELLED if delivery.cancelled else ended)
+            if tracked:
+                self.tasks.finished(message, CANCELLED if delivery.cancelled else ended)
             if pending.get(mid) is delivery and not delivery.deferred:
                 del pending[mid]
             if self.cache is not None and not reg.system:

@@ -75,7 +75,7 @@ class Core:
         self.settlement = Settlement(self.metrics.counters, lambda step: self.spawn(self.try_send(step)))
         self.replies = Replies(self._source, config, self.metrics, self.connection, self.settlement, self.spawn)
         self.registry = Registry(self.topics, default)
-        self.tasks = TaskTable(config["tasks.max_status_bytes"], self.metrics.counters)
+        self.tasks = TaskTable(config["tasks.max_status_bytes"], self.metrics.counters, self.replies.pending)
         self.task_control = TaskControl(agent_id, agent_type, self.topics, self.connection, config, self.metrics,
                                         self.tasks, lambda request_id: self._verifier(request_id, None)[0], self.spawn)
         self.work = Dispatcher(agent_id, config, self.topics, self.metrics, self.registry.index, self.connection,

@@ -14,6 +14,7 @@ Wire format (docs/cancellation.md):
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
@@ -29,7 +30,7 @@ from ..topics import Topics
 from ..transport.connection import Connection
 from ..transport.identity import H_SENDER
 from ..transport.inline import Accept
-from .tasks import TaskRecord, TaskTable
+from .tasks import CANCELLED, TaskTable
 
 __all__ = ("TaskControl", "StatusSource")
 
@@ -127,10 +128,8 @@ class TaskControl:
 
     # ------------------------------------------------------------------ the serving agent's side
 
-    def _record(self, msg: Msg, message: dict[str, Any], task_id: Any, *, any_requester: bool) -> TaskRecord | None:
-        """Return the record msg asks about, when its sender may ask (a verified identity, the task's requester)."""
-        if not isinstance(task_id, str):
-            return None
+    def _asker(self, msg: Msg, message: dict[str, Any]) -> str | None:
+        """Return the asker's source.id, when its identity is verified (or identities are off)."""
         source_id = message["source"]["id"]
         verifier = self.connection.verifier
         if verifier is not None:
@@ -138,10 +137,7 @@ class TaskControl:
             if reason is not None:
                 verifier.refuse(reason, source_id, msg.subject)
                 return None
-        rec = self.table.get(source_id, task_id)
-        if rec is None and any_requester and source_id in self.allow:
-            rec = self.table.find(task_id)
-        return rec
+        return str(source_id)
 
     def on_cancel(self, msg: Msg) -> None:
         """Cancel the task a cancel message names when it comes from that task's requester (RAW, inline)."""
@@ -152,18 +148,22 @@ class TaskControl:
         content = message["payload"].get("content")
         if not isinstance(content, dict):
             return
-        rec = self._record(msg, message, content.get("task_id"), any_requester=False)
-        if rec is None:
-            return  # not ours: every agent hears every cancel
+        task_id = content.get("task_id")
+        if not isinstance(task_id, str):
+            return
+        source_id = self._asker(msg, message)
+        live = self.table.live(source_id, task_id) if source_id is not None else None
+        if live is None:
+            return  # not ours, or over: every agent hears every cancel
         sender = (msg.headers or {}).get(H_SENDER) if self.connection.verifier is not None else None
-        if content.get("reply_to") != rec.destination() or sender != rec.key:
+        if content.get("reply_to") != live.destination or sender != live.key:
             self.metrics.counters["cancels_rejected"] += 1
             log.warning("agent %s ignored a cancellation of task %s claiming to come from %s: not from its requester",
-                        self.agent_id, rec.task_id, rec.source_id)
+                        self.agent_id, task_id, source_id)
             return
-        self.table.cancel(rec)
+        self.table.cancel(live)
         if msg.reply:
-            self._spawn(self._answer(msg.reply, message, rec))
+            self._spawn(self._answer(msg.reply, message, task_id, CANCELLED, time.time()))
 
     def on_status(self, msg: Msg) -> None:
         """Answer a status query about a task of the asker's (or any, for control.allow) (RAW, inline)."""
@@ -176,14 +176,24 @@ class TaskControl:
         content = message["payload"].get("content")
         if not isinstance(content, dict):
             return
-        rec = self._record(msg, message, content.get("task_id"), any_requester=True)
-        if rec is not None:
-            self._spawn(self._answer(msg.reply, message, rec))
+        task_id = content.get("task_id")
+        if not isinstance(task_id, str):
+            return
+        source_id = self._asker(msg, message)
+        if source_id is None:
+            return
+        known = self.table.status(source_id, task_id)
+        if known is None and source_id in self.allow:
+            requester = self.table.requester_of(task_id)
+            known = self.table.status(requester, task_id) if requester is not None else None
+        if known is not None:
+            self._spawn(self._answer(msg.reply, message, task_id, *known))
 
-    async def _answer(self, reply: str, request: dict[str, Any], rec: TaskRecord) -> None:
-        answer = new_message("result", rec.view(self.agent_id), source_id=self.agent_id, source_type=self.agent_type,
+    async def _answer(self, reply: str, request: dict[str, Any], task_id: str, state: str, since: float | None) -> None:
+        content = {"task_id": task_id, "state": state, "agent": self.agent_id, "since": since}
+        answer = new_message("result", content, source_id=self.agent_id, source_type=self.agent_type,
                              correlation_id=request["id"], target=request["source"]["id"])
         try:
             await self.connection.publish(reply, encode(answer))
         except AgentCoreError as exc:
-            log.debug("agent %s could not answer about task %s: %s", self.agent_id, rec.task_id, exc)
+            log.debug("agent %s could not answer about task %s: %s", self.agent_id, task_id, exc)

@@ -1,9 +1,10 @@
 """The tasks this agent serves: each one's lifecycle state and requester, kept within a byte bound, cancellable.
 
-A record is keyed by (requester source.id, task id): ids are the sender's, so the same id from another sender
-is another task, and a stranger's query or cancel finds nothing of anyone else's. Live records (queued, running)
-are bounded by the dispatcher's own limits (max_concurrency + max_queued); finished ones are dropped a generation at a
-time (see TaskTable) so that the records hold at most ``tasks.max_status_bytes``.
+A task is known by (requester source.id, task id): ids are the sender's, so the same id from another sender is
+another task, and a stranger's query or cancel finds nothing of anyone else's. A running task is its Delivery,
+already held by id while it is answered (``Replies.pending``): the handler's Task and signing key ride on it, so
+starting a handler costs no record. A queued task has a small record until its handler starts. A finished task
+leaves (state, time) in two generations of plain dicts, bounded by ``tasks.max_status_bytes`` (see TaskTable).
 """
 
 from __future__ import annotations
@@ -19,145 +20,141 @@ __all__ = ("QUEUED", "RUNNING", "DONE", "FAILED", "CANCELLED", "STATES", "TaskRe
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
-_LIVE = (QUEUED, RUNNING)
-_OVERHEAD = 240  # bytes a record costs besides its strings (the object, its slots, the dict entry)
+_OVERHEAD = 200  # bytes a finished record costs besides its ids (the tuples, the dict entry, the float)
 
 
 class TaskRecord:
-    """One task this agent took: who asked, where its answer goes, what became of it."""
+    """A task waiting for a handler slot: who asked, where its answer goes, whether it was cancelled meanwhile."""
 
-    __slots__ = ("task_id", "source_id", "dest", "key", "state", "since", "size", "task", "delivery", "cancel_requested")
+    __slots__ = ("task_id", "source_id", "dest", "key", "since", "cancelled")
 
-    def __init__(self, task_id: str, source_id: str, dest: str | None, key: str | None, state: str, since: float,
-                 size: int) -> None:
+    def __init__(self, task_id: str, source_id: str, dest: str | None, key: str | None) -> None:
         self.task_id = task_id
         self.source_id = source_id
         self.dest = dest  # where the answer goes: what the requester's cancel must name
         self.key = key  # the public key that signed the task (signed identities), else None
-        self.state = state
-        self.since = since  # time.time() of the last change
-        self.size = size
-        self.task: asyncio.Task[Any] | None = None  # the handler's Task while it runs
-        self.delivery: Delivery | None = None
-        self.cancel_requested = False
+        self.since = time.time()
+        self.cancelled = False
 
+
+class Live:
+    """A task the requester may still cancel: its queued record or its running delivery."""
+
+    __slots__ = ("record", "delivery")
+
+    def __init__(self, record: TaskRecord | None, delivery: Delivery | None) -> None:
+        self.record = record
+        self.delivery = delivery
+
+    @property
     def destination(self) -> str | None:
-        """Return where the task's answer goes (worked out only when a cancel asks: it may cost a fallback)."""
-        delivery = self.delivery
-        return delivery.destination if delivery is not None else self.dest
+        """Return where the task's answer goes."""
+        return self.delivery.destination if self.delivery is not None else self.record.dest if self.record else None
 
-    def view(self, agent_id: str) -> dict[str, Any]:
-        """Return what a status query answers about the task."""
-        return {"task_id": self.task_id, "state": self.state, "agent": agent_id, "since": self.since}
+    @property
+    def key(self) -> str | None:
+        """Return the key that signed the task (None unsigned, or identities off)."""
+        return self.delivery.key if self.delivery is not None else self.record.key if self.record else None
 
 
 class TaskTable:
-    """The records of the tasks this agent serves (see the module docstring).
+    """The lifecycle of the tasks this agent serves (see the module docstring).
 
-    Two generations of records, each a plain dict: new ones go to the young one; once it holds half the byte
-    bound it becomes the old one and the old one is dropped, all but its live records (carried over). Each
-    record costs one dict insert, and the bound holds within a factor of two in what is kept.
+    Finished tasks go to the young generation; once it holds half the byte bound it becomes the old one and the
+    old one is dropped. So the most recent ones are kept, never more than the bound, at one dict insert each.
     """
 
-    def __init__(self, max_bytes: int, counters: Counter[str]) -> None:
+    def __init__(self, max_bytes: int, counters: Counter[str], pending: dict[str, Delivery]) -> None:
         self.max_bytes = max_bytes
-        self._young: dict[tuple[str, str], TaskRecord] = {}
-        self._old: dict[tuple[str, str], TaskRecord] = {}
+        self.waiting: dict[tuple[str, str], TaskRecord] = {}  # queued tasks (bounded by agent.max_queued)
+        self._pending = pending  # message id -> the delivery being answered (Replies.pending)
+        self._young: dict[tuple[str, str], tuple[str, float]] = {}
+        self._old: dict[tuple[str, str], tuple[str, float]] = {}
         self._young_bytes = 0
         self._old_bytes = 0
         self._counters = counters
-        self._queued_or_cancelled = False  # until a task waits or is cancelled, a start finds no record to update
         counters["tasks_cancelled"] += 0  # always reported
         counters["task_records_evicted"] += 0
 
     def __len__(self) -> int:
-        return len(self._young) + len(self._old)
+        return len(self._young) + len(self._old) + len(self.waiting)
 
     @property
     def bytes(self) -> int:
-        """Return the bytes the records are estimated to hold."""
+        """Return the bytes the finished records are estimated to hold."""
         return self._young_bytes + self._old_bytes
 
-    def get(self, source_id: str, task_id: str) -> TaskRecord | None:
-        """Return the record of source_id's task task_id, or None."""
-        key = (source_id, task_id)
-        rec = self._young.get(key)
-        return rec if rec is not None else self._old.get(key)
-
-    def find(self, task_id: str) -> TaskRecord | None:
-        """Return the newest record of task_id from any requester (for control.allow agents; a scan, rarely used)."""
-        for records in (self._young, self._old):
-            for rec in reversed(records.values()):
-                if rec.task_id == task_id:
-                    return rec
-        return None
-
-    def _add(self, source_id: str, task_id: str, dest: str | None, key: str | None, state: str) -> TaskRecord:
-        size = _OVERHEAD + len(task_id) + len(source_id) + (len(dest) if dest else 0) + (len(key) if key else 0)
-        rec = TaskRecord(task_id, source_id, dest, key, state, time.time(), size)
-        young = self._young
-        ident = (source_id, task_id)
-        old = young.get(ident)
-        if old is not None:
-            self._young_bytes -= old.size
-        young[ident] = rec
-        self._young_bytes += size
-        if self._young_bytes > self.max_bytes // 2:
-            self._turn()
-        return rec
-
-    def _turn(self) -> None:
-        """The young generation is full: it becomes the old one; the old one's live records carry over."""
-        dropped = self._old
-        self._old, self._old_bytes = self._young, self._young_bytes
-        self._young, self._young_bytes = {}, 0
-        for ident, rec in dropped.items():
-            if rec.state in _LIVE and ident not in self._old:
-                self._young[ident] = rec
-                self._young_bytes += rec.size
-            else:
-                self._counters["task_records_evicted"] += 1
+    # ------------------------------------------------------------------ the dispatcher's side
 
     def queued(self, message: dict[str, Any], dest: str | None, key: str | None) -> None:
         """Record a task waiting for a handler slot."""
-        self._queued_or_cancelled = True
-        self._add(message["source"]["id"], message["id"], dest, key, QUEUED)
-
-    def start(self, message: dict[str, Any], delivery: Delivery, key: str | None) -> TaskRecord:
-        """Record a task whose handler starts now (in the current Task); its cancel_requested says not to run it."""
         source_id, task_id = message["source"]["id"], message["id"]
-        rec = self.get(source_id, task_id) if self._queued_or_cancelled else None
-        if rec is None or (rec.state != QUEUED and not rec.cancel_requested) or rec.task is not None:
-            rec = self._add(source_id, task_id, None, key, RUNNING)  # its destination is the delivery's, read if needed
-        elif not rec.cancel_requested:
-            rec.state, rec.since = RUNNING, time.time()
-        rec.task = asyncio.current_task()
-        rec.delivery = delivery
-        if rec.cancel_requested:
+        self.waiting[(source_id, task_id)] = TaskRecord(task_id, source_id, dest, key)
+
+    def started(self, message: dict[str, Any], delivery: Delivery) -> None:
+        """A queued task's handler starts: a cancel that came while it waited means it must not run."""
+        rec = self.waiting.pop((message["source"]["id"], message["id"]), None)
+        if rec is not None and rec.cancelled:
             delivery.cancelled = delivery.answered = True
-        return rec
 
-    def finish(self, rec: TaskRecord, state: str) -> None:
-        """Record how a task ended (a cancelled one stays cancelled)."""
-        rec.task = None
-        rec.delivery = None
-        if rec.state != CANCELLED:
-            rec.state, rec.since = state, time.time()
+    def finished(self, message: dict[str, Any], state: str) -> None:
+        """Record how a task ended."""
+        source_id, task_id = message["source"]["id"], message["id"]
+        self._young[(source_id, task_id)] = (state, time.time())
+        self._young_bytes += _OVERHEAD + len(source_id) + len(task_id)
+        if self._young_bytes > self.max_bytes // 2:
+            self._counters["task_records_evicted"] += len(self._old)
+            self._old, self._old_bytes = self._young, self._young_bytes
+            self._young, self._young_bytes = {}, 0
 
-    def cancel(self, rec: TaskRecord) -> bool:
-        """Stop a task at its requester's word: nothing more is sent for it; return False when it had ended."""
-        if rec.state not in _LIVE or rec.cancel_requested:
-            return False
-        rec.cancel_requested = True
-        self._queued_or_cancelled = True
-        rec.state, rec.since = CANCELLED, time.time()
-        self._counters["tasks_cancelled"] += 1
-        delivery = rec.delivery
+    # ------------------------------------------------------------------ what requesters see
+
+    def live(self, source_id: str, task_id: str) -> Live | None:
+        """Return source_id's task task_id while it is queued or running (or its answer is still owed)."""
+        delivery = self._pending.get(task_id)
+        if delivery is not None and delivery.message["source"]["id"] == source_id and not delivery.cancelled:
+            return Live(None, delivery)
+        rec = self.waiting.get((source_id, task_id))
+        if rec is not None and not rec.cancelled:
+            return Live(rec, None)
+        return None
+
+    def status(self, source_id: str, task_id: str) -> tuple[str, float | None] | None:
+        """Return (state, since) of source_id's task task_id, or None when this agent does not know it."""
+        rec = self.waiting.get((source_id, task_id))
+        if rec is not None:
+            return (CANCELLED, rec.since) if rec.cancelled else (QUEUED, rec.since)
+        delivery = self._pending.get(task_id)
+        if delivery is not None and delivery.message["source"]["id"] == source_id:
+            return (CANCELLED, None) if delivery.cancelled else (RUNNING, None)  # (an answer still owed: running)
+        key = (source_id, task_id)
+        return self._young.get(key) or self._old.get(key)
+
+    def requester_of(self, task_id: str) -> str | None:
+        """Return the source.id of some task task_id this agent knows (for control.allow agents; a scan, rarely used)."""
+        delivery = self._pending.get(task_id)
         if delivery is not None:
+            return str(delivery.message["source"]["id"])
+        for records in (self.waiting, self._young, self._old):
+            for source_id, known in records:
+                if known == task_id:
+                    return source_id
+        return None
+
+    def cancel(self, live: Live) -> bool:
+        """Stop a task at its requester's word: nothing more is sent for it; return False when it had ended."""
+        delivery, rec = live.delivery, live.record
+        if rec is not None:
+            rec.cancelled = True
+            rec.since = time.time()
+        elif delivery is not None:
             delivery.cancelled = delivery.answered = True  # whatever the handler does now, it answers nothing
-        task = rec.task
-        if task is not None and not task.done() and task is not asyncio.current_task():
-            task.cancel()
+            task = delivery.task
+            if task is not None and not task.done() and task is not asyncio.current_task():
+                task.cancel()
+        else:
+            return False
+        self._counters["tasks_cancelled"] += 1
         return True
 
     def gauges(self) -> dict[str, float]:
