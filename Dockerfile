@@ -12,7 +12,7 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/agentcore_nats-*.whl && rm -rf /wheels \
+RUN pip install --no-cache-dir /wheels/agentcore_nats-*.whl uvloop && rm -rf /wheels \
     && useradd --create-home --uid 10001 agent
 WORKDIR /app
 COPY examples ./examples

@@ -1,4 +1,4 @@
-# cython: language_level=3, freethreading_compatible=True
+# cython: language_level=3
 """Collect items into batches that are released when full or when their deadline passes (compiled core)."""
 
 cimport cython

@@ -1,4 +1,4 @@
-# cython: language_level=3, freethreading_compatible=True
+# cython: language_level=3
 """Hash content with xxh3-64 and keep recent results in an LRU cache with a time-to-live (compiled core)."""
 
 cimport cython

@@ -1,4 +1,4 @@
-# cython: language_level=3, freethreading_compatible=True
+# cython: language_level=3
 """Encode, decode and validate the agent message envelope with orjson (compiled core)."""
 
 from cpython.ref cimport PyObject

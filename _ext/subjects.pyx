@@ -1,4 +1,4 @@
-# cython: language_level=3, freethreading_compatible=True
+# cython: language_level=3
 """Match NATS subjects against wildcard patterns exactly as nats-server's sublist does (compiled core)."""
 
 cimport cython

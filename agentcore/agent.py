@@ -11,20 +11,22 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from nats.aio.client import Client as NATSClient
 
-from ._eager import run_eager
+from ._eager import step_now
 from ._impl import validate_token
 from .batching import Batching
 from .config import AgentConfig
 from .contracts import Contracts, Schema
 from .core.engine import Core
 from .core.records import NO_REPLY, Handler
-from .errors import AgentCoreError, NotConnectedError
+from .errors import AgentCoreError, LoopThreadError, NotConnectedError
+from .loops import new_event_loop
 from .mcp.hosting import MCP
 from .negotiation import CheckCallback, CounterCallback, Negotiation, NegotiationHandler, OutcomeCallback, SelectCallback
 from .persistence import Persistence
 from .services import Services
 from .streaming import StreamReceiver, Streaming
 from .topics import Topics
+from .tracing import Tracing
 
 if TYPE_CHECKING:
     from .mcp.client import MCPClient
@@ -57,8 +59,9 @@ class NATSAgent:
         self._services = Services(core)  # the NATS service API ($SRV.PING/INFO/STATS)
         self._contracts = Contracts(core)  # capability input/output schemas
         self._services.endpoint_metadata = self._contracts.metadata
+        self._tracing = Tracing(core)  # OpenTelemetry spans, when enabled (trace headers pass through regardless)
         core.components.extend((self._persistence, self._streaming, self._batching, self._negotiation, self._mcp,
-                                self._services, self._contracts))
+                                self._services, self._contracts, self._tracing))
         core.setup = self._setup_subscriptions  # looked up now: a subclass's override (the guide's style) runs at start
         core.face = self  # control, discovery and status use this agent's (possibly overridden) public methods
         self._own_thread: threading.Thread | None = None
@@ -122,7 +125,8 @@ class NATSAgent:
     def publish_result(self, message_id: str, result: Any) -> concurrent.futures.Future[None] | asyncio.Future[None]:
         """Send result to whoever asked for message_id: its replyTo, else its reply subject, else the result topic.
 
-        Callable from sync handlers (it waits until sent) and from async code (await the returned future, or not).
+        Callable from any thread: on the agent's loop (async code, or a sync handler running inline) it writes at once
+        and returns a future (await it, or not); from another thread it waits until sent.
         """
         return self._call_soon(self._core.answer(self._core.replies.lookup(message_id), result))
 
@@ -136,8 +140,20 @@ class NATSAgent:
             coro.close()
             raise NotConnectedError(f"agent {self.agent_id} is not started")
         if self._core.on_loop_thread():
-            fut = run_eager(coro)
-            self._core.spawn(fut)
+            # On the loop (an async handler, or a sync one running inline): the answer is written now, with no
+            # Task unless sending has to wait (the direct write needs none).
+            try:
+                finished, value = step_now(coro)
+            except Exception as exc:
+                fut: asyncio.Future[T] = loop.create_future()
+                fut.set_exception(exc)
+                self._core.spawn(fut)  # logged there unless awaited
+                return fut
+            if not finished:
+                self._core.spawn(value)
+                return value  # type: ignore[no-any-return]
+            fut = loop.create_future()
+            fut.set_result(value)
             return fut
         cfut = asyncio.run_coroutine_threadsafe(coro, loop)
         cfut.result(self.config["agent.request_timeout"])
@@ -238,6 +254,10 @@ class NATSAgent:
         With expected=N it returns as soon as N agents have answered.
         """
         return await self._core.discover(capability, timeout=timeout, expected=expected, include_self=include_self)
+
+    def enable_tracing(self, tracer_provider: Any = None, propagator: Any = None) -> None:
+        """Record OpenTelemetry spans (extra otel) with tracer_provider and propagator (default: the global ones)."""
+        self._tracing.enable(tracer_provider, propagator)
 
     def get_metrics(self) -> dict[str, Any]:
         """Return counters and latencies: messages_processed, messages_failed, avg/p50/p99 latency_ms, in_flight, reconnects, ..."""
@@ -364,7 +384,7 @@ class NATSAgent:
     ) -> None:
         """Answer calls for proposals of negotiation_type with handler(negotiation) -> {"accept": ..., ...}.
 
-        handler (sync: run in the agent's thread pool; async: run on the loop) receives a dict with id,
+        handler (sync: run as agent.sync_handlers says; async: run on the loop) receives a dict with id,
         type, initiator, proposal, constraints, round, max_rounds and feedback, and returns
         ``{"accept": True, "terms": {...}}`` or ``{"accept": False, "reason": "..."}``, optionally with
         ``"counter_proposal": {...}`` to ask for another round. If it raises, the initiator gets a refusal
@@ -513,7 +533,7 @@ class NATSAgent:
         """Start the agent on its own event-loop thread (for plain scripts); return True once connected and subscribed."""
         if self.status in ("running", "paused"):
             return True
-        loop = asyncio.new_event_loop()
+        loop = new_event_loop(self.config)  # uvloop when installed (extra "fast"), unless turned off
         thread = threading.Thread(target=loop.run_forever, name=f"agentcore-{self.agent_id}", daemon=True)
         thread.start()
         self._own_thread = thread
@@ -560,6 +580,10 @@ class NATSAgent:
         if loop is None:
             coro.close()
             raise NotConnectedError(f"agent {self.agent_id} is not started")
+        if self._core.on_loop_thread():  # it would wait for the loop it holds (a sync handler running inline, say)
+            coro.close()
+            raise LoopThreadError(f"agent {self.agent_id}: call() cannot be called from a running event loop (its "
+                                  "own thread); await the coroutine there")
         return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
 
     def __repr__(self) -> str:

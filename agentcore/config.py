@@ -213,6 +213,14 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "agent.max_queued": (10000, _positive_int),
     "agent.max_request_bytes": (64 * 1024 * 1024, _positive_int),  # a request pulled as a stream, at most
     "agent.sync_workers": (16, _positive_int),
+    # Where sync handlers run (agentcore.core.sync_calls): "auto" inline until one is seen to hold the loop longer
+    # than agent.sync_block_threshold seconds, then that handler in the thread pool; "inline" always; "thread" always
+    # in the pool (agent.sync_workers threads).
+    "agent.sync_handlers": ("auto", _choice("auto", "inline", "thread")),
+    "agent.sync_block_threshold": (0.05, _positive_float),
+    # The agent's own loop (start()), the command line, the demo and `agentcore bench` use uvloop when it is
+    # installed (extra "fast"); False (or AGENTCORE_NO_UVLOOP=1) keeps asyncio's loop.
+    "agent.uvloop": (True, _bool),
     "agent.request_timeout": (30.0, _positive_float),
     "agent.discovery_timeout": (0.5, _positive_float),
     # The NATS service API (ADR-32, agentcore.services): $SRV.PING/INFO/STATS answered as service service.name (default: the agent type).
@@ -235,6 +243,9 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     # Lifecycle records of the tasks this agent serves (status queries, cancellation): finished ones are dropped
     # oldest first beyond this many bytes.
     "tasks.max_status_bytes": (4 * 1024 * 1024, _positive_int),
+    # OpenTelemetry spans (agentcore.tracing, extra "otel"), with the global tracer provider; trace headers are passed
+    # through either way.
+    "tracing.enabled": (False, _bool),
     "cache.enabled": (True, _bool),
     "cache.ttl": (60.0, _positive_float),
     "cache.max_entries": (4096, _positive_int),

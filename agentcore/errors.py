@@ -38,6 +38,10 @@ class NotConnectedError(AgentCoreError):
     """The agent is not connected to NATS."""
 
 
+class LoopThreadError(AgentCoreError, RuntimeError):
+    """A blocking call was made on the agent's own event-loop thread, where it would wait for itself."""
+
+
 class ServerStartError(AgentCoreError):
     """A local nats-server could not be found or started."""
 

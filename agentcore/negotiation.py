@@ -166,7 +166,7 @@ class Negotiation:
     ) -> None:
         """Answer calls for proposals of negotiation_type with handler(negotiation) -> {"accept": ..., ...}.
 
-        handler (sync: run in the agent's thread pool; async: run on the loop) receives a dict with id,
+        handler (sync: run as agent.sync_handlers says; async: run on the loop) receives a dict with id,
         type, initiator, proposal, constraints, round, max_rounds and feedback, and returns
         ``{"accept": True, "terms": {...}}`` or ``{"accept": False, "reason": "..."}``, optionally with
         ``"counter_proposal": {...}`` to ask for another round. If it raises, the initiator gets a refusal

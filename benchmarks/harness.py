@@ -8,12 +8,14 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+from agentcore.loops import new_event_loop
+
 
 class LoopBench:
     """Drive one benchmark setup on its own event loop; closers run on close()."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()  # uvloop when installed, as the agent's own loop thread would be
         self.closers: list[Callable[[], Awaitable[Any]]] = []
 
     def time_calls(self, call: Callable[[], Awaitable[Any]], n: int) -> list[float]:

@@ -115,6 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "run an agent (module:attr: an agent, or a function returning one) until Ctrl-C or SIGTERM", common)
     run.add_argument("target", metavar="module:attr", help="e.g. examples.worker:build (a function may take config=)")
 
+    schema = _command(commands, "schema", "agentcore.cli.schema:schema",
+                      "write the AsyncAPI 3 document of the environment's capabilities (or, with --tools, the "
+                      "capabilities as LLM tool definitions), from live discovery or from --app module:attr", common)
+    schema.add_argument("capability", nargs="?", help="only agents with this capability (live discovery)")
+    schema.add_argument("--app", metavar="module:attr", help="describe the agent this builds (not started) instead of "
+                                                             "asking the live environment")
+    schema.add_argument("--tools", nargs="?", const="mcp", choices=("mcp", "openai", "anthropic"), metavar="STYLE",
+                        help="print the capabilities as tool definitions: mcp (default), openai or anthropic")
+    schema.add_argument("--format", choices=("json", "yaml"), default="json", help="output format (default json)")
+    schema.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+    schema.add_argument("--title", help="the AsyncAPI document's info.title")
+    schema.add_argument("-t", "--timeout", type=float, default=0.5, help="how long to collect discovery answers (default 0.5 s)")
+
     config = _command(commands, "config", "", "work with configuration files", [])
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
     check = _command(config_commands, "check", "agentcore.cli.commands:config_check",
@@ -126,6 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "run worker agents and a coordinator over NATS and print what happened "
                     "(starts a local nats-server unless --server or $NATS_URL names one)", common)
     demo.add_argument("--tasks", type=int, default=200, help="tasks per phase (default 200)")
+
+    bench = _command(commands, "bench", "agentcore.cli.bench:bench",
+                     "measure agentcore against raw nats-py in the same run (round trips, throughput, streams) and "
+                     "print the ratios (starts a local nats-server unless --server or $NATS_URL names one)", [])
+    bench.add_argument("-s", "--server", metavar="URL", help="a NATS server to use (default $NATS_URL, else a local one)")
+    bench.add_argument("--quick", action="store_true", help="a seconds-long smoke with tiny sizes (no real measurement)")
+    bench.add_argument("--blocks", type=int, metavar="N", help="blocks per loop, interleaved (default 3; --quick 1)")
+    bench.add_argument("--suite", dest="suites", action="append", metavar="NAME",
+                       help="roundtrip, throughput, stream (repeat or comma-separate; default all)")
+    bench.add_argument("--loop", dest="loops", action="append", choices=("uvloop", "asyncio"),
+                       help="event loops to measure on (repeat; default uvloop, when installed, and asyncio)")
+    bench.add_argument("--json", metavar="FILE", help="save the results, with machine and version info, to FILE")
+    bench.add_argument("--compare", metavar="FILE", help="flag every ratio more than 10%% worse than in a saved run")
+    bench.add_argument("--fail-on-regression", action="store_true", help="with --compare: exit 3 when a ratio is flagged")
     return parser
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import loops
 from ..config import AgentConfig
 from ..errors import ConfigError, NoRespondersError
 from .output import dumps, emit, table
@@ -22,7 +23,7 @@ __all__ = ("config_check", "control", "demo", "discover", "send")
 
 def discover(args: argparse.Namespace) -> int:
     """List the live agents (one row per instance) with their load."""
-    return asyncio.run(_discover(args))
+    return loops.run(_discover(args))
 
 
 async def _discover(args: argparse.Namespace) -> int:
@@ -48,7 +49,7 @@ def _ms(value: Any) -> str | None:
 
 def control(args: argparse.Namespace) -> int:
     """Send a control command (ping, status, pause, resume, shutdown) to an agent and print its answer."""
-    return asyncio.run(_control(args))
+    return loops.run(_control(args))
 
 
 async def _control(args: argparse.Namespace) -> int:
@@ -102,7 +103,7 @@ def _content(arg: str) -> Any:
 def send(args: argparse.Namespace) -> int:
     """Send a task to a capability; print the result, or with --stream each chunk as it comes."""
     content = _content(args.content)
-    return asyncio.run(_send(args, content))
+    return loops.run(_send(args, content))
 
 
 async def _send(args: argparse.Namespace, content: Any) -> int:
@@ -185,7 +186,7 @@ def demo(args: argparse.Namespace) -> int:
         print(f"started a local nats-server at {url} (set NATS_URL to use your own)")
     try:
         print(f"agentcore core implementation: {implementation}")
-        asyncio.run(run_demo(url, tasks=args.tasks, environment=args.env or "demo", settings=settings))
+        loops.run(run_demo(url, tasks=args.tasks, environment=args.env or "demo", settings=settings))
     finally:
         if server is not None:
             server.close()

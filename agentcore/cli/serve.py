@@ -14,6 +14,7 @@ import socket
 import sys
 from typing import Any
 
+from .. import loops
 from ..agent import NATSAgent
 from ..errors import ServerStartError
 from .output import emit
@@ -43,7 +44,7 @@ def server(args: argparse.Namespace) -> int:
             features.append(f"monitoring http://{args.host}:{args.monitor_port}")
         lines = [f"nats-server listening on {nats.url} ({'; '.join(features)})",
                  f"use it: export NATS_URL={nats.url}   (Ctrl-C stops the server)"]
-        asyncio.run(_until_stopped(nats, lines))
+        loops.run(_until_stopped(nats, lines))
     finally:
         nats.close()
     emit("nats-server stopped")
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.server:
         os.environ["NATS_URL"] = args.server  # set before the import: a module may build its agent right away
     target = _import(args.target)
-    return asyncio.run(_run(args, target))
+    return loops.run(_run(args, target))
 
 
 def _import(spec: str) -> Any:

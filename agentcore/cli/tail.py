@@ -10,6 +10,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
+from .. import loops
 from .._impl import validate_token
 from ..envelope import decode
 from ..errors import EnvelopeError
@@ -25,7 +26,7 @@ DEFAULT_KINDS = ("task", "result", "event", "status")
 
 def tail(args: argparse.Namespace) -> int:
     """Print every message on the chosen subjects as it arrives, until Ctrl-C (or --count messages)."""
-    return asyncio.run(_tail(args))
+    return loops.run(_tail(args))
 
 
 def _kinds(args: argparse.Namespace) -> list[str]:

@@ -16,7 +16,8 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
+from contextvars import Token
 from typing import Any
 
 import orjson
@@ -32,10 +33,12 @@ from ..transport.connection import Connection
 from ..transport.offload import pull_request
 from ..transport.identity import H_SENDER
 from ..transport.settlement import PersistedMsg, Settlement
+from ..transport.tracecontext import CURRENT, TRACEPARENT, Scope, carried
 from .caching import DONE, IN_FLIGHT, MISS, SHARED, TaskCache
 from .records import NO_REPLY, TASK, Delivery, Incoming, Queued, Registration, SubscriptionKey, asked_at
 from .replies import Replies
 from .tasks import CANCELLED, DONE, FAILED, TaskTable
+from .sync_calls import SyncCalls
 
 __all__ = ("Dispatcher",)
 
@@ -50,7 +53,7 @@ class Dispatcher:
     def __init__(self, agent_id: str, config: AgentConfig, topics: Topics, metrics: AgentMetrics, index: SubjectIndex,
                  connection: Connection, replies: Replies, settlement: Settlement,
                  spawn: Callable[[Coroutine[Any, Any, Any] | asyncio.Future[Any] | None], None],
-                 call_sync: Callable[..., Awaitable[Any]], default: Callable[[], Callable[..., Any]],
+                 sync_calls: SyncCalls, default: Callable[[], Callable[..., Any]],
                  tasks: TaskTable) -> None:
         self.agent_id = agent_id
         self.config = config
@@ -61,7 +64,7 @@ class Dispatcher:
         self.replies = replies
         self.settlement = settlement
         self._spawn = spawn
-        self._call_sync = call_sync  # runs a sync handler in the thread pool
+        self._sync = sync_calls  # runs a sync handler inline, or in the thread pool once it was seen to block
         self._default = default  # returns the agent's process_message, for registrations without a handler
         self.max_concurrency: int = config["agent.max_concurrency"]
         self.max_queued: int = config["agent.max_queued"]  # beyond it new work is refused as overloaded
@@ -298,6 +301,19 @@ class Dispatcher:
                 log.warning("agent %s got message id %s from %s while one with that id is still pending; "
                             "publish_result(%r) answers the first", self.agent_id, mid, message["source"]["id"], mid)
         replay: Any = DONE  # what a retry of this message id is answered with
+        # Trace context: a tracer opens the run's span; without one, a traceparent header is passed on to what the
+        # handler sends (one `is None` test for a message without headers).
+        scope: Scope | None = None
+        token: Token[dict[str, str] | None] | None = None
+        tracer = self.connection.tracer
+        if tracer is not None:
+            scope = tracer.process(subject, message, msg.headers, reg.system)
+        else:
+            headers = msg.headers
+            if headers is not None and TRACEPARENT in headers:
+                trace = carried(headers)
+                if trace is not None:
+                    token = CURRENT.set(trace)
         tracked = not reg.system and message["type"] in _TASK_TYPES  # a task: its status kept, its requester may cancel
         if tracked:
             delivery.task = asyncio.current_task()
@@ -333,8 +349,17 @@ class Dispatcher:
             call = reg.handler if reg.handler is not None else self._default()
             if reg.is_async:
                 result = await call(*args)
+            elif reg.threaded or self._sync.all_threaded:
+                result = await self._sync.threaded(call, *args)
             else:
-                result = await self._call_sync(call, *args)
+                try:  # inline: no thread hop there and back, and publish_result writes straight to the socket
+                    result = self._sync.inline(reg, call, args)
+                except RuntimeError as exc:
+                    if not self._sync.move(reg, exc):
+                        raise
+                    # It called something that cannot run on the loop's thread (asyncio.run, agent.call), which refused
+                    # before running anything: the handler runs again where that works, in a worker thread.
+                    result = await self._sync.threaded(call, *args)
             if not delivery.answered:
                 if reg.kind == TASK:
                     if result is not NO_REPLY:
@@ -380,6 +405,8 @@ class Dispatcher:
                 log.exception("agent %s handler for %s raised on message %s", self.agent_id, subject, mid)
             reg.errors += 1
             reg.last_error = f"{code}: {text}"
+            if scope is not None:
+                scope.error(exc)
             if not delivery.answered:
                 try:
                     await replies.fail(delivery, code, text, **details)
@@ -388,6 +415,10 @@ class Dispatcher:
         finally:
             if tracked:
                 self.tasks.finished(message, CANCELLED if delivery.cancelled else ended)
+            if scope is not None:
+                scope.end()
+            elif token is not None:
+                CURRENT.reset(token)
             if pending.get(mid) is delivery and not delivery.deferred:
                 del pending[mid]
             if self.cache is not None and not reg.system:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import os
 import threading
@@ -29,6 +28,7 @@ from ..transport.connection import Connection
 from ..transport.inline import REJECT, Accept
 from ..transport.offload import pull_result, request_large
 from ..transport.settlement import Settlement, pub_ack_stream
+from ..transport.tracecontext import CURRENT
 from .caching import MISS
 from .control import Control, Face
 from .dispatch import Dispatcher
@@ -38,6 +38,7 @@ from .registry import Registry, is_async
 from .replies import Replies
 from .task_control import StatusSource, TaskControl
 from .tasks import TaskTable
+from .sync_calls import SyncCalls
 
 __all__ = ("Core",)
 
@@ -66,7 +67,6 @@ class Core:
         self._loop_thread: int | None = None
         self.stopped: asyncio.Event | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._subjects: dict[str, str] = {}  # topic -> validated subject, for requests
         self._route_prefix = "\0"  # requests to subjects starting with it go through _route; nothing does by default
@@ -75,11 +75,12 @@ class Core:
         self.settlement = Settlement(self.metrics.counters, lambda step: self.spawn(self.try_send(step)))
         self.replies = Replies(self._source, config, self.metrics, self.connection, self.settlement, self.spawn)
         self.registry = Registry(self.topics, default)
+        self.sync_calls = SyncCalls(agent_id, config, self.metrics, lambda: self._status == "stopped")
         self.tasks = TaskTable(config["tasks.max_status_bytes"], self.metrics.counters, self.replies.pending)
         self.task_control = TaskControl(agent_id, agent_type, self.topics, self.connection, config, self.metrics,
                                         self.tasks, lambda request_id: self._verifier(request_id, None)[0], self.spawn)
         self.work = Dispatcher(agent_id, config, self.topics, self.metrics, self.registry.index, self.connection,
-                               self.replies, self.settlement, self.spawn, self.call_sync, default, self.tasks)
+                               self.replies, self.settlement, self.spawn, self.sync_calls, default, self.tasks)
         self.registry.dispatch = self.work.dispatch
         # Control, discovery and status go through the agent's public methods, read when used: a subclass's
         # describe() (or pause, resume, publish) is what the bus sees. The agent sets face to itself.
@@ -156,25 +157,10 @@ class Core:
             log.error("agent %s background step failed", self.agent_id, exc_info=fut.exception())
 
     async def call_handler(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call a user function: async ones inline on the loop, sync ones in the agent's thread pool."""
+        """Call a user function: async ones on the loop, sync ones as agent.sync_handlers says (core/sync_calls.py)."""
         if is_async(fn):
             return await fn(*args)
-        return await self.call_sync(fn, *args)
-
-    async def call_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call a sync user function in the agent's thread pool."""
-        # Sync handlers may block (an LLM call, say): a worker thread keeps the loop, control and heartbeats
-        # responsive. Async handlers run inline on the loop and cost no thread hop.
-        return await asyncio.get_running_loop().run_in_executor(self._get_executor(), fn, *args)
-
-    def _get_executor(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._executor is None:
-            if self._status == "stopped":
-                raise NotConnectedError(f"agent {self.agent_id} is stopped")
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=self.config["agent.sync_workers"], thread_name_prefix=f"agentcore-{self.agent_id}"
-            )
-        return self._executor
+        return await self.sync_calls.call(fn, *args)
 
     def pending(self, message_id: str) -> Delivery | None:
         """Return the request with message_id that this agent still holds (claim() tells whether it is answered)."""
@@ -315,10 +301,10 @@ class Core:
                 assert self._route is not None
                 reply: dict[str, Any] = await self._route(subject, message, timeout, accept)
             elif len(data) <= connection.max_payload():
-                if connection.signer is None:
-                    reply = await connection.requests(nc).request(subject, data, timeout, accept, inbox)
+                if connection.bare:  # sent at once when it can be, with the trace headers of the handler sending it
+                    reply = await connection.requests(nc).request(subject, data, timeout, accept, CURRENT.get(), inbox=inbox)
                 else:
-                    reply = await connection.request(subject, data, timeout, accept, inbox)  # signed: through nc.publish
+                    reply = await connection.request(subject, data, timeout, accept, inbox)  # signed or traced: through nc.publish
             else:  # offered as a stream that the serving agent pulls: a 20 MB task arrives whole
                 reply = await request_large(connection, subject, message, data, timeout, accept)
         except asyncio.CancelledError:  # the caller gave up: so does the agent serving it
@@ -560,9 +546,7 @@ class Core:
                 except Exception:
                     log.exception("agent %s: stopping %s failed", self.agent_id, type(component).__name__)
             self.connection.forget()
-            if self._executor is not None:
-                self._executor.shutdown(wait=False, cancel_futures=True)
-                self._executor = None
+            self.sync_calls.shutdown()
             if self.stopped is not None:
                 self.stopped.set()
             log.info("agent %s stopped", self.agent_id)

@@ -122,7 +122,7 @@ class Host(Protocol):
         ...
 
     async def call_handler(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call a user function: async ones on the loop, sync ones in the agent's thread pool."""
+        """Call a user function: async ones on the loop, sync ones as agent.sync_handlers says."""
         ...
 
     def pending(self, message_id: str) -> Delivery | None:

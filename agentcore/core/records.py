@@ -30,6 +30,7 @@ class Incoming(Protocol):
     subject: str
     data: bytes
     reply: str
+    headers: dict[str, str] | None
 
 
 @dataclass(eq=False, slots=True)
@@ -44,6 +45,7 @@ class Registration:
     system: bool = False  # control/discovery/negotiation: never paused, never queued behind tasks
     cache: CacheMode = True  # results may be served from the content-hash cache (tasks only); "shared": across requesters
     fallback: Callable[[dict[str, Any]], str | None] | None = None  # where results go without a reply subject
+    threaded: bool = False  # a sync handler seen to block: it runs in the thread pool (core/sync_calls.py)
     key: SubscriptionKey = field(init=False)  # the wire subscription it rides on: (pattern, queue)
     handled: int = 0  # messages its handler finished (the NATS service API's num_requests)
     errors: int = 0  # of which failed

@@ -43,7 +43,7 @@ def _contractor(worker: NATSAgent) -> Callable[[str, dict[str, Any]], bool]:
     by a queue group, and the job is for the winner alone), so it answers with publish_result().
     """
 
-    def do_job(topic: str, message: dict[str, Any]) -> bool:  # sync: runs in the agent's thread pool
+    def do_job(topic: str, message: dict[str, Any]) -> bool:  # sync: inline on the loop (agent.sync_handlers)
         content = message["payload"]["content"]
         record = worker.negotiation_status(str(content.get("negotiation_id")))
         if record is None or record.get("state") != "confirmed" or record.get("initiator") != message["source"]["id"]:
@@ -52,7 +52,7 @@ def _contractor(worker: NATSAgent) -> Callable[[str, dict[str, Any]], bool]:
         worker.publish_result(message["id"], {
             "done_by": worker.agent_id, "summary": " ".join(words[:6]) + (" ..." if len(words) > 6 else ""),
             "words": len(words), "billed": record["terms"]["cost"],
-        })  # returns once sent
+        })
         return True
 
     return do_job

@@ -299,7 +299,10 @@ async def test_slow_handlers_do_not_stall_control(make_agent) -> None:
         await asyncio.sleep(10)
         return "late"
 
-    worker = await make_agent("worker", capabilities={"blocking": blocking, "slow": slow}, nats__drain_timeout=0.2)
+    # "thread": every sync handler in the pool from its first call (under "auto" the first blocking call would hold
+    # this test's own loop until it was moved; tests/agent/test_sync_handlers.py covers that).
+    worker = await make_agent("worker", capabilities={"blocking": blocking, "slow": slow}, nats__drain_timeout=0.2,
+                              agent__sync_handlers="thread")
     client = await make_agent("client")
     pending = [asyncio.ensure_future(client.send_task("blocking", i)) for i in range(3)]
     pending.append(asyncio.ensure_future(client.send_task("slow", 1, timeout=20)))
@@ -323,7 +326,7 @@ async def test_status_heartbeats_keep_coming_while_a_sync_handler_blocks(make_ag
     await raw_nc.subscribe("agents.test.status.worker", cb=on_status)
     await subscribed(raw_nc)
     worker = await make_agent("worker", capabilities={"blocking": lambda m: release.wait(10) and "done"},
-                              agent__heartbeat_interval=0.05)
+                              agent__heartbeat_interval=0.05, agent__sync_handlers="thread")
     client = await make_agent("client")
     pending = asyncio.ensure_future(client.send_task("blocking", None))
     await eventually(lambda: worker.get_metrics()["in_flight"] == 1)

@@ -1,0 +1,327 @@
+"""Measure agentcore against raw nats-py on one server, in one process and one event loop, kinds interleaved.
+
+This file is self-contained on purpose: it uses only agentcore's public API (NATSAgent, AgentConfig,
+add_capability, process_message, publish_result, send_task, stream_response, request_stream, astart/astop,
+new_message, NO_REPLY), nats-py and orjson, so benchmarks/ab.py can load it by path and run it against an
+older installation of agentcore. Agents run with the result cache off (the dispatch path alone).
+
+Metrics (lower is better for µs, higher for rates); each is compared with the raw nats-py metric named in
+METRICS, measured in the same run:
+  rt_*      sequential request/reply round trip p50, ~200 B content; the requester is a raw nats-py client
+            sending guide envelopes for every kind:
+              rt_raw     responder = raw nats-py subscriber (orjson loads + dumps + respond)
+              rt_async   responder = NATSAgent, add_capability("echo", async handler)
+              rt_sync    responder = the guide's style: a NATSAgent subclass with a sync process_message that
+                         calls publish_result(id, result) and returns True
+              rt_client  requester = a second NATSAgent (send_task) -> the async responder
+  oneway_*  fire-and-forget: raw nats-py publishes N envelopes; a raw subscriber (orjson loads) vs a NATSAgent with
+            a trivial async handler (returns NO_REPLY); msgs/s from the first publish until the last is handled
+  pipe_*    request/reply with W requests in flight, req/s: raw requester -> raw responder (pipe_raw),
+            NATSAgent.send_task -> NATSAgent (pipe_agent), raw requester (envelopes) -> NATSAgent (pipe_rawreq)
+  stream_*  8 MB in 64 KB chunks, MB/s: raw publish -> subscriber vs stream_response -> request_stream (window 16)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ("CONTENT", "METRICS", "QUICK", "SIZES", "SUITES", "measure", "steps")
+
+CONTENT = {"text": "summarise the quarterly numbers for the board " * 4, "lang": "en"}
+
+SUITES = ("roundtrip", "throughput", "stream")
+
+SIZES: dict[str, int] = {
+    "rt_rounds": 8,          # rounds; each round runs every round-trip kind in turn
+    "rt_per_round": 200,     # sequential round trips per kind per round
+    "oneway_n": 20_000,
+    "oneway_reps": 5,
+    "pipe_n": 6_000,
+    "pipe_inflight": 200,
+    "pipe_reps": 5,
+    "stream_total": 8 * 1024 * 1024,
+    "stream_chunk": 64 * 1024,
+    "stream_window": 16,
+    "stream_reps": 7,
+}
+
+#: A smoke: seconds, not a measurement.
+QUICK: dict[str, int] = {**SIZES, "rt_rounds": 1, "rt_per_round": 30, "oneway_n": 1000, "oneway_reps": 1, "pipe_n": 400,
+                         "pipe_inflight": 50, "pipe_reps": 1, "stream_total": 1024 * 1024, "stream_reps": 1}
+
+#: metric -> (unit, higher is better, the raw nats-py metric it is compared with, suite)
+METRICS: dict[str, tuple[str, bool, str, str]] = {
+    "rt_raw": ("p50 µs", False, "rt_raw", "roundtrip"),
+    "rt_async": ("p50 µs", False, "rt_raw", "roundtrip"),
+    "rt_sync": ("p50 µs", False, "rt_raw", "roundtrip"),
+    "rt_client": ("p50 µs", False, "rt_raw", "roundtrip"),
+    "oneway_raw": ("msg/s", True, "oneway_raw", "throughput"),
+    "oneway_agent": ("msg/s", True, "oneway_raw", "throughput"),
+    "pipe_raw": ("req/s", True, "pipe_raw", "throughput"),
+    "pipe_agent": ("req/s", True, "pipe_raw", "throughput"),
+    "pipe_rawreq": ("req/s", True, "pipe_raw", "throughput"),
+    "stream_raw": ("MB/s", True, "stream_raw", "stream"),
+    "stream_agent": ("MB/s", True, "stream_raw", "stream"),
+}
+
+_RT_KINDS = ("rt_raw", "rt_async", "rt_sync", "rt_client")
+_ONEWAY_KINDS = ("oneway_raw", "oneway_agent")
+_PIPE_KINDS = ("pipe_raw", "pipe_agent", "pipe_rawreq")
+_STREAM_KINDS = ("stream_raw", "stream_agent")
+
+
+def steps(sizes: dict[str, int], suites: tuple[str, ...] = SUITES) -> int:
+    """Return how many progress steps measure() reports for these sizes and suites."""
+    n = 0
+    if "roundtrip" in suites:
+        n += sizes["rt_rounds"] * len(_RT_KINDS)
+    if "throughput" in suites:
+        n += sizes["oneway_reps"] * len(_ONEWAY_KINDS) + sizes["pipe_reps"] * len(_PIPE_KINDS)
+    if "stream" in suites:
+        n += sizes["stream_reps"] * len(_STREAM_KINDS)
+    return n
+
+
+async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUITES,
+                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure the suites against the server at url; return {"metrics": {...}, "extra": {...}, ...}."""
+    import nats
+    import orjson
+
+    import agentcore
+    from agentcore import AgentConfig, NATSAgent, new_message
+
+    step = progress or (lambda label: None)
+    no_reply = getattr(agentcore, "NO_REPLY", None)
+    tag = f"{os.getpid()}x{int(time.time() * 1000) % 100000}"
+    closers: list[Any] = []
+    out: dict[str, float] = {}
+    extra: dict[str, float] = {}
+
+    def cfg(env: str) -> Any:
+        return AgentConfig({"nats.servers": [url], "nats.environment": env, "agent.heartbeat_interval": 60.0,
+                            "cache.enabled": False, "agent.max_concurrency": 10_000}, environ={})
+
+    async def agent(cls: Any, agent_id: str, env: str, capability: str, handler: Any = None) -> Any:
+        a = cls(f"{agent_id}-{tag}", "bench", cfg(env))
+        if handler is None:
+            a.add_capability(capability)
+        else:
+            a.add_capability(capability, handler)
+        await a.astart()
+        closers.insert(0, a.astop)
+        return a
+
+    async def connect() -> Any:
+        nc = await nats.connect(url)
+        closers.append(nc.close)
+        return nc
+
+    def envelopes(n: int, capability: str = "echo", content: Any = CONTENT) -> list[bytes]:
+        return [orjson.dumps(new_message("task", content, source_id=f"rawreq-{tag}", source_type="bench",
+                                         capabilities=[capability])) for _ in range(n)]
+
+    async def echo(message: dict[str, Any]) -> Any:
+        return message["payload"]["content"]
+
+    class GuideEcho(NATSAgent):  # the guide's example, word for word: sync process_message + publish_result
+        def process_message(self, topic: str, message: dict[str, Any]) -> bool:
+            self.publish_result(message["id"], message["payload"]["content"])
+            return True
+
+    try:
+        env_async, env_sync, env_sink, env_stream = (f"bench-{k}-{tag}" for k in ("async", "sync", "sink", "stream"))
+        raw_subject = f"bench.raw.{tag}"
+        subjects = {"rt_raw": raw_subject, "rt_async": f"agents.{env_async}.task.echo.default",
+                    "rt_sync": f"agents.{env_sync}.task.echo.default"}
+        client: Any = None
+        requester: Any = None
+        if "roundtrip" in suites or "throughput" in suites:
+            await agent(NATSAgent, "echo-async", env_async, "echo", echo)
+            client = await agent(NATSAgent, "client", env_async, "unused", echo)
+            raw_resp, requester = await connect(), await connect()
+
+            async def raw_respond(msg: Any) -> None:
+                d = orjson.loads(msg.data)
+                await msg.respond(orjson.dumps({"ok": d["payload"]["content"]}))
+
+            await raw_resp.subscribe(raw_subject, cb=raw_respond)
+            await raw_resp.flush()
+
+        # ------------------------------------------------------------------ round trips
+        if "roundtrip" in suites:
+            await agent(GuideEcho, "echo-sync", env_sync, "echo")
+
+            async def rt_block(kind: str, n: int) -> list[float]:
+                times = []
+                if kind == "rt_client":
+                    for _ in range(n):
+                        t0 = time.perf_counter()
+                        await client.send_task("echo", CONTENT, timeout=5)
+                        times.append(time.perf_counter() - t0)
+                    return times
+                subject, data = subjects[kind], envelopes(n)
+                for i in range(n):
+                    t0 = time.perf_counter()
+                    orjson.loads((await requester.request(subject, data[i], timeout=5)).data)
+                    times.append(time.perf_counter() - t0)
+                return times
+
+            for kind in _RT_KINDS:  # warm up and prove each path works
+                await rt_block(kind, 20)
+            samples: dict[str, list[float]] = {k: [] for k in _RT_KINDS}
+            for _ in range(sizes["rt_rounds"]):
+                for kind in _RT_KINDS:
+                    samples[kind] += await rt_block(kind, sizes["rt_per_round"])
+                    step(kind)
+            for kind, times in samples.items():
+                times.sort()
+                out[kind] = statistics.median(times) * 1e6
+                extra[kind + "_p99"] = times[int(len(times) * 0.99)] * 1e6
+
+        # ------------------------------------------------------------------ throughput
+        if "throughput" in suites:
+            pub, raw_sink = await connect(), await connect()
+            done = asyncio.Event()
+            state = {"got": 0, "want": 0}
+
+            def arrived() -> None:
+                state["got"] += 1
+                if state["got"] >= state["want"]:
+                    done.set()
+
+            async def raw_on(msg: Any) -> None:
+                orjson.loads(msg.data)
+                arrived()
+
+            async def sink(message: dict[str, Any]) -> Any:
+                arrived()
+                return no_reply
+
+            raw_oneway = f"bench.oneway.{tag}"
+            await raw_sink.subscribe(raw_oneway, cb=raw_on)
+            await raw_sink.flush()
+            await agent(NATSAgent, "sink", env_sink, "sink", sink)
+            oneway_subjects = {"oneway_raw": raw_oneway, "oneway_agent": f"agents.{env_sink}.task.sink.default"}
+
+            async def oneway(kind: str, n: int) -> float:
+                data = envelopes(n, "sink", {"i": 1})
+                subject = oneway_subjects[kind]
+                state["got"], state["want"] = 0, n
+                done.clear()
+                t0 = time.perf_counter()
+                for d in data:
+                    await pub.publish(subject, d)
+                await asyncio.wait_for(done.wait(), 60)
+                return n / (time.perf_counter() - t0)
+
+            for kind in _ONEWAY_KINDS:
+                await oneway(kind, 200)
+            rates: dict[str, list[float]] = {k: [] for k in _ONEWAY_KINDS}
+            for _ in range(sizes["oneway_reps"]):
+                for kind in _ONEWAY_KINDS:
+                    rates[kind].append(await oneway(kind, sizes["oneway_n"]))
+                    step(kind)
+            for kind, r in rates.items():
+                out[kind] = statistics.median(r)
+
+            async def pipe(kind: str, n: int, width: int) -> float:
+                data = envelopes(n) if kind == "pipe_rawreq" else None
+                data_raw = envelopes(1)[0]
+                subject = raw_subject if kind == "pipe_raw" else subjects["rt_async"]
+                it = iter(range(n))
+
+                async def lane() -> None:
+                    for i in it:
+                        if kind == "pipe_agent":
+                            await client.send_task("echo", CONTENT, timeout=30)
+                        else:
+                            payload = data[i] if data is not None else data_raw
+                            orjson.loads((await requester.request(subject, payload, timeout=30)).data)
+
+                t0 = time.perf_counter()
+                await asyncio.gather(*(lane() for _ in range(width)))
+                return n / (time.perf_counter() - t0)
+
+            for kind in _PIPE_KINDS:
+                await pipe(kind, min(400, sizes["pipe_n"]), sizes["pipe_inflight"])
+            rates = {k: [] for k in _PIPE_KINDS}
+            for _ in range(sizes["pipe_reps"]):
+                for kind in _PIPE_KINDS:
+                    rates[kind].append(await pipe(kind, sizes["pipe_n"], sizes["pipe_inflight"]))
+                    step(kind)
+            for kind, r in rates.items():
+                out[kind] = statistics.median(r)
+
+        # ------------------------------------------------------------------ streams
+        if "stream" in suites:
+            total, chunk = sizes["stream_total"], sizes["stream_chunk"]
+            block = b"x" * chunk
+            spub, ssub = await connect(), await connect()
+            sdone = asyncio.Event()
+            sgot = [0]
+
+            async def on_chunk(msg: Any) -> None:
+                sgot[0] += len(msg.data)
+                if sgot[0] >= total:
+                    sdone.set()
+
+            raw_stream = f"bench.stream.{tag}"
+            await ssub.subscribe(raw_stream, cb=on_chunk)
+            await ssub.flush()
+
+            async def produce(message: dict[str, Any]) -> None:
+                async def gen() -> Any:
+                    for _ in range(total // chunk):
+                        yield block
+
+                await streamer.stream_response(message["id"], gen(), chunk_size=chunk)
+
+            streamer = await agent(NATSAgent, "streamer", env_stream, "blob", produce)
+            stream_client = await agent(NATSAgent, "sclient", env_stream, "unused2", echo)
+            blob = f"agents.{env_stream}.task.blob.default"
+
+            async def stream(kind: str) -> float:
+                t0 = time.perf_counter()
+                if kind == "stream_raw":
+                    sgot[0] = 0
+                    sdone.clear()
+                    for _ in range(total // chunk):
+                        await spub.publish(raw_stream, block)
+                    await asyncio.wait_for(sdone.wait(), 60)
+                else:
+                    got = 0
+                    async with stream_client.request_stream(blob, None, window=sizes["stream_window"]) as chunks:
+                        async for c in chunks:
+                            got += len(c.data)
+                    if got != total:
+                        raise RuntimeError(f"the stream brought {got} bytes of {total}")
+                return total / (time.perf_counter() - t0) / 1e6
+
+            for kind in _STREAM_KINDS:
+                await stream(kind)
+            rates = {k: [] for k in _STREAM_KINDS}
+            for _ in range(sizes["stream_reps"]):
+                for kind in _STREAM_KINDS:
+                    rates[kind].append(await stream(kind))
+                    step(kind)
+            for kind, r in rates.items():
+                out[kind] = statistics.median(r)
+    finally:
+        for close in closers:
+            try:
+                await asyncio.wait_for(close(), 10)
+            except Exception as exc:  # a slow stop must not lose the measurement
+                print(f"close failed: {exc!r}", file=sys.stderr)
+    loop = asyncio.get_running_loop()
+    return {"metrics": out, "extra": extra, "python": sys.executable, "agentcore": agentcore.__file__,
+            "implementation": getattr(agentcore, "implementation", "?"),
+            "loop": "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio",
+            "nats_py": importlib.metadata.version("nats-py")}

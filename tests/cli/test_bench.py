@@ -1,0 +1,71 @@
+"""`agentcore bench`: a smoke of the whole command (no timing assertions), comparing runs, the RESULTS.md renderer."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from agentcore.bench.measure import METRICS
+from agentcore.bench.report import compare
+
+
+def test_bench_quick_runs_every_suite_and_saves_json(cli, tmp_path: Path) -> None:
+    out = tmp_path / "run.json"
+    proc = cli("bench", "--quick", "--json", str(out), timeout=300)  # against the test's server ($NATS_URL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "rt_sync" in proc.stdout and "vs raw" in proc.stdout
+    saved = json.loads(out.read_text())
+    assert saved["meta"]["python"] and saved["meta"]["agentcore"] and saved["meta"]["nats_py"]
+    assert saved["quick"] is True and saved["server"] != "local"
+    for loop in saved["loops"]:  # every metric measured on every loop, each agent metric with its ratio to raw
+        rows = saved["summary"][loop]
+        assert set(rows) == set(METRICS)
+        assert all(row["ratio"] is not None for name, row in rows.items() if name != row["baseline"])
+
+    # The same run compared with itself flags nothing; the renderer turns it into a RESULTS.md section.
+    same = cli("bench", "--quick", "--suite", "roundtrip", "--compare", str(out), "--fail-on-regression", timeout=300)
+    assert same.returncode in (0, 3), same.stdout + same.stderr  # a quick run is noise: only that it compares
+    assert "10%" in same.stdout
+    rendered = subprocess.run([sys.executable, "-m", "agentcore.bench.report", str(out)], capture_output=True, text=True,
+                              timeout=60, check=True).stdout
+    assert rendered.startswith("## agentcore bench") and "| rt_sync |" in rendered
+
+
+def test_compare_flags_a_ratio_more_than_ten_percent_worse() -> None:
+    def run(ratio_sync: float, ratio_oneway: float) -> dict:
+        rows = {"rt_sync": {"ratio": ratio_sync, "higher_is_better": False},
+                "oneway_agent": {"ratio": ratio_oneway, "higher_is_better": True}}
+        return {"summary": {"asyncio": rows}}
+
+    old = run(1.00, 1.00)
+    assert compare(old, run(1.05, 0.95)) == []  # within 10%
+    flagged = compare(old, run(1.20, 0.80))  # a latency ratio up 20%, a rate ratio down 20%
+    assert [line.split(":")[0] for line in flagged] == ["asyncio rt_sync", "asyncio oneway_agent"]
+    assert compare(old, run(0.80, 1.30)) == []  # better is never flagged
+    assert compare(copy.deepcopy(old), old) == []
+
+
+def test_progress_is_one_rewritten_line_on_a_terminal_and_block_lines_elsewhere() -> None:
+    import io
+
+    from agentcore.cli.bench import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream, tty in ((Terminal(), True), (io.StringIO(), False)):
+        progress = Progress(stream)
+        progress.start(4)
+        for label in ("block 1/2 uvloop rt_raw", "block 1/2 uvloop rt_sync", "block 2/2 asyncio rt_raw",
+                      "block 2/2 asyncio rt_sync"):
+            progress.step(label)
+        progress.end()
+        text = stream.getvalue()
+        if tty:
+            assert text.count("\r") == 4 and "4/4" in text and text.endswith("\n")
+        else:
+            assert text.splitlines() == ["bench: block 1/2 uvloop (1/4)", "bench: block 2/2 asyncio (3/4)"]
