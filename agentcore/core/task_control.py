@@ -145,20 +145,29 @@ class TaskControl:
                 return None
         return str(source_id)
 
-    def on_cancel(self, msg: Msg) -> None:
-        """Cancel the task a cancel message names when it comes from that task's requester (RAW, inline)."""
+    def _read(self, msg: Msg) -> tuple[dict[str, Any], dict[str, Any], str, str] | None:
+        """Return (message, content, task id, asker) of a cancel or status message, None when it names none or its
+        asker's identity fails."""
         try:
             message = decode(msg.data)
         except EnvelopeError:
-            return
+            return None
         content = message["payload"].get("content")
         if not isinstance(content, dict):
-            return
+            return None
         task_id = content.get("task_id")
         if not isinstance(task_id, str):
-            return
+            return None
         source_id = self._asker(msg, message)
-        live = self.table.live(source_id, task_id) if source_id is not None else None
+        return None if source_id is None else (message, content, task_id, source_id)
+
+    def on_cancel(self, msg: Msg) -> None:
+        """Cancel the task a cancel message names when it comes from that task's requester (RAW, inline)."""
+        read = self._read(msg)
+        if read is None:
+            return
+        message, content, task_id, source_id = read
+        live = self.table.live(source_id, task_id)
         if live is None:
             return  # not ours, or over: every agent hears every cancel
         sender = (msg.headers or {}).get(H_SENDER) if self.connection.verifier is not None else None
@@ -173,21 +182,10 @@ class TaskControl:
 
     def on_status(self, msg: Msg) -> None:
         """Answer a status query about a task of the asker's (or any, for control.allow) (RAW, inline)."""
-        if not msg.reply:
+        read = self._read(msg) if msg.reply else None
+        if read is None:
             return
-        try:
-            message = decode(msg.data)
-        except EnvelopeError:
-            return
-        content = message["payload"].get("content")
-        if not isinstance(content, dict):
-            return
-        task_id = content.get("task_id")
-        if not isinstance(task_id, str):
-            return
-        source_id = self._asker(msg, message)
-        if source_id is None:
-            return
+        message, _content, task_id, source_id = read
         known = self.table.status(source_id, task_id)
         if known is None and source_id in self.allow:
             requester = self.table.requester_of(task_id)
