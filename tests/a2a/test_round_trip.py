@@ -1,0 +1,136 @@
+"""The A2A binding over a real nats-server: an unmodified a2a-sdk client (ClientFactory + our transport) against an
+unmodified DefaultRequestHandler (AgentExecutor + InMemoryTaskStore) served by A2ANatsServer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats
+import pytest
+
+pytest.importorskip("a2a", reason="a2a-sdk (extra 'a2a') is not installed")
+
+from a2a.client import ClientCallContext, ClientConfig, ClientFactory  # noqa: E402
+from a2a.helpers import get_artifact_text, new_task, new_text_message, new_text_part  # noqa: E402
+from a2a.server.agent_execution import AgentExecutor, RequestContext  # noqa: E402
+from a2a.server.events import EventQueue  # noqa: E402
+from a2a.server.request_handlers import DefaultRequestHandler  # noqa: E402
+from a2a.server.tasks import InMemoryTaskStore, TaskUpdater  # noqa: E402
+from a2a.types.a2a_pb2 import (  # noqa: E402
+    AgentCapabilities, AgentCard, AgentInterface, GetTaskRequest, Role, SendMessageRequest, Task, TaskState,
+)
+from a2a.utils.errors import TaskNotFoundError, VersionNotSupportedError  # noqa: E402
+from nats_fixtures import within  # noqa: E402
+
+from agentcore.a2a import BINDING_URI, PROTOCOL_VERSION, A2ANatsServer, register, url_for  # noqa: E402
+
+PREFIX = "agents.test.a2a-rpc.echo"
+
+
+class Echo(AgentExecutor):
+    """Answer every message with a task whose one artifact echoes the text, emitted as three events."""
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        assert context.task_id is not None and context.context_id is not None
+        if context.current_task is None:  # a new task: the stream begins with it
+            await event_queue.enqueue_event(new_task(context.task_id, context.context_id, TaskState.TASK_STATE_SUBMITTED,
+                                                     history=[context.message] if context.message else []))
+        updater = TaskUpdater(event_queue, context.task_id, context.context_id)
+        await updater.start_work()
+        await updater.add_artifact([new_text_part(context.get_user_input())], name="echo")
+        await updater.complete()
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        assert context.task_id is not None and context.context_id is not None
+        await TaskUpdater(event_queue, context.task_id, context.context_id).cancel()
+
+
+def _card(nats_url: str) -> AgentCard:
+    return AgentCard(
+        name="echo", description="echoes", version="1.0.0",
+        supported_interfaces=[AgentInterface(url=url_for(nats_url, PREFIX), protocol_binding=BINDING_URI,
+                                             protocol_version=PROTOCOL_VERSION)],
+        capabilities=AgentCapabilities(streaming=True), default_input_modes=["text/plain"],
+        default_output_modes=["text/plain"])
+
+
+@pytest.fixture
+async def served(nats_url: str) -> AsyncIterator[tuple[nats.NATS, AgentCard]]:
+    """An echo agent served over NATS, and a separate client connection."""
+    card = _card(nats_url)
+    server_nc = await nats.connect(nats_url)
+    client_nc = await nats.connect(nats_url)
+    handler = DefaultRequestHandler(agent_executor=Echo(), task_store=InMemoryTaskStore(), agent_card=card)
+    server = A2ANatsServer(server_nc, handler, card, PREFIX)
+    await server.start()
+    try:
+        yield client_nc, card
+    finally:
+        await server.stop()
+        await handler.aclose()
+        await client_nc.close()
+        await server_nc.close()
+
+
+def _factory(nc: nats.NATS, *, streaming: bool) -> ClientFactory:
+    factory = ClientFactory(ClientConfig(supported_protocol_bindings=[BINDING_URI], streaming=streaming))
+    register(factory, nc, timeout=10.0)
+    return factory
+
+
+def _request(text: str) -> SendMessageRequest:
+    return SendMessageRequest(message=new_text_message(text, role=Role.ROLE_USER))
+
+
+async def test_send_message_returns_the_completed_task(served: tuple[nats.NATS, AgentCard]) -> None:
+    nc, card = served
+    client = _factory(nc, streaming=False).create(card)
+
+    async def send() -> list[Any]:
+        return [event async for event in client.send_message(_request("hello over NATS"))]
+
+    events = await within(send(), "SendMessage")
+    assert len(events) == 1 and events[0].HasField("task")
+    task: Task = events[0].task
+    assert task.status.state == TaskState.TASK_STATE_COMPLETED
+    assert get_artifact_text(task.artifacts[0]) == "hello over NATS"
+    again = await within(client.get_task(GetTaskRequest(id=task.id)), "GetTask")
+    assert again.id == task.id and again.status.state == TaskState.TASK_STATE_COMPLETED
+
+
+async def test_streamed_send_arrives_in_order_and_ends(served: tuple[nats.NATS, AgentCard]) -> None:
+    nc, card = served
+    client = _factory(nc, streaming=True).create(card)
+
+    async def send() -> list[Any]:
+        return [event async for event in client.send_message(_request("streamed"))]
+
+    events = await within(send(), "SendStreamingMessage")
+    kinds = [event.WhichOneof("payload") for event in events]
+    assert kinds[0] == "task"
+    assert "artifact_update" in kinds
+    assert kinds[-1] == "status_update" and events[-1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
+
+
+async def test_errors_reach_the_client_as_the_sdks_own_exceptions(served: tuple[nats.NATS, AgentCard]) -> None:
+    nc, card = served
+    client = _factory(nc, streaming=False).create(card)
+    with pytest.raises(TaskNotFoundError):
+        await within(client.get_task(GetTaskRequest(id="no-such-task")), "GetTask")
+    old = ClientCallContext(service_parameters={"A2A-Version": "0.3"})
+    with pytest.raises(VersionNotSupportedError):
+        await within(client.get_task(GetTaskRequest(id="no-such-task"), context=old), "GetTask 0.3")
+
+
+async def test_streams_refuse_an_unknown_task_with_its_error(served: tuple[nats.NATS, AgentCard]) -> None:
+    nc, card = served
+    client = _factory(nc, streaming=True).create(card)
+    from a2a.types.a2a_pb2 import SubscribeToTaskRequest
+
+    async def subscribe() -> None:
+        async for _event in client.subscribe(SubscribeToTaskRequest(id="no-such-task")):
+            pass
+
+    with pytest.raises(TaskNotFoundError):
+        await within(subscribe(), "SubscribeToTask")
