@@ -3,10 +3,12 @@ unmodified DefaultRequestHandler (AgentExecutor + InMemoryTaskStore) served by A
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
+from nats.aio.client import Client as NATSClient
 import pytest
 
 pytest.importorskip("a2a", reason="a2a-sdk (extra 'a2a') is not installed")
@@ -18,10 +20,11 @@ from a2a.server.events import EventQueue  # noqa: E402
 from a2a.server.request_handlers import DefaultRequestHandler  # noqa: E402
 from a2a.server.tasks import InMemoryTaskStore, TaskUpdater  # noqa: E402
 from a2a.types.a2a_pb2 import (  # noqa: E402
-    AgentCapabilities, AgentCard, AgentInterface, GetTaskRequest, Role, SendMessageRequest, Task, TaskState,
+    AgentCapabilities, AgentCard, AgentInterface, AgentSkill, CancelTaskRequest, GetTaskRequest, Role,
+    SendMessageRequest, SubscribeToTaskRequest, Task, TaskState,
 )
-from a2a.utils.errors import TaskNotFoundError, VersionNotSupportedError  # noqa: E402
-from nats_fixtures import within  # noqa: E402
+from a2a.utils.errors import TaskNotCancelableError, TaskNotFoundError, VersionNotSupportedError  # noqa: E402
+from nats_fixtures import eventually, within  # noqa: E402
 
 from agentcore.a2a import BINDING_URI, PROTOCOL_VERSION, A2ANatsServer, register, url_for  # noqa: E402
 
@@ -52,11 +55,12 @@ def _card(nats_url: str) -> AgentCard:
         supported_interfaces=[AgentInterface(url=url_for(nats_url, PREFIX), protocol_binding=BINDING_URI,
                                              protocol_version=PROTOCOL_VERSION)],
         capabilities=AgentCapabilities(streaming=True), default_input_modes=["text/plain"],
-        default_output_modes=["text/plain"])
+        default_output_modes=["text/plain"],
+        skills=[AgentSkill(id="echo", name="echo", description="echoes the text", tags=["echo"])])
 
 
 @pytest.fixture
-async def served(nats_url: str) -> AsyncIterator[tuple[nats.NATS, AgentCard]]:
+async def served(nats_url: str) -> AsyncIterator[tuple[NATSClient, AgentCard]]:
     """An echo agent served over NATS, and a separate client connection."""
     card = _card(nats_url)
     server_nc = await nats.connect(nats_url)
@@ -73,7 +77,7 @@ async def served(nats_url: str) -> AsyncIterator[tuple[nats.NATS, AgentCard]]:
         await server_nc.close()
 
 
-def _factory(nc: nats.NATS, *, streaming: bool) -> ClientFactory:
+def _factory(nc: NATSClient, *, streaming: bool) -> ClientFactory:
     factory = ClientFactory(ClientConfig(supported_protocol_bindings=[BINDING_URI], streaming=streaming))
     register(factory, nc, timeout=10.0)
     return factory
@@ -83,7 +87,7 @@ def _request(text: str) -> SendMessageRequest:
     return SendMessageRequest(message=new_text_message(text, role=Role.ROLE_USER))
 
 
-async def test_send_message_returns_the_completed_task(served: tuple[nats.NATS, AgentCard]) -> None:
+async def test_send_message_returns_the_completed_task(served: tuple[NATSClient, AgentCard]) -> None:
     nc, card = served
     client = _factory(nc, streaming=False).create(card)
 
@@ -99,7 +103,7 @@ async def test_send_message_returns_the_completed_task(served: tuple[nats.NATS, 
     assert again.id == task.id and again.status.state == TaskState.TASK_STATE_COMPLETED
 
 
-async def test_streamed_send_arrives_in_order_and_ends(served: tuple[nats.NATS, AgentCard]) -> None:
+async def test_streamed_send_arrives_in_order_and_ends(served: tuple[NATSClient, AgentCard]) -> None:
     nc, card = served
     client = _factory(nc, streaming=True).create(card)
 
@@ -113,7 +117,7 @@ async def test_streamed_send_arrives_in_order_and_ends(served: tuple[nats.NATS, 
     assert kinds[-1] == "status_update" and events[-1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
 
 
-async def test_errors_reach_the_client_as_the_sdks_own_exceptions(served: tuple[nats.NATS, AgentCard]) -> None:
+async def test_errors_reach_the_client_as_the_sdks_own_exceptions(served: tuple[NATSClient, AgentCard]) -> None:
     nc, card = served
     client = _factory(nc, streaming=False).create(card)
     with pytest.raises(TaskNotFoundError):
@@ -123,10 +127,9 @@ async def test_errors_reach_the_client_as_the_sdks_own_exceptions(served: tuple[
         await within(client.get_task(GetTaskRequest(id="no-such-task"), context=old), "GetTask 0.3")
 
 
-async def test_streams_refuse_an_unknown_task_with_its_error(served: tuple[nats.NATS, AgentCard]) -> None:
+async def test_streams_refuse_an_unknown_task_with_its_error(served: tuple[NATSClient, AgentCard]) -> None:
     nc, card = served
     client = _factory(nc, streaming=True).create(card)
-    from a2a.types.a2a_pb2 import SubscribeToTaskRequest
 
     async def subscribe() -> None:
         async for _event in client.subscribe(SubscribeToTaskRequest(id="no-such-task")):
@@ -134,3 +137,71 @@ async def test_streams_refuse_an_unknown_task_with_its_error(served: tuple[nats.
 
     with pytest.raises(TaskNotFoundError):
         await within(subscribe(), "SubscribeToTask")
+
+
+class Gate(AgentExecutor):
+    """Start a task and wait until released or cancelled; record what the cancellation looked like."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.cancelled_in_execute = asyncio.Event()
+        self.cancel_calls = 0
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        assert context.task_id is not None and context.context_id is not None
+        await event_queue.enqueue_event(new_task(context.task_id, context.context_id, TaskState.TASK_STATE_SUBMITTED))
+        updater = TaskUpdater(event_queue, context.task_id, context.context_id)
+        await updater.start_work()
+        self.started.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled_in_execute.set()
+            raise
+        await updater.complete()
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        assert context.task_id is not None and context.context_id is not None
+        self.cancel_calls += 1
+        await TaskUpdater(event_queue, context.task_id, context.context_id).cancel()
+
+
+async def test_subscribe_sends_the_task_first_and_cancel_reaches_the_executor(nats_url: str) -> None:
+    card = _card(nats_url)
+    gate = Gate()
+    server_nc, client_nc = await nats.connect(nats_url), await nats.connect(nats_url)
+    handler = DefaultRequestHandler(agent_executor=gate, task_store=InMemoryTaskStore(), agent_card=card)
+    server = A2ANatsServer(server_nc, handler, card, PREFIX)
+    await server.start()
+    try:
+        client = _factory(client_nc, streaming=False).create(card)
+        request = _request("wait")
+        request.configuration.return_immediately = True
+        first = await within(anext(aiter(client.send_message(request))), "SendMessage return_immediately")
+        task_id = first.task.id
+        await within(gate.started.wait(), "the executor starting")
+
+        streaming = _factory(client_nc, streaming=True).create(card)
+        events: list[Any] = []
+
+        async def watch() -> None:
+            async for event in streaming.subscribe(SubscribeToTaskRequest(id=task_id)):
+                events.append(event)
+
+        watcher = asyncio.create_task(watch())
+        await eventually(lambda: bool(events), what="the subscription's first event")
+        assert events[0].WhichOneof("payload") == "task" and events[0].task.id == task_id
+
+        cancelled = await within(client.cancel_task(CancelTaskRequest(id=task_id)), "CancelTask")
+        assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
+        await within(gate.cancelled_in_execute.wait(), "CancelledError in execute")
+        assert gate.cancel_calls == 1
+        await within(watcher, "the subscription ending after the cancel")
+        with pytest.raises(TaskNotCancelableError):
+            await within(client.cancel_task(CancelTaskRequest(id=task_id)), "a second CancelTask")
+    finally:
+        await server.stop()
+        await handler.aclose()
+        await client_nc.close()
+        await server_nc.close()
