@@ -28,7 +28,7 @@ from nats_fixtures import eventually, within  # noqa: E402
 
 from agentcore.a2a import BINDING_URI, PROTOCOL_VERSION, A2ANatsServer, register, url_for  # noqa: E402
 
-PREFIX = "agents.test.a2a-rpc.echo"
+PREFIX = "agents.test.a2a-protocol.echo"
 
 
 class Echo(AgentExecutor):
