@@ -33,9 +33,11 @@ from a2a.utils.proto_utils import parse_lenient
 from google.protobuf.json_format import MessageToJson, ParseError
 from google.protobuf.message import Message as Proto
 from nats.aio.client import Client as NATSClient
+from nats.aio.msg import Msg
 
 from ..errors import NoRespondersError, RequestTimeoutError, StreamError
 from ..transport.frames import StreamReceiver
+from ..transport.inline import REJECT, RequestMux
 from .binding import BINDING_URI, H_ERROR_CODE, H_REQUEST, H_VERSION, PROTOCOL_VERSION, error_from_body, prefix_from_url
 
 __all__ = ("NatsTransport", "register")
@@ -58,6 +60,8 @@ class NatsTransport(ClientTransport):
         self.prefix = prefix_from_url(url)
         self.timeout = timeout
         self.window = window
+        self._mux = RequestMux(nc)  # one wildcard inbox for the unary requests
+        self.rejected = 0  # answers on that inbox for no request of ours (forged or stray): dropped
 
     # ------------------------------------------------------------------ the wire
 
@@ -71,18 +75,28 @@ class NatsTransport(ClientTransport):
     async def _call(self, operation: str, request: Proto, answer: P, context: ClientCallContext | None) -> P:
         request_id = secrets.token_hex(16)
         timeout = context.timeout if context is not None and context.timeout is not None else self.timeout
+        subject = f"{self.prefix}.{operation}"
+        data = MessageToJson(request, indent=None).encode()
+        headers = self._headers(context, request_id)
+
+        async def publish(inbox: str) -> None:
+            await self.nc.publish(subject, data, reply=inbox, headers=headers)
+
+        def ours(msg: Msg) -> Any:  # checked where nats-py reads it: a forged or stray answer is dropped
+            if (msg.headers or {}).get(H_REQUEST) != request_id:
+                self.rejected += 1
+                return REJECT
+            return msg
+
         try:
-            msg = await self.nc.request(f"{self.prefix}.{operation}", MessageToJson(request, indent=None).encode(),
-                                        timeout=timeout, headers=self._headers(context, request_id))
+            msg = await self._mux.request_via(publish, timeout, ours)
         except nats.errors.NoRespondersError:
-            raise A2AClientError(f"no agent answers {self.prefix}.{operation} (no responders)") from None
+            raise A2AClientError(f"no agent answers {subject} (no responders)") from None
         except nats.errors.TimeoutError:
             raise A2AClientTimeoutError(f"{operation} timed out after {timeout}s") from None
-        headers = msg.headers or {}
-        if headers.get(H_REQUEST) != request_id:
-            raise A2AClientError(f"{operation}: the answer is not for this request")
-        if H_ERROR_CODE in headers:
-            raise error_from_body(msg.data) or A2AClientError(f"{operation} failed: {headers.get(H_ERROR_CODE)}")
+        code = (msg.headers or {}).get(H_ERROR_CODE)
+        if code is not None:
+            raise error_from_body(msg.data) or A2AClientError(f"{operation} failed: {code}")
         try:
             return parse_lenient(msg.data, answer)
         except ParseError as exc:
@@ -185,4 +199,5 @@ class NatsTransport(ClientTransport):
         return await self._call("GetExtendedAgentCard", request, AgentCard(), context)
 
     async def close(self) -> None:
-        """Nothing to close: the NATS connection belongs to whoever registered the transport."""
+        """End the reply subscription; the NATS connection belongs to whoever registered the transport."""
+        await self._mux.close()

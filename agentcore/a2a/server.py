@@ -34,6 +34,7 @@ from nats.aio.subscription import Subscription
 from packaging.version import InvalidVersion, Version
 
 from ..transport.frames import ERROR, JSON, FrameSender
+from ..transport.subscriptions import confirm
 from .binding import CARD, H_EXTENSIONS, H_REQUEST, H_VERSION, OPERATIONS, PROTOCOL_VERSION, error_body, error_frame
 
 __all__ = ("A2ANatsServer",)
@@ -82,7 +83,7 @@ class A2ANatsServer:
     async def start(self) -> None:
         """Subscribe the operations' subjects in the queue group (confirmed with the server before returning)."""
         self._sub = await self.nc.subscribe(f"{self.prefix}.*", queue=self.queue, cb=self._on_request)
-        await self.nc.flush()
+        await confirm(self.nc)  # not nc.flush(): its PING can overtake the SUB (a "no responders" right after start)
 
     async def stop(self) -> None:
         """Unsubscribe and wait for the requests being served."""

@@ -7,92 +7,37 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import nats
-from nats.aio.client import Client as NATSClient
 import pytest
 
 pytest.importorskip("a2a", reason="a2a-sdk (extra 'a2a') is not installed")
 
-from a2a.client import ClientCallContext, ClientConfig, ClientFactory  # noqa: E402
-from a2a.helpers import get_artifact_text, new_task, new_text_message, new_text_part  # noqa: E402
+from a2a.client import ClientCallContext  # noqa: E402
+from a2a.helpers import get_artifact_text, new_task  # noqa: E402
 from a2a.server.agent_execution import AgentExecutor, RequestContext  # noqa: E402
 from a2a.server.events import EventQueue  # noqa: E402
-from a2a.server.request_handlers import DefaultRequestHandler  # noqa: E402
-from a2a.server.tasks import InMemoryTaskStore, TaskUpdater  # noqa: E402
+from a2a.server.tasks import TaskUpdater  # noqa: E402
 from a2a.types.a2a_pb2 import (  # noqa: E402
-    AgentCapabilities, AgentCard, AgentInterface, AgentSkill, CancelTaskRequest, GetTaskRequest, Role,
-    SendMessageRequest, SubscribeToTaskRequest, Task, TaskState,
+    AgentCard, CancelTaskRequest, GetTaskRequest, SubscribeToTaskRequest, Task, TaskState,
 )
 from a2a.utils.errors import TaskNotCancelableError, TaskNotFoundError, VersionNotSupportedError  # noqa: E402
+from a2a_support import factory, serving, text_request  # noqa: E402
+from nats.aio.client import Client as NATSClient  # noqa: E402
 from nats_fixtures import eventually, within  # noqa: E402
-
-from agentcore.a2a import BINDING_URI, PROTOCOL_VERSION, A2ANatsServer, register, url_for  # noqa: E402
-
-PREFIX = "agents.test.a2a-protocol.echo"
-
-
-class Echo(AgentExecutor):
-    """Answer every message with a task whose one artifact echoes the text, emitted as three events."""
-
-    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
-        assert context.task_id is not None and context.context_id is not None
-        if context.current_task is None:  # a new task: the stream begins with it
-            await event_queue.enqueue_event(new_task(context.task_id, context.context_id, TaskState.TASK_STATE_SUBMITTED,
-                                                     history=[context.message] if context.message else []))
-        updater = TaskUpdater(event_queue, context.task_id, context.context_id)
-        await updater.start_work()
-        await updater.add_artifact([new_text_part(context.get_user_input())], name="echo")
-        await updater.complete()
-
-    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
-        assert context.task_id is not None and context.context_id is not None
-        await TaskUpdater(event_queue, context.task_id, context.context_id).cancel()
-
-
-def _card(nats_url: str) -> AgentCard:
-    return AgentCard(
-        name="echo", description="echoes", version="1.0.0",
-        supported_interfaces=[AgentInterface(url=url_for(nats_url, PREFIX), protocol_binding=BINDING_URI,
-                                             protocol_version=PROTOCOL_VERSION)],
-        capabilities=AgentCapabilities(streaming=True), default_input_modes=["text/plain"],
-        default_output_modes=["text/plain"],
-        skills=[AgentSkill(id="echo", name="echo", description="echoes the text", tags=["echo"])])
 
 
 @pytest.fixture
 async def served(nats_url: str) -> AsyncIterator[tuple[NATSClient, AgentCard]]:
     """An echo agent served over NATS, and a separate client connection."""
-    card = _card(nats_url)
-    server_nc = await nats.connect(nats_url)
-    client_nc = await nats.connect(nats_url)
-    handler = DefaultRequestHandler(agent_executor=Echo(), task_store=InMemoryTaskStore(), agent_card=card)
-    server = A2ANatsServer(server_nc, handler, card, PREFIX)
-    await server.start()
-    try:
-        yield client_nc, card
-    finally:
-        await server.stop()
-        await handler.aclose()
-        await client_nc.close()
-        await server_nc.close()
-
-
-def _factory(nc: NATSClient, *, streaming: bool) -> ClientFactory:
-    factory = ClientFactory(ClientConfig(supported_protocol_bindings=[BINDING_URI], streaming=streaming))
-    register(factory, nc, timeout=10.0)
-    return factory
-
-
-def _request(text: str) -> SendMessageRequest:
-    return SendMessageRequest(message=new_text_message(text, role=Role.ROLE_USER))
+    async with serving(nats_url) as pair:
+        yield pair
 
 
 async def test_send_message_returns_the_completed_task(served: tuple[NATSClient, AgentCard]) -> None:
     nc, card = served
-    client = _factory(nc, streaming=False).create(card)
+    client = factory(nc, streaming=False).create(card)
 
     async def send() -> list[Any]:
-        return [event async for event in client.send_message(_request("hello over NATS"))]
+        return [event async for event in client.send_message(text_request("hello over NATS"))]
 
     events = await within(send(), "SendMessage")
     assert len(events) == 1 and events[0].HasField("task")
@@ -105,10 +50,10 @@ async def test_send_message_returns_the_completed_task(served: tuple[NATSClient,
 
 async def test_streamed_send_arrives_in_order_and_ends(served: tuple[NATSClient, AgentCard]) -> None:
     nc, card = served
-    client = _factory(nc, streaming=True).create(card)
+    client = factory(nc, streaming=True).create(card)
 
     async def send() -> list[Any]:
-        return [event async for event in client.send_message(_request("streamed"))]
+        return [event async for event in client.send_message(text_request("streamed"))]
 
     events = await within(send(), "SendStreamingMessage")
     kinds = [event.WhichOneof("payload") for event in events]
@@ -119,7 +64,7 @@ async def test_streamed_send_arrives_in_order_and_ends(served: tuple[NATSClient,
 
 async def test_errors_reach_the_client_as_the_sdks_own_exceptions(served: tuple[NATSClient, AgentCard]) -> None:
     nc, card = served
-    client = _factory(nc, streaming=False).create(card)
+    client = factory(nc, streaming=False).create(card)
     with pytest.raises(TaskNotFoundError):
         await within(client.get_task(GetTaskRequest(id="no-such-task")), "GetTask")
     old = ClientCallContext(service_parameters={"A2A-Version": "0.3"})
@@ -129,7 +74,7 @@ async def test_errors_reach_the_client_as_the_sdks_own_exceptions(served: tuple[
 
 async def test_streams_refuse_an_unknown_task_with_its_error(served: tuple[NATSClient, AgentCard]) -> None:
     nc, card = served
-    client = _factory(nc, streaming=True).create(card)
+    client = factory(nc, streaming=True).create(card)
 
     async def subscribe() -> None:
         async for _event in client.subscribe(SubscribeToTaskRequest(id="no-such-task")):
@@ -168,21 +113,16 @@ class Gate(AgentExecutor):
 
 
 async def test_subscribe_sends_the_task_first_and_cancel_reaches_the_executor(nats_url: str) -> None:
-    card = _card(nats_url)
     gate = Gate()
-    server_nc, client_nc = await nats.connect(nats_url), await nats.connect(nats_url)
-    handler = DefaultRequestHandler(agent_executor=gate, task_store=InMemoryTaskStore(), agent_card=card)
-    server = A2ANatsServer(server_nc, handler, card, PREFIX)
-    await server.start()
-    try:
-        client = _factory(client_nc, streaming=False).create(card)
-        request = _request("wait")
+    async with serving(nats_url, gate) as (nc, card):
+        client = factory(nc, streaming=False).create(card)
+        request = text_request("wait")
         request.configuration.return_immediately = True
         first = await within(anext(aiter(client.send_message(request))), "SendMessage return_immediately")
         task_id = first.task.id
         await within(gate.started.wait(), "the executor starting")
 
-        streaming = _factory(client_nc, streaming=True).create(card)
+        streaming = factory(nc, streaming=True).create(card)
         events: list[Any] = []
 
         async def watch() -> None:
@@ -200,8 +140,3 @@ async def test_subscribe_sends_the_task_first_and_cancel_reaches_the_executor(na
         await within(watcher, "the subscription ending after the cancel")
         with pytest.raises(TaskNotCancelableError):
             await within(client.cancel_task(CancelTaskRequest(id=task_id)), "a second CancelTask")
-    finally:
-        await server.stop()
-        await handler.aclose()
-        await client_nc.close()
-        await server_nc.close()
