@@ -7,6 +7,7 @@ before the agent's first frame) is closed by NATS permissions and signed identit
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -15,27 +16,40 @@ pytest.importorskip("a2a", reason="a2a-sdk (extra 'a2a') is not installed")
 
 import nats  # noqa: E402
 from a2a.client import ClientConfig, ClientFactory  # noqa: E402
+from a2a.server.agent_execution import RequestContext  # noqa: E402
+from a2a.server.events import EventQueue  # noqa: E402
 from a2a.types.a2a_pb2 import TaskState  # noqa: E402
-from a2a_support import PREFIX, factory, serving, text_request  # noqa: E402
+from a2a_support import PREFIX, Echo, factory, serving, text_request  # noqa: E402
 from nats.aio.msg import Msg  # noqa: E402
-from nats_fixtures import eventually, subscribed, within  # noqa: E402
+from nats_fixtures import subscribed, within  # noqa: E402
 
 from agentcore.a2a import BINDING_URI, NatsTransport  # noqa: E402
 
 FORGED_TASK = b'{"task": {"id": "forged", "contextId": "x", "status": {"state": "TASK_STATE_COMPLETED"}}}'
 
 
+class Held(Echo):
+    """Echo, answering only once the forgeries are on their way (so they reach the requester first)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        await self.release.wait()
+        await super().execute(context, event_queue)
+
+
 async def test_forged_unary_answers_are_dropped_and_the_genuine_one_taken(nats_url: str) -> None:
-    async with serving(nats_url) as (nc, card):
+    held = Held()
+    async with serving(nats_url, held) as (nc, card):
         attacker = await nats.connect(nats_url)
-        forged = 0
 
         async def forge(msg: Msg) -> None:
-            nonlocal forged
-            if msg.reply:  # first answer on the requester's inbox: no id, then a wrong one
+            if msg.reply:  # answers on the requester's inbox first: one without an id, one with a wrong id
                 await attacker.publish(msg.reply, FORGED_TASK)
                 await attacker.publish(msg.reply, FORGED_TASK, headers={"Agent-Request": "0" * 32})
-                forged += 2
+                await attacker.flush()  # the server has routed both before the agent may answer
+                held.release.set()
 
         await attacker.subscribe(f"{PREFIX}.*", cb=forge)
         await subscribed(attacker)
@@ -54,8 +68,7 @@ async def test_forged_unary_answers_are_dropped_and_the_genuine_one_taken(nats_u
 
         events = await within(send(), "SendMessage with forgeries on the inbox")
         assert events[0].task.id != "forged" and events[0].task.status.state == TaskState.TASK_STATE_COMPLETED
-        await eventually(lambda: made[0].rejected >= 2, what="the forged answers counted as rejected")
-        assert forged >= 2
+        assert made[0].rejected == 2
         await attacker.close()
 
 
