@@ -8,6 +8,7 @@ Streams (SendStreamingMessage, SubscribeToTask) go out as agentcore frames under
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
@@ -33,6 +34,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from packaging.version import InvalidVersion, Version
 
+from ..errors import StreamTimeoutError
 from ..transport.frames import ERROR, JSON, FrameSender
 from ..transport.subscriptions import confirm
 from .binding import CARD, H_EXTENSIONS, H_REQUEST, H_VERSION, OPERATIONS, PROTOCOL_VERSION, error_body, error_frame
@@ -190,8 +192,11 @@ class A2ANatsServer:
                 if ended:
                     return
             await sender.send(JSON, b"", final=True)  # the handler ended the stream: say so explicitly
+        except StreamTimeoutError:
+            log.debug("A2A stream %s: no credit within %ss, ended", request_id, self.idle_timeout)
         except Exception as exc:
-            await sender.send(ERROR, error_frame(exc), final=True)
+            with contextlib.suppress(StreamTimeoutError, nats.errors.Error):  # the consumer is gone: nobody to tell
+                await sender.send(ERROR, error_frame(exc), final=True)
         finally:
             await events.aclose()
             await sender.close()

@@ -140,3 +140,22 @@ async def test_subscribe_sends_the_task_first_and_cancel_reaches_the_executor(na
         await within(watcher, "the subscription ending after the cancel")
         with pytest.raises(TaskNotCancelableError):
             await within(client.cancel_task(CancelTaskRequest(id=task_id)), "a second CancelTask")
+
+
+async def test_closing_a_stream_leaves_its_task_running(nats_url: str) -> None:
+    gate = Gate()
+    async with serving(nats_url, gate) as (nc, card):
+        client = factory(nc, streaming=True).create(card)
+        stream = client.send_message(text_request("leave early"))
+        first = await within(anext(aiter(stream)), "the stream's first event")
+        await stream.aclose()  # the client stops reading: its stream is cancelled, not the task
+        await within(gate.started.wait(), "the executor starting")
+        gate.release.set()
+        task_id = first.task.id
+
+        async def completed() -> bool:
+            task = await client.get_task(GetTaskRequest(id=task_id))
+            return task.status.state == TaskState.TASK_STATE_COMPLETED
+
+        await eventually(completed, what="the task completing after its stream was closed")
+        assert not gate.cancelled_in_execute.is_set() and gate.cancel_calls == 0
