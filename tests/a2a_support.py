@@ -6,19 +6,21 @@ Import only after ``pytest.importorskip("a2a")``: it needs a2a-sdk (extra ``a2a`
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import nats
-from a2a.client import ClientConfig, ClientFactory
+from a2a.client import Client, ClientConfig, ClientFactory
 from a2a.helpers import new_task, new_text_message, new_text_part
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
 from a2a.types.a2a_pb2 import (
-    AgentCapabilities, AgentCard, AgentInterface, AgentSkill, Role, SendMessageRequest, TaskState,
+    AgentCapabilities, AgentCard, AgentInterface, AgentSkill, Role, SendMessageRequest, SubscribeToTaskRequest,
+    TaskState,
 )
 from nats.aio.client import Client as NATSClient
 
@@ -42,6 +44,34 @@ class Echo(AgentExecutor):
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
         assert context.task_id is not None and context.context_id is not None
+        await TaskUpdater(event_queue, context.task_id, context.context_id).cancel()
+
+
+class Gate(AgentExecutor):
+    """Start a task and wait until released or cancelled; record what the cancellation looked like."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.cancelled_in_execute = asyncio.Event()
+        self.cancel_calls = 0
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        assert context.task_id is not None and context.context_id is not None
+        await event_queue.enqueue_event(new_task(context.task_id, context.context_id, TaskState.TASK_STATE_SUBMITTED))
+        updater = TaskUpdater(event_queue, context.task_id, context.context_id)
+        await updater.start_work()
+        self.started.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled_in_execute.set()
+            raise
+        await updater.complete()
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        assert context.task_id is not None and context.context_id is not None
+        self.cancel_calls += 1
         await TaskUpdater(event_queue, context.task_id, context.context_id).cancel()
 
 
@@ -85,3 +115,23 @@ def factory(nc: NATSClient, *, streaming: bool, **options: Any) -> ClientFactory
 def text_request(text: str) -> SendMessageRequest:
     """A SendMessageRequest with one user text part."""
     return SendMessageRequest(message=new_text_message(text, role=Role.ROLE_USER))
+
+
+async def started(client: Client, text: str) -> str:
+    """Send text with returnImmediately and return the id of the task it started."""
+    request = text_request(text)
+    request.configuration.return_immediately = True
+    async for first in client.send_message(request):
+        return str(first.task.id)
+    raise AssertionError("SendMessage answered nothing")
+
+
+def watching(client: Client, task_id: str) -> tuple[list[Any], asyncio.Task[None]]:
+    """Subscribe to task_id in the background: the events as they come, and the task that ends with the stream."""
+    events: list[Any] = []
+
+    async def watch() -> None:
+        async for event in client.subscribe(SubscribeToTaskRequest(id=task_id)):
+            events.append(event)
+
+    return events, asyncio.create_task(watch())

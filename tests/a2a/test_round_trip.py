@@ -3,7 +3,6 @@ unmodified DefaultRequestHandler (AgentExecutor + InMemoryTaskStore) served by A
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,15 +11,12 @@ import pytest
 pytest.importorskip("a2a", reason="a2a-sdk (extra 'a2a') is not installed")
 
 from a2a.client import ClientCallContext  # noqa: E402
-from a2a.helpers import get_artifact_text, new_task  # noqa: E402
-from a2a.server.agent_execution import AgentExecutor, RequestContext  # noqa: E402
-from a2a.server.events import EventQueue  # noqa: E402
-from a2a.server.tasks import TaskUpdater  # noqa: E402
+from a2a.helpers import get_artifact_text  # noqa: E402
 from a2a.types.a2a_pb2 import (  # noqa: E402
     AgentCard, CancelTaskRequest, GetTaskRequest, SubscribeToTaskRequest, Task, TaskState,
 )
 from a2a.utils.errors import TaskNotCancelableError, TaskNotFoundError, VersionNotSupportedError  # noqa: E402
-from a2a_support import factory, serving, text_request  # noqa: E402
+from a2a_support import Gate, factory, serving, started, text_request, watching  # noqa: E402
 from nats.aio.client import Client as NATSClient  # noqa: E402
 from nats_fixtures import eventually, within  # noqa: E402
 
@@ -84,52 +80,14 @@ async def test_streams_refuse_an_unknown_task_with_its_error(served: tuple[NATSC
         await within(subscribe(), "SubscribeToTask")
 
 
-class Gate(AgentExecutor):
-    """Start a task and wait until released or cancelled; record what the cancellation looked like."""
-
-    def __init__(self) -> None:
-        self.started = asyncio.Event()
-        self.release = asyncio.Event()
-        self.cancelled_in_execute = asyncio.Event()
-        self.cancel_calls = 0
-
-    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
-        assert context.task_id is not None and context.context_id is not None
-        await event_queue.enqueue_event(new_task(context.task_id, context.context_id, TaskState.TASK_STATE_SUBMITTED))
-        updater = TaskUpdater(event_queue, context.task_id, context.context_id)
-        await updater.start_work()
-        self.started.set()
-        try:
-            await self.release.wait()
-        except asyncio.CancelledError:
-            self.cancelled_in_execute.set()
-            raise
-        await updater.complete()
-
-    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
-        assert context.task_id is not None and context.context_id is not None
-        self.cancel_calls += 1
-        await TaskUpdater(event_queue, context.task_id, context.context_id).cancel()
-
-
 async def test_subscribe_sends_the_task_first_and_cancel_reaches_the_executor(nats_url: str) -> None:
     gate = Gate()
     async with serving(nats_url, gate) as (nc, card):
         client = factory(nc, streaming=False).create(card)
-        request = text_request("wait")
-        request.configuration.return_immediately = True
-        first = await within(anext(aiter(client.send_message(request))), "SendMessage return_immediately")
-        task_id = first.task.id
+        task_id = await within(started(client, "wait"), "SendMessage return_immediately")
         await within(gate.started.wait(), "the executor starting")
 
-        streaming = factory(nc, streaming=True).create(card)
-        events: list[Any] = []
-
-        async def watch() -> None:
-            async for event in streaming.subscribe(SubscribeToTaskRequest(id=task_id)):
-                events.append(event)
-
-        watcher = asyncio.create_task(watch())
+        events, watcher = watching(factory(nc, streaming=True).create(card), task_id)
         await eventually(lambda: bool(events), what="the subscription's first event")
         assert events[0].WhichOneof("payload") == "task" and events[0].task.id == task_id
 
