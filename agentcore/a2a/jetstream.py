@@ -49,14 +49,15 @@ def _sort_key(task: Task) -> tuple[bool, int, str]:
 class KVTaskStore(VersionedTaskStore):
     """Tasks in a JetStream KV bucket, scoped to their owner, versioned by the key's revision."""
 
-    def __init__(self, kv: KeyValue, owner_resolver: OwnerResolver = resolve_user_scope) -> None:
+    def __init__(self, kv: KeyValue, replica: str = "", owner_resolver: OwnerResolver = resolve_user_scope) -> None:
         self.kv = kv
+        self.replica = replica  # written with every task this replica saves: the one running it, for CancelTask
         self.owner = owner_resolver
 
     @classmethod
-    async def open(cls, js: JetStreamContext, bucket: str, *, ttl: float | None = None) -> KVTaskStore:
+    async def open(cls, js: JetStreamContext, bucket: str, *, replica: str = "", ttl: float | None = None) -> KVTaskStore:
         """Create (or bind to) the bucket and return a store over it."""
-        return cls(await js.create_key_value(bucket=bucket, history=1, ttl=ttl))
+        return cls(await js.create_key_value(bucket=bucket, history=1, ttl=ttl), replica)
 
     def _key(self, task_id: str, context: ServerCallContext) -> str:
         return f"{_token(self.owner(context))}.{_token(task_id)}"
@@ -65,7 +66,7 @@ class KVTaskStore(VersionedTaskStore):
                    context: ServerCallContext) -> TaskVersion:
         """Write task if the stored one is still prev_version (a CANCELED write: if the stored one is not final)."""
         key = self._key(task.id, context)
-        value = orjson.dumps({"task": MessageToDict(task), "owner": self.owner(context)})
+        value = orjson.dumps({"task": MessageToDict(task), "owner": self.owner(context), "replica": self.replica})
         try:
             if task.status.state == TaskState.TASK_STATE_CANCELED:  # the interface's rule: no version check
                 stored = await self._entry(key)
@@ -86,6 +87,16 @@ class KVTaskStore(VersionedTaskStore):
         if entry.value is None or entry.revision is None:
             return None
         return parse_lenient(orjson.loads(entry.value)["task"], Task()), entry.revision
+
+    async def replica_of(self, task_id: str, context: ServerCallContext) -> str | None:
+        """The replica that last wrote the caller's task while it was not final (None: no such task, or final)."""
+        try:
+            entry = await self.kv.get(self._key(task_id, context))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        stored = orjson.loads(entry.value) if entry.value else {}
+        task = parse_lenient(stored.get("task", {}), Task())
+        return None if task.status.state in _TERMINAL else (stored.get("replica") or None)
 
     async def get(self, task_id: str, context: ServerCallContext) -> StoredTask | None:
         """Return the caller's task with its version, or None (another owner's task is None too)."""

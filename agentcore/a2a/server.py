@@ -57,6 +57,8 @@ _REQUESTS: dict[str, type[Proto]] = {
 _ENDS = {TaskState.TASK_STATE_COMPLETED, TaskState.TASK_STATE_FAILED, TaskState.TASK_STATE_CANCELED,
          TaskState.TASK_STATE_REJECTED, TaskState.TASK_STATE_INPUT_REQUIRED, TaskState.TASK_STATE_AUTH_REQUIRED}
 _SUPPORTED = Version(PROTOCOL_VERSION)
+#: Which replica runs a task (its id), or None: KVTaskStore.replica_of.
+Locate = Callable[[str, ServerCallContext], Awaitable[str | None]]
 
 
 def _ends(event: Any) -> bool:
@@ -71,27 +73,39 @@ class A2ANatsServer:
     """Answer the A2A operations of one agent under a subject prefix, sharing the work with replicas in a queue group."""
 
     def __init__(self, nc: NATSClient, handler: RequestHandler, card: AgentCard, prefix: str, *,
-                 queue: str | None = None, max_concurrency: int = 64, idle_timeout: float = 30.0) -> None:
+                 queue: str | None = None, max_concurrency: int = 64, idle_timeout: float = 30.0,
+                 replica: str | None = None, locate: Locate | None = None, forward_timeout: float = 5.0) -> None:
         self.nc = nc
         self.handler = handler
         self.card = card
         self.prefix = prefix
         self.queue = queue or prefix
         self.idle_timeout = idle_timeout
+        # Replicas: this one's id (it also answers PREFIX.replica.{id}.*), and how to find which replica runs a task
+        # (KVTaskStore.replica_of), so that CancelTask reaches the one running it (binding §10.3).
+        self.replica = replica
+        self.locate = locate
+        self.forward_timeout = forward_timeout
         self._room = asyncio.Semaphore(max_concurrency)  # requests served at once; the rest wait in NATS' buffer
-        self._sub: Subscription | None = None
+        self._subs: list[Subscription] = []
         self._running: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Subscribe the operations' subjects in the queue group (confirmed with the server before returning)."""
-        self._sub = await self.nc.subscribe(f"{self.prefix}.*", queue=self.queue, cb=self._on_request)
+        """Subscribe the operations' subjects in the queue group, and this replica's own (confirmed before returning)."""
+        self._subs.append(await self.nc.subscribe(f"{self.prefix}.*", queue=self.queue, cb=self._on_request))
+        if self.replica is not None:
+            self._subs.append(await self.nc.subscribe(f"{self.prefix}.replica.{self.replica}.*", cb=self._on_request))
         await confirm(self.nc)  # not nc.flush(): its PING can overtake the SUB (a "no responders" right after start)
+
+    async def leave_queue(self) -> None:
+        """Take no more requests from the queue group; this replica's own subject stays (its tasks can be reached)."""
+        if self._subs:
+            await self._subs.pop(0).unsubscribe()
 
     async def stop(self) -> None:
         """Unsubscribe and wait for the requests being served."""
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
+        while self._subs:
+            await self._subs.pop().unsubscribe()
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
 
@@ -124,6 +138,8 @@ class A2ANatsServer:
                 context.tenant = getattr(request, "tenant", "")
                 if streaming:
                     await self._stream(msg, request_id, operation, request, context)
+                    return
+                if operation == "CancelTask" and await self._forwarded(msg, request, context):
                     return
                 result = await self._unary(operation, request, context)
             except Exception as exc:  # every failure answers the requester: the A2A error, else InternalError
@@ -176,6 +192,23 @@ class A2ANatsServer:
         answer = await calls[operation](request, context)
         return b"{}" if answer is None else _json(answer)
 
+    async def _forwarded(self, msg: Msg, request: Any, context: ServerCallContext) -> bool:
+        """Hand CancelTask to the replica running the task and relay its answer; False: cancel here (it runs here,
+        nowhere, or on a replica that is gone, which the SDK then cancels by writing the store)."""
+        if self.locate is None or self.replica is None or msg.subject.startswith(f"{self.prefix}.replica."):
+            return False  # a forwarded request is never forwarded again
+        runner = await self.locate(request.id, context)
+        if runner is None or runner == self.replica:
+            return False
+        try:
+            answer = await self.nc.request(f"{self.prefix}.replica.{runner}.CancelTask", msg.data,
+                                           timeout=self.forward_timeout, headers=dict(msg.headers or {}))
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            log.debug("A2A CancelTask %s: replica %s does not answer, cancelling here", request.id, runner)
+            return False
+        await self._answer_raw(msg, answer.data, answer.headers or {})
+        return True
+
     async def _stream(self, msg: Msg, request_id: str, operation: str, request: Any, context: ServerCallContext) -> None:
         if operation == "SendStreamingMessage":
             events: AsyncGenerator[Any, None] = self.handler.on_message_send_stream(request, context)
@@ -211,8 +244,11 @@ class A2ANatsServer:
             await sender.close()
 
     async def _answer(self, msg: Msg, data: bytes, request_id: str, headers: dict[str, str] | None = None) -> None:
+        await self._answer_raw(msg, data, {H_REQUEST: request_id, **(headers or {})})
+
+    async def _answer_raw(self, msg: Msg, data: bytes, headers: dict[str, str]) -> None:
         try:
-            await self.nc.publish(msg.reply, data, headers={H_REQUEST: request_id, **(headers or {})})
+            await self.nc.publish(msg.reply, data, headers=headers)
         except nats.errors.Error as exc:
             log.debug("A2A answer to %s not sent: %s", msg.reply, exc)
 
