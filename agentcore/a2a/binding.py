@@ -11,11 +11,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from a2a.server.events.event_queue import Event
+from a2a.types.a2a_pb2 import StreamResponse
 from a2a.utils.errors import A2A_ERROR_MAPPING, A2A_REASON_TO_ERROR, A2AError, ErrorMapping, InternalError
 
 __all__ = (
     "BINDING_URI", "PROTOCOL_VERSION", "OPERATIONS", "H_VERSION", "H_EXTENSIONS", "H_REQUEST", "H_ERROR",
-    "H_ERROR_CODE", "CARD", "error_body", "error_frame", "error_from_body", "prefix_from_url", "url_for",
+    "H_ERROR_CODE", "CARD", "error_body", "error_frame", "error_from_body", "event_of", "prefix_from_url", "url_for",
 )
 
 #: The binding's identifier in an Agent Card's supportedInterfaces[].protocolBinding (spec §5.8); v1 of the wire format.
@@ -101,3 +103,12 @@ def error_from_body(data: bytes) -> A2AError | None:
                 metadata = detail.get("metadata")
                 return cls(message, data=metadata if isinstance(metadata, dict) and metadata else None)
     return InternalError(message=message)
+
+
+def event_of(response: StreamResponse) -> Event:
+    """The event a StreamResponse carries (Task, Message, status or artifact update)."""
+    which = response.WhichOneof("payload")
+    if which is None:
+        raise InternalError(message="a stream event with no payload")
+    event: Event = getattr(response, which)
+    return event

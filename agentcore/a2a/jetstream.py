@@ -28,6 +28,8 @@ from google.protobuf.json_format import MessageToDict, MessageToJson
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
+from .binding import event_of
+
 __all__ = ("JetStreamEventStream", "KVTaskStore")
 
 _TERMINAL = {TaskState.TASK_STATE_COMPLETED, TaskState.TASK_STATE_FAILED, TaskState.TASK_STATE_CANCELED,
@@ -147,14 +149,6 @@ class KVTaskStore(VersionedTaskStore):
             pass
 
 
-def _event(response: StreamResponse) -> Event:
-    which = response.WhichOneof("payload")
-    if which is None:
-        raise ValueError("an event with no payload")
-    event: Event = getattr(response, which)
-    return event
-
-
 class JetStreamEventStream(TaskEventStream):
     """Task events on a JetStream stream over ``{prefix}.events.>``, one subject per task, in write order."""
 
@@ -188,7 +182,7 @@ class JetStreamEventStream(TaskEventStream):
             async for msg in sub.messages:
                 version = TaskVersion(int((msg.headers or {}).get(H_VERSION, "0")))
                 if version.is_after(after):
-                    yield VersionedEvent(_event(parse_lenient(msg.data, StreamResponse())), version)
+                    yield VersionedEvent(event_of(parse_lenient(msg.data, StreamResponse())), version)
         finally:
             await sub.unsubscribe()
 

@@ -1,8 +1,9 @@
-"""Spec §5.1: the NATS binding and a2a-sdk's own JSON-RPC app, serving the same executor, answer alike.
+"""Spec §5.1: the NATS binding and a2a-sdk's own JSON-RPC app, serving the same executor, answer alike; and so does
+the HTTP bridge (the SDK's JSON-RPC app forwarding over NATS), so an HTTP-only client reaches a NATS agent.
 
-The HTTP side runs in-process (httpx.ASGITransport over the SDK's create_jsonrpc_routes and card routes); the NATS
-side is A2ANatsServer on a real nats-server. Each scenario runs through an unmodified a2a-sdk Client on both and
-the answers are compared with the ids and timestamps, which differ by nature, left out.
+The HTTP sides run in-process (httpx.ASGITransport over the SDK's create_jsonrpc_routes and card routes); the NATS
+agents are A2ANatsServer on a real nats-server. Each scenario runs through an unmodified a2a-sdk Client on all
+three and the answers are compared with the ids and timestamps, which differ by nature, left out.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from google.protobuf.json_format import MessageToDict  # noqa: E402
 from nats_fixtures import within  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 
-from agentcore.a2a import BINDING_URI, A2ANatsServer, NatsTransport, register  # noqa: E402
+from agentcore.a2a import BINDING_URI, A2ANatsServer, NatsTransport, register, url_for  # noqa: E402
+from agentcore.a2a.bridge import bridge_routes  # noqa: E402
 
-BRIDGE = "http://bridge.test"
+BRIDGE = "http://http-agent.test"  # the SDK's own JSON-RPC app (and the card both clients start from)
+FORWARDER = "http://bridge.test"  # the bridge: the SDK's JSON-RPC app answering through NATS
 VOLATILE = {"id", "taskId", "contextId", "messageId", "artifactId", "timestamp"}
 
 
@@ -46,29 +49,44 @@ def _plain(value: Any) -> Any:
 
 @asynccontextmanager
 async def both(nats_url: str, *, streaming: bool) -> AsyncIterator[dict[str, Client]]:
-    """One client per binding, each against its own DefaultRequestHandler over the same executor class."""
+    """One client per path, each against its own DefaultRequestHandler over the same executor class."""
     agent_card = card(nats_url)
     agent_card.supported_interfaces.append(AgentInterface(url=BRIDGE + "/", protocol_binding="JSONRPC",
                                                           protocol_version="1.0"))
-    nats_handler = DefaultRequestHandler(agent_executor=Echo(), task_store=InMemoryTaskStore(), agent_card=agent_card)
-    http_handler = DefaultRequestHandler(agent_executor=Echo(), task_store=InMemoryTaskStore(), agent_card=agent_card)
+    handlers = [DefaultRequestHandler(agent_executor=Echo(), task_store=InMemoryTaskStore(), agent_card=agent_card)
+                for _ in range(3)]
+    nats_handler, http_handler, bridged_handler = handlers
     app = Starlette(routes=[*create_agent_card_routes(agent_card), *create_jsonrpc_routes(http_handler, "/")])
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BRIDGE)
     server_nc, client_nc = await nats.connect(nats_url), await nats.connect(nats_url)
-    server = A2ANatsServer(server_nc, nats_handler, agent_card, PREFIX)
-    await server.start()
+    servers = [A2ANatsServer(server_nc, nats_handler, agent_card, PREFIX),
+               A2ANatsServer(server_nc, bridged_handler, agent_card, PREFIX + "-bridged")]
+    for server in servers:
+        await server.start()
+    bridge_card = card(nats_url)
+    bridge_card.supported_interfaces.append(AgentInterface(url=FORWARDER + "/", protocol_binding="JSONRPC",
+                                                           protocol_version="1.0"))
+    forwarding = NatsTransport(client_nc, None, url_for(nats_url, PREFIX + "-bridged"), timeout=10.0)
+    bridge = httpx.AsyncClient(transport=httpx.ASGITransport(app=Starlette(routes=bridge_routes(bridge_card, forwarding))),
+                               base_url=FORWARDER)
     try:
         over_nats = ClientFactory(ClientConfig(supported_protocol_bindings=[BINDING_URI], httpx_client=http,
                                              streaming=streaming))
         register(over_nats, client_nc, timeout=10.0)
         over_http = ClientFactory(ClientConfig(supported_protocol_bindings=["JSONRPC"], httpx_client=http,
                                              streaming=streaming))
-        # Both clients are built from the card as the HTTP side serves it (/.well-known/agent-card.json).
-        yield {"nats": await over_nats.create_from_url(BRIDGE), "jsonrpc": await over_http.create_from_url(BRIDGE)}
+        over_bridge = ClientFactory(ClientConfig(supported_protocol_bindings=["JSONRPC"], httpx_client=bridge,
+                                                 streaming=streaming))
+        # Every client is built from the card as an HTTP side serves it (/.well-known/agent-card.json).
+        yield {"nats": await over_nats.create_from_url(BRIDGE), "jsonrpc": await over_http.create_from_url(BRIDGE),
+               "bridge": await over_bridge.create_from_url(FORWARDER)}
     finally:
-        await server.stop()
-        for handler in (nats_handler, http_handler):
+        for server in servers:
+            await server.stop()
+        for handler in handlers:
             await handler.aclose()
+        await forwarding.close()
+        await bridge.aclose()
         await http.aclose()
         await client_nc.close()
         await server_nc.close()
@@ -104,7 +122,7 @@ def _scenarios(client: Client) -> dict[str, Callable[[], Any]]:
 
 
 @pytest.mark.parametrize("streaming", [True, False], ids=["streaming", "blocking"])
-async def test_the_nats_binding_answers_as_the_sdks_jsonrpc_app(nats_url: str, streaming: bool) -> None:
+async def test_nats_the_sdks_jsonrpc_app_and_the_bridge_answer_alike(nats_url: str, streaming: bool) -> None:
     async with both(nats_url, streaming=streaming) as clients:
         assert isinstance(clients["nats"]._transport, NatsTransport)  # INTERNAL: the factory chose NATS from the card
         seen: dict[str, Any] = {}
@@ -112,7 +130,7 @@ async def test_the_nats_binding_answers_as_the_sdks_jsonrpc_app(nats_url: str, s
         for name in names:
             answers = {kind: await within(_outcome(_scenarios(client)[name]), f"{name} over {kind}")
                        for kind, client in clients.items()}
-            assert answers["nats"] == answers["jsonrpc"], name
+            assert answers["nats"] == answers["jsonrpc"] == answers["bridge"], name
             seen[name] = answers["nats"]
         assert seen["get_unknown"] is TaskNotFoundError and seen["old_version"] is VersionNotSupportedError
         assert seen.get("subscribe_unknown", TaskNotFoundError) is TaskNotFoundError
