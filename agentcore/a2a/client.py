@@ -68,7 +68,9 @@ class NatsTransport(ClientTransport):
     def _headers(self, context: ClientCallContext | None, request_id: str) -> dict[str, str]:
         headers = {H_VERSION: PROTOCOL_VERSION}
         if context is not None and context.service_parameters:
-            headers.update(context.service_parameters)  # a caller's A2A-Version overrides ours
+            given = {name.lower() for name in context.service_parameters}  # names are case-insensitive: the caller's win
+            headers = {name: value for name, value in headers.items() if name.lower() not in given}
+            headers.update(context.service_parameters)
         headers[H_REQUEST] = request_id
         return headers
 

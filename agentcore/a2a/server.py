@@ -155,7 +155,8 @@ class A2ANatsServer:
 
     def _context(self, operation: str, headers: dict[str, str]) -> ServerCallContext:
         """The call's context: the service parameters as they came (state["headers"]), the requested extensions."""
-        version = headers.get(H_VERSION) or "0.3"  # spec §3.6.2: an empty version is 0.3
+        named = {name.lower(): value for name, value in headers.items()}  # service parameter names are case-insensitive
+        version = named.get(H_VERSION.lower()) or "0.3"  # spec §3.6.2: an empty version is 0.3
         try:
             supported = Version(version).major == _SUPPORTED.major
         except InvalidVersion:
@@ -164,7 +165,7 @@ class A2ANatsServer:
             raise VersionNotSupportedError(
                 message=f"A2A version '{version}' is not supported by this agent; it serves '{PROTOCOL_VERSION}'")
         return ServerCallContext(state={"headers": headers, "method": operation},
-                                 requested_extensions=get_requested_extensions([headers.get(H_EXTENSIONS, "")]))
+                                 requested_extensions=get_requested_extensions([named.get(H_EXTENSIONS.lower(), "")]))
 
     async def _unary(self, operation: str, request: Any, context: ServerCallContext) -> bytes:
         handler = self.handler

@@ -63,9 +63,10 @@ async def test_errors_reach_the_client_as_the_sdks_own_exceptions(served: tuple[
     client = factory(nc, streaming=False).create(card)
     with pytest.raises(TaskNotFoundError):
         await within(client.get_task(GetTaskRequest(id="no-such-task")), "GetTask")
-    old = ClientCallContext(service_parameters={"A2A-Version": "0.3"})
-    with pytest.raises(VersionNotSupportedError):
-        await within(client.get_task(GetTaskRequest(id="no-such-task"), context=old), "GetTask 0.3")
+    for name, version in (("A2A-Version", "0.3"), ("a2a-version", "2.0"), ("A2A-Version", "")):  # names: any case
+        old = ClientCallContext(service_parameters={name: version})
+        with pytest.raises(VersionNotSupportedError):
+            await within(client.get_task(GetTaskRequest(id="no-such-task"), context=old), f"GetTask {version!r}")
 
 
 async def test_streams_refuse_an_unknown_task_with_its_error(served: tuple[NATSClient, AgentCard]) -> None:
