@@ -73,6 +73,11 @@ def _serve(nats_url: str, http_port: int, ready: Any) -> None:
         handler = DefaultRequestHandler(agent_executor=Echo(), task_store=InMemoryTaskStore(), agent_card=card)
         nc = await nats.connect(nats_url)
         await A2ANatsServer(nc, handler, card, PREFIX).start()
+
+        async def echo(msg: Any) -> None:  # the floor: a bare nats-py request/reply of a similar body
+            await nc.publish(msg.reply, msg.data)
+
+        await nc.subscribe("bench.echo", cb=echo)
         app = Starlette(routes=[*create_agent_card_routes(card), *create_jsonrpc_routes(handler, "/")])
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=http_port, log_level="warning",
                                                access_log=False))
@@ -101,14 +106,18 @@ async def _bench(nats_url: str, http_port: int, blocks: int, per_block: int) -> 
     register(nats_factory, nc)
     http_factory = ClientFactory(ClientConfig(supported_protocol_bindings=["JSONRPC"], streaming=False,
                                               httpx_client=http))
-    clients = {"nats": nats_factory.create(card), "jsonrpc": http_factory.create(card)}
+    clients: dict[str, Any] = {"raw-nats": None, "nats": nats_factory.create(card), "jsonrpc": http_factory.create(card)}
+    body = b'{"message": {"messageId": "m", "role": "ROLE_USER", "parts": [{"text": "summarise the quarterly numbers"}]}}'
 
     async def once(client: Any) -> None:
+        if client is None:
+            await nc.request("bench.echo", body, timeout=5)
+            return
         request = SendMessageRequest(message=new_text_message("summarise the quarterly numbers", role=Role.ROLE_USER))
         async for event in client.send_message(request):
             assert event.HasField("message")
 
-    for client in clients.values():  # warm up both paths
+    for client in clients.values():  # warm up every path
         for _ in range(50):
             await once(client)
     samples: dict[str, list[float]] = {kind: [] for kind in clients}
@@ -121,9 +130,10 @@ async def _bench(nats_url: str, http_port: int, blocks: int, per_block: int) -> 
     for kind, values in samples.items():
         values.sort()
         p99 = values[int(len(values) * 0.99) - 1]
-        print(f"{kind:8s} SendMessage round trip over {len(values)} calls: p50 {statistics.median(values):.0f} µs, "
+        print(f"{kind:8s} round trip over {len(values)} calls: p50 {statistics.median(values):.0f} µs, "
               f"p99 {p99:.0f} µs")
     print(f"ratio jsonrpc/nats p50: {statistics.median(samples['jsonrpc']) / statistics.median(samples['nats']):.2f}")
+    print(f"ratio nats/raw-nats p50: {statistics.median(samples['nats']) / statistics.median(samples['raw-nats']):.2f}")
     await http.aclose()
     await nc.close()
 
