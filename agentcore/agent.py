@@ -25,6 +25,7 @@ from .persistence import Persistence
 from .services import Services
 from .streaming import StreamReceiver, Streaming
 from .topics import Topics
+from .tracing import Tracing
 
 if TYPE_CHECKING:
     from .mcp.client import MCPClient
@@ -57,8 +58,9 @@ class NATSAgent:
         self._services = Services(core)  # the NATS service API ($SRV.PING/INFO/STATS)
         self._contracts = Contracts(core)  # capability input/output schemas
         self._services.endpoint_metadata = self._contracts.metadata
+        self._tracing = Tracing(core)  # OpenTelemetry spans, when enabled (trace headers pass through regardless)
         core.components.extend((self._persistence, self._streaming, self._batching, self._negotiation, self._mcp,
-                                self._services, self._contracts))
+                                self._services, self._contracts, self._tracing))
         core.setup = self._setup_subscriptions  # looked up now: a subclass's override (the guide's style) runs at start
         core.face = self  # control, discovery and status use this agent's (possibly overridden) public methods
         self._own_thread: threading.Thread | None = None
@@ -238,6 +240,10 @@ class NATSAgent:
         With expected=N it returns as soon as N agents have answered.
         """
         return await self._core.discover(capability, timeout=timeout, expected=expected, include_self=include_self)
+
+    def enable_tracing(self, tracer_provider: Any = None, propagator: Any = None) -> None:
+        """Record OpenTelemetry spans (extra otel) with tracer_provider and propagator (default: the global ones)."""
+        self._tracing.enable(tracer_provider, propagator)
 
     def get_metrics(self) -> dict[str, Any]:
         """Return counters and latencies: messages_processed, messages_failed, avg/p50/p99 latency_ms, in_flight, reconnects, ..."""

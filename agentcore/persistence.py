@@ -205,7 +205,7 @@ class Persistence:
             delay = 0.05
             while True:
                 # The message id doubles as JetStream's dedup id: a retry after a lost PubAck is stored once.
-                headers = {"Nats-Msg-Id": message["id"]}
+                headers = host.connection.traced(subject, data, {"Nats-Msg-Id": message["id"]})
                 if host.connection.signer is not None:  # stored as signed; checked (key, signature) when delivered
                     headers = host.connection.signer.headers(subject, "", data, headers)
                 try:

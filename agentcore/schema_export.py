@@ -11,7 +11,10 @@ from typing import Any
 
 from .services import VERSION
 
-__all__ = ("asyncapi_document", "tool_definitions")
+__all__ = ("asyncapi_document", "tool_definitions", "TOOL_STYLES")
+
+#: The shapes tool_definitions() writes.
+TOOL_STYLES = ("mcp", "openai", "anthropic")
 
 _ANY: dict[str, Any] = {}  # the schema of a capability without a contract: any JSON value
 
@@ -102,18 +105,21 @@ def asyncapi_document(agents: Iterable[Mapping[str, Any]], environment: str, *, 
 
 
 def tool_definitions(agents: Iterable[Mapping[str, Any]], *, style: str = "mcp") -> list[dict[str, Any]]:
-    """Return the capabilities as LLM tool definitions: style "mcp" (name, description, inputSchema) or "openai"."""
+    """Return the capabilities as LLM tool definitions: style "mcp" (name, description, inputSchema), "openai"
+    (function tools) or "anthropic" (name, description, input_schema)."""
     tools = []
     for cap, entry in _capabilities(agents).items():
         schema = entry.get("input") or {"type": "object"}
         description = entry.get("description") or f"Send a task to the {cap} capability"
         if style == "openai":
             tools.append({"type": "function", "function": {"name": cap, "description": description, "parameters": schema}})
+        elif style == "anthropic":
+            tools.append({"name": cap, "description": description, "input_schema": schema})
         elif style == "mcp":
             tool: dict[str, Any] = {"name": cap, "description": description, "inputSchema": schema}
             if "output" in entry:
                 tool["outputSchema"] = entry["output"]
             tools.append(tool)
         else:
-            raise ValueError(f"style must be 'mcp' or 'openai', not {style!r}")
+            raise ValueError(f"style must be one of {', '.join(TOOL_STYLES)}, not {style!r}")
     return tools

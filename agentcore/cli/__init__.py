@@ -115,6 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "run an agent (module:attr: an agent, or a function returning one) until Ctrl-C or SIGTERM", common)
     run.add_argument("target", metavar="module:attr", help="e.g. examples.worker:build (a function may take config=)")
 
+    schema = _command(commands, "schema", "agentcore.cli.schema:schema",
+                      "write the AsyncAPI 3 document of the environment's capabilities (or, with --tools, the "
+                      "capabilities as LLM tool definitions), from live discovery or from --app module:attr", common)
+    schema.add_argument("capability", nargs="?", help="only agents with this capability (live discovery)")
+    schema.add_argument("--app", metavar="module:attr", help="describe the agent this builds (not started) instead of "
+                                                             "asking the live environment")
+    schema.add_argument("--tools", nargs="?", const="mcp", choices=("mcp", "openai", "anthropic"), metavar="STYLE",
+                        help="print the capabilities as tool definitions: mcp (default), openai or anthropic")
+    schema.add_argument("--format", choices=("json", "yaml"), default="json", help="output format (default json)")
+    schema.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+    schema.add_argument("--title", help="the AsyncAPI document's info.title")
+    schema.add_argument("-t", "--timeout", type=float, default=0.5, help="how long to collect discovery answers (default 0.5 s)")
+
     config = _command(commands, "config", "", "work with configuration files", [])
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
     check = _command(config_commands, "check", "agentcore.cli.commands:config_check",

@@ -124,6 +124,9 @@ class Control:
         enough = asyncio.Event()
 
         async def collect(msg: Msg) -> None:
+            if not msg.data and msg.headers and msg.headers.get("Status") == "503":
+                enough.set()  # no responders: nobody subscribes discovery, so no answer will come (not a malformed one)
+                return
             try:
                 reply = decode(msg.data)
             except EnvelopeError as exc:

@@ -17,6 +17,7 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from contextvars import Token
 from typing import Any
 
 import orjson
@@ -31,6 +32,7 @@ from ..topics import Topics
 from ..transport.connection import Connection
 from ..transport.offload import pull_request
 from ..transport.settlement import PersistedMsg, Settlement
+from ..transport.tracecontext import CURRENT, TRACEPARENT, Scope, carried
 from .caching import DONE, IN_FLIGHT, MISS, SHARED, TaskCache
 from .records import NO_REPLY, TASK, Delivery, Incoming, Queued, Registration, SubscriptionKey, asked_at
 from .replies import Replies
@@ -283,6 +285,19 @@ class Dispatcher:
                 log.warning("agent %s got message id %s from %s while one with that id is still pending; "
                             "publish_result(%r) answers the first", self.agent_id, mid, message["source"]["id"], mid)
         replay: Any = DONE  # what a retry of this message id is answered with
+        # Trace context: a tracer opens the run's span; without one, a traceparent header is passed on to what the
+        # handler sends (one `is None` test for a message without headers).
+        scope: Scope | None = None
+        token: Token[dict[str, str] | None] | None = None
+        tracer = self.connection.tracer
+        if tracer is not None:
+            scope = tracer.process(subject, message, msg.headers, reg.system)
+        else:
+            headers = msg.headers
+            if headers is not None and TRACEPARENT in headers:
+                trace = carried(headers)
+                if trace is not None:
+                    token = CURRENT.set(trace)
         try:
             routing = message.get("routing")
             if routing is not None and routing.get("timeout") is not None and is_expired(message):
@@ -348,12 +363,18 @@ class Dispatcher:
                 log.exception("agent %s handler for %s raised on message %s", self.agent_id, subject, mid)
             reg.errors += 1
             reg.last_error = f"{code}: {text}"
+            if scope is not None:
+                scope.error(exc)
             if not delivery.answered:
                 try:
                     await replies.fail(delivery, code, text, **details)
                 except Exception:
                     log.exception("agent %s could not send the error result for %s", self.agent_id, mid)
         finally:
+            if scope is not None:
+                scope.end()
+            elif token is not None:
+                CURRENT.reset(token)
             if pending.get(mid) is delivery and not delivery.deferred:
                 del pending[mid]
             if self.cache is not None and not reg.system:

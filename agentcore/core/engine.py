@@ -29,6 +29,7 @@ from ..transport.connection import Connection
 from ..transport.inline import REJECT, Accept
 from ..transport.offload import pull_result, request_large
 from ..transport.settlement import Settlement, pub_ack_stream
+from ..transport.tracecontext import CURRENT
 from .caching import MISS
 from .control import Control, Face
 from .dispatch import Dispatcher
@@ -283,10 +284,10 @@ class Core:
                 assert self._route is not None
                 reply: dict[str, Any] = await self._route(subject, message, timeout, accept)
             elif len(data) <= connection.max_payload():
-                if connection.signer is None:
-                    reply = await connection.requests(nc).request(subject, data, timeout, accept)
+                if connection.bare:  # sent at once when it can be, with the trace headers of the handler sending it
+                    reply = await connection.requests(nc).request(subject, data, timeout, accept, CURRENT.get())
                 else:
-                    reply = await connection.request(subject, data, timeout, accept)  # signed, so through nc.publish
+                    reply = await connection.request(subject, data, timeout, accept)  # signed or traced: through nc.publish
             else:  # offered as a stream that the serving agent pulls: a 20 MB task arrives whole
                 reply = await request_large(connection, subject, message, data, timeout, accept)
         except nats.errors.NoRespondersError:

@@ -30,6 +30,7 @@ class Incoming(Protocol):
     subject: str
     data: bytes
     reply: str
+    headers: dict[str, str] | None
 
 
 @dataclass(eq=False, slots=True)

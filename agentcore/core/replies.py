@@ -18,6 +18,7 @@ from ..transport.connection import Connection
 from ..transport.inline import send_now
 from ..transport.offload import offer_result
 from ..transport.settlement import Settlement
+from ..transport.tracecontext import CURRENT
 from .records import Delivery
 
 __all__ = ("Replies",)
@@ -117,12 +118,13 @@ class Replies:
             await self.fail(delivery, "result_invalid", str(exc))
             return
         delivery.answered = True
-        if self.connection.signer is not None:  # signed: headers, so never the direct (header-less) write
+        if not self.connection.bare:  # signed or traced by a tracer: through publish, which adds the headers
             await self.connection.publish(dest, data)
             return
         nc: NATSClient = self.connection.nc  # type: ignore[assignment]  # connected: the request came over it
-        if not send_now(nc, dest, data):  # at once when nothing is pending (inline: no extra coroutine)
-            await nc.publish(dest, data)
+        trace = CURRENT.get()  # the trace headers of the task being answered, passed on (None: none came)
+        if not send_now(nc, dest, data, headers=trace):  # at once when nothing is pending (inline: no extra coroutine)
+            await nc.publish(dest, data, headers=trace)
         self.metrics.published += 1
 
     async def fail(self, delivery: Delivery, code: str, text: str, **details: Any) -> None:
@@ -150,8 +152,9 @@ class Replies:
             wait = message["timestamp"] + routing["timeout"] / 1000.0 - time.time()
         else:
             wait = self.config["agent.request_timeout"]
-        # Say no_result a little before the requester gives up (its timeout is routing.timeout), so it hears it.
-        wait -= min(wait * 0.1, 1.0)
+        # Say no_result before the requester gives up (its timeout is routing.timeout), early enough that it hears
+        # it on a loaded machine: 10% of the wait, at least 250 ms (at most half the wait), at most 1 s.
+        wait -= min(max(wait * 0.1, 0.25), wait / 2, 1.0)
         delivery.timer = asyncio.get_running_loop().call_later(max(wait, 0.0), self._expire_deferred, delivery)
 
     def _expire_deferred(self, delivery: Delivery) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from pydantic import TypeAdapter
@@ -256,12 +256,18 @@ class MCPClient:
         *,
         progress_callback: ProgressCallback | None = None,
         timeout: float | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> mcp_types.CallToolResult:
-        """Call a tool and return the SDK's CallToolResult (is_error set when the tool reported an error)."""
+        """Call a tool and return the SDK's CallToolResult (is_error set when the tool reported an error).
+
+        meta goes to the server as the request's params._meta (trace context: traceparent, tracestate, baggage).
+        """
         session = self.session
-        result: mcp_types.CallToolResult = await self._guard(
-            session.call_tool(name, arguments or {}, read_timeout_seconds=timeout, progress_callback=progress_callback)
-        )
+        call = (session.call_tool(name, arguments or {}, read_timeout_seconds=timeout, progress_callback=progress_callback)
+                if meta is None else
+                session.call_tool(name, arguments or {}, read_timeout_seconds=timeout, progress_callback=progress_callback,
+                                  meta=cast(Any, meta)))  # the SDK's RequestParamsMeta: a dict of its keys
+        result: mcp_types.CallToolResult = await self._guard(call)
         return result
 
     async def request(

@@ -37,6 +37,7 @@ from ..errors import (
     MCPToolError,
     MCPToolNotFoundError,
 )
+from ..transport.tracecontext import CURRENT
 from .exposure import Exposure
 
 if TYPE_CHECKING:
@@ -433,7 +434,10 @@ class MCP:
         destination = message.get("replyTo")
         if token is not None and destination:
             progress = self._progress_sender(destination, token, message)
-        result = await hosted.client.call_tool(name, arguments, progress_callback=progress, timeout=_deadline(message))
+        # The trace context of this call goes on to the server in params._meta (MCP's convention; with OpenTelemetry
+        # configured the SDK writes its own client span's there instead).
+        result = await hosted.client.call_tool(name, arguments, progress_callback=progress, timeout=_deadline(message),
+                                               meta=CURRENT.get())
         data = result.model_dump(by_alias=True, mode="json", exclude_none=True)
         if cache is not None and not result.is_error:
             cache.put(key, data)
@@ -500,7 +504,18 @@ class MCP:
         counters = self._host.metrics.counters
         params: dict[str, Any] = {"name": tool_name, "arguments": arguments or {}}
         counters["mcp_calls"] += 1
-        result = await self._call(server_id, "tools/call", params, timeout, progress=progress, tool=tool_name)
+        tracer = self._host.connection.tracer
+        if tracer is None:
+            result = await self._call(server_id, "tools/call", params, timeout, progress=progress, tool=tool_name)
+        else:  # an execute_tool span around the call; the request carries its context
+            scope = tracer.tool(server_id, tool_name, None)
+            try:
+                result = await self._call(server_id, "tools/call", params, timeout, progress=progress, tool=tool_name)
+            except BaseException as exc:
+                scope.error(exc)
+                raise
+            finally:
+                scope.end()
         if raw:
             return result
         if result.get("isError"):
@@ -573,6 +588,9 @@ class MCP:
             params = rpc.setdefault("params", {})
             meta = params.setdefault("_meta", {})
             meta.setdefault("progressToken", request_id)
+        trace = CURRENT.get()
+        if trace is not None:  # MCP's convention: the trace context in params._meta too (the NATS headers carry it)
+            rpc.setdefault("params", {}).setdefault("_meta", {}).update(trace)
         reply = host.topics.mcp_responses(host.agent_id, request_id)
         envelope = new_message(
             "query", rpc, source_id=host.agent_id, source_type=host.agent_type, reply_to=reply,

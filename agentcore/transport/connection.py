@@ -19,6 +19,7 @@ from ..errors import NotConnectedError, PayloadTooLargeError
 from ..metrics import AgentMetrics
 from .identity import Signer, Verifier, load_seed
 from .inline import Accept, RequestMux, forget_connection, send_now
+from .tracecontext import CURRENT, Tracer, with_trace
 
 __all__ = ("Connection",)
 
@@ -82,6 +83,10 @@ class Connection:
         self.verifier: Verifier | None = (
             Verifier(agent_id, config, metrics, self.signer) if config["identity.trusted"] or config["identity.require"] else None
         )
+        # A tracer (agentcore.tracing) opens spans for sends and handler runs; None: trace headers are passed through.
+        self.tracer: Tracer | None = None
+        # No signer and no tracer: a send needs headers only when a traced handler makes it (one test on the hot path).
+        self.bare = self.signer is None
 
     # ------------------------------------------------------------------ connecting
 
@@ -211,6 +216,10 @@ class Connection:
     async def publish(self, subject: str, data: bytes, reply: str = "", headers: dict[str, str] | None = None) -> None:
         """Publish through nats-py's buffer; a refusal is NotConnectedError with its reason."""
         nc = self.require()
+        if self.tracer is not None:
+            headers = self.tracer.send(subject, data, headers)
+        else:
+            headers = with_trace(headers)
         if self.signer is not None:
             headers = self.signer.headers(subject, reply, data, headers)
         try:
@@ -218,6 +227,15 @@ class Connection:
         except nats.errors.Error as exc:
             raise NotConnectedError(f"agent {self.agent_id} could not publish on {subject}: {exc or type(exc).__name__}") from exc
         self.metrics.published += 1
+
+    def traced(self, subject: str, data: bytes, headers: dict[str, str] | None) -> dict[str, str] | None:
+        """Return headers with the trace context this send carries (for sends that bypass publish: JetStream)."""
+        return self.tracer.send(subject, data, headers) if self.tracer is not None else with_trace(headers)
+
+    def trace_with(self, tracer: Tracer | None) -> None:
+        """Let tracer open the spans of sends and handler runs (None: pass trace headers through again)."""
+        self.tracer = tracer
+        self.bare = self.signer is None and tracer is None
 
     def requests(self, nc: NATSClient) -> RequestMux:
         """Return the request multiplexer over nc (one wildcard inbox, replies resolved inline)."""
@@ -229,9 +247,9 @@ class Connection:
     async def request(self, subject: str, data: bytes, timeout: float, accept: Accept | None = None) -> Any:
         """Publish data and return the reply, or what accept made of it (nats-py's NoRespondersError or TimeoutError otherwise)."""
         mux = self.requests(self.require())
-        if self.signer is None:
-            return await mux.request(subject, data, timeout, accept)
-        return await mux.request_via(lambda inbox: self.publish(subject, data, inbox), timeout, accept)  # signed: no direct write
+        if self.bare:
+            return await mux.request(subject, data, timeout, accept, CURRENT.get())
+        return await mux.request_via(lambda inbox: self.publish(subject, data, inbox), timeout, accept)  # with headers: no direct write
 
     async def request_via(self, publish: Callable[[str], Awaitable[None]], timeout: float, accept: Accept | None = None) -> Any:
         """Call publish(inbox) and return the reply that reaches that inbox within timeout (accept as in request)."""

@@ -31,6 +31,7 @@ from ..errors import (
 from .identity import H_SENDER, Signer, Verifier
 from .settlement import pub_ack_stream
 from .subscriptions import confirm
+from .tracecontext import CURRENT
 
 __all__ = ("StreamChunk", "StreamReceiver", "FrameSender", "pull_offer", "pull_answer", "serve_pull", "encode_item", "split_point", "HEADER_ROOM",
            "H_STREAM", "H_SEQ", "H_KIND", "H_FINAL", "H_CTL", "H_ACK", "H_WINDOW", "H_CANCEL")
@@ -178,6 +179,9 @@ class FrameSender:
         if self.cancelled or self.dest is None:
             return
         headers = {H_STREAM: self.task_id, H_SEQ: str(self.seq), H_KIND: ERROR, H_CTL: self.ctl, H_FINAL: "1"}
+        trace = CURRENT.get()  # the stream's handler was traced: each frame carries its trace context
+        if trace is not None:
+            headers.update(trace)
         data = orjson.dumps({"code": code, "message": text})
         if self.signer is not None:
             headers = self.signer.headers(self.dest, "", data, headers)
@@ -202,6 +206,9 @@ class FrameSender:
         headers = {H_STREAM: self.task_id, H_SEQ: str(self.seq), H_KIND: kind, H_CTL: self.ctl}
         if final:
             headers[H_FINAL] = "1"
+        trace = CURRENT.get()
+        if trace is not None:
+            headers.update(trace)
         assert self.dest is not None
         if self.signer is not None:
             headers = self.signer.headers(self.dest, "", data, headers)

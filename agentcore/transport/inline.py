@@ -23,7 +23,9 @@ import nats.errors
 from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.protocol.command import pub_cmd
+from nats.protocol.command import hpub_cmd, pub_cmd
+
+from .tracecontext import TRACE_HEADERS
 
 __all__ = ("deliver_inline", "forget_connection", "send_now", "RequestMux", "REJECT", "Accept")
 
@@ -68,7 +70,18 @@ _validate_subject: Callable[[str], None] | None = getattr(nats.aio.client, "_val
 _sent_now: set[NATSClient] = set()  # connections that wrote a message directly in this event-loop iteration
 
 
-def send_now(nc: NATSClient, subject: str, data: bytes, reply: str = "") -> bool:
+def _header_block(headers: dict[str, str]) -> bytes | None:
+    """Return headers as NATS/1.0 header lines (as nc.publish writes them); None for anything but plain trace headers."""
+    lines = [b"NATS/1.0\r\n"]
+    for key, value in headers.items():
+        if key not in TRACE_HEADERS or "\r" in value or "\n" in value:
+            return None  # other headers, or values nc.publish would have to clean: its own path
+        lines.append(f"{key}: {value.strip()}\r\n".encode())
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def send_now(nc: NATSClient, subject: str, data: bytes, reply: str = "", headers: dict[str, str] | None = None) -> bool:
     """Write one PUB straight to the socket, as nc.publish would queue it; False when nc.publish must send it.
 
     nc.publish appends the PUB to nats-py's pending buffer and wakes its flusher task, which writes it one
@@ -95,13 +108,20 @@ def send_now(nc: NATSClient, subject: str, data: bytes, reply: str = "") -> bool
             return False
     except AttributeError:  # a nats-py whose internals differ: its own publish
         return False
+    if headers is None:
+        command = pub_cmd(subject, reply, data)
+    else:  # trace headers passed through: HPUB, as nc.publish would write it
+        block = _header_block(headers)
+        if block is None:
+            return False
+        command = hpub_cmd(subject, reply, block, data)
     if _validate_subject is not None and not getattr(nc, "_skip_subject_validation", False):
         _validate_subject(subject)
         if reply:
             _validate_subject(reply)
     nc.stats["out_msgs"] += 1
     nc.stats["out_bytes"] += len(data)
-    transport.write(pub_cmd(subject, reply, data))
+    transport.write(command)
     _sent_now.add(nc)
     asyncio.get_running_loop().call_soon(_sent_now.discard, nc)
     return True
@@ -168,16 +188,17 @@ class RequestMux:
         del self._waiting[token]
         fut.set_result(value)
 
-    async def request(self, subject: str, data: bytes, timeout: float, accept: Accept | None = None) -> Any:
-        """Publish data to subject and return the reply (what accept made of it, when given).
+    async def request(self, subject: str, data: bytes, timeout: float, accept: Accept | None = None,
+                      headers: dict[str, str] | None = None) -> Any:
+        """Publish data (with headers: trace headers only) to subject and return the reply (what accept made of it).
 
         Raise nats' NoRespondersError or TimeoutError.
         """
         nc = self.nc
 
         async def publish(inbox: str) -> None:
-            if not send_now(nc, subject, data, inbox):
-                await nc.publish(subject, data, reply=inbox)
+            if not send_now(nc, subject, data, inbox, headers):
+                await nc.publish(subject, data, reply=inbox, headers=headers)
 
         return await self.request_via(publish, timeout, accept)
 
