@@ -46,6 +46,7 @@ from .errors import (
     StreamGapError,
     StreamTimeoutError,
     SubjectError,
+    TaskNotFoundError,
 )
 from .topics import Topics
 
@@ -109,6 +110,7 @@ __all__ = (
     "StreamGapError",
     "StreamTimeoutError",
     "SubjectError",
+    "TaskNotFoundError",
 )
 
 

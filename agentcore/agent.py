@@ -313,6 +313,7 @@ class NATSAgent:
         task_id: str | None = None,
         *,
         reply_to: str | None = None,
+        source: str | None = None,
         window: int = 16,
         idle_timeout: float = 30.0,
         gap_timeout: float = 1.0,
@@ -326,9 +327,29 @@ class NATSAgent:
         ``agent.publish(topic, content, type="task", message_id=r.task_id, reply_to=r.reply_to)`` addresses
         a task as well, without the window. Entering the receiver subscribes and confirms the subscription with the server, so
         the task may then go out on any connection. Only frames and results of that task id are yielded.
+        source="agent-id" (or "*") reads what that agent streams for a task id it does not serve (``stream_response``
+        called outside a handler, as the guide's snippet does): its result topic ``agents.{env}.result.{source}.stream``.
         """
-        return self._streaming.receive_stream(task_id, reply_to=reply_to, window=window, idle_timeout=idle_timeout,
-                                              gap_timeout=gap_timeout)
+        return self._streaming.receive_stream(task_id, reply_to=reply_to, source=source, window=window,
+                                              idle_timeout=idle_timeout, gap_timeout=gap_timeout)
+
+    # ------------------------------------------------------------------ task lifecycle
+
+    async def cancel(self, task_id: str, *, reply_to: str | None = None, timeout: float = 2.0) -> dict[str, Any]:
+        """Cancel a task of ours that some agent serves; return its word ({"task_id", "state": "cancelled", "agent"}).
+
+        The serving agent cancels the handler (it sees CancelledError), sends nothing more and terminates a persisted
+        task. reply_to is where the task's answer goes (known already for request_stream's tasks). Cancelling an
+        awaiting send_task/request/request_stream (or its timeout) does the same by itself. TaskNotFoundError when no
+        agent holds that task of ours (ended, never arrived, or not ours) within timeout. See docs/cancellation.md.
+        """
+        return await self._core.cancel_task(task_id, reply_to, timeout)
+
+    async def task_status(self, task_id: str, *, timeout: float = 2.0) -> dict[str, Any]:
+        """Return what became of a task of ours: {"task_id", "state", "agent", "since"}; state is queued, running, done,
+        failed or cancelled. Only the task's requester (or an agent in the server's control.allow) is answered;
+        TaskNotFoundError when no agent answers within timeout (see docs/cancellation.md)."""
+        return await self._core.task_status(task_id, timeout)
 
     # ------------------------------------------------------------------ batching
 

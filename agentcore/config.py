@@ -248,6 +248,9 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "identity.require": (False, _bool),
     "identity.window": (30.0, _positive_float),  # seconds a signature's timestamp may be off from the receiver's clock
     "identity.replay_bytes": (4 * 1024 * 1024, _positive_int),  # memory for recently seen signatures
+    # Lifecycle records of the tasks this agent serves (status queries, cancellation): finished ones are dropped
+    # oldest first beyond this many bytes.
+    "tasks.max_status_bytes": (4 * 1024 * 1024, _positive_int),
     # OpenTelemetry spans (agentcore.tracing, extra "otel"), with the global tracer provider; trace headers are passed
     # through either way.
     "tracing.enabled": (False, _bool),

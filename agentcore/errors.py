@@ -227,3 +227,11 @@ class StreamLimitError(StreamError):
 
 class StreamTimeoutError(StreamError, RequestTimeoutError):
     """No chunk (receiver) or no credit (producer) arrived within the stream's idle timeout."""
+
+
+class TaskNotFoundError(AgentCoreError, LookupError):
+    """No agent answered for the task: it never reached one, its record was dropped, or it is not the asker's."""
+
+    def __init__(self, message: str, *, task_id: str | None = None) -> None:
+        super().__init__(message)
+        self.task_id = task_id

@@ -121,6 +121,8 @@ class Persistence:
         await store.acked.start()
         self.keeping = Keeping(host, store)
         host.keep_answers(self.keeping)
+        if config["jetstream.track_status"]:
+            host.status_from(self)  # task_status answers from the kept status, which survives restarts
         self._js, self._stream = js, name
         host.work.settlement.keep_alive(config["jetstream.ack_wait"])
         host.serve_from(self)
@@ -364,10 +366,14 @@ class Persistence:
         return await self.keeping.result(task_id, timeout)
 
     async def status_of(self, task_id: str) -> dict[str, Any] | None:
-        """Return the stored status record of a persisted task ({"status", "agent", "at"}), None when none is kept."""
+        """Return the stored status of a persisted task as task_status gives it ({"task_id", "state", "agent",
+        "since"}), None when none is kept."""
         if self.keeping is None:
             raise PersistenceError(f"agent {self._host.agent_id} keeps no task status: jetstream.enabled is off")
-        return await self.keeping.status_of(task_id)
+        record = await self.keeping.status_of(task_id)
+        if record is None:
+            return None
+        return {"task_id": task_id, "state": record["status"], "agent": record.get("agent"), "since": record.get("at")}
 
     async def persistence_info(self) -> dict[str, Any]:
         """Return the task stream's name and state (messages kept, consumers), or {"enabled": False}."""

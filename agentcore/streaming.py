@@ -13,6 +13,7 @@ Results larger than max_payload travel as pulled streams too (``transport.offloa
 from __future__ import annotations
 
 import asyncio
+import base64
 import inspect
 from collections.abc import AsyncIterator
 from typing import Any
@@ -36,7 +37,9 @@ from .transport.frames import (
 )
 from .transport.offload import publish_request
 
-__all__ = ("Streaming", "StreamReceiver", "StreamChunk", "pull_offer")
+__all__ = ("Streaming", "StreamReceiver", "StreamChunk", "pull_offer", "assemble", "STREAM_TYPE")
+
+STREAM_TYPE = "stream"  # the task-type token of the result topic a stream for no pending task goes to
 
 
 _END: Any = object()  # what _next returns once the generator is exhausted
@@ -109,6 +112,30 @@ class _Items:
             await asyncio.gather(task, return_exceptions=True)
 
 
+async def assemble(host: Host, delivery: Any, generator: Any) -> None:
+    """Answer delivery with the generator's items as one result: text joined, bytes concatenated, else a list."""
+    items = _Items(generator)
+    collected: list[Any] = []
+    try:
+        while (item := await items.next()) is not _END:
+            collected.append(item)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        host.metrics.counters["streams_failed"] += 1
+        await host.fail(delivery, "stream_error", f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        await items.abandon()
+    host.metrics.counters["streams_assembled"] += 1
+    if collected and all(isinstance(i, str) for i in collected):
+        await host.answer(delivery, "".join(collected))
+    elif collected and all(isinstance(i, (bytes, bytearray, memoryview)) for i in collected):
+        await host.answer(delivery, {"base64": base64.b64encode(b"".join(bytes(i) for i in collected)).decode()})
+    else:
+        await host.answer(delivery, collected)
+
+
 async def _close_generator(generator: Any) -> None:
     close = getattr(generator, "aclose", None) or getattr(generator, "close", None)
     if close is not None:
@@ -136,18 +163,26 @@ class Streaming(Feature):
         """
         host = self._host
         delivery = host.pending(task_id)
-        if delivery is None:
-            raise StreamError(f"agent {host.agent_id} has no pending task {task_id} to stream to", task_id=task_id)
-        if not host.claim(delivery):  # the stream is the answer: the handler's return value is not sent
-            raise StreamError(f"task {task_id} was already answered", task_id=task_id)
-        dest = delivery.destination
-        if dest is None:
-            raise StreamError(f"task {task_id} has no reply destination to stream to", task_id=task_id)
+        window = None
+        if delivery is None:  # no task of that id here: the stream goes where an unclaimed result would
+            dest: str | None = host.topics.result(host.agent_id, STREAM_TYPE)
+        else:
+            if delivery.answered:
+                raise StreamError(f"task {task_id} was already answered", task_id=task_id)
+            wanted = ((delivery.message.get("routing") or {}).get("stream"))
+            if not isinstance(wanted, dict) and delivery.reply is not None and (wanted is True or not delivery.message.get("replyTo")):
+                # A plain request (send_task, request, a raw NATS request) waits for one result: it gets the whole.
+                await assemble(host, delivery, response_generator)
+                return
+            if not host.claim(delivery):  # the stream is the answer: the handler's return value is not sent
+                raise StreamError(f"task {task_id} was already answered", task_id=task_id)
+            dest = delivery.destination
+            if dest is None:
+                raise StreamError(f"task {task_id} has no reply destination to stream to", task_id=task_id)
+            window = wanted.get("window") if isinstance(wanted, dict) else None
         nc = host.connection.require()
         limit = host.connection.max_payload() - HEADER_ROOM
         chunk_size = max(1, min(chunk_size, limit))
-        wanted = ((delivery.message.get("routing") or {}).get("stream"))
-        window = wanted.get("window") if isinstance(wanted, dict) else None
         sender = FrameSender(nc, task_id, dest, window if isinstance(window, int) and window > 0 else None, idle_timeout,
                              host.connection.signer, host.connection.verifier)
         await sender.open()
@@ -198,6 +233,11 @@ class Streaming(Feature):
             await _close_generator(response_generator)
             raise
         except asyncio.CancelledError:
+            if delivery is not None and delivery.cancelled:  # by its requester: nothing more is sent
+                counters["streams_cancelled"] += 1
+                await items.abandon()
+                await _close_generator(response_generator)
+                raise
             # The agent is stopping (or the caller cancelled us): end the stream now, credit or not, so the
             # consumer raises at once instead of waiting out its idle timeout.
             counters["streams_failed"] += 1
@@ -238,18 +278,20 @@ class Streaming(Feature):
         data = encode(message)
 
         async def start(inbox: str) -> None:
+            host.asking(message["id"], inbox)  # agent.cancel(task_id) names the inbox
             # Signed when the agent signs; larger than max_payload: offered, and pulled whole by the serving agent.
             await publish_request(host.connection, subject, message, data, inbox, idle_timeout, host.spawn)
 
         return StreamReceiver(nc, window=window, idle_timeout=idle_timeout, gap_timeout=gap_timeout, start=start,
                               task_id=message["id"], on_reject=self._rejected, verifier=host.connection.verifier,
-                              signer=host.connection.signer, on_limit=self._aborted)
+                              signer=host.connection.signer, on_limit=self._aborted, on_close=self._closed)
 
     def receive_stream(
         self,
         task_id: str | None = None,
         *,
         reply_to: str | None = None,
+        source: str | None = None,
         window: int = 16,
         idle_timeout: float = 30.0,
         gap_timeout: float = 1.0,
@@ -263,12 +305,27 @@ class Streaming(Feature):
         ``agent.publish(topic, content, type="task", message_id=r.task_id, reply_to=r.reply_to)`` addresses
         a task as well, without the window. Entering the receiver subscribes and confirms the subscription with the server, so
         the task may then go out on any connection. Only frames and results of that task id are yielded.
+        source="agent-id" (or "*" for any agent) reads instead what that agent streams for a task id it does not
+        serve (``stream_response`` outside a handler): its result topic ``agents.{env}.result.{source}.stream``.
         """
+        if source is not None and reply_to is None:
+            reply_to = self._host.topics.result(source, STREAM_TYPE) if source != "*" else \
+                self._host.topics.result_prefix() + "*." + STREAM_TYPE
         return StreamReceiver(
             self._host.connection.require(), window=window, idle_timeout=idle_timeout, gap_timeout=gap_timeout,
             task_id=task_id or new_id(), reply_to=reply_to, on_reject=self._rejected,
             verifier=self._host.connection.verifier, signer=self._host.connection.signer, on_limit=self._aborted,
+            on_close=self._closed,
         )
+
+    def _closed(self, task_id: str | None, inbox: str, abandoned: bool) -> None:
+        """A receiver ended: left before its end, the agent serving its task is told to cancel it."""
+        if task_id is None:
+            return
+        if abandoned:
+            self._host.abandon(task_id, inbox, "the stream was closed")
+        else:
+            self._host.answered(task_id)
 
     def _rejected(self) -> None:
         """Count a message on a stream's inbox that is not that stream's (another producer, a forgery)."""

@@ -82,6 +82,14 @@ class Topics:
         """Return the subject cancellations of calls to an MCP server id go to (every host hears them)."""
         return f"{self.prefix}.mcp.{validate_token(server_id)}.cancel"
 
+    def task_cancel(self) -> str:
+        """Return the subject every agent hears cancellations of the tasks it serves on."""
+        return f"{self.prefix}.lifecycle.cancel"
+
+    def task_status(self) -> str:
+        """Return the subject every agent answers status queries about the tasks it serves on."""
+        return f"{self.prefix}.lifecycle.status"
+
     def a2a_negotiate(self, agent_id: str) -> str:
         """Return the negotiation subject of an agent."""
         return f"{self.prefix}.a2a.negotiate.{validate_token(agent_id)}"

@@ -30,6 +30,7 @@ from ..errors import EnvelopeError, PayloadTooLargeError, RemoteError, SubjectEr
 from ..metrics import AgentMetrics
 from ..topics import Topics
 from ..transport.connection import Connection
+from ..transport.identity import H_SENDER
 from ..transport.inline import MAX_NAMED_SUBJECT
 from ..transport.offload import PullGate, pull_request
 from ..transport.settlement import PersistedMsg, Settlement
@@ -37,11 +38,15 @@ from ..transport.tracecontext import CURRENT, TRACEPARENT, Scope, carried
 from .caching import DONE, IN_FLIGHT, MISS, NOT_KEPT, SHARED, TaskCache
 from .records import NO_REPLY, TASK, Delivery, Incoming, Queued, Registration, SubscriptionKey, asked_at
 from .replies import Replies
+from .tasks import CANCELLED, FAILED, TaskTable
+from .tasks import DONE as SUCCEEDED  # a task state; caching's DONE (a replay marker) is another thing
 from .sync_calls import SyncCalls
 
 __all__ = ("Dispatcher",)
 
 log = logging.getLogger("agentcore.agent")
+
+_TASK_TYPES = ("task", "query")  # what gets a lifecycle record (status, cancellation); events do not
 
 
 class Dispatcher:
@@ -50,7 +55,8 @@ class Dispatcher:
     def __init__(self, agent_id: str, config: AgentConfig, topics: Topics, metrics: AgentMetrics, index: SubjectIndex,
                  connection: Connection, replies: Replies, settlement: Settlement,
                  spawn: Callable[[Coroutine[Any, Any, Any] | asyncio.Future[Any] | None], None],
-                 sync_calls: SyncCalls, default: Callable[[], Callable[..., Any]]) -> None:
+                 sync_calls: SyncCalls, default: Callable[[], Callable[..., Any]],
+                 tasks: TaskTable) -> None:
         self.agent_id = agent_id
         self.config = config
         self.topics = topics
@@ -86,6 +92,7 @@ class Dispatcher:
         self._reply_prefixes = (*connection.inbox_prefixes(), topics.result_prefix())
         self._reply_patterns = (topics.mcp_responses_any(), *config["agent.reply_subjects"])
         self.verifier = connection.verifier  # None unless identities are verified: one `is None` test per message
+        self.tasks = tasks  # the lifecycle records of the tasks being served (status, cancellation)
 
     # ------------------------------------------------------------------ the hot path
 
@@ -252,6 +259,8 @@ class Dispatcher:
             return
         self.queued_bytes += size
         priority = (queued.message.get("routing") or {}).get("priority") or 0
+        if not queued.reg.system and queued.message["type"] in _TASK_TYPES:
+            self.tasks.queued(queued.message, queued.delivery().destination, self._signer_of(queued.msg))
         # heapq is a min-heap: negate so the highest routing.priority runs first, FIFO within a priority.
         heapq.heappush(self.queue, (-priority, next(self._seq), queued))
 
@@ -290,6 +299,13 @@ class Dispatcher:
         if delivery.destination is not None:  # a request (reply subject or replyTo), not a plain publish
             await self.replies.fail(delivery, "unhandled", f"agent {self.agent_id} no longer handles {msg.subject}")
 
+    def _signer_of(self, msg: Incoming) -> str | None:
+        """Return the key that signed msg (what its requester's cancel must be signed with), when identities are on."""
+        if self.verifier is None:
+            return None
+        headers = getattr(msg, "headers", None)
+        return headers.get(H_SENDER) if headers else None
+
     def _run(self, reg: Registration, subject: str, message: dict[str, Any], msg: Incoming, t0: float) -> None:
         if not reg.system:  # control and discovery bypass the concurrency limit, so they are not counted in it
             self.inflight += 1
@@ -322,7 +338,17 @@ class Dispatcher:
                 trace = carried(headers)
                 if trace is not None:
                     token = CURRENT.set(trace)
+        tracked = not reg.system and message["type"] in _TASK_TYPES  # a task: its status kept, its requester may cancel
+        if tracked:
+            delivery.task = asyncio.current_task()
+            if self.verifier is not None:
+                delivery.key = self._signer_of(msg)
+            if self.tasks.waiting:
+                self.tasks.started(message, delivery)
+        ended = FAILED
         try:
+            if delivery.cancelled:  # its requester cancelled it while it was queued
+                raise asyncio.CancelledError
             routing = message.get("routing")
             if routing is not None and routing.get("timeout") is not None and is_expired(message):
                 metrics.expired += 1
@@ -371,10 +397,17 @@ class Dispatcher:
                     elif delivery.reply or message.get("replyTo"):
                         replies.defer(delivery)  # handled, answer still owed: publish_result may come later
             metrics.processed += 1
+            ended = SUCCEEDED
         except asyncio.CancelledError:
-            # stop() past its drain timeout, or the handler's own doing: the requester hears of it either way.
             metrics.failed += 1
             replay = MISS
+            if delivery.cancelled:  # by its requester: nothing more is sent, a persisted task leaves the stream
+                self.settlement.reject(msg)
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    task.uncancel()
+                return
+            # stop() past its drain timeout, or the handler's own doing: the requester hears of it either way.
             # Unanswered, a persisted task is handed back to run again (answered, the finally below acks it).
             if not delivery.answered and not self.settlement.release(msg, redeliver=True):
                 self._spawn(replies.fail(delivery, "cancelled", f"handling of message {mid} was cancelled"))
@@ -404,6 +437,8 @@ class Dispatcher:
                 except Exception:
                     log.exception("agent %s could not send the error result for %s", self.agent_id, mid)
         finally:
+            if tracked:
+                self.tasks.finished(message, CANCELLED if delivery.cancelled else ended)
             if scope is not None:
                 scope.end()
             elif token is not None:

@@ -34,9 +34,11 @@ from .caching import MISS
 from .control import Control, Face
 from .dispatch import Dispatcher
 from .host import Component, PersistedSource, RequestRoute
-from .records import MESSAGE, TASK, CacheMode, Delivery, Handler, Registration
+from .records import MESSAGE, RAW, TASK, CacheMode, Delivery, Handler, Registration
 from .registry import Registry, is_async
 from .replies import Keeper, Replies
+from .task_control import StatusSource, TaskControl
+from .tasks import TaskTable
 from .sync_calls import SyncCalls
 from .watchdog import LoopWatchdog
 
@@ -76,8 +78,11 @@ class Core:
         self.replies = Replies(self._source, config, self.metrics, self.connection, self.settlement, self.spawn)
         self.registry = Registry(self.topics, default)
         self.sync_calls = SyncCalls(agent_id, config, self.metrics, lambda: self._status == "stopped")
+        self.tasks = TaskTable(config["tasks.max_status_bytes"], self.metrics.counters, self.replies.pending)
+        self.task_control = TaskControl(agent_id, agent_type, self.topics, self.connection, config, self.metrics,
+                                        self.tasks, lambda request_id: self._verifier(request_id, None)[0], self.spawn)
         self.work = Dispatcher(agent_id, config, self.topics, self.metrics, self.registry.index, self.connection,
-                               self.replies, self.settlement, self.spawn, self.sync_calls, default)
+                               self.replies, self.settlement, self.spawn, self.sync_calls, default, self.tasks)
         self.registry.dispatch = self.work.dispatch
         self.watchdog = LoopWatchdog(agent_id, config["agent.loop_lag_warn"], self.metrics, Dispatcher._handle.__code__)
         # Control, discovery and status go through the agent's public methods, read when used: a subclass's
@@ -206,6 +211,32 @@ class Core:
         """Let keeper keep the answers it wants before they are sent (None: answers are only sent)."""
         self.replies.keeper = keeper
 
+    def status_from(self, source: StatusSource | None) -> None:
+        """Let source answer task_status first (persisted tasks' status kept in JetStream; None: the agents only)."""
+        self.task_control.source = source
+
+    def asking(self, task_id: str, reply_to: str) -> None:
+        """Remember where our open task's answer comes (cancel(task_id) names it)."""
+        self.task_control.asking(task_id, reply_to)
+
+    def answered(self, task_id: str) -> None:
+        """Forget an open task of ours."""
+        self.task_control.answered(task_id)
+
+    def abandon(self, task_id: str, reply_to: str | None, reason: str) -> None:
+        """Tell the agent serving our task task_id (answering to reply_to) that we gave up on it: it cancels it."""
+        self.task_control.abandon(task_id, reply_to, reason)
+
+    # ------------------------------------------------------------------ task lifecycle
+
+    async def cancel_task(self, task_id: str, reply_to: str | None, timeout: float) -> dict[str, Any]:
+        """Cancel our task task_id, whose answer goes to reply_to; return the serving agent's word (see NATSAgent.cancel)."""
+        return await self.task_control.cancel(task_id, reply_to, timeout)
+
+    async def task_status(self, task_id: str, timeout: float) -> dict[str, Any]:
+        """Return our task's status (see NATSAgent.task_status)."""
+        return await self.task_control.status(task_id, timeout)
+
     # ------------------------------------------------------------------ registering
 
     def add_capability(self, capability: str, handler: Handler | None, cache: CacheMode) -> None:
@@ -273,20 +304,25 @@ class Core:
         message["routing"]["stream"] = True  # we can pull a result larger than max_payload as a stream
         data = encode(message)
         accept, stored, refused = self._verifier(message["id"], target)
+        inbox: list[str] = []  # where the answer is awaited: what a cancellation names
         try:
             if subject.startswith(self._route_prefix):  # a task, and tasks persist: stored first, answered as usual
                 assert self._route is not None
                 reply: dict[str, Any] = await self._route(subject, message, timeout, accept)
             elif len(data) <= connection.max_payload():
                 if connection.bare:  # sent at once when it can be, with the trace headers of the handler sending it
-                    reply = await connection.requests(nc).request(subject, data, timeout, accept, CURRENT.get())
+                    reply = await connection.requests(nc).request(subject, data, timeout, accept, CURRENT.get(), inbox=inbox)
                 else:
-                    reply = await connection.request(subject, data, timeout, accept)  # signed or traced: through nc.publish
+                    reply = await connection.request(subject, data, timeout, accept, inbox)  # signed or traced: through nc.publish
             else:  # offered as a stream that the serving agent pulls: a 20 MB task arrives whole
                 reply = await request_large(connection, subject, message, data, timeout, accept)
+        except asyncio.CancelledError:  # the caller gave up: so does the agent serving it
+            self.task_control.abandon(message["id"], message.get("replyTo") or (inbox[0] if inbox else None), "cancelled")
+            raise
         except nats.errors.NoRespondersError:
             raise NoRespondersError(f"no agent is subscribed to {subject}") from None
         except nats.errors.TimeoutError:
+            self.task_control.abandon(message["id"], message.get("replyTo") or (inbox[0] if inbox else None), "timed out")
             if refused:  # only replies whose identity failed came: that is the reason, not silence
                 raise refused[-1] from None
             if stored:
@@ -379,6 +415,7 @@ class Core:
                         implementation=IMPLEMENTATION, subscriptions=len(self.registry.subs),
                         results_owed=len(self.replies.owed), **self.watchdog.gauges())
         snapshot.update(self.work.gauges())  # bytes held by the bounded stores (docs/limits.md)
+        snapshot.update(self.tasks.gauges())
         if self.connection.verifier is not None:
             snapshot.update(self.connection.verifier.gauges())
         for component in self.components:
@@ -407,6 +444,8 @@ class Core:
         self.registry.register(topics.control(self.agent_id), control.on_control, kind=TASK, system=True)
         self.registry.register(topics.discovery_requests(), control.on_discovery, kind=TASK, system=True,
                                fallback=lambda _m: topics.discovery_responses())
+        self.registry.register(topics.task_cancel(), self.task_control.on_cancel, kind=RAW, system=True)
+        self.registry.register(topics.task_status(), self.task_control.on_status, kind=RAW, system=True)
         self.registry.register_capabilities()
 
     def _closing(self) -> bool:

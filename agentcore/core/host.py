@@ -20,8 +20,9 @@ from ..transport.puller import TaskPuller
 from ..transport.settlement import Settlement
 from .replies import Keeper
 from .records import TASK, Delivery, Handler, Incoming, Queued, Registration, SubscriptionKey
+from .task_control import StatusSource
 
-__all__ = ("Host", "Work", "Component", "Feature", "PersistedSource", "RequestRoute")
+__all__ = ("Host", "Work", "Component", "Feature", "PersistedSource", "RequestRoute", "StatusSource")
 
 #: Sends a request the core does not carry itself (a task stored in JetStream): (subject, envelope, timeout, accept)
 #: -> what accept made of the reply that reached the request's inbox (accept drops what does not answer it).
@@ -163,6 +164,22 @@ class Host(Protocol):
 
     def keep_answers(self, keeper: Keeper | None) -> None:
         """Let keeper keep the answers it wants before they are sent (None: answers are only sent)."""
+        ...
+
+    def status_from(self, source: StatusSource | None) -> None:
+        """Let source answer task_status first (persisted tasks' status kept in JetStream; None: the agents only)."""
+        ...
+
+    def asking(self, task_id: str, reply_to: str) -> None:
+        """Remember where our open task's answer comes (cancel(task_id) names it)."""
+        ...
+
+    def answered(self, task_id: str) -> None:
+        """Forget an open task of ours."""
+        ...
+
+    def abandon(self, task_id: str, reply_to: str | None, reason: str) -> None:
+        """Tell the agent serving our task task_id (answering to reply_to) that we gave up on it: it cancels it."""
         ...
 
     async def request_message(self, topic: str, content: Any, *, type: str = "task", timeout: float | None = None,

@@ -75,6 +75,9 @@ class Delivery:
     held: Any = None  # a persisted task whose deferred answer is owed: settled when the answer goes out
     size: int = 0  # bytes of the encoded answer sent (what the cache counts it as)
     kept: Any = None  # the keeping of the answer, still under way when it was sent: a persisted task is acked after it
+    cancelled: bool = False  # its requester cancelled it: nothing more is sent, a persisted task is terminated
+    task: asyncio.Task[Any] | None = None  # the Task running its handler (what a cancel cancels)
+    key: str | None = None  # the public key that signed it, when identities are verified (a cancel must match)
 
     @property
     def destination(self) -> str | None:

@@ -14,6 +14,7 @@ import logging
 import sys
 import threading
 import time
+import weakref
 from types import CodeType, FrameType
 from typing import Any
 
@@ -50,6 +51,19 @@ def describe_stack(frame: FrameType | None, handler_code: CodeType | None) -> st
             return f"handler {where}{pattern}" + (f", in {inner}" if called is not frames[0] else "")
     return f"{inner} (no handler of this agent was running: other code on this loop, the garbage collector, or a " \
            "machine short of CPU)"
+
+
+# The stall last logged on each loop (loop time from, to): agents sharing a loop see the same stall, one logs it.
+_LOGGED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[float, float]] = weakref.WeakKeyDictionary()
+
+
+def _seen_on(loop: asyncio.AbstractEventLoop, start: float, end: float) -> bool:
+    """Return whether a stall from start to end overlaps the one last logged on loop (and record it if not)."""
+    logged = _LOGGED.get(loop)
+    if logged is not None and start < logged[1] and logged[0] < end:
+        return True
+    _LOGGED[loop] = (start, end)
+    return False
 
 
 class LoopWatchdog:
@@ -114,6 +128,8 @@ class LoopWatchdog:
             self.last_culprit = culprit
             if not self._in_episode:  # once per episode: a handler that blocks on every message must not flood the log
                 self._in_episode = True
+                if _seen_on(loop, now - lag, now):
+                    return self._next(loop, now)  # another agent on this loop logged this very stall
                 advice = ("a blocking call in an async handler holds every message, ping and heartbeat; make it async "
                           "or sync (sync handlers run in threads)") if culprit.startswith("handler ") else \
                     "every message, ping and heartbeat waited"
@@ -121,6 +137,9 @@ class LoopWatchdog:
                             self.agent_id, lag, self.threshold, culprit, advice)
         else:
             self._in_episode = False
+        self._next(loop, now)
+
+    def _next(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
         self._culprit = None
         self._due = now + self.interval
         self._timer = loop.call_at(self._due, self._tick)

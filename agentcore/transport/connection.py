@@ -360,12 +360,13 @@ class Connection:
             mux = self._mux = RequestMux(nc)
         return mux
 
-    async def request(self, subject: str, data: bytes, timeout: float, accept: Accept | None = None) -> Any:
+    async def request(self, subject: str, data: bytes, timeout: float, accept: Accept | None = None,
+                      inbox: list[str] | None = None) -> Any:
         """Publish data and return the reply, or what accept made of it (nats-py's NoRespondersError or TimeoutError otherwise)."""
         mux = self.requests(self.require())
         if self.bare:
-            return await mux.request(subject, data, timeout, accept, CURRENT.get())
-        return await mux.request_via(lambda inbox: self.publish(subject, data, inbox), timeout, accept, subject)  # with headers: no direct write
+            return await mux.request(subject, data, timeout, accept, CURRENT.get(), inbox=inbox)
+        return await mux.request_via(lambda to: self.publish(subject, data, to), timeout, accept, subject, inbox)  # with headers: no direct write
 
     async def request_via(self, publish: Callable[[str], Awaitable[None]], timeout: float, accept: Accept | None = None,
                           subject: str = "") -> Any:

@@ -261,6 +261,7 @@ class StreamReceiver:
         signer: Signer | None = None,
         max_bytes: int | None = None,
         on_limit: Callable[[], None] | None = None,
+        on_close: Callable[[str | None, str, bool], None] | None = None,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
@@ -301,6 +302,8 @@ class StreamReceiver:
         self._key: str | None = None
         self._stored: str | None = None  # a JetStream stream acknowledged storing the task instead of an agent answering
         self._granting: set[asyncio.Task[Any]] = set()
+        # Called once when the stream ends: (task id, inbox, whether it was left before its end: a cancellation).
+        self._on_close = on_close
         self._done = False
         self._arrived = asyncio.Event()
         self._sub: Subscription | None = None
@@ -482,6 +485,7 @@ class StreamReceiver:
                 await self._release()
                 raise self._error
             if self._done:
+                self._closed(False)
                 raise StopAsyncIteration
             msg = self._frames.pop(self._next, None)
             if msg is not None:
@@ -589,8 +593,14 @@ class StreamReceiver:
             await self.aclose()
         return b"".join(parts)
 
+    def _closed(self, abandoned: bool) -> None:
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None and self._sub is not None:
+            on_close(self.task_id, self.inbox, abandoned)
+
     async def aclose(self) -> None:
         """Stop receiving; tell the producer to stop if the stream has not ended."""
+        self._closed(not self._done)
         if not self._done:
             self._done = True
             if self._ctl is not None and not self.nc.is_closed:

@@ -206,10 +206,10 @@ class RequestMux:
         fut.set_result(value)
 
     async def request(self, subject: str, data: bytes, timeout: float, accept: Accept | None = None,
-                      headers: dict[str, str] | None = None) -> Any:
+                      headers: dict[str, str] | None = None, *, inbox: list[str] | None = None) -> Any:
         """Publish data (with headers: trace headers only) to subject and return the reply (what accept made of it).
 
-        Raise nats' NoRespondersError or TimeoutError.
+        Raise nats' NoRespondersError or TimeoutError. inbox, when given, gets the reply inbox appended.
         """
         nc = self.nc
 
@@ -217,14 +217,14 @@ class RequestMux:
             if not send_now(nc, subject, data, inbox, headers):
                 await nc.publish(subject, data, reply=inbox, headers=headers)
 
-        return await self.request_via(publish, timeout, accept, subject)
+        return await self.request_via(publish, timeout, accept, subject, inbox)
 
     async def request_via(self, publish: Callable[[str], Awaitable[None]], timeout: float, accept: Accept | None = None,
-                          subject: str = "") -> Any:
+                          subject: str = "", inbox: list[str] | None = None) -> Any:
         """Call publish(inbox) and return the reply that comes to that inbox within timeout (same errors as request).
 
         subject is where publish sends the request: a permission violation the server reports for it fails the
-        request at once (fail_subject).
+        request at once (fail_subject). inbox, when given, receives the inbox used (a cancel names it).
         """
         if not timeout >= 0:  # NaN would never compare due and stall every other request's deadline in the heap
             raise ValueError(f"request timeout must be a number >= 0, got {timeout!r}")
@@ -236,6 +236,8 @@ class RequestMux:
         waiting = self._waiting
         waiting[token] = (fut, accept, subject)
         self._expire_at(loop, loop.time() + timeout, token)
+        if inbox is not None:
+            inbox.append(self._prefix + token)
         try:
             await publish(self._prefix + token)
             return await fut

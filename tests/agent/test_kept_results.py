@@ -38,7 +38,7 @@ class _Gate:
 
 async def _status(agent: NATSAgent, task_id: str) -> str | None:
     record = await agent._persistence.status_of(task_id)
-    return None if record is None else record["status"]
+    return None if record is None else record["state"]
 
 
 async def _done(agent: NATSAgent, task_id: str, status: str = "done") -> bool:
@@ -90,6 +90,8 @@ async def test_status_of_a_persisted_task_survives_an_agent_restart(make_agent, 
         assert await _status(again, task_id) == "done"
         record = await again._persistence.status_of(task_id)
         assert record is not None and record["agent"] == "worker"
+        # task_status answers from the kept status too: a finished task's state outlives the agent that served it.
+        assert (await client.task_status(task_id))["state"] == "done"
         assert await again._persistence.status_of("no-such-task") is None
     finally:
         await again.astop()

@@ -106,7 +106,10 @@ async def test_a_stream_carries_the_trace_headers_on_every_frame(make_agent: Cal
 
     await raw_nc.subscribe(inbox, cb=on_frame)
     await subscribed(raw_nc)
-    await raw_nc.publish(agent.topics.task("tokens"), _task("go"), reply=inbox, headers=dict(INCOMING))
+    # A plain request gets one assembled result; routing.stream asks for the frames (docs/streams.md).
+    task = new_message("task", "go", source_id="raw-client", source_type="client")
+    task["routing"]["stream"] = {"window": 16}
+    await raw_nc.publish(agent.topics.task("tokens"), encode(task), reply=inbox, headers=dict(INCOMING))
     await within(done, "the stream's last frame", 10)
     assert frames
     for frame in frames:

@@ -60,3 +60,19 @@ async def test_a_restart_leaves_one_watching_thread() -> None:
         watchdog.stop()
     await eventually(lambda: not any(t.name == "agentcore-watchdog-restarted" for t in threading.enumerate()),
                      what="the watchdog thread to end after stop")
+
+
+async def test_agents_sharing_a_loop_log_one_stall_once(caplog: pytest.LogCaptureFixture) -> None:
+    dogs = [LoopWatchdog(f"w{i}", 0.1, AgentMetrics(), None) for i in range(3)]
+    loop = asyncio.get_running_loop()
+    for dog in dogs:
+        dog.start(loop)
+    try:
+        with caplog.at_level(logging.WARNING, logger="agentcore.agent"):
+            loop.call_soon(blocking_step, 0.4)
+            await eventually(lambda: all(dog.events >= 1 for dog in dogs), what="each agent's late wake-up")
+        lines = [r.getMessage() for r in caplog.records if "event loop was held" in r.getMessage()]
+        assert len(lines) == 1, lines  # every agent counts the stall; one of them logs it
+    finally:
+        for dog in dogs:
+            dog.stop()

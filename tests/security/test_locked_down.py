@@ -30,13 +30,13 @@ authorization {
     {user: worker, password: worker-pw, permissions: {
       publish: {allow: ["agents.test.status.worker", "agents.test.event.>"]}
       subscribe: {allow: ["agents.test.task.work.*", "agents.test.control.worker", "agents.test.discovery.requests",
-                          "agents.test.a2a.negotiate.worker", "$SRV.>", "_INBOX_worker.>"]}
+                          "agents.test.lifecycle.*", "agents.test.a2a.negotiate.worker", "$SRV.>", "_INBOX_worker.>"]}
       allow_responses: true
     }}
     {user: coordinator, password: coordinator-pw, permissions: {
       publish: {allow: ["agents.test.task.work.*", "agents.test.control.worker", "agents.test.discovery.requests",
-                        "agents.test.status.coordinator"]}
-      subscribe: {allow: ["agents.test.control.coordinator", "agents.test.discovery.requests",
+                        "agents.test.lifecycle.*", "agents.test.status.coordinator"]}
+      subscribe: {allow: ["agents.test.control.coordinator", "agents.test.discovery.requests", "agents.test.lifecycle.*",
                           "agents.test.a2a.negotiate.coordinator", "$SRV.>", "_INBOX_coordinator.>"]}
       allow_responses: true
     }}

@@ -1,0 +1,190 @@
+"""Task state and events in JetStream, so every replica of an A2A agent answers for every task (binding §10.2).
+
+``KVTaskStore`` is a2a-sdk's ``VersionedTaskStore`` on a KV bucket: one key per (owner, task), writes compare-and-set
+on the key's revision, which is the task's ``TaskVersion``. ``JetStreamEventStream`` is its ``TaskEventStream`` on a
+stream: each event published after the write it belongs to, with that revision; a subscriber on another replica
+reads a task's events in order and skips those its snapshot already holds. Give both to ``DefaultRequestHandler``.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncGenerator
+
+import nats.js.errors
+import orjson
+from a2a.server.cluster import (
+    ConcurrentTaskModificationError, StoredTask, TaskEventStream, TaskVersion, VersionedEvent, VersionedTaskStore,
+)
+from a2a.server.context import ServerCallContext
+from a2a.server.events.event_queue import Event
+from a2a.server.owner_resolver import OwnerResolver, resolve_user_scope
+from a2a.types.a2a_pb2 import ListTasksRequest, ListTasksResponse, StreamResponse, Task, TaskState
+from a2a.utils.constants import DEFAULT_LIST_TASKS_PAGE_SIZE
+from a2a.utils.errors import InvalidParamsError
+from a2a.utils.proto_utils import parse_lenient, to_stream_response
+from a2a.utils.task import ListTasksCursor, decode_list_tasks_cursor, encode_list_tasks_cursor
+from google.protobuf.json_format import MessageToDict, MessageToJson
+from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
+
+from .binding import event_of
+
+__all__ = ("JetStreamEventStream", "KVTaskStore")
+
+_TERMINAL = {TaskState.TASK_STATE_COMPLETED, TaskState.TASK_STATE_FAILED, TaskState.TASK_STATE_CANCELED,
+             TaskState.TASK_STATE_REJECTED}
+H_VERSION = "A2A-Task-Version"  # the KV revision of the write an event belongs to
+
+
+def _token(text: str) -> str:
+    """text as one KV key / subject token: base32, lowercase, no padding ("_" for the empty string)."""
+    return base64.b32encode(text.encode()).decode().rstrip("=").lower() or "_"
+
+
+def _sort_key(task: Task) -> tuple[bool, int, str]:
+    """ListTasks order (spec §3.1.4): last status update first; tasks without a timestamp last; then by id."""
+    stamped = task.HasField("status") and task.status.HasField("timestamp")
+    return stamped, task.status.timestamp.ToNanoseconds() if stamped else 0, task.id
+
+
+class KVTaskStore(VersionedTaskStore):
+    """Tasks in a JetStream KV bucket, scoped to their owner, versioned by the key's revision."""
+
+    def __init__(self, kv: KeyValue, replica: str = "", owner_resolver: OwnerResolver = resolve_user_scope) -> None:
+        self.kv = kv
+        self.replica = replica  # written with every task this replica saves: the one running it, for CancelTask
+        self.owner = owner_resolver
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, bucket: str, *, replica: str = "", ttl: float | None = None) -> KVTaskStore:
+        """Create (or bind to) the bucket and return a store over it."""
+        return cls(await js.create_key_value(bucket=bucket, history=1, ttl=ttl), replica)
+
+    def _key(self, task_id: str, context: ServerCallContext) -> str:
+        return f"{_token(self.owner(context))}.{_token(task_id)}"
+
+    async def save(self, task: Task, *, event: Event | None, prev: Task | None, prev_version: TaskVersion,
+                   context: ServerCallContext) -> TaskVersion:
+        """Write task if the stored one is still prev_version (a CANCELED write: if the stored one is not final)."""
+        key = self._key(task.id, context)
+        value = orjson.dumps({"task": MessageToDict(task), "owner": self.owner(context), "replica": self.replica})
+        try:
+            if task.status.state == TaskState.TASK_STATE_CANCELED:  # the interface's rule: no version check
+                stored = await self._entry(key)
+                if stored is None or stored[0].status.state in _TERMINAL:
+                    raise ConcurrentTaskModificationError(task.id)
+                return TaskVersion(await self.kv.update(key, value, last=stored[1]))
+            if prev_version.is_missing:
+                return TaskVersion(await self.kv.create(key, value))
+            return TaskVersion(await self.kv.update(key, value, last=int(prev_version._value)))  # noqa: SLF001
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise ConcurrentTaskModificationError(task.id) from None
+
+    async def _entry(self, key: str) -> tuple[Task, int] | None:
+        try:
+            entry = await self.kv.get(key)
+        except nats.js.errors.KeyNotFoundError:  # KeyDeletedError included
+            return None
+        if entry.value is None or entry.revision is None:
+            return None
+        return parse_lenient(orjson.loads(entry.value)["task"], Task()), entry.revision
+
+    async def replica_of(self, task_id: str, context: ServerCallContext) -> str | None:
+        """The replica that last wrote the caller's task while it was not final (None: no such task, or final)."""
+        try:
+            entry = await self.kv.get(self._key(task_id, context))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        stored = orjson.loads(entry.value) if entry.value else {}
+        task = parse_lenient(stored.get("task", {}), Task())
+        return None if task.status.state in _TERMINAL else (stored.get("replica") or None)
+
+    async def get(self, task_id: str, context: ServerCallContext) -> StoredTask | None:
+        """Return the caller's task with its version, or None (another owner's task is None too)."""
+        found = await self._entry(self._key(task_id, context))
+        return None if found is None else StoredTask(found[0], TaskVersion(found[1]))
+
+    async def list(self, params: ListTasksRequest, context: ServerCallContext) -> ListTasksResponse:
+        """A page of the caller's tasks, newest status first, filtered as the request says (cursor pagination)."""
+        # One watch of the owner's keys reads every current value (kv.keys() filters by substring, not subject).
+        watcher = await self.kv.watch(f"{_token(self.owner(context))}.>", ignore_deletes=True)
+        tasks: list[Task] = []
+        try:
+            async for entry in watcher:
+                if entry is None:  # the current values are all delivered
+                    break
+                if entry.value:
+                    tasks.append(parse_lenient(orjson.loads(entry.value)["task"], Task()))
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
+        if params.context_id:
+            tasks = [t for t in tasks if t.context_id == params.context_id]
+        if params.status:
+            tasks = [t for t in tasks if t.status.state == params.status]
+        if params.HasField("status_timestamp_after"):
+            after_ns = params.status_timestamp_after.ToNanoseconds()
+            tasks = [t for t in tasks if t.status.HasField("timestamp") and t.status.timestamp.ToNanoseconds() >= after_ns]
+        tasks.sort(key=_sort_key, reverse=True)
+        start = 0
+        if params.page_token:
+            cursor = decode_list_tasks_cursor(params.page_token)
+            if cursor is None:
+                raise InvalidParamsError(message=f"invalid page token: {params.page_token}")
+            start = next((i for i, t in enumerate(tasks) if _sort_key(t) < cursor.sort_key()), len(tasks))
+        size = params.page_size or DEFAULT_LIST_TASKS_PAGE_SIZE
+        page = tasks[start:start + size]
+        more = start + size < len(tasks)
+        token = ""
+        if more:
+            stamped, stamp, last_id = _sort_key(page[-1])
+            token = encode_list_tasks_cursor(ListTasksCursor(timestamp_ns=stamp if stamped else None, task_id=last_id))
+        return ListTasksResponse(tasks=page, next_page_token=token, total_size=len(tasks), page_size=size)
+
+    async def delete(self, task_id: str, context: ServerCallContext) -> None:
+        """Delete the caller's task (nothing if there is none)."""
+        try:
+            await self.kv.delete(self._key(task_id, context))
+        except nats.js.errors.KeyNotFoundError:
+            pass
+
+
+class JetStreamEventStream(TaskEventStream):
+    """Task events on a JetStream stream over ``{prefix}.events.>``, one subject per task, in write order."""
+
+    def __init__(self, js: JetStreamContext, prefix: str) -> None:
+        self.js = js
+        self.prefix = prefix
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, name: str, prefix: str, *, max_age: float = 3600.0) -> JetStreamEventStream:
+        """Create (or bind to) the stream and return an event stream over it."""
+        try:
+            await js.add_stream(name=name, subjects=[f"{prefix}.events.>"], max_age=max_age)
+        except nats.js.errors.BadRequestError:  # it exists (its settings are the deployment's)
+            pass
+        return cls(js, prefix)
+
+    def _subject(self, task_id: str) -> str:
+        return f"{self.prefix}.events.{_token(task_id)}"
+
+    async def publish(self, task_id: str, event: VersionedEvent) -> None:
+        """Append event; a re-publish of the same (task, version) is dropped by JetStream's duplicate window."""
+        version = str(event.version._value)  # noqa: SLF001 - the store's own revision, written back as it came
+        await self.js.publish(self._subject(task_id), MessageToJson(to_stream_response(event.event), indent=None).encode(),
+                              headers={H_VERSION: version, "Nats-Msg-Id": f"{_token(task_id)}:{version}"})
+
+    async def subscribe(self, task_id: str, *, after: TaskVersion) -> AsyncGenerator[VersionedEvent, None]:
+        """Yield task_id's events with a version after ``after``, in order, until the caller stops."""
+        sub = await self.js.subscribe(self._subject(task_id), ordered_consumer=True,
+                                      deliver_policy=api.DeliverPolicy.ALL)
+        try:
+            async for msg in sub.messages:
+                version = TaskVersion(int((msg.headers or {}).get(H_VERSION, "0")))
+                if version.is_after(after):
+                    yield VersionedEvent(event_of(parse_lenient(msg.data, StreamResponse())), version)
+        finally:
+            await sub.unsubscribe()
+
+    async def destroy(self, task_id: str) -> None:
+        """Nothing at once: the stream's max_age removes a finished task's events, so a late reader still ends."""

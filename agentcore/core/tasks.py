@@ -1,0 +1,162 @@
+"""The tasks this agent serves: each one's lifecycle state and requester, kept within a byte bound, cancellable.
+
+A task is known by (requester source.id, task id): ids are the sender's, so the same id from another sender is
+another task, and a stranger's query or cancel finds nothing of anyone else's. A running task is its Delivery,
+already held by id while it is answered (``Replies.pending``): the handler's Task and signing key ride on it, so
+starting a handler costs no record. A queued task has a small record until its handler starts. A finished task
+leaves (state, time) in two generations of plain dicts, bounded by ``tasks.max_status_bytes`` (see TaskTable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+from .records import Delivery
+
+__all__ = ("QUEUED", "RUNNING", "DONE", "FAILED", "CANCELLED", "STATES", "TaskRecord", "TaskTable")
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
+_OVERHEAD = 200  # bytes a finished record costs besides its ids (the tuples, the dict entry, the float)
+
+
+class TaskRecord:
+    """A task waiting for a handler slot: who asked, where its answer goes, whether it was cancelled meanwhile."""
+
+    __slots__ = ("task_id", "source_id", "dest", "key", "since", "cancelled")
+
+    def __init__(self, task_id: str, source_id: str, dest: str | None, key: str | None) -> None:
+        self.task_id = task_id
+        self.source_id = source_id
+        self.dest = dest  # where the answer goes: what the requester's cancel must name
+        self.key = key  # the public key that signed the task (signed identities), else None
+        self.since = time.time()
+        self.cancelled = False
+
+
+class Live:
+    """A task the requester may still cancel: its queued record or its running delivery."""
+
+    __slots__ = ("record", "delivery")
+
+    def __init__(self, record: TaskRecord | None, delivery: Delivery | None) -> None:
+        self.record = record
+        self.delivery = delivery
+
+    @property
+    def destination(self) -> str | None:
+        """Return where the task's answer goes."""
+        return self.delivery.destination if self.delivery is not None else self.record.dest if self.record else None
+
+    @property
+    def key(self) -> str | None:
+        """Return the key that signed the task (None unsigned, or identities off)."""
+        return self.delivery.key if self.delivery is not None else self.record.key if self.record else None
+
+
+class TaskTable:
+    """The lifecycle of the tasks this agent serves (see the module docstring).
+
+    Finished tasks go to the young generation; once it holds half the byte bound it becomes the old one and the
+    old one is dropped. So the most recent ones are kept, never more than the bound, at one dict insert each.
+    """
+
+    def __init__(self, max_bytes: int, counters: Counter[str], pending: dict[str, Delivery]) -> None:
+        self.max_bytes = max_bytes
+        self.waiting: dict[tuple[str, str], TaskRecord] = {}  # queued tasks (bounded by agent.max_queued)
+        self._pending = pending  # message id -> the delivery being answered (Replies.pending)
+        self._young: dict[tuple[str, str], tuple[str, float]] = {}
+        self._old: dict[tuple[str, str], tuple[str, float]] = {}
+        self._young_bytes = 0
+        self._old_bytes = 0
+        self._counters = counters
+        counters["tasks_cancelled"] += 0  # always reported
+        counters["task_records_evicted"] += 0
+
+    def __len__(self) -> int:
+        return len(self._young) + len(self._old) + len(self.waiting)
+
+    @property
+    def bytes(self) -> int:
+        """Return the bytes the finished records are estimated to hold."""
+        return self._young_bytes + self._old_bytes
+
+    # ------------------------------------------------------------------ the dispatcher's side
+
+    def queued(self, message: dict[str, Any], dest: str | None, key: str | None) -> None:
+        """Record a task waiting for a handler slot."""
+        source_id, task_id = message["source"]["id"], message["id"]
+        self.waiting[(source_id, task_id)] = TaskRecord(task_id, source_id, dest, key)
+
+    def started(self, message: dict[str, Any], delivery: Delivery) -> None:
+        """A queued task's handler starts: a cancel that came while it waited means it must not run."""
+        rec = self.waiting.pop((message["source"]["id"], message["id"]), None)
+        if rec is not None and rec.cancelled:
+            delivery.cancelled = delivery.answered = True
+
+    def finished(self, message: dict[str, Any], state: str) -> None:
+        """Record how a task ended."""
+        source_id, task_id = message["source"]["id"], message["id"]
+        self._young[(source_id, task_id)] = (state, time.time())
+        self._young_bytes += _OVERHEAD + len(source_id) + len(task_id)
+        if self._young_bytes > self.max_bytes // 2:
+            self._counters["task_records_evicted"] += len(self._old)
+            self._old, self._old_bytes = self._young, self._young_bytes
+            self._young, self._young_bytes = {}, 0
+
+    # ------------------------------------------------------------------ what requesters see
+
+    def live(self, source_id: str, task_id: str) -> Live | None:
+        """Return source_id's task task_id while it is queued or running (or its answer is still owed)."""
+        delivery = self._pending.get(task_id)
+        if delivery is not None and delivery.message["source"]["id"] == source_id and not delivery.cancelled:
+            return Live(None, delivery)
+        rec = self.waiting.get((source_id, task_id))
+        if rec is not None and not rec.cancelled:
+            return Live(rec, None)
+        return None
+
+    def status(self, source_id: str, task_id: str) -> tuple[str, float | None] | None:
+        """Return (state, since) of source_id's task task_id, or None when this agent does not know it."""
+        rec = self.waiting.get((source_id, task_id))
+        if rec is not None:
+            return (CANCELLED, rec.since) if rec.cancelled else (QUEUED, rec.since)
+        delivery = self._pending.get(task_id)
+        if delivery is not None and delivery.message["source"]["id"] == source_id:
+            return (CANCELLED, None) if delivery.cancelled else (RUNNING, None)  # (an answer still owed: running)
+        key = (source_id, task_id)
+        return self._young.get(key) or self._old.get(key)
+
+    def requester_of(self, task_id: str) -> str | None:
+        """Return the source.id of some task task_id this agent knows (for control.allow agents; a scan, rarely used)."""
+        delivery = self._pending.get(task_id)
+        if delivery is not None:
+            return str(delivery.message["source"]["id"])
+        for records in (self.waiting, self._young, self._old):
+            for source_id, known in records:
+                if known == task_id:
+                    return source_id
+        return None
+
+    def cancel(self, live: Live) -> bool:
+        """Stop a task at its requester's word: nothing more is sent for it; return False when it had ended."""
+        delivery, rec = live.delivery, live.record
+        if rec is not None:
+            rec.cancelled = True
+            rec.since = time.time()
+        elif delivery is not None:
+            delivery.cancelled = delivery.answered = True  # whatever the handler does now, it answers nothing
+            task = delivery.task
+            if task is not None and not task.done() and task is not asyncio.current_task():
+                task.cancel()
+        else:
+            return False
+        self._counters["tasks_cancelled"] += 1
+        return True
+
+    def gauges(self) -> dict[str, float]:
+        """Return the records' count and bytes for get_metrics()."""
+        return {"task_records": len(self), "task_records_bytes": self.bytes}

@@ -1,0 +1,137 @@
+"""Shared by the A2A binding's tests (tests/a2a, tests/security/test_a2a.py): an echo executor, its card, an agent
+served over NATS with an unmodified DefaultRequestHandler, and a ClientFactory with the NATS transport registered.
+
+Import only after ``pytest.importorskip("a2a")``: it needs a2a-sdk (extra ``a2a``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import nats
+from a2a.client import Client, ClientConfig, ClientFactory
+from a2a.helpers import new_task, new_text_message, new_text_part
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.events import EventQueue
+from a2a.server.request_handlers import DefaultRequestHandler
+from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
+from a2a.types.a2a_pb2 import (
+    AgentCapabilities, AgentCard, AgentInterface, AgentSkill, Role, SendMessageRequest, SubscribeToTaskRequest,
+    TaskState,
+)
+from nats.aio.client import Client as NATSClient
+
+from agentcore.a2a import BINDING_URI, PROTOCOL_VERSION, A2ANatsServer, register, url_for
+
+PREFIX = "agents.test.a2a-protocol.echo"
+
+
+class Echo(AgentExecutor):
+    """Answer every message with a task whose one artifact echoes the text: Task, working, artifact, completed."""
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        assert context.task_id is not None and context.context_id is not None
+        if context.current_task is None:  # a new task: the stream begins with it
+            await event_queue.enqueue_event(new_task(context.task_id, context.context_id, TaskState.TASK_STATE_SUBMITTED,
+                                                     history=[context.message] if context.message else []))
+        updater = TaskUpdater(event_queue, context.task_id, context.context_id)
+        await updater.start_work()
+        await updater.add_artifact([new_text_part(context.get_user_input())], name="echo")
+        await updater.complete()
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        assert context.task_id is not None and context.context_id is not None
+        await TaskUpdater(event_queue, context.task_id, context.context_id).cancel()
+
+
+class Gate(AgentExecutor):
+    """Start a task and wait until released or cancelled; record what the cancellation looked like."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.cancelled_in_execute = asyncio.Event()
+        self.cancel_calls = 0
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        assert context.task_id is not None and context.context_id is not None
+        await event_queue.enqueue_event(new_task(context.task_id, context.context_id, TaskState.TASK_STATE_SUBMITTED))
+        updater = TaskUpdater(event_queue, context.task_id, context.context_id)
+        await updater.start_work()
+        self.started.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled_in_execute.set()
+            raise
+        await updater.complete()
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        assert context.task_id is not None and context.context_id is not None
+        self.cancel_calls += 1
+        await TaskUpdater(event_queue, context.task_id, context.context_id).cancel()
+
+
+def card(nats_url: str, *, streaming: bool = True) -> AgentCard:
+    """The echo agent's card: its NATS interface and one skill."""
+    return AgentCard(
+        name="echo", description="echoes", version="1.0.0",
+        supported_interfaces=[AgentInterface(url=url_for(nats_url, PREFIX), protocol_binding=BINDING_URI,
+                                             protocol_version=PROTOCOL_VERSION)],
+        capabilities=AgentCapabilities(streaming=streaming), default_input_modes=["text/plain"],
+        default_output_modes=["text/plain"],
+        skills=[AgentSkill(id="echo", name="echo", description="echoes the text", tags=["echo"])])
+
+
+@asynccontextmanager
+async def serving(nats_url: str, executor: AgentExecutor | None = None) -> AsyncIterator[tuple[NATSClient, AgentCard]]:
+    """Serve executor (default Echo) over NATS; yield a separate client connection and the card."""
+    agent_card = card(nats_url)
+    server_nc = await nats.connect(nats_url)
+    client_nc = await nats.connect(nats_url)
+    handler = DefaultRequestHandler(agent_executor=executor or Echo(), task_store=InMemoryTaskStore(),
+                                    agent_card=agent_card)
+    server = A2ANatsServer(server_nc, handler, agent_card, PREFIX)
+    await server.start()
+    try:
+        yield client_nc, agent_card
+    finally:
+        await server.stop()
+        await handler.aclose()
+        await client_nc.close()
+        await server_nc.close()
+
+
+def factory(nc: NATSClient, *, streaming: bool, **options: Any) -> ClientFactory:
+    """A ClientFactory that speaks only the NATS binding, over connection nc."""
+    made = ClientFactory(ClientConfig(supported_protocol_bindings=[BINDING_URI], streaming=streaming))
+    register(made, nc, **{"timeout": 10.0, **options})
+    return made
+
+
+def text_request(text: str) -> SendMessageRequest:
+    """A SendMessageRequest with one user text part."""
+    return SendMessageRequest(message=new_text_message(text, role=Role.ROLE_USER))
+
+
+async def started(client: Client, text: str) -> str:
+    """Send text with returnImmediately and return the id of the task it started."""
+    request = text_request(text)
+    request.configuration.return_immediately = True
+    async for first in client.send_message(request):
+        return str(first.task.id)
+    raise AssertionError("SendMessage answered nothing")
+
+
+def watching(client: Client, task_id: str) -> tuple[list[Any], asyncio.Task[None]]:
+    """Subscribe to task_id in the background: the events as they come, and the task that ends with the stream."""
+    events: list[Any] = []
+
+    async def watch() -> None:
+        async for event in client.subscribe(SubscribeToTaskRequest(id=task_id)):
+            events.append(event)
+
+    return events, asyncio.create_task(watch())
