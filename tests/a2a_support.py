@@ -1,7 +1,7 @@
 """Shared by the A2A binding's tests (tests/a2a, tests/security/test_a2a.py): an echo executor, its card, an agent
 served over NATS with an unmodified DefaultRequestHandler, and a ClientFactory with the NATS transport registered.
 
-Import only after ``pytest.importorskip("a2a")``: it needs a2a-sdk (extra ``a2a``).
+Needs a2a-sdk (extra ``a2a``, in the test extra).
 """
 
 from __future__ import annotations

@@ -6,16 +6,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
+from a2a.helpers import get_artifact_text
+from a2a.types.a2a_pb2 import CancelTaskRequest, TaskState
+from a2a_support import factory, serving, started, text_request
+from nats_fixtures import within
 
-pytest.importorskip("a2a", reason="a2a-sdk (extra 'a2a') is not installed")
-
-from a2a.helpers import get_artifact_text  # noqa: E402
-from a2a.types.a2a_pb2 import CancelTaskRequest, TaskState  # noqa: E402
-from a2a_support import factory, serving, started, text_request  # noqa: E402
-from nats_fixtures import within  # noqa: E402
-
-from agentcore.a2a.capability import CapabilityExecutor  # noqa: E402
+from agentcore.a2a.capability import CapabilityExecutor
 
 
 async def _events(client: Any, text: str) -> list[Any]:

@@ -14,24 +14,22 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("a2a", reason="a2a-sdk (extra 'a2a') is not installed")
-pytest.importorskip("sse_starlette", reason="a2a-sdk[http-server] is not installed")
 
-import httpx  # noqa: E402
-import nats  # noqa: E402
-from a2a.client import Client, ClientCallContext, ClientConfig, ClientFactory  # noqa: E402
-from a2a.server.request_handlers import DefaultRequestHandler  # noqa: E402
-from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes  # noqa: E402
-from a2a.server.tasks import InMemoryTaskStore  # noqa: E402
-from a2a.types.a2a_pb2 import AgentInterface, GetTaskRequest, ListTasksRequest, SubscribeToTaskRequest  # noqa: E402
-from a2a.utils.errors import A2AError, TaskNotFoundError, VersionNotSupportedError  # noqa: E402
-from a2a_support import PREFIX, Echo, card, text_request  # noqa: E402
-from google.protobuf.json_format import MessageToDict  # noqa: E402
-from nats_fixtures import within  # noqa: E402
-from starlette.applications import Starlette  # noqa: E402
+import httpx
+import nats
+from a2a.client import Client, ClientCallContext, ClientConfig, ClientFactory
+from a2a.server.request_handlers import DefaultRequestHandler
+from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
+from a2a.server.tasks import InMemoryTaskStore
+from a2a.types.a2a_pb2 import AgentInterface, GetTaskRequest, ListTasksRequest, SubscribeToTaskRequest
+from a2a.utils.errors import A2AError, TaskNotFoundError, VersionNotSupportedError
+from a2a_support import PREFIX, Echo, card, text_request
+from google.protobuf.json_format import MessageToDict
+from nats_fixtures import within
+from starlette.applications import Starlette
 
-from agentcore.a2a import BINDING_URI, A2ANatsServer, NatsTransport, register, url_for  # noqa: E402
-from agentcore.a2a.bridge import bridge_routes  # noqa: E402
+from agentcore.a2a import BINDING_URI, A2ANatsServer, NatsTransport, register, url_for
+from agentcore.a2a.bridge import bridge_routes
 
 BRIDGE = "http://http-agent.test"  # the SDK's own JSON-RPC app (and the card both clients start from)
 FORWARDER = "http://bridge.test"  # the bridge: the SDK's JSON-RPC app answering through NATS

@@ -10,19 +10,17 @@ import asyncio
 import secrets
 
 import orjson
-import pytest
 
-pytest.importorskip("a2a", reason="a2a-sdk (extra 'a2a') is not installed")
 
-from a2a.helpers import new_task, new_text_part  # noqa: E402
-from a2a.server.agent_execution import AgentExecutor, RequestContext  # noqa: E402
-from a2a.server.events import EventQueue  # noqa: E402
-from a2a.server.tasks import TaskUpdater  # noqa: E402
-from a2a.types.a2a_pb2 import TaskState  # noqa: E402
-from a2a_support import PREFIX, serving, text_request  # noqa: E402
-from google.protobuf.json_format import MessageToJson  # noqa: E402
-from nats.aio.msg import Msg  # noqa: E402
-from nats_fixtures import subscribed, within  # noqa: E402
+from a2a.helpers import new_task, new_text_part
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.events import EventQueue
+from a2a.server.tasks import TaskUpdater
+from a2a.types.a2a_pb2 import TaskState
+from a2a_support import PREFIX, serving, text_request
+from google.protobuf.json_format import MessageToJson
+from nats.aio.msg import Msg
+from nats_fixtures import subscribed, within
 
 CHUNKS = 40
 WINDOW = 4

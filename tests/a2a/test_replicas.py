@@ -13,21 +13,20 @@ from dataclasses import dataclass
 
 import pytest
 
-pytest.importorskip("a2a", reason="a2a-sdk (extra 'a2a') is not installed")
 
-import nats  # noqa: E402
-from a2a.client import Client  # noqa: E402
-from a2a.server.agent_execution import AgentExecutor  # noqa: E402
-from a2a.server.request_handlers import DefaultRequestHandler  # noqa: E402
-from a2a.types.a2a_pb2 import CancelTaskRequest, GetTaskRequest, ListTasksRequest, TaskState  # noqa: E402
-from a2a.utils.errors import TaskNotCancelableError  # noqa: E402
-from a2a_support import PREFIX, Gate, card, factory, started, watching  # noqa: E402
-from nats.aio.client import Client as NATSClient  # noqa: E402
-from nats_fixtures import eventually, within  # noqa: E402
+import nats
+from a2a.client import Client
+from a2a.server.agent_execution import AgentExecutor
+from a2a.server.request_handlers import DefaultRequestHandler
+from a2a.types.a2a_pb2 import CancelTaskRequest, GetTaskRequest, ListTasksRequest, TaskState
+from a2a.utils.errors import TaskNotCancelableError
+from a2a_support import PREFIX, Gate, card, factory, started, watching
+from nats.aio.client import Client as NATSClient
+from nats_fixtures import eventually, within
 
-from agentcore.a2a import A2ANatsServer  # noqa: E402
-from agentcore.a2a.jetstream import JetStreamEventStream, KVTaskStore  # noqa: E402
-from agentcore.server import NATSServer  # noqa: E402
+from agentcore.a2a import A2ANatsServer
+from agentcore.a2a.jetstream import JetStreamEventStream, KVTaskStore
+from agentcore.server import NATSServer
 
 
 @pytest.fixture

@@ -8,17 +8,16 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("a2a", reason="a2a-sdk (extra 'a2a') is not installed")
 
-from a2a.client import ClientCallContext  # noqa: E402
-from a2a.helpers import get_artifact_text  # noqa: E402
-from a2a.types.a2a_pb2 import (  # noqa: E402
+from a2a.client import ClientCallContext
+from a2a.helpers import get_artifact_text
+from a2a.types.a2a_pb2 import (
     AgentCard, CancelTaskRequest, GetTaskRequest, SubscribeToTaskRequest, Task, TaskState,
 )
-from a2a.utils.errors import TaskNotCancelableError, TaskNotFoundError, VersionNotSupportedError  # noqa: E402
-from a2a_support import Gate, factory, serving, started, text_request, watching  # noqa: E402
-from nats.aio.client import Client as NATSClient  # noqa: E402
-from nats_fixtures import eventually, within  # noqa: E402
+from a2a.utils.errors import TaskNotCancelableError, TaskNotFoundError, VersionNotSupportedError
+from a2a_support import Gate, factory, serving, started, text_request, watching
+from nats.aio.client import Client as NATSClient
+from nats_fixtures import eventually, within
 
 
 @pytest.fixture

@@ -10,20 +10,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
+import nats
+from a2a.client import ClientConfig, ClientFactory
+from a2a.server.agent_execution import RequestContext
+from a2a.server.events import EventQueue
+from a2a.types.a2a_pb2 import TaskState
+from a2a_support import PREFIX, Echo, factory, serving, text_request
+from nats.aio.msg import Msg
+from nats_fixtures import subscribed, within
 
-pytest.importorskip("a2a", reason="a2a-sdk (extra 'a2a') is not installed")
-
-import nats  # noqa: E402
-from a2a.client import ClientConfig, ClientFactory  # noqa: E402
-from a2a.server.agent_execution import RequestContext  # noqa: E402
-from a2a.server.events import EventQueue  # noqa: E402
-from a2a.types.a2a_pb2 import TaskState  # noqa: E402
-from a2a_support import PREFIX, Echo, factory, serving, text_request  # noqa: E402
-from nats.aio.msg import Msg  # noqa: E402
-from nats_fixtures import subscribed, within  # noqa: E402
-
-from agentcore.a2a import BINDING_URI, NatsTransport  # noqa: E402
+from agentcore.a2a import BINDING_URI, NatsTransport
 
 FORGED_TASK = b'{"task": {"id": "forged", "contextId": "x", "status": {"state": "TASK_STATE_COMPLETED"}}}'
 
