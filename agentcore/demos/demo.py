@@ -6,7 +6,7 @@ import asyncio
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from .. import AgentConfig, ForbiddenError, NATSAgent
@@ -39,6 +39,15 @@ async def run_demo(url: str, *, tasks: int = 200, out: Callable[[str], None] = p
     analyst.add_capability("analysis", _analyse)
     coordinator = NATSAgent("coordinator", "coordinator", config)
     workers = [*summarizers, analyst]
+
+    # Imported before the agents start: importing the MCP SDK builds its pydantic models, ~0.5 s of one loop turn.
+    mcp_demo: Callable[..., Awaitable[dict[str, Any]]] | None = None
+    try:
+        from .mcp import run_mcp_demo
+
+        mcp_demo = run_mcp_demo
+    except ImportError:  # the MCP SDK is the optional extra agentcore-nats[mcp]
+        pass
 
     for agent in [*workers, coordinator]:
         await agent.astart()
@@ -81,13 +90,11 @@ async def run_demo(url: str, *, tasks: int = 200, out: Callable[[str], None] = p
 
         negotiation = await run_negotiation_demo(coordinator, summarizers, out)
 
-        try:
-            from .mcp import run_mcp_demo
-        except ImportError:  # the MCP SDK is the optional extra agentcore-nats[mcp]
+        mcp_result: dict[str, Any] = {}
+        if mcp_demo is None:
             out("mcp: skipped (install agentcore-nats[mcp] for the MCP step)")
-            mcp_result: dict[str, Any] = {}
         else:
-            mcp_result = await run_mcp_demo(config, out, calls=tasks)
+            mcp_result = await mcp_demo(config, out, calls=tasks)
 
         from .persistence import run_persistence_demo
 
