@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+from agentcore.bench import history
 from agentcore.loops import new_event_loop
 
 
@@ -63,7 +64,13 @@ def opened(benches: dict[Any, KindBench], warmup: int = 1) -> Iterator[dict[Any,
 
 
 def interleaved(benches: dict[str, KindBench], blocks: int, per_block: int) -> dict[str, tuple[float, float, int]]:
-    """Run the benches in alternating blocks so machine noise hits them alike; return kind -> (p50 µs, p99 µs, calls)."""
+    """Run the benches in alternating blocks so machine noise hits them alike; return kind -> (p50 µs, p99 µs, calls).
+
+    The result also goes into the session's history file (agentcore.bench.history); $AGENTCORE_BENCH_QUICK makes
+    it a smoke of 2 blocks of at most 20 calls.
+    """
+    if history.quick():
+        blocks, per_block = min(blocks, 2), min(per_block, 20)
     samples: dict[str, list[float]] = {kind: [] for kind in benches}
     for _ in range(blocks):
         for kind, bench in benches.items():
@@ -72,6 +79,7 @@ def interleaved(benches: dict[str, KindBench], blocks: int, per_block: int) -> d
     for kind, times in samples.items():
         times.sort()
         stats[kind] = (statistics.median(times) * 1e6, times[int(len(times) * 0.99)] * 1e6, len(times))
+    history.record_interleaved({str(kind): value for kind, value in stats.items()})
     return stats
 
 

@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from typing import Any
 
@@ -29,41 +28,13 @@ import nats
 import orjson
 
 from agentcore import AgentConfig, NATSAgent
+from agentcore.bench.rss import Peak
+from agentcore.bench.rss import rss_mb as rss
 from agentcore.envelope import decode, encode, new_message
 from agentcore.server import NATSServer
 from agentcore.transport.frames import ENVELOPE, H_CTL, H_KIND, H_SEQ, H_STREAM
 
 MB = 1024 * 1024
-
-
-def rss(pid: int) -> float:
-    """Return the resident set size of pid in MB."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-class Peak:
-    """Sample a process's RSS every 10 ms in a thread; keep the highest."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss(self.pid))
-            self._stop.wait(0.01)
-
-    def __enter__(self) -> Peak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 # ------------------------------------------------------------------ the victim (child process)

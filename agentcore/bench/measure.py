@@ -3,7 +3,7 @@
 This file is self-contained on purpose: it uses only agentcore's public API (NATSAgent, AgentConfig,
 add_capability, process_message, publish_result, send_task, stream_response, request_stream, astart/astop,
 new_message, NO_REPLY), nats-py and orjson, so benchmarks/ab.py can load it by path and run it against an
-older installation of agentcore. Agents run with the result cache off (the dispatch path alone).
+older installation of agentcore. Agents run with the result cache off (the dispatch path alone), except rt_default's.
 
 Metrics (lower is better for µs, higher for rates); each is compared with the raw nats-py metric named in
 METRICS, measured in the same run:
@@ -14,17 +14,23 @@ METRICS, measured in the same run:
               rt_sync    responder = the guide's style: a NATSAgent subclass with a sync process_message that
                          calls publish_result(id, result) and returns True
               rt_client  requester = a second NATSAgent (send_task) -> the async responder
+              rt_default responder = the guide's style in the default configuration (result cache and duplicate
+                         detection on; every task's content distinct, so every task is a cache miss)
   oneway_*  fire-and-forget: raw nats-py publishes N envelopes; a raw subscriber (orjson loads) vs a NATSAgent with
             a trivial async handler (returns NO_REPLY); msgs/s from the first publish until the last is handled
   pipe_*    request/reply with W requests in flight, req/s: raw requester -> raw responder (pipe_raw),
             NATSAgent.send_task -> NATSAgent (pipe_agent), raw requester (envelopes) -> NATSAgent (pipe_rawreq)
   stream_*  8 MB in 64 KB chunks, MB/s: raw publish -> subscriber vs stream_response -> request_stream (window 16)
+
+The suite "uvloop" measures only rt_raw and rt_default, one block of uv_per_round each: agentcore.bench.run calls it
+on uvloop and asyncio alternately, to set the default install (uvloop) against raw nats-py on plain asyncio.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import itertools
 import os
 import statistics
 import sys
@@ -32,7 +38,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ("CONTENT", "METRICS", "QUICK", "SIZES", "SUITES", "measure", "steps")
+__all__ = ("CONTENT", "METRICS", "QUICK", "SIZES", "SUITES", "UV_KINDS", "measure", "steps")
 
 CONTENT = {"text": "summarise the quarterly numbers for the board " * 4, "lang": "en"}
 
@@ -50,11 +56,16 @@ SIZES: dict[str, int] = {
     "stream_chunk": 64 * 1024,
     "stream_window": 16,
     "stream_reps": 7,
+    "uv_rounds": 10,         # suite uvloop: rounds, each on uvloop and on asyncio (which goes first alternates)
+    "uv_per_round": 300,     # sequential round trips per kind per round
+    "rss_tasks": 1_000_000,  # suite rss (agentcore.bench.rss)
+    "rss_warmup": 20_000,
 }
 
 #: A smoke: seconds, not a measurement.
 QUICK: dict[str, int] = {**SIZES, "rt_rounds": 1, "rt_per_round": 30, "oneway_n": 1000, "oneway_reps": 1, "pipe_n": 400,
-                         "pipe_inflight": 50, "pipe_reps": 1, "stream_total": 1024 * 1024, "stream_reps": 1}
+                         "pipe_inflight": 50, "pipe_reps": 1, "stream_total": 1024 * 1024, "stream_reps": 1,
+                         "uv_rounds": 1, "uv_per_round": 30, "rss_tasks": 2000, "rss_warmup": 500}
 
 #: metric -> (unit, higher is better, the raw nats-py metric it is compared with, suite)
 METRICS: dict[str, tuple[str, bool, str, str]] = {
@@ -62,6 +73,7 @@ METRICS: dict[str, tuple[str, bool, str, str]] = {
     "rt_async": ("p50 µs", False, "rt_raw", "roundtrip"),
     "rt_sync": ("p50 µs", False, "rt_raw", "roundtrip"),
     "rt_client": ("p50 µs", False, "rt_raw", "roundtrip"),
+    "rt_default": ("p50 µs", False, "rt_raw", "roundtrip"),
     "oneway_raw": ("msg/s", True, "oneway_raw", "throughput"),
     "oneway_agent": ("msg/s", True, "oneway_raw", "throughput"),
     "pipe_raw": ("req/s", True, "pipe_raw", "throughput"),
@@ -71,7 +83,9 @@ METRICS: dict[str, tuple[str, bool, str, str]] = {
     "stream_agent": ("MB/s", True, "stream_raw", "stream"),
 }
 
-_RT_KINDS = ("rt_raw", "rt_async", "rt_sync", "rt_client")
+_COUNTER = itertools.count()  # distinct task content for rt_default, across blocks: its result cache never hits
+_RT_KINDS = ("rt_raw", "rt_async", "rt_sync", "rt_client", "rt_default")
+UV_KINDS = ("rt_raw", "rt_default")  # the suite "uvloop"
 _ONEWAY_KINDS = ("oneway_raw", "oneway_agent")
 _PIPE_KINDS = ("pipe_raw", "pipe_agent", "pipe_rawreq")
 _STREAM_KINDS = ("stream_raw", "stream_agent")
@@ -82,6 +96,8 @@ def steps(sizes: dict[str, int], suites: tuple[str, ...] = SUITES) -> int:
     n = 0
     if "roundtrip" in suites:
         n += sizes["rt_rounds"] * len(_RT_KINDS)
+    elif "uvloop" in suites:
+        n += len(UV_KINDS)
     if "throughput" in suites:
         n += sizes["oneway_reps"] * len(_ONEWAY_KINDS) + sizes["pipe_reps"] * len(_PIPE_KINDS)
     if "stream" in suites:
@@ -105,12 +121,14 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
     out: dict[str, float] = {}
     extra: dict[str, float] = {}
 
-    def cfg(env: str) -> Any:
+    def cfg(env: str, default: bool = False) -> Any:
+        if default:  # the configuration a guide user gets: everything at its default but where to connect
+            return AgentConfig({"nats.servers": [url], "nats.environment": env}, environ={})
         return AgentConfig({"nats.servers": [url], "nats.environment": env, "agent.heartbeat_interval": 60.0,
                             "cache.enabled": False, "agent.max_concurrency": 10_000}, environ={})
 
-    async def agent(cls: Any, agent_id: str, env: str, capability: str, handler: Any = None) -> Any:
-        a = cls(f"{agent_id}-{tag}", "bench", cfg(env))
+    async def agent(cls: Any, agent_id: str, env: str, capability: str, handler: Any = None, default: bool = False) -> Any:
+        a = cls(f"{agent_id}-{tag}", "bench", cfg(env, default))
         if handler is None:
             a.add_capability(capability)
         else:
@@ -124,9 +142,10 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
         closers.append(nc.close)
         return nc
 
-    def envelopes(n: int, capability: str = "echo", content: Any = CONTENT) -> list[bytes]:
-        return [orjson.dumps(new_message("task", content, source_id=f"rawreq-{tag}", source_type="bench",
-                                         capabilities=[capability])) for _ in range(n)]
+    def envelopes(n: int, capability: str = "echo", content: Any = CONTENT, distinct: bool = False) -> list[bytes]:
+        return [orjson.dumps(new_message("task", {**content, "n": next(_COUNTER)} if distinct else content,
+                                         source_id=f"rawreq-{tag}", source_type="bench", capabilities=[capability]))
+                for _ in range(n)]
 
     async def echo(message: dict[str, Any]) -> Any:
         return message["payload"]["content"]
@@ -137,15 +156,18 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
             return True
 
     try:
-        env_async, env_sync, env_sink, env_stream = (f"bench-{k}-{tag}" for k in ("async", "sync", "sink", "stream"))
+        env_async, env_sync, env_sink, env_stream, env_default = (
+            f"bench-{k}-{tag}" for k in ("async", "sync", "sink", "stream", "default"))
         raw_subject = f"bench.raw.{tag}"
         subjects = {"rt_raw": raw_subject, "rt_async": f"agents.{env_async}.task.echo.default",
-                    "rt_sync": f"agents.{env_sync}.task.echo.default"}
+                    "rt_sync": f"agents.{env_sync}.task.echo.default",
+                    "rt_default": f"agents.{env_default}.task.echo.default"}
         client: Any = None
         requester: Any = None
         if "roundtrip" in suites or "throughput" in suites:
             await agent(NATSAgent, "echo-async", env_async, "echo", echo)
             client = await agent(NATSAgent, "client", env_async, "unused", echo)
+        if "roundtrip" in suites or "throughput" in suites or "uvloop" in suites:
             raw_resp, requester = await connect(), await connect()
 
             async def raw_respond(msg: Any) -> None:
@@ -156,8 +178,13 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
             await raw_resp.flush()
 
         # ------------------------------------------------------------------ round trips
-        if "roundtrip" in suites:
-            await agent(GuideEcho, "echo-sync", env_sync, "echo")
+        if "roundtrip" in suites or "uvloop" in suites:
+            rt_kinds = _RT_KINDS if "roundtrip" in suites else UV_KINDS
+            rounds, per_round = (sizes["rt_rounds"], sizes["rt_per_round"]) if "roundtrip" in suites else (
+                1, sizes["uv_per_round"])
+            if "roundtrip" in suites:
+                await agent(GuideEcho, "echo-sync", env_sync, "echo")
+            await agent(GuideEcho, "echo-default", env_default, "echo", default=True)
 
             async def rt_block(kind: str, n: int) -> list[float]:
                 times = []
@@ -167,19 +194,19 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
                         await client.send_task("echo", CONTENT, timeout=5)
                         times.append(time.perf_counter() - t0)
                     return times
-                subject, data = subjects[kind], envelopes(n)
+                subject, data = subjects[kind], envelopes(n, distinct=kind == "rt_default")
                 for i in range(n):
                     t0 = time.perf_counter()
                     orjson.loads((await requester.request(subject, data[i], timeout=5)).data)
                     times.append(time.perf_counter() - t0)
                 return times
 
-            for kind in _RT_KINDS:  # warm up and prove each path works
+            for kind in rt_kinds:  # warm up and prove each path works
                 await rt_block(kind, 20)
-            samples: dict[str, list[float]] = {k: [] for k in _RT_KINDS}
-            for _ in range(sizes["rt_rounds"]):
-                for kind in _RT_KINDS:
-                    samples[kind] += await rt_block(kind, sizes["rt_per_round"])
+            samples: dict[str, list[float]] = {k: [] for k in rt_kinds}
+            for _ in range(rounds):
+                for kind in rt_kinds:
+                    samples[kind] += await rt_block(kind, per_round)
                     step(kind)
             for kind, times in samples.items():
                 times.sort()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import statistics
@@ -16,11 +17,32 @@ from typing import Any
 from .. import __version__
 from .._impl import IMPLEMENTATION
 from ..loops import loop_factory
-from .measure import METRICS, QUICK, SIZES, SUITES, measure, steps
+from . import rss
+from .measure import METRICS, QUICK, SIZES, SUITES, UV_KINDS, measure, steps
 
-__all__ = ("FORMAT", "available_loops", "machine", "run", "summarise")
+__all__ = ("ALL_SUITES", "ALTERNATING", "ALT_METRICS", "FORMAT", "available_loops", "machine", "run", "summarise",
+           "total_steps", "uvloop_installed")
 
-FORMAT = 1  # of the saved JSON
+FORMAT = 2  # of the saved JSON (1: no "metrics", "alternating" or "rss" yet; read the same)
+
+#: Every suite: the per-loop ones of measure.py, then "uvloop" (the default install on uvloop against raw nats-py
+#: on asyncio, loops alternating every round) and "rss" (agentcore.bench.rss).
+ALL_SUITES = (*SUITES, "uvloop", "rss")
+
+ALTERNATING = "uvloop/asyncio"  # the "loop" the suite uvloop's rows are filed under
+
+#: The suite uvloop's rows, each over raw nats-py on plain asyncio measured in the same round.
+ALT_METRICS: dict[str, tuple[str, bool, str, str]] = {
+    "rt_raw@asyncio": ("p50 µs", False, "rt_raw@asyncio", "uvloop"),
+    "rt_raw@uvloop": ("p50 µs", False, "rt_raw@asyncio", "uvloop"),
+    "rt_default@asyncio": ("p50 µs", False, "rt_raw@asyncio", "uvloop"),
+    "rt_default@uvloop": ("p50 µs", False, "rt_raw@asyncio", "uvloop"),
+}
+
+
+def uvloop_installed() -> bool:
+    """Return whether uvloop can be imported (the suite uvloop needs it, whatever AGENTCORE_NO_UVLOOP says)."""
+    return importlib.util.find_spec("uvloop") is not None
 
 
 def available_loops() -> list[str]:
@@ -73,16 +95,40 @@ def machine(server_binary: str | None = None) -> dict[str, Any]:
     }
 
 
-def run(url: str | None, *, quick: bool = False, blocks: int | None = None, suites: tuple[str, ...] = SUITES,
+def _prefixed(progress: Callable[[str], None] | None, prefix: str) -> Callable[[str], None] | None:
+    """Return progress with prefix before each label (None stays None)."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda label: report(f"{prefix} {label}")
+
+
+def total_steps(sizes: dict[str, int], suites: tuple[str, ...], blocks: int, loops: list[str]) -> int:
+    """Return how many progress steps run() reports."""
+    per_loop = tuple(s for s in suites if s in SUITES)
+    n = steps(sizes, per_loop) * blocks * len(loops) if per_loop else 0
+    if "uvloop" in suites and uvloop_installed():
+        n += sizes["uv_rounds"] * 2 * steps(sizes, ("uvloop",))
+    if "rss" in suites:
+        n += rss.STEPS
+    return n
+
+
+def run(url: str | None, *, quick: bool = False, blocks: int | None = None, suites: tuple[str, ...] = ALL_SUITES,
         loops: list[str] | None = None, progress: Callable[[str], None] | None = None,
-        total: Callable[[int], None] | None = None) -> dict[str, Any]:
+        total: Callable[[int], None] | None = None, sizes: dict[str, int] | None = None) -> dict[str, Any]:
     """Measure the suites in blocks (each loop once per block, alternating which goes first); return the results.
 
-    url None starts a local nats-server for the run. total(n) is told the number of progress steps first.
+    url None starts a local nats-server for the run. total(n) is told the number of progress steps first. sizes
+    overrides single sizes of the full (or --quick) set, e.g. {"rss_tasks": 100_000}.
     """
-    sizes = dict(QUICK if quick else SIZES)
+    unknown = set(suites) - set(ALL_SUITES)
+    if unknown:
+        raise ValueError(f"unknown suite {', '.join(sorted(unknown))}: the suites are {', '.join(ALL_SUITES)}")
+    sizes = {**(QUICK if quick else SIZES), **(sizes or {})}
     blocks = blocks if blocks is not None else (1 if quick else 3)
     loops = loops or available_loops()
+    per_loop = tuple(s for s in suites if s in SUITES)
     server = None
     binary = None
     if url is None:
@@ -91,36 +137,64 @@ def run(url: str | None, *, quick: bool = False, blocks: int | None = None, suit
         server = NATSServer(jetstream=False).start()
         url, binary = server.url, server.binary
     if total is not None:
-        total(steps(sizes, suites) * blocks * len(loops))
+        total(total_steps(sizes, suites, blocks, loops))
     meta = machine(binary)
     results: list[dict[str, Any]] = []
+    out: dict[str, Any] = {}
     try:
-        for i in range(blocks):
+        for i in range(blocks if per_loop else 0):
             order = loops if i % 2 == 0 else loops[::-1]  # neither loop always runs first
             for loop in order:
-                label = (lambda kind, loop=loop, i=i: progress(f"block {i + 1}/{blocks} {loop} {kind}")) if progress else None
                 with asyncio.Runner(loop_factory=_factory(loop)) as runner:
-                    block = runner.run(measure(url, sizes, suites, label))
+                    block = runner.run(measure(url, sizes, per_loop, _prefixed(progress, f"block {i + 1}/{blocks} {loop}")))
                 results.append({"block": i + 1, "loop": block["loop"], "metrics": block["metrics"], "extra": block["extra"]})
+        if "uvloop" in suites:
+            out["alternating"] = _alternate(url, sizes, progress) if uvloop_installed() else {
+                "skipped": "uvloop is not installed (pip install 'agentcore-nats[fast]')"}
+        if "rss" in suites:
+            with asyncio.Runner(loop_factory=loop_factory()) as runner:
+                out["rss"] = runner.run(rss.measure_rss(url, sizes["rss_tasks"], sizes["rss_warmup"],
+                                                        _prefixed(progress, "rss")))
     finally:
         if server is not None:
             server.stop()
     meta["loadavg_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    return {"format": FORMAT, "meta": meta, "server": "local" if server is not None else url, "quick": quick,
-            "sizes": sizes, "suites": list(suites), "loops": loops, "blocks": results, **summarise(results, loops)}
+    return {"format": FORMAT, "source": "agentcore bench", "meta": meta, "server": "local" if server is not None else url,
+            "quick": quick, "sizes": sizes, "suites": list(suites), "loops": loops if per_loop else [],
+            "metrics": {name: list(spec) for name, spec in METRICS.items()}, "blocks": results,
+            **summarise(results, loops if per_loop else []), **out}
 
 
-def summarise(blocks: list[dict[str, Any]], loops: list[str]) -> dict[str, Any]:
+def _alternate(url: str, sizes: dict[str, int], progress: Callable[[str], None] | None) -> dict[str, Any]:
+    """The suite uvloop: rounds of rt_raw and rt_default on uvloop and on asyncio, which goes first alternating."""
+    rounds = sizes["uv_rounds"]
+    blocks: list[dict[str, Any]] = []
+    for i in range(rounds):
+        metrics: dict[str, float] = {}
+        for loop in (("uvloop", "asyncio") if i % 2 == 0 else ("asyncio", "uvloop")):
+            label = _prefixed(progress, f"{ALTERNATING} round {i + 1}/{rounds} {loop}")
+            with asyncio.Runner(loop_factory=_factory(loop)) as runner:
+                got = runner.run(measure(url, sizes, ("uvloop",), label))["metrics"]
+            metrics.update({f"{kind}@{loop}": got[kind] for kind in UV_KINDS})
+        blocks.append({"block": i + 1, "loop": ALTERNATING, "metrics": metrics})
+    return {"metrics": {name: list(spec) for name, spec in ALT_METRICS.items()}, "blocks": blocks,
+            "summary": summarise(blocks, [ALTERNATING], ALT_METRICS)["summary"][ALTERNATING]}
+
+
+def summarise(blocks: list[dict[str, Any]], loops: list[str],
+              metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     """Return per loop and metric the median over blocks and the median of each block's ratio to raw nats-py.
 
     A ratio is agent/raw for both kinds of metric; for rates (higher is better) above 1.0 is better, for
     latencies (lower is better) below 1.0 is better. "cross" holds each uvloop metric over asyncio's raw one.
+    metrics (name -> unit, higher is better, baseline, suite) defaults to measure.METRICS.
     """
+    spec = METRICS if metrics is None else metrics
     summary: dict[str, dict[str, Any]] = {}
     for loop in loops:
         mine = [b["metrics"] for b in blocks if b["loop"] == loop]
         rows: dict[str, Any] = {}
-        for name, (unit, higher, base, _suite) in METRICS.items():
+        for name, (unit, higher, base, _suite) in spec.items():
             values = [m[name] for m in mine if name in m]
             if not values:
                 continue
@@ -132,7 +206,7 @@ def summarise(blocks: list[dict[str, Any]], loops: list[str]) -> dict[str, Any]:
     cross: dict[str, float] = {}
     if "uvloop" in summary and "asyncio" in summary:
         fast, plain = summary["uvloop"], summary["asyncio"]
-        for name, (_unit, _higher, base, _suite) in METRICS.items():
+        for name, (_unit, _higher, base, _suite) in spec.items():
             if name in fast and base in plain:  # a raw row: raw nats-py on uvloop over raw nats-py on asyncio
                 cross[name] = fast[name]["median"] / plain[base]["median"]
     return {"summary": summary, "cross": cross}

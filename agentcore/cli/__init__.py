@@ -141,17 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tasks", type=int, default=200, help="tasks per phase (default 200)")
 
     bench = _command(commands, "bench", "agentcore.cli.bench:bench",
-                     "measure agentcore against raw nats-py in the same run (round trips, throughput, streams) and "
-                     "print the ratios (starts a local nats-server unless --server or $NATS_URL names one)", [])
+                     "measure agentcore against raw nats-py in the same run (round trips, throughput, streams, uvloop "
+                     "against asyncio, RSS over many tasks) and print the ratios and targets (starts a local "
+                     "nats-server unless --server or $NATS_URL names one)", [])
     bench.add_argument("-s", "--server", metavar="URL", help="a NATS server to use (default $NATS_URL, else a local one)")
     bench.add_argument("--quick", action="store_true", help="a seconds-long smoke with tiny sizes (no real measurement)")
     bench.add_argument("--blocks", type=int, metavar="N", help="blocks per loop, interleaved (default 3; --quick 1)")
     bench.add_argument("--suite", dest="suites", action="append", metavar="NAME",
-                       help="roundtrip, throughput, stream (repeat or comma-separate; default all)")
+                       help="roundtrip, throughput, stream, uvloop, rss (repeat or comma-separate; default all)")
     bench.add_argument("--loop", dest="loops", action="append", choices=("uvloop", "asyncio"),
                        help="event loops to measure on (repeat; default uvloop, when installed, and asyncio)")
+    bench.add_argument("--rss-tasks", type=int, metavar="N", help="small tasks of the suite rss (default 1,000,000; --quick 2,000)")
     bench.add_argument("--json", metavar="FILE", help="save the results, with machine and version info, to FILE")
     bench.add_argument("--compare", metavar="FILE", help="flag every ratio more than 10%% worse than in a saved run")
+    bench.add_argument("--load", metavar="FILE", help="show a saved run (agentcore bench --json, or the pytest-benchmark "
+                       "history in benchmarks/results/history/) instead of measuring; with --compare: compare the two")
     bench.add_argument("--fail-on-regression", action="store_true", help="with --compare: exit 3 when a ratio is flagged")
     return parser
 

@@ -9,8 +9,8 @@ import sys
 import time
 from typing import Any, TextIO
 
-from ..bench.report import compare, table
-from ..bench.run import run
+from ..bench.report import common, compare, load, table
+from ..bench.run import ALL_SUITES, run
 
 __all__ = ("bench",)
 
@@ -52,25 +52,39 @@ class Progress:
 
 
 def bench(args: argparse.Namespace) -> int:
-    """Run the suites, print the table of ratios to raw nats-py, save (--json) and compare (--compare) runs."""
+    """Run the suites (or read a saved run: --load), print the tables, save (--json) and compare (--compare) runs."""
     old: dict[str, Any] | None = None
-    if args.compare:  # read first: a missing file fails before minutes of measuring
-        with open(args.compare, encoding="utf-8") as f:
-            old = json.load(f)
+    saved: dict[str, Any] | None = None
+    try:  # read first: a missing or broken file fails before minutes of measuring
+        old = load(args.compare) if args.compare else None
+        saved = load(args.load) if args.load else None
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     url = args.server or os.environ.get("NATS_URL") or None
-    suites = tuple(s for part in (args.suites or ["roundtrip,throughput,stream"]) for s in part.split(",") if s)
-    progress = Progress()
-    try:
-        results = run(url, quick=args.quick, blocks=args.blocks, suites=suites, loops=args.loops,
-                      progress=progress.step, total=progress.start)
-    finally:
-        progress.end()
+    suites = tuple(s for part in (args.suites or [",".join(ALL_SUITES)]) for s in part.split(",") if s)
+    unknown = sorted(set(suites) - set(ALL_SUITES))
+    if unknown:
+        print(f"error: unknown suite {', '.join(unknown)} (the suites: {', '.join(ALL_SUITES)})", file=sys.stderr)
+        return 2
+    if saved is not None:
+        results = saved
+    else:
+        progress = Progress()
+        try:
+            results = run(url, quick=args.quick, blocks=args.blocks, suites=suites, loops=args.loops,
+                          progress=progress.step, total=progress.start,
+                          sizes={"rss_tasks": args.rss_tasks} if args.rss_tasks else None)
+        finally:
+            progress.end()
     print(table(results))
-    if args.json:
+    if args.json and saved is None:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)
         print(f"\nsaved to {args.json}", file=sys.stderr)
-    if old is not None:
+    if old is not None and not common(old, results):
+        print(f"\nnothing to compare: no ratio of {args.compare} was measured in this run")
+    elif old is not None:
         flagged = compare(old, results)
         if flagged:
             print(f"\nworse than {args.compare} by more than 10%:", *flagged, sep="\n  ")

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from agentcore.bench.measure import METRICS
-from agentcore.bench.report import compare
+from agentcore.bench.report import compare, load
+from agentcore.bench.run import ALT_METRICS, uvloop_installed
 
 
 def test_bench_quick_runs_every_suite_and_saves_json(cli, tmp_path: Path) -> None:
@@ -17,13 +18,21 @@ def test_bench_quick_runs_every_suite_and_saves_json(cli, tmp_path: Path) -> Non
     proc = cli("bench", "--quick", "--json", str(out), timeout=300)  # against the test's server ($NATS_URL)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "rt_sync" in proc.stdout and "vs raw" in proc.stdout
-    saved = json.loads(out.read_text())
+    saved = load(str(out))  # the loader validates the format
     assert saved["meta"]["python"] and saved["meta"]["agentcore"] and saved["meta"]["nats_py"]
     assert saved["quick"] is True and saved["server"] != "local"
     for loop in saved["loops"]:  # every metric measured on every loop, each agent metric with its ratio to raw
         rows = saved["summary"][loop]
         assert set(rows) == set(METRICS)
         assert all(row["ratio"] is not None for name, row in rows.items() if name != row["baseline"])
+    # The targets in the same run: uvloop against raw nats-py on asyncio, RSS over (here few) tasks.
+    if uvloop_installed():
+        assert set(saved["alternating"]["summary"]) == set(ALT_METRICS)
+        assert saved["alternating"]["summary"]["rt_default@uvloop"]["ratio"] > 0
+    rss = saved["rss"]
+    assert rss["tasks"] == 2000 and rss["after_mb"] > 0 and "growth_mb" in rss
+    for goal in ("guide style round trip", "one-way throughput", "pipelined", "RSS growth over 2,000 tasks"):
+        assert goal in proc.stdout
 
     # The same run compared with itself flags nothing; the renderer turns it into a RESULTS.md section.
     same = cli("bench", "--quick", "--suite", "roundtrip", "--compare", str(out), "--fail-on-regression", timeout=300)
@@ -31,7 +40,7 @@ def test_bench_quick_runs_every_suite_and_saves_json(cli, tmp_path: Path) -> Non
     assert "10%" in same.stdout
     rendered = subprocess.run([sys.executable, "-m", "agentcore.bench.report", str(out)], capture_output=True, text=True,
                               timeout=60, check=True).stdout
-    assert rendered.startswith("## agentcore bench") and "| rt_sync |" in rendered
+    assert rendered.startswith("## agentcore bench") and "| rt_sync |" in rendered and "| RSS growth over" in rendered
 
 
 def test_compare_flags_a_ratio_more_than_ten_percent_worse() -> None:
