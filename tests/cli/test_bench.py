@@ -33,6 +33,7 @@ def test_bench_quick_runs_every_suite_and_saves_json(cli, tmp_path: Path) -> Non
     assert rss["tasks"] == 2000 and rss["after_mb"] > 0 and "growth_mb" in rss
     for goal in ("guide style round trip", "one-way throughput", "pipelined", "RSS growth over 2,000 tasks"):
         assert goal in proc.stdout
+    assert "bench: rss" in proc.stderr  # the progress covers every suite
 
     # The same run compared with itself flags nothing; the renderer turns it into a RESULTS.md section.
     same = cli("bench", "--quick", "--suite", "roundtrip", "--compare", str(out), "--fail-on-regression", timeout=300)
