@@ -62,7 +62,7 @@ def goals(results: dict[str, Any]) -> list[list[str]]:
                         verdict(found[1], toward)])
     alternating = results.get("alternating") or {}
     row = (alternating.get("summary") or {}).get("rt_default@uvloop")
-    what = f"default install: {guide} on uvloop vs raw on asyncio"
+    what = f"default install: {'rt_default' if row is not None else guide} on uvloop vs raw on asyncio"
     if row is not None and row.get("ratio") is not None:
         out.append([what, "<= 0.80x", _ratio(row), verdict(row["ratio"] <= 0.80)])
     elif results.get("cross", {}).get(guide) is not None:

@@ -22,8 +22,9 @@ METRICS, measured in the same run:
             NATSAgent.send_task -> NATSAgent (pipe_agent), raw requester (envelopes) -> NATSAgent (pipe_rawreq)
   stream_*  8 MB in 64 KB chunks, MB/s: raw publish -> subscriber vs stream_response -> request_stream (window 16)
 
-The suite "uvloop" measures only rt_raw and rt_default, one block of uv_per_round each: agentcore.bench.run calls it
-on uvloop and asyncio alternately, to set the default install (uvloop) against raw nats-py on plain asyncio.
+DefaultInstall opens rt_raw's and rt_default's paths on a loop and keeps them across blocks: agentcore.bench.run's
+suite "uvloop" holds one on uvloop and one on asyncio and alternates between them (the default install against raw
+nats-py on plain asyncio).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ("CONTENT", "METRICS", "QUICK", "SIZES", "SUITES", "UV_KINDS", "measure", "steps")
+__all__ = ("CONTENT", "METRICS", "QUICK", "SIZES", "SUITES", "UV_KINDS", "DefaultInstall", "envelopes", "guide_echo",
+           "measure", "serve_raw", "steps", "timed_requests")
 
 CONTENT = {"text": "summarise the quarterly numbers for the board " * 4, "lang": "en"}
 
@@ -56,8 +58,8 @@ SIZES: dict[str, int] = {
     "stream_chunk": 64 * 1024,
     "stream_window": 16,
     "stream_reps": 7,
-    "uv_rounds": 10,         # suite uvloop: rounds, each on uvloop and on asyncio (which goes first alternates)
-    "uv_per_round": 300,     # sequential round trips per kind per round
+    "uv_rounds": 20,         # suite uvloop: rounds, each on uvloop and on asyncio (which goes first alternates)
+    "uv_per_round": 200,     # sequential round trips per kind and loop per round
     "rss_tasks": 1_000_000,  # suite rss (agentcore.bench.rss)
     "rss_warmup": 20_000,
 }
@@ -65,7 +67,7 @@ SIZES: dict[str, int] = {
 #: A smoke: seconds, not a measurement.
 QUICK: dict[str, int] = {**SIZES, "rt_rounds": 1, "rt_per_round": 30, "oneway_n": 1000, "oneway_reps": 1, "pipe_n": 400,
                          "pipe_inflight": 50, "pipe_reps": 1, "stream_total": 1024 * 1024, "stream_reps": 1,
-                         "uv_rounds": 1, "uv_per_round": 30, "rss_tasks": 2000, "rss_warmup": 500}
+                         "uv_rounds": 2, "uv_per_round": 20, "rss_tasks": 2000, "rss_warmup": 500}
 
 #: metric -> (unit, higher is better, the raw nats-py metric it is compared with, suite)
 METRICS: dict[str, tuple[str, bool, str, str]] = {
@@ -96,13 +98,99 @@ def steps(sizes: dict[str, int], suites: tuple[str, ...] = SUITES) -> int:
     n = 0
     if "roundtrip" in suites:
         n += sizes["rt_rounds"] * len(_RT_KINDS)
-    elif "uvloop" in suites:
-        n += len(UV_KINDS)
     if "throughput" in suites:
         n += sizes["oneway_reps"] * len(_ONEWAY_KINDS) + sizes["pipe_reps"] * len(_PIPE_KINDS)
     if "stream" in suites:
         n += sizes["stream_reps"] * len(_STREAM_KINDS)
     return n
+
+
+def guide_echo() -> Any:
+    """Return the guide's example agent class, word for word: a sync process_message that calls publish_result."""
+    from agentcore import NATSAgent
+
+    class GuideEcho(NATSAgent):
+        def process_message(self, topic: str, message: dict[str, Any]) -> bool:
+            self.publish_result(message["id"], message["payload"]["content"])
+            return True
+
+    return GuideEcho
+
+
+async def serve_raw(nc: Any, subject: str) -> None:
+    """Answer requests on subject as a raw nats-py responder does: orjson loads, dumps and respond."""
+    import orjson
+
+    async def respond(msg: Any) -> None:
+        d = orjson.loads(msg.data)
+        await msg.respond(orjson.dumps({"ok": d["payload"]["content"]}))
+
+    await nc.subscribe(subject, cb=respond)
+    await nc.flush()
+
+
+def envelopes(tag: str, n: int, capability: str = "echo", content: Any = CONTENT, distinct: bool = False) -> list[bytes]:
+    """Return n encoded task envelopes a raw requester sends (distinct: each with its own content)."""
+    import orjson
+
+    from agentcore import new_message
+
+    return [orjson.dumps(new_message("task", {**content, "n": next(_COUNTER)} if distinct else content,
+                                     source_id=f"rawreq-{tag}", source_type="bench", capabilities=[capability]))
+            for _ in range(n)]
+
+
+async def timed_requests(requester: Any, subject: str, data: list[bytes]) -> list[float]:
+    """Send each of data as a request in turn, decode each answer; return each round trip's seconds."""
+    import orjson
+
+    times = []
+    for payload in data:
+        t0 = time.perf_counter()
+        orjson.loads((await requester.request(subject, payload, timeout=5)).data)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+class DefaultInstall:
+    """rt_raw's and rt_default's paths opened on the running loop and kept open: a raw responder and the guide's agent."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.tag = f"{os.getpid()}x{id(self):x}"
+        self.closers: list[Any] = []
+        self.subjects: dict[str, str] = {}
+        self.requester: Any = None
+
+    async def open(self) -> DefaultInstall:
+        import nats
+
+        from agentcore import AgentConfig
+
+        env = f"bench-default-{self.tag}"
+        responder, self.requester = await nats.connect(self.url), await nats.connect(self.url)
+        self.closers += [responder.close, self.requester.close]
+        self.subjects = {"rt_raw": f"bench.raw.{self.tag}", "rt_default": f"agents.{env}.task.echo.default"}
+        await serve_raw(responder, self.subjects["rt_raw"])
+        # The configuration a guide user gets: everything at its default but where to connect.
+        agent = guide_echo()(f"echo-default-{self.tag}", "bench",
+                             AgentConfig({"nats.servers": [self.url], "nats.environment": env}, environ={}))
+        agent.add_capability("echo")
+        await agent.astart()
+        self.closers.insert(0, agent.astop)
+        return self
+
+    async def block(self, kind: str, n: int) -> list[float]:
+        """Time n sequential round trips of kind (rt_raw or rt_default)."""
+        data = envelopes(self.tag, n, distinct=kind == "rt_default")
+        return await timed_requests(self.requester, self.subjects[kind], data)
+
+    async def close(self) -> None:
+        for close in self.closers:
+            try:
+                await asyncio.wait_for(close(), 10)
+            except Exception as exc:  # a slow stop must not lose the measurement
+                print(f"close failed: {exc!r}", file=sys.stderr)
 
 
 async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUITES,
@@ -142,18 +230,10 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
         closers.append(nc.close)
         return nc
 
-    def envelopes(n: int, capability: str = "echo", content: Any = CONTENT, distinct: bool = False) -> list[bytes]:
-        return [orjson.dumps(new_message("task", {**content, "n": next(_COUNTER)} if distinct else content,
-                                         source_id=f"rawreq-{tag}", source_type="bench", capabilities=[capability]))
-                for _ in range(n)]
-
     async def echo(message: dict[str, Any]) -> Any:
         return message["payload"]["content"]
 
-    class GuideEcho(NATSAgent):  # the guide's example, word for word: sync process_message + publish_result
-        def process_message(self, topic: str, message: dict[str, Any]) -> bool:
-            self.publish_result(message["id"], message["payload"]["content"])
-            return True
+    GuideEcho = guide_echo()
 
     try:
         env_async, env_sync, env_sink, env_stream, env_default = (
@@ -167,23 +247,12 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
         if "roundtrip" in suites or "throughput" in suites:
             await agent(NATSAgent, "echo-async", env_async, "echo", echo)
             client = await agent(NATSAgent, "client", env_async, "unused", echo)
-        if "roundtrip" in suites or "throughput" in suites or "uvloop" in suites:
             raw_resp, requester = await connect(), await connect()
-
-            async def raw_respond(msg: Any) -> None:
-                d = orjson.loads(msg.data)
-                await msg.respond(orjson.dumps({"ok": d["payload"]["content"]}))
-
-            await raw_resp.subscribe(raw_subject, cb=raw_respond)
-            await raw_resp.flush()
+            await serve_raw(raw_resp, raw_subject)
 
         # ------------------------------------------------------------------ round trips
-        if "roundtrip" in suites or "uvloop" in suites:
-            rt_kinds = _RT_KINDS if "roundtrip" in suites else UV_KINDS
-            rounds, per_round = (sizes["rt_rounds"], sizes["rt_per_round"]) if "roundtrip" in suites else (
-                1, sizes["uv_per_round"])
-            if "roundtrip" in suites:
-                await agent(GuideEcho, "echo-sync", env_sync, "echo")
+        if "roundtrip" in suites:
+            await agent(GuideEcho, "echo-sync", env_sync, "echo")
             await agent(GuideEcho, "echo-default", env_default, "echo", default=True)
 
             async def rt_block(kind: str, n: int) -> list[float]:
@@ -194,19 +263,14 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
                         await client.send_task("echo", CONTENT, timeout=5)
                         times.append(time.perf_counter() - t0)
                     return times
-                subject, data = subjects[kind], envelopes(n, distinct=kind == "rt_default")
-                for i in range(n):
-                    t0 = time.perf_counter()
-                    orjson.loads((await requester.request(subject, data[i], timeout=5)).data)
-                    times.append(time.perf_counter() - t0)
-                return times
+                return await timed_requests(requester, subjects[kind], envelopes(tag, n, distinct=kind == "rt_default"))
 
-            for kind in rt_kinds:  # warm up and prove each path works
+            for kind in _RT_KINDS:  # warm up and prove each path works
                 await rt_block(kind, 20)
-            samples: dict[str, list[float]] = {k: [] for k in rt_kinds}
-            for _ in range(rounds):
-                for kind in rt_kinds:
-                    samples[kind] += await rt_block(kind, per_round)
+            samples: dict[str, list[float]] = {k: [] for k in _RT_KINDS}
+            for _ in range(sizes["rt_rounds"]):
+                for kind in _RT_KINDS:
+                    samples[kind] += await rt_block(kind, sizes["rt_per_round"])
                     step(kind)
             for kind, times in samples.items():
                 times.sort()
@@ -239,7 +303,7 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
             oneway_subjects = {"oneway_raw": raw_oneway, "oneway_agent": f"agents.{env_sink}.task.sink.default"}
 
             async def oneway(kind: str, n: int) -> float:
-                data = envelopes(n, "sink", {"i": 1})
+                data = envelopes(tag, n, "sink", {"i": 1})
                 subject = oneway_subjects[kind]
                 state["got"], state["want"] = 0, n
                 done.clear()
@@ -260,8 +324,8 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
                 out[kind] = statistics.median(r)
 
             async def pipe(kind: str, n: int, width: int) -> float:
-                data = envelopes(n) if kind == "pipe_rawreq" else None
-                data_raw = envelopes(1)[0]
+                data = envelopes(tag, n) if kind == "pipe_rawreq" else None
+                data_raw = envelopes(tag, 1)[0]
                 subject = raw_subject if kind == "pipe_raw" else subjects["rt_async"]
                 it = iter(range(n))
 
