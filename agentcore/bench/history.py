@@ -30,6 +30,9 @@ ENV = "AGENTCORE_BENCH_HISTORY"
 QUICK_ENV = "AGENTCORE_BENCH_QUICK"
 
 _interleaved: list[tuple[str, dict[str, tuple[float, float, int]]]] = []
+# When and under what load the session started (benchmarks/conftest.py imports this module as pytest starts).
+_STARTED = (datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            list(os.getloadavg()) if hasattr(os, "getloadavg") else None)
 
 
 def quick() -> bool:
@@ -106,6 +109,7 @@ def build(benchmarks: list[Any], interleaved: list[tuple[str, dict[str, tuple[fl
     blocks = [{"block": 1, "loop": loop, "metrics": metrics, "extra": extra}]
     meta = machine(binary)
     meta["loadavg_after"] = meta["loadavg"]
+    meta["date"], meta["loadavg"] = _STARTED
     meta["pytest_exitstatus"] = exitstatus
     return {"format": FORMAT, "source": source, "meta": meta, "server": "local", "quick": quick(), "sizes": {},
             "suites": sorted({s[3] for s in spec.values()}), "loops": [loop], "metrics": spec, "blocks": blocks,

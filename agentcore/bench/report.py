@@ -143,6 +143,9 @@ def _about(results: dict[str, Any]) -> str:
 _NOTE = ("vs raw: the metric over raw nats-py's (its baseline) measured in the same block on the same loop (median over "
          "blocks; range in brackets). ↓ lower is better, ↑ higher is better: below 1.0x is better for ↓ rows, above 1.0x "
          "for ↑ rows.")
+_PYTEST_NOTE = ("vs raw: the row over the raw nats-py row of its group, measured in the same session: pytest-benchmark "
+                "rows (median µs per round) ran one after another, the kinds of a *_ratio test (p50 µs) interleaved in "
+                "blocks. ↓ lower is better.")
 _CROSS_NOTE = " uvloop vs raw asyncio: the metric on uvloop over its baseline on plain asyncio (medians of separate blocks)."
 _ALT_NOTE = ("Round trips with loops alternating every round (which goes first alternates too): each row over raw nats-py "
              "on plain asyncio measured in the same round (median over rounds; range in brackets). rt_default: a raw "
@@ -178,7 +181,8 @@ def _parts(results: dict[str, Any], grid: Any) -> list[str]:
     out: list[str] = []
     if results["blocks"]:
         both = "uvloop" in results["loops"] and "asyncio" in results["loops"]
-        out += [*grid(*_main_grid(results)), "", _NOTE + (_CROSS_NOTE if both else ""), ""]
+        note = _PYTEST_NOTE if str(results.get("source", "")).startswith("pytest") else _NOTE
+        out += [*grid(*_main_grid(results)), "", note + (_CROSS_NOTE if both else ""), ""]
     alternating = _alternating_grid(results)
     if alternating is not None:
         out += [*grid(*alternating), "", _ALT_NOTE, ""]
