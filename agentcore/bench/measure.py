@@ -200,7 +200,7 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
     import orjson
 
     import agentcore
-    from agentcore import AgentConfig, NATSAgent, new_message
+    from agentcore import AgentConfig, NATSAgent
 
     step = progress or (lambda label: None)
     no_reply = getattr(agentcore, "NO_REPLY", None)

@@ -134,10 +134,11 @@ def _about(results: dict[str, Any]) -> str:
         load += f", {m['loadavg_after'][0]:.1f} at the end"
     per_loop = len(results["blocks"]) // max(len(results["loops"]), 1)
     sizes = "quick" if results.get("quick") else "full sizes"
+    blocks = f"{per_loop} block{'s' if per_loop != 1 else ''} per loop, " if per_loop else ""
     return (f"{results.get('source', 'agentcore bench')}: agentcore {m['agentcore']} ({m['implementation']}), Python "
             f"{m['python']} {m['python_implementation']}, nats-py {m['nats_py']}, uvloop {m['uvloop'] or 'not installed'}, "
-            f"{m['nats_server'] or 'nats-server ?'}; {m['platform']}, {m['cpus']} CPUs, {load}; "
-            f"{per_loop} block{'s' if per_loop != 1 else ''} per loop ({sizes}), {m['date']}")
+            f"{m['nats_server'] or 'nats-server ?'}; {m['platform']}, {m['cpus']} CPUs, {load}; {blocks}"
+            f"suites {', '.join(results.get('suites') or ['?'])} ({sizes}), {m['date']}")
 
 
 _NOTE = ("vs raw: the metric over raw nats-py's (its baseline) measured in the same block on the same loop (median over "

@@ -141,3 +141,22 @@ def test_history_can_be_turned_off(tmp_path: Path) -> None:
     config = SimpleNamespace(getoption=lambda name: str(tmp_path))
     assert history.save(SimpleNamespace(config=config, items=[]), 0) is None  # the off session's record was dropped
     assert not os.listdir(tmp_path)
+
+
+def test_without_uvloop_the_uvloop_suite_says_so(nats_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentcore.bench import run as bench_run
+    from agentcore.bench.report import table
+
+    monkeypatch.setattr(bench_run, "uvloop_installed", lambda: False)
+    steps: list[str] = []
+    totals: list[int] = []
+    results = bench_run.run(nats_url, quick=True, suites=("uvloop",), progress=steps.append, total=totals.append)
+    assert results["alternating"] == {"skipped": "uvloop is not installed (pip install 'agentcore-nats[fast]')"}
+    assert totals == [0] and steps == [] and results["blocks"] == [] and results["loops"] == []
+    assert "not measured: uvloop is not installed" in table(validate(json.loads(json.dumps(results))))
+
+
+def test_an_unknown_suite_is_refused_before_measuring(nats_url: str) -> None:
+    proc = subprocess.run([*CLI, "bench", "--suite", "roundtrip,nope"], capture_output=True, text=True, timeout=60,
+                          env=command_env(nats_url))
+    assert proc.returncode == 2 and "unknown suite nope" in proc.stderr and not proc.stdout
