@@ -120,7 +120,8 @@ def total_steps(sizes: dict[str, int], suites: tuple[str, ...], blocks: int, loo
 def run(url: str | None, *, quick: bool = False, blocks: int | None = None, suites: tuple[str, ...] = ALL_SUITES,
         loops: list[str] | None = None, progress: Callable[[str], None] | None = None,
         total: Callable[[int], None] | None = None, sizes: dict[str, int] | None = None) -> dict[str, Any]:
-    """Measure the suites in blocks (each loop once per block, alternating which goes first); return the results.
+    """Measure the suites and return the results: roundtrip, throughput and stream in blocks (each loop once per
+    block, alternating which goes first), then uvloop (rounds alternating the loops) and rss (once).
 
     url None starts a local nats-server for the run. total(n) is told the number of progress steps first. sizes
     overrides single sizes of the full (or --quick) set, e.g. {"rss_tasks": 100_000}.
