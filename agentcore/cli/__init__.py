@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--suite", dest="suites", action="append", metavar="NAME",
                        help="roundtrip, throughput, stream, uvloop, rss (repeat or comma-separate; default all)")
     bench.add_argument("--loop", dest="loops", action="append", choices=("uvloop", "asyncio"),
-                       help="event loops to measure on (repeat; default uvloop, when installed, and asyncio)")
+                       help="event loops of the suites roundtrip, throughput and stream (repeat; default uvloop, when installed, and asyncio)")
     bench.add_argument("--rss-tasks", type=int, metavar="N", help="small tasks of the suite rss (default 1,000,000; --quick 2,000)")
     bench.add_argument("--json", metavar="FILE", help="save the results, with machine and version info, to FILE")
     bench.add_argument("--compare", metavar="FILE", help="flag every ratio more than 10%% worse than in a saved run")
