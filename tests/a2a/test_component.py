@@ -171,3 +171,21 @@ async def test_no_jetstream_refuses_to_start_in_jetstream_mode(make_agent: Any) 
     with pytest.raises(PersistenceError, match="JetStream"):  # the server has none: the store cannot be opened
         await within(agent.astart(), "a start that cannot open the A2A store")
     await eventually(lambda: agent.status == "stopped", what="the failed start to leave the agent stopped")
+
+
+async def test_served_again_after_a_restart_and_paused_with_the_agent(make_agent: Any, raw_nc: nats.NATS) -> None:
+    agent: NATSAgent = await make_agent("restarted", start=False)
+    agent.serve_a2a(Echo(), name="echo")
+    await agent.astart()
+    await agent.astop()
+    await agent.astart()
+    client = factory(raw_nc, streaming=False).create(agent.a2a_card())
+    events = await within(_send(client, "again"), "SendMessage after a restart")
+    assert events[0].task.status.state == TaskState.TASK_STATE_COMPLETED
+
+    await agent.pause()  # out of the queue group: nobody answers
+    with pytest.raises(A2AClientError, match="no responders"):
+        await within(_send(client, "paused?"), "SendMessage to a paused agent")
+    await agent.resume()
+    events = await within(_send(client, "resumed"), "SendMessage after resume")
+    assert events[0].task.status.state == TaskState.TASK_STATE_COMPLETED
