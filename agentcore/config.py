@@ -285,6 +285,7 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "a2a.streams_per_sender": (8, _positive_int),  # of which for one sender (its signed key, else its inbox's connection)
     "a2a.max_store_bytes": (64 * 1024 * 1024, _positive_int),  # the in-memory task store (finished tasks evicted LRU)
     "a2a.idle_timeout": (30.0, _positive_float),  # a stream with no credit this long is ended
+    "a2a.jetstream_max_bytes": (256 * 1024 * 1024, _positive_int),  # the KV bucket of tasks, and the event stream
     "a2a.task_ttl": (86400.0, _non_negative_float),  # JetStream: how long the KV bucket keeps a task (0: for ever)
     "a2a.events_ttl": (3600.0, _positive_float),  # JetStream: how long the event stream keeps a task's events
 }

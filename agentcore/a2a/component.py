@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
     from .server import A2ANatsServer
-    from .store import BoundedTaskStore
+    from .store import BoundedTaskStore, CappedKVTaskStore
 
 __all__ = ("A2A", "TOKEN")
 
@@ -67,12 +67,13 @@ class Served:
     replica_subject: str = ""
     server: A2ANatsServer | None = None
     handler: DefaultRequestHandler | None = None
-    store: BoundedTaskStore | None = None  # memory mode only
+    store: BoundedTaskStore | CappedKVTaskStore | None = None
     stored_in: str = "memory"
     published: AgentCard | None = None  # the card as served, with the NATS interface
     url: str = ""
     requests: int = 0
     refused: int = 0
+    failed: int = 0  # error answers of the servers of earlier starts (each start has a new server)
     seconds: float = 0.0
     last_error: str = ""
 
@@ -184,20 +185,30 @@ class A2A(Feature):
         jetstream = store_kind == "jetstream" or (store_kind == "auto" and config["jetstream.enabled"])
         locate = None
         if jetstream:
-            from .jetstream import JetStreamEventStream, KVTaskStore
+            import nats.js.errors
+
+            from .jetstream import JetStreamEventStream
+            from .store import CappedKVTaskStore
 
             js = nc.jetstream()
             bucket = service_name(served.name)
             ttl = config["a2a.task_ttl"] or None
+            cap = config["a2a.jetstream_max_bytes"]
             try:
-                kv = await KVTaskStore.open(js, f"A2A_TASKS_{bucket}", replica=host.instance, ttl=ttl)
-                events = await JetStreamEventStream.open(js, f"A2A_EVENTS_{bucket}", served.prefix,
-                                                         max_age=config["a2a.events_ttl"])
+                kv = CappedKVTaskStore(await js.create_key_value(bucket=f"A2A_TASKS_{bucket}", history=1, ttl=ttl,
+                                                                 max_bytes=cap), host.instance, cap)
+                try:  # events beyond the bound push out the oldest (a late remote reader still has the KV snapshot)
+                    await js.add_stream(name=f"A2A_EVENTS_{bucket}", subjects=[f"{served.prefix}.events.>"],
+                                        max_age=config["a2a.events_ttl"], max_bytes=cap)
+                except nats.js.errors.BadRequestError:  # it exists: its settings are the deployment's
+                    pass
+                events = JetStreamEventStream(js, served.prefix)
             except nats.errors.Error as exc:  # no JetStream on the server or account, or a bucket set up otherwise
                 raise PersistenceError(f"the A2A agent {served.name!r} keeps its tasks in JetStream, which refused: "
                                        f"{type(exc).__name__}: {exc}") from None
             handler = DefaultRequestHandler(agent_executor=executor, agent_card=card, task_store=kv, event_stream=events)
             locate = kv.replica_of
+            served.store = kv
             served.stored_in = "jetstream"
         else:
             await self._alone(served, nc)
@@ -277,7 +288,8 @@ class A2A(Feature):
     # ------------------------------------------------------------------ admission (inline, as nats-py reads)
 
     def _admit(self, served: Served, msg: Msg) -> None:
-        if not msg.reply or served.server is None:
+        server = served.server
+        if not msg.reply or server is None:
             self.dropped += 1
             return
         served.requests += 1
@@ -298,30 +310,30 @@ class A2A(Feature):
             else:
                 self.streams += 1
                 self.per_sender[sender] = self.per_sender.get(sender, 0) + 1
-                self._host.spawn(self._stream(served, msg, sender))
+                self._host.spawn(self._stream(served, server, msg, sender))
         elif self.active >= self.max_concurrency + self.max_queued:
             self._overloaded(served, msg, False, "a2a.max_queued", self.max_queued)
         else:
             self.active += 1
-            self._host.spawn(self._unary(served, msg))
+            self._host.spawn(self._unary(served, server, msg))
 
-    async def _unary(self, served: Served, msg: Msg) -> None:
+    async def _unary(self, served: Served, server: A2ANatsServer, msg: Msg) -> None:
         started = time.perf_counter()
         try:
             async with self._room:
                 self.running += 1
                 try:
-                    await served.server.serve(msg)  # type: ignore[union-attr]  # set before any request is admitted
+                    await server.serve(msg)
                 finally:
                     self.running -= 1
         finally:
             self.active -= 1
             served.seconds += time.perf_counter() - started
 
-    async def _stream(self, served: Served, msg: Msg, sender: str) -> None:
+    async def _stream(self, served: Served, server: A2ANatsServer, msg: Msg, sender: str) -> None:
         started = time.perf_counter()
         try:
-            await served.server.serve(msg)  # type: ignore[union-attr]
+            await server.serve(msg)
         finally:
             self.streams -= 1
             left = self.per_sender[sender] - 1
@@ -383,6 +395,10 @@ class A2A(Feature):
     async def stop(self) -> None:
         """Stopped: close each handler (its running tasks end) and forget this start's replica subject."""
         for served in self.served.values():
+            if served.server is not None:  # its counts outlive it: get_metrics() and $SRV.STATS are since creation
+                for reason, n in served.server.errors.items():
+                    self.errors[reason] = self.errors.get(reason, 0) + n
+                served.failed += sum(served.server.errors.values())
             handler, served.handler, served.server = served.handler, None, None
             if served.replica_subject:
                 self._host.unregister(served.replica_subject, served.on_request)
@@ -410,7 +426,7 @@ class A2A(Feature):
 
         found = []
         for s in self.served.values():
-            errors = s.refused + (sum(s.server.errors.values()) if s.server is not None else 0)
+            errors = s.refused + s.failed + (sum(s.server.errors.values()) if s.server is not None else 0)
             found.append(Endpoint(
                 name=f"a2a-{service_name(s.name)}", subject=f"{s.prefix}.*", queue_group=s.prefix,
                 metadata={"a2a.name": s.name, "a2a.protocolBinding": BINDING_URI, "a2a.protocolVersion": PROTOCOL_VERSION,
@@ -428,13 +444,15 @@ class A2A(Feature):
             for reason, n in (s.server.errors if s.server is not None else {}).items():
                 errors[reason] = errors.get(reason, 0) + n
         stores = [s.store for s in self.served.values() if s.store is not None]
+        memory = [store for store in stores if not hasattr(store, "kv")]  # BoundedTaskStore (a2a-sdk loads lazily)
         levels: dict[str, float] = {
             "a2a_requests": sum(s.requests for s in self.served.values()), "a2a_in_flight": self.running,
             "a2a_queued": self.active - self.running, "a2a_streams_open": self.streams,
             "a2a_refused": sum(self.refused.values()), "a2a_errors": sum(errors.values()),
-            "a2a_store_bytes": sum(store.bytes for store in stores),
-            "a2a_store_max_bytes": sum(store.max_bytes for store in stores),
-            "a2a_store_evictions": sum(store.evictions for store in stores),
+            "a2a_store_bytes": sum(store.bytes for store in memory),
+            "a2a_store_max_bytes": sum(store.max_bytes for store in memory),
+            "a2a_store_evictions": sum(store.evictions for store in memory),
+            "a2a_store_refused": sum(store.refused for store in stores),
         }
         for bound, n in self.refused.items():
             levels[f"a2a_refused_{bound.partition('.')[2]}"] = n

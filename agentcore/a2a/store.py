@@ -1,4 +1,5 @@
-"""The in-memory A2A task store of one replica, bounded by bytes (``a2a.max_store_bytes``, docs/limits.md).
+"""A2A task stores bounded by bytes (docs/limits.md): in memory on one replica (``a2a.max_store_bytes``), and the
+JetStream bucket of replicas (``a2a.jetstream_max_bytes``, ``CappedKVTaskStore`` at the end).
 
 a2a-sdk's ``InMemoryTaskStore`` keeps every task for ever; anyone who may send to the agent adds tasks. This store
 keeps the same tasks (it delegates to one) and counts each as its protobuf size plus a fixed overhead. Past the
@@ -13,18 +14,27 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import nats.js.errors
+from a2a.server.cluster import TaskVersion
 from a2a.server.context import ServerCallContext
+from a2a.server.events.event_queue import Event
 from a2a.server.owner_resolver import OwnerResolver, resolve_user_scope
 from a2a.server.tasks import InMemoryTaskStore, TaskStore
 from a2a.types.a2a_pb2 import ListTasksRequest, ListTasksResponse, Task, TaskState
+from nats.js.kv import KeyValue
 
 from .errors import OverloadedError
+from .jetstream import KVTaskStore
 
-__all__ = ("BoundedTaskStore", "FINISHED")
+__all__ = ("BoundedTaskStore", "CappedKVTaskStore", "FINISHED")
 
 #: States after which a task changes no more: such tasks may be forgotten to make room.
 FINISHED = frozenset((TaskState.TASK_STATE_COMPLETED, TaskState.TASK_STATE_FAILED, TaskState.TASK_STATE_CANCELED,
                       TaskState.TASK_STATE_REJECTED))
+#: The share of a JetStream bucket kept for the updates of running tasks: new ones are refused beyond the rest.
+HEADROOM = 0.1
+#: JetStream's error code for a write over a stream's (a KV bucket's) max_bytes.
+MAXIMUM_BYTES_EXCEEDED = 10077
 #: Counted for each task besides its protobuf bytes: the dict entries, the key, the context kept to delete it.
 OVERHEAD = 512
 
@@ -98,3 +108,37 @@ class BoundedTaskStore(TaskStore):
         if kept is not None:
             self.bytes -= kept.size
         await self._store.delete(task_id, context)
+
+
+class CappedKVTaskStore(KVTaskStore):
+    """KVTaskStore on a bucket bounded by bytes (``a2a.jetstream_max_bytes``): new tasks refused OVERLOADED near full.
+
+    A KV bucket makes no room by itself (a full one refuses every write, the updates of running tasks too), so a
+    new task is refused once the bucket holds 90% of its bytes: the last tenth is kept for the tasks already
+    running, which go on and finish. Finished tasks leave the bucket after ``a2a.task_ttl``.
+    """
+
+    def __init__(self, kv: KeyValue, replica: str, max_bytes: int) -> None:
+        super().__init__(kv, replica)
+        self.max_bytes = max_bytes
+        self.refused = 0
+
+    def _refuse(self) -> OverloadedError:
+        self.refused += 1
+        return OverloadedError(
+            message=f"the agent's JetStream task bucket is full (a2a.jetstream_max_bytes {self.max_bytes})",
+            data={"bound": "a2a.jetstream_max_bytes", "limit": str(self.max_bytes)})
+
+    async def save(self, task: Task, *, event: Event | None, prev: Task | None, prev_version: TaskVersion,
+                   context: ServerCallContext) -> TaskVersion:
+        """Write as KVTaskStore does; a new task when the bucket is nearly full, or a write it refuses: OVERLOADED."""
+        if prev_version.is_missing:
+            status = await self.kv.status()
+            if status.stream_info.state.bytes >= self.max_bytes * (1 - HEADROOM):
+                raise self._refuse()
+        try:
+            return await super().save(task, event=event, prev=prev, prev_version=prev_version, context=context)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != MAXIMUM_BYTES_EXCEEDED:
+                raise
+            raise self._refuse() from None

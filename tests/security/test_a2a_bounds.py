@@ -17,7 +17,7 @@ from a2a.helpers import new_task
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
 from a2a.server.tasks import TaskUpdater
-from a2a.types.a2a_pb2 import TaskState
+from a2a.types.a2a_pb2 import ListTasksRequest, TaskState
 from a2a.utils.errors import InvalidRequestError
 from a2a_support import Echo, factory, text_request
 from nats.aio.msg import Msg
@@ -25,6 +25,7 @@ from nats_fixtures import eventually, subscribed, within
 
 from agentcore import NATSAgent
 from agentcore.a2a import OverloadedError
+from agentcore.server import NATSServer
 
 PREFIX = "agents.test.a2a-protocol.echo"
 HELLO = b'{"message": {"messageId": "m-1", "role": "ROLE_USER", "parts": [{"text": "hello"}]}}'
@@ -223,3 +224,44 @@ async def test_the_task_store_is_bounded_by_bytes(make_agent: Any, raw_nc: nats.
     held.release.set()
     await eventually(lambda: held.running == 0, what="the held tasks finished")
     await within(_honest(agent, raw_nc), "the honest SendMessage once tasks finished")
+
+
+async def test_the_jetstream_bucket_is_bounded_by_bytes() -> None:
+    with NATSServer(jetstream=True) as server:
+        held = Held()
+        agent: NATSAgent = NATSAgent("a2a-js-bounded", config={
+            "nats.servers": [server.url], "nats.environment": "test", "agent.heartbeat_interval": 60.0,
+            "a2a.store": "jetstream", "a2a.jetstream_max_bytes": 16 * 1024})
+        agent.serve_a2a(held, name="echo")
+        await agent.astart()
+        nc = await nats.connect(server.url)
+        try:
+            client = factory(nc, streaming=False).create(agent.a2a_card())
+            refused: OverloadedError | None = None
+            admitted = 0
+            for i in range(200):  # tasks held running: their writes fill the bucket until it refuses a new one
+                request = text_request(f"held {i} " + "x" * 200)
+                request.configuration.return_immediately = True
+                try:
+                    await within(client.send_message(request).__anext__(), "a held task")
+                except OverloadedError as exc:
+                    refused = exc
+                    break
+                admitted += 1
+            assert refused is not None and refused.data == {"bound": "a2a.jetstream_max_bytes", "limit": "16384"}
+            assert admitted > 0
+            metrics = agent.get_metrics()
+            assert metrics["a2a_store_refused"] >= 1 and metrics["a2a_errors_overloaded"] >= 1
+            # The running tasks finish in the room kept for them, and are read back completed.
+            held.release.set()
+            await eventually(lambda: held.running == 0, what="the held tasks finished")
+
+            async def all_completed() -> bool:
+                listed = await client.list_tasks(ListTasksRequest(page_size=100))
+                return sum(t.status.state == TaskState.TASK_STATE_COMPLETED for t in listed.tasks) == admitted
+
+            await eventually(all_completed, what="every admitted task completed in the bucket")
+        finally:
+            held.release.set()
+            await nc.close()
+            await agent.astop()
