@@ -3,6 +3,7 @@ the NATS service API, replicas sharing work and tasks through JetStream, a plain
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -189,3 +190,22 @@ async def test_served_again_after_a_restart_and_paused_with_the_agent(make_agent
     await agent.resume()
     events = await within(_send(client, "resumed"), "SendMessage after resume")
     assert events[0].task.status.state == TaskState.TASK_STATE_COMPLETED
+
+
+def test_served_from_a_plain_script_while_the_agent_runs_on_its_own_thread(agent_config: Any, nats_url: str) -> None:
+    agent = NATSAgent("scripted", config=agent_config())
+    assert agent.start()
+    try:
+        agent.serve_a2a(Echo(), name="echo")  # returns once the agent's loop has subscribed it
+
+        async def ask() -> list[Any]:
+            nc = await nats.connect(nats_url)
+            try:
+                return await within(_send(factory(nc, streaming=False).create(agent.a2a_card()), "hi"), "SendMessage")
+            finally:
+                await nc.close()
+
+        events = asyncio.run(ask())
+        assert events[0].task.status.state == TaskState.TASK_STATE_COMPLETED
+    finally:
+        agent.stop()
