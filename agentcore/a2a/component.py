@@ -120,8 +120,27 @@ class A2A(Feature):
     # ------------------------------------------------------------------ what the agent delegates
 
     def serve(self, executor: AgentExecutor | str, *, card: AgentCard | None = None, name: str | None = None,
-              **fields: Any) -> Served:
+              **fields: Any) -> None:
         """Serve executor (or a declared capability) as the A2A agent name; it starts with the agent (or now)."""
+        served = self._add(executor, card, name, fields)
+        host = self._host
+        if host.status in ("running", "paused"):
+            loop = host.loop
+            assert loop is not None
+            if host.on_loop_thread():
+                host.spawn(self._start_now(served))  # a failure is logged, and the agent is not served
+            else:
+                asyncio.run_coroutine_threadsafe(self._start_now(served), loop).result(host.config["agent.request_timeout"])
+
+    async def aserve(self, executor: AgentExecutor | str, *, card: AgentCard | None = None, name: str | None = None,
+                     **fields: Any) -> None:
+        """Serve like serve() and, when the agent runs, return once the server routes the agent's requests here."""
+        served = self._add(executor, card, name, fields)
+        if self._host.status in ("running", "paused"):
+            await self._start_now(served)
+
+    def _add(self, executor: AgentExecutor | str, card: AgentCard | None, name: str | None,
+             fields: dict[str, Any]) -> Served:
         host = self._host
         if isinstance(executor, str) and executor not in host.capability_registrations():
             raise ConfigError(f"serve_a2a({executor!r}): no such capability; add_capability() it first")
@@ -131,21 +150,7 @@ class A2A(Feature):
         served = Served(name, f"{host.topics.prefix}.{TOKEN}.{name}", executor, card, fields)
         served.on_request = lambda msg: self._admit(served, msg)
         self.served[name] = served
-        if host.status in ("running", "paused"):
-            loop = host.loop
-            assert loop is not None
-            if host.on_loop_thread():
-                host.spawn(self._start_now(served))
-            else:
-                asyncio.run_coroutine_threadsafe(self._start_now(served), loop).result(host.config["agent.request_timeout"])
         return served
-
-    async def aserve(self, executor: AgentExecutor | str, *, card: AgentCard | None = None, name: str | None = None,
-                     **fields: Any) -> None:
-        """Serve like serve() and, when the agent runs, return once the server routes the agent's requests here."""
-        served = self.serve(executor, card=card, name=name, **fields)
-        if self._host.status in ("running", "paused") and served.server is None:
-            await self._start_now(served)
 
     def card(self, name: str | None = None) -> AgentCard:
         """Return the card served for name (default: the only one), with its NATS interface once started."""
@@ -160,9 +165,12 @@ class A2A(Feature):
     # ------------------------------------------------------------------ setting up
 
     async def _start_now(self, served: Served) -> None:
-        if served.server is None:
+        try:
             await self._build(served)
-            await self._host.sync()
+        except BaseException:
+            self.served.pop(served.name, None)  # not served: the name may be served again once the cause is fixed
+            raise
+        await self._host.sync()
 
     async def _build(self, served: Served) -> None:
         """Make the handler, store and server of served on the current connection, and register its subjects."""

@@ -115,6 +115,13 @@ async def test_memory_mode_refuses_a_second_replica(make_agent: Any) -> None:
     second.serve_a2a(Echo(), name="echo")
     with pytest.raises(ConfigError, match="in memory"):
         await second.astart()
+    # On a running agent the refusal reaches the caller, and the agent serves nothing under that name.
+    third: NATSAgent = await make_agent("solo-3")
+    with pytest.raises(ConfigError, match="in memory"):
+        await third.aserve_a2a(Echo(), name="echo")
+    assert "a2a" not in third.describe()
+    await third.aserve_a2a(Echo(), name="echo-3")
+    assert [entry["name"] for entry in third.describe()["a2a"]] == ["echo-3"]
 
 
 @pytest.fixture
