@@ -199,7 +199,7 @@ class A2A(Feature):
             from .store import CappedKVTaskStore
 
             js = nc.jetstream()
-            bucket = service_name(served.name)
+            bucket = service_name(f"{host.topics.env}_{served.name}")  # environments on one account stay apart
             ttl = config["a2a.task_ttl"] or None
             cap = config["a2a.jetstream_max_bytes"]
             try:
@@ -252,7 +252,7 @@ class A2A(Feature):
         """The card as served: the given one (or one made of the fields) with this binding's interface first."""
         from a2a.types.a2a_pb2 import AgentCapabilities, AgentCard, AgentInterface, AgentSkill
 
-        from .binding import BINDING_URI, PROTOCOL_VERSION, url_for
+        from .binding import BINDING_URI, PROTOCOL_VERSION, prefix_from_url, url_for
 
         card = AgentCard()
         if served.card is not None:
@@ -269,7 +269,11 @@ class A2A(Feature):
                 default_input_modes=list(fields.get("input_modes") or ("text/plain", "application/json")),
                 default_output_modes=list(fields.get("output_modes") or ("text/plain", "application/json")),
                 skills=[s if isinstance(s, AgentSkill) else AgentSkill(**s) for s in skills])
-        if server_url and not any(i.protocol_binding == BINDING_URI for i in card.supported_interfaces):
+        written = [i.url for i in card.supported_interfaces if i.protocol_binding == BINDING_URI]
+        if any(prefix_from_url(url) != served.prefix for url in written):
+            raise ConfigError(f"the card of the A2A agent {served.name!r} lists a NATS interface ({written[0]}) whose "
+                              f"subject prefix is not {served.prefix!r}, where it is served")
+        if server_url and not written:
             # An interface of this binding the author wrote (a public host name, say) is kept as written.
             ours = AgentInterface(url=url_for(server_url, served.prefix), protocol_binding=BINDING_URI,
                                   protocol_version=PROTOCOL_VERSION)

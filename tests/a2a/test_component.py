@@ -12,8 +12,9 @@ import orjson
 import pytest
 from a2a.client import A2AClientError
 from a2a.helpers import get_artifact_text
-from a2a.types.a2a_pb2 import AgentCard, GetTaskRequest, ListTasksRequest, TaskState
+from a2a.types.a2a_pb2 import AgentCard, AgentInterface, GetTaskRequest, ListTasksRequest, TaskState
 from a2a_support import Echo, factory, text_request
+from a2a_support import card as card_for
 from google.protobuf.json_format import Parse
 from nats_fixtures import eventually, within
 
@@ -216,3 +217,21 @@ def test_served_from_a_plain_script_while_the_agent_runs_on_its_own_thread(agent
         assert events[0].task.status.state == TaskState.TASK_STATE_COMPLETED
     finally:
         agent.stop()
+
+
+async def test_a_given_card_keeps_its_nats_interface_which_must_name_the_served_prefix(
+        make_agent: Any, raw_nc: nats.NATS) -> None:
+    public = "nats://nats.example.com:4222/agents.test.a2a-protocol.echo"
+    given = card_for("nats://ignored:4222")
+    del given.supported_interfaces[:]
+    given.supported_interfaces.extend([AgentInterface(url=public, protocol_binding=BINDING_URI, protocol_version="1.0")])
+    agent: NATSAgent = await make_agent("public", start=False)
+    agent.serve_a2a(Echo(), card=given, name="echo")
+    await agent.astart()
+    assert [i.url for i in agent.a2a_card().supported_interfaces] == [public]  # kept as the author wrote it
+    assert agent.describe()["a2a"][0]["url"] == public
+
+    wrong = await make_agent("wrong", start=False)
+    wrong.serve_a2a(Echo(), card=given, name="other")
+    with pytest.raises(ConfigError, match="subject prefix"):
+        await wrong.astart()
