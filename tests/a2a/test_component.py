@@ -16,7 +16,8 @@ from a2a.types.a2a_pb2 import AgentCard, AgentInterface, GetTaskRequest, ListTas
 from a2a_support import Echo, factory, text_request
 from a2a_support import card as card_for
 from google.protobuf.json_format import Parse
-from nats_fixtures import eventually, within
+from helpers import task_envelope
+from nats_fixtures import eventually, subscribed, within
 
 from agentcore import NATSAgent
 from agentcore.a2a import BINDING_URI, PROTOCOL_VERSION
@@ -71,7 +72,16 @@ async def test_the_card_is_in_discovery_and_the_service_api(make_agent: Any, raw
     assert entry["protocolBinding"] == BINDING_URI and entry["card"] == "agents.test.a2a-protocol.echo.AgentCard"
     assert entry["store"] == "memory" and entry["url"].startswith("nats://")
 
-    # A plain nats-py client reads the service API, then the card from the subject the metadata names.
+    # A plain nats-py client asks discovery as any NATS client may, and finds where the card is.
+    inbox = raw_nc.new_inbox()
+    answers = await raw_nc.subscribe(inbox)
+    await subscribed(raw_nc)
+    query = task_envelope("d-1", {"capability": None}, type="query")
+    await raw_nc.publish("agents.test.discovery.requests", orjson.dumps(query), reply=inbox)
+    described = [orjson.loads((await answers.next_msg(timeout=5)).data)["payload"]["content"] for _ in range(2)]
+    assert {d["id"]: d.get("a2a") for d in described} == {"carded": [entry], "asker": None}
+
+    # It reads the service API, then the card from the subject the metadata names.
     info = orjson.loads((await raw_nc.request("$SRV.INFO.worker.carded", b"", timeout=5)).data)
     endpoint = next(e for e in info["endpoints"] if e["name"] == "a2a-echo")
     assert endpoint["subject"] == "agents.test.a2a-protocol.echo.*"
