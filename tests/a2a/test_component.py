@@ -143,7 +143,7 @@ def js_url() -> Iterator[str]:
 
 async def test_two_replicas_share_the_work_and_the_tasks_through_jetstream(js_url: str) -> None:
     config = {"nats.servers": [js_url], "nats.environment": "test", "agent.heartbeat_interval": 60.0,
-              "agent.duplicate_id": "allow", "a2a.store": "jetstream"}
+              "agent.duplicate_id": "allow", "jetstream.enabled": True}  # a2a.store "auto": JetStream
     a, b = NATSAgent("worker", config=config), NATSAgent("worker", config=config)
     served = {"a": 0, "b": 0}
 
