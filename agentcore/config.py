@@ -280,7 +280,8 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "a2a.store": ("auto", _choice("auto", "memory", "jetstream")),  # auto: JetStream when jetstream.enabled
     "a2a.max_concurrency": (64, _positive_int),  # unary requests (SendMessage, GetTask, ...) served at once
     "a2a.max_queued": (256, _positive_int),  # unary requests waiting for one of those; beyond: refused OVERLOADED
-    "a2a.max_request_bytes": (1024 * 1024, _positive_int),  # a request's body and headers; beyond: INVALID_REQUEST
+    "a2a.max_queued_bytes": (64 * 1024 * 1024, _positive_int),  # the unary requests admitted (served and waiting)
+    "a2a.max_request_bytes": (64 * 1024 * 1024, _positive_int),  # a request's body and headers; beyond: INVALID_REQUEST
     "a2a.max_streams": (64, _positive_int),  # open SendStreamingMessage/SubscribeToTask streams; beyond: OVERLOADED
     "a2a.streams_per_sender": (8, _positive_int),  # of which for one sender (its signed key, else its inbox's connection)
     "a2a.max_store_bytes": (64 * 1024 * 1024, _positive_int),  # the in-memory task store (finished tasks evicted LRU)

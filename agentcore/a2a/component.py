@@ -10,8 +10,8 @@ bucket and an event stream, any replica answers for any task) when ``a2a.store``
 
 The bounds (docs/limits.md) are checked as nats-py reads each request, before anything is kept: its bytes
 (``a2a.max_request_bytes``: ``InvalidRequestError``, reason ``payload_too_large``), unary requests served and waiting
-(``a2a.max_concurrency``, ``a2a.max_queued``), open streams in all and per sender (``a2a.max_streams``,
-``a2a.streams_per_sender``), all three ``OverloadedError`` naming the bound. The card is in discovery (``describe``)
+(``a2a.max_concurrency``, ``a2a.max_queued``, ``a2a.max_queued_bytes``), open streams in all and per sender
+(``a2a.max_streams``, ``a2a.streams_per_sender``), each ``OverloadedError`` naming the bound. The card is in discovery (``describe``)
 and in the NATS service API (an endpoint per served agent, its metadata saying where the card is).
 
 a2a-sdk (extra ``a2a``) is imported only when an A2A agent is served: nothing here needs it at import.
@@ -104,11 +104,13 @@ class A2A(Feature):
         config = host.config
         self.max_concurrency: int = config["a2a.max_concurrency"]
         self.max_queued: int = config["a2a.max_queued"]
+        self.max_queued_bytes: int = config["a2a.max_queued_bytes"]
         self.max_request_bytes: int = config["a2a.max_request_bytes"]
         self.max_streams: int = config["a2a.max_streams"]
         self.streams_per_sender: int = config["a2a.streams_per_sender"]
         self.served: dict[str, Served] = {}
         self.active = 0  # unary requests admitted: running or waiting for a slot
+        self.active_bytes = 0  # their bytes (each request is held until answered)
         self.running = 0
         self.streams = 0
         self.per_sender: dict[str, int] = {}
@@ -325,11 +327,14 @@ class A2A(Feature):
                 self._host.spawn(self._stream(served, server, msg, sender))
         elif self.active >= self.max_concurrency + self.max_queued:
             self._overloaded(served, msg, False, "a2a.max_queued", self.max_queued)
+        elif self.active_bytes + size > self.max_queued_bytes:
+            self._overloaded(served, msg, False, "a2a.max_queued_bytes", self.max_queued_bytes)
         else:
             self.active += 1
-            self._host.spawn(self._unary(served, server, msg))
+            self.active_bytes += size
+            self._host.spawn(self._unary(served, server, msg, size))
 
-    async def _unary(self, served: Served, server: A2ANatsServer, msg: Msg) -> None:
+    async def _unary(self, served: Served, server: A2ANatsServer, msg: Msg, size: int) -> None:
         started = time.perf_counter()
         try:
             async with self._room:
@@ -340,6 +345,7 @@ class A2A(Feature):
                     self.running -= 1
         finally:
             self.active -= 1
+            self.active_bytes -= size
             served.seconds += time.perf_counter() - started
 
     async def _stream(self, served: Served, server: A2ANatsServer, msg: Msg, sender: str) -> None:
@@ -358,7 +364,7 @@ class A2A(Feature):
     def _overloaded(self, served: Served, msg: Msg, streaming: bool, bound: str, limit: int) -> None:
         from .errors import OverloadedError
 
-        what = "open streams" if streaming else "requests waiting"
+        what = "open streams" if streaming else "bytes of requests" if bound.endswith("_bytes") else "requests waiting"
         self._refuse(served, msg, streaming, bound, OverloadedError(
             message=f"the agent has {limit} {what}, its {bound}; retry later", data={"bound": bound, "limit": str(limit)}))
 
@@ -459,7 +465,8 @@ class A2A(Feature):
         memory = [store for store in stores if not hasattr(store, "kv")]  # BoundedTaskStore (a2a-sdk loads lazily)
         levels: dict[str, float] = {
             "a2a_requests": sum(s.requests for s in self.served.values()), "a2a_in_flight": self.running,
-            "a2a_queued": self.active - self.running, "a2a_streams_open": self.streams,
+            "a2a_queued": self.active - self.running, "a2a_queued_bytes": self.active_bytes,
+            "a2a_streams_open": self.streams,
             "a2a_refused": sum(self.refused.values()), "a2a_errors": sum(errors.values()),
             "a2a_store_bytes": sum(store.bytes for store in memory),
             "a2a_store_max_bytes": sum(store.max_bytes for store in memory),

@@ -265,3 +265,27 @@ async def test_the_jetstream_bucket_is_bounded_by_bytes() -> None:
             held.release.set()
             await nc.close()
             await agent.astop()
+
+
+async def test_the_bytes_of_admitted_requests_are_bounded(make_agent: Any, nats_url: str, raw_nc: nats.NATS) -> None:
+    held = Held()
+    agent = await _echo_agent(make_agent, held, a2a__max_queued_bytes=64 * 1024)
+    attacker = await nats.connect(nats_url)
+    answers: list[Msg] = []
+    inbox = attacker.new_inbox()
+    await attacker.subscribe(inbox, cb=_into(answers))
+    await subscribed(attacker)
+    padding = b"p" * 20_000  # an unknown field: parsed past, but held with the request until it is answered
+    body = HELLO[:-1] + b', "padding": "' + padding + b'"}'
+    for i in range(10):  # three fit in 64 KiB, the other seven are refused at once
+        await attacker.publish(f"{PREFIX}.SendMessage", body.replace(b"m-1", f"m-{i}".encode()), reply=inbox,
+                               headers={"A2A-Version": "1.0", "Agent-Request": f"{i:032x}"})
+    await eventually(lambda: len(answers) == 7, what="seven refusals")
+    assert {_reason(msg)[2]["bound"] for msg in answers} == {"a2a.max_queued_bytes"}
+    metrics = agent.get_metrics()
+    assert metrics["a2a_queued_bytes"] <= 64 * 1024 and metrics["a2a_refused_max_queued_bytes"] == 7
+    held.release.set()
+    await eventually(lambda: len(answers) == 10, what="the admitted requests answered")
+    assert agent.get_metrics()["a2a_queued_bytes"] == 0
+    await within(_honest(agent, raw_nc), "the honest SendMessage")
+    await attacker.close()
