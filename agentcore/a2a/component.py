@@ -376,31 +376,20 @@ class A2A(Feature):
         self.errors[reason] = self.errors.get(reason, 0) + 1
         served.refused += 1
         served.last_error = str(error)
-        self._host.spawn(self._answer_refusal(msg, streaming, error))
+        self._host.spawn(self._answer_refusal(served, msg, streaming, error))
 
-    async def _answer_refusal(self, msg: Msg, streaming: bool, error: Exception) -> None:
-        """Tell the requester at once: an error answer, or a stream's one error frame (binding §6, §7.4)."""
+    async def _answer_refusal(self, served: Served, msg: Msg, streaming: bool, error: Exception) -> None:
+        """Tell the requester at once, as the server answers (binding §6, §7.4): an error answer or one error frame."""
         import nats.errors
 
-        from ..transport.frames import ERROR, FrameSender
-        from .binding import H_REQUEST, error_body, error_frame
+        from ..errors import StreamTimeoutError
 
-        nc = self._host.connection.nc
-        if nc is None:
+        server = served.server
+        if server is None:
             return
-        request_id = (msg.headers or {}).get(H_REQUEST, "")
         try:
-            if streaming:
-                sender = FrameSender(nc, request_id, msg.reply, None, self._host.config["a2a.idle_timeout"])
-                await sender.open()
-                try:
-                    await sender.send(ERROR, error_frame(error), final=True)
-                finally:
-                    await sender.close()
-            else:
-                body, headers = error_body(error)
-                await nc.publish(msg.reply, body, headers={H_REQUEST: request_id, **headers})
-        except nats.errors.Error as exc:
+            await server.refuse(msg, error, streaming=streaming)
+        except (nats.errors.Error, StreamTimeoutError) as exc:
             log.debug("A2A refusal to %s not sent: %s", msg.reply, exc)
 
     # ------------------------------------------------------------------ the Component protocol

@@ -114,6 +114,15 @@ class A2ANatsServer:
         """Answer one request (for a host that subscribes the subjects itself: the agent's A2A component)."""
         await self._serve(msg)
 
+    async def refuse(self, msg: Msg, error: Exception, *, streaming: bool) -> None:
+        """Answer msg with error, unserved (a bound of the host refused it): an error answer, or one final error frame."""
+        request_id = (msg.headers or {}).get(H_REQUEST, "")
+        if streaming:
+            await self._stream_error(msg, request_id, error)
+        else:
+            body, headers = error_body(error)
+            await self._answer(msg, body, request_id, headers)
+
     def _count(self, exc: Exception) -> None:
         reason = A2A_ERROR_REASONS.get(type(exc), "INTERNAL_ERROR") if isinstance(exc, A2AError) else "INTERNAL_ERROR"
         self.errors[reason] = self.errors.get(reason, 0) + 1
