@@ -396,6 +396,7 @@ class A2A(Feature):
 
     async def start(self) -> None:
         """Connected, before subscribing: make each served agent's handler, store and server, register its subjects."""
+        self._room = asyncio.Semaphore(self.max_concurrency)  # of this start's loop (start() makes a new one each time)
         for served in self.served.values():
             await self._build(served)
 
