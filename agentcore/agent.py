@@ -13,6 +13,7 @@ from nats.aio.client import Client as NATSClient
 
 from ._eager import step_now
 from ._impl import validate_token
+from .a2a.component import A2A
 from .batching import Batching
 from .config import AgentConfig
 from .contracts import Contracts, Schema
@@ -29,6 +30,9 @@ from .topics import Topics
 from .tracing import Tracing
 
 if TYPE_CHECKING:
+    from a2a.server.agent_execution import AgentExecutor
+    from a2a.types.a2a_pb2 import AgentCard
+
     from .mcp.client import MCPClient
 
 __all__ = ("NATSAgent", "NO_REPLY")
@@ -60,8 +64,10 @@ class NATSAgent:
         self._contracts = Contracts(core)  # capability input/output schemas
         self._services.endpoint_metadata = self._contracts.metadata
         self._tracing = Tracing(core)  # OpenTelemetry spans, when enabled (trace headers pass through regardless)
+        self._a2a = A2A(core)  # the A2A protocol (Agent2Agent, a2a-sdk) served over NATS: serve_a2a
+        self._services.endpoints = self._a2a.endpoints
         core.components.extend((self._persistence, self._streaming, self._batching, self._negotiation, self._mcp,
-                                self._services, self._contracts, self._tracing))
+                                self._services, self._contracts, self._tracing, self._a2a))
         core.setup = self._setup_subscriptions  # looked up now: a subclass's override (the guide's style) runs at start
         core.face = self  # control, discovery and status use this agent's (possibly overridden) public methods
         self._own_thread: threading.Thread | None = None
@@ -445,6 +451,30 @@ class NATSAgent:
             max_winners=max_winners, select=select, counter=counter, check=check, confirm_timeout=confirm_timeout,
             discovery_timeout=discovery_timeout,
         )
+
+    # ------------------------------------------------------------------ the A2A protocol (Agent2Agent, a2a-sdk)
+
+    def serve_a2a(self, executor: AgentExecutor | str, *, card: AgentCard | None = None, name: str | None = None,
+                  **card_fields: Any) -> None:
+        """Serve an a2a-sdk AgentExecutor (or a capability added with add_capability) as an A2A agent over NATS.
+
+        Not the FIPA Contract Net of register_a2a_handler: this is the Agent2Agent protocol (extra a2a,
+        docs/a2a-binding.md). It answers under agents.{env}.a2a-protocol.{name} (name: the capability, else the
+        agent id) in a queue group shared by replicas, from start() on (or at once when running). card is the
+        Agent Card (its NATS interface is added first); without it one is made of card_fields (title, description,
+        version, skills, streaming, input_modes, output_modes). Tasks live in JetStream with jetstream.enabled (or
+        a2a.store: jetstream), else in memory on one replica; the a2a.* bounds are in docs/limits.md.
+        """
+        self._a2a.serve(executor, card=card, name=name, **card_fields)
+
+    async def aserve_a2a(self, executor: AgentExecutor | str, *, card: AgentCard | None = None, name: str | None = None,
+                         **card_fields: Any) -> None:
+        """Serve like serve_a2a() and, when the agent runs, return once the server routes its requests here."""
+        await self._a2a.aserve(executor, card=card, name=name, **card_fields)
+
+    def a2a_card(self, name: str | None = None) -> AgentCard:
+        """Return the Agent Card served for the A2A agent name (default: the only one), NATS interface first."""
+        return self._a2a.card(name)
 
     # ------------------------------------------------------------------ MCP over NATS
 

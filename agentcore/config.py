@@ -276,6 +276,19 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "jetstream.results_max_bytes": (256 * 1024 * 1024, _positive_int),  # the results bucket's bound (and the status one's)
     "jetstream.objects_max_bytes": (1024 * 1024 * 1024, _positive_int),  # the object bucket's bound (large tasks, results)
     "jetstream.track_status": (True, _bool),  # record each persisted task's status (two more JetStream writes a task)
+    # The A2A protocol served over NATS (agent.serve_a2a, agentcore.a2a.component; bounds in docs/limits.md).
+    "a2a.store": ("auto", _choice("auto", "memory", "jetstream")),  # auto: JetStream when jetstream.enabled
+    "a2a.max_concurrency": (64, _positive_int),  # unary requests (SendMessage, GetTask, ...) served at once
+    "a2a.max_queued": (256, _positive_int),  # unary requests waiting for one of those; beyond: refused OVERLOADED
+    "a2a.max_queued_bytes": (64 * 1024 * 1024, _positive_int),  # the unary requests admitted (served and waiting)
+    "a2a.max_request_bytes": (64 * 1024 * 1024, _positive_int),  # a request's body and headers; beyond: INVALID_REQUEST
+    "a2a.max_streams": (64, _positive_int),  # open SendStreamingMessage/SubscribeToTask streams; beyond: OVERLOADED
+    "a2a.streams_per_sender": (8, _positive_int),  # of which for one sender (its signed key, else its inbox's connection)
+    "a2a.max_store_bytes": (64 * 1024 * 1024, _positive_int),  # the in-memory task store (finished tasks evicted LRU)
+    "a2a.idle_timeout": (30.0, _positive_float),  # a stream with no credit this long is ended
+    "a2a.jetstream_max_bytes": (256 * 1024 * 1024, _positive_int),  # the KV bucket of tasks, and the event stream
+    "a2a.task_ttl": (86400.0, _non_negative_float),  # JetStream: how long the KV bucket keeps a task (0: for ever)
+    "a2a.events_ttl": (3600.0, _positive_float),  # JetStream: how long the event stream keeps a task's events
 }
 
 # Values never shown in reprs or errors (nats.options may hold nkeys_seed_str or a JWT callback's secrets).

@@ -29,7 +29,7 @@ from nats.js import JetStreamContext, api
 from .core.host import Host
 from .core.records import SubscriptionKey
 from .envelope import decode, encode, error_payload, new_message
-from .errors import AgentCoreError, EnvelopeError, PersistenceError, RequestTimeoutError
+from .errors import AgentCoreError, EnvelopeError, PersistenceError, RequestTimeoutError, SubjectError
 from .keeping import Keeping
 from .transport.acked import AckedPublisher
 from .transport.inline import Accept
@@ -130,7 +130,12 @@ class Persistence:
 
     def serves(self, key: SubscriptionKey) -> bool:
         """Whether the wire subscription key is a capability's task queue that JetStream serves."""
-        return self._js is not None and bool(key[1]) and key[0] == self._host.topics.task_pattern(key[1])
+        if self._js is None or not key[1]:
+            return False
+        try:
+            return key[0] == self._host.topics.task_pattern(key[1])
+        except SubjectError:  # a queue group that is no capability name (an A2A agent's subject prefix, say)
+            return False
 
     async def subscribe(self, key: SubscriptionKey) -> TaskPuller:
         """Start pulling key's capability's tasks from its durable consumer (created on first use; replicas share it)."""

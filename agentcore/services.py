@@ -11,7 +11,8 @@ while paused.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -25,7 +26,7 @@ from nats.micro.service import (
 from .core.host import Feature, Host
 from .core.records import RAW
 
-__all__ = ("Services", "VERSION", "service_name")
+__all__ = ("Endpoint", "Services", "VERSION", "service_name")
 
 try:
     VERSION: str = version("agentcore")
@@ -38,6 +39,20 @@ _NOT_NAME = re.compile(r"[^A-Za-z0-9_-]")  # ADR-32: a service name is [A-Za-z0-
 def service_name(name: str) -> str:
     """Return name as a valid ADR-32 service name (other characters become '_')."""
     return _NOT_NAME.sub("_", name) or "agent"
+
+
+@dataclass(slots=True)
+class Endpoint:
+    """An endpoint another component serves (an A2A agent, say): what INFO shows of it and what STATS counts."""
+
+    name: str
+    subject: str
+    queue_group: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    num_requests: int = 0
+    num_errors: int = 0
+    processing_time: int = 0  # nanoseconds, all requests together
+    last_error: str = ""
 
 
 class Services(Feature):
@@ -53,6 +68,8 @@ class Services(Feature):
         self.started = datetime.now(timezone.utc)
         #: capability -> extra endpoint metadata (strings; the capability contracts set it).
         self.endpoint_metadata: Callable[[str], Mapping[str, str]] = lambda _capability: {}
+        #: the endpoints other components serve besides the capabilities (the A2A component sets it).
+        self.endpoints: Callable[[], Iterable[Endpoint]] = lambda: ()
         self._ping = orjson.dumps(ServicePing(id=self.id, name=self.name, version=VERSION, metadata=self.metadata).to_dict())
 
     def subjects(self) -> list[str]:
@@ -70,7 +87,9 @@ class Services(Feature):
             description=f"agentcore agent {self.id} ({self._host.agent_type})",
             endpoints=[EndpointInfo(name=cap, subject=topics.task_pattern(cap), queue_group=cap,
                                     metadata={"capability": cap, **self.endpoint_metadata(cap)})
-                       for cap in self._host.capability_registrations()],
+                       for cap in self._host.capability_registrations()]
+            + [EndpointInfo(name=e.name, subject=e.subject, queue_group=e.queue_group, metadata=dict(e.metadata))
+               for e in self.endpoints()],
         )
 
     def stats(self) -> ServiceStats:
@@ -85,6 +104,12 @@ class Services(Feature):
                 name=cap, subject=topics.task_pattern(cap), queue_group=cap, num_requests=handled,
                 num_errors=sum(r.errors for r in regs), processing_time=total,
                 average_processing_time=total // handled if handled else 0, last_error=last, data={}))
+        for e in self.endpoints():
+            endpoints.append(EndpointStats(
+                name=e.name, subject=e.subject, queue_group=e.queue_group, num_requests=e.num_requests,
+                num_errors=e.num_errors, processing_time=e.processing_time,
+                average_processing_time=e.processing_time // e.num_requests if e.num_requests else 0,
+                last_error=e.last_error, data={}))
         return ServiceStats(id=self.id, name=self.name, version=VERSION, started=self.started, endpoints=endpoints,
                             metadata=self.metadata)
 

@@ -11,7 +11,7 @@ from agentcore import NATSAgent
 
 PACKAGE = Path(agentcore.__file__).resolve().parent
 FEATURES = ("agentcore.streaming", "agentcore.batching", "agentcore.persistence", "agentcore.negotiation",
-            "agentcore.negotiation_state", "agentcore.mcp")
+            "agentcore.negotiation_state", "agentcore.mcp", "agentcore.a2a")
 
 
 def _modules() -> dict[str, Path]:

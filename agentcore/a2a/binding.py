@@ -15,6 +15,8 @@ from a2a.server.events.event_queue import Event
 from a2a.types.a2a_pb2 import StreamResponse
 from a2a.utils.errors import A2A_ERROR_MAPPING, A2A_REASON_TO_ERROR, A2AError, ErrorMapping, InternalError
 
+from .errors import OVERLOADED  # noqa: F401  # importing it adds agentcore's OVERLOADED to the SDK's error tables
+
 __all__ = (
     "BINDING_URI", "PROTOCOL_VERSION", "OPERATIONS", "H_VERSION", "H_EXTENSIONS", "H_REQUEST", "H_ERROR",
     "H_ERROR_CODE", "CARD", "error_body", "error_frame", "error_from_body", "event_of", "prefix_from_url", "url_for",

@@ -24,7 +24,7 @@ from a2a.types.a2a_pb2 import (
     TaskState, TaskStatusUpdateEvent,
 )
 from a2a.utils.errors import (
-    InvalidParamsError, MethodNotFoundError, TaskNotFoundError, VersionNotSupportedError,
+    A2A_ERROR_REASONS, A2AError, InvalidParamsError, MethodNotFoundError, TaskNotFoundError, VersionNotSupportedError,
 )
 from a2a.utils.proto_utils import parse_lenient, to_stream_response
 from google.protobuf.json_format import MessageToJson, ParseError
@@ -89,6 +89,7 @@ class A2ANatsServer:
         self._room = asyncio.Semaphore(max_concurrency)  # requests served at once; the rest wait in NATS' buffer
         self._subs: list[Subscription] = []
         self._running: set[asyncio.Task[None]] = set()
+        self.errors: dict[str, int] = {}  # errors answered, by ErrorInfo reason (the agent's get_metrics() shows them)
 
     async def start(self) -> None:
         """Subscribe the operations' subjects in the queue group, and this replica's own (confirmed before returning)."""
@@ -108,6 +109,23 @@ class A2ANatsServer:
             await self._subs.pop().unsubscribe()
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def serve(self, msg: Msg) -> None:
+        """Answer one request (for a host that subscribes the subjects itself: the agent's A2A component)."""
+        await self._serve(msg)
+
+    async def refuse(self, msg: Msg, error: Exception, *, streaming: bool) -> None:
+        """Answer msg with error, unserved (a bound of the host refused it): an error answer, or one final error frame."""
+        request_id = (msg.headers or {}).get(H_REQUEST, "")
+        if streaming:
+            await self._stream_error(msg, request_id, error)
+        else:
+            body, headers = error_body(error)
+            await self._answer(msg, body, request_id, headers)
+
+    def _count(self, exc: Exception) -> None:
+        reason = A2A_ERROR_REASONS.get(type(exc), "INTERNAL_ERROR") if isinstance(exc, A2AError) else "INTERNAL_ERROR"
+        self.errors[reason] = self.errors.get(reason, 0) + 1
 
     async def _on_request(self, msg: Msg) -> None:
         task = asyncio.get_running_loop().create_task(self._serve(msg))
@@ -143,6 +161,7 @@ class A2ANatsServer:
                     return
                 result = await self._unary(operation, request, context)
             except Exception as exc:  # every failure answers the requester: the A2A error, else InternalError
+                self._count(exc)
                 if not isinstance(exc, TaskNotFoundError | VersionNotSupportedError):
                     log.debug("A2A %s failed: %r", operation, exc)
                 if streaming:
@@ -229,6 +248,7 @@ class A2ANatsServer:
         except StreamTimeoutError:
             log.debug("A2A stream %s: no credit within %ss, ended", request_id, self.idle_timeout)
         except Exception as exc:
+            self._count(exc)
             with contextlib.suppress(StreamTimeoutError, nats.errors.Error):  # the consumer is gone: nobody to tell
                 await sender.send(ERROR, error_frame(exc), final=True)
         finally:

@@ -73,6 +73,7 @@ class Host(Protocol):
 
     agent_id: str
     agent_type: str
+    instance: str  # tells replicas sharing an agent id apart (agent.instance, else random per start-up)
     config: AgentConfig
     topics: Topics
     metrics: AgentMetrics
