@@ -29,6 +29,7 @@ from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
 from .binding import event_of
+from .watch import Probe, follow
 
 __all__ = ("JetStreamEventStream", "KVTaskStore")
 
@@ -152,18 +153,27 @@ class KVTaskStore(VersionedTaskStore):
 class JetStreamEventStream(TaskEventStream):
     """Task events on a JetStream stream over ``{prefix}.events.>``, one subject per task, in write order."""
 
-    def __init__(self, js: JetStreamContext, prefix: str) -> None:
+    def __init__(self, js: JetStreamContext, prefix: str, *, tasks: KeyValue | None = None, probe: Probe | None = None,
+                 probe_interval: float = 5.0, grace: float = 1.0) -> None:
         self.js = js
         self.prefix = prefix
+        # With the tasks' bucket, a subscriber also watches the task's key, so that a replica dying between its KV
+        # write and the event publish (or mid-task: probe) cannot leave a remote stream open forever (watch.py).
+        self.tasks = tasks
+        self.probe = probe
+        self.probe_interval = probe_interval
+        self.grace = grace
 
     @classmethod
-    async def open(cls, js: JetStreamContext, name: str, prefix: str, *, max_age: float = 3600.0) -> JetStreamEventStream:
-        """Create (or bind to) the stream and return an event stream over it."""
+    async def open(cls, js: JetStreamContext, name: str, prefix: str, *, max_age: float = 3600.0,
+                   tasks: KeyValue | None = None, probe: Probe | None = None, probe_interval: float = 5.0,
+                   grace: float = 1.0) -> JetStreamEventStream:
+        """Create (or bind to) the stream and return an event stream over it (tasks: the KVTaskStore's bucket)."""
         try:
             await js.add_stream(name=name, subjects=[f"{prefix}.events.>"], max_age=max_age)
         except nats.js.errors.BadRequestError:  # it exists (its settings are the deployment's)
             pass
-        return cls(js, prefix)
+        return cls(js, prefix, tasks=tasks, probe=probe, probe_interval=probe_interval, grace=grace)
 
     def _subject(self, task_id: str) -> str:
         return f"{self.prefix}.events.{_token(task_id)}"
@@ -175,7 +185,20 @@ class JetStreamEventStream(TaskEventStream):
                               headers={H_VERSION: version, "Nats-Msg-Id": f"{_token(task_id)}:{version}"})
 
     async def subscribe(self, task_id: str, *, after: TaskVersion) -> AsyncGenerator[VersionedEvent, None]:
-        """Yield task_id's events with a version after ``after``, in order, until the caller stops."""
+        """Yield task_id's events with a version after ``after``, in order, until the caller stops (or, watching the
+        bucket, until the KV shows the task ended or its writer is gone)."""
+        events = self._events(task_id, after)
+        if self.tasks is None:
+            async for versioned in events:
+                yield versioned
+            return
+        # Any owner's key of this task id: task ids are the server's (uuid4), and the caller's own task was found
+        # in its scope before this is called.
+        async for versioned in follow(task_id, events, self.tasks, f"*.{_token(task_id)}", after=after,
+                                      probe=self.probe, probe_interval=self.probe_interval, grace=self.grace):
+            yield versioned
+
+    async def _events(self, task_id: str, after: TaskVersion) -> AsyncGenerator[VersionedEvent, None]:
         sub = await self.js.subscribe(self._subject(task_id), ordered_consumer=True,
                                       deliver_policy=api.DeliverPolicy.ALL)
         try:
