@@ -169,12 +169,12 @@ class NatsTransport(ClientTransport):
         try:
             async with receiver:
                 async for chunk in receiver:
-                    buffered += chunk.data
-                    if len(buffered) > self.max_answer_bytes and b"\n" not in chunk.data:
+                    buffered += chunk.data  # an event spans frames until its newline: held up to one frame beyond the bound
+                    *lines, buffered = buffered.split(b"\n")
+                    if len(buffered) > self.max_answer_bytes or any(len(line) > self.max_answer_bytes for line in lines):
                         raise A2APayloadTooLargeError(
                             message=f"{operation}: a stream event is larger than the {self.max_answer_bytes} bytes "
                                     "allowed (max_answer_bytes)", data={"limit": str(self.max_answer_bytes)})
-                    *lines, buffered = buffered.split(b"\n")
                     for line in lines:
                         if line.strip():
                             yield parse_lenient(line, StreamResponse())
