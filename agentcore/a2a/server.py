@@ -301,11 +301,9 @@ class A2ANatsServer:
         try:
             await self.nc.publish(msg.reply, data, headers=self.trust.sign(msg.reply, data, headers))
             if offer is not None:
-                offer, serving = None, offer
-                await serving.serve()
+                await offer.serve()  # closes its control inbox when done
         except (nats.errors.Error, StreamTimeoutError) as exc:
             log.debug("A2A answer to %s not sent: %s", msg.reply, exc)
-        finally:
             if offer is not None:
                 await offer.close()
 

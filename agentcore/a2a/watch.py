@@ -56,7 +56,8 @@ def _ends(event: Any) -> bool:
 async def follow(task_id: str, events: AsyncIterator[VersionedEvent], kv: KeyValue, key: str, *, after: TaskVersion,
                  probe: Probe | None, probe_interval: float, grace: float) -> AsyncGenerator[VersionedEvent, None]:
     """Yield the task's events (those of ``events``) until one ends it, or the KV or the probe says it ended."""
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    # Bounded: a slow consumer holds the pumps back (and JetStream's delivery with them), not this replica's memory.
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=64)
 
     async def pump_events() -> None:
         async for versioned in events:
@@ -71,10 +72,13 @@ async def follow(task_id: str, events: AsyncIterator[VersionedEvent], kv: KeyVal
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
 
-    pumps = [asyncio.create_task(pump_events()), asyncio.create_task(pump_kv())]
-    for pump in pumps:  # a pump that fails (the stream or bucket is gone) ends the follow with its error
-        pump.add_done_callback(lambda done: done.cancelled() or done.exception() is None
-                               or queue.put_nowait(("error", done.exception())))
+    async def pumping(pump: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await pump()
+        except Exception as exc:  # the stream or the bucket is gone: the follow ends with that error
+            await queue.put(("error", exc))
+
+    pumps = [asyncio.create_task(pumping(pump_events)), asyncio.create_task(pumping(pump_kv))]
     last = after  # the version of the last event sent
     writer: str | None = None  # the replica that last wrote the task
     pending: tuple[Task, int] | None = None  # a final state in the KV whose event has not come yet
