@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import nats
 import nkeys
 import pytest
@@ -21,17 +22,23 @@ from a2a.server.agent_execution import AgentExecutor
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.tasks import InMemoryTaskStore
 from a2a.types.a2a_pb2 import (
-    CancelTaskRequest, GetTaskRequest, ListTasksRequest, SubscribeToTaskRequest, TaskState,
+    AgentInterface, CancelTaskRequest, GetTaskRequest, ListTasksRequest, SubscribeToTaskRequest, TaskState,
 )
 from a2a.utils.errors import TaskNotFoundError
 from a2a_support import PREFIX, Gate, card, started, text_request
 from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 from nats_fixtures import subscribed, within
+from starlette.applications import Starlette
+from starlette.authentication import AuthCredentials, AuthenticationBackend, SimpleUser
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import HTTPConnection
 
 from agentcore import AgentConfig
-from agentcore.a2a import BINDING_URI, A2ANatsServer, NatsTransport
+from agentcore.a2a import BINDING_URI, A2ANatsServer, NatsTransport, url_for
 from agentcore.a2a.binding import H_ON_BEHALF_OF, H_REQUEST, H_VERSION, A2APermissionError, error_from_body
+from agentcore.a2a.bridge import bridge_routes
 from agentcore.a2a.jetstream import JetStreamEventStream, KVTaskStore
 from agentcore.metrics import AgentMetrics
 from agentcore.server import NATSServer
@@ -264,3 +271,49 @@ async def test_cancel_forwarded_between_replicas_keeps_the_owner(js_url: str) ->
             await handler.aclose()
             await nc_.close()
         await nc.close()
+
+
+class HeaderAuth(AuthenticationBackend):
+    """The HTTP side's authentication (a stand-in for OAuth, API keys...): the user named in X-Test-User."""
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, SimpleUser] | None:
+        name = conn.headers.get("x-test-user")
+        return (AuthCredentials(["authenticated"]), SimpleUser(name)) if name else None
+
+
+async def test_the_bridge_acts_for_its_http_users_and_nobody_else_may(nats_url: str) -> None:
+    """The HTTP bridge, a delegate, signs as the gateway and names the HTTP user in Agent-On-Behalf-Of: alice over
+    HTTP and alice over NATS (her signed identity) share her tasks; bob over HTTP finds none of them; an HTTP
+    client cannot smuggle Agent-On-Behalf-Of through the bridge."""
+    gate = Gate()
+    async with signed_agent(nats_url, gate):
+        nc = await nats.connect(nats_url)
+        bridge_card = card(nats_url)
+        bridge_card.supported_interfaces.append(AgentInterface(url="http://bridge.test/", protocol_binding="JSONRPC",
+                                                               protocol_version="1.0"))
+        forwarding = NatsTransport(nc, None, url_for(nats_url, PREFIX), timeout=10.0, signer=Signer(GATEWAY))
+        app = Starlette(routes=bridge_routes(bridge_card, forwarding),
+                        middleware=[Middleware(AuthenticationMiddleware, backend=HeaderAuth())])
+
+        async def over_http(user: str, extra: dict[str, str] | None = None) -> Any:
+            http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bridge.test",
+                                     headers={"X-Test-User": user, **(extra or {})})
+            made = ClientFactory(ClientConfig(supported_protocol_bindings=["JSONRPC"], httpx_client=http,
+                                              streaming=False))
+            return await made.create_from_url("http://bridge.test")
+
+        try:
+            alice_http = await over_http("alice")
+            task_id = await within(started(alice_http, "alice over HTTP"), "SendMessage through the bridge")
+            alice_nats = client_for(nc, nats_url, ALICE)
+            assert (await within(alice_nats.get_task(GetTaskRequest(id=task_id)), "alice over NATS")).id == task_id
+            for bob in (await over_http("bob"), await over_http("bob", {H_ON_BEHALF_OF: "alice"})):
+                with pytest.raises(TaskNotFoundError):
+                    await within(bob.get_task(GetTaskRequest(id=task_id)), "bob through the bridge")
+            with pytest.raises(TaskNotFoundError):  # continuing alice's task by its id is refused alike
+                request = text_request("bob continues alice's task")
+                request.message.task_id = task_id
+                await within(client_for(nc, nats_url, BOB).send_message(request).__anext__(), "bob's SendMessage")
+        finally:
+            gate.release.set()
+            await nc.close()
