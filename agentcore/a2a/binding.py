@@ -17,7 +17,7 @@ from a2a.utils.errors import A2A_ERROR_MAPPING, A2A_REASON_TO_ERROR, A2AError, E
 
 __all__ = (
     "BINDING_URI", "PROTOCOL_VERSION", "OPERATIONS", "H_VERSION", "H_EXTENSIONS", "H_REQUEST", "H_ERROR",
-    "H_ERROR_CODE", "H_ON_BEHALF_OF", "H_PULL", "H_SIZE", "CARD", "A2APermissionError", "A2APayloadTooLargeError",
+    "H_DIGEST", "H_ERROR_CODE", "H_ON_BEHALF_OF", "H_PULL", "H_SIZE", "CARD", "A2APermissionError", "A2APayloadTooLargeError",
     "A2AReplicaGoneError", "A2AOverloadedError", "error_body", "error_class", "error_frame", "error_from_body", "event_of", "prefix_from_url", "url_for",
 )
 
@@ -44,6 +44,7 @@ H_ERROR_CODE = "Nats-Service-Error-Code"  # ADR-32: the HTTP status of the error
 H_ON_BEHALF_OF = "Agent-On-Behalf-Of"  # the user a trusted signer (a gateway, a forwarding replica) acts for
 H_PULL = "Agent-Pull"  # a message too large for max_payload: the inbox its body is pulled from as frames (§10.1)
 H_SIZE = "Agent-Size"  # ... and the body's size in bytes, checked against the receiver's bound before pulling
+H_DIGEST = "Agent-Digest"  # ... and its SHA-256 (base64), so a signed offer binds the body pulled after it
 
 
 class A2APermissionError(A2AError):

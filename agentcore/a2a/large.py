@@ -1,7 +1,8 @@
 """Bodies larger than the server's max_payload (binding §10.1): offered small, pulled as a credit-based stream.
 
 A request or unary answer that does not fit one NATS message is sent with an empty body and the headers
-``Agent-Pull: {inbox}`` (the offering side's control inbox) and ``Agent-Size: {bytes}``. The receiver checks the size
+``Agent-Pull: {inbox}`` (the offering side's control inbox), ``Agent-Size: {bytes}`` and ``Agent-Digest:
+SHA-256={base64}`` (so a signed offer binds the body pulled after it). The receiver checks the size
 against its bound first (``A2APayloadTooLargeError`` when beyond), then pulls the body from that inbox as agentcore
 frames with credit (transport/frames.py: the same machinery as agentcore's pulled results), which works with or
 without JetStream. A replica pulls at most ``max_pulls`` bodies at once, ``pulls_per_sender`` from one user
@@ -12,7 +13,9 @@ Stream events need none of this: an event larger than a frame spans several fram
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 from collections import Counter
 from collections.abc import Mapping
 
@@ -23,7 +26,7 @@ from ..errors import OverloadedError, RequestTimeoutError, StreamError
 from ..transport.frames import FrameSender, offer_receiver, serve_pull
 from ..transport.identity import Signer, Verifier
 from ..transport.offload import PULL_WINDOW, PullGate
-from .binding import H_PULL, H_SIZE, A2AOverloadedError, A2APayloadTooLargeError
+from .binding import H_DIGEST, H_PULL, H_SIZE, A2AOverloadedError, A2APayloadTooLargeError
 
 __all__ = ("Offer", "Pulls", "fits", "pull_body")
 
@@ -34,6 +37,10 @@ def fits(nc: NATSClient, data: bytes, headers: Mapping[str, str]) -> bool:
     """Whether data with headers fits one message on nc's server (the server counts headers, nats-py only the body)."""
     size = len(data) + sum(len(name) + len(value) + 4 for name, value in headers.items()) + 64
     return size <= (nc.max_payload or 1024 * 1024)
+
+
+def _digest(data: bytes) -> str:
+    return "SHA-256=" + base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
 def _size(headers: Mapping[str, str]) -> int:
@@ -56,11 +63,18 @@ async def pull_body(nc: NATSClient, headers: Mapping[str, str], stream_id: str, 
         raise InvalidRequestError(message=f"{H_PULL} must name a reply inbox, not {pull!r}", data={"reason": "bad_offer"})
     receiver = offer_receiver(nc, {"pull": pull}, window=PULL_WINDOW, timeout=timeout, max_bytes=size,
                               stream_id=stream_id, verifier=verifier, signer=signer, source_id=source_id)
+    digest = headers.get(H_DIGEST)
+    if digest is None:
+        raise InvalidRequestError(message=f"{H_PULL} without {H_DIGEST}", data={"reason": "bad_offer"})
     try:
-        return await receiver.read_all(size)
+        body = await receiver.read_all(size)
     except (StreamError, RequestTimeoutError) as exc:
         raise InvalidRequestError(message=f"the offered body could not be pulled: {exc}",
                                   data={"reason": "pull_failed"}) from None
+    if len(body) != size or _digest(body) != digest:  # not the body the (signed) offer named
+        raise InvalidRequestError(message="the pulled body does not match the offer's size and digest",
+                                  data={"reason": "digest_mismatch"})
+    return body
 
 
 class Offer:
@@ -76,7 +90,7 @@ class Offer:
     async def open(self, headers: dict[str, str]) -> dict[str, str]:
         """Subscribe the control inbox; return headers with the offer added (the message's body is then empty)."""
         await self.sender.open()
-        return {**headers, H_PULL: self.sender.ctl, H_SIZE: str(len(self.data))}
+        return {**headers, H_PULL: self.sender.ctl, H_SIZE: str(len(self.data)), H_DIGEST: _digest(self.data)}
 
     async def serve(self) -> bool:
         """Wait for the pull and send the body (False when the puller cancelled); the control inbox is closed after."""

@@ -2,7 +2,8 @@
 offered and pulled by the agent, a large answer is offered and pulled by the client, a large stream event spans
 frames; each side bounds what it takes in bytes with a typed error (A2APayloadTooLargeError), and the agent pulls
 at most so many bodies per requester (A2AOverloadedError). A plain nats-py client offers bodies the agent must
-refuse: beyond its bound, from a subject that is not a reply inbox, and offers it never serves.
+refuse: beyond its bound, from a subject that is not a reply inbox, without a digest or with a swapped body, and
+offers it never serves.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from nats.aio.client import Client as NATSClient
 from nats_fixtures import eventually, subscribed, within
 
 from agentcore.a2a import BINDING_URI, A2ANatsServer, NatsTransport
+from agentcore.a2a.large import Offer
 from agentcore.a2a.binding import (
-    H_PULL, H_REQUEST, H_SIZE, H_VERSION, A2AOverloadedError, A2APayloadTooLargeError, error_from_body,
+    H_DIGEST, H_PULL, H_REQUEST, H_SIZE, H_VERSION, A2AOverloadedError, A2APayloadTooLargeError, error_from_body,
 )
 
 MAX_PAYLOAD = 1024 * 1024  # nats-server's default (NATSServer(max_payload=...) is not a flag nats-server takes)
@@ -116,9 +118,11 @@ async def test_forged_offers_are_refused(nats_url: str) -> None:
             await attacker.subscribe(f"{PREFIX}.SendMessage.victim", cb=hit)
             await subscribed(attacker)
 
-            async def offer(pull: str, size: int) -> Any:
-                answer = await attacker.request(f"{PREFIX}.SendMessage", b"", timeout=10.0, headers={
-                    H_VERSION: "1.0", H_REQUEST: "c" * 32, H_PULL: pull, H_SIZE: str(size)})
+            async def offer(pull: str, size: int, digest: str | None = "SHA-256=AAAA") -> Any:
+                headers = {H_VERSION: "1.0", H_REQUEST: "c" * 32, H_PULL: pull, H_SIZE: str(size)}
+                if digest is not None:
+                    headers[H_DIGEST] = digest
+                answer = await attacker.request(f"{PREFIX}.SendMessage", b"", timeout=10.0, headers=headers)
                 return error_from_body(answer.data)
 
             huge = await within(offer(attacker.new_inbox(), 10**12), "an offer of a terabyte")
@@ -126,7 +130,18 @@ async def test_forged_offers_are_refused(nats_url: str) -> None:
             # an offer naming a subject that is no reply inbox: the agent must not publish there
             elsewhere = await within(offer(f"{PREFIX}.SendMessage.victim", 10), "an offer pulled from elsewhere")
             assert isinstance(elsewhere, InvalidRequestError) and elsewhere.data == {"reason": "bad_offer"}
-            assert await within(offer(attacker.new_inbox(), 10), "no size") is not None
+            no_digest = await within(offer(attacker.new_inbox(), 10, None), "an offer without a digest")
+            assert isinstance(no_digest, InvalidRequestError) and no_digest.data == {"reason": "bad_offer"}
+            # an offer served with another body than its digest names (a swapped body)
+            swapped = Offer(attacker, "d" * 32, b'{"message": {"messageId": "m", "parts": [{"text": "evil"}]}}', 5.0)
+            headers = await swapped.open({H_VERSION: "1.0", H_REQUEST: "d" * 32})
+            headers[H_DIGEST] = "SHA-256=" + "A" * 43 + "="
+            swapped.start()
+            answer = await within(attacker.request(f"{PREFIX}.SendMessage", b"", timeout=10.0, headers=headers),
+                                  "an offer whose body does not match its digest")
+            await swapped.close()
+            mismatch = error_from_body(answer.data)
+            assert isinstance(mismatch, InvalidRequestError) and mismatch.data == {"reason": "digest_mismatch"}
             # offers nobody serves: the first holds the requester's one pull until the idle timeout, the second is
             # refused at once; the first then fails with the reason
             first = asyncio.ensure_future(offer(attacker.new_inbox(), 10))

@@ -7,6 +7,7 @@ forwarding CancelTask). The attacker is a plain nats-py client, or an honest cli
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -18,14 +19,15 @@ import nkeys
 import pytest
 from a2a.client import ClientConfig, ClientFactory
 from a2a.client.client import ClientCallContext
-from a2a.server.agent_execution import AgentExecutor
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.tasks import InMemoryTaskStore
 from a2a.types.a2a_pb2 import (
     AgentInterface, CancelTaskRequest, GetTaskRequest, ListTasksRequest, SubscribeToTaskRequest, TaskState,
 )
 from a2a.utils.errors import TaskNotFoundError
-from a2a_support import PREFIX, Gate, card, started, text_request
+from a2a_support import PREFIX, Echo, Gate, card, started, text_request
 from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 from nats_fixtures import subscribed, within
@@ -317,3 +319,50 @@ async def test_the_bridge_acts_for_its_http_users_and_nobody_else_may(nats_url: 
         finally:
             gate.release.set()
             await nc.close()
+
+
+class Held(Echo):
+    """Echo, producing nothing until released (so a forgery reaches the requester first)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        await self.release.wait()
+        await super().execute(context, event_queue)
+
+
+async def test_stream_frames_are_taken_only_signed_by_the_agent(nats_url: str) -> None:
+    """A frame of the right stream signed by another trusted key (bob's), sent before the agent's first frame,
+    binds nothing: the stream is the agent's, signed and verified frame by frame."""
+    held = Held()
+    async with signed_agent(nats_url, held):
+        nc = await nats.connect(nats_url)
+        attacker = await nats.connect(nats_url)
+        forger = Signer(BOB)
+
+        async def forge(msg: Msg) -> None:
+            if msg.reply:
+                body = b'{"message": {"messageId": "forged", "role": "ROLE_AGENT", "parts": [{"text": "forged"}]}}\n'
+                frame = {"Agent-Stream": (msg.headers or {}).get(H_REQUEST, ""), "Agent-Seq": "0", "Agent-Kind": "json",
+                         "Agent-Ctl": attacker.new_inbox(), "Agent-Final": "1"}
+                await attacker.publish(msg.reply, body, headers=forger.headers(msg.reply, "", body, frame))
+                await attacker.flush()
+                held.release.set()
+
+        await attacker.subscribe(f"{PREFIX}.SendStreamingMessage", cb=forge)
+        await subscribed(attacker)
+        try:
+            alice = client_for(nc, nats_url, ALICE, streaming=True, verifier=verifier("alice", Signer(ALICE)),
+                               agent_id="agent")
+
+            async def send() -> list[Any]:
+                return [event async for event in alice.send_message(text_request("streamed, signed"))]
+
+            events = await within(send(), "a signed stream with a signed forged frame first")
+            assert all(event.WhichOneof("payload") != "message" for event in events)
+            assert events[-1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
+        finally:
+            held.release.set()
+            await nc.close()
+            await attacker.close()
