@@ -47,6 +47,17 @@ class Echo(AgentExecutor):
         await TaskUpdater(event_queue, context.task_id, context.context_id).cancel()
 
 
+class Held(Echo):
+    """Echo, producing nothing until released (so a forgery on the requester's inbox reaches it first)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        await self.release.wait()
+        await super().execute(context, event_queue)
+
+
 class Gate(AgentExecutor):
     """Start a task and wait until released or cancelled; record what the cancellation looked like."""
 

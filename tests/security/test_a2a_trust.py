@@ -7,7 +7,6 @@ forwarding CancelTask). The attacker is a plain nats-py client, or an honest cli
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -19,15 +18,14 @@ import nkeys
 import pytest
 from a2a.client import ClientConfig, ClientFactory
 from a2a.client.client import ClientCallContext
-from a2a.server.agent_execution import AgentExecutor, RequestContext
-from a2a.server.events import EventQueue
+from a2a.server.agent_execution import AgentExecutor
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.tasks import InMemoryTaskStore
 from a2a.types.a2a_pb2 import (
     AgentInterface, CancelTaskRequest, GetTaskRequest, ListTasksRequest, SubscribeToTaskRequest, TaskState,
 )
 from a2a.utils.errors import TaskNotFoundError
-from a2a_support import PREFIX, Echo, Gate, card, started, text_request
+from a2a_support import PREFIX, Gate, Held, card, started, text_request
 from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 from nats_fixtures import subscribed, within
@@ -319,17 +317,6 @@ async def test_the_bridge_acts_for_its_http_users_and_nobody_else_may(nats_url: 
         finally:
             gate.release.set()
             await nc.close()
-
-
-class Held(Echo):
-    """Echo, producing nothing until released (so a forgery reaches the requester first)."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-
-    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
-        await self.release.wait()
-        await super().execute(context, event_queue)
 
 
 async def test_stream_frames_are_taken_only_signed_by_the_agent(nats_url: str) -> None:
