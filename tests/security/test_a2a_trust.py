@@ -46,7 +46,7 @@ from agentcore.transport.identity import Signer, Verifier
 
 
 def new_seed() -> bytes:
-    return nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    return bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
 
 
 ALICE, BOB, MALLORY, GATEWAY, AGENT, REPLICA_A, REPLICA_B = (new_seed() for _ in range(7))
