@@ -113,7 +113,7 @@ async def follow(task_id: str, events: AsyncIterator[VersionedEvent], kv: KeyVal
                 continue
             stored = orjson.loads(item.value)
             writer = stored.get("replica") or writer
-            task = parse_lenient(stored.get("task", {}), Task())
+            task = parse_lenient(stored.get("task") or stored.get("head") or {}, Task())  # jetstream.head
             if task.status.state in ENDS and TaskVersion(item.revision).is_after(last) and pending is None:
                 pending, deadline = (task, item.revision), loop.time() + grace
     finally:

@@ -25,7 +25,7 @@ from a2a.types.a2a_pb2 import (
     AgentInterface, CancelTaskRequest, GetTaskRequest, ListTasksRequest, SubscribeToTaskRequest, TaskState,
 )
 from a2a.utils.errors import TaskNotFoundError
-from a2a_support import PREFIX, Gate, Held, card, started, text_request
+from a2a_support import PREFIX, Gate, Held, Replica, card, started, text_request
 from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 from nats_fixtures import subscribed, within
@@ -39,7 +39,6 @@ from agentcore import AgentConfig
 from agentcore.a2a import BINDING_URI, A2ANatsServer, NatsTransport, url_for
 from agentcore.a2a.binding import H_ON_BEHALF_OF, H_REQUEST, H_VERSION, A2APermissionError, error_from_body
 from agentcore.a2a.bridge import bridge_routes
-from agentcore.a2a.jetstream import JetStreamEventStream, KVTaskStore
 from agentcore.metrics import AgentMetrics
 from agentcore.server import NATSServer
 from agentcore.transport.identity import Signer, Verifier
@@ -223,18 +222,9 @@ def js_url() -> Iterator[str]:
         yield server.url
 
 
-async def _replica(url: str, executor: AgentExecutor, name: str, seed: bytes) -> tuple[NATSClient, DefaultRequestHandler, A2ANatsServer]:
-    nc = await nats.connect(url)
-    js = nc.jetstream()
-    agent_card = card(url)
-    store = await KVTaskStore.open(js, "A2A_TASKS_echo", replica=name)
-    handler = DefaultRequestHandler(agent_executor=executor, agent_card=agent_card, task_store=store,
-                                    event_stream=await JetStreamEventStream.open(js, "A2A_EVENTS_echo", PREFIX))
+def _signing(name: str, seed: bytes) -> dict[str, Any]:
     own = Signer(seed)
-    server = A2ANatsServer(nc, handler, agent_card, PREFIX, replica=name, locate=store.replica_of, signer=own,
-                           verifier=verifier(f"replica-{name}", own), delegates=("replica-a", "replica-b"))
-    await server.start()
-    return nc, handler, server
+    return {"signer": own, "verifier": verifier(f"replica-{name}", own), "delegates": ("replica-a", "replica-b")}
 
 
 async def test_cancel_forwarded_between_replicas_keeps_the_owner(js_url: str) -> None:
@@ -242,15 +232,15 @@ async def test_cancel_forwarded_between_replicas_keeps_the_owner(js_url: str) ->
     forwarded by B (signed by B, on behalf of alice) and cancels the executor on A; a stranger publishing on A's
     own subject, unsigned or naming alice without being a delegate, is refused."""
     gate = Gate()
-    a_nc, a_handler, a = await _replica(js_url, gate, "a", REPLICA_A)
+    a = await Replica.start(js_url, gate, "a", **_signing("a", REPLICA_A))
     nc = await nats.connect(js_url)
-    b: tuple[NATSClient, DefaultRequestHandler, A2ANatsServer] | None = None
+    b: Replica | None = None
     try:
         alice, bob = client_for(nc, js_url, ALICE), client_for(nc, js_url, BOB)
         task_id = await within(started(alice, "alice's"), "SendMessage on A")
         await within(gate.started.wait(), "the executor running on A")
-        await a.leave_queue()
-        b = await _replica(js_url, Gate(), "b", REPLICA_B)
+        await a.server.leave_queue()
+        b = await Replica.start(js_url, Gate(), "b", **_signing("b", REPLICA_B))
 
         with pytest.raises(TaskNotFoundError):
             await within(bob.cancel_task(CancelTaskRequest(id=task_id)), "bob's CancelTask on B")
@@ -266,10 +256,8 @@ async def test_cancel_forwarded_between_replicas_keeps_the_owner(js_url: str) ->
         assert gate.cancel_calls == 1
     finally:
         gate.release.set()
-        for nc_, handler, server in ([b] if b else []) + [(a_nc, a_handler, a)]:
-            await server.stop()
-            await handler.aclose()
-            await nc_.close()
+        for replica in ([b] if b else []) + [a]:
+            await replica.close()
         await nc.close()
 
 
