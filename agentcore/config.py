@@ -289,6 +289,9 @@ _SCHEMA: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "a2a.jetstream_max_bytes": (256 * 1024 * 1024, _positive_int),  # the KV bucket of tasks, and the event stream
     "a2a.task_ttl": (86400.0, _non_negative_float),  # JetStream: how long the KV bucket keeps a task (0: for ever)
     "a2a.events_ttl": (3600.0, _positive_float),  # JetStream: how long the event stream keeps a task's events
+    "a2a.max_pulls": (16, _positive_int),  # request bodies beyond max_payload pulled at once; beyond: OVERLOADED
+    "a2a.pulls_per_sender": (4, _positive_int),  # of which from one user (its signed identity; unsigned: all one user)
+    "a2a.delegates": ([], _agent_ids),  # signed identities whose Agent-On-Behalf-Of is honoured (gateways, replicas)
 }
 
 # Values never shown in reprs or errors (nats.options may hold nkeys_seed_str or a JWT callback's secrets).

@@ -7,11 +7,13 @@ Needs a2a-sdk (extra ``a2a``, in the test extra).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import nats
+import nats.errors
 from a2a.client import Client, ClientConfig, ClientFactory
 from a2a.helpers import new_task, new_text_message, new_text_part
 from a2a.server.agent_execution import AgentExecutor, RequestContext
@@ -25,6 +27,8 @@ from a2a.types.a2a_pb2 import (
 from nats.aio.client import Client as NATSClient
 
 from agentcore.a2a import BINDING_URI, PROTOCOL_VERSION, A2ANatsServer, register, url_for
+from agentcore.a2a.jetstream import JetStreamEventStream, KVTaskStore
+from agentcore.a2a.watch import replica_probe
 
 PREFIX = "agents.test.a2a-protocol.echo"
 
@@ -47,10 +51,22 @@ class Echo(AgentExecutor):
         await TaskUpdater(event_queue, context.task_id, context.context_id).cancel()
 
 
+class Held(Echo):
+    """Echo, producing nothing until released (so a forgery on the requester's inbox reaches it first)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        await self.release.wait()
+        await super().execute(context, event_queue)
+
+
 class Gate(AgentExecutor):
     """Start a task and wait until released or cancelled; record what the cancellation looked like."""
 
-    def __init__(self) -> None:
+    def __init__(self, artifact: str | None = None) -> None:
+        self.artifact = artifact  # added as the task's one artifact once released, when given
         self.started = asyncio.Event()
         self.release = asyncio.Event()
         self.cancelled_in_execute = asyncio.Event()
@@ -67,6 +83,8 @@ class Gate(AgentExecutor):
         except asyncio.CancelledError:
             self.cancelled_in_execute.set()
             raise
+        if self.artifact is not None:
+            await updater.add_artifact([new_text_part(self.artifact)], name="result")
         await updater.complete()
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
@@ -105,6 +123,41 @@ async def serving(nats_url: str, executor: AgentExecutor | None = None) -> Async
         await server_nc.close()
 
 
+class Replica:
+    """One replica of the echo agent: its own connection and DefaultRequestHandler, the shared KV bucket and event
+    stream (watching the task's key and probing writers, with short intervals, when watch is set)."""
+
+    def __init__(self, nc: NATSClient, handler: DefaultRequestHandler, server: A2ANatsServer, store: KVTaskStore) -> None:
+        self.nc, self.handler, self.server, self.store = nc, handler, server, store
+
+    @classmethod
+    async def start(cls, url: str, executor: AgentExecutor, name: str, *, watch: bool = False,
+                    **options: Any) -> Replica:
+        """Start replica name serving executor; options go to A2ANatsServer (signer, verifier, delegates...)."""
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        agent_card = card(url)
+        store = await KVTaskStore.open(js, "A2A_TASKS_echo", replica=name)
+        watching_options: dict[str, Any] = ({"tasks": store.kv, "probe": replica_probe(nc, PREFIX), "probe_interval": 0.5,
+                                             "grace": 0.5} if watch else {})
+        events = await JetStreamEventStream.open(js, "A2A_EVENTS_echo", PREFIX, **watching_options)
+        handler = DefaultRequestHandler(agent_executor=executor, agent_card=agent_card, task_store=store,
+                                        event_stream=events)
+        server = A2ANatsServer(nc, handler, agent_card, PREFIX, replica=name, locate=store.replica_of, **options)
+        await server.start()
+        return cls(nc, handler, server, store)
+
+    async def close(self) -> None:
+        """Stop serving and close the connection; a killed replica (its connection closed) only drops its work."""
+        if self.nc.is_closed:  # what it ran dies with it (its writes fail on the closed connection)
+            with contextlib.suppress(nats.errors.Error):
+                await self.handler.aclose()
+            return
+        await self.server.stop()
+        await self.handler.aclose()
+        await self.nc.close()
+
+
 def factory(nc: NATSClient, *, streaming: bool, **options: Any) -> ClientFactory:
     """A ClientFactory that speaks only the NATS binding, over connection nc."""
     made = ClientFactory(ClientConfig(supported_protocol_bindings=[BINDING_URI], streaming=streaming))
@@ -124,6 +177,13 @@ async def started(client: Client, text: str) -> str:
     async for first in client.send_message(request):
         return str(first.task.id)
     raise AssertionError("SendMessage answered nothing")
+
+
+async def held_task(nc: NATSClient, nats_url: str, gate: Gate, text: str = "run on A") -> str:
+    """Start a task on the agent whose executor is gate (returnImmediately); return its id once the executor runs."""
+    task_id = await asyncio.wait_for(started(factory(nc, streaming=False).create(card(nats_url)), text), 30.0)
+    await asyncio.wait_for(gate.started.wait(), 30.0)
+    return task_id
 
 
 def watching(client: Client, task_id: str) -> tuple[list[Any], asyncio.Task[None]]:

@@ -22,7 +22,7 @@ from a2a.types.a2a_pb2 import (
     SubscribeToTaskRequest, Task, TaskPushNotificationConfig,
 )
 
-from .binding import H_EXTENSIONS, H_VERSION, event_of
+from .binding import H_EXTENSIONS, H_ON_BEHALF_OF, H_VERSION, event_of
 from .client import NatsTransport
 
 __all__ = ("ForwardingHandler", "bridge_routes")
@@ -40,8 +40,10 @@ class ForwardingHandler(RequestHandler):
     @staticmethod
     def _context(context: ServerCallContext) -> ClientCallContext:
         headers = {str(k).lower(): str(v) for k, v in (context.state.get("headers") or {}).items()}
-        return ClientCallContext(service_parameters={name: headers[name.lower()] for name in FORWARDED
-                                                     if name.lower() in headers})
+        parameters = {name: headers[name.lower()] for name in FORWARDED if name.lower() in headers}
+        if context.user.is_authenticated:  # the HTTP side's user: honoured by agents that list the bridge as a delegate
+            parameters[H_ON_BEHALF_OF] = context.user.user_name
+        return ClientCallContext(service_parameters=parameters)
 
     async def on_get_task(self, params: GetTaskRequest, context: ServerCallContext) -> Task | None:
         """GetTask over NATS."""

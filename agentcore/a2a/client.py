@@ -28,7 +28,6 @@ from a2a.types.a2a_pb2 import (
     ListTaskPushNotificationConfigsResponse, ListTasksRequest, ListTasksResponse, SendMessageRequest,
     SendMessageResponse, StreamResponse, SubscribeToTaskRequest, Task, TaskPushNotificationConfig,
 )
-from a2a.utils.errors import A2A_REASON_TO_ERROR
 from a2a.utils.proto_utils import parse_lenient
 from google.protobuf.json_format import MessageToJson, ParseError
 from google.protobuf.message import Message as Proto
@@ -37,8 +36,13 @@ from nats.aio.msg import Msg
 
 from ..errors import NoRespondersError, RequestTimeoutError, StreamError
 from ..transport.frames import StreamReceiver
+from ..transport.identity import H_SENDER, Signer, Verifier
 from ..transport.inline import REJECT, RequestMux
-from .binding import BINDING_URI, H_ERROR_CODE, H_REQUEST, H_VERSION, PROTOCOL_VERSION, error_from_body, prefix_from_url
+from .binding import (
+    BINDING_URI, H_ERROR_CODE, H_PULL, H_REQUEST, H_VERSION, PROTOCOL_VERSION, A2APayloadTooLargeError, error_class,
+    error_from_body, prefix_from_url,
+)
+from .large import Offer, fits, pull_body
 
 __all__ = ("NatsTransport", "register")
 
@@ -54,8 +58,15 @@ class NatsTransport(ClientTransport):
     """Send the A2A operations as NATS requests to the subject prefix of the card's NATS interface URL."""
 
     def __init__(self, nc: NATSClient, card: AgentCard | None, url: str, *, timeout: float = 30.0,
-                 window: int = 16) -> None:
+                 window: int = 16, signer: Signer | None = None, verifier: Verifier | None = None,
+                 agent_id: str | None = None, max_answer_bytes: int = 64 * 1024 * 1024) -> None:
         self.nc = nc
+        # Signed identities: requests (and stream credit) signed with signer; with a verifier, answers and frames are
+        # taken only signed by a trusted key (bound to agent_id when given: the agent's replicas' id).
+        self.signer = signer
+        self.verifier = verifier
+        self.agent_id = agent_id
+        self.max_answer_bytes = max_answer_bytes  # an answer or one stream event beyond it: A2APayloadTooLargeError
         self.card = card
         self.prefix = prefix_from_url(url)
         self.timeout = timeout
@@ -74,18 +85,45 @@ class NatsTransport(ClientTransport):
         headers[H_REQUEST] = request_id
         return headers
 
+    async def _offer(self, request_id: str, data: bytes, headers: dict[str, str],
+                     timeout: float) -> tuple[bytes, dict[str, str], Offer | None]:
+        """A body too large for one message is offered (empty body, Agent-Pull) and pulled by the agent (§10.1)."""
+        if fits(self.nc, data, headers):
+            return data, headers, None
+        offer = Offer(self.nc, request_id, data, timeout, self.signer, self.verifier)
+        return b"", await offer.open(headers), offer
+
+    def _signed(self, subject: str, inbox: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
+        return headers if self.signer is None else self.signer.headers(subject, inbox, data, headers)
+
+    def _trusted(self, msg: Msg) -> bool:
+        """With a verifier: whether an answer is signed by a key trusted for the agent (a refusal is counted)."""
+        verifier = self.verifier
+        if verifier is None:
+            return True
+        headers = msg.headers or {}
+        sender = headers.get(H_SENDER)
+        source_id = self.agent_id or (verifier.owner(sender) if sender is not None else None)
+        reason = verifier.check(msg.subject, msg.reply or "", headers, msg.data, source_id)
+        if reason is not None:
+            verifier.refuse(reason, source_id, msg.subject)
+            return False
+        return True
+
     async def _call(self, operation: str, request: Proto, answer: P, context: ClientCallContext | None) -> P:
         request_id = secrets.token_hex(16)
         timeout = context.timeout if context is not None and context.timeout is not None else self.timeout
         subject = f"{self.prefix}.{operation}"
-        data = MessageToJson(request, indent=None).encode()
-        headers = self._headers(context, request_id)
+        data, headers, offer = await self._offer(request_id, MessageToJson(request, indent=None).encode(),
+                                                 self._headers(context, request_id), timeout)
 
         async def publish(inbox: str) -> None:
-            await self.nc.publish(subject, data, reply=inbox, headers=headers)
+            await self.nc.publish(subject, data, reply=inbox, headers=self._signed(subject, inbox, data, headers))
+            if offer is not None:
+                offer.start()
 
         def ours(msg: Msg) -> Any:  # checked where nats-py reads it: a forged or stray answer is dropped
-            if (msg.headers or {}).get(H_REQUEST) != request_id:
+            if (msg.headers or {}).get(H_REQUEST) != request_id or not self._trusted(msg):
                 self.rejected += 1
                 return REJECT
             return msg
@@ -96,11 +134,18 @@ class NatsTransport(ClientTransport):
             raise A2AClientError(f"no agent answers {subject} (no responders)") from None
         except nats.errors.TimeoutError:
             raise A2AClientTimeoutError(f"{operation} timed out after {timeout}s") from None
+        finally:
+            if offer is not None:
+                await offer.close()
         code = (msg.headers or {}).get(H_ERROR_CODE)
         if code is not None:
             raise error_from_body(msg.data) or A2AClientError(f"{operation} failed: {code}")
+        body = msg.data
+        if H_PULL in (msg.headers or {}):  # the answer exceeds max_payload: pulled from the agent
+            body = await pull_body(self.nc, msg.headers or {}, request_id, max_bytes=self.max_answer_bytes,
+                                   timeout=timeout, signer=self.signer, verifier=self.verifier, source_id=self.agent_id)
         try:
-            return parse_lenient(msg.data, answer)
+            return parse_lenient(body, answer)
         except ParseError as exc:
             raise A2AClientError(f"{operation}: the answer is no ProtoJSON {type(answer).__name__}: {exc}") from None
 
@@ -109,20 +154,27 @@ class NatsTransport(ClientTransport):
         request_id = secrets.token_hex(16)
         headers = self._headers(context, request_id)
         headers["Agent-Window"] = str(self.window)
-        data = MessageToJson(request, indent=None).encode()
         subject = f"{self.prefix}.{operation}"
         idle = context.timeout if context is not None and context.timeout is not None else self.timeout
+        data, headers, offer = await self._offer(request_id, MessageToJson(request, indent=None).encode(), headers, idle)
 
         async def start(inbox: str) -> None:
-            await self.nc.publish(subject, data, reply=inbox, headers=headers)
+            await self.nc.publish(subject, data, reply=inbox, headers=self._signed(subject, inbox, data, headers))
+            if offer is not None:
+                offer.start()
 
-        receiver = StreamReceiver(self.nc, window=self.window, idle_timeout=idle, start=start, task_id=request_id)
+        receiver = StreamReceiver(self.nc, window=self.window, idle_timeout=idle, start=start, task_id=request_id,
+                                  verifier=self.verifier, signer=self.signer, source_id=self.agent_id)
         buffered = b""
         try:
             async with receiver:
                 async for chunk in receiver:
-                    buffered += chunk.data
+                    buffered += chunk.data  # an event spans frames until its newline: held up to one frame beyond the bound
                     *lines, buffered = buffered.split(b"\n")
+                    if len(buffered) > self.max_answer_bytes or any(len(line) > self.max_answer_bytes for line in lines):
+                        raise A2APayloadTooLargeError(
+                            message=f"{operation}: a stream event is larger than the {self.max_answer_bytes} bytes "
+                                    "allowed (max_answer_bytes)", data={"limit": str(self.max_answer_bytes)})
                     for line in lines:
                         if line.strip():
                             yield parse_lenient(line, StreamResponse())
@@ -131,10 +183,13 @@ class NatsTransport(ClientTransport):
         except RequestTimeoutError as exc:  # StreamTimeoutError included
             raise A2AClientTimeoutError(f"{operation}: {exc}") from None
         except StreamError as exc:
-            cls = A2A_REASON_TO_ERROR.get(exc.code)
+            cls = error_class(exc.code)
             if cls is None:
                 raise A2AClientError(f"{operation}: {exc}") from None
             raise cls(str(exc)) from None
+        finally:
+            if offer is not None:
+                await offer.close()
 
     # ------------------------------------------------------------------ ClientTransport
 

@@ -199,6 +199,7 @@ class A2A(Feature):
 
             from .jetstream import JetStreamEventStream
             from .store import CappedKVTaskStore
+            from .watch import replica_probe
 
             js = nc.jetstream()
             bucket = service_name(f"{host.topics.env}_{served.name}")  # environments on one account stay apart
@@ -212,7 +213,8 @@ class A2A(Feature):
                                         max_age=config["a2a.events_ttl"], max_bytes=cap)
                 except nats.js.errors.BadRequestError:  # it exists: its settings are the deployment's
                     pass
-                events = JetStreamEventStream(js, served.prefix)
+                # The event stream watches the task bucket and probes writers: a remote stream ends with its task.
+                events = JetStreamEventStream(js, served.prefix, tasks=kv.kv, probe=replica_probe(nc, served.prefix))
             except nats.errors.Error as exc:  # no JetStream on the server or account, or a bucket set up otherwise
                 raise PersistenceError(f"the A2A agent {served.name!r} keeps its tasks in JetStream, which refused: "
                                        f"{type(exc).__name__}: {exc}") from None
@@ -228,7 +230,11 @@ class A2A(Feature):
         # The component admits requests itself (bounds above); the server's own semaphore never holds one back.
         served.server = A2ANatsServer(nc, handler, card, served.prefix, idle_timeout=config["a2a.idle_timeout"],
                                       max_concurrency=self.max_concurrency + self.max_streams,
-                                      replica=host.instance, locate=locate)
+                                      replica=host.instance, locate=locate, signer=host.connection.signer,
+                                      verifier=host.connection.verifier,
+                                      max_request_bytes=config["a2a.max_request_bytes"],
+                                      max_pulls=config["a2a.max_pulls"], pulls_per_sender=config["a2a.pulls_per_sender"],
+                                      delegates=tuple(config["a2a.delegates"]))
         served.handler = handler
         served.replica_subject = f"{served.prefix}.replica.{host.instance}.*"
         host.register(f"{served.prefix}.*", served.on_request, kind=RAW, queue=served.prefix)
@@ -463,6 +469,10 @@ class A2A(Feature):
             "a2a_store_evictions": sum(store.evictions for store in memory),
             "a2a_store_refused": sum(store.refused for store in stores),
         }
+        for s in self.served.values():  # signed-identity refusals and pulled bodies (the server's own counters)
+            for key, n in (s.server.metrics() if s.server is not None else {}).items():
+                key = key if key.startswith("a2a_") else f"a2a_{key}"  # the core's own pulls_active & co. stay its own
+                levels[key] = levels.get(key, 0) + n
         for bound, n in self.refused.items():
             levels[f"a2a_refused_{bound.partition('.')[2]}"] = n
         for reason, n in errors.items():

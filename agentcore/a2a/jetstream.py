@@ -29,12 +29,26 @@ from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
 from .binding import event_of
+from .claims import Claims
+from .watch import Probe, follow
 
 __all__ = ("JetStreamEventStream", "KVTaskStore")
 
 _TERMINAL = {TaskState.TASK_STATE_COMPLETED, TaskState.TASK_STATE_FAILED, TaskState.TASK_STATE_CANCELED,
              TaskState.TASK_STATE_REJECTED}
 H_VERSION = "A2A-Task-Version"  # the KV revision of the write an event belongs to
+H_CLAIM = "A2A-Claim"  # an event whose body is a claim on the object store (too large for one message)
+_HEADROOM = 4096  # KV/stream subjects and headers share max_payload with the value
+
+
+def _limit(js: JetStreamContext) -> int:
+    return int(js._nc.max_payload or 1024 * 1024) - _HEADROOM  # noqa: SLF001 - nats-py exposes no public accessor
+
+
+def head(stored: dict[str, object]) -> dict[str, object]:
+    """The task a KV value holds (ProtoJSON), or, for a task kept in the object store, its id, context and status."""
+    task = stored.get("task") or stored.get("head")
+    return task if isinstance(task, dict) else {}
 
 
 def _token(text: str) -> str:
@@ -51,15 +65,21 @@ def _sort_key(task: Task) -> tuple[bool, int, str]:
 class KVTaskStore(VersionedTaskStore):
     """Tasks in a JetStream KV bucket, scoped to their owner, versioned by the key's revision."""
 
-    def __init__(self, kv: KeyValue, replica: str = "", owner_resolver: OwnerResolver = resolve_user_scope) -> None:
+    def __init__(self, kv: KeyValue, replica: str = "", owner_resolver: OwnerResolver = resolve_user_scope,
+                 claims: Claims | None = None) -> None:
         self.kv = kv
         self.replica = replica  # written with every task this replica saves: the one running it, for CancelTask
         self.owner = owner_resolver
+        # Tasks too large for a KV value go to an object store, the value holding a claim on it (claims.py).
+        self.claims = claims
+        self._claimed: dict[str, dict[str, object]] = {}  # key -> this replica's last claim on a live task (to drop)
 
     @classmethod
-    async def open(cls, js: JetStreamContext, bucket: str, *, replica: str = "", ttl: float | None = None) -> KVTaskStore:
-        """Create (or bind to) the bucket and return a store over it."""
-        return cls(await js.create_key_value(bucket=bucket, history=1, ttl=ttl), replica)
+    async def open(cls, js: JetStreamContext, bucket: str, *, replica: str = "", ttl: float | None = None,
+                   max_task_bytes: int = 64 * 1024 * 1024) -> KVTaskStore:
+        """Create (or bind to) the bucket, and the object store {bucket}_LARGE for tasks beyond max_payload."""
+        claims = await Claims.open(js, f"{bucket}_LARGE", _limit(js), ttl=ttl, max_bytes=max_task_bytes)
+        return cls(await js.create_key_value(bucket=bucket, history=1, ttl=ttl), replica, claims=claims)
 
     def _key(self, task_id: str, context: ServerCallContext) -> str:
         return f"{_token(self.owner(context))}.{_token(task_id)}"
@@ -68,18 +88,38 @@ class KVTaskStore(VersionedTaskStore):
                    context: ServerCallContext) -> TaskVersion:
         """Write task if the stored one is still prev_version (a CANCELED write: if the stored one is not final)."""
         key = self._key(task.id, context)
-        value = orjson.dumps({"task": MessageToDict(task), "owner": self.owner(context), "replica": self.replica})
+        body = MessageToDict(task)
+        value = orjson.dumps({"task": body, "owner": self.owner(context), "replica": self.replica})
+        claim = None
+        if self.claims is not None and not self.claims.fits(value):
+            claim = await self.claims.put(key, orjson.dumps(body))
+            status = {"id": task.id, "contextId": task.context_id, "status": body.get("status", {})}
+            value = orjson.dumps({"claim": claim, "head": status, "owner": self.owner(context), "replica": self.replica})
         try:
             if task.status.state == TaskState.TASK_STATE_CANCELED:  # the interface's rule: no version check
                 stored = await self._entry(key)
                 if stored is None or stored[0].status.state in _TERMINAL:
                     raise ConcurrentTaskModificationError(task.id)
-                return TaskVersion(await self.kv.update(key, value, last=stored[1]))
-            if prev_version.is_missing:
-                return TaskVersion(await self.kv.create(key, value))
-            return TaskVersion(await self.kv.update(key, value, last=int(prev_version._value)))  # noqa: SLF001
+                version = await self.kv.update(key, value, last=stored[1])
+            elif prev_version.is_missing:
+                version = await self.kv.create(key, value)
+            else:
+                version = await self.kv.update(key, value, last=int(prev_version._value))  # noqa: SLF001
         except nats.js.errors.KeyWrongLastSequenceError:
+            if self.claims is not None:
+                await self.claims.drop(claim)
             raise ConcurrentTaskModificationError(task.id) from None
+        if self.claims is not None:  # the object the previous write claimed is no longer read
+            await self.claims.drop(self._claimed.pop(key, None))
+            if claim is not None and task.status.state not in _TERMINAL:
+                self._claimed[key] = claim
+        return TaskVersion(version)
+
+    async def _task(self, stored: dict[str, object]) -> Task:
+        claim = stored.get("claim")
+        if isinstance(claim, dict) and self.claims is not None:
+            return parse_lenient(await self.claims.get(claim), Task())
+        return parse_lenient(head(stored), Task())
 
     async def _entry(self, key: str) -> tuple[Task, int] | None:
         try:
@@ -88,7 +128,7 @@ class KVTaskStore(VersionedTaskStore):
             return None
         if entry.value is None or entry.revision is None:
             return None
-        return parse_lenient(orjson.loads(entry.value)["task"], Task()), entry.revision
+        return await self._task(orjson.loads(entry.value)), entry.revision
 
     async def replica_of(self, task_id: str, context: ServerCallContext) -> str | None:
         """The replica that last wrote the caller's task while it was not final (None: no such task, or final)."""
@@ -97,7 +137,7 @@ class KVTaskStore(VersionedTaskStore):
         except nats.js.errors.KeyNotFoundError:
             return None
         stored = orjson.loads(entry.value) if entry.value else {}
-        task = parse_lenient(stored.get("task", {}), Task())
+        task = parse_lenient(head(stored), Task())  # the status is enough: no object fetched for a large task
         return None if task.status.state in _TERMINAL else (stored.get("replica") or None)
 
     async def get(self, task_id: str, context: ServerCallContext) -> StoredTask | None:
@@ -115,7 +155,7 @@ class KVTaskStore(VersionedTaskStore):
                 if entry is None:  # the current values are all delivered
                     break
                 if entry.value:
-                    tasks.append(parse_lenient(orjson.loads(entry.value)["task"], Task()))
+                    tasks.append(await self._task(orjson.loads(entry.value)))
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
         if params.context_id:
@@ -152,18 +192,30 @@ class KVTaskStore(VersionedTaskStore):
 class JetStreamEventStream(TaskEventStream):
     """Task events on a JetStream stream over ``{prefix}.events.>``, one subject per task, in write order."""
 
-    def __init__(self, js: JetStreamContext, prefix: str) -> None:
+    def __init__(self, js: JetStreamContext, prefix: str, *, tasks: KeyValue | None = None, probe: Probe | None = None,
+                 probe_interval: float = 5.0, grace: float = 1.0, claims: Claims | None = None) -> None:
         self.js = js
         self.prefix = prefix
+        self.claims = claims  # events too large for one message go to an object store (claims.py)
+        # With the tasks' bucket, a subscriber also watches the task's key, so that a replica dying between its KV
+        # write and the event publish (or mid-task: probe) cannot leave a remote stream open forever (watch.py).
+        self.tasks = tasks
+        self.probe = probe
+        self.probe_interval = probe_interval
+        self.grace = grace
 
     @classmethod
-    async def open(cls, js: JetStreamContext, name: str, prefix: str, *, max_age: float = 3600.0) -> JetStreamEventStream:
-        """Create (or bind to) the stream and return an event stream over it."""
+    async def open(cls, js: JetStreamContext, name: str, prefix: str, *, max_age: float = 3600.0,
+                   tasks: KeyValue | None = None, probe: Probe | None = None, probe_interval: float = 5.0,
+                   grace: float = 1.0, max_event_bytes: int = 64 * 1024 * 1024) -> JetStreamEventStream:
+        """Create (or bind to) the stream, and the object store {name}_LARGE (events beyond max_payload, kept as long
+        as the stream keeps events); tasks: the KVTaskStore's bucket, to watch."""
         try:
             await js.add_stream(name=name, subjects=[f"{prefix}.events.>"], max_age=max_age)
         except nats.js.errors.BadRequestError:  # it exists (its settings are the deployment's)
             pass
-        return cls(js, prefix)
+        claims = await Claims.open(js, f"{name}_LARGE", _limit(js), ttl=max_age, max_bytes=max_event_bytes)
+        return cls(js, prefix, tasks=tasks, probe=probe, probe_interval=probe_interval, grace=grace, claims=claims)
 
     def _subject(self, task_id: str) -> str:
         return f"{self.prefix}.events.{_token(task_id)}"
@@ -171,18 +223,37 @@ class JetStreamEventStream(TaskEventStream):
     async def publish(self, task_id: str, event: VersionedEvent) -> None:
         """Append event; a re-publish of the same (task, version) is dropped by JetStream's duplicate window."""
         version = str(event.version._value)  # noqa: SLF001 - the store's own revision, written back as it came
-        await self.js.publish(self._subject(task_id), MessageToJson(to_stream_response(event.event), indent=None).encode(),
-                              headers={H_VERSION: version, "Nats-Msg-Id": f"{_token(task_id)}:{version}"})
+        body = MessageToJson(to_stream_response(event.event), indent=None).encode()
+        headers = {H_VERSION: version, "Nats-Msg-Id": f"{_token(task_id)}:{version}"}
+        if self.claims is not None and not self.claims.fits(body):
+            body, headers[H_CLAIM] = orjson.dumps(await self.claims.put(_token(task_id), body)), "1"
+        await self.js.publish(self._subject(task_id), body, headers=headers)
 
     async def subscribe(self, task_id: str, *, after: TaskVersion) -> AsyncGenerator[VersionedEvent, None]:
-        """Yield task_id's events with a version after ``after``, in order, until the caller stops."""
+        """Yield task_id's events with a version after ``after``, in order, until the caller stops (or, watching the
+        bucket, until the KV shows the task ended or its writer is gone)."""
+        events = self._events(task_id, after)
+        if self.tasks is None:
+            async for versioned in events:
+                yield versioned
+            return
+        # Any owner's key of this task id: task ids are the server's (uuid4), and the caller's own task was found
+        # in its scope before this is called.
+        async for versioned in follow(task_id, events, self.tasks, f"*.{_token(task_id)}", after=after,
+                                      probe=self.probe, probe_interval=self.probe_interval, grace=self.grace):
+            yield versioned
+
+    async def _events(self, task_id: str, after: TaskVersion) -> AsyncGenerator[VersionedEvent, None]:
         sub = await self.js.subscribe(self._subject(task_id), ordered_consumer=True,
                                       deliver_policy=api.DeliverPolicy.ALL)
         try:
             async for msg in sub.messages:
                 version = TaskVersion(int((msg.headers or {}).get(H_VERSION, "0")))
                 if version.is_after(after):
-                    yield VersionedEvent(event_of(parse_lenient(msg.data, StreamResponse())), version)
+                    data = msg.data
+                    if (msg.headers or {}).get(H_CLAIM) and self.claims is not None:
+                        data = await self.claims.get(orjson.loads(data))
+                    yield VersionedEvent(event_of(parse_lenient(data, StreamResponse())), version)
         finally:
             await sub.unsubscribe()
 

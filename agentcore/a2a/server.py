@@ -35,9 +35,14 @@ from nats.aio.subscription import Subscription
 from packaging.version import InvalidVersion, Version
 
 from ..errors import StreamTimeoutError
-from ..transport.frames import ERROR, JSON, FrameSender
+from ..transport.frames import ERROR, HEADER_ROOM, JSON, FrameSender
+from ..transport.identity import Signer, Verifier
 from ..transport.subscriptions import confirm
-from .binding import CARD, H_EXTENSIONS, H_REQUEST, H_VERSION, OPERATIONS, PROTOCOL_VERSION, error_body, error_frame
+from .binding import (
+    CARD, H_EXTENSIONS, H_PULL, H_REQUEST, H_VERSION, OPERATIONS, PROTOCOL_VERSION, error_body, error_frame,
+)
+from .large import Offer, Pulls, fits
+from .trust import Trust
 
 __all__ = ("A2ANatsServer",)
 
@@ -74,7 +79,9 @@ class A2ANatsServer:
 
     def __init__(self, nc: NATSClient, handler: RequestHandler, card: AgentCard, prefix: str, *,
                  queue: str | None = None, max_concurrency: int = 64, idle_timeout: float = 30.0,
-                 replica: str | None = None, locate: Locate | None = None, forward_timeout: float = 5.0) -> None:
+                 replica: str | None = None, locate: Locate | None = None, forward_timeout: float = 5.0,
+                 signer: Signer | None = None, verifier: Verifier | None = None, delegates: tuple[str, ...] = (),
+                 max_request_bytes: int = 64 * 1024 * 1024, max_pulls: int = 16, pulls_per_sender: int = 4) -> None:
         self.nc = nc
         self.handler = handler
         self.card = card
@@ -86,6 +93,10 @@ class A2ANatsServer:
         self.replica = replica
         self.locate = locate
         self.forward_timeout = forward_timeout
+        # Signed identities (trust.py): who each request is, hence whose tasks it sees; bodies beyond max_payload are
+        # pulled within these bounds (large.py).
+        self.trust = Trust(signer, verifier, delegates)
+        self.pulls = Pulls(max_request_bytes, max_pulls, pulls_per_sender)
         self._room = asyncio.Semaphore(max_concurrency)  # requests served at once; the rest wait in NATS' buffer
         self._subs: list[Subscription] = []
         self._running: set[asyncio.Task[None]] = set()
@@ -147,17 +158,19 @@ class A2ANatsServer:
                 if streaming is None:
                     raise MethodNotFoundError(message=f"no A2A operation {operation!r}")
                 context = self._context(operation, headers)
+                context.user = self.trust.user(msg, headers)  # before anything reads the store (spec §13.1)
+                data = await self._body(msg, headers, request_id, context) if H_PULL in headers else msg.data
                 request = _REQUESTS[operation]()
                 try:
-                    if msg.data:
-                        parse_lenient(msg.data, request)
+                    if data:
+                        parse_lenient(data, request)
                 except ParseError as exc:
                     raise InvalidParamsError(data={"parseError": str(exc)}) from None
                 context.tenant = getattr(request, "tenant", "")
                 if streaming:
                     await self._stream(msg, request_id, operation, request, context)
                     return
-                if operation == "CancelTask" and await self._forwarded(msg, request, context):
+                if operation == "CancelTask" and await self._forwarded(msg, data, request, context):
                     return
                 result = await self._unary(operation, request, context)
             except Exception as exc:  # every failure answers the requester: the A2A error, else InternalError
@@ -186,6 +199,21 @@ class A2ANatsServer:
         return ServerCallContext(state={"headers": headers, "method": operation},
                                  requested_extensions=get_requested_extensions([named.get(H_EXTENSIONS.lower(), "")]))
 
+    async def _body(self, msg: Msg, headers: dict[str, str], request_id: str, context: ServerCallContext) -> bytes:
+        """Pull a request body offered because it exceeds max_payload (binding §10.1), within this replica's bounds."""
+        user = context.user
+        verifier = self.trust.verifier
+        source_id = verifier.owner(headers.get("Agent-Sender", "")) if verifier is not None else None
+        return await self.pulls.body(self.nc, headers, request_id, user.user_name, timeout=self.idle_timeout,
+                                     signer=self.trust.signer, verifier=verifier, source_id=source_id)
+
+    def metrics(self) -> dict[str, int]:
+        """Counters of the trust checks and pulled bodies (refusals by reason, pulls in progress)."""
+        counters = {f"a2a_identity_{reason}": n for reason, n in self.trust.refused.items()}
+        counters.update(self.pulls.counters)
+        counters.update(self.pulls.gate.gauges())
+        return counters
+
     async def _unary(self, operation: str, request: Any, context: ServerCallContext) -> bytes:
         handler = self.handler
         if operation == "SendMessage":
@@ -212,7 +240,7 @@ class A2ANatsServer:
         answer = await calls[operation](request, context)
         return b"{}" if answer is None else _json(answer)
 
-    async def _forwarded(self, msg: Msg, request: Any, context: ServerCallContext) -> bool:
+    async def _forwarded(self, msg: Msg, data: bytes, request: Any, context: ServerCallContext) -> bool:
         """Hand CancelTask to the replica running the task and relay its answer; False: cancel here (it runs here,
         nowhere, or on a replica that is gone, which the SDK then cancels by writing the store)."""
         if self.locate is None or self.replica is None or msg.subject.startswith(f"{self.prefix}.replica."):
@@ -220,10 +248,22 @@ class A2ANatsServer:
         runner = await self.locate(request.id, context)
         if runner is None or runner == self.replica:
             return False
+        subject = f"{self.prefix}.replica.{runner}.CancelTask"
+        # With signatures, the forward is this replica's, on behalf of the requester (the runner scopes the task to
+        # the same user); the requester's signature covers the subject it sent to, not this one.
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox, max_msgs=1)
         try:
-            answer = await self.nc.request(f"{self.prefix}.replica.{runner}.CancelTask", msg.data,
-                                           timeout=self.forward_timeout, headers=dict(msg.headers or {}))
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            headers = {name: value for name, value in (msg.headers or {}).items() if name != H_PULL}
+            await self.nc.publish(subject, data, reply=inbox,
+                                  headers=self.trust.on_behalf(subject, inbox, data, headers, context.user))
+            answer = await sub.next_msg(timeout=self.forward_timeout)
+        except nats.errors.TimeoutError:
+            answer = None
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        if answer is None or (not answer.data and (answer.headers or {}).get("Status") == "503"):
             log.debug("A2A CancelTask %s: replica %s does not answer, cancelling here", request.id, runner)
             return False
         await self._answer_raw(msg, answer.data, answer.headers or {})
@@ -234,14 +274,19 @@ class A2ANatsServer:
             events: AsyncGenerator[Any, None] = self.handler.on_message_send_stream(request, context)
         else:
             events = self.handler.on_subscribe_to_task(request, context)
-        sender = FrameSender(self.nc, request_id, msg.reply, _window(msg), self.idle_timeout)
+        sender = FrameSender(self.nc, request_id, msg.reply, _window(msg), self.idle_timeout, self.trust.signer,
+                             self.trust.verifier)
         await sender.open()
+        step = (self.nc.max_payload or 1024 * 1024) - HEADER_ROOM  # an event larger than a frame spans frames
         try:
             ended = False
             async for event in events:
                 ended = _ends(event)
-                if not await sender.send(JSON, _json(to_stream_response(event)) + b"\n", final=ended):
-                    return  # the consumer cancelled: only its stream ends, the task goes on (spec §3.5.2)
+                line = _json(to_stream_response(event)) + b"\n"
+                for start in range(0, len(line), step):
+                    last = start + step >= len(line)
+                    if not await sender.send(JSON, line[start:start + step], final=ended and last):
+                        return  # the consumer cancelled: only its stream ends, the task goes on (spec §3.5.2)
                 if ended:
                     return
             await sender.send(JSON, b"", final=True)  # the handler ended the stream: say so explicitly
@@ -257,7 +302,7 @@ class A2ANatsServer:
 
     async def _stream_error(self, msg: Msg, request_id: str, exc: Exception) -> None:
         """Refuse a stream before its first event: one error frame, final."""
-        sender = FrameSender(self.nc, request_id, msg.reply, None, self.idle_timeout)
+        sender = FrameSender(self.nc, request_id, msg.reply, None, self.idle_timeout, self.trust.signer)
         await sender.open()
         try:
             await sender.send(ERROR, error_frame(exc), final=True)
@@ -268,10 +313,19 @@ class A2ANatsServer:
         await self._answer_raw(msg, data, {H_REQUEST: request_id, **(headers or {})})
 
     async def _answer_raw(self, msg: Msg, data: bytes, headers: dict[str, str]) -> None:
+        offer = None
+        if not fits(self.nc, data, headers):  # offered small, pulled by the requester (binding §10.1)
+            offer = Offer(self.nc, headers.get(H_REQUEST, ""), data, self.idle_timeout, self.trust.signer,
+                          self.trust.verifier)
+            headers, data = await offer.open(headers), b""
         try:
-            await self.nc.publish(msg.reply, data, headers=headers)
-        except nats.errors.Error as exc:
+            await self.nc.publish(msg.reply, data, headers=self.trust.sign(msg.reply, data, headers))
+            if offer is not None:
+                await offer.serve()  # closes its control inbox when done
+        except (nats.errors.Error, StreamTimeoutError) as exc:
             log.debug("A2A answer to %s not sent: %s", msg.reply, exc)
+            if offer is not None:
+                await offer.close()
 
 
 def _window(msg: Msg) -> int | None:

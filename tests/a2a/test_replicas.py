@@ -16,16 +16,12 @@ import pytest
 
 import nats
 from a2a.client import Client
-from a2a.server.agent_execution import AgentExecutor
-from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.types.a2a_pb2 import CancelTaskRequest, GetTaskRequest, ListTasksRequest, TaskState
 from a2a.utils.errors import TaskNotCancelableError
-from a2a_support import PREFIX, Gate, card, factory, started, watching
+from a2a_support import Gate, Replica, card, factory, started, watching
 from nats.aio.client import Client as NATSClient
 from nats_fixtures import eventually, within
 
-from agentcore.a2a import A2ANatsServer
-from agentcore.a2a.jetstream import JetStreamEventStream, KVTaskStore
 from agentcore.server import NATSServer
 
 
@@ -33,31 +29,6 @@ from agentcore.server import NATSServer
 def js_url() -> Iterator[str]:
     with NATSServer(jetstream=True) as server:
         yield server.url
-
-
-class Replica:
-    """One replica: its own connection and DefaultRequestHandler, the shared KV bucket and event stream."""
-
-    def __init__(self, nc: NATSClient, handler: DefaultRequestHandler, server: A2ANatsServer) -> None:
-        self.nc, self.handler, self.server = nc, handler, server
-
-    @classmethod
-    async def start(cls, url: str, executor: AgentExecutor, name: str) -> Replica:
-        nc = await nats.connect(url)
-        js = nc.jetstream()
-        agent_card = card(url)
-        store = await KVTaskStore.open(js, "A2A_TASKS_echo", replica=name)
-        handler = DefaultRequestHandler(
-            agent_executor=executor, agent_card=agent_card, task_store=store,
-            event_stream=await JetStreamEventStream.open(js, "A2A_EVENTS_echo", PREFIX))
-        server = A2ANatsServer(nc, handler, agent_card, PREFIX, replica=name, locate=store.replica_of)
-        await server.start()
-        return cls(nc, handler, server)
-
-    async def close(self) -> None:
-        await self.server.stop()
-        await self.handler.aclose()
-        await self.nc.close()
 
 
 @dataclass

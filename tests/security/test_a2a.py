@@ -7,32 +7,18 @@ before the agent's first frame) is closed by NATS permissions and signed identit
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import nats
 from a2a.client import ClientConfig, ClientFactory
-from a2a.server.agent_execution import RequestContext
-from a2a.server.events import EventQueue
 from a2a.types.a2a_pb2 import TaskState
-from a2a_support import PREFIX, Echo, factory, serving, text_request
+from a2a_support import PREFIX, Held, factory, serving, text_request
 from nats.aio.msg import Msg
 from nats_fixtures import subscribed, within
 
 from agentcore.a2a import BINDING_URI, NatsTransport
 
 FORGED_TASK = b'{"task": {"id": "forged", "contextId": "x", "status": {"state": "TASK_STATE_COMPLETED"}}}'
-
-
-class Held(Echo):
-    """Echo, answering only once the forgeries are on their way (so they reach the requester first)."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-
-    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
-        await self.release.wait()
-        await super().execute(context, event_queue)
 
 
 async def test_forged_unary_answers_are_dropped_and_the_genuine_one_taken(nats_url: str) -> None:
