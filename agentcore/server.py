@@ -94,8 +94,10 @@ class NATSServer:
             args += ["--auth", token]
         if self.tls:
             args += ["--tls", "--tlscert", str(tls_cert), "--tlskey", str(tls_key)]
-        if max_payload is not None:
-            args += ["--max_payload", str(max_payload)]
+        if max_payload is not None:  # nats-server takes max_payload only from a configuration file
+            conf = Path(tempfile.gettempdir()) / f"agentcore-nats-{self.port}.conf"
+            conf.write_text(f"max_payload: {int(max_payload)}\n")
+            args += ["-c", str(conf)]
         self.args = args + list(extra_args)
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = Path(tempfile.gettempdir()) / f"agentcore-nats-{self.port}.log"

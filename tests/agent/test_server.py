@@ -45,3 +45,15 @@ def test_a_broken_binary_is_a_clear_error() -> None:
 def test_a_bad_option_reports_the_server_output() -> None:
     with pytest.raises(ServerStartError, match="exited"):
         NATSServer(extra_args=["--no-such-flag"]).start()
+
+
+async def test_max_payload_reaches_the_server() -> None:
+    server = NATSServer(max_payload=4 * 1024 * 1024).start()
+    try:
+        nc = await nats.connect(server.url)
+        try:
+            assert nc.max_payload == 4 * 1024 * 1024
+        finally:
+            await nc.close()
+    finally:
+        server.stop()

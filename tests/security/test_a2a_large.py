@@ -30,7 +30,7 @@ from agentcore.a2a.binding import (
     H_DIGEST, H_PULL, H_REQUEST, H_SIZE, H_VERSION, A2AOverloadedError, A2APayloadTooLargeError, error_from_body,
 )
 
-MAX_PAYLOAD = 1024 * 1024  # nats-server's default (NATSServer(max_payload=...) is not a flag nats-server takes)
+MAX_PAYLOAD = 1024 * 1024  # nats-server's default
 BIG = "x" * (2 * MAX_PAYLOAD + 1000)  # the request, the answer (history + artifact) and the artifact event exceed it
 
 
