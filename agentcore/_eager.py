@@ -18,9 +18,10 @@ from asyncio.tasks import _enter_task, _leave_task
 from collections.abc import Coroutine, Generator
 from typing import Any
 
+from ._impl import FINISHED, first_step
+
 __all__ = ("release_spare", "run_eager", "start_eager", "step_now")
 
-_current_task = asyncio.current_task
 
 log = logging.getLogger("agentcore.agent")
 
@@ -205,24 +206,14 @@ def start_eager(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
         spare = local.spare = _Spare(loop)
     task, step, context = spare.task, spare.step, spare.context
     local.spare = None  # taken while its step runs: a coroutine started from inside that step gets a spare of its own
-    outer = _current_task(loop)
-    if outer is not None:
-        _leave_task(loop, outer)
-    _enter_task(loop, task)
     error: BaseException | None = None
     try:
-        first = context.run(coro.send, None)
-    except StopIteration:
-        first = _NOTHING
+        first = first_step(loop, task, context, coro)  # compiled: no StopIteration, no Context.run per start
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # logged below, as a Task of its own would report it
-        first, error = _NOTHING, exc
-    finally:
-        _leave_task(loop, task)
-        if outer is not None:
-            _enter_task(loop, outer)
-    if first is _NOTHING:  # finished in the first step: the spare serves the next coroutine
+        first, error = FINISHED, exc
+    if first is FINISHED:  # finished in the first step: the spare serves the next coroutine
         if context != spare.base or local.spare is not None:  # changed, or a nested start left a spare already
             spare.retire()
         else:

@@ -35,6 +35,7 @@ SOURCE_TREE = _map_source_tree()
 if TYPE_CHECKING or NO_EXTENSIONS:
     from ._ext.batch_py import BatchAccumulator
     from ._ext.cache_py import ContentCache, canonical_hash, content_hash
+    from ._ext.eager_py import FINISHED, first_step
     from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, new_id, validate
     from ._ext.subjects_py import SubjectIndex, subject_matches, validate_subject, validate_token
     from ._ext.wire_py import frame_end, scan_frames
@@ -44,6 +45,7 @@ else:
     try:
         from ._ext.batch import BatchAccumulator
         from ._ext.cache import ContentCache, canonical_hash, content_hash
+        from ._ext.eager import FINISHED, first_step
         from ._ext.envelope import MESSAGE_TYPES, decode, encode, new_id, validate
         from ._ext.subjects import SubjectIndex, subject_matches, validate_subject, validate_token
         from ._ext.wire import frame_end, scan_frames
@@ -69,6 +71,7 @@ else:
                           RuntimeWarning, stacklevel=2)
         from ._ext.batch_py import BatchAccumulator
         from ._ext.cache_py import ContentCache, canonical_hash, content_hash
+        from ._ext.eager_py import FINISHED, first_step
         from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, new_id, validate
         from ._ext.subjects_py import SubjectIndex, subject_matches, validate_subject, validate_token
         from ._ext.wire_py import frame_end, scan_frames
@@ -81,6 +84,8 @@ __all__ = (
     "ContentCache",
     "canonical_hash",
     "content_hash",
+    "FINISHED",
+    "first_step",
     "MESSAGE_TYPES",
     "decode",
     "encode",
