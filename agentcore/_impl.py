@@ -35,7 +35,7 @@ SOURCE_TREE = _map_source_tree()
 if TYPE_CHECKING or NO_EXTENSIONS:
     from ._ext.batch_py import BatchAccumulator
     from ._ext.cache_py import ContentCache, canonical_hash, content_hash
-    from ._ext.eager_py import FINISHED, first_step
+    from ._ext.eager_py import FINISHED, eager_start, first_step
     from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, new_id, validate
     from ._ext.subjects_py import SubjectIndex, subject_matches, validate_subject, validate_token
     from ._ext.wire_py import frame_end, scan_frames
@@ -45,7 +45,7 @@ else:
     try:
         from ._ext.batch import BatchAccumulator
         from ._ext.cache import ContentCache, canonical_hash, content_hash
-        from ._ext.eager import FINISHED, first_step
+        from ._ext.eager import FINISHED, eager_start, first_step
         from ._ext.envelope import MESSAGE_TYPES, decode, encode, new_id, validate
         from ._ext.subjects import SubjectIndex, subject_matches, validate_subject, validate_token
         from ._ext.wire import frame_end, scan_frames
@@ -71,7 +71,7 @@ else:
                           RuntimeWarning, stacklevel=2)
         from ._ext.batch_py import BatchAccumulator
         from ._ext.cache_py import ContentCache, canonical_hash, content_hash
-        from ._ext.eager_py import FINISHED, first_step
+        from ._ext.eager_py import FINISHED, eager_start, first_step
         from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, new_id, validate
         from ._ext.subjects_py import SubjectIndex, subject_matches, validate_subject, validate_token
         from ._ext.wire_py import frame_end, scan_frames
@@ -86,6 +86,7 @@ __all__ = (
     "content_hash",
     "FINISHED",
     "first_step",
+    "eager_start",
     "MESSAGE_TYPES",
     "decode",
     "encode",

@@ -90,3 +90,52 @@ async def test_a_context_already_entered_is_refused(eager_module: ModuleType) ->
     context.run(inside)
     assert asyncio.current_task() is outer
     task.cancel()
+
+
+class _Holder:
+    spare: Any = None
+
+
+async def test_eager_start_reuses_its_spare_until_a_step_suspends_or_changes_the_context(eager_module: ModuleType) -> None:
+    from agentcore._eager import _Spare  # the spares agentcore makes (INTERNAL by design: the twins run on them)
+
+    local, reported = _Holder(), []
+    seen: list[Any] = []
+
+    async def quick() -> None:
+        seen.append(asyncio.current_task())
+
+    assert eager_module.eager_start(local, _Spare, reported.append, quick()) is None
+    assert eager_module.eager_start(local, _Spare, reported.append, quick()) is None
+    assert seen[0] is seen[1] is local.spare.task  # one spare Task served both
+
+    async def sets() -> None:
+        var.set("changed")
+
+    first = local.spare
+    assert eager_module.eager_start(local, _Spare, reported.append, sets()) is None
+    assert local.spare is None and first.step.done  # its context changed: retired, the next start makes another
+    assert var.get() == "outer"
+
+    fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def slow() -> str:
+        seen.append(asyncio.current_task())
+        return await fut
+
+    task = eager_module.eager_start(local, _Spare, reported.append, slow())
+    assert task is seen[-1]  # the Task the first step ran as carries on with it
+    fut.set_result("later")
+    assert await task == "later"
+
+    async def fails() -> None:
+        raise ValueError("boom")
+
+    async def cancelled() -> None:
+        raise asyncio.CancelledError
+
+    assert eager_module.eager_start(local, _Spare, reported.append, fails()) is None
+    assert eager_module.eager_start(local, _Spare, reported.append, cancelled()) is None
+    assert [type(e) for e in reported] == [ValueError]  # a cancellation is no error to report
+    if local.spare is not None:
+        local.spare.retire()
