@@ -257,13 +257,17 @@ class RequestMux:
 
         Raise nats' NoRespondersError or TimeoutError. inbox, when given, gets the reply inbox appended.
         """
-        nc = self.nc
-
-        async def publish(inbox: str) -> None:
-            if not send_now(nc, subject, data, inbox, headers) and not queue_now(nc, subject, data, inbox, headers):
-                await nc.publish(subject, data, reply=inbox, headers=headers)
-
-        return await self.request_via(publish, timeout, accept, subject, inbox)
+        _check_timeout(timeout)
+        if self._sub is None:
+            await self._start()  # SUB goes out before the PUB on the same connection: no flush needed
+        token, fut, reply = self._open(timeout, accept, subject, inbox)
+        try:
+            nc = self.nc  # written at once, else queued behind what is pending: no publish coroutine per request
+            if not send_now(nc, subject, data, reply, headers) and not queue_now(nc, subject, data, reply, headers):
+                await nc.publish(subject, data, reply=reply, headers=headers)
+            return await fut
+        finally:
+            self._waiting.pop(token, None)
 
     async def request_via(self, publish: Callable[[str], Awaitable[None]], timeout: float, accept: Accept | None = None,
                           subject: str = "", inbox: list[str] | None = None) -> Any:
@@ -272,23 +276,28 @@ class RequestMux:
         subject is where publish sends the request: a permission violation the server reports for it fails the
         request at once (fail_subject). inbox, when given, receives the inbox used (a cancel names it).
         """
-        if not timeout >= 0:  # NaN would never compare due and stall every other request's deadline in the heap
-            raise ValueError(f"request timeout must be a number >= 0, got {timeout!r}")
+        _check_timeout(timeout)
         if self._sub is None:
             await self._start()  # SUB goes out before the PUB on the same connection: no flush needed
+        token, fut, reply = self._open(timeout, accept, subject, inbox)
+        try:
+            await publish(reply)
+            return await fut
+        finally:
+            self._waiting.pop(token, None)
+
+    def _open(self, timeout: float, accept: Accept | None, subject: str,
+              inbox: list[str] | None) -> tuple[str, asyncio.Future[Any], str]:
+        """Start waiting for a reply within timeout: return (token, the future it resolves, the reply inbox)."""
         token = str(next(self._tokens))
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        waiting = self._waiting
-        waiting[token] = (fut, accept, subject)
+        self._waiting[token] = (fut, accept, subject)
         self._expire_at(loop, loop.time() + timeout, token)
+        reply = self._prefix + token
         if inbox is not None:
-            inbox.append(self._prefix + token)
-        try:
-            await publish(self._prefix + token)
-            return await fut
-        finally:
-            waiting.pop(token, None)
+            inbox.append(reply)
+        return token, fut, reply
 
     def _expire_at(self, loop: asyncio.AbstractEventLoop, when: float, token: str) -> None:
         """Time out the request token at when (loop time), unless it has its answer by then."""
@@ -379,6 +388,11 @@ class RequestMux:
 
 
 _RESOLUTION = time.get_clock_info("monotonic").resolution
+
+
+def _check_timeout(timeout: float) -> None:
+    if not timeout >= 0:  # NaN would never compare due and stall every other request's deadline in the heap
+        raise ValueError(f"request timeout must be a number >= 0, got {timeout!r}")
 
 
 def _expire(fut: asyncio.Future[Any]) -> None:
