@@ -18,9 +18,10 @@ from asyncio.tasks import _enter_task, _leave_task
 from collections.abc import Coroutine, Generator
 from typing import Any
 
+from ._impl import eager_start
+
 __all__ = ("release_spare", "run_eager", "start_eager", "step_now")
 
-_current_task = asyncio.current_task
 
 log = logging.getLogger("agentcore.agent")
 
@@ -182,6 +183,10 @@ def release_spare() -> None:
         spare.retire()
 
 
+def _report(error: BaseException) -> None:
+    log.error("background step failed", exc_info=error)
+
+
 def start_eager(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
     """Start coro like run_eager, fire and forget: None when it already finished (errors are logged).
 
@@ -195,47 +200,10 @@ def start_eager(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
     the next coroutine gets a new spare. When it finishes, the spare is used again for the next one, unless the
     step changed a context variable or the caller's context differs from the one the spare copied (then a new
     spare is made, so each first step sees a fresh copy of its caller's context, as with a Task of its own).
+    The step itself runs in the compiled core (agentcore._ext.eager.eager_start, pure twin eager_py).
     """
-    loop = asyncio.get_running_loop()
-    local = _local
-    spare = local.spare
-    if spare is None or spare.loop is not loop or spare.step.done or contextvars.copy_context() != spare.base:
-        if spare is not None and spare.loop is loop and not spare.step.done:
-            spare.retire()
-        spare = local.spare = _Spare(loop)
-    task, step, context = spare.task, spare.step, spare.context
-    local.spare = None  # taken while its step runs: a coroutine started from inside that step gets a spare of its own
-    outer = _current_task(loop)
-    if outer is not None:
-        _leave_task(loop, outer)
-    _enter_task(loop, task)
-    error: BaseException | None = None
-    try:
-        first = context.run(coro.send, None)
-    except StopIteration:
-        first = _NOTHING
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as exc:  # logged below, as a Task of its own would report it
-        first, error = _NOTHING, exc
-    finally:
-        _leave_task(loop, task)
-        if outer is not None:
-            _enter_task(loop, outer)
-    if first is _NOTHING:  # finished in the first step: the spare serves the next coroutine
-        if context != spare.base or local.spare is not None:  # changed, or a nested start left a spare already
-            spare.retire()
-        else:
-            local.spare = spare
-        if error is not None and not isinstance(error, asyncio.CancelledError):
-            log.error("background step failed", exc_info=error)
-        return None
-    # Suspended: the spare Task becomes this coroutine's Task and picks it up where the step stopped.
-    step.coro, step.first = coro, first
-    gate, step.gate = step.gate, None
-    if gate is not None:  # the Task already parked: wake it to take over
-        gate.set_result(None)
-    return task
+    started: asyncio.Task[Any] | None = eager_start(_local, _Spare, _report, coro)
+    return started
 
 
 def step_now(coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 NO_EXTENSIONS = bool(os.environ.get("AGENTCORE_NO_EXTENSIONS")) or sys.implementation.name != "cpython"
 
@@ -40,6 +40,8 @@ if TYPE_CHECKING or NO_EXTENSIONS:
     from ._ext.wire_py import frame_end, scan_frames
 
     IMPLEMENTATION = "pure"
+    if TYPE_CHECKING:
+        from ._ext.eager_py import FINISHED, eager_start, first_step
 else:
     try:
         from ._ext.batch import BatchAccumulator
@@ -75,12 +77,44 @@ else:
 
         IMPLEMENTATION = "pure"
 
+_EAGER = ("FINISHED", "eager_start", "first_step")
+
+
+def __getattr__(name: str) -> Any:
+    """Import the eager start on first use, compiled or its twin as chosen above.
+
+    It imports asyncio, which `import agentcore` must not (the command line starts fast without it).
+    """
+    if name not in _EAGER:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    module: Any = None
+    if IMPLEMENTATION == "compiled":
+        try:
+            module = importlib.import_module("agentcore._ext.eager")
+        except ImportError as exc:  # a build older than this module: the rest of the core is compiled, this one not
+            import warnings
+
+            warnings.warn(f"agentcore's compiled eager start cannot be imported ({exc}); using its pure-Python twin. "
+                          "Rebuild the package (`pip install -e .` in a checkout) to compile it.", RuntimeWarning,
+                          stacklevel=2)
+    if module is None:
+        module = importlib.import_module("agentcore._ext.eager_py")
+    for known in _EAGER:
+        globals()[known] = getattr(module, known)
+    return getattr(module, name)
+
+
 __all__ = (
     "IMPLEMENTATION",
     "BatchAccumulator",
     "ContentCache",
     "canonical_hash",
     "content_hash",
+    "FINISHED",
+    "first_step",
+    "eager_start",
     "MESSAGE_TYPES",
     "decode",
     "encode",

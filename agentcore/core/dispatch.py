@@ -93,6 +93,9 @@ class Dispatcher:
         self._reply_patterns = (topics.mcp_responses_any(), *config["agent.reply_subjects"])
         self.verifier = connection.verifier  # None unless identities are verified: one `is None` test per message
         self.tasks = tasks  # the lifecycle records of the tasks being served (status, cancellation)
+        self._matched: Any = None  # the last tuple the index matched, the key it came on, and its registrations on it
+        self._matched_key: SubscriptionKey | None = None
+        self._matched_regs: list[Registration] = []
 
     # ------------------------------------------------------------------ the hot path
 
@@ -104,7 +107,14 @@ class Dispatcher:
         subject = msg.subject
         # The compiled index names every handler whose pattern matches; a message that arrived on an
         # overlapping subscription of ours is handled by that subscription's own delivery, not this one.
-        regs = [reg for reg in self.index.match(subject) if reg.key == key]
+        matched = self.index.match(subject)
+        if matched is self._matched and key == self._matched_key:
+            regs = self._matched_regs  # the same subject (or one the index answers alike) as the message before
+        else:
+            regs = [reg for reg in matched if reg.key == key]
+            # The index hands back the same (immutable) tuple while its patterns are unchanged: what it names for
+            # this key is remembered by that tuple's identity (held here, so the identity is not reused).
+            self._matched, self._matched_key, self._matched_regs = matched, key, regs
         if not regs:
             if self.settlement.release(msg, redeliver=True):
                 return  # a persisted task whose handler was just removed: a replica may still serve it
@@ -307,16 +317,23 @@ class Dispatcher:
         return headers.get(H_SENDER) if headers else None
 
     def _run(self, reg: Registration, subject: str, message: dict[str, Any], msg: Incoming, t0: float) -> None:
-        if not reg.system:  # control and discovery bypass the concurrency limit, so they are not counted in it
+        system = reg.system
+        if not system:  # control and discovery bypass the concurrency limit, so they are not counted in it
             self.inflight += 1
-        self._spawn(self._handle(reg, subject, message, msg, t0))
+        delivery = Delivery(message, msg.reply or None, subject, reg.fallback)
+        tracked = not system and message["type"] in _TASK_TYPES  # a task: its status kept, its requester may cancel
+        task = start_eager(self._handle(reg, subject, message, msg, t0, delivery, tracked))
+        if task is not None:  # it suspended: its Task is what a cancel cancels (one that finished inline needs none)
+            if tracked:
+                delivery.task = task
+            self._spawn(task)
 
-    async def _handle(self, reg: Registration, subject: str, message: dict[str, Any], msg: Incoming, t0: float) -> None:
+    async def _handle(self, reg: Registration, subject: str, message: dict[str, Any], msg: Incoming, t0: float,
+                      delivery: Delivery, tracked: bool) -> None:
         metrics = self.metrics
         replies = self.replies
         pending = replies.pending
         mid = message["id"]
-        delivery = Delivery(message, msg.reply or None, subject, reg.fallback)
         prior = pending.setdefault(mid, delivery)
         if prior is not delivery:
             if prior.answered:
@@ -338,9 +355,7 @@ class Dispatcher:
                 trace = carried(headers)
                 if trace is not None:
                     token = CURRENT.set(trace)
-        tracked = not reg.system and message["type"] in _TASK_TYPES  # a task: its status kept, its requester may cancel
         if tracked:
-            delivery.task = asyncio.current_task()
             if self.verifier is not None:
                 delivery.key = self._signer_of(msg)
             if self.tasks.waiting:
@@ -517,7 +532,11 @@ class Dispatcher:
     async def run_counted(self, queued: Queued) -> None:
         """Run queued's handler now, counted as in flight, and return when it has answered."""
         self.inflight += 1  # _handle counts it down
-        await self._handle(queued.reg, queued.subject, queued.message, queued.msg, queued.t0)
+        delivery = queued.delivery()
+        tracked = queued.message["type"] in _TASK_TYPES and not queued.reg.system
+        if tracked:
+            delivery.task = asyncio.current_task()
+        await self._handle(queued.reg, queued.subject, queued.message, queued.msg, queued.t0, delivery, tracked)
 
     def finish(self, queued: Queued, replay: Any) -> None:
         """Record a message as handled for duplicate detection: replay is its result, DONE, or MISS to forget it."""

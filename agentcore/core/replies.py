@@ -15,7 +15,7 @@ from ..envelope import VERSION, encode, error_payload, new_id, new_message
 from ..errors import AgentCoreError, EnvelopeError, PayloadTooLargeError
 from ..metrics import AgentMetrics
 from ..transport.connection import Connection
-from ..transport.inline import send_now
+from ..transport.inline import queue_now, send_now
 from ..transport.offload import offer_result
 from ..transport.settlement import Settlement
 from ..transport.tracecontext import CURRENT
@@ -142,7 +142,8 @@ class Replies:
             return
         nc: NATSClient = self.connection.nc  # type: ignore[assignment]  # connected: the request came over it
         trace = CURRENT.get()  # the trace headers of the task being answered, passed on (None: none came)
-        if not send_now(nc, dest, data, headers=trace):  # at once when nothing is pending (inline: no extra coroutine)
+        # At once when nothing is pending, else behind what is (inline either way: no extra coroutine).
+        if not send_now(nc, dest, data, headers=trace) and not queue_now(nc, dest, data, headers=trace):
             await nc.publish(dest, data, headers=trace)
         self.metrics.published += 1
 

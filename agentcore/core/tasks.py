@@ -4,7 +4,9 @@ A task is known by (requester source.id, task id): ids are the sender's, so the 
 another task, and a stranger's query or cancel finds nothing of anyone else's. A running task is its Delivery,
 already held by id while it is answered (``Replies.pending``): the handler's Task and signing key ride on it, so
 starting a handler costs no record. A queued task has a small record until its handler starts. A finished task
-leaves (state, time) in two generations of plain dicts, bounded by ``tasks.max_status_bytes`` (see TaskTable).
+leaves (state, time) in two generations, bounded by ``tasks.max_status_bytes`` (see TaskTable): each generation
+is a plain list of finished tasks until a status query first needs it by key, and a dict from then on, so a task
+that nobody asks about costs one list append, not a dict insert.
 """
 
 from __future__ import annotations
@@ -20,7 +22,19 @@ __all__ = ("QUEUED", "RUNNING", "DONE", "FAILED", "CANCELLED", "STATES", "TaskRe
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
-_OVERHEAD = 200  # bytes a finished record costs besides its ids (the tuples, the dict entry, the float)
+_OVERHEAD = 200  # bytes a finished record costs besides its ids (the tuples, the list or dict entry, the float)
+
+# A generation of finished records: (source_id, task_id, state, since) in finishing order, or, once a status query
+# needed it by key, (source_id, task_id) -> (state, since).
+_Finished = list[tuple[str, str, str, float]]
+_ByKey = dict[tuple[str, str], tuple[str, float]]
+
+
+def _by_key(generation: _Finished | _ByKey) -> _ByKey:
+    """Return generation as a dict by (source_id, task_id): a later record of one key wins, as a dict insert would."""
+    if isinstance(generation, dict):
+        return generation
+    return {(source_id, task_id): (state, since) for source_id, task_id, state, since in generation}
 
 
 class TaskRecord:
@@ -61,15 +75,16 @@ class TaskTable:
     """The lifecycle of the tasks this agent serves (see the module docstring).
 
     Finished tasks go to the young generation; once it holds half the byte bound it becomes the old one and the
-    old one is dropped. So the most recent ones are kept, never more than the bound, at one dict insert each.
+    old one is dropped. So the most recent ones are kept, never more than the bound, at one list append each (a
+    dict insert each once a status query has asked for a record of that generation).
     """
 
     def __init__(self, max_bytes: int, counters: Counter[str], pending: dict[str, Delivery]) -> None:
         self.max_bytes = max_bytes
         self.waiting: dict[tuple[str, str], TaskRecord] = {}  # queued tasks (bounded by agent.max_queued)
         self._pending = pending  # message id -> the delivery being answered (Replies.pending)
-        self._young: dict[tuple[str, str], tuple[str, float]] = {}
-        self._old: dict[tuple[str, str], tuple[str, float]] = {}
+        self._young: _Finished | _ByKey = []
+        self._old: _Finished | _ByKey = []
         self._young_bytes = 0
         self._old_bytes = 0
         self._counters = counters
@@ -100,12 +115,16 @@ class TaskTable:
     def finished(self, message: dict[str, Any], state: str) -> None:
         """Record how a task ended."""
         source_id, task_id = message["source"]["id"], message["id"]
-        self._young[(source_id, task_id)] = (state, time.time())
+        young = self._young
+        if isinstance(young, list):
+            young.append((source_id, task_id, state, time.time()))
+        else:
+            young[(source_id, task_id)] = (state, time.time())
         self._young_bytes += _OVERHEAD + len(source_id) + len(task_id)
         if self._young_bytes > self.max_bytes // 2:
             self._counters["task_records_evicted"] += len(self._old)
-            self._old, self._old_bytes = self._young, self._young_bytes
-            self._young, self._young_bytes = {}, 0
+            self._old, self._old_bytes = young, self._young_bytes
+            self._young, self._young_bytes = [], 0
 
     # ------------------------------------------------------------------ what requesters see
 
@@ -128,7 +147,12 @@ class TaskTable:
         if delivery is not None and delivery.message["source"]["id"] == source_id:
             return (CANCELLED, None) if delivery.cancelled else (RUNNING, None)  # (an answer still owed: running)
         key = (source_id, task_id)
-        return self._young.get(key) or self._old.get(key)
+        young = self._young = _by_key(self._young)  # once per generation at most: later queries find it by key
+        found = young.get(key)
+        if found is None:
+            old = self._old = _by_key(self._old)
+            found = old.get(key)
+        return found
 
     def requester_of(self, task_id: str) -> str | None:
         """Return the source.id of some task task_id this agent knows (for control.allow agents; a scan, rarely used)."""
@@ -136,9 +160,9 @@ class TaskTable:
         if delivery is not None:
             return str(delivery.message["source"]["id"])
         for records in (self.waiting, self._young, self._old):
-            for source_id, known in records:
-                if known == task_id:
-                    return source_id
+            for entry in records:  # (source_id, task_id) keys, or (source_id, task_id, state, since) records
+                if entry[1] == task_id:
+                    return entry[0]
         return None
 
     def cancel(self, live: Live) -> bool:

@@ -29,7 +29,7 @@ from .tracecontext import TRACE_HEADERS
 
 from .reader import take_over
 
-__all__ = ("deliver_inline", "forget_connection", "send_now", "RequestMux", "REJECT", "Accept", "MAX_NAMED_SUBJECT")
+__all__ = ("deliver_inline", "forget_connection", "send_now", "queue_now", "RequestMux", "REJECT", "Accept", "MAX_NAMED_SUBJECT")
 
 log = logging.getLogger("agentcore.agent")
 
@@ -97,6 +97,25 @@ def _header_block(headers: dict[str, str]) -> bytes | None:
     return b"".join(lines)
 
 
+def _command(nc: NATSClient, subject: str, reply: str, data: bytes, headers: dict[str, str] | None) -> bytes | None:
+    """Return the PUB (HPUB with trace headers) nc.publish would write, its subjects checked as it checks them.
+
+    None when the headers are not plain trace headers (nc.publish cleans those).
+    """
+    if headers is None:
+        command = pub_cmd(subject, reply, data)
+    else:  # trace headers passed through: HPUB, as nc.publish would write it
+        block = _header_block(headers)
+        if block is None:
+            return None
+        command = hpub_cmd(subject, reply, block, data)
+    if _validate_subject is not None and not getattr(nc, "_skip_subject_validation", False):
+        _validate_subject(subject)
+        if reply:
+            _validate_subject(reply)
+    return command
+
+
 def send_now(nc: NATSClient, subject: str, data: bytes, reply: str = "", headers: dict[str, str] | None = None) -> bool:
     """Write one PUB straight to the socket, as nc.publish would queue it; False when nc.publish must send it.
 
@@ -124,22 +143,49 @@ def send_now(nc: NATSClient, subject: str, data: bytes, reply: str = "", headers
             return False
     except AttributeError:  # a nats-py whose internals differ: its own publish
         return False
-    if headers is None:
-        command = pub_cmd(subject, reply, data)
-    else:  # trace headers passed through: HPUB, as nc.publish would write it
-        block = _header_block(headers)
-        if block is None:
-            return False
-        command = hpub_cmd(subject, reply, block, data)
-    if _validate_subject is not None and not getattr(nc, "_skip_subject_validation", False):
-        _validate_subject(subject)
-        if reply:
-            _validate_subject(reply)
+    command = _command(nc, subject, reply, data, headers)
+    if command is None:
+        return False
     nc.stats["out_msgs"] += 1
     nc.stats["out_bytes"] += len(data)
     transport.write(command)
     _sent_now.add(nc)
     asyncio.get_running_loop().call_soon(_sent_now.discard, nc)
+    return True
+
+
+def queue_now(nc: NATSClient, subject: str, data: bytes, reply: str = "", headers: dict[str, str] | None = None) -> bool:
+    """Append one PUB to nc's pending buffer and kick its flusher, as nc.publish does; False when nc.publish must.
+
+    What send_now declines (something is pending, or this iteration already wrote directly) goes out through
+    nats-py's flusher in order either way; nc.publish gets there through three awaited coroutines per message,
+    which a burst of answers (a read chunk of pipelined requests) pays for each one. Only the plain case is
+    taken: connected, the flusher alive and already kicked or kickable, the pending buffer within its limit;
+    anything else (a forced flush, a reconnect's buffering, a wrapped publish) stays nc.publish's.
+    """
+    try:
+        if nc._status != _CONNECTED or not subject or len(data) > nc._max_payload:
+            return False
+        if type(nc).publish is not _NATS_PUBLISH or "publish" in nc.__dict__:
+            return False
+        queue = nc._flush_queue
+        flusher = nc._flusher_task
+        if queue is None or flusher is None or flusher.done():
+            return False
+        pending = nc._pending
+        size = nc._pending_data_size
+        limit = nc._max_pending_size
+    except AttributeError:  # a nats-py whose internals differ: its own publish
+        return False
+    command = _command(nc, subject, reply, data, headers)
+    if command is None or 0 < limit < size + len(command):
+        return False  # headers to clean, or a full pending buffer nc.publish flushes with a wait: its own path
+    nc.stats["out_msgs"] += 1
+    nc.stats["out_bytes"] += len(data)
+    pending.append(command)
+    nc._pending_data_size = size + len(command)
+    if queue.empty():  # the flusher is not kicked yet: what nc.publish's _flush_pending does (an empty queue has room)
+        queue.put_nowait(asyncio.get_running_loop().create_future())
     return True
 
 
@@ -211,13 +257,17 @@ class RequestMux:
 
         Raise nats' NoRespondersError or TimeoutError. inbox, when given, gets the reply inbox appended.
         """
-        nc = self.nc
-
-        async def publish(inbox: str) -> None:
-            if not send_now(nc, subject, data, inbox, headers):
-                await nc.publish(subject, data, reply=inbox, headers=headers)
-
-        return await self.request_via(publish, timeout, accept, subject, inbox)
+        _check_timeout(timeout)
+        if self._sub is None:
+            await self._start()  # SUB goes out before the PUB on the same connection: no flush needed
+        token, fut, reply = self._open(timeout, accept, subject, inbox)
+        try:
+            nc = self.nc  # written at once, else queued behind what is pending: no publish coroutine per request
+            if not send_now(nc, subject, data, reply, headers) and not queue_now(nc, subject, data, reply, headers):
+                await nc.publish(subject, data, reply=reply, headers=headers)
+            return await fut
+        finally:
+            self._waiting.pop(token, None)
 
     async def request_via(self, publish: Callable[[str], Awaitable[None]], timeout: float, accept: Accept | None = None,
                           subject: str = "", inbox: list[str] | None = None) -> Any:
@@ -226,23 +276,28 @@ class RequestMux:
         subject is where publish sends the request: a permission violation the server reports for it fails the
         request at once (fail_subject). inbox, when given, receives the inbox used (a cancel names it).
         """
-        if not timeout >= 0:  # NaN would never compare due and stall every other request's deadline in the heap
-            raise ValueError(f"request timeout must be a number >= 0, got {timeout!r}")
+        _check_timeout(timeout)
         if self._sub is None:
             await self._start()  # SUB goes out before the PUB on the same connection: no flush needed
+        token, fut, reply = self._open(timeout, accept, subject, inbox)
+        try:
+            await publish(reply)
+            return await fut
+        finally:
+            self._waiting.pop(token, None)
+
+    def _open(self, timeout: float, accept: Accept | None, subject: str,
+              inbox: list[str] | None) -> tuple[str, asyncio.Future[Any], str]:
+        """Start waiting for a reply within timeout: return (token, the future it resolves, the reply inbox)."""
         token = str(next(self._tokens))
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        waiting = self._waiting
-        waiting[token] = (fut, accept, subject)
+        self._waiting[token] = (fut, accept, subject)
         self._expire_at(loop, loop.time() + timeout, token)
+        reply = self._prefix + token
         if inbox is not None:
-            inbox.append(self._prefix + token)
-        try:
-            await publish(self._prefix + token)
-            return await fut
-        finally:
-            waiting.pop(token, None)
+            inbox.append(reply)
+        return token, fut, reply
 
     def _expire_at(self, loop: asyncio.AbstractEventLoop, when: float, token: str) -> None:
         """Time out the request token at when (loop time), unless it has its answer by then."""
@@ -333,6 +388,11 @@ class RequestMux:
 
 
 _RESOLUTION = time.get_clock_info("monotonic").resolution
+
+
+def _check_timeout(timeout: float) -> None:
+    if not timeout >= 0:  # NaN would never compare due and stall every other request's deadline in the heap
+        raise ValueError(f"request timeout must be a number >= 0, got {timeout!r}")
 
 
 def _expire(fut: asyncio.Future[Any]) -> None:

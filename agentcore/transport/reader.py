@@ -37,7 +37,7 @@ _CRLF_SIZE = 2
 class _Target:
     """Delivers one subscription's frames as nats-py's _process_msg would, minus the pending queue."""
 
-    __slots__ = ("nc", "sub", "sid", "dispatch", "msg_class", "targets")
+    __slots__ = ("nc", "sub", "sid", "dispatch", "msg_class", "targets", "subs")
 
     def __init__(self, nc: NATSClient, sub: Subscription, dispatch: Callable[[Msg], None],
                  targets: dict[int, _Target]) -> None:
@@ -47,23 +47,23 @@ class _Target:
         self.sid: int = sub._id
         self.dispatch = dispatch
         self.msg_class: type[Msg] = nc.msg_class
+        self.subs: dict[int, Subscription] = nc._subs  # nats-py's sid -> subscription (one dict per client)
 
     def __call__(self, subject: str, reply: str, data: bytes) -> None:
         sub = self.sub
-        nc = self.nc
-        if nc._subs.get(self.sid) is not sub:  # unsubscribed or drained: nats-py drops what still arrives for it
+        if self.subs.get(self.sid) is not sub:  # unsubscribed or drained: nats-py drops what still arrives for it
             self.targets.pop(self.sid, None)
             return
         sub._received += 1
         if sub._max_msgs and sub._received >= sub._max_msgs:  # unsubscribe(limit=n) since: nats-py's auto-unsubscribe
-            nc._subs.pop(self.sid, None)
+            self.subs.pop(self.sid, None)
         limit = sub._pending_bytes_limit
         if 0 < limit <= len(data):  # nats-py's slow-consumer rule (the inline queue never holds one message)
             asyncio.ensure_future(
-                nc._error_cb(nats.errors.SlowConsumerError(subject=subject, reply=reply, sid=self.sid, sub=sub)))
+                self.nc._error_cb(nats.errors.SlowConsumerError(subject=subject, reply=reply, sid=self.sid, sub=sub)))
             return
         try:
-            self.dispatch(self.msg_class(nc, subject, reply, data, None, None, False, self.sid))
+            self.dispatch(self.msg_class(self.nc, subject, reply, data, None, None, False, self.sid))
         except Exception:  # never into nats-py's read loop: that would drop the connection
             log.exception("dispatching a message on %s failed", subject)
 

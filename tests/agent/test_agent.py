@@ -578,6 +578,29 @@ async def test_latency_bound_sends_skip_nats_py_flusher_and_keep_order(make_agen
     await eventually(lambda: got == [b"first", b"second"])
 
 
+async def test_sends_behind_pending_ones_are_queued_inline_in_order(make_agent, raw_nc) -> None:
+    """What cannot be written at once is appended to nats-py's pending buffer as nc.publish would, order kept."""
+    from agentcore.transport.inline import queue_now, send_now  # INTERNAL by design: this test checks the queueing itself
+    from nats_fixtures import subscribed
+
+    got: list[bytes] = []
+
+    async def collect(msg: Any) -> None:
+        got.append(msg.data)
+
+    await raw_nc.subscribe("queued.x", cb=collect)
+    await subscribed(raw_nc)
+    client = await make_agent("client")
+    await subscribed(client.nc)
+    sent = client.nc.stats["out_msgs"]
+    assert send_now(client.nc, "queued.x", b"1") is True
+    assert queue_now(client.nc, "queued.x", b"2") is True  # behind the direct write: into the pending buffer
+    await client.nc.publish("queued.x", b"3")
+    assert queue_now(client.nc, "queued.x", b"4", headers={"X-Other": "v"}) is False  # not a trace header: publish's
+    assert client.nc.stats["out_msgs"] == sent + 3
+    await eventually(lambda: got == [b"1", b"2", b"3"])
+
+
 async def test_overridden_public_methods_are_what_the_bus_sees(make_agent) -> None:
     """A subclass's describe() answers status and discovery; process_message assigned late still handles."""
 

@@ -14,7 +14,7 @@ import pytest
 from helpers import FakeClock
 
 NO_EXTENSIONS = bool(os.environ.get("AGENTCORE_NO_EXTENSIONS"))
-CORE_MODULES = ("subjects", "envelope", "cache", "batch", "wire")
+CORE_MODULES = ("subjects", "envelope", "cache", "batch", "wire", "eager")
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class CoreImplementation:
     cache: ModuleType
     batch: ModuleType
     wire: ModuleType
+    eager: ModuleType
 
 
 def load_core(compiled: bool) -> CoreImplementation:
@@ -70,6 +71,11 @@ def batch_module(core: CoreImplementation) -> ModuleType:
 @pytest.fixture(scope="session")
 def wire_module(core: CoreImplementation) -> ModuleType:
     return core.wire
+
+
+@pytest.fixture(scope="session")
+def eager_module(core: CoreImplementation) -> ModuleType:
+    return core.eager
 
 
 @pytest.fixture(scope="session")

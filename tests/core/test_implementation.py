@@ -16,12 +16,12 @@ import importlib, json
 from agentcore import _impl
 names = ("SubjectIndex", "subject_matches", "validate_subject", "validate_token", "MESSAGE_TYPES", "decode",
          "encode", "validate", "ContentCache", "canonical_hash", "content_hash", "BatchAccumulator", "scan_frames",
-         "frame_end")
+         "frame_end", "first_step")
 modules = {}
 for name in names:
     obj = getattr(_impl, name)
     modules[name] = getattr(obj, "__module__", None)
-files = {m: importlib.import_module(f"agentcore._ext.{m}").__file__ for m in ("subjects", "envelope", "cache", "batch", "wire")}
+files = {m: importlib.import_module(f"agentcore._ext.{m}").__file__ for m in ("subjects", "envelope", "cache", "batch", "wire", "eager")}
 print(json.dumps({"implementation": _impl.IMPLEMENTATION, "modules": modules, "files": files}))
 """
 
@@ -44,6 +44,7 @@ def test_c_extension_preferred_by_default() -> None:
     assert info["modules"]["SubjectIndex"] == "agentcore._ext.subjects"
     assert info["modules"]["BatchAccumulator"] == "agentcore._ext.batch"
     assert info["modules"]["scan_frames"] == "agentcore._ext.wire"
+    assert info["modules"]["first_step"] == "agentcore._ext.eager"
     for path in info["files"].values():
         assert path.endswith(".so") or path.endswith(".pyd")
 
@@ -56,6 +57,7 @@ def test_pure_python_when_asked() -> None:
     assert info["modules"]["BatchAccumulator"] == "agentcore._ext.batch_py"
     assert info["modules"]["decode"] == "agentcore._ext.envelope_py"
     assert info["modules"]["scan_frames"] == "agentcore._ext.wire_py"
+    assert info["modules"]["first_step"] == "agentcore._ext.eager_py"
 
 
 def _doc_body(obj: object) -> str:

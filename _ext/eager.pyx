@@ -1,0 +1,115 @@
+# cython: language_level=3
+"""Run a coroutine's first step as a given Task inside a given context, as that Task's own step would (compiled core).
+
+The step is sent with PyIter_Send (a finished coroutine returns, no StopIteration is raised and caught) inside the
+context entered with PyContext_Enter (no Context.run call): what a handler that answers at once costs to start.
+"""
+
+import asyncio
+import contextvars
+import sys
+from asyncio.tasks import _enter_task, _leave_task
+
+from cpython.ref cimport PyObject, Py_DECREF
+
+__all__ = ("FINISHED", "eager_start", "first_step")
+
+
+cdef extern from "Python.h":
+    ctypedef enum PySendResult:
+        PYGEN_RETURN
+        PYGEN_ERROR
+        PYGEN_NEXT
+    PySendResult PyIter_Send(object iter, object arg, PyObject** presult) except? PYGEN_ERROR
+    int PyContext_Enter(object ctx) except -1
+    int PyContext_Exit(object ctx) except -1
+
+
+#: What first_step returns when the coroutine finished in its first step (its return value is not kept).
+FINISHED = object()
+
+if sys.version_info >= (3, 12):
+    _current_task = asyncio.current_task  # implemented in C from 3.12
+else:  # a Python function before 3.12 that reads this dict (C, from _asyncio): read it directly
+    from asyncio.tasks import _current_tasks
+
+    _current_task = _current_tasks.get
+
+
+cdef object _get_running_loop = asyncio.get_running_loop
+cdef object _copy_context = contextvars.copy_context
+cdef object _CancelledError = asyncio.CancelledError
+
+
+def first_step(loop, task, context, coro):
+    """Send coro its first None as task (asyncio.current_task() is task) inside context.
+
+    Return FINISHED when that finished it, else what it yielded (the Future it waits on); raise what it raised.
+    Whatever Task was current before is current again afterwards.
+    """
+    cdef PyObject* result = NULL
+    cdef PySendResult status
+    outer = _current_task(loop)
+    if outer is not None:
+        _leave_task(loop, outer)
+    _enter_task(loop, task)
+    try:
+        PyContext_Enter(context)
+        try:
+            status = PyIter_Send(coro, None, &result)
+        finally:
+            PyContext_Exit(context)
+    finally:
+        _leave_task(loop, task)
+        if outer is not None:
+            _enter_task(loop, outer)
+    value = <object>result  # a new reference either way: the coroutine's return value or what it yielded
+    Py_DECREF(value)
+    if status == PYGEN_RETURN:
+        return FINISHED
+    return value
+
+
+def eager_start(local, make_spare, report, coro):
+    """Run coro's first step as local.spare's Task (made by make_spare(loop) when there is none to use).
+
+    Return None when the step finished it (its error, unless a cancellation, goes to report), the spare kept
+    for the next coroutine when its context is unchanged; else bind coro to the spare, whose Task carries on
+    with it, and return that Task. A spare has loop, task, context (the Task's), base (the caller context it
+    copied), step (the Task's driver: done, coro, first, gate) and retire(); agentcore._eager makes them.
+    """
+    loop = _get_running_loop()
+    spare = local.spare
+    if spare is None or spare.loop is not loop or spare.step.done or _copy_context() != spare.base:
+        if spare is not None and spare.loop is loop and not spare.step.done:
+            spare.retire()
+        spare = make_spare(loop)
+        local.spare = spare
+    task = spare.task
+    step = spare.step
+    context = spare.context
+    local.spare = None  # taken while its step runs: a coroutine started from inside that step gets a spare of its own
+    error = None
+    try:
+        first = first_step(loop, task, context, coro)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # reported below, as a Task of its own would report it
+        first = FINISHED
+        error = exc
+    if first is FINISHED:  # finished in the first step: the spare serves the next coroutine
+        if context != spare.base or local.spare is not None:  # changed, or a nested start left a spare already
+            spare.retire()
+        else:
+            local.spare = spare
+        if error is not None and not isinstance(error, _CancelledError):
+            report(error)
+        return None
+    # Suspended: the spare Task becomes this coroutine's Task and picks it up where the step stopped.
+    step.coro = coro
+    step.first = first
+    gate = step.gate
+    step.gate = None
+    if gate is not None:  # the Task already parked: wake it to take over
+        gate.set_result(None)
+    return task
