@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,6 +25,7 @@ from a2a.types.a2a_pb2 import (
     TaskState,
 )
 from nats.aio.client import Client as NATSClient
+from nats.aio.msg import Msg
 
 from agentcore.a2a import BINDING_URI, PROTOCOL_VERSION, A2ANatsServer, register, url_for
 from agentcore.a2a.jetstream import JetStreamEventStream, KVTaskStore
@@ -163,6 +164,15 @@ def factory(nc: NATSClient, *, streaming: bool, **options: Any) -> ClientFactory
     made = ClientFactory(ClientConfig(supported_protocol_bindings=[BINDING_URI], streaming=streaming))
     register(made, nc, **{"timeout": 10.0, **options})
     return made
+
+
+def into(found: list[Msg]) -> Callable[[Msg], Awaitable[None]]:
+    """A subscription callback keeping each message in found."""
+
+    async def keep(msg: Msg) -> None:
+        found.append(msg)
+
+    return keep
 
 
 def text_request(text: str) -> SendMessageRequest:

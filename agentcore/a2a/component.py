@@ -197,7 +197,8 @@ class A2A(Feature):
         if jetstream:
             import nats.js.errors
 
-            from .jetstream import JetStreamEventStream
+            from .claims import Claims
+            from .jetstream import JetStreamEventStream, inline_limit
             from .store import CappedKVTaskStore
             from .watch import replica_probe
 
@@ -206,15 +207,24 @@ class A2A(Feature):
             ttl = config["a2a.task_ttl"] or None
             cap = config["a2a.jetstream_max_bytes"]
             try:
+                limit = inline_limit(js)  # values and events beyond it are claim-checked in object stores (claims.py)
+                largest = config["a2a.max_request_bytes"]  # a claim naming more is not read
                 kv = CappedKVTaskStore(await js.create_key_value(bucket=f"A2A_TASKS_{bucket}", history=1, ttl=ttl,
-                                                                 max_bytes=cap), host.instance, cap)
+                                                                 max_bytes=cap), host.instance, cap,
+                                       claims=await Claims.open(js, f"A2A_TASKS_{bucket}_LARGE", limit, ttl=ttl,
+                                                                max_bytes=largest))
                 try:  # events beyond the bound push out the oldest (a late remote reader still has the KV snapshot)
                     await js.add_stream(name=f"A2A_EVENTS_{bucket}", subjects=[f"{served.prefix}.events.>"],
                                         max_age=config["a2a.events_ttl"], max_bytes=cap)
                 except nats.js.errors.BadRequestError:  # it exists: its settings are the deployment's
                     pass
                 # The event stream watches the task bucket and probes writers: a remote stream ends with its task.
-                events = JetStreamEventStream(js, served.prefix, tasks=kv.kv, probe=replica_probe(nc, served.prefix))
+                # Events are signed by the replica writing them and verified by the one reading (identity.*).
+                events = JetStreamEventStream(
+                    js, served.prefix, tasks=kv.kv, probe=replica_probe(nc, served.prefix),
+                    claims=await Claims.open(js, f"A2A_EVENTS_{bucket}_LARGE", limit, ttl=config["a2a.events_ttl"],
+                                             max_bytes=largest),
+                    signer=host.connection.signer, verifier=host.connection.verifier)
             except nats.errors.Error as exc:  # no JetStream on the server or account, or a bucket set up otherwise
                 raise PersistenceError(f"the A2A agent {served.name!r} keeps its tasks in JetStream, which refused: "
                                        f"{type(exc).__name__}: {exc}") from None
@@ -234,7 +244,8 @@ class A2A(Feature):
                                       verifier=host.connection.verifier,
                                       max_request_bytes=config["a2a.max_request_bytes"],
                                       max_pulls=config["a2a.max_pulls"], pulls_per_sender=config["a2a.pulls_per_sender"],
-                                      delegates=tuple(config["a2a.delegates"]))
+                                      delegates=tuple(config["a2a.delegates"]),
+                                      inboxes=host.connection.inbox_prefixes())
         served.handler = handler
         served.replica_subject = f"{served.prefix}.replica.{host.instance}.*"
         host.register(f"{served.prefix}.*", served.on_request, kind=RAW, queue=served.prefix)
@@ -311,6 +322,9 @@ class A2A(Feature):
         server = served.server
         if not msg.reply or server is None:
             self.dropped += 1
+            return
+        if not server.answers_to(msg.reply):  # no refusal either: it would go where the reply subject points
+            served.refused += 1
             return
         served.requests += 1
         streaming = msg.subject.rpartition(".")[2] in _STREAMING

@@ -7,6 +7,7 @@ the client's inbox are dropped."""
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ from typing import Any
 
 import nats
 import nkeys
+import orjson
 import pytest
 from a2a.client import ClientConfig, ClientFactory
 from a2a.types.a2a_pb2 import (
@@ -138,7 +140,7 @@ async def test_forged_answers_on_a_signed_clients_inbox_are_dropped(js_url: str)
     """A stranger who sees alice's requests answers them first, unsigned and signed by bob (trusted, but not the
     agent): both are dropped where nats-py reads them, and the agent's signed answer is taken."""
     gate = Gate(artifact="done")
-    async with replicas(js_url, gate) as (a, _b):
+    async with replicas(js_url, gate, gate) as (a, _b):  # whichever replica takes it, the forger releases it
         nc, attacker = await nats.connect(js_url), await nats.connect(js_url)
         forger = Signer(BOB.encode())
 
@@ -166,3 +168,49 @@ async def test_forged_answers_on_a_signed_clients_inbox_are_dropped(js_url: str)
             gate.release.set()
             await nc.close()
             await attacker.close()
+
+
+async def test_a_remote_reader_drops_events_a_stranger_publishes_on_the_event_stream(js_url: str) -> None:
+    """A stranger who may publish on PREFIX.events.> appends a forged final event (unsigned, then signed by bob),
+    a malformed one and a claim on another object to alice's task: alice, following the task from the replica that
+    does not run it, gets only the genuine events, ending with the genuine completion."""
+    gate = Gate(artifact="genuine")
+    async with replicas(js_url, gate) as (a, b):
+        nc, stranger = await nats.connect(js_url), await nats.connect(js_url)
+        try:
+            card = a.a2a_card()
+            await b.pause()
+            task_id = await within(started(client(nc, card, ALICE), "alice's"), "alice's SendMessage on a")
+            await within(gate.started.wait(), "the executor running on a")
+            await b.resume()
+            await a.pause()  # b answers SubscribeToTask, reading a's events from the stream
+            events: list[Any] = []
+
+            async def follow() -> None:
+                async for event in client(nc, card, ALICE, streaming=True).subscribe(SubscribeToTaskRequest(id=task_id)):
+                    events.append(event)
+                    if len(events) == 1:  # the task (the snapshot) came: now the stranger appends
+                        await forge()
+
+            async def forge() -> None:
+                token = base64.b32encode(task_id.encode()).decode().rstrip("=").lower()
+                subject = f"agents.test.a2a-protocol.echo.events.{token}"
+                final = orjson.dumps({"statusUpdate": {"taskId": task_id, "status": {"state": "TASK_STATE_FAILED",
+                                                                                     "message": {"messageId": "forged"}}}})
+                headers = {"A2A-Task-Version": "999999"}
+                await stranger.publish(subject, final, headers=headers)
+                await stranger.publish(subject, final, headers=Signer(BOB.encode()).headers(subject, "", final, headers))
+                await stranger.publish(subject, b"{garbage", headers=headers)
+                claim = orjson.dumps({"object": "other.task", "size": 10, "sha256": "0"})
+                await stranger.publish(subject, claim, headers={**headers, "A2A-Claim": "1"})
+                await stranger.flush()
+                gate.release.set()
+
+            await within(follow(), "alice following her task through b with forgeries on the stream")
+            assert "forged" not in str(events)
+            assert events[-1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
+            assert any(e.HasField("artifact_update") for e in events)
+        finally:
+            gate.release.set()
+            await nc.close()
+            await stranger.close()
