@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NATSClient
     from nats.aio.msg import Msg
 
+    from .jetstream import JetStreamEventStream
     from .server import A2ANatsServer
     from .store import BoundedTaskStore, CappedKVTaskStore
 
@@ -69,6 +70,7 @@ class Served:
     handler: DefaultRequestHandler | None = None
     store: BoundedTaskStore | CappedKVTaskStore | None = None
     stored_in: str = "memory"
+    events: JetStreamEventStream | None = None  # JetStream: the task events' stream (its dropped forgeries counted)
     published: AgentCard | None = None  # the card as served, with the NATS interface
     url: str = ""
     requests: int = 0
@@ -230,7 +232,7 @@ class A2A(Feature):
                                        f"{type(exc).__name__}: {exc}") from None
             handler = DefaultRequestHandler(agent_executor=executor, agent_card=card, task_store=kv, event_stream=events)
             locate = kv.replica_of
-            served.store = kv
+            served.store, served.events = kv, events
             served.stored_in = "jetstream"
         else:
             await self._alone(served, nc)
@@ -482,6 +484,7 @@ class A2A(Feature):
             "a2a_store_max_bytes": sum(store.max_bytes for store in memory),
             "a2a_store_evictions": sum(store.evictions for store in memory),
             "a2a_store_refused": sum(store.refused for store in stores),
+            "a2a_events_dropped": sum(s.events.dropped for s in self.served.values() if s.events is not None),
         }
         for s in self.served.values():  # signed-identity refusals and pulled bodies (the server's own counters)
             for key, n in (s.server.metrics() if s.server is not None else {}).items():

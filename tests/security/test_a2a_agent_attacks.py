@@ -6,6 +6,7 @@ anywhere), is counted, and an honest a2a-sdk client is served afterwards."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import nats
@@ -13,10 +14,10 @@ import orjson
 from a2a.types.a2a_pb2 import TaskState
 from a2a_support import Echo, factory, into, text_request
 from nats.aio.msg import Msg
-from nats_fixtures import subscribed, within
+from nats_fixtures import eventually, subscribed, within
 
 from agentcore import NATSAgent
-from agentcore.a2a.binding import H_ON_BEHALF_OF, H_REQUEST, H_VERSION
+from agentcore.a2a.binding import H_DIGEST, H_ON_BEHALF_OF, H_PULL, H_REQUEST, H_SIZE, H_VERSION
 
 PREFIX = "agents.test.a2a-protocol.echo"
 HELLO = b'{"message": {"messageId": "m-1", "role": "ROLE_USER", "parts": [{"text": "hello"}]}}'
@@ -121,3 +122,22 @@ async def test_requests_on_the_replica_subject_are_served_as_on_the_shared_one(m
         answer = await raw_nc.request(f"{subject}.{operation}", body, timeout=10.0, headers={H_VERSION: "1.0"})
         assert _reason(answer)[0] == reason, operation
     await _honest(agent, raw_nc)
+
+
+async def test_a_flood_of_offers_nobody_serves_is_bounded(make_agent: Any, raw_nc: nats.NATS) -> None:
+    """Offers of bodies beyond max_payload that the stranger never serves: one pull at a time (a2a.max_pulls), the
+    rest refused OVERLOADED at once, the stalled one failing after a2a.idle_timeout; honest requests go on."""
+    agent = await _agent(make_agent, a2a__max_pulls=1, a2a__idle_timeout=2.0)
+
+    async def offer() -> Msg:
+        headers = {H_VERSION: "1.0", H_REQUEST: "o" * 32, H_PULL: raw_nc.new_inbox(), H_SIZE: "10",
+                   H_DIGEST: "SHA-256=" + "A" * 43 + "="}
+        return await raw_nc.request(f"{PREFIX}.SendMessage", b"", timeout=10.0, headers=headers)
+
+    first = asyncio.ensure_future(offer())
+    await eventually(lambda: agent.get_metrics().get("a2a_pulls_active") == 1, what="the first pull in progress")
+    refused = [await within(offer(), "another offer") for _ in range(5)]
+    assert all(_reason(answer)[0] == "OVERLOADED" for answer in refused)
+    await _honest(agent, raw_nc)  # served while the stalled pull holds its slot
+    assert _reason(await within(first, "the stalled pull failing")) == ("INVALID_REQUEST", "pull_failed")
+    await eventually(lambda: agent.get_metrics()["a2a_pulls_active"] == 0, what="the pull slot freed")

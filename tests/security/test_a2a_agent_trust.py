@@ -52,16 +52,21 @@ def js_url() -> Iterator[str]:
         yield server.url
 
 
-def _config(url: str, seed: str) -> dict[str, Any]:
-    return {"nats.servers": [url], "nats.environment": "test", "agent.heartbeat_interval": 60.0,
-            "agent.duplicate_id": "allow", "jetstream.enabled": True, "identity.seed": seed,
-            "identity.trusted": TRUSTED, "identity.require": True, "a2a.delegates": ["worker"]}
+def _config(url: str, seed: str, signed: bool = True) -> dict[str, Any]:
+    config = {"nats.servers": [url], "nats.environment": "test", "agent.heartbeat_interval": 60.0,
+              "agent.duplicate_id": "allow", "jetstream.enabled": True}
+    if signed:
+        config.update({"identity.seed": seed, "identity.trusted": TRUSTED, "identity.require": True,
+                       "a2a.delegates": ["worker"]})
+    return config
 
 
 @asynccontextmanager
-async def replicas(url: str, gate: Gate, other: Gate | None = None) -> AsyncIterator[tuple[NATSAgent, NATSAgent]]:
-    """Two started replicas of the signed agent "worker" serving gate (on a) and other (on b) as the A2A agent "echo"."""
-    a, b = NATSAgent("worker", config=_config(url, REPLICA_A)), NATSAgent("worker", config=_config(url, REPLICA_B))
+async def replicas(url: str, gate: Gate, other: Gate | None = None,
+                   signed: bool = True) -> AsyncIterator[tuple[NATSAgent, NATSAgent]]:
+    """Two started replicas of the (signed) agent "worker" serving gate (on a) and other (on b) as the A2A agent "echo"."""
+    a = NATSAgent("worker", config=_config(url, REPLICA_A, signed))
+    b = NATSAgent("worker", config=_config(url, REPLICA_B, signed))
     a.serve_a2a(gate, name="echo")
     b.serve_a2a(other or Gate(), name="echo")
     await a.astart()
@@ -76,11 +81,12 @@ async def replicas(url: str, gate: Gate, other: Gate | None = None) -> AsyncIter
 
 
 def client(nc: NATSClient, card: AgentCard, seed: str | None, *, streaming: bool = False,
-           made: list[NatsTransport] | None = None) -> Any:
-    """An unmodified a2a-sdk client whose NATS transport signs with seed (None: unsigned) and takes only answers
-    signed by the agent "worker"."""
+           made: list[NatsTransport] | None = None, verify: bool = True) -> Any:
+    """An unmodified a2a-sdk client whose NATS transport signs with seed (None: unsigned) and (verify) takes only
+    answers signed by the agent "worker"."""
     me = Signer(seed.encode()) if seed else None
-    check = Verifier("client", AgentConfig({"identity.trusted": TRUSTED, "identity.require": True}), AgentMetrics(), me)
+    check = (Verifier("client", AgentConfig({"identity.trusted": TRUSTED, "identity.require": True}), AgentMetrics(), me)
+             if verify else None)
     factory = ClientFactory(ClientConfig(supported_protocol_bindings=[BINDING_URI], streaming=streaming))
 
     def producer(agent_card: Any, url: str, _config: ClientConfig) -> NatsTransport:
@@ -170,24 +176,28 @@ async def test_forged_answers_on_a_signed_clients_inbox_are_dropped(js_url: str)
             await attacker.close()
 
 
-async def test_a_remote_reader_drops_events_a_stranger_publishes_on_the_event_stream(js_url: str) -> None:
-    """A stranger who may publish on PREFIX.events.> appends a forged final event (unsigned, then signed by bob),
-    a malformed one and a claim on another object to alice's task: alice, following the task from the replica that
-    does not run it, gets only the genuine events, ending with the genuine completion."""
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+async def test_a_remote_reader_drops_events_a_stranger_publishes_on_the_event_stream(js_url: str, signed: bool) -> None:
+    """A stranger who may publish on PREFIX.events.> appends a malformed event and a claim on another task's object
+    to alice's task, and (signed identities only: without them, whoever may publish there writes the task's events)
+    a forged final event, unsigned and signed by bob: alice, following the task from the replica that does not run
+    it, gets only the genuine events, ending with the genuine completion."""
     gate = Gate(artifact="genuine")
-    async with replicas(js_url, gate) as (a, b):
+    seed = ALICE if signed else None
+    async with replicas(js_url, gate, signed=signed) as (a, b):
         nc, stranger = await nats.connect(js_url), await nats.connect(js_url)
         try:
             card = a.a2a_card()
             await b.pause()
-            task_id = await within(started(client(nc, card, ALICE), "alice's"), "alice's SendMessage on a")
+            task_id = await within(started(client(nc, card, seed, verify=signed), "alice's"), "alice's SendMessage on a")
             await within(gate.started.wait(), "the executor running on a")
             await b.resume()
             await a.pause()  # b answers SubscribeToTask, reading a's events from the stream
             events: list[Any] = []
 
             async def follow() -> None:
-                async for event in client(nc, card, ALICE, streaming=True).subscribe(SubscribeToTaskRequest(id=task_id)):
+                following = client(nc, card, seed, streaming=True, verify=signed)
+                async for event in following.subscribe(SubscribeToTaskRequest(id=task_id)):
                     events.append(event)
                     if len(events) == 1:  # the task (the snapshot) came: now the stranger appends
                         await forge()
@@ -198,8 +208,9 @@ async def test_a_remote_reader_drops_events_a_stranger_publishes_on_the_event_st
                 final = orjson.dumps({"statusUpdate": {"taskId": task_id, "status": {"state": "TASK_STATE_FAILED",
                                                                                      "message": {"messageId": "forged"}}}})
                 headers = {"A2A-Task-Version": "999999"}
-                await stranger.publish(subject, final, headers=headers)
-                await stranger.publish(subject, final, headers=Signer(BOB.encode()).headers(subject, "", final, headers))
+                if signed:
+                    await stranger.publish(subject, final, headers=headers)
+                    await stranger.publish(subject, final, headers=Signer(BOB.encode()).headers(subject, "", final, headers))
                 await stranger.publish(subject, b"{garbage", headers=headers)
                 claim = orjson.dumps({"object": "other.task", "size": 10, "sha256": "0"})
                 await stranger.publish(subject, claim, headers={**headers, "A2A-Claim": "1"})
@@ -210,6 +221,7 @@ async def test_a_remote_reader_drops_events_a_stranger_publishes_on_the_event_st
             assert "forged" not in str(events)
             assert events[-1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
             assert any(e.HasField("artifact_update") for e in events)
+            assert b.get_metrics()["a2a_events_dropped"] == (4 if signed else 2)
         finally:
             gate.release.set()
             await nc.close()
