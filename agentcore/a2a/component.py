@@ -487,7 +487,10 @@ class A2A(Feature):
             "a2a_events_dropped": sum(s.events.dropped for s in self.served.values() if s.events is not None),
         }
         for s in self.served.values():  # signed-identity refusals and pulled bodies (the server's own counters)
-            for key, n in (s.server.metrics() if s.server is not None else {}).items():
+            counters = s.server.metrics() if s.server is not None else {}
+            for key, n in counters.items():
+                if not key.startswith("a2a_") and f"a2a_{key}" in counters:
+                    continue  # the pull gate's pulls_refused counts what the server counts as a2a_pulls_refused
                 key = key if key.startswith("a2a_") else f"a2a_{key}"  # the core's own pulls_active & co. stay its own
                 levels[key] = levels.get(key, 0) + n
         for bound, n in self.refused.items():

@@ -141,3 +141,4 @@ async def test_a_flood_of_offers_nobody_serves_is_bounded(make_agent: Any, raw_n
     await _honest(agent, raw_nc)  # served while the stalled pull holds its slot
     assert _reason(await within(first, "the stalled pull failing")) == ("INVALID_REQUEST", "pull_failed")
     await eventually(lambda: agent.get_metrics()["a2a_pulls_active"] == 0, what="the pull slot freed")
+    assert agent.get_metrics()["a2a_pulls_refused"] == 5
