@@ -214,7 +214,7 @@ class A2A(Feature):
                 kv = CappedKVTaskStore(await js.create_key_value(bucket=f"A2A_TASKS_{bucket}", history=1, ttl=ttl,
                                                                  max_bytes=cap), host.instance, cap,
                                        claims=await Claims.open(js, f"A2A_TASKS_{bucket}_LARGE", limit, ttl=ttl,
-                                                                max_bytes=largest))
+                                                                max_bytes=largest, bucket_bytes=cap))
                 try:  # events beyond the bound push out the oldest (a late remote reader still has the KV snapshot)
                     await js.add_stream(name=f"A2A_EVENTS_{bucket}", subjects=[f"{served.prefix}.events.>"],
                                         max_age=config["a2a.events_ttl"], max_bytes=cap)
@@ -225,7 +225,7 @@ class A2A(Feature):
                 events = JetStreamEventStream(
                     js, served.prefix, tasks=kv.kv, probe=replica_probe(nc, served.prefix),
                     claims=await Claims.open(js, f"A2A_EVENTS_{bucket}_LARGE", limit, ttl=config["a2a.events_ttl"],
-                                             max_bytes=largest),
+                                             max_bytes=largest, bucket_bytes=cap),
                     signer=host.connection.signer, verifier=host.connection.verifier)
             except nats.errors.Error as exc:  # no JetStream on the server or account, or a bucket set up otherwise
                 raise PersistenceError(f"the A2A agent {served.name!r} keeps its tasks in JetStream, which refused: "

@@ -7,17 +7,21 @@ anywhere), is counted, and an honest a2a-sdk client is served afterwards."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import nats
 import orjson
+import pytest
 from a2a.types.a2a_pb2 import TaskState
 from a2a_support import Echo, factory, into, text_request
 from nats.aio.msg import Msg
 from nats_fixtures import eventually, subscribed, within
 
 from agentcore import NATSAgent
+from agentcore.a2a import OverloadedError
 from agentcore.a2a.binding import H_DIGEST, H_ON_BEHALF_OF, H_PULL, H_REQUEST, H_SIZE, H_VERSION
+from agentcore.server import NATSServer
 
 PREFIX = "agents.test.a2a-protocol.echo"
 HELLO = b'{"message": {"messageId": "m-1", "role": "ROLE_USER", "parts": [{"text": "hello"}]}}'
@@ -142,3 +146,31 @@ async def test_a_flood_of_offers_nobody_serves_is_bounded(make_agent: Any, raw_n
     assert _reason(await within(first, "the stalled pull failing")) == ("INVALID_REQUEST", "pull_failed")
     await eventually(lambda: agent.get_metrics()["a2a_pulls_active"] == 0, what="the pull slot freed")
     assert agent.get_metrics()["a2a_pulls_refused"] == 5
+
+
+@pytest.fixture
+def js_url() -> Iterator[str]:
+    with NATSServer(jetstream=True) as server:
+        yield server.url
+
+
+async def test_large_tasks_are_bounded_by_the_object_stores_too(js_url: str) -> None:
+    """Tasks beyond max_payload leave only a small claim in the KV bucket: their bodies go to the _LARGE object
+    store, bounded by a2a.jetstream_max_bytes like the bucket, so large messages cannot fill JetStream's storage
+    past it: refused OVERLOADED, and a small task is still served."""
+    config = {"nats.servers": [js_url], "nats.environment": "test", "jetstream.enabled": True,
+              "a2a.jetstream_max_bytes": 4 * 1024 * 1024, "agent.heartbeat_interval": 60.0}
+    agent = NATSAgent("large-tasks", config=config)
+    agent.serve_a2a(Echo(), name="echo")
+    await agent.astart()
+    nc = await nats.connect(js_url)
+    try:
+        client = factory(nc, streaming=False).create(agent.a2a_card())
+        for _ in range(3):
+            with pytest.raises(OverloadedError):
+                await within(client.send_message(text_request("x" * 5_000_000)).__anext__(), "a large task")
+        await _honest(agent, nc)
+        assert agent.get_metrics()["a2a_errors_overloaded"] == 3
+    finally:
+        await nc.close()
+        await agent.astop()
