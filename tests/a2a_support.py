@@ -124,6 +124,23 @@ async def serving(nats_url: str, executor: AgentExecutor | None = None) -> Async
         await server_nc.close()
 
 
+@asynccontextmanager
+async def a2a_server(nats_url: str, executor: AgentExecutor, **options: Any) -> AsyncIterator[A2ANatsServer]:
+    """A standalone A2ANatsServer for executor (memory store, the echo card) on a connection of its own; options go
+    to A2ANatsServer (signer, verifier, delegates, bounds...)."""
+    agent_card = card(nats_url)
+    nc = await nats.connect(nats_url)
+    handler = DefaultRequestHandler(agent_executor=executor, task_store=InMemoryTaskStore(), agent_card=agent_card)
+    server = A2ANatsServer(nc, handler, agent_card, PREFIX, **options)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+        await handler.aclose()
+        await nc.close()
+
+
 class Replica:
     """One replica of the echo agent: its own connection and DefaultRequestHandler, the shared KV bucket and event
     stream (watching the task's key and probing writers, with short intervals, when watch is set)."""
