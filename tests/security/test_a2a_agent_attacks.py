@@ -142,6 +142,7 @@ async def test_a_flood_of_offers_nobody_serves_is_bounded(make_agent: Any, raw_n
     await eventually(lambda: agent.get_metrics().get("a2a_pulls_active") == 1, what="the first pull in progress")
     refused = [await within(offer(), "another offer") for _ in range(5)]
     assert all(_reason(answer)[0] == "OVERLOADED" for answer in refused)
+    assert {orjson.loads(answer.data)["error"]["details"][0]["metadata"]["bound"] for answer in refused} == {"a2a.max_pulls"}
     await _honest(agent, raw_nc)  # served while the stalled pull holds its slot
     assert _reason(await within(first, "the stalled pull failing")) == ("INVALID_REQUEST", "pull_failed")
     await eventually(lambda: agent.get_metrics()["a2a_pulls_active"] == 0, what="the pull slot freed")
