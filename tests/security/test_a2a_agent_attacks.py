@@ -14,7 +14,7 @@ import nats
 import orjson
 import pytest
 from a2a.types.a2a_pb2 import TaskState
-from a2a_support import Echo, factory, into, text_request
+from a2a_support import Echo, a2a_server, factory, into, text_request
 from nats.aio.msg import Msg
 from nats_fixtures import eventually, subscribed, within
 
@@ -175,3 +175,22 @@ async def test_large_tasks_are_bounded_by_the_object_stores_too(js_url: str) -> 
     finally:
         await nc.close()
         await agent.astop()
+
+
+async def test_a_replica_id_that_is_no_subject_token_is_never_forwarded_to(nats_url: str, raw_nc: nats.NATS) -> None:
+    """Whoever can write the task bucket can name any "replica" for a task: one that is no subject token (a wildcard,
+    several tokens) gets no forwarded CancelTask; the cancel is handled where it arrived."""
+    named: list[str] = []
+
+    async def locate(task_id: str, _context: Any) -> str:
+        named.append(task_id)
+        return "evil.>"
+
+    seen: list[Msg] = []
+    await raw_nc.subscribe(f"{PREFIX}.replica.>", cb=into(seen))
+    await subscribed(raw_nc)
+    async with a2a_server(nats_url, Echo(), replica="r1", locate=locate):
+        answer = await raw_nc.request(f"{PREFIX}.CancelTask", b'{"id": "t-1"}', timeout=10.0, headers={H_VERSION: "1.0"})
+        assert _reason(answer)[0] == "TASK_NOT_FOUND" and named == ["t-1"]
+        await within(raw_nc.request(f"{PREFIX}.AgentCard", b"", timeout=10.0), "a later request served")
+    assert seen == []
