@@ -219,7 +219,8 @@ class JetStreamEventStream(TaskEventStream):
     @classmethod
     async def open(cls, js: JetStreamContext, name: str, prefix: str, *, max_age: float = 3600.0,
                    tasks: KeyValue | None = None, probe: Probe | None = None, probe_interval: float = 5.0,
-                   grace: float = 1.0, max_event_bytes: int = 64 * 1024 * 1024) -> JetStreamEventStream:
+                   grace: float = 1.0, max_event_bytes: int = 64 * 1024 * 1024, signer: Signer | None = None,
+                   verifier: Verifier | None = None) -> JetStreamEventStream:
         """Create (or bind to) the stream, and the object store {name}_LARGE (events beyond max_payload, kept as long
         as the stream keeps events); tasks: the KVTaskStore's bucket, to watch."""
         try:
@@ -227,7 +228,8 @@ class JetStreamEventStream(TaskEventStream):
         except nats.js.errors.BadRequestError:  # it exists (its settings are the deployment's)
             pass
         claims = await Claims.open(js, f"{name}_LARGE", inline_limit(js), ttl=max_age, max_bytes=max_event_bytes)
-        return cls(js, prefix, tasks=tasks, probe=probe, probe_interval=probe_interval, grace=grace, claims=claims)
+        return cls(js, prefix, tasks=tasks, probe=probe, probe_interval=probe_interval, grace=grace, claims=claims,
+                   signer=signer, verifier=verifier)
 
     def _subject(self, task_id: str) -> str:
         return f"{self.prefix}.events.{_token(task_id)}"
