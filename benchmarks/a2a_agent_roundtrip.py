@@ -20,10 +20,9 @@ from typing import Any
 
 async def main(blocks: int, calls: int) -> None:
     import nats
+    from a2a_echo import message_echo
     from a2a.client import ClientConfig, ClientFactory
     from a2a.helpers import new_text_message
-    from a2a.server.agent_execution import AgentExecutor, RequestContext
-    from a2a.server.events import EventQueue
     from a2a.server.request_handlers import DefaultRequestHandler
     from a2a.server.tasks import InMemoryTaskStore
     from a2a.types.a2a_pb2 import Role, SendMessageRequest
@@ -32,24 +31,18 @@ async def main(blocks: int, calls: int) -> None:
     from agentcore.a2a import BINDING_URI, A2ANatsServer, register
     from agentcore.server import NATSServer
 
-    class Reply(AgentExecutor):
-        async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
-            await event_queue.enqueue_event(new_text_message(context.get_user_input(), role=Role.ROLE_AGENT))
-
-        async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
-            return None
 
     with NATSServer() as server:
         agent = NATSAgent("bench-a2a", "bench", {"nats.servers": [server.url], "nats.environment": "bench",
                                                  "agent.heartbeat_interval": 60.0})
-        agent.serve_a2a(Reply(), name="agent")
+        agent.serve_a2a(message_echo(), name="agent")
         await agent.astart()
         card = agent.a2a_card()
         solo_card = type(card)()
         solo_card.CopyFrom(card)
         solo_card.supported_interfaces[0].url = card.supported_interfaces[0].url.replace(".agent", ".solo")
         solo_nc = await nats.connect(server.url)
-        handler = DefaultRequestHandler(agent_executor=Reply(), task_store=InMemoryTaskStore(), agent_card=solo_card)
+        handler = DefaultRequestHandler(agent_executor=message_echo(), task_store=InMemoryTaskStore(), agent_card=solo_card)
         solo = A2ANatsServer(solo_nc, handler, solo_card, "agents.bench.a2a-protocol.solo")
         await solo.start()
         echo_nc = await nats.connect(server.url)

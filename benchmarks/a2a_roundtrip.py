@@ -48,29 +48,19 @@ def _card(nats_url: str, http_url: str) -> Any:
 def _serve(nats_url: str, http_port: int, ready: Any) -> None:
     """The server process: both interfaces over one handler, in one event loop."""
     import nats
+    from a2a_echo import message_echo
     import uvicorn
-    from a2a.helpers import new_text_message
-    from a2a.server.agent_execution import AgentExecutor, RequestContext
-    from a2a.server.events import EventQueue
     from a2a.server.request_handlers import DefaultRequestHandler
     from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
     from a2a.server.tasks import InMemoryTaskStore
-    from a2a.types.a2a_pb2 import Role
     from starlette.applications import Starlette
 
     from agentcore.a2a import A2ANatsServer
 
-    class Echo(AgentExecutor):
-        async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
-            await event_queue.enqueue_event(new_text_message(context.get_user_input(), role=Role.ROLE_AGENT,
-                                                             context_id=context.context_id))
-
-        async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
-            return None
 
     async def main() -> None:
         card = _card(nats_url, f"http://127.0.0.1:{http_port}/")
-        handler = DefaultRequestHandler(agent_executor=Echo(), task_store=InMemoryTaskStore(), agent_card=card)
+        handler = DefaultRequestHandler(agent_executor=message_echo(), task_store=InMemoryTaskStore(), agent_card=card)
         nc = await nats.connect(nats_url)
         await A2ANatsServer(nc, handler, card, PREFIX).start()
 

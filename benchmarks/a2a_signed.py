@@ -25,11 +25,10 @@ PREFIX = "agents.bench.a2a-protocol.echo"
 
 async def main(blocks: int, per_block: int) -> None:
     import nats
+    from a2a_echo import message_echo
     import nkeys
     from a2a.client import ClientConfig, ClientFactory
     from a2a.helpers import new_text_message
-    from a2a.server.agent_execution import AgentExecutor, RequestContext
-    from a2a.server.events import EventQueue
     from a2a.server.request_handlers import DefaultRequestHandler
     from a2a.server.tasks import InMemoryTaskStore
     from a2a.types.a2a_pb2 import (
@@ -42,13 +41,6 @@ async def main(blocks: int, per_block: int) -> None:
     from agentcore.server import NATSServer
     from agentcore.transport.identity import Signer, Verifier
 
-    class Echo(AgentExecutor):
-        async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
-            await event_queue.enqueue_event(new_text_message(context.get_user_input(), role=Role.ROLE_AGENT,
-                                                             context_id=context.context_id))
-
-        async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
-            return None
 
     def seed() -> bytes:
         return bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
@@ -71,7 +63,7 @@ async def main(blocks: int, per_block: int) -> None:
         nc = await nats.connect(server.url)
         servers = []
         for prefix, options in ((PREFIX, {}), (PREFIX + "-signed", {"signer": agent, "verifier": verifier("agent", agent)})):
-            handler = DefaultRequestHandler(agent_executor=Echo(), task_store=InMemoryTaskStore(), agent_card=card(prefix))
+            handler = DefaultRequestHandler(agent_executor=message_echo(), task_store=InMemoryTaskStore(), agent_card=card(prefix))
             servers.append(A2ANatsServer(nc, handler, card(prefix), prefix, **options))
             await servers[-1].start()
         client_nc = await nats.connect(server.url)

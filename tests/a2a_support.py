@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,6 +25,7 @@ from a2a.types.a2a_pb2 import (
     TaskState,
 )
 from nats.aio.client import Client as NATSClient
+from nats.aio.msg import Msg
 
 from agentcore.a2a import BINDING_URI, PROTOCOL_VERSION, A2ANatsServer, register, url_for
 from agentcore.a2a.jetstream import JetStreamEventStream, KVTaskStore
@@ -123,6 +124,23 @@ async def serving(nats_url: str, executor: AgentExecutor | None = None) -> Async
         await server_nc.close()
 
 
+@asynccontextmanager
+async def a2a_server(nats_url: str, executor: AgentExecutor, **options: Any) -> AsyncIterator[A2ANatsServer]:
+    """A standalone A2ANatsServer for executor (memory store, the echo card) on a connection of its own; options go
+    to A2ANatsServer (signer, verifier, delegates, bounds...)."""
+    agent_card = card(nats_url)
+    nc = await nats.connect(nats_url)
+    handler = DefaultRequestHandler(agent_executor=executor, task_store=InMemoryTaskStore(), agent_card=agent_card)
+    server = A2ANatsServer(nc, handler, agent_card, PREFIX, **options)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+        await handler.aclose()
+        await nc.close()
+
+
 class Replica:
     """One replica of the echo agent: its own connection and DefaultRequestHandler, the shared KV bucket and event
     stream (watching the task's key and probing writers, with short intervals, when watch is set)."""
@@ -163,6 +181,15 @@ def factory(nc: NATSClient, *, streaming: bool, **options: Any) -> ClientFactory
     made = ClientFactory(ClientConfig(supported_protocol_bindings=[BINDING_URI], streaming=streaming))
     register(made, nc, **{"timeout": 10.0, **options})
     return made
+
+
+def into(found: list[Msg]) -> Callable[[Msg], Awaitable[None]]:
+    """A subscription callback keeping each message in found."""
+
+    async def keep(msg: Msg) -> None:
+        found.append(msg)
+
+    return keep
 
 
 def text_request(text: str) -> SendMessageRequest:

@@ -31,9 +31,10 @@ class Claims:
 
     @classmethod
     async def open(cls, js: JetStreamContext, bucket: str, limit: int, *, ttl: float | None = None,
-                   max_bytes: int = 64 * 1024 * 1024) -> Claims:
-        """Create (or bind to) the object store bucket."""
-        return cls(await js.create_object_store(bucket=bucket, ttl=ttl), limit, max_bytes)
+                   max_bytes: int = 64 * 1024 * 1024, bucket_bytes: int = 0) -> Claims:
+        """Create (or bind to) the object store bucket, holding at most bucket_bytes (0: unbounded; a put beyond it
+        is refused by JetStream, which discards new data, not old)."""
+        return cls(await js.create_object_store(bucket=bucket, ttl=ttl, max_bytes=bucket_bytes), limit, max_bytes)
 
     def fits(self, data: bytes) -> bool:
         """Whether data may stay inline."""

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NATSClient
     from nats.aio.msg import Msg
 
+    from .jetstream import JetStreamEventStream
     from .server import A2ANatsServer
     from .store import BoundedTaskStore, CappedKVTaskStore
 
@@ -69,6 +70,7 @@ class Served:
     handler: DefaultRequestHandler | None = None
     store: BoundedTaskStore | CappedKVTaskStore | None = None
     stored_in: str = "memory"
+    events: JetStreamEventStream | None = None  # JetStream: the task events' stream (its dropped forgeries counted)
     published: AgentCard | None = None  # the card as served, with the NATS interface
     url: str = ""
     requests: int = 0
@@ -197,7 +199,8 @@ class A2A(Feature):
         if jetstream:
             import nats.js.errors
 
-            from .jetstream import JetStreamEventStream
+            from .claims import Claims
+            from .jetstream import JetStreamEventStream, inline_limit
             from .store import CappedKVTaskStore
             from .watch import replica_probe
 
@@ -206,21 +209,30 @@ class A2A(Feature):
             ttl = config["a2a.task_ttl"] or None
             cap = config["a2a.jetstream_max_bytes"]
             try:
+                limit = inline_limit(js)  # values and events beyond it are claim-checked in object stores (claims.py)
+                largest = config["a2a.max_request_bytes"]  # a claim naming more is not read
                 kv = CappedKVTaskStore(await js.create_key_value(bucket=f"A2A_TASKS_{bucket}", history=1, ttl=ttl,
-                                                                 max_bytes=cap), host.instance, cap)
+                                                                 max_bytes=cap), host.instance, cap,
+                                       claims=await Claims.open(js, f"A2A_TASKS_{bucket}_LARGE", limit, ttl=ttl,
+                                                                max_bytes=largest, bucket_bytes=cap))
                 try:  # events beyond the bound push out the oldest (a late remote reader still has the KV snapshot)
                     await js.add_stream(name=f"A2A_EVENTS_{bucket}", subjects=[f"{served.prefix}.events.>"],
                                         max_age=config["a2a.events_ttl"], max_bytes=cap)
                 except nats.js.errors.BadRequestError:  # it exists: its settings are the deployment's
                     pass
                 # The event stream watches the task bucket and probes writers: a remote stream ends with its task.
-                events = JetStreamEventStream(js, served.prefix, tasks=kv.kv, probe=replica_probe(nc, served.prefix))
+                # Events are signed by the replica writing them and verified by the one reading (identity.*).
+                events = JetStreamEventStream(
+                    js, served.prefix, tasks=kv.kv, probe=replica_probe(nc, served.prefix),
+                    claims=await Claims.open(js, f"A2A_EVENTS_{bucket}_LARGE", limit, ttl=config["a2a.events_ttl"],
+                                             max_bytes=largest, bucket_bytes=cap),
+                    signer=host.connection.signer, verifier=host.connection.verifier)
             except nats.errors.Error as exc:  # no JetStream on the server or account, or a bucket set up otherwise
                 raise PersistenceError(f"the A2A agent {served.name!r} keeps its tasks in JetStream, which refused: "
                                        f"{type(exc).__name__}: {exc}") from None
             handler = DefaultRequestHandler(agent_executor=executor, agent_card=card, task_store=kv, event_stream=events)
             locate = kv.replica_of
-            served.store = kv
+            served.store, served.events = kv, events
             served.stored_in = "jetstream"
         else:
             await self._alone(served, nc)
@@ -234,7 +246,8 @@ class A2A(Feature):
                                       verifier=host.connection.verifier,
                                       max_request_bytes=config["a2a.max_request_bytes"],
                                       max_pulls=config["a2a.max_pulls"], pulls_per_sender=config["a2a.pulls_per_sender"],
-                                      delegates=tuple(config["a2a.delegates"]))
+                                      delegates=tuple(config["a2a.delegates"]),
+                                      inboxes=host.connection.inbox_prefixes())
         served.handler = handler
         served.replica_subject = f"{served.prefix}.replica.{host.instance}.*"
         host.register(f"{served.prefix}.*", served.on_request, kind=RAW, queue=served.prefix)
@@ -311,6 +324,9 @@ class A2A(Feature):
         server = served.server
         if not msg.reply or server is None:
             self.dropped += 1
+            return
+        if not server.answers_to(msg.reply):  # no refusal either: it would go where the reply subject points
+            served.refused += 1
             return
         served.requests += 1
         streaming = msg.subject.rpartition(".")[2] in _STREAMING
@@ -468,9 +484,13 @@ class A2A(Feature):
             "a2a_store_max_bytes": sum(store.max_bytes for store in memory),
             "a2a_store_evictions": sum(store.evictions for store in memory),
             "a2a_store_refused": sum(store.refused for store in stores),
+            "a2a_events_dropped": sum(s.events.dropped for s in self.served.values() if s.events is not None),
         }
         for s in self.served.values():  # signed-identity refusals and pulled bodies (the server's own counters)
-            for key, n in (s.server.metrics() if s.server is not None else {}).items():
+            counters = s.server.metrics() if s.server is not None else {}
+            for key, n in counters.items():
+                if not key.startswith("a2a_") and f"a2a_{key}" in counters:
+                    continue  # the pull gate's pulls_refused counts what the server counts as a2a_pulls_refused
                 key = key if key.startswith("a2a_") else f"a2a_{key}"  # the core's own pulls_active & co. stay its own
                 levels[key] = levels.get(key, 0) + n
         for bound, n in self.refused.items():

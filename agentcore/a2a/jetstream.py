@@ -9,6 +9,7 @@ reads a task's events in order and skips those its snapshot already holds. Give 
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import AsyncGenerator
 
 import nats.js.errors
@@ -21,18 +22,22 @@ from a2a.server.events.event_queue import Event
 from a2a.server.owner_resolver import OwnerResolver, resolve_user_scope
 from a2a.types.a2a_pb2 import ListTasksRequest, ListTasksResponse, StreamResponse, Task, TaskState
 from a2a.utils.constants import DEFAULT_LIST_TASKS_PAGE_SIZE
-from a2a.utils.errors import InvalidParamsError
+from a2a.utils.errors import InternalError, InvalidParamsError
 from a2a.utils.proto_utils import parse_lenient, to_stream_response
 from a2a.utils.task import ListTasksCursor, decode_list_tasks_cursor, encode_list_tasks_cursor
-from google.protobuf.json_format import MessageToDict, MessageToJson
+from google.protobuf.json_format import MessageToDict, MessageToJson, ParseError
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
+from ..transport.identity import H_SENDER, Signer, Verifier
 from .binding import event_of
 from .claims import Claims
 from .watch import Probe, follow
 
 __all__ = ("JetStreamEventStream", "KVTaskStore")
+
+log = logging.getLogger(__name__)
 
 _TERMINAL = {TaskState.TASK_STATE_COMPLETED, TaskState.TASK_STATE_FAILED, TaskState.TASK_STATE_CANCELED,
              TaskState.TASK_STATE_REJECTED}
@@ -41,7 +46,7 @@ H_CLAIM = "A2A-Claim"  # an event whose body is a claim on the object store (too
 _HEADROOM = 4096  # KV/stream subjects and headers share max_payload with the value
 
 
-def _limit(js: JetStreamContext) -> int:
+def inline_limit(js: JetStreamContext) -> int:
     return int(js._nc.max_payload or 1024 * 1024) - _HEADROOM  # noqa: SLF001 - nats-py exposes no public accessor
 
 
@@ -78,7 +83,7 @@ class KVTaskStore(VersionedTaskStore):
     async def open(cls, js: JetStreamContext, bucket: str, *, replica: str = "", ttl: float | None = None,
                    max_task_bytes: int = 64 * 1024 * 1024) -> KVTaskStore:
         """Create (or bind to) the bucket, and the object store {bucket}_LARGE for tasks beyond max_payload."""
-        claims = await Claims.open(js, f"{bucket}_LARGE", _limit(js), ttl=ttl, max_bytes=max_task_bytes)
+        claims = await Claims.open(js, f"{bucket}_LARGE", inline_limit(js), ttl=ttl, max_bytes=max_task_bytes)
         return cls(await js.create_key_value(bucket=bucket, history=1, ttl=ttl), replica, claims=claims)
 
     def _key(self, task_id: str, context: ServerCallContext) -> str:
@@ -193,10 +198,17 @@ class JetStreamEventStream(TaskEventStream):
     """Task events on a JetStream stream over ``{prefix}.events.>``, one subject per task, in write order."""
 
     def __init__(self, js: JetStreamContext, prefix: str, *, tasks: KeyValue | None = None, probe: Probe | None = None,
-                 probe_interval: float = 5.0, grace: float = 1.0, claims: Claims | None = None) -> None:
+                 probe_interval: float = 5.0, grace: float = 1.0, claims: Claims | None = None,
+                 signer: Signer | None = None, verifier: Verifier | None = None) -> None:
         self.js = js
         self.prefix = prefix
         self.claims = claims  # events too large for one message go to an object store (claims.py)
+        # Anyone allowed to publish on PREFIX.events.> could append to a task's events: with signed identities each
+        # event is signed by the replica that writes it, and a reader takes only events signed by a key bound to its
+        # own agent id (the replicas'); without them the subject's publish permission is the only guard.
+        self.signer = signer
+        self.verifier = verifier
+        self.dropped = 0  # events read and not passed on: unsigned or forged, malformed, or a claim not the task's
         # With the tasks' bucket, a subscriber also watches the task's key, so that a replica dying between its KV
         # write and the event publish (or mid-task: probe) cannot leave a remote stream open forever (watch.py).
         self.tasks = tasks
@@ -207,15 +219,17 @@ class JetStreamEventStream(TaskEventStream):
     @classmethod
     async def open(cls, js: JetStreamContext, name: str, prefix: str, *, max_age: float = 3600.0,
                    tasks: KeyValue | None = None, probe: Probe | None = None, probe_interval: float = 5.0,
-                   grace: float = 1.0, max_event_bytes: int = 64 * 1024 * 1024) -> JetStreamEventStream:
+                   grace: float = 1.0, max_event_bytes: int = 64 * 1024 * 1024, signer: Signer | None = None,
+                   verifier: Verifier | None = None) -> JetStreamEventStream:
         """Create (or bind to) the stream, and the object store {name}_LARGE (events beyond max_payload, kept as long
         as the stream keeps events); tasks: the KVTaskStore's bucket, to watch."""
         try:
             await js.add_stream(name=name, subjects=[f"{prefix}.events.>"], max_age=max_age)
         except nats.js.errors.BadRequestError:  # it exists (its settings are the deployment's)
             pass
-        claims = await Claims.open(js, f"{name}_LARGE", _limit(js), ttl=max_age, max_bytes=max_event_bytes)
-        return cls(js, prefix, tasks=tasks, probe=probe, probe_interval=probe_interval, grace=grace, claims=claims)
+        claims = await Claims.open(js, f"{name}_LARGE", inline_limit(js), ttl=max_age, max_bytes=max_event_bytes)
+        return cls(js, prefix, tasks=tasks, probe=probe, probe_interval=probe_interval, grace=grace, claims=claims,
+                   signer=signer, verifier=verifier)
 
     def _subject(self, task_id: str) -> str:
         return f"{self.prefix}.events.{_token(task_id)}"
@@ -227,7 +241,10 @@ class JetStreamEventStream(TaskEventStream):
         headers = {H_VERSION: version, "Nats-Msg-Id": f"{_token(task_id)}:{version}"}
         if self.claims is not None and not self.claims.fits(body):
             body, headers[H_CLAIM] = orjson.dumps(await self.claims.put(_token(task_id), body)), "1"
-        await self.js.publish(self._subject(task_id), body, headers=headers)
+        subject = self._subject(task_id)
+        if self.signer is not None:
+            headers = self.signer.headers(subject, "", body, headers)
+        await self.js.publish(subject, body, headers=headers)
 
     async def subscribe(self, task_id: str, *, after: TaskVersion) -> AsyncGenerator[VersionedEvent, None]:
         """Yield task_id's events with a version after ``after``, in order, until the caller stops (or, watching the
@@ -248,14 +265,43 @@ class JetStreamEventStream(TaskEventStream):
                                       deliver_policy=api.DeliverPolicy.ALL)
         try:
             async for msg in sub.messages:
-                version = TaskVersion(int((msg.headers or {}).get(H_VERSION, "0")))
-                if version.is_after(after):
-                    data = msg.data
-                    if (msg.headers or {}).get(H_CLAIM) and self.claims is not None:
-                        data = await self.claims.get(orjson.loads(data))
-                    yield VersionedEvent(event_of(parse_lenient(data, StreamResponse())), version)
+                event = await self._event(task_id, msg, after)
+                if event is not None:
+                    yield event
         finally:
             await sub.unsubscribe()
+
+    async def _event(self, task_id: str, msg: Msg, after: TaskVersion) -> VersionedEvent | None:
+        """The event msg holds if it is after ``after`` and genuine; None otherwise (a stranger's is counted, dropped)."""
+        headers = msg.headers or {}
+        if not self._genuine(msg, headers):
+            self.dropped += 1
+            return None
+        try:
+            version = TaskVersion(int(headers.get(H_VERSION, "0")))
+            if not version.is_after(after):
+                return None
+            data = msg.data
+            if headers.get(H_CLAIM) and self.claims is not None:
+                claim = orjson.loads(data)
+                # Only an object written for this task: a claim naming another task's object would read it out.
+                if not isinstance(claim, dict) or not str(claim.get("object", "")).startswith(f"{_token(task_id)}."):
+                    raise ValueError("a claim on another task's object")
+                data = await self.claims.get(claim)
+            return VersionedEvent(event_of(parse_lenient(data, StreamResponse())), version)
+        except (ValueError, TypeError, ParseError, InternalError) as exc:  # orjson's and protobuf's errors included
+            log.warning("A2A task %s: an event on %s dropped: %s", task_id, msg.subject, exc)
+            self.dropped += 1
+            return None
+
+    def _genuine(self, msg: Msg, headers: dict[str, str]) -> bool:
+        verifier = self.verifier
+        if verifier is None or self.signer is None:
+            return True
+        owner = verifier.owner(headers.get(H_SENDER, ""))
+        if owner != verifier.agent_id:  # signed by a key not bound to this agent's id: not one of its replicas
+            return False
+        return verifier.check(msg.subject, "", headers, msg.data, owner, fresh=False) is None
 
     async def destroy(self, task_id: str) -> None:
         """Nothing at once: the stream's max_age removes a finished task's events, so a late reader still ends."""

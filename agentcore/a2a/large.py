@@ -133,7 +133,8 @@ class Pulls:
             self.gate.enter(user, size)
         except OverloadedError as exc:
             self.counters["a2a_pulls_refused"] += 1
-            raise A2AOverloadedError(message=str(exc), data={"reason": str((exc.details or {}).get("reason"))}) from None
+            reason = str((exc.details or {}).get("reason"))  # max_pulls / pulls_per_sender: an a2a.* key when served
+            raise A2AOverloadedError(message=str(exc), data={"reason": reason, "bound": f"a2a.{reason}"}) from None
         try:
             body = await pull_body(nc, headers, stream_id, max_bytes=self.max_bytes, timeout=timeout, signer=signer,
                                    verifier=verifier, source_id=source_id)

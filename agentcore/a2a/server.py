@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
@@ -62,6 +63,7 @@ _REQUESTS: dict[str, type[Proto]] = {
 _ENDS = {TaskState.TASK_STATE_COMPLETED, TaskState.TASK_STATE_FAILED, TaskState.TASK_STATE_CANCELED,
          TaskState.TASK_STATE_REJECTED, TaskState.TASK_STATE_INPUT_REQUIRED, TaskState.TASK_STATE_AUTH_REQUIRED}
 _SUPPORTED = Version(PROTOCOL_VERSION)
+_TOKEN = re.compile(r"[^.*>\s]+")  # one subject token, no wildcard
 #: Which replica runs a task (its id), or None: KVTaskStore.replica_of.
 Locate = Callable[[str, ServerCallContext], Awaitable[str | None]]
 
@@ -81,8 +83,13 @@ class A2ANatsServer:
                  queue: str | None = None, max_concurrency: int = 64, idle_timeout: float = 30.0,
                  replica: str | None = None, locate: Locate | None = None, forward_timeout: float = 5.0,
                  signer: Signer | None = None, verifier: Verifier | None = None, delegates: tuple[str, ...] = (),
-                 max_request_bytes: int = 64 * 1024 * 1024, max_pulls: int = 16, pulls_per_sender: int = 4) -> None:
+                 max_request_bytes: int = 64 * 1024 * 1024, max_pulls: int = 16, pulls_per_sender: int = 4,
+                 inboxes: tuple[str, ...] = ("_INBOX.",)) -> None:
         self.nc = nc
+        # Answers go only to reply inboxes: a reply subject naming anything else (a control subject, another agent's
+        # operation) would make this agent a relay for whoever sent the request, signing what it relays.
+        self.inboxes = inboxes
+        self.relays = 0  # requests dropped for that
         self.handler = handler
         self.card = card
         self.prefix = prefix
@@ -143,8 +150,18 @@ class A2ANatsServer:
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
+    def answers_to(self, reply: str) -> bool:
+        """Whether reply is a subject this server answers on: a reply inbox (no wildcard); else counted, dropped."""
+        if reply.startswith(self.inboxes) and _TOKEN.fullmatch(reply.replace(".", "_")):
+            return True
+        self.relays += 1
+        return False
+
     async def _serve(self, msg: Msg) -> None:
         if not msg.reply:  # nobody to answer: an A2A operation is always a request
+            return
+        if not self.answers_to(msg.reply):
+            log.debug("A2A request on %s dropped: its reply subject %r is no inbox", msg.subject, msg.reply)
             return
         async with self._room:
             operation = msg.subject.rpartition(".")[2]
@@ -164,7 +181,7 @@ class A2ANatsServer:
                 try:
                     if data:
                         parse_lenient(data, request)
-                except ParseError as exc:
+                except (ParseError, ValueError) as exc:  # ValueError: a body that is not UTF-8, or not JSON
                     raise InvalidParamsError(data={"parseError": str(exc)}) from None
                 context.tenant = getattr(request, "tenant", "")
                 if streaming:
@@ -210,6 +227,7 @@ class A2ANatsServer:
     def metrics(self) -> dict[str, int]:
         """Counters of the trust checks and pulled bodies (refusals by reason, pulls in progress)."""
         counters = {f"a2a_identity_{reason}": n for reason, n in self.trust.refused.items()}
+        counters["a2a_relays_refused"] = self.relays
         counters.update(self.pulls.counters)
         counters.update(self.pulls.gate.gauges())
         return counters
@@ -246,8 +264,8 @@ class A2ANatsServer:
         if self.locate is None or self.replica is None or msg.subject.startswith(f"{self.prefix}.replica."):
             return False  # a forwarded request is never forwarded again
         runner = await self.locate(request.id, context)
-        if runner is None or runner == self.replica:
-            return False
+        if runner is None or runner == self.replica or not _TOKEN.fullmatch(runner):
+            return False  # a replica id that is no subject token was not written by a replica: never a subject here
         subject = f"{self.prefix}.replica.{runner}.CancelTask"
         # With signatures, the forward is this replica's, on behalf of the requester (the runner scopes the task to
         # the same user); the requester's signature covers the subject it sent to, not this one.

@@ -24,6 +24,7 @@ from a2a.types.a2a_pb2 import ListTasksRequest, ListTasksResponse, Task, TaskSta
 from nats.js.kv import KeyValue
 
 from .errors import OverloadedError
+from .claims import Claims
 from .jetstream import KVTaskStore
 
 __all__ = ("BoundedTaskStore", "CappedKVTaskStore", "FINISHED")
@@ -118,8 +119,8 @@ class CappedKVTaskStore(KVTaskStore):
     running, which go on and finish. Finished tasks leave the bucket after ``a2a.task_ttl``.
     """
 
-    def __init__(self, kv: KeyValue, replica: str, max_bytes: int) -> None:
-        super().__init__(kv, replica)
+    def __init__(self, kv: KeyValue, replica: str, max_bytes: int, claims: Claims | None = None) -> None:
+        super().__init__(kv, replica, claims=claims)
         self.max_bytes = max_bytes
         self.refused = 0
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
@@ -19,7 +18,7 @@ from a2a.server.events import EventQueue
 from a2a.server.tasks import TaskUpdater
 from a2a.types.a2a_pb2 import ListTasksRequest, TaskState
 from a2a.utils.errors import InvalidRequestError
-from a2a_support import Echo, factory, text_request
+from a2a_support import Echo, factory, into, text_request
 from nats.aio.msg import Msg
 from nats_fixtures import eventually, subscribed, within
 
@@ -70,13 +69,6 @@ async def _honest(agent: NATSAgent, nc: nats.NATS, text: str = "still there?") -
     assert events[0].task.status.state == TaskState.TASK_STATE_COMPLETED
 
 
-def _into(found: list[Msg]) -> Callable[[Msg], Awaitable[None]]:
-    async def keep(msg: Msg) -> None:
-        found.append(msg)
-
-    return keep
-
-
 def _reason(msg: Msg) -> tuple[str, str, dict[str, Any]]:
     """The error answer's HTTP code, ErrorInfo reason and metadata."""
     error = orjson.loads(msg.data)["error"]
@@ -116,7 +108,7 @@ async def test_a_flood_is_refused_overloaded_at_once_and_the_honest_request_serv
     attacker = await nats.connect(nats_url)
     answers: list[Msg] = []
     inbox = attacker.new_inbox()
-    await attacker.subscribe(inbox, cb=_into(answers))
+    await attacker.subscribe(inbox, cb=into(answers))
     await subscribed(attacker)
     for i in range(30):  # blocking sends the executor holds: 2 served, 3 waiting, the rest refused
         await attacker.publish(f"{PREFIX}.SendMessage", HELLO.replace(b"m-1", f"m-{i}".encode()), reply=inbox,
@@ -143,7 +135,7 @@ async def test_a_flood_is_refused_overloaded_at_once_and_the_honest_request_serv
 async def _open_stream(nc: nats.NATS, frames: list[Msg]) -> None:
     """A SendStreamingMessage that asks for a window of 1 and never grants credit."""
     inbox = nc.new_inbox()
-    await nc.subscribe(inbox, cb=_into(frames))
+    await nc.subscribe(inbox, cb=into(frames))
     await subscribed(nc)
     await nc.publish(f"{PREFIX}.SendStreamingMessage", HELLO, reply=inbox,
                      headers={"A2A-Version": "1.0", "Agent-Request": secrets.token_hex(16), "Agent-Window": "1"})
@@ -273,7 +265,7 @@ async def test_the_bytes_of_admitted_requests_are_bounded(make_agent: Any, nats_
     attacker = await nats.connect(nats_url)
     answers: list[Msg] = []
     inbox = attacker.new_inbox()
-    await attacker.subscribe(inbox, cb=_into(answers))
+    await attacker.subscribe(inbox, cb=into(answers))
     await subscribed(attacker)
     padding = b"p" * 20_000  # an unknown field: parsed past, but held with the request until it is answered
     body = HELLO[:-1] + b', "padding": "' + padding + b'"}'

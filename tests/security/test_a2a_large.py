@@ -9,18 +9,15 @@ offers it never serves.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import nats
 import pytest
 from a2a.client import ClientConfig, ClientFactory
-from a2a.server.request_handlers import DefaultRequestHandler
-from a2a.server.tasks import InMemoryTaskStore
 from a2a.types.a2a_pb2 import TaskState
 from a2a.utils.errors import InvalidRequestError
-from a2a_support import PREFIX, Echo, card, text_request
+from a2a_support import PREFIX, Echo, a2a_server, card, text_request
 from nats.aio.client import Client as NATSClient
 from nats_fixtures import eventually, subscribed, within
 
@@ -34,19 +31,8 @@ MAX_PAYLOAD = 1024 * 1024  # nats-server's default
 BIG = "x" * (2 * MAX_PAYLOAD + 1000)  # the request, the answer (history + artifact) and the artifact event exceed it
 
 
-@asynccontextmanager
-async def agent(url: str, **options: Any) -> AsyncIterator[A2ANatsServer]:
-    agent_card = card(url)
-    nc = await nats.connect(url)
-    handler = DefaultRequestHandler(agent_executor=Echo(), task_store=InMemoryTaskStore(), agent_card=agent_card)
-    server = A2ANatsServer(nc, handler, agent_card, PREFIX, **{"idle_timeout": 5.0, **options})
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-        await handler.aclose()
-        await nc.close()
+def agent(url: str, **options: Any) -> AbstractAsyncContextManager[A2ANatsServer]:
+    return a2a_server(url, Echo(), **{"idle_timeout": 5.0, **options})
 
 
 def client_for(nc: NATSClient, url: str, *, streaming: bool, **options: Any) -> Any:

@@ -8,8 +8,8 @@ forwarding CancelTask). The attacker is a plain nats-py client, or an honest cli
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
@@ -19,13 +19,11 @@ import pytest
 from a2a.client import ClientConfig, ClientFactory
 from a2a.client.client import ClientCallContext
 from a2a.server.agent_execution import AgentExecutor
-from a2a.server.request_handlers import DefaultRequestHandler
-from a2a.server.tasks import InMemoryTaskStore
 from a2a.types.a2a_pb2 import (
     AgentInterface, CancelTaskRequest, GetTaskRequest, ListTasksRequest, SubscribeToTaskRequest, TaskState,
 )
 from a2a.utils.errors import TaskNotFoundError
-from a2a_support import PREFIX, Gate, Held, Replica, card, started, text_request
+from a2a_support import PREFIX, Gate, Held, Replica, a2a_server, card, started, text_request
 from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 from nats_fixtures import subscribed, within
@@ -66,22 +64,10 @@ def client_for(nc: NATSClient, url: str, seed: bytes | None, **options: Any) -> 
     return made.create(card(url))
 
 
-@asynccontextmanager
-async def signed_agent(url: str, executor: AgentExecutor, *, require: bool = True) -> AsyncIterator[A2ANatsServer]:
+def signed_agent(url: str, executor: AgentExecutor, *, require: bool = True) -> AbstractAsyncContextManager[A2ANatsServer]:
     """The agent, verifying with the trusted keys above; the gateway is its one delegate."""
-    agent_card = card(url)
-    nc = await nats.connect(url)
     own = Signer(AGENT)
-    handler = DefaultRequestHandler(agent_executor=executor, task_store=InMemoryTaskStore(), agent_card=agent_card)
-    server = A2ANatsServer(nc, handler, agent_card, PREFIX, signer=own, verifier=verifier("agent", own, require=require),
-                           delegates=("gateway",))
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-        await handler.aclose()
-        await nc.close()
+    return a2a_server(url, executor, signer=own, verifier=verifier("agent", own, require=require), delegates=("gateway",))
 
 
 async def raw_request(nc: NATSClient, operation: str, body: bytes, headers: dict[str, str]) -> Msg:
