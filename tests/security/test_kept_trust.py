@@ -52,10 +52,16 @@ async def _entries(kv: Any) -> dict[str, bytes]:
 async def test_a_stranger_who_knows_the_task_id_cannot_read_or_find_the_kept_result(make_agent, raw_nc) -> None:
     _, client, task_id = await _kept_task(make_agent)
     js = raw_nc.jetstream()
-    status = await _entries(await js.key_value("AGENTS_TEST_STATUS"))
+    status_kv, results_kv = await js.key_value("AGENTS_TEST_STATUS"), await js.key_value("AGENTS_TEST_RESULTS")
+
+    async def written() -> bool:  # the answer goes out first; its status and kept result are written after it
+        return task_id in await _entries(status_kv) and len(await _entries(results_kv)) == 1
+
+    await eventually(written, what="the task's status and kept result written")
+    status = await _entries(status_kv)
     assert task_id in status  # ids are no secret: the status bucket is keyed by them
     assert SECRET.encode() not in status[task_id]
-    results = await _entries(await js.key_value("AGENTS_TEST_RESULTS"))
+    results = await _entries(results_kv)
     assert len(results) == 1 and task_id not in results  # the entry's key tells nobody which task it answers
     assert not any(SECRET.encode() in value or task_id.encode() in value for value in results.values())  # sealed
     stranger = await make_agent("stranger", **JS)
