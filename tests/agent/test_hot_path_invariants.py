@@ -250,3 +250,29 @@ def test_finished_records_never_pass_their_byte_bound() -> None:
     for n in range(200):
         table.finished({"source": {"id": "s" * 100}, "id": f"{n:0100d}"}, DONE)
         assert table.bytes <= table.max_bytes
+
+
+# ------------------------------------------------------------------ the watchdog
+
+
+@pytest.mark.parametrize("suspend_first", [False, True])
+async def test_the_watchdog_names_a_handler_blocking_in_or_after_its_inline_first_step(
+        make_agent: Any, caplog: pytest.LogCaptureFixture, suspend_first: bool) -> None:
+    """Blocking in the inline first step, or after it suspended (its rest runs in the spare Task): named either way."""
+    import logging
+    import time
+
+    async def hogging_handler(message: dict[str, Any]) -> str:
+        if suspend_first:
+            await asyncio.sleep(0)
+        time.sleep(0.6)  # the bug: a blocking call inside an async handler
+        return "late"
+
+    worker = await make_agent("w", capabilities={"hog": hogging_handler}, agent__loop_lag_warn=0.1, cache__enabled=False)
+    client = await make_agent("c", agent__loop_lag_warn=0)
+    with caplog.at_level(logging.WARNING, logger="agentcore.agent"):
+        assert await client.send_task("hog", 1, timeout=30) == "late"
+        await eventually(lambda: worker.get_metrics()["loop_lag_events"] >= 1, what="the lag event")
+        await eventually(lambda: any("event loop was held" in r.getMessage() for r in caplog.records), what="the warning")
+    warnings = [r.getMessage() for r in caplog.records if "event loop was held" in r.getMessage()]
+    assert "hogging_handler" in warnings[0] and "agents.test.task.hog" in warnings[0], warnings
