@@ -312,3 +312,30 @@ async def test_a_handler_cancelling_its_own_task_inline_cancels_no_other_message
     outcomes = sorted(p["content"] if "error" not in p else p["error"]["code"] for p in payloads)
     assert outcomes == ["a"] * 20 + ["b"] * 20, outcomes
     assert worker.get_metrics()["messages_failed"] == 0
+
+
+async def test_a_timeout_scope_opened_in_the_first_step_hits_its_own_handler_only(make_agent: Any, raw_nc: nats.NATS) -> None:
+    """asyncio.timeout() targets asyncio.current_task(): the Task the handler carries on in, never the next one's."""
+    async def bounded(message: dict[str, Any]) -> str:
+        if message["payload"]["content"] % 2:
+            async with asyncio.timeout(0.05):
+                await asyncio.Event().wait()  # expires: TimeoutError in this handler
+        async with asyncio.timeout(30):  # finishes inline: its timer is cancelled on exit
+            pass
+        await asyncio.sleep(0)
+        return "ok"
+
+    worker = await make_agent("worker", capabilities={"bounded": bounded}, cache__enabled=False)
+    inbox = raw_nc.new_inbox()
+    (sub, done), got = await _collect(raw_nc, inbox, 10)
+    for n in range(10):
+        await raw_nc.publish(worker.topics.task("bounded"), task_bytes(f"t-{n}", n, capability="bounded"), reply=inbox)
+    await raw_nc.flush()
+    await within(done.wait(), "ten answers")
+    outcomes = {orjson.loads(m.data)["correlationId"]: orjson.loads(m.data)["payload"] for m in got}
+    for n in range(10):
+        payload = outcomes[f"t-{n}"]
+        if n % 2:
+            assert payload["error"]["code"] == "handler_error" and "TimeoutError" in payload["error"]["message"]
+        else:
+            assert payload["content"] == "ok", payload
