@@ -1,0 +1,81 @@
+"""eager_start (compiled and pure twin) at its edges: a first step that cancels its own Task, or raises
+KeyboardInterrupt/SystemExit."""
+
+from __future__ import annotations
+
+import asyncio
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from agentcore._eager import _Spare
+
+
+class _Local:
+    spare: Any = None
+
+
+async def _settle() -> None:
+    for _ in range(3):  # the spare's own steps: a few loop iterations, each an event (no timing)
+        await asyncio.sleep(0)
+
+
+@pytest.mark.xfail(strict=True, reason="a first step that cancelled asyncio.current_task() (the spare) and finished "
+                   "leaves that spare for the next coroutine, which is then cancelled once it suspends")
+async def test_a_spare_cancelled_by_a_finished_step_is_not_handed_on(eager_module: ModuleType) -> None:
+    local, reported = _Local(), []
+
+    async def cancels_itself() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+
+    async def suspends() -> str:
+        await asyncio.sleep(0)
+        return "done"
+
+    assert eager_module.eager_start(local, _Spare, reported.append, cancels_itself()) is None
+    task = eager_module.eager_start(local, _Spare, reported.append, suspends())
+    assert task is not None
+    assert await asyncio.wait_for(task, 10) == "done"
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit])
+async def test_keyboard_interrupt_and_system_exit_pass_through_unlogged(eager_module: ModuleType, raised: type) -> None:
+    local, reported = _Local(), []
+    before = asyncio.all_tasks()
+
+    async def interrupted() -> None:
+        raise raised()
+
+    try:
+        with pytest.raises(raised):
+            eager_module.eager_start(local, _Spare, reported.append, interrupted())
+        assert reported == []  # raised to the caller, as a Task's step would raise it out of the loop, not logged
+    finally:
+        await _settle()
+        for task in asyncio.all_tasks() - before:
+            task.cancel()  # the spare left parked (see the test below)
+
+
+@pytest.mark.xfail(strict=True, reason="eager_start takes the spare (local.spare = None) before the step and re-raises "
+                   "KeyboardInterrupt/SystemExit without retiring it: its Task stays parked on its gate for good, "
+                   "pending when the loop closes")
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit])
+async def test_an_interrupted_first_step_leaves_no_parked_spare(eager_module: ModuleType, raised: type) -> None:
+    local = _Local()
+    before = asyncio.all_tasks()
+
+    async def interrupted() -> None:
+        raise raised()
+
+    with pytest.raises(raised):
+        eager_module.eager_start(local, _Spare, lambda exc: None, interrupted())
+    await _settle()
+    left = [t for t in asyncio.all_tasks() - before if not t.done()]
+    try:
+        assert left == [], left
+    finally:
+        for task in left:
+            task.cancel()
