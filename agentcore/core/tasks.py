@@ -115,16 +115,17 @@ class TaskTable:
     def finished(self, message: dict[str, Any], state: str) -> None:
         """Record how a task ended."""
         source_id, task_id = message["source"]["id"], message["id"]
+        cost = _OVERHEAD + len(source_id) + len(task_id)
+        if self._young_bytes + cost > self.max_bytes // 2:  # rotate first: each generation stays within half the bound
+            self._counters["task_records_evicted"] += len(self._old)
+            self._old, self._old_bytes = self._young, self._young_bytes
+            self._young, self._young_bytes = [], 0
         young = self._young
         if isinstance(young, list):
             young.append((source_id, task_id, state, time.time()))
         else:
             young[(source_id, task_id)] = (state, time.time())
-        self._young_bytes += _OVERHEAD + len(source_id) + len(task_id)
-        if self._young_bytes > self.max_bytes // 2:
-            self._counters["task_records_evicted"] += len(self._old)
-            self._old, self._old_bytes = young, self._young_bytes
-            self._young, self._young_bytes = [], 0
+        self._young_bytes += cost
 
     # ------------------------------------------------------------------ what requesters see
 

@@ -243,8 +243,6 @@ async def test_a_strangers_task_flood_keeps_status_records_within_bytes(make_age
     await sub.unsubscribe()
 
 
-@pytest.mark.xfail(strict=True, reason="TaskTable.finished rotates generations only after the young one passed half "
-                   "the bound, so the finished records can hold one record (and its ids) more than tasks.max_status_bytes")
 def test_finished_records_never_pass_their_byte_bound() -> None:
     table = TaskTable(4096, Counter(), {})
     for n in range(200):
