@@ -93,12 +93,15 @@ def eager_start(local, make_spare, report, coro):
     try:
         first = first_step(loop, task, context, coro)
     except (KeyboardInterrupt, SystemExit):
+        spare.retire()  # its Task ends instead of waiting on its gate for good
         raise
     except BaseException as exc:  # reported below, as a Task of its own would report it
         first = FINISHED
         error = exc
     if first is FINISHED:  # finished in the first step: the spare serves the next coroutine
-        if context != spare.base or local.spare is not None:  # changed, or a nested start left a spare already
+        # Retired when its context changed, a nested start left a spare already, or the step cancelled its own
+        # Task (asyncio.current_task().cancel()): that cancellation must not reach the next coroutine's handler.
+        if context != spare.base or local.spare is not None or task.cancelling():
             spare.retire()
         else:
             local.spare = spare
@@ -110,6 +113,6 @@ def eager_start(local, make_spare, report, coro):
     step.first = first
     gate = step.gate
     step.gate = None
-    if gate is not None:  # the Task already parked: wake it to take over
-        gate.set_result(None)
+    if gate is not None and not gate.done():  # the Task already parked: wake it to take over (a cancelled gate
+        gate.set_result(None)                 # wakes it already, with the step's own cancellation)
     return task

@@ -427,7 +427,9 @@ class Dispatcher:
             if not delivery.answered and not self.settlement.release(msg, redeliver=True):
                 self._spawn(replies.fail(delivery, "cancelled", f"handling of message {mid} was cancelled"))
             raise
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise  # the process stopping, or this coroutine being closed: nothing may be awaited now
+        except BaseException as exc:  # an Exception, or a handler's own BaseException: answered all the same
             metrics.failed += 1
             replay = MISS  # a retry of a failed message runs again
             details: dict[str, Any] = {}

@@ -21,8 +21,6 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
-@pytest.mark.xfail(strict=True, reason="a first step that cancelled asyncio.current_task() (the spare) and finished "
-                   "leaves that spare for the next coroutine, which is then cancelled once it suspends")
 async def test_a_spare_cancelled_by_a_finished_step_is_not_handed_on(eager_module: ModuleType) -> None:
     local, reported = _Local(), []
 
@@ -59,9 +57,6 @@ async def test_keyboard_interrupt_and_system_exit_pass_through_unlogged(eager_mo
             task.cancel()  # the spare left parked (see the test below)
 
 
-@pytest.mark.xfail(strict=True, reason="eager_start takes the spare (local.spare = None) before the step and re-raises "
-                   "KeyboardInterrupt/SystemExit without retiring it: its Task stays parked on its gate for good, "
-                   "pending when the loop closes")
 @pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit])
 async def test_an_interrupted_first_step_leaves_no_parked_spare(eager_module: ModuleType, raised: type) -> None:
     local = _Local()
