@@ -339,6 +339,7 @@ class Dispatcher:
             if prior.answered:
                 pending[mid] = delivery
             else:  # publish_result() names messages by id alone: it keeps answering the first holder of this id
+                self.tasks.shadowed[(message["source"]["id"], mid)] = delivery  # status and cancel still find it
                 log.warning("agent %s got message id %s from %s while one with that id is still pending; "
                             "publish_result(%r) answers the first", self.agent_id, mid, message["source"]["id"], mid)
         replay: Any = DONE  # what a retry of this message id is answered with
@@ -462,6 +463,10 @@ class Dispatcher:
                 CURRENT.reset(token)
             if pending.get(mid) is delivery and not delivery.deferred:
                 del pending[mid]
+            elif self.tasks.shadowed:  # it ran beside another requester's task with its id (empty otherwise)
+                shadowed, id_key = self.tasks.shadowed, (message["source"]["id"], mid)
+                if shadowed.get(id_key) is delivery:
+                    del shadowed[id_key]
             if self.cache is not None and not reg.system:
                 self.cache.finish((reg.key, message["source"]["id"]), mid, replay, asked_at(message, msg.reply), delivery.size)
             # A persisted task is answered now (or was handed back above): JetStream may forget it.

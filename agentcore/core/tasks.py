@@ -83,6 +83,10 @@ class TaskTable:
         self.max_bytes = max_bytes
         self.waiting: dict[tuple[str, str], TaskRecord] = {}  # queued tasks (bounded by agent.max_queued)
         self._pending = pending  # message id -> the delivery being answered (Replies.pending)
+        # (source id, task id) -> a delivery running while another requester's task with the same id holds that id
+        # in pending (ids are the sender's): seen by status and cancel all the same. Empty unless ids collide;
+        # at most one entry per running handler.
+        self.shadowed: dict[tuple[str, str], Delivery] = {}
         self._young: _Finished | _ByKey = []
         self._old: _Finished | _ByKey = []
         self._young_bytes = 0
@@ -131,8 +135,8 @@ class TaskTable:
 
     def live(self, source_id: str, task_id: str) -> Live | None:
         """Return source_id's task task_id while it is queued or running (or its answer is still owed)."""
-        delivery = self._pending.get(task_id)
-        if delivery is not None and delivery.message["source"]["id"] == source_id and not delivery.cancelled:
+        delivery = self._delivery(source_id, task_id)
+        if delivery is not None and not delivery.cancelled:
             return Live(None, delivery)
         rec = self.waiting.get((source_id, task_id))
         if rec is not None and not rec.cancelled:
@@ -144,8 +148,8 @@ class TaskTable:
         rec = self.waiting.get((source_id, task_id))
         if rec is not None:
             return (CANCELLED, rec.since) if rec.cancelled else (QUEUED, rec.since)
-        delivery = self._pending.get(task_id)
-        if delivery is not None and delivery.message["source"]["id"] == source_id:
+        delivery = self._delivery(source_id, task_id)
+        if delivery is not None:
             return (CANCELLED, None) if delivery.cancelled else (RUNNING, None)  # (an answer still owed: running)
         key = (source_id, task_id)
         young = self._young = _by_key(self._young)  # once per generation at most: later queries find it by key
@@ -154,6 +158,13 @@ class TaskTable:
             old = self._old = _by_key(self._old)
             found = old.get(key)
         return found
+
+    def _delivery(self, source_id: str, task_id: str) -> Delivery | None:
+        """Return the delivery of source_id's task task_id being answered, if any."""
+        delivery = self._pending.get(task_id)
+        if delivery is not None and delivery.message["source"]["id"] == source_id:
+            return delivery
+        return self.shadowed.get((source_id, task_id)) if self.shadowed else None
 
     def requester_of(self, task_id: str) -> str | None:
         """Return the source.id of some task task_id this agent knows (for control.allow agents; a scan, rarely used)."""
