@@ -392,6 +392,13 @@ class Connection:
             await asyncio.wait_for(nc.drain(), self.config["nats.drain_timeout"] + 1.0)
         except (asyncio.TimeoutError, nats.errors.Error, OSError) as exc:
             log.warning("agent %s: draining the connection failed (%s); closing it", self.agent_id, exc or type(exc).__name__)
+            if nc.is_reconnecting or nc.is_connecting:
+                # The server is away: what nats-py still buffers cannot be sent, and its close would write it to the
+                # transport already lost (CPython 3.12 raises TypeError there, and the close stops half-way).
+                if nc._pending_data_size:
+                    log.warning("agent %s: %d buffered bytes dropped, the server being away at close",
+                                self.agent_id, nc._pending_data_size)
+                nc._pending, nc._pending_data_size = [], 0
             try:
                 await asyncio.wait_for(nc.close(), 1.0)
             except (asyncio.TimeoutError, nats.errors.Error, OSError):
