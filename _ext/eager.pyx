@@ -35,10 +35,55 @@ else:  # a Python function before 3.12 that reads this dict (C, from _asyncio): 
 
     _current_task = _current_tasks.get
 
+# How the current Task is switched, cheapest first: before 3.12 _enter_task/_leave_task only write _asyncio's dict of
+# current tasks, so it is written directly; from 3.12, _swap_current_task (what asyncio's eager tasks use) swaps
+# in one call; else the pair of calls.
+cdef dict _by_dict = _current_tasks if sys.version_info < (3, 12) else None
+cdef object _swap = getattr(asyncio.tasks, "_swap_current_task", None) if _by_dict is None else None
+
 
 cdef object _get_running_loop = asyncio.get_running_loop
 cdef object _copy_context = contextvars.copy_context
 cdef object _CancelledError = asyncio.CancelledError
+
+
+cdef object _first_step(object loop, object task, object context, object coro):
+    """first_step, called from C."""
+    cdef PyObject* result = NULL
+    cdef PySendResult status
+    if _by_dict is not None:
+        outer = _by_dict.get(loop)
+        _by_dict[loop] = task
+    elif _swap is not None:
+        outer = _swap(loop, task)
+    else:
+        outer = _current_task(loop)
+        if outer is not None:
+            _leave_task(loop, outer)
+        _enter_task(loop, task)
+    try:
+        PyContext_Enter(context)
+        try:
+            status = PyIter_Send(coro, None, &result)
+        finally:
+            PyContext_Exit(context)
+    finally:
+        if _by_dict is not None:
+            if outer is None:
+                _by_dict.pop(loop, None)
+            else:
+                _by_dict[loop] = outer
+        elif _swap is not None:
+            _swap(loop, outer)
+        else:
+            _leave_task(loop, task)
+            if outer is not None:
+                _enter_task(loop, outer)
+    value = <object>result  # a new reference either way: the coroutine's return value or what it yielded
+    Py_DECREF(value)
+    if status == PYGEN_RETURN:
+        return FINISHED
+    return value
 
 
 def first_step(loop, task, context, coro):
@@ -47,27 +92,7 @@ def first_step(loop, task, context, coro):
     Return FINISHED when that finished it, else what it yielded (the Future it waits on); raise what it raised.
     Whatever Task was current before is current again afterwards.
     """
-    cdef PyObject* result = NULL
-    cdef PySendResult status
-    outer = _current_task(loop)
-    if outer is not None:
-        _leave_task(loop, outer)
-    _enter_task(loop, task)
-    try:
-        PyContext_Enter(context)
-        try:
-            status = PyIter_Send(coro, None, &result)
-        finally:
-            PyContext_Exit(context)
-    finally:
-        _leave_task(loop, task)
-        if outer is not None:
-            _enter_task(loop, outer)
-    value = <object>result  # a new reference either way: the coroutine's return value or what it yielded
-    Py_DECREF(value)
-    if status == PYGEN_RETURN:
-        return FINISHED
-    return value
+    return _first_step(loop, task, context, coro)
 
 
 def eager_start(local, make_spare, report, coro):
@@ -91,7 +116,7 @@ def eager_start(local, make_spare, report, coro):
     local.spare = None  # taken while its step runs: a coroutine started from inside that step gets a spare of its own
     error = None
     try:
-        first = first_step(loop, task, context, coro)
+        first = _first_step(loop, task, context, coro)
     except (KeyboardInterrupt, SystemExit):
         spare.retire()  # its Task ends instead of waiting on its gate for good
         raise

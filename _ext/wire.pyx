@@ -3,7 +3,7 @@
 
 from libc.string cimport memchr, memcmp
 
-__all__ = ("scan_frames", "frame_end")
+__all__ = ("scan_frames", "frame_end", "Frame", "Target")
 
 MORE = 0
 OTHER = 1
@@ -176,3 +176,72 @@ def scan_frames(object buf, Py_ssize_t pos, dict targets):
         target(subject, reply, payload)
         p = _data(buf, &n)  # the target ran Python code: never trust a pointer across it
     return pos, MORE, msgs, nbytes
+
+
+cdef class Frame:
+    """One MSG frame as the dispatcher reads it: subject, reply ("" for none), data, and no headers."""
+
+    cdef readonly object subject, reply, data, headers
+
+    def __init__(self, subject, reply, data):
+        self.subject = subject
+        self.reply = reply
+        self.data = data
+        self.headers = None
+
+    def __repr__(self):
+        return f"Frame(subject={self.subject!r}, reply={self.reply!r}, data={self.data!r})"
+
+
+cdef inline Frame _frame(object subject, object reply, object data):
+    cdef Frame frame = Frame.__new__(Frame)
+    frame.subject = subject
+    frame.reply = reply
+    frame.data = data
+    frame.headers = None
+    return frame
+
+
+cdef class Target:
+    """Delivers one subscription's frames as nats-py's _process_msg would, minus the pending queue."""
+
+    # sub is the nats-py Subscription, subs the client's sid -> subscription dict, targets the scanner's
+    # sid -> target dict. With a key, each frame goes to dispatch(Frame(subject, reply, data), key); without one
+    # (None), dispatch gets make(nc, subject, reply, data, None, None, False, sid) (a nats-py Msg). on_slow(subject,
+    # reply) reports one over the subscription's pending-bytes limit (it is dropped), on_error(subject) a dispatch
+    # that raised (called inside the except block: it may log the exception).
+
+    cdef readonly object nc, sub, sid, dispatch, key, make, on_slow, on_error
+    cdef readonly dict subs, targets
+
+    def __init__(self, nc, sub, sid, dict subs, dict targets, dispatch, key, make, on_slow, on_error):
+        self.nc = nc
+        self.sub = sub
+        self.sid = sid
+        self.subs = subs
+        self.targets = targets
+        self.dispatch = dispatch
+        self.key = key
+        self.make = make
+        self.on_slow = on_slow
+        self.on_error = on_error
+
+    def __call__(self, subject, reply, data):
+        sub = self.sub
+        if self.subs.get(self.sid) is not sub:  # unsubscribed or drained: nats-py drops what still arrives for it
+            self.targets.pop(self.sid, None)
+            return
+        sub._received += 1
+        if sub._max_msgs and sub._received >= sub._max_msgs:  # unsubscribe(limit=n) since: nats-py's auto-unsubscribe
+            self.subs.pop(self.sid, None)
+        limit = sub._pending_bytes_limit
+        if 0 < limit <= len(data):  # nats-py's slow-consumer rule (the inline queue never holds one message)
+            self.on_slow(subject, reply)
+            return
+        try:
+            if self.key is not None:
+                self.dispatch(_frame(subject, reply, data), self.key)
+            else:
+                self.dispatch(self.make(self.nc, subject, reply, data, None, None, False, self.sid))
+        except Exception:  # never into nats-py's read loop: that would drop the connection
+            self.on_error(subject)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ("scan_frames", "frame_end")
+__all__ = ("scan_frames", "frame_end", "Frame", "Target")
 
 #: scan() stopped because the buffer ends inside a frame (or is used up): wait for more bytes.
 MORE = 0
@@ -87,3 +87,64 @@ def scan_frames(buf: Any, pos: int, targets: Mapping[int, Callable[[str, str, by
         nbytes += size
         target(subject_text, reply_text, payload)
     return pos, MORE, msgs, nbytes
+
+
+class Frame:
+    """One MSG frame as the dispatcher reads it: subject, reply ("" for none), data, and no headers."""
+
+    __slots__ = ("subject", "reply", "data", "headers")
+
+    def __init__(self, subject: str, reply: str, data: bytes) -> None:
+        self.subject = subject
+        self.reply = reply
+        self.data = data
+        self.headers: dict[str, str] | None = None
+
+    def __repr__(self) -> str:
+        return f"Frame(subject={self.subject!r}, reply={self.reply!r}, data={self.data!r})"
+
+
+class Target:
+    """Delivers one subscription's frames as nats-py's _process_msg would, minus the pending queue."""
+
+    # sub is the nats-py Subscription, subs the client's sid -> subscription dict, targets the scanner's
+    # sid -> target dict. With a key, each frame goes to dispatch(Frame(subject, reply, data), key); without one
+    # (None), dispatch gets make(nc, subject, reply, data, None, None, False, sid) (a nats-py Msg). on_slow(subject,
+    # reply) reports one over the subscription's pending-bytes limit (it is dropped), on_error(subject) a dispatch
+    # that raised (called inside the except block: it may log the exception).
+
+    __slots__ = ("nc", "sub", "sid", "subs", "targets", "dispatch", "key", "make", "on_slow", "on_error")
+
+    def __init__(self, nc: Any, sub: Any, sid: int, subs: dict[int, Any], targets: dict[int, Any],
+                 dispatch: Callable[..., None], key: Any, make: Callable[..., Any], on_slow: Callable[[str, str], None],
+                 on_error: Callable[[str], None]) -> None:
+        self.nc = nc
+        self.sub = sub
+        self.sid = sid
+        self.subs = subs
+        self.targets = targets
+        self.dispatch = dispatch
+        self.key = key
+        self.make = make
+        self.on_slow = on_slow
+        self.on_error = on_error
+
+    def __call__(self, subject: str, reply: str, data: bytes) -> None:
+        if self.subs.get(self.sid) is not self.sub:  # unsubscribed or drained: nats-py drops what still arrives for it
+            self.targets.pop(self.sid, None)
+            return
+        sub: Any = self.sub  # (declared: the test above would narrow it to what subs.get returns)
+        sub._received += 1
+        if sub._max_msgs and sub._received >= sub._max_msgs:  # unsubscribe(limit=n) since: nats-py's auto-unsubscribe
+            self.subs.pop(self.sid, None)
+        limit = sub._pending_bytes_limit
+        if 0 < limit <= len(data):  # nats-py's slow-consumer rule (the inline queue never holds one message)
+            self.on_slow(subject, reply)
+            return
+        try:
+            if self.key is not None:
+                self.dispatch(Frame(subject, reply, data), self.key)
+            else:
+                self.dispatch(self.make(self.nc, subject, reply, data, None, None, False, self.sid))
+        except Exception:  # never into nats-py's read loop: that would drop the connection
+            self.on_error(subject)

@@ -11,16 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import collections.abc
+import functools
 import logging
 import sys
 import threading
 from asyncio.tasks import _enter_task, _leave_task
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 from ._impl import eager_start
 
-__all__ = ("release_spare", "run_eager", "start_eager", "step_now")
+__all__ = ("release_spare", "run_eager", "start_eager", "start_now", "step_now")
 
 
 log = logging.getLogger("agentcore.agent")
@@ -204,6 +205,11 @@ def start_eager(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
     """
     started: asyncio.Task[Any] | None = eager_start(_local, _Spare, _report, coro)
     return started
+
+
+#: start_eager without its Python frame (what the dispatcher calls once per message): the compiled start, bound.
+start_now: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any] | None] = functools.partial(eager_start, _local, _Spare,
+                                                                                                 _report)
 
 
 def step_now(coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:

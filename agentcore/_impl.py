@@ -37,7 +37,7 @@ if TYPE_CHECKING or NO_EXTENSIONS:
     from ._ext.cache_py import ContentCache, canonical_hash, content_hash
     from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, new_id, validate
     from ._ext.subjects_py import SubjectIndex, subject_matches, validate_subject, validate_token
-    from ._ext.wire_py import frame_end, scan_frames
+    from ._ext.wire_py import Frame, Target, frame_end, scan_frames
 
     IMPLEMENTATION = "pure"
     if TYPE_CHECKING:
@@ -48,7 +48,7 @@ else:
         from ._ext.cache import ContentCache, canonical_hash, content_hash
         from ._ext.envelope import MESSAGE_TYPES, decode, encode, new_id, validate
         from ._ext.subjects import SubjectIndex, subject_matches, validate_subject, validate_token
-        from ._ext.wire import frame_end, scan_frames
+        from ._ext.wire import Frame, Target, frame_end, scan_frames
 
         IMPLEMENTATION = "compiled"
     except ImportError as exc:  # a build made with AGENTCORE_NO_EXTENSIONS=1, or a broken install
@@ -73,7 +73,7 @@ else:
         from ._ext.cache_py import ContentCache, canonical_hash, content_hash
         from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, new_id, validate
         from ._ext.subjects_py import SubjectIndex, subject_matches, validate_subject, validate_token
-        from ._ext.wire_py import frame_end, scan_frames
+        from ._ext.wire_py import Frame, Target, frame_end, scan_frames
 
         IMPLEMENTATION = "pure"
 
@@ -126,4 +126,6 @@ __all__ = (
     "validate_token",
     "frame_end",
     "scan_frames",
+    "Frame",
+    "Target",
 )

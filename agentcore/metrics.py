@@ -12,7 +12,7 @@ class AgentMetrics:
     """Count messages and keep a window of recent handler latencies for percentiles."""
 
     __slots__ = ("processed", "failed", "expired", "invalid", "received", "published", "reconnects", "disconnects",
-                 "async_errors", "counters", "_latencies")
+                 "async_errors", "counters", "latencies")
 
     def __init__(self, window: int = 8192) -> None:
         self.processed = 0
@@ -26,20 +26,20 @@ class AgentMetrics:
         self.async_errors = 0
         # Extensions (MCP, negotiation, streaming, cache) count their own events here by name.
         self.counters: Counter[str] = Counter()
-        self._latencies: deque[float] = deque(maxlen=window)
+        self.latencies: deque[float] = deque(maxlen=window)  # recent handler latencies, seconds (appended to directly)
 
     def observe(self, seconds: float) -> None:
         """Record one handler latency."""
-        self._latencies.append(seconds)
+        self.latencies.append(seconds)
 
     def percentile(self, p: float) -> float:
         """Return the p-th percentile (0..1) of the recent handler latencies, in milliseconds (0.0 before any)."""
-        lat = sorted(self._latencies)
+        lat = sorted(self.latencies)
         return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000.0 if lat else 0.0
 
     def snapshot(self) -> dict[str, Any]:
         """Return the metrics as a plain dict (latencies in milliseconds)."""
-        lat = sorted(self._latencies)
+        lat = sorted(self.latencies)
         n = len(lat)
 
         def pct(p: float) -> float:

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from .._eager import start_eager
+from .._eager import start_now
 from .._impl import SubjectIndex, subject_matches, validate_subject
 from ..config import AgentConfig
 from ..envelope import decode, is_expired
@@ -45,6 +45,8 @@ from .sync_calls import SyncCalls
 __all__ = ("Dispatcher",)
 
 log = logging.getLogger("agentcore.agent")
+
+_now = time.perf_counter  # read twice per message
 
 _TASK_TYPES = ("task", "query")  # what gets a lifecycle record (status, cancellation); events do not
 
@@ -96,12 +98,14 @@ class Dispatcher:
         self._matched: Any = None  # the last tuple the index matched, the key it came on, and its registrations on it
         self._matched_key: SubscriptionKey | None = None
         self._matched_regs: list[Registration] = []
+        self._pending = replies.pending  # message id -> the delivery publish_result() answers
+        self._latency = metrics.latencies.append  # one handler latency (seconds) into get_metrics()' percentiles
 
     # ------------------------------------------------------------------ the hot path
 
     def dispatch(self, msg: Incoming, key: SubscriptionKey) -> None:
         """Route one incoming message of the wire subscription key to its handlers."""
-        t0 = time.perf_counter()
+        t0 = _now()
         metrics = self.metrics
         metrics.received += 1
         subject = msg.subject
@@ -322,68 +326,118 @@ class Dispatcher:
             self.inflight += 1
         delivery = Delivery(message, msg.reply or None, subject, reg.fallback)
         tracked = not system and message["type"] in _TASK_TYPES  # a task: its status kept, its requester may cancel
-        task = start_eager(self._handle(reg, subject, message, msg, t0, delivery, tracked))
+        if reg.plain and msg.headers is None and self.verifier is None and self.connection.tracer is None \
+                and not self.tasks.waiting and msg.__class__ is not PersistedMsg:
+            task = start_now(self._handle_plain(reg, subject, message, msg, t0, delivery, tracked))
+        else:
+            task = start_now(self._handle(reg, subject, message, msg, t0, delivery, tracked))
         if task is not None:  # it suspended: its Task is what a cancel cancels (one that finished inline needs none)
             if tracked:
                 delivery.task = task
             self._spawn(task)
 
-    async def _handle(self, reg: Registration, subject: str, message: dict[str, Any], msg: Incoming, t0: float,
-                      delivery: Delivery, tracked: bool) -> None:
-        metrics = self.metrics
-        replies = self.replies
-        pending = replies.pending
+    async def _handle_plain(self, reg: Registration, subject: str, message: dict[str, Any], msg: Incoming, t0: float,
+                            delivery: Delivery, tracked: bool) -> None:
+        """_handle for the common case, which _run picks: an async task handler of a capability (not a system one),
+        a message without headers, no tracer, no signed identities, nothing queued, not a persisted task. It does
+        what _handle does in that case, and nothing else: each line here is paid per message."""
+        pending = self._pending
         mid = message["id"]
         prior = pending.setdefault(mid, delivery)
         if prior is not delivery:
-            if prior.answered:
-                pending[mid] = delivery
-            else:  # publish_result() names messages by id alone: it keeps answering the first holder of this id
-                self.tasks.shadowed[(message["source"]["id"], mid)] = delivery  # status and cancel still find it
-                log.warning("agent %s got message id %s from %s while one with that id is still pending; "
-                            "publish_result(%r) answers the first", self.agent_id, mid, message["source"]["id"], mid)
+            self._same_id(prior, message, delivery)
         replay: Any = DONE  # what a retry of this message id is answered with
-        # Trace context: a tracer opens the run's span; without one, a traceparent header is passed on to what the
-        # handler sends (one `is None` test for a message without headers).
-        scope: Scope | None = None
-        token: Token[dict[str, str] | None] | None = None
-        tracer = self.connection.tracer
-        if tracer is not None:
-            scope = tracer.process(subject, message, msg.headers, reg.system)
-        else:
-            headers = msg.headers
-            if headers is not None and TRACEPARENT in headers:
-                trace = carried(headers)
-                if trace is not None:
-                    token = CURRENT.set(trace)
-        if tracked:
-            if self.verifier is not None:
-                delivery.key = self._signer_of(msg)
-            if self.tasks.waiting:
-                self.tasks.started(message, delivery)
         ended = FAILED
+        key = None
+        cache = self.cache
         try:
-            if delivery.cancelled:  # its requester cancelled it while it was queued
-                raise asyncio.CancelledError
             routing = message.get("routing")
             if routing is not None and routing.get("timeout") is not None and is_expired(message):
-                metrics.expired += 1
-                metrics.failed += 1
-                log.info("agent %s skipped expired message %s on %s", self.agent_id, mid, subject)
-                await replies.fail(delivery, "expired", f"message {mid} expired before it was processed")
+                await self._expired(delivery, subject, mid)
                 return
-            # The cache answers only requests (someone waits for the answer), each scoped to its requester
-            # unless the capability shares its results.
-            cache = self.cache if reg.kind == TASK and reg.cache and not reg.system else None
-            key = None
-            if cache is not None and (msg.reply or message.get("replyTo")):
+            if cache is not None and reg.cache and (msg.reply or message.get("replyTo")):
                 key = cache.key(reg.pattern, message, reg.cache == SHARED)
                 if key is not None:
                     hit = cache.get(key)
                     if hit is not MISS:
                         replay = hit
-                        await replies.answer(delivery, hit)
-                        metrics.processed += 1
+                        await self.replies.answer(delivery, hit)
+                        self.metrics.processed += 1
+                        return
+            result = await reg.handler(message)  # type: ignore[misc]  # reg.plain: an async handler of its own
+            if not delivery.answered and result is not NO_REPLY:
+                replay = result
+                await self.replies.answer(delivery, result)
+                if key is not None and delivery.size:  # only results that did not raise, counted as sent
+                    cache.put(key, result, delivery.size)  # type: ignore[union-attr]
+            self.metrics.processed += 1
+            ended = SUCCEEDED
+        except asyncio.CancelledError:
+            replay = MISS
+            if self._cancelled(delivery, msg, mid):
+                return
+            raise
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise  # the process stopping, or this coroutine being closed: nothing may be awaited now
+        except BaseException as exc:  # an Exception, or a handler's own BaseException: answered all the same
+            replay = MISS  # a retry of a failed message runs again
+            await self._failed(reg, subject, mid, delivery, None, exc)
+        finally:
+            end = _now()
+            if tracked:
+                self.tasks.finished(message, CANCELLED if delivery.cancelled else ended, end)
+            if pending.get(mid) is delivery and not delivery.deferred:
+                del pending[mid]
+            elif self.tasks.shadowed:
+                self._unshadow(message, delivery)
+            if cache is not None:
+                cache.finish((reg.key, message["source"]["id"]), mid, replay, asked_at(message, msg.reply), delivery.size)
+            elapsed = end - t0
+            self._latency(elapsed)
+            reg.handled += 1  # per registration, for the NATS service API's endpoint stats
+            reg.seconds += elapsed
+            self.inflight -= 1
+            if self.queue:
+                self._pump()
+
+    async def _handle(self, reg: Registration, subject: str, message: dict[str, Any], msg: Incoming, t0: float,
+                      delivery: Delivery, tracked: bool) -> None:
+        # The common case (no tracer, no headers, no signed identities, nothing queued, no routing) passes one test
+        # for each group of rare work; each group lives in its own method.
+        pending = self._pending
+        mid = message["id"]
+        prior = pending.setdefault(mid, delivery)
+        if prior is not delivery:
+            self._same_id(prior, message, delivery)
+        replay: Any = DONE  # what a retry of this message id is answered with
+        # Trace context: a tracer opens the run's span; without one, a traceparent header is passed on to what the
+        # handler sends.
+        scope: Scope | None = None
+        token: Token[dict[str, str] | None] | None = None
+        if self.connection.tracer is not None or msg.headers is not None:
+            scope, token = self._trace_in(reg, subject, message, msg)
+        if tracked and (self.verifier is not None or self.tasks.waiting):
+            self._track(message, msg, delivery)
+        ended = FAILED
+        key = None
+        try:
+            if delivery.cancelled:  # its requester cancelled it while it was queued
+                raise asyncio.CancelledError
+            routing = message.get("routing")
+            if routing is not None and routing.get("timeout") is not None and is_expired(message):
+                await self._expired(delivery, subject, mid)
+                return
+            # The cache answers only requests (someone waits for the answer), each scoped to its requester
+            # unless the capability shares its results.
+            cache = self.cache
+            if cache is not None and reg.kind == TASK and reg.cache and not reg.system and (msg.reply or message.get("replyTo")):
+                key = cache.key(reg.pattern, message, reg.cache == SHARED)
+                if key is not None:
+                    hit = cache.get(key)
+                    if hit is not MISS:
+                        replay = hit
+                        await self.replies.answer(delivery, hit)
+                        self.metrics.processed += 1
                         return
             args: tuple[Any, ...] = (message,) if reg.kind == TASK else (self.topics.to_topic(subject), message)
             call = reg.handler if reg.handler is not None else self._default()
@@ -404,69 +458,38 @@ class Dispatcher:
                 if reg.kind == TASK:
                     if result is not NO_REPLY:
                         replay = result
-                        await replies.answer(delivery, result)
+                        await self.replies.answer(delivery, result)
                         if key is not None and delivery.size:  # only results that did not raise, counted as sent
                             cache.put(key, result, delivery.size)  # type: ignore[union-attr]
-                elif message.get("type") in ("task", "query"):
+                elif message.get("type") in _TASK_TYPES:
                     if result is False and delivery.destination:
-                        await replies.fail(delivery, "unhandled", f"agent {self.agent_id} did not handle {subject}")
+                        await self.replies.fail(delivery, "unhandled", f"agent {self.agent_id} did not handle {subject}")
                     elif delivery.reply or message.get("replyTo"):
-                        replies.defer(delivery)  # handled, answer still owed: publish_result may come later
-            metrics.processed += 1
+                        self.replies.defer(delivery)  # handled, answer still owed: publish_result may come later
+            self.metrics.processed += 1
             ended = SUCCEEDED
         except asyncio.CancelledError:
-            metrics.failed += 1
             replay = MISS
-            if delivery.cancelled:  # by its requester: nothing more is sent, a persisted task leaves the stream
-                self.settlement.reject(msg)
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    task.uncancel()
+            if self._cancelled(delivery, msg, mid):
                 return
-            # stop() past its drain timeout, or the handler's own doing: the requester hears of it either way.
-            # Unanswered, a persisted task is handed back to run again (answered, the finally below acks it).
-            if not delivery.answered and not self.settlement.release(msg, redeliver=True):
-                self._spawn(replies.fail(delivery, "cancelled", f"handling of message {mid} was cancelled"))
             raise
         except (KeyboardInterrupt, SystemExit, GeneratorExit):
             raise  # the process stopping, or this coroutine being closed: nothing may be awaited now
         except BaseException as exc:  # an Exception, or a handler's own BaseException: answered all the same
-            metrics.failed += 1
             replay = MISS  # a retry of a failed message runs again
-            details: dict[str, Any] = {}
-            if isinstance(exc, RemoteError):
-                code, text = exc.code, exc.remote_message
-                if isinstance(exc.details, dict):  # the requester's RemoteError gets them as its details
-                    details = {k: v for k, v in exc.details.items() if k not in ("code", "message")}
-                    try:
-                        orjson.dumps(details)
-                    except TypeError:
-                        details = {}  # not JSON: the error still goes out, without them
-            else:
-                code, text = "handler_error", f"{type(exc).__name__}: {exc}"
-                log.exception("agent %s handler for %s raised on message %s", self.agent_id, subject, mid)
-            reg.errors += 1
-            reg.last_error = f"{code}: {text}"
-            if scope is not None:
-                scope.error(exc)
-            if not delivery.answered:
-                try:
-                    await replies.fail(delivery, code, text, **details)
-                except Exception:
-                    log.exception("agent %s could not send the error result for %s", self.agent_id, mid)
+            await self._failed(reg, subject, mid, delivery, scope, exc)
         finally:
+            end = _now()
             if tracked:
-                self.tasks.finished(message, CANCELLED if delivery.cancelled else ended)
+                self.tasks.finished(message, CANCELLED if delivery.cancelled else ended, end)
             if scope is not None:
                 scope.end()
             elif token is not None:
                 CURRENT.reset(token)
             if pending.get(mid) is delivery and not delivery.deferred:
                 del pending[mid]
-            elif self.tasks.shadowed:  # it ran beside another requester's task with its id (empty otherwise)
-                shadowed, id_key = self.tasks.shadowed, (message["source"]["id"], mid)
-                if shadowed.get(id_key) is delivery:
-                    del shadowed[id_key]
+            elif self.tasks.shadowed:
+                self._unshadow(message, delivery)
             if self.cache is not None and not reg.system:
                 self.cache.finish((reg.key, message["source"]["id"]), mid, replay, asked_at(message, msg.reply), delivery.size)
             # A persisted task is answered now (or was handed back above): JetStream may forget it.
@@ -475,14 +498,100 @@ class Dispatcher:
                     delivery.held = msg  # settled when publish_result (or no_result) answers it
                 else:
                     self.settlement.release(msg, after=delivery.kept)  # acked once its result is kept
-            elapsed = time.perf_counter() - t0
-            metrics.observe(elapsed)
+            elapsed = end - t0
+            self._latency(elapsed)
             reg.handled += 1  # per registration, for the NATS service API's endpoint stats
             reg.seconds += elapsed
             if not reg.system:
                 self.inflight -= 1
             if self.queue:
                 self._pump()
+
+    # ------------------------------------------------------------------ _handle's rare cases
+
+    def _same_id(self, prior: Delivery, message: dict[str, Any], delivery: Delivery) -> None:
+        """A message whose id is pending already: answered, it is replaced; else both run (ids are the sender's)."""
+        mid = message["id"]
+        if prior.answered:
+            self._pending[mid] = delivery
+        else:  # publish_result() names messages by id alone: it keeps answering the first holder of this id
+            self.tasks.shadowed[(message["source"]["id"], mid)] = delivery  # status and cancel still find it
+            log.warning("agent %s got message id %s from %s while one with that id is still pending; "
+                        "publish_result(%r) answers the first", self.agent_id, mid, message["source"]["id"], mid)
+
+    def _unshadow(self, message: dict[str, Any], delivery: Delivery) -> None:
+        """Forget a delivery that ran beside another requester's task with its id (tasks.shadowed is empty otherwise)."""
+        shadowed, id_key = self.tasks.shadowed, (message["source"]["id"], message["id"])
+        if shadowed.get(id_key) is delivery:
+            del shadowed[id_key]
+
+    def _trace_in(self, reg: Registration, subject: str, message: dict[str, Any],
+                  msg: Incoming) -> tuple[Scope | None, Token[dict[str, str] | None] | None]:
+        """Open the run's span (a tracer), or carry the message's traceparent into what the handler sends."""
+        tracer = self.connection.tracer
+        if tracer is not None:
+            return tracer.process(subject, message, msg.headers, reg.system), None
+        headers = msg.headers
+        if headers is not None and TRACEPARENT in headers:
+            trace = carried(headers)
+            if trace is not None:
+                return None, CURRENT.set(trace)
+        return None, None
+
+    def _track(self, message: dict[str, Any], msg: Incoming, delivery: Delivery) -> None:
+        """Note who signed a task (its cancel must be signed alike) and take it off the queued records."""
+        if self.verifier is not None:
+            delivery.key = self._signer_of(msg)
+        if self.tasks.waiting:
+            self.tasks.started(message, delivery)
+
+    async def _expired(self, delivery: Delivery, subject: str, mid: str) -> None:
+        """Answer a message whose routing.timeout passed before it ran: it is not run."""
+        self.metrics.expired += 1
+        self.metrics.failed += 1
+        log.info("agent %s skipped expired message %s on %s", self.agent_id, mid, subject)
+        await self.replies.fail(delivery, "expired", f"message {mid} expired before it was processed")
+
+    def _cancelled(self, delivery: Delivery, msg: Incoming, mid: str) -> bool:
+        """Settle a cancelled run; True when its requester cancelled it (nothing is sent, the error is not raised)."""
+        self.metrics.failed += 1
+        if delivery.cancelled:  # by its requester: nothing more is sent, a persisted task leaves the stream
+            self.settlement.reject(msg)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                task.uncancel()
+            return True
+        # stop() past its drain timeout, or the handler's own doing: the requester hears of it either way.
+        # Unanswered, a persisted task is handed back to run again (answered, _handle's finally acks it).
+        if not delivery.answered and not self.settlement.release(msg, redeliver=True):
+            self._spawn(self.replies.fail(delivery, "cancelled", f"handling of message {mid} was cancelled"))
+        return False
+
+    async def _failed(self, reg: Registration, subject: str, mid: str, delivery: Delivery, scope: Scope | None,
+                      exc: BaseException) -> None:
+        """Answer a handler's error to its requester with its code and reason (a RemoteError's own, else handler_error)."""
+        self.metrics.failed += 1
+        details: dict[str, Any] = {}
+        if isinstance(exc, RemoteError):
+            code, text = exc.code, exc.remote_message
+            if isinstance(exc.details, dict):  # the requester's RemoteError gets them as its details
+                details = {k: v for k, v in exc.details.items() if k not in ("code", "message")}
+                try:
+                    orjson.dumps(details)
+                except TypeError:
+                    details = {}  # not JSON: the error still goes out, without them
+        else:
+            code, text = "handler_error", f"{type(exc).__name__}: {exc}"
+            log.exception("agent %s handler for %s raised on message %s", self.agent_id, subject, mid, exc_info=exc)
+        reg.errors += 1
+        reg.last_error = f"{code}: {text}"
+        if scope is not None:
+            scope.error(exc)
+        if not delivery.answered:
+            try:
+                await self.replies.fail(delivery, code, text, **details)
+            except Exception:
+                log.exception("agent %s could not send the error result for %s", self.agent_id, mid)
 
     async def _answer_duplicate(self, reg: Registration, subject: str, message: dict[str, Any], msg: Incoming, seen: Any) -> None:
         """Answer a message id this subscription already took: replay its result where the original asked for it,

@@ -84,7 +84,8 @@ class Core:
         self.work = Dispatcher(agent_id, config, self.topics, self.metrics, self.registry.index, self.connection,
                                self.replies, self.settlement, self.spawn, self.sync_calls, default, self.tasks)
         self.registry.dispatch = self.work.dispatch
-        self.watchdog = LoopWatchdog(agent_id, config["agent.loop_lag_warn"], self.metrics, Dispatcher._handle.__code__)
+        self.watchdog = LoopWatchdog(agent_id, config["agent.loop_lag_warn"], self.metrics,
+                                      (Dispatcher._handle.__code__, Dispatcher._handle_plain.__code__))
         # Control, discovery and status go through the agent's public methods, read when used: a subclass's
         # describe() (or pause, resume, publish) is what the bus sees. The agent sets face to itself.
         self.face: Face = self

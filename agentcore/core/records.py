@@ -51,9 +51,12 @@ class Registration:
     errors: int = 0  # of which failed
     seconds: float = 0.0  # total time from arrival to the end of handling
     last_error: str = ""
+    # An async handler of its own for tasks, not a system one: what the dispatcher's common path runs.
+    plain: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.key = (self.pattern, self.queue)
+        self.plain = self.is_async and self.kind == TASK and not self.system and self.handler is not None
 
 
 def asked_at(message: dict[str, Any], reply: str) -> str | None:

@@ -144,7 +144,11 @@ class Registry:
                         sub = await source.subscribe(key)  # the capability's tasks are pulled from its JetStream consumer
                     else:
                         sub = core = await nc.subscribe(key[0], queue=key[1], cb=self._callback(key))
-                        deliver_inline(core, self._inline(key))  # no per-message hop through nats-py's task
+                        raw = self._raw(key)  # no per-message hop through nats-py's task, either way
+                        if raw is not None:
+                            deliver_inline(core, raw)
+                        else:
+                            deliver_inline(core, self.dispatch, key)
                     if status() in ("stopping", "stopped"):  # the stop gave up waiting for this sync's lock
                         await retire(nc, sub)
                         return

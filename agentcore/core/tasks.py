@@ -81,6 +81,7 @@ class TaskTable:
 
     def __init__(self, max_bytes: int, counters: Counter[str], pending: dict[str, Delivery]) -> None:
         self.max_bytes = max_bytes
+        self._half = max_bytes // 2  # what one generation of finished records may hold
         self.waiting: dict[tuple[str, str], TaskRecord] = {}  # queued tasks (bounded by agent.max_queued)
         self._pending = pending  # message id -> the delivery being answered (Replies.pending)
         # (source id, task id) -> a delivery running while another requester's task with the same id holds that id
@@ -92,6 +93,7 @@ class TaskTable:
         self._young_bytes = 0
         self._old_bytes = 0
         self._counters = counters
+        self._wall = time.time() - time.perf_counter()  # turns a perf_counter() reading into wall-clock time
         counters["tasks_cancelled"] += 0  # always reported
         counters["task_records_evicted"] += 0
 
@@ -116,19 +118,21 @@ class TaskTable:
         if rec is not None and rec.cancelled:
             delivery.cancelled = delivery.answered = True
 
-    def finished(self, message: dict[str, Any], state: str) -> None:
-        """Record how a task ended."""
+    def finished(self, message: dict[str, Any], state: str, at: float | None = None) -> None:
+        """Record how a task ended; at is when, by time.perf_counter() (the dispatcher has read it already)."""
         source_id, task_id = message["source"]["id"], message["id"]
         cost = _OVERHEAD + len(source_id) + len(task_id)
-        if self._young_bytes + cost > self.max_bytes // 2:  # rotate first: each generation stays within half the bound
+        if self._young_bytes + cost > self._half:  # rotate first: each generation stays within half the bound
             self._counters["task_records_evicted"] += len(self._old)
             self._old, self._old_bytes = self._young, self._young_bytes
             self._young, self._young_bytes = [], 0
+            self._wall = time.time() - time.perf_counter()  # follows a change of the wall clock, once per generation
+        since = time.time() if at is None else at + self._wall
         young = self._young
-        if isinstance(young, list):
-            young.append((source_id, task_id, state, time.time()))
+        if type(young) is list:
+            young.append((source_id, task_id, state, since))
         else:
-            young[(source_id, task_id)] = (state, time.time())
+            young[(source_id, task_id)] = (state, since)  # type: ignore[call-overload]
         self._young_bytes += cost
 
     # ------------------------------------------------------------------ what requesters see

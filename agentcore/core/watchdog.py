@@ -30,8 +30,10 @@ def _where(frame: FrameType) -> str:
     return f"{getattr(code, 'co_qualname', code.co_name)} ({code.co_filename}:{frame.f_lineno})"
 
 
-def describe_stack(frame: FrameType | None, handler_code: CodeType | None) -> str:
-    """Return who runs in frame: the handler the dispatcher called (and where it is), or the innermost function."""
+def describe_stack(frame: FrameType | None, handler_code: CodeType | tuple[CodeType, ...] | None) -> str:
+    """Return who runs in frame: the handler the dispatcher called (and where it is), or the innermost function.
+
+    handler_code is the code of the dispatcher's function that calls handlers (or several such codes)."""
     frames: list[FrameType] = []
     while frame is not None and len(frames) < 200:
         frames.append(frame)
@@ -39,8 +41,9 @@ def describe_stack(frame: FrameType | None, handler_code: CodeType | None) -> st
     if not frames:
         return "unknown code"
     inner = _where(frames[0])
+    codes = handler_code if isinstance(handler_code, tuple) else (handler_code,)
     for i, f in enumerate(frames):
-        if f.f_code is handler_code and i > 0:
+        if f.f_code in codes and i > 0:
             called = frames[i - 1]
             try:  # the dispatcher's frame knows the registration: its pattern names the capability or topic
                 reg = f.f_locals.get("reg")
@@ -69,7 +72,8 @@ def _seen_on(loop: asyncio.AbstractEventLoop, start: float, end: float) -> bool:
 class LoopWatchdog:
     """Measure the loop's lag with a periodic timer; log an episode above threshold once, naming the code that held it."""
 
-    def __init__(self, agent_id: str, threshold: float, metrics: AgentMetrics, handler_code: CodeType | None) -> None:
+    def __init__(self, agent_id: str, threshold: float, metrics: AgentMetrics,
+                 handler_code: CodeType | tuple[CodeType, ...] | None) -> None:
         self.agent_id = agent_id
         self.threshold = threshold
         self.interval = min(max(threshold / 2, 0.01), 0.1)  # wake-ups: 10 a second at most, cheap

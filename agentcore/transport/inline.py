@@ -51,32 +51,38 @@ Accept = Callable[[Msg], Any]
 class _InlineQueue(asyncio.Queue):  # type: ignore[type-arg]
     """Stands in for a subscription's pending queue: each message is dispatched as nats-py puts it."""
 
-    def __init__(self, sub: Subscription, dispatch: Callable[[Msg], None]) -> None:
+    def __init__(self, sub: Subscription, dispatch: Callable[..., None], tag: Any = None) -> None:
         super().__init__()
         self._sub = sub
         self._dispatch = dispatch
+        self._tag = tag
 
     def put_nowait(self, msg: Msg) -> None:
         # nats-py counted the message as pending for its slow-consumer limit; it is handled right here.
         self._sub._pending_size -= len(msg.data)
         try:
-            self._dispatch(msg)
+            if self._tag is None:
+                self._dispatch(msg)
+            else:
+                self._dispatch(msg, self._tag)
         except Exception:  # never into nats-py's read loop: that would drop the connection
             log.exception("dispatching a message on %s failed", msg.subject)
 
 
-def deliver_inline(sub: Subscription, dispatch: Callable[[Msg], None]) -> bool:
+def deliver_inline(sub: Subscription, dispatch: Callable[..., None], tag: Any = None) -> bool:
     """Make sub hand its messages to dispatch as they are read; False when this nats-py cannot.
 
     Its plain MSG frames are read straight from the connection's buffer (transport.reader); the rest (HMSG)
-    still comes through nats-py's parser and the inline queue.
+    still comes through nats-py's parser and the inline queue. Without a tag, dispatch(msg) gets a nats-py Msg;
+    with one, dispatch(message, tag) gets a slim Frame for a plain MSG (subject, reply, data, headers None) and
+    the nats-py Msg for the rest: one call per message, no closure binding the tag.
     """
     if not isinstance(getattr(sub, "_pending_queue", None), asyncio.Queue) or not hasattr(sub, "_pending_size"):
         return False
-    sub._pending_queue = _InlineQueue(sub, dispatch)
+    sub._pending_queue = _InlineQueue(sub, dispatch, tag)
     conn = getattr(sub, "_conn", None)
     if conn is not None and READ_FRAMES:
-        take_over(conn, sub, dispatch)
+        take_over(conn, sub, dispatch, tag)
     return True
 
 

@@ -3,7 +3,8 @@
 nats-py parses each frame with regular expressions, copies it out of its buffer, awaits ``_process_msg`` and
 ``_process_headers`` and builds the Msg, per message. For the subscriptions the agent delivers inline
 (``inline.deliver_inline``) the compiled frame scanner (``agentcore._ext.wire``) finds the complete MSG frames
-at the head of the buffer and hands each one to the subscription's dispatch as a nats-py Msg. Everything else
+at the head of the buffer and hands each one, through the compiled ``Target``, to the subscription's dispatch as
+a nats-py Msg. Everything else
 -- HMSG (headers: signed identities, no-responders), messages for every other sid (JetStream, the user's own
 subscriptions), PING/PONG, INFO, -ERR, +OK -- goes one frame at a time through nats-py's own parser, so
 connect, reconnect, auth, TLS and JetStream stay nats-py's. Where nats-py's parser is not the one this module
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import nats.errors
 from nats.aio.client import Client as NATSClient
@@ -23,7 +24,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.protocol import parser as nats_parser
 
-from .._impl import frame_end, scan_frames
+from .._impl import Target, frame_end, scan_frames
 
 __all__ = ("take_over",)
 
@@ -34,44 +35,27 @@ _WAITING = nats_parser.AWAITING_CONTROL_LINE
 _CRLF_SIZE = 2
 
 
-class _Target:
-    """Delivers one subscription's frames as nats-py's _process_msg would, minus the pending queue."""
+def _target(nc: NATSClient, sub: Subscription, dispatch: Callable[..., None], targets: dict[int, Target], tag: Any) -> Target:
+    """Return what delivers sub's frames as nats-py's _process_msg would, minus the pending queue (compiled core).
 
-    __slots__ = ("nc", "sub", "sid", "dispatch", "msg_class", "targets", "subs")
+    With a tag (not None) each frame goes to dispatch(Frame, tag): a slim message of subject, reply and data,
+    without nats-py's Msg. Without one, dispatch gets a nats-py Msg.
+    """
+    sid: int = sub._id
 
-    def __init__(self, nc: NATSClient, sub: Subscription, dispatch: Callable[[Msg], None],
-                 targets: dict[int, _Target]) -> None:
-        self.nc = nc
-        self.targets = targets
-        self.sub = sub
-        self.sid: int = sub._id
-        self.dispatch = dispatch
-        self.msg_class: type[Msg] = nc.msg_class
-        self.subs: dict[int, Subscription] = nc._subs  # nats-py's sid -> subscription (one dict per client)
+    def on_slow(subject: str, reply: str) -> None:  # nats-py's slow-consumer report: the message is dropped
+        asyncio.ensure_future(nc._error_cb(nats.errors.SlowConsumerError(subject=subject, reply=reply, sid=sid, sub=sub)))
 
-    def __call__(self, subject: str, reply: str, data: bytes) -> None:
-        sub = self.sub
-        if self.subs.get(self.sid) is not sub:  # unsubscribed or drained: nats-py drops what still arrives for it
-            self.targets.pop(self.sid, None)
-            return
-        sub._received += 1
-        if sub._max_msgs and sub._received >= sub._max_msgs:  # unsubscribe(limit=n) since: nats-py's auto-unsubscribe
-            self.subs.pop(self.sid, None)
-        limit = sub._pending_bytes_limit
-        if 0 < limit <= len(data):  # nats-py's slow-consumer rule (the inline queue never holds one message)
-            asyncio.ensure_future(
-                self.nc._error_cb(nats.errors.SlowConsumerError(subject=subject, reply=reply, sid=self.sid, sub=sub)))
-            return
-        try:
-            self.dispatch(self.msg_class(self.nc, subject, reply, data, None, None, False, self.sid))
-        except Exception:  # never into nats-py's read loop: that would drop the connection
-            log.exception("dispatching a message on %s failed", subject)
+    def on_error(subject: str) -> None:  # called inside the Target's except block: the exception is logged
+        log.exception("dispatching a message on %s failed", subject)
+
+    return Target(nc, sub, sid, nc._subs, targets, dispatch, tag, nc.msg_class, on_slow, on_error)
 
 
 class _Reader(_Parser):
     """nats-py's Parser with a fast path for the frames of the agent's own subscriptions."""
 
-    targets: dict[int, _Target]
+    targets: dict[int, Target]
 
     async def parse(self, data: bytes = b"") -> None:
         buf: bytearray = self.buf
@@ -141,8 +125,8 @@ def _usable(parser: object) -> bool:
         hasattr(parser, name) for name in ("buf", "state", "needed", "nc", "reset"))
 
 
-def take_over(nc: NATSClient, sub: Subscription, dispatch: Callable[[Msg], None]) -> bool:
-    """Read sub's MSG frames straight from nc's buffer into dispatch; False when this nats-py cannot."""
+def take_over(nc: NATSClient, sub: Subscription, dispatch: Callable[..., None], tag: Any = None) -> bool:
+    """Read sub's MSG frames straight from nc's buffer into dispatch (see _target for tag); False when this nats-py cannot."""
     try:
         parser = nc._ps
         if type(parser) is not _Reader:
@@ -156,7 +140,7 @@ def take_over(nc: NATSClient, sub: Subscription, dispatch: Callable[[Msg], None]
         targets = cast(_Reader, parser).targets
         for sid in [sid for sid in targets if sid not in nc._subs]:  # subscriptions gone since: nats-py forgot them
             del targets[sid]
-        targets[sub._id] = _Target(nc, sub, dispatch, targets)
+        targets[sub._id] = _target(nc, sub, dispatch, targets, tag)
     except AttributeError:  # a nats-py whose internals differ: delivery stays inline through its own parser
         return False
     return True

@@ -126,3 +126,79 @@ def test_a_frame_whose_subject_or_reply_is_not_utf8_is_dropped(wire_module: Modu
     result, got = _scan(wire_module, stream)
     assert result == (len(stream), MORE, 1, 2)
     assert got == [(1, "a", "", b"ok")]
+
+
+class _Sub:
+    def __init__(self, sid: int, max_msgs: int = 0, limit: int = 0) -> None:
+        self._id, self._received, self._max_msgs, self._pending_bytes_limit = sid, 0, max_msgs, limit
+
+
+def _target(wire: ModuleType, sub: _Sub, subs: dict[int, Any], targets: dict[int, Any]) -> tuple[Any, dict[str, list[Any]]]:
+    seen: dict[str, list[Any]] = {"msgs": [], "slow": [], "errors": []}
+
+    def dispatch(msg: Any) -> None:
+        if msg[1] == "boom":
+            raise ValueError("boom")
+        seen["msgs"].append(msg)
+
+    def on_error(subject: str) -> None:
+        import sys
+        seen["errors"].append((subject, type(sys.exc_info()[1]).__name__))  # called inside the except block
+
+    target = wire.Target("nc", sub, sub._id, subs, targets, dispatch, None, lambda *a: a,
+                         lambda subject, reply: seen["slow"].append((subject, reply)), on_error)
+    targets[sub._id] = target
+    return target, seen
+
+
+def test_target_delivers_counts_and_keeps_errors_out_of_the_reader(wire_module: ModuleType) -> None:
+    sub = _Sub(7)
+    subs: dict[int, Any] = {7: sub}
+    targets: dict[int, Any] = {}
+    target, seen = _target(wire_module, sub, subs, targets)
+    target("a.b", "_INBOX.1", b"hi")
+    target("boom", "", b"x")  # a dispatch that raises is reported, never raised into the read loop
+    assert seen["msgs"] == [("nc", "a.b", "_INBOX.1", b"hi", None, None, False, 7)]
+    assert seen["errors"] == [("boom", "ValueError")]
+    assert sub._received == 2
+
+
+def test_target_follows_nats_py_rules_for_limits_and_unsubscribes(wire_module: ModuleType) -> None:
+    sub = _Sub(3, max_msgs=2, limit=4)
+    subs: dict[int, Any] = {3: sub}
+    targets: dict[int, Any] = {}
+    target, seen = _target(wire_module, sub, subs, targets)
+    target("s", "", b"12345")  # over the pending-bytes limit: reported as a slow consumer, dropped
+    assert seen["slow"] == [("s", "")] and seen["msgs"] == []
+    target("s", "r", b"1")  # the second of max_msgs: delivered, and the subscription forgotten as nats-py would
+    assert len(seen["msgs"]) == 1 and 3 not in subs
+    target("s", "", b"1")  # unsubscribed: dropped, and the target removes itself
+    assert len(seen["msgs"]) == 1 and 3 not in targets
+
+
+def test_a_keyed_target_hands_slim_frames_and_its_key_to_dispatch(wire_module: ModuleType) -> None:
+    sub = _Sub(5)
+    subs: dict[int, Any] = {5: sub}
+    targets: dict[int, Any] = {}
+    got: list[tuple[Any, Any]] = []
+    key = ("agents.x.>", "")
+    target = wire_module.Target("nc", sub, 5, subs, targets, lambda frame, k: got.append((frame, k)), key,
+                                lambda *a: pytest.fail("no nats-py Msg is made for a keyed target"),
+                                lambda subject, reply: None, lambda subject: None)
+    target("a.b", "_INBOX.9", b"hi")
+    target("a.c", "", b"")
+    (first, k1), (second, k2) = got
+    assert k1 is key and k2 is key
+    assert (first.subject, first.reply, first.data, first.headers) == ("a.b", "_INBOX.9", b"hi", None)
+    assert (second.subject, second.reply, second.data, second.headers) == ("a.c", "", b"", None)
+    assert type(first) is wire_module.Frame and "a.b" in repr(first)
+    assert sub._received == 2
+
+
+def test_a_frame_is_read_only(wire_module: ModuleType) -> None:
+    frame = wire_module.Frame("s", "r", b"d")
+    assert (frame.subject, frame.reply, frame.data, frame.headers) == ("s", "r", b"d", None)
+    if wire_module.__name__.endswith("_py"):
+        return  # the pure twin's slots are plain attributes; nothing in agentcore writes to a frame
+    with pytest.raises(AttributeError):
+        frame.subject = "other"
