@@ -14,7 +14,7 @@ from agentcore.errors import EnvelopeError
 
 from agentcore._ext import envelope_py as _twin
 
-__all__ = ("MAX_DEPTH", "MESSAGE_TYPES", "decode", "encode", "new_id", "validate")
+__all__ = ("MAX_DEPTH", "MESSAGE_TYPES", "decode", "encode", "encode_result", "new_id", "validate")
 
 
 cdef extern from "Python.h":
@@ -556,6 +556,49 @@ def encode(message):
         return _dumps(message, None, _DUMPS_OPTIONS)
     except TypeError as exc:
         raise EnvelopeError(f"envelope cannot be serialized: {exc}") from None
+
+
+cdef object _time = __import__("time").time
+cdef object _encode_result_slow = _twin.encode_result
+
+
+def encode_result(source, target, correlation_id, conversation_id, content, error=None):
+    """Return encode() of a new result envelope from source (validated) answering correlation_id, id and time new."""
+    # Only what the caller hands in is checked (the rest is written here, valid by construction); anything that
+    # fails goes to the twin's encode(), which raises the error encode() raises.
+    if not (_tree_ok(<PyObject*>content, 2)
+            and (target is None or PyUnicode_Check(target))
+            and (correlation_id is None or PyUnicode_Check(correlation_id))
+            and (conversation_id is None or PyUnicode_Check(conversation_id))
+            and (error is None or _valid_error(error))):
+        return _encode_result_slow(source, target, correlation_id, conversation_id, content, error)
+    payload = {"content": content} if error is None else {"content": content, "error": error}
+    message = {
+        "id": new_id(),
+        "timestamp": _time(),
+        "version": "1.0",
+        "type": "result",
+        "source": source,
+        "target": target,
+        "replyTo": None,
+        "correlationId": correlation_id,
+        "context": {"conversationId": conversation_id, "metadata": {}},
+        "payload": payload,
+        "routing": None,
+    }
+    try:
+        return _dumps(message, None, _DUMPS_OPTIONS)
+    except TypeError as exc:
+        raise EnvelopeError(f"envelope cannot be serialized: {exc}") from None
+
+
+cdef bint _valid_error(object error):
+    """Return whether error is a payload.error encode() takes: an object with str code and message, a valid tree."""
+    if not _is_dict(<PyObject*>error):
+        return False
+    code = error.get("code")
+    message = error.get("message")
+    return PyUnicode_Check(code) and PyUnicode_Check(message) and _tree_ok(<PyObject*>error, 2)
 
 
 # ------------------------------------------------------------------------------------------------ message ids

@@ -5,13 +5,14 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import time
 from typing import Any
 
 import orjson
 
 from agentcore.errors import EnvelopeError
 
-__all__ = ("MAX_DEPTH", "MESSAGE_TYPES", "decode", "encode", "new_id", "validate")
+__all__ = ("MAX_DEPTH", "MESSAGE_TYPES", "decode", "encode", "encode_result", "new_id", "validate")
 
 MESSAGE_TYPES = frozenset({"task", "result", "event", "query"})
 # Deepest container nesting allowed, counting the envelope's own objects (payload, context, ...) as level 1.
@@ -177,6 +178,25 @@ def encode(message: dict[str, Any]) -> bytes:
         return orjson.dumps(message, option=_DUMPS_OPTIONS)
     except TypeError as exc:
         raise EnvelopeError(f"envelope cannot be serialized: {exc}") from None
+
+
+def encode_result(source: dict[str, Any], target: str | None, correlation_id: str | None, conversation_id: str | None,
+                  content: Any, error: dict[str, Any] | None = None) -> bytes:
+    """Return encode() of a new result envelope from source (validated) answering correlation_id, id and time new."""
+    payload: dict[str, Any] = {"content": content} if error is None else {"content": content, "error": error}
+    return encode({
+        "id": new_id(),
+        "timestamp": time.time(),
+        "version": "1.0",
+        "type": "result",
+        "source": source,
+        "target": target,
+        "replyTo": None,
+        "correlationId": correlation_id,
+        "context": {"conversationId": conversation_id, "metadata": {}},
+        "payload": payload,
+        "routing": None,
+    })
 
 
 # Message ids: 128 bits of the operating system's CSPRNG each, as 32 lowercase hex digits. Randomness is drawn

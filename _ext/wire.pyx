@@ -1,9 +1,9 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """Read NATS MSG frames straight from a connection's read buffer and hand them to their targets (compiled core)."""
 
-from libc.string cimport memchr, memcmp
+from libc.string cimport memchr, memcmp, memcpy
 
-__all__ = ("scan_frames", "frame_end", "Frame", "Target")
+__all__ = ("scan_frames", "frame_end", "pub_frame", "Frame", "Target")
 
 MORE = 0
 OTHER = 1
@@ -21,6 +21,7 @@ cdef extern from "Python.h":
     object PyBytes_FromStringAndSize(const char* s, Py_ssize_t n)
     object PyUnicode_DecodeUTF8(const char* s, Py_ssize_t n, const char* errors)
     object PyLong_FromSsize_t(Py_ssize_t v)
+    const char* PyUnicode_AsUTF8AndSize(object o, Py_ssize_t* size) except NULL
 
 
 cdef inline const char* _data(object buf, Py_ssize_t* n) except NULL:
@@ -245,3 +246,46 @@ cdef class Target:
                 self.dispatch(self.make(self.nc, subject, reply, data, None, None, False, self.sid))
         except Exception:  # never into nats-py's read loop: that would drop the connection
             self.on_error(subject)
+
+
+def pub_frame(str subject, str reply, payload):
+    """Return the PUB command nats-py's pub_cmd writes for payload (one buffer: control line, payload, CRLF)."""
+    if not PyBytes_CheckExact(payload):  # a bytearray or memoryview: joined as the twin joins it
+        return b"".join((f"PUB {subject} {reply} {len(payload)}\r\n".encode(), payload, b"\r\n"))
+    cdef Py_ssize_t ns, nr, np = PyBytes_GET_SIZE(payload), nd, total, k
+    cdef const char* s = PyUnicode_AsUTF8AndSize(subject, &ns)
+    cdef const char* r = PyUnicode_AsUTF8AndSize(reply, &nr)
+    cdef char digits[24]
+    cdef Py_ssize_t v = np
+    nd = 0
+    while True:  # the payload's size in decimal, backwards
+        digits[nd] = <char>(48 + v % 10)
+        nd += 1
+        v //= 10
+        if v == 0:
+            break
+    total = 4 + ns + 1 + nr + 1 + nd + 2 + np + 2  # "PUB " subject " " reply " " size CRLF payload CRLF
+    out = PyBytes_FromStringAndSize(NULL, total)
+    cdef char* o = PyBytes_AS_STRING(out)
+    memcpy(o, b"PUB ", 4)
+    k = 4
+    memcpy(o + k, s, ns)
+    k += ns
+    o[k] = b' '
+    k += 1
+    memcpy(o + k, r, nr)
+    k += nr
+    o[k] = b' '
+    k += 1
+    while nd > 0:
+        nd -= 1
+        o[k] = digits[nd]
+        k += 1
+    o[k] = b'\r'
+    o[k + 1] = b'\n'
+    k += 2
+    memcpy(o + k, PyBytes_AS_STRING(payload), np)
+    k += np
+    o[k] = b'\r'
+    o[k + 1] = b'\n'
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ("scan_frames", "frame_end", "Frame", "Target")
+__all__ = ("scan_frames", "frame_end", "pub_frame", "Frame", "Target")
 
 #: scan() stopped because the buffer ends inside a frame (or is used up): wait for more bytes.
 MORE = 0
@@ -148,3 +148,8 @@ class Target:
                 self.dispatch(self.make(self.nc, subject, reply, data, None, None, False, self.sid))
         except Exception:  # never into nats-py's read loop: that would drop the connection
             self.on_error(subject)
+
+
+def pub_frame(subject: str, reply: str, payload: bytes) -> bytes:
+    """Return the PUB command nats-py's pub_cmd writes for payload (one buffer: control line, payload, CRLF)."""
+    return b"".join((f"PUB {subject} {reply} {len(payload)}\r\n".encode(), payload, b"\r\n"))

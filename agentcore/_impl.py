@@ -35,9 +35,9 @@ SOURCE_TREE = _map_source_tree()
 if TYPE_CHECKING or NO_EXTENSIONS:
     from ._ext.batch_py import BatchAccumulator
     from ._ext.cache_py import ContentCache, canonical_hash, content_hash
-    from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, new_id, validate
+    from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, encode_result, new_id, validate
     from ._ext.subjects_py import SubjectIndex, subject_matches, validate_subject, validate_token
-    from ._ext.wire_py import Frame, Target, frame_end, scan_frames
+    from ._ext.wire_py import Frame, Target, frame_end, pub_frame, scan_frames
 
     IMPLEMENTATION = "pure"
     if TYPE_CHECKING:
@@ -46,9 +46,9 @@ else:
     try:
         from ._ext.batch import BatchAccumulator
         from ._ext.cache import ContentCache, canonical_hash, content_hash
-        from ._ext.envelope import MESSAGE_TYPES, decode, encode, new_id, validate
+        from ._ext.envelope import MESSAGE_TYPES, decode, encode, encode_result, new_id, validate
         from ._ext.subjects import SubjectIndex, subject_matches, validate_subject, validate_token
-        from ._ext.wire import Frame, Target, frame_end, scan_frames
+        from ._ext.wire import Frame, Target, frame_end, pub_frame, scan_frames
 
         IMPLEMENTATION = "compiled"
     except ImportError as exc:  # a build made with AGENTCORE_NO_EXTENSIONS=1, or a broken install
@@ -71,9 +71,9 @@ else:
                           RuntimeWarning, stacklevel=2)
         from ._ext.batch_py import BatchAccumulator
         from ._ext.cache_py import ContentCache, canonical_hash, content_hash
-        from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, new_id, validate
+        from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, encode_result, new_id, validate
         from ._ext.subjects_py import SubjectIndex, subject_matches, validate_subject, validate_token
-        from ._ext.wire_py import Frame, Target, frame_end, scan_frames
+        from ._ext.wire_py import Frame, Target, frame_end, pub_frame, scan_frames
 
         IMPLEMENTATION = "pure"
 
@@ -118,6 +118,7 @@ __all__ = (
     "MESSAGE_TYPES",
     "decode",
     "encode",
+    "encode_result",
     "new_id",
     "validate",
     "SubjectIndex",
@@ -126,6 +127,7 @@ __all__ = (
     "validate_token",
     "frame_end",
     "scan_frames",
+    "pub_frame",
     "Frame",
     "Target",
 )

@@ -361,13 +361,15 @@ class Dispatcher:
                     hit = cache.get(key)
                     if hit is not MISS:
                         replay = hit
-                        await self.replies.answer(delivery, hit)
+                        if not self.replies.answer_now(delivery, hit):
+                            await self.replies.answer(delivery, hit)
                         self.metrics.processed += 1
                         return
             result = await reg.handler(message)  # type: ignore[misc]  # reg.plain: an async handler of its own
             if not delivery.answered and result is not NO_REPLY:
                 replay = result
-                await self.replies.answer(delivery, result)
+                if not self.replies.answer_now(delivery, result):
+                    await self.replies.answer(delivery, result)
                 if key is not None and delivery.size:  # only results that did not raise, counted as sent
                     cache.put(key, result, delivery.size)  # type: ignore[union-attr]
             self.metrics.processed += 1
@@ -436,7 +438,8 @@ class Dispatcher:
                     hit = cache.get(key)
                     if hit is not MISS:
                         replay = hit
-                        await self.replies.answer(delivery, hit)
+                        if not self.replies.answer_now(delivery, hit):
+                            await self.replies.answer(delivery, hit)
                         self.metrics.processed += 1
                         return
             args: tuple[Any, ...] = (message,) if reg.kind == TASK else (self.topics.to_topic(subject), message)
@@ -458,7 +461,8 @@ class Dispatcher:
                 if reg.kind == TASK:
                     if result is not NO_REPLY:
                         replay = result
-                        await self.replies.answer(delivery, result)
+                        if not self.replies.answer_now(delivery, result):
+                            await self.replies.answer(delivery, result)
                         if key is not None and delivery.size:  # only results that did not raise, counted as sent
                             cache.put(key, result, delivery.size)  # type: ignore[union-attr]
                 elif message.get("type") in _TASK_TYPES:

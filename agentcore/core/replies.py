@@ -11,7 +11,8 @@ from typing import Any, Protocol
 from nats.aio.client import Client as NATSClient
 
 from ..config import AgentConfig
-from ..envelope import VERSION, encode, error_payload, new_id, new_message
+from .._impl import encode_result
+from ..envelope import encode, error_payload, new_message
 from ..errors import AgentCoreError, EnvelopeError, PayloadTooLargeError
 from ..metrics import AgentMetrics
 from ..transport.connection import Connection
@@ -65,22 +66,36 @@ class Replies:
         """Return the encoded result envelope answering delivery."""
         request = delivery.message
         context = request.get("context")
-        payload: dict[str, Any] = {"content": content} if error is None else {"content": content, "error": error}
-        # The same fields new_message() writes, as one literal: this runs once per answered task.
-        data: bytes = encode({
-            "id": new_id(),
-            "timestamp": time.time(),
-            "version": VERSION,
-            "type": "result",
-            "source": self.source,
-            "target": request["source"]["id"],
-            "replyTo": None,
-            "correlationId": request["id"],
-            "context": {"conversationId": context.get("conversationId") if context else None, "metadata": {}},
-            "payload": payload,
-            "routing": None,
-        })
+        # The envelope new_message() would make, written by the compiled core in one call (once per answered task).
+        data: bytes = encode_result(self.source, request["source"]["id"], request["id"],
+                                    context.get("conversationId") if context else None, content, error)
         return data
+
+    def answer_now(self, delivery: Delivery, content: Any) -> bool:
+        """Send content as delivery's result right now when nothing else is involved; False when answer() must.
+
+        Taken in the plain case only: not answered or deferred, an answer subject, no keeper, no signer or tracer,
+        no trace headers to pass on, a result that encodes and fits one message, and nats-py's pending buffer
+        taking it in order (inline.send_now or queue_now). It does what answer() does there, without a coroutine.
+        """
+        if delivery.answered or delivery.deferred or self.keeper is not None or not self.connection.bare:
+            return False
+        dest = delivery.message.get("replyTo") or delivery.reply
+        if not dest or CURRENT.get() is not None:
+            return False
+        nc = self.connection.nc
+        try:
+            data = self.result_message(delivery, content)
+        except EnvelopeError:
+            return False  # answer() says result_invalid
+        if nc is None or len(data) > self.connection.max_payload():
+            return False
+        if not send_now(nc, dest, data) and not queue_now(nc, dest, data):
+            return False
+        delivery.size = len(data)
+        delivery.answered = True
+        self.metrics.published += 1
+        return True
 
     def settle(self, delivery: Delivery) -> bool:
         """Return False when delivery was answered already; else forget it as pending (its answer is being sent)."""

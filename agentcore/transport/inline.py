@@ -23,8 +23,9 @@ import nats.errors
 from nats.aio.client import Client as NATSClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.protocol.command import hpub_cmd, pub_cmd
+from nats.protocol.command import hpub_cmd
 
+from .._impl import pub_frame
 from .tracecontext import TRACE_HEADERS
 
 from .reader import take_over
@@ -109,7 +110,7 @@ def _command(nc: NATSClient, subject: str, reply: str, data: bytes, headers: dic
     None when the headers are not plain trace headers (nc.publish cleans those).
     """
     if headers is None:
-        command = pub_cmd(subject, reply, data)
+        command: bytes = pub_frame(subject, reply, data)  # pub_cmd's bytes, built in one buffer (compiled core)
     else:  # trace headers passed through: HPUB, as nc.publish would write it
         block = _header_block(headers)
         if block is None:

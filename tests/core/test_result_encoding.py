@@ -1,0 +1,103 @@
+"""encode_result and pub_frame (compiled and pure twin): a result envelope and its PUB command, each in one call."""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any
+
+import orjson
+import pytest
+from nats.protocol.command import pub_cmd
+
+from agentcore.errors import EnvelopeError
+
+SOURCE = {"id": "worker-1", "type": "worker"}
+
+
+def _nested(depth: int) -> Any:
+    """A list nested depth levels deep (deeper than an envelope may nest)."""
+    value: Any = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _as_dict(envelope_module: ModuleType, target: Any, correlation_id: Any, conversation_id: Any, content: Any,
+             error: Any = None) -> dict[str, Any]:
+    """The dict encode_result stands for (the same fields new_message writes for a result)."""
+    payload = {"content": content} if error is None else {"content": content, "error": error}
+    return {"id": "x", "timestamp": 1.5, "version": "1.0", "type": "result", "source": SOURCE, "target": target,
+            "replyTo": None, "correlationId": correlation_id,
+            "context": {"conversationId": conversation_id, "metadata": {}}, "payload": payload, "routing": None}
+
+
+@pytest.mark.parametrize("content", [None, "text", 3, 2.5, [1, {"a": [True, None]}], {"nested": {"deep": ["x"]}}])
+@pytest.mark.parametrize("conversation", [None, "conv-1"])
+def test_an_encoded_result_is_the_envelope_encode_would_write(envelope_module: ModuleType, content: Any,
+                                                               conversation: str | None) -> None:
+    data = envelope_module.encode_result(SOURCE, "asker", "task-9", conversation, content)
+    message = envelope_module.decode(data)  # a valid envelope
+    expected = _as_dict(envelope_module, "asker", "task-9", conversation, content)
+    assert len(message["id"]) == 32 and isinstance(message["timestamp"], float)
+    assert {k: v for k, v in message.items() if k not in ("id", "timestamp")} == \
+        {k: v for k, v in expected.items() if k not in ("id", "timestamp")}
+    assert list(message) == list(expected)  # the same field order as new_message's
+
+
+def test_an_encoded_error_result_carries_its_error(envelope_module: ModuleType) -> None:
+    error = {"code": "handler_error", "message": "boom", "details": {"n": 1}}
+    message = envelope_module.decode(envelope_module.encode_result(SOURCE, None, "t", None, None, error))
+    assert message["payload"] == {"content": None, "error": error} and message["target"] is None
+
+
+@pytest.mark.parametrize("content,error", [
+    (math.nan, None),
+    ({1: "non-str key"}, None),
+    (object(), None),
+    ({"set": {1, 2}}, None),
+    (_nested(200), None),
+    (None, {"code": 1, "message": "code is no string"}),
+    (None, {"message": "no code"}),
+    (None, ["not", "an", "object"]),
+    (None, {"code": "c", "message": "m", "bad": math.inf}),
+])
+def test_what_encode_refuses_encode_result_refuses_with_the_same_error(envelope_module: ModuleType, content: Any,
+                                                                        error: Any) -> None:
+    with pytest.raises(EnvelopeError) as expected:
+        envelope_module.encode(_as_dict(envelope_module, "asker", "t", None, content, error))
+    with pytest.raises(EnvelopeError) as got:
+        envelope_module.encode_result(SOURCE, "asker", "t", None, content, error)
+    assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize("target,correlation,conversation", [(7, "t", None), ("a", b"t", None), ("a", "t", 3.5)])
+def test_ids_that_are_no_strings_are_refused_as_encode_refuses_them(envelope_module: ModuleType, target: Any,
+                                                                   correlation: Any, conversation: Any) -> None:
+    with pytest.raises(EnvelopeError) as expected:
+        envelope_module.encode(_as_dict(envelope_module, target, correlation, conversation, "c"))
+    with pytest.raises(EnvelopeError) as got:
+        envelope_module.encode_result(SOURCE, target, correlation, conversation, "c")
+    assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize("subject,reply,payload", [
+    ("a.b", "", b"xyz"),
+    ("_INBOX.abc.1", "_INBOX.r.2", b""),
+    ("agents.prod.result.wörker.default", "", b"0" * 70_000),
+    ("s", "", bytearray(b"a bytearray")),
+])
+def test_a_pub_frame_is_what_nats_py_writes(wire_module: ModuleType, subject: str, reply: str, payload: Any) -> None:
+    assert wire_module.pub_frame(subject, reply, payload) == pub_cmd(subject, reply, payload)
+
+
+def test_a_pub_frame_refuses_what_nats_py_cannot_encode(wire_module: ModuleType) -> None:
+    with pytest.raises(UnicodeEncodeError):
+        wire_module.pub_frame("bad\udc80", "", b"x")
+    with pytest.raises(UnicodeEncodeError):
+        pub_cmd("bad\udc80", "", b"x")
+
+
+def test_an_encoded_result_round_trips_through_orjson(envelope_module: ModuleType) -> None:
+    content = {"text": "é\u2028\"quoted\"", "n": [1, 2.0, -3e-5]}
+    assert orjson.loads(envelope_module.encode_result(SOURCE, "a", "t", None, content))["payload"]["content"] == content
