@@ -47,6 +47,22 @@ cdef object _copy_context = contextvars.copy_context
 cdef object _CancelledError = asyncio.CancelledError
 
 
+cdef extern from "pythread.h":
+    unsigned long PyThread_get_thread_ident()
+
+
+cdef inline object _loop_of(object spare):
+    """Return the running loop: the spare's own when it runs in this thread (asyncio's loops say so), else asked for.
+
+    Before 3.12 asking costs a getpid() system call each time (asyncio's fork check), and this runs per handler.
+    """
+    if spare is not None and _by_dict is not None:
+        loop = spare.loop
+        if getattr(loop, "_thread_id", None) == PyThread_get_thread_ident():  # set by run_forever while it runs
+            return loop
+    return _get_running_loop()
+
+
 cdef object _first_step(object loop, object task, object context, object coro):
     """first_step, called from C."""
     cdef PyObject* result = NULL
@@ -103,8 +119,8 @@ def eager_start(local, make_spare, report, coro):
     with it, and return that Task. A spare has loop, task, context (the Task's), base (the caller context it
     copied), step (the Task's driver: done, coro, first, gate) and retire(); agentcore._eager makes them.
     """
-    loop = _get_running_loop()
     spare = local.spare
+    loop = _loop_of(spare)
     if spare is None or spare.loop is not loop or spare.step.done or _copy_context() != spare.base:
         if spare is not None and spare.loop is loop and not spare.step.done:
             spare.retire()

@@ -157,7 +157,7 @@ def send_now(nc: NATSClient, subject: str, data: bytes, reply: str = "", headers
     nc.stats["out_bytes"] += len(data)
     transport.write(command)
     _sent_now.add(nc)
-    asyncio.get_running_loop().call_soon(_sent_now.discard, nc)
+    _loop_of(nc).call_soon(_sent_now.discard, nc)
     return True
 
 
@@ -192,8 +192,14 @@ def queue_now(nc: NATSClient, subject: str, data: bytes, reply: str = "", header
     pending.append(command)
     nc._pending_data_size = size + len(command)
     if queue.empty():  # the flusher is not kicked yet: what nc.publish's _flush_pending does (an empty queue has room)
-        queue.put_nowait(asyncio.get_running_loop().create_future())
+        queue.put_nowait(flusher.get_loop().create_future())
     return True
+
+
+def _loop_of(nc: NATSClient) -> asyncio.AbstractEventLoop:
+    """Return nc's loop (its flusher Task's): before 3.12 asyncio.get_running_loop() costs a getpid() system call."""
+    flusher = nc._flusher_task
+    return flusher.get_loop() if flusher is not None else asyncio.get_running_loop()
 
 
 def forget_connection(nc: NATSClient) -> None:
@@ -297,7 +303,7 @@ class RequestMux:
               inbox: list[str] | None) -> tuple[str, asyncio.Future[Any], str]:
         """Start waiting for a reply within timeout: return (token, the future it resolves, the reply inbox)."""
         token = str(next(self._tokens))
-        loop = asyncio.get_running_loop()
+        loop = _loop_of(self.nc)
         fut: asyncio.Future[Any] = loop.create_future()
         self._waiting[token] = (fut, accept, subject)
         self._expire_at(loop, loop.time() + timeout, token)
