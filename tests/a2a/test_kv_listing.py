@@ -112,6 +112,36 @@ async def test_deleted_tasks_and_other_owners_tasks_are_left_out(connections: tu
     assert await _listed(store, ServerCallContext(user=Named("nobody"))) == set()
 
 
+async def test_tasks_written_while_the_listing_reads_are_listed_once_in_their_latest_state(
+        connections: tuple[nats.NATS, nats.NATS], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between the listing's consumer being made and its first pull, another replica creates two tasks and updates
+    one, and one's age passes (its value removed, no tombstone): all listed once, latest state, the removed one not."""
+    kv = await _bucket(connections[0])
+    store, other = KVTaskStore(kv, "a"), KVTaskStore(await _bucket(connections[1]), "b")
+    for task_id in ("updated", "kept", "expired"):
+        await _save(store, task_id)
+    js = connections[1].jetstream()
+    make = kv._js.add_consumer
+
+    async def then_write(*args: Any, **kwargs: Any) -> Any:
+        info = await make(*args, **kwargs)
+        for task_id in ("new", "newer"):  # written before the update: a listing stopping at 3 values misses it
+            await _save(other, task_id)
+        stored = await other.get("updated", ALICE)
+        assert stored is not None
+        working = Task(id="updated", context_id="c", status=TaskStatus(state=TaskState.TASK_STATE_WORKING))
+        await other.save(working, event=None, prev=stored.task, prev_version=stored.version, context=ALICE)
+        await js.purge_stream(kv._stream, subject=f"{kv._pre}{other._key('expired', ALICE)}")  # as max_age does
+        return info
+
+    monkeypatch.setattr(kv._js, "add_consumer", then_write)
+    page = await within(store.list(ListTasksRequest(), ALICE), "ListTasks while the bucket changes", timeout=2.0)
+    states = {task.id: task.status.state for task in page.tasks}
+    assert states == {"updated": TaskState.TASK_STATE_WORKING, "kept": TaskState.TASK_STATE_COMPLETED,
+                      "new": TaskState.TASK_STATE_COMPLETED, "newer": TaskState.TASK_STATE_COMPLETED}
+    assert len(page.tasks) == 4
+
+
 async def test_more_tasks_than_one_pull_are_all_read(connections: tuple[nats.NATS, nats.NATS]) -> None:
     store = KVTaskStore(await _bucket(connections[0]), "a")
     count = BATCH + 20
