@@ -33,6 +33,7 @@ from nats.js.kv import KeyValue
 from ..transport.identity import H_SENDER, Signer, Verifier
 from .binding import event_of
 from .claims import Claims
+from .snapshot import current_values
 from .watch import Probe, follow
 
 __all__ = ("JetStreamEventStream", "KVTaskStore")
@@ -152,17 +153,10 @@ class KVTaskStore(VersionedTaskStore):
 
     async def list(self, params: ListTasksRequest, context: ServerCallContext) -> ListTasksResponse:
         """A page of the caller's tasks, newest status first, filtered as the request says (cursor pagination)."""
-        # One watch of the owner's keys reads every current value (kv.keys() filters by substring, not subject).
-        watcher = await self.kv.watch(f"{_token(self.owner(context))}.>", ignore_deletes=True)
-        tasks: list[Task] = []
-        try:
-            async for entry in watcher:
-                if entry is None:  # the current values are all delivered
-                    break
-                if entry.value:
-                    tasks.append(await self._task(orjson.loads(entry.value)))
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
+        # Every current value of the owner's keys, each task saved before this call included, on any replica (a
+        # watch's "all delivered" marker can come before the values: snapshot.py).
+        tasks = [await self._task(orjson.loads(value))
+                 for value in await current_values(self.kv, f"{_token(self.owner(context))}.>")]
         if params.context_id:
             tasks = [t for t in tasks if t.context_id == params.context_id]
         if params.status:
