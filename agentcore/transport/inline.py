@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.protocol.command import hpub_cmd
 
-from .._impl import pub_frame
+from .._impl import Frame, pub_frame
 from .tracecontext import TRACE_HEADERS
 
 from .reader import take_over
@@ -207,6 +207,9 @@ def forget_connection(nc: NATSClient) -> None:
     _sent_now.discard(nc)
 
 
+_REPLIES = "replies"  # the tag the request mux's inbox subscription is delivered with
+
+
 class RequestMux:
     """Requests over one wildcard inbox subscription, with replies resolved inline.
 
@@ -234,10 +237,10 @@ class RequestMux:
             self._resolve(msg)
 
         sub = await self.nc.subscribe(self._prefix + "*", cb=fallback)
-        deliver_inline(sub, self._resolve)
+        deliver_inline(sub, self._resolve, _REPLIES)  # plain replies come as slim Frames (accept reads four fields)
         self._sub = sub
 
-    def _resolve(self, msg: Msg) -> None:
+    def _resolve(self, msg: Msg, tag: Any = None) -> None:
         token = msg.subject[len(self._prefix):]
         entry = self._waiting.get(token)
         if entry is None:
@@ -251,7 +254,8 @@ class RequestMux:
             fut.set_exception(nats.errors.NoRespondersError())
             return
         if accept is None:
-            value: Any = msg
+            value: Any = msg if type(msg) is not Frame else self.nc.msg_class(
+                self.nc, msg.subject, msg.reply, msg.data, None, None, False, self._sub._id if self._sub else 0)
         else:
             try:
                 value = accept(msg)

@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""CPU time per message on the receiving side: NATSAgent vs a raw nats-py subscriber, frames fed to their parsers.
+
+Usage: python benchmarks/cpu_per_message.py [--n 20000] [--rounds 15] [--kind oneway|reply|both]
+
+It measures the agentcore the interpreter imports (run it with another installation's interpreter to compare).
+
+The throughput benchmarks (agentcore bench, benchmarks/ab.py) run the publisher in the same process, so their
+ratios mix the publisher's cost into both sides. This one takes the publisher out: it builds the MSG frames the
+server would send (guide envelopes, ~340 B) and feeds them, 250 frames per read, straight into each client's
+protocol parser -- nats-py's own for the raw subscriber, the agent's frame reader for the agent -- and counts the
+process CPU time until every message was handled. Each side runs against a real nats-server (its subscriptions
+and, for "reply", its answers are real); kinds alternate within each round.
+
+  oneway  raw: a callback doing orjson.loads; agent: add_capability with an async handler returning NO_REPLY
+  reply   raw: orjson.loads + dumps + msg.respond; agent: an async echo capability (the answer is a result
+          envelope), each request with its own reply inbox; a message counts once its answer was written
+
+It prints the median and minimum µs per message of each side and raw/agent (above 1: the agent spends less CPU
+per message than raw nats-py). It reads nats-py's private parser (`nc._ps`) and subscription table: a measuring
+tool, not library code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from typing import Any
+
+import nats
+import orjson
+
+import agentcore
+from agentcore import AgentConfig, NATSAgent
+from agentcore.bench.measure import envelopes, serve_raw
+from agentcore.server import NATSServer
+
+_PER_READ = 250
+
+
+def _frames(subject: str, sid: int, data: list[bytes], reply: bool) -> list[bytes]:
+    """The MSG frames nats-server would send for data, _PER_READ per chunk."""
+    frames = [b"MSG %s %d %s%d\r\n%s\r\n" % (subject.encode(), sid, b"_INBOX.cpu.%d " % i if reply else b"", len(d), d)
+              for i, d in enumerate(data)]
+    return [b"".join(frames[i:i + _PER_READ]) for i in range(0, len(frames), _PER_READ)]
+
+
+def _sid(nc: Any, prefix: str) -> int:
+    return next(sid for sid, sub in nc._subs.items() if sub.subject.startswith(prefix))
+
+
+async def _run(nc: Any, chunks: list[bytes], n: int, done: Any) -> float:
+    """Feed chunks to nc's parser; return CPU µs per message once done() says all n were handled."""
+    start = done()
+    t0 = time.process_time()
+    for chunk in chunks:
+        await nc._ps.parse(chunk)
+        await asyncio.sleep(0)  # what a read from the socket yields to: answers flush, Tasks run
+    while done() - start < n:
+        await asyncio.sleep(0)
+    return (time.process_time() - t0) / n * 1e6
+
+
+async def main(n: int, rounds: int, kinds: list[str]) -> None:
+    server = NATSServer().start()
+    try:
+        url = server.url
+        config = AgentConfig({"nats.servers": [url], "nats.environment": "cpu", "agent.heartbeat_interval": 60.0,
+                              "cache.enabled": False, "agent.max_concurrency": 10_000}, environ={})
+        got = [0]
+
+        async def raw_on(msg: Any) -> None:
+            orjson.loads(msg.data)
+            got[0] += 1
+
+        async def sink(message: dict[str, Any]) -> Any:
+            got[0] += 1
+            return agentcore.NO_REPLY
+
+        async def echo(message: dict[str, Any]) -> Any:
+            return message["payload"]["content"]
+
+        raw = await nats.connect(url)
+        await raw.subscribe("cpu.oneway", cb=raw_on)
+        await serve_raw(raw, "cpu.echo")
+        agent = NATSAgent("cpu", "bench", config)
+        agent.add_capability("sink", sink)
+        agent.add_capability("echo", echo)
+        await agent.astart()
+        anc = agent.nc
+        sides: dict[str, dict[str, tuple[Any, list[bytes], Any]]] = {}
+        if "oneway" in kinds:
+            data = envelopes("cpu", n, "sink", {"i": 1})
+            sides["oneway"] = {
+                "raw": (raw, _frames("cpu.oneway", _sid(raw, "cpu.oneway"), data, False), lambda: got[0]),
+                "agent": (anc, _frames("agents.cpu.task.sink.default", _sid(anc, "agents.cpu.task.sink"), data, False),
+                          lambda: got[0])}
+        if "reply" in kinds:
+            data = envelopes("cpu", n)
+            sides["reply"] = {
+                "raw": (raw, _frames("cpu.echo", _sid(raw, "cpu.echo"), data, True), lambda: raw.stats["out_msgs"]),
+                "agent": (anc, _frames("agents.cpu.task.echo.default", _sid(anc, "agents.cpu.task.echo"), data, True),
+                          lambda: anc.stats["out_msgs"])}
+        print(f"agentcore {agentcore.__file__} ({agentcore.implementation}), {n} messages per run, {rounds} rounds")
+        for kind, pair in sides.items():
+            times: dict[str, list[float]] = {"raw": [], "agent": []}
+            for side in ("raw", "agent"):  # warm-up
+                await _run(*pair[side][:2], n, pair[side][2])
+            for _ in range(rounds):
+                for side in ("raw", "agent"):
+                    times[side].append(await _run(pair[side][0], pair[side][1], n, pair[side][2]))
+            r, a = statistics.median(times["raw"]), statistics.median(times["agent"])
+            print(f"{kind:7} µs/msg median raw {r:.2f} agent {a:.2f} raw/agent {r / a:.3f} | "
+                  f"min raw {min(times['raw']):.2f} agent {min(times['agent']):.2f} "
+                  f"raw/agent {min(times['raw']) / min(times['agent']):.3f}")
+        await agent.astop()
+        await raw.close()
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--kind", choices=("oneway", "reply", "both"), default="both")
+    args = parser.parse_args()
+    asyncio.run(main(args.n, args.rounds, ["oneway", "reply"] if args.kind == "both" else [args.kind]))
