@@ -240,7 +240,7 @@ class RequestMux:
         deliver_inline(sub, self._resolve, _REPLIES)  # plain replies come as slim Frames (accept reads four fields)
         self._sub = sub
 
-    def _resolve(self, msg: Msg, tag: Any = None) -> None:
+    def _resolve(self, msg: Any, tag: Any = None) -> None:  # a nats-py Msg, or a Frame (see deliver_inline)
         token = msg.subject[len(self._prefix):]
         entry = self._waiting.get(token)
         if entry is None:
