@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nats.protocol.command import pub_cmd
 
 from agentcore.errors import EnvelopeError
@@ -101,3 +103,38 @@ def test_a_pub_frame_refuses_what_nats_py_cannot_encode(wire_module: ModuleType)
 def test_an_encoded_result_round_trips_through_orjson(envelope_module: ModuleType) -> None:
     content = {"text": "é\u2028\"quoted\"", "n": [1, 2.0, -3e-5]}
     assert orjson.loads(envelope_module.encode_result(SOURCE, "a", "t", None, content))["payload"]["content"] == content
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.floats() | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    | st.dictionaries(st.integers(), children, min_size=1, max_size=2),
+    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(content=_json, conversation=st.none() | st.text(max_size=12), target=st.none() | st.text(max_size=12))
+def test_encode_result_agrees_with_encode_on_any_content(envelope_module: ModuleType, content: Any,
+                                                          conversation: str | None, target: str | None) -> None:
+    expected: Any
+    try:
+        expected = orjson.loads(envelope_module.encode(_as_dict(envelope_module, target, "t", conversation, content)))
+    except EnvelopeError as exc:
+        expected = str(exc)
+    got: Any
+    try:
+        got = orjson.loads(envelope_module.encode_result(SOURCE, target, "t", conversation, content))
+    except EnvelopeError as exc:
+        got = str(exc)
+    if isinstance(expected, dict) and isinstance(got, dict):
+        for message in (expected, got):
+            del message["id"], message["timestamp"]
+    assert got == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(subject=st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40),
+       reply=st.text(st.characters(blacklist_categories=("Cs",)), max_size=40), payload=st.binary(max_size=300))
+def test_a_pub_frame_is_what_nats_py_writes_for_any_input(wire_module: ModuleType, subject: str, reply: str,
+                                                           payload: bytes) -> None:
+    assert wire_module.pub_frame(subject, reply, payload) == pub_cmd(subject, reply, payload)
