@@ -45,7 +45,8 @@ MAX_NAMED_SUBJECT = 1024
 
 #: What an accept callback returns for a message that does not answer its request: it is dropped, the wait goes on.
 REJECT: Any = object()
-#: Checks one message that came to a request's inbox: returns what the request returns, or REJECT.
+#: Checks one message that came to a request's inbox (a Frame, or a nats-py Msg when it has headers): returns what
+#: the request returns, or REJECT.
 Accept = Callable[[Msg], Any]
 
 

@@ -3,9 +3,8 @@
 nats-py parses each frame with regular expressions, copies it out of its buffer, awaits ``_process_msg`` and
 ``_process_headers`` and builds the Msg, per message. For the subscriptions the agent delivers inline
 (``inline.deliver_inline``) the compiled frame scanner (``agentcore._ext.wire``) finds the complete MSG frames
-at the head of the buffer and hands each one, through the compiled ``Target``, to the subscription's dispatch as
-a nats-py Msg. Everything else
--- HMSG (headers: signed identities, no-responders), messages for every other sid (JetStream, the user's own
+at the head of the buffer and hands each one, through the compiled ``Target``, to the subscription's dispatch: as
+a slim ``Frame`` with the subscription's tag when it has one, else as a nats-py Msg. Everything else -- HMSG (headers: signed identities, no-responders), messages for every other sid (JetStream, the user's own
 subscriptions), PING/PONG, INFO, -ERR, +OK -- goes one frame at a time through nats-py's own parser, so
 connect, reconnect, auth, TLS and JetStream stay nats-py's. Where nats-py's parser is not the one this module
 was written against, the connection keeps it and only delivery stays inline.
@@ -20,7 +19,6 @@ from typing import Any, cast
 
 import nats.errors
 from nats.aio.client import Client as NATSClient
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.protocol import parser as nats_parser
 
