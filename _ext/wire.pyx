@@ -248,13 +248,31 @@ cdef class Target:
             self.on_error(subject)
 
 
-def pub_frame(str subject, str reply, payload):
-    """Return the PUB command nats-py's pub_cmd writes for payload (one buffer: control line, payload, CRLF)."""
-    if not PyBytes_CheckExact(payload):  # a bytearray or memoryview: joined as the twin joins it
-        return b"".join((f"PUB {subject} {reply} {len(payload)}\r\n".encode(), payload, b"\r\n"))
-    cdef Py_ssize_t ns, nr, np = PyBytes_GET_SIZE(payload), nd, total, k
+cdef inline bint _spaced(const char* s, Py_ssize_t n) noexcept:
+    """Whether s holds what nats-py's publish refuses in a subject: a space, tab, CR or LF."""
+    cdef Py_ssize_t i
+    cdef char c
+    for i in range(n):
+        c = s[i]
+        if c == b' ' or c == b'\t' or c == b'\r' or c == b'\n':
+            return True
+    return False
+
+
+def pub_frame(str subject, str reply, payload, bint strict=False):
+    """Return the PUB command nats-py's pub_cmd writes for payload (one buffer: control line, payload, CRLF).
+
+    strict: None instead when nats-py's publish would refuse the subjects (an empty subject, or whitespace or CRLF
+    in either), so that the caller raises nats-py's own error; the check costs no regex search per message.
+    """
+    cdef Py_ssize_t ns, nr, np, nd, total, k
     cdef const char* s = PyUnicode_AsUTF8AndSize(subject, &ns)
     cdef const char* r = PyUnicode_AsUTF8AndSize(reply, &nr)
+    if strict and (ns == 0 or _spaced(s, ns) or _spaced(r, nr)):
+        return None
+    if not PyBytes_CheckExact(payload):  # a bytearray or memoryview: joined as the twin joins it
+        return b"".join((f"PUB {subject} {reply} {len(payload)}\r\n".encode(), payload, b"\r\n"))
+    np = PyBytes_GET_SIZE(payload)
     cdef char digits[24]
     cdef Py_ssize_t v = np
     nd = 0

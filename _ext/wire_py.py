@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -13,6 +14,7 @@ MORE = 0
 OTHER = 1
 
 _CRLF = b"\r\n"
+_SPACED = re.compile(r"[ \t\r\n]")  # what nats-py's publish refuses in a subject
 _MAX_LINE = 4096  # nats-server's default max control line: longer never comes from a server we speak to
 
 
@@ -150,6 +152,12 @@ class Target:
             self.on_error(subject)
 
 
-def pub_frame(subject: str, reply: str, payload: bytes) -> bytes:
-    """Return the PUB command nats-py's pub_cmd writes for payload (one buffer: control line, payload, CRLF)."""
+def pub_frame(subject: str, reply: str, payload: bytes, strict: bool = False) -> bytes | None:
+    """Return the PUB command nats-py's pub_cmd writes for payload (one buffer: control line, payload, CRLF).
+
+    strict: None instead when nats-py's publish would refuse the subjects (an empty subject, or whitespace or CRLF
+    in either), so that the caller raises nats-py's own error; the check costs no regex search per message.
+    """
+    if strict and (not subject or _SPACED.search(subject) or _SPACED.search(reply)):
+        return None
     return b"".join((f"PUB {subject} {reply} {len(payload)}\r\n".encode(), payload, b"\r\n"))

@@ -88,7 +88,8 @@ class Replies:
             data = self.result_message(delivery, content)
         except EnvelopeError:
             return False  # answer() says result_invalid
-        if nc is None or len(data) > self.connection.max_payload():
+        # send_now and queue_now decline what exceeds the server's max_payload: answer() raises its typed error
+        if nc is None:
             return False
         if not send_now(nc, dest, data) and not queue_now(nc, dest, data):
             return False

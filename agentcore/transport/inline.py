@@ -110,17 +110,23 @@ def _command(nc: NATSClient, subject: str, reply: str, data: bytes, headers: dic
 
     None when the headers are not plain trace headers (nc.publish cleans those).
     """
+    strict = _validate_subject is not None and not getattr(nc, "_skip_subject_validation", False)
     if headers is None:
-        command: bytes = pub_frame(subject, reply, data)  # pub_cmd's bytes, built in one buffer (compiled core)
+        # pub_cmd's bytes, built in one buffer (compiled core); None for subjects nats-py refuses
+        command: bytes | None = pub_frame(subject, reply, data, strict)
+        if command is not None:
+            return command
     else:  # trace headers passed through: HPUB, as nc.publish would write it
         block = _header_block(headers)
         if block is None:
             return None
         command = hpub_cmd(subject, reply, block, data)
-    if _validate_subject is not None and not getattr(nc, "_skip_subject_validation", False):
+    if strict and _validate_subject is not None:  # nats-py's own check, and its error for what it refuses
         _validate_subject(subject)
         if reply:
             _validate_subject(reply)
+    if command is None:  # pub_frame refused a subject that nats-py's check let pass: nats-py's own bytes
+        command = pub_frame(subject, reply, data)
     return command
 
 

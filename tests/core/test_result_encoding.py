@@ -138,3 +138,39 @@ def test_encode_result_agrees_with_encode_on_any_content(envelope_module: Module
 def test_a_pub_frame_is_what_nats_py_writes_for_any_input(wire_module: ModuleType, subject: str, reply: str,
                                                            payload: bytes) -> None:
     assert wire_module.pub_frame(subject, reply, payload) == pub_cmd(subject, reply, payload)
+
+
+def _nats_py_refuses(subject: str, reply: str) -> bool:
+    """Whether nats-py's publish refuses these subjects (its own check)."""
+    from nats.aio.client import _validate_subject
+    from nats.errors import BadSubjectError
+
+    try:
+        _validate_subject(subject)
+        if reply:
+            _validate_subject(reply)
+    except BadSubjectError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("subject,reply", [
+    ("", ""), ("a b", ""), ("a\tb", ""), ("a\r\nPUB x 1", ""), ("ok", "r\n"), ("ok", "r s"), ("ok", "\t"),
+    ("ok", ""), ("ok", "_INBOX.x"), ("wörker.ü", "é"),
+])
+def test_a_strict_pub_frame_refuses_what_nats_py_publish_refuses(wire_module: ModuleType, subject: str,
+                                                                   reply: str) -> None:
+    got = wire_module.pub_frame(subject, reply, b"x", True)
+    assert (got is None) == _nats_py_refuses(subject, reply)
+    if got is not None:
+        assert got == pub_cmd(subject, reply, b"x")
+    assert wire_module.pub_frame(subject, reply, bytearray(b"x"), True) == (None if got is None else got)
+
+
+@settings(max_examples=300, deadline=None)
+@given(subject=st.text(st.characters(blacklist_categories=("Cs",)), max_size=20),
+       reply=st.text(st.characters(blacklist_categories=("Cs",)), max_size=20))
+def test_a_strict_pub_frame_agrees_with_nats_py_on_any_subject(wire_module: ModuleType, subject: str, reply: str) -> None:
+    got = wire_module.pub_frame(subject, reply, b"p", True)
+    assert (got is None) == _nats_py_refuses(subject, reply)
+    assert got is None or got == pub_cmd(subject, reply, b"p")
