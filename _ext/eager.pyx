@@ -12,7 +12,7 @@ from asyncio.tasks import _enter_task, _leave_task
 
 from cpython.ref cimport PyObject, Py_DECREF
 
-__all__ = ("FINISHED", "eager_start", "first_step")
+__all__ = ("FINISHED", "ThreadSlot", "eager_start", "first_step")
 
 
 cdef extern from "Python.h":
@@ -23,6 +23,8 @@ cdef extern from "Python.h":
     PySendResult PyIter_Send(object iter, object arg, PyObject** presult) except? PYGEN_ERROR
     int PyContext_Enter(object ctx) except -1
     int PyContext_Exit(object ctx) except -1
+    PyObject* PyThreadState_GetDict()
+    PyObject* PyDict_GetItem(object d, object key)
 
 
 #: What first_step returns when the coroutine finished in its first step (its return value is not kept).
@@ -61,6 +63,42 @@ cdef inline object _loop_of(object spare):
         if getattr(loop, "_thread_id", None) == PyThread_get_thread_ident():  # set by run_forever while it runs
             return loop
     return _get_running_loop()
+
+
+# This thread's spare lives in the thread state's dict (what asyncio keeps its running loop in): two C calls,
+# where a threading.local costs an attribute lookup through its per-thread dict on each of the four reads and
+# writes per start. The dict is cleared when its thread ends, as a threading.local would be.
+cdef object _SPARE_KEY = "agentcore.eager.spare"
+
+
+cdef inline dict _thread_dict():
+    cdef PyObject* d = PyThreadState_GetDict()
+    if d == NULL:
+        raise RuntimeError("no thread state to keep the spare in")
+    return <dict>d
+
+
+cdef inline object _slot_get():
+    cdef PyObject* v = PyDict_GetItem(_thread_dict(), _SPARE_KEY)
+    if v == NULL:
+        return None
+    return <object>v
+
+
+cdef inline void _slot_set(object value) except *:
+    _thread_dict()[_SPARE_KEY] = value  # None kept as a value: no delete and reinsert per start
+
+
+cdef class ThreadSlot:
+    """Where this thread's spare is kept (a loop runs on one thread): eager_start's local (one per thread, shared)."""
+
+    @property
+    def spare(self):
+        return _slot_get()
+
+    @spare.setter
+    def spare(self, value):
+        _slot_set(value)
 
 
 cdef object _first_step(object loop, object task, object context, object coro):
@@ -119,17 +157,21 @@ def eager_start(local, make_spare, report, coro):
     with it, and return that Task. A spare has loop, task, context (the Task's), base (the caller context it
     copied), step (the Task's driver: done, coro, first, gate) and retire(); agentcore._eager makes them.
     """
-    spare = local.spare
+    cdef bint slot = type(local) is ThreadSlot  # the thread state's dict, read and written directly
+    spare = _slot_get() if slot else local.spare
     loop = _loop_of(spare)
     if spare is None or spare.loop is not loop or spare.step.done or _copy_context() != spare.base:
         if spare is not None and spare.loop is loop and not spare.step.done:
             spare.retire()
         spare = make_spare(loop)
-        local.spare = spare
     task = spare.task
     step = spare.step
     context = spare.context
-    local.spare = None  # taken while its step runs: a coroutine started from inside that step gets a spare of its own
+    # Taken while its step runs: a coroutine started from inside that step gets a spare of its own.
+    if slot:
+        _slot_set(None)
+    else:
+        local.spare = None
     error = None
     try:
         first = _first_step(loop, task, context, coro)
@@ -142,8 +184,10 @@ def eager_start(local, make_spare, report, coro):
     if first is FINISHED:  # finished in the first step: the spare serves the next coroutine
         # Retired when its context changed, a nested start left a spare already, or the step cancelled its own
         # Task (asyncio.current_task().cancel()): that cancellation must not reach the next coroutine's handler.
-        if context != spare.base or local.spare is not None or task.cancelling():
+        if context != spare.base or (_slot_get() if slot else local.spare) is not None or task.cancelling():
             spare.retire()
+        elif slot:
+            _slot_set(spare)
         else:
             local.spare = spare
         if error is not None and not isinstance(error, _CancelledError):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
+import threading
 from asyncio.tasks import _enter_task, _leave_task
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-__all__ = ("FINISHED", "eager_start", "first_step")
+__all__ = ("FINISHED", "ThreadSlot", "eager_start", "first_step")
 
 #: What first_step returns when the coroutine finished in its first step (its return value is not kept).
 FINISHED: Any = object()
@@ -41,6 +42,21 @@ def first_step(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], context
         _leave_task(loop, task)
         if outer is not None:
             _enter_task(loop, outer)
+
+
+_per_thread = threading.local()
+
+
+class ThreadSlot:
+    """Where this thread's spare is kept (a loop runs on one thread): eager_start's local (one per thread, shared)."""
+
+    @property
+    def spare(self) -> Any:
+        return getattr(_per_thread, "spare", None)
+
+    @spare.setter
+    def spare(self, value: Any) -> None:
+        _per_thread.spare = value
 
 
 def eager_start(local: Any, make_spare: Callable[[asyncio.AbstractEventLoop], Any], report: Callable[[BaseException], None],

@@ -14,12 +14,11 @@ import collections.abc
 import functools
 import logging
 import sys
-import threading
 from asyncio.tasks import _enter_task, _leave_task
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
-from ._impl import eager_start
+from ._impl import ThreadSlot, eager_start
 
 __all__ = ("release_spare", "run_eager", "start_eager", "start_now", "step_now")
 
@@ -169,11 +168,7 @@ class _Spare:
             gate.set_result(None)
 
 
-class _Local(threading.local):
-    spare: _Spare | None = None  # one per thread (a loop runs on one thread), checked against the running loop
-
-
-_local = _Local()
+_local = ThreadSlot()  # this thread's spare (a loop runs on one thread), checked against the running loop
 
 
 def release_spare() -> None:

@@ -96,10 +96,13 @@ class _Holder:
     spare: Any = None
 
 
-async def test_eager_start_reuses_its_spare_until_a_step_suspends_or_changes_the_context(eager_module: ModuleType) -> None:
+@pytest.mark.parametrize("slot", [False, True], ids=["any-holder", "thread-slot"])
+async def test_eager_start_reuses_its_spare_until_a_step_suspends_or_changes_the_context(eager_module: ModuleType,
+                                                                                         slot: bool) -> None:
     from agentcore._eager import _Spare  # the spares agentcore makes (INTERNAL by design: the twins run on them)
 
-    local, reported = _Holder(), []
+    local: Any = eager_module.ThreadSlot() if slot else _Holder()
+    reported: list[BaseException] = []
     seen: list[Any] = []
 
     async def quick() -> None:
@@ -139,3 +142,29 @@ async def test_eager_start_reuses_its_spare_until_a_step_suspends_or_changes_the
     assert [type(e) for e in reported] == [ValueError]  # a cancellation is no error to report
     if local.spare is not None:
         local.spare.retire()
+
+
+def test_a_thread_slot_is_one_per_thread_and_shared_by_its_instances(eager_module: ModuleType) -> None:
+    import threading
+
+    first, second = eager_module.ThreadSlot(), eager_module.ThreadSlot()
+    before = first.spare
+    try:
+        marker = object()
+        first.spare = marker
+        assert second.spare is marker  # the thread's one slot, whichever instance reads it
+        seen: list[Any] = []
+        worker = threading.Thread(target=lambda: seen.append(eager_module.ThreadSlot().spare))
+        worker.start()
+        worker.join(timeout=30)
+        assert seen == [None]  # another thread has a slot of its own
+        first.spare = None
+        assert second.spare is None
+    finally:
+        first.spare = before
+
+
+def test_the_agents_spares_are_kept_in_the_chosen_implementations_thread_slot() -> None:
+    from agentcore import _eager, _impl
+
+    assert type(_eager._local) is _impl.ThreadSlot
