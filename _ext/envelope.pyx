@@ -562,6 +562,70 @@ cdef object _time = __import__("time").time
 cdef object _encode_result_slow = _twin.encode_result
 
 
+cdef extern from "Python.h":
+    object _bytes_of_size "PyBytes_FromStringAndSize"(const char* s, Py_ssize_t n)
+    char* _bytes_data "PyBytes_AS_STRING"(object o)
+    Py_ssize_t _bytes_size "PyBytes_GET_SIZE"(object o)
+
+# The fixed text of a result envelope, between the values written into it: orjson's own output for that dict
+# (compact, keys in insertion order), so the bytes are what encode() writes.
+cdef bytes _R_ID = b'{"id":"'
+cdef bytes _R_TIMESTAMP = b'","timestamp":'
+cdef bytes _R_SOURCE = b',"version":"1.0","type":"result","source":'
+cdef bytes _R_TARGET = b',"target":'
+cdef bytes _R_CORRELATION = b',"replyTo":null,"correlationId":'
+cdef bytes _R_CONVERSATION = b',"context":{"conversationId":'
+cdef bytes _R_CONTENT = b',"metadata":{}},"payload":{"content":'
+cdef bytes _R_ERROR = b',"error":'
+cdef bytes _R_END = b'},"routing":null}'
+cdef bytes _NULL = b"null"
+
+
+cdef inline bint _verbatim(object s) noexcept:
+    """Whether str s is written by orjson as its own characters between quotes: printable ASCII, no quote or backslash."""
+    cdef PyObject* o = <PyObject*>s
+    cdef const unsigned char* c
+    cdef Py_ssize_t i, n
+    if not _is_exact_str(o) or not _is_ascii(o):
+        return False
+    c = <const unsigned char*>_str_data(o)
+    n = _str_len(o)
+    for i in range(n):
+        if c[i] < 32 or c[i] > 126 or c[i] == 34 or c[i] == 92:
+            return False
+    return True
+
+
+cdef inline object _json(object value):
+    """orjson's bytes for value (None when it is a verbatim str, copied straight into the envelope)."""
+    if value is None:
+        return _NULL
+    if _verbatim(value):
+        return None
+    return _dumps(value, None, _DUMPS_OPTIONS)
+
+
+cdef inline Py_ssize_t _json_size(object value, object encoded) noexcept:
+    return _bytes_size(encoded) if encoded is not None else _str_len(<PyObject*>value) + 2
+
+
+cdef inline char* _put(char* o, object data) noexcept:
+    cdef Py_ssize_t n = _bytes_size(data)
+    memcpy(o, _bytes_data(data), n)
+    return o + n
+
+
+cdef inline char* _put_json(char* o, object value, object encoded) noexcept:
+    cdef Py_ssize_t n
+    if encoded is not None:
+        return _put(o, encoded)
+    n = _str_len(<PyObject*>value)
+    o[0] = b'"'
+    memcpy(o + 1, _str_data(<PyObject*>value), n)
+    o[n + 1] = b'"'
+    return o + n + 2
+
+
 def encode_result(source, target, correlation_id, conversation_id, content, error=None):
     """Return encode() of a new result envelope from source (validated) answering correlation_id, id and time new."""
     # Only what the caller hands in is checked (the rest is written here, valid by construction); anything that
@@ -572,24 +636,50 @@ def encode_result(source, target, correlation_id, conversation_id, content, erro
             and (conversation_id is None or PyUnicode_Check(conversation_id))
             and (error is None or _valid_error(error))):
         return _encode_result_slow(source, target, correlation_id, conversation_id, content, error)
-    payload = {"content": content} if error is None else {"content": content, "error": error}
-    message = {
-        "id": new_id(),
-        "timestamp": _time(),
-        "version": "1.0",
-        "type": "result",
-        "source": source,
-        "target": target,
-        "replyTo": None,
-        "correlationId": correlation_id,
-        "context": {"conversationId": conversation_id, "metadata": {}},
-        "payload": payload,
-        "routing": None,
-    }
+    # The envelope is written as text around orjson's bytes for each value, in the order orjson would meet them
+    # (so a value it refuses raises the error encode() raises): no dicts built and walked per answer.
+    cdef object t_json, c_json, v_json, e_json = None
     try:
-        return _dumps(message, None, _DUMPS_OPTIONS)
+        stamp = _dumps(_time(), None, _DUMPS_OPTIONS)
+        s_json = _dumps(source, None, _DUMPS_OPTIONS)
+        t_json = _json(target)
+        c_json = _json(correlation_id)
+        v_json = _json(conversation_id)
+        body = _dumps(content, None, _DUMPS_OPTIONS)
+        if error is not None:
+            e_json = _dumps(error, None, _DUMPS_OPTIONS)
     except TypeError as exc:
         raise EnvelopeError(f"envelope cannot be serialized: {exc}") from None
+    cdef Py_ssize_t total = (_bytes_size(_R_ID) + 2 * _ID_BYTES + _bytes_size(_R_TIMESTAMP) + _bytes_size(stamp)
+                             + _bytes_size(_R_SOURCE) + _bytes_size(s_json)
+                             + _bytes_size(_R_TARGET) + _json_size(target, t_json)
+                             + _bytes_size(_R_CORRELATION) + _json_size(correlation_id, c_json)
+                             + _bytes_size(_R_CONVERSATION) + _json_size(conversation_id, v_json)
+                             + _bytes_size(_R_CONTENT) + _bytes_size(body) + _bytes_size(_R_END))
+    if e_json is not None:
+        total += _bytes_size(_R_ERROR) + _bytes_size(e_json)
+    out = _bytes_of_size(NULL, total)
+    cdef char* o = _bytes_data(out)
+    o = _put(o, _R_ID)
+    _write_id(<unsigned char*>o)
+    o += 2 * _ID_BYTES
+    o = _put(o, _R_TIMESTAMP)
+    o = _put(o, stamp)
+    o = _put(o, _R_SOURCE)
+    o = _put(o, s_json)
+    o = _put(o, _R_TARGET)
+    o = _put_json(o, target, t_json)
+    o = _put(o, _R_CORRELATION)
+    o = _put_json(o, correlation_id, c_json)
+    o = _put(o, _R_CONVERSATION)
+    o = _put_json(o, conversation_id, v_json)
+    o = _put(o, _R_CONTENT)
+    o = _put(o, body)
+    if e_json is not None:
+        o = _put(o, _R_ERROR)
+        o = _put(o, e_json)
+    _put(o, _R_END)
+    return out
 
 
 cdef bint _valid_error(object error):
@@ -639,12 +729,11 @@ def _forget_pool():
 _register_at_fork(after_in_child=_forget_pool)
 
 
-def new_id():
-    """Return a new message id: 128 random bits from the operating system as 32 hex digits."""
+cdef int _write_id(unsigned char* out) except -1:
+    """Write a new message id's 32 hex digits at out."""
     global _pool_used
     cdef unsigned char raw[_ID_BYTES]
     cdef bytes fresh
-    cdef unsigned char* out
     cdef int i
     if AGENTCORE_SHARED_POOL:
         while _pool_used > _POOL - _ID_BYTES:
@@ -656,9 +745,14 @@ def new_id():
     else:
         fresh = _urandom(_ID_BYTES)
         memcpy(raw, <const char*>fresh, _ID_BYTES)
-    s = _new_str(2 * _ID_BYTES, 127)
-    out = <unsigned char*>_str_bytes(s)
     for i in range(_ID_BYTES):
         out[2 * i] = _HEX_DIGITS[raw[i] >> 4]
         out[2 * i + 1] = _HEX_DIGITS[raw[i] & 15]
+    return 0
+
+
+def new_id():
+    """Return a new message id: 128 random bits from the operating system as 32 hex digits."""
+    s = _new_str(2 * _ID_BYTES, 127)
+    _write_id(<unsigned char*>_str_bytes(s))
     return s

@@ -123,7 +123,9 @@ def test_encode_result_agrees_with_encode_on_any_content(envelope_module: Module
         expected = str(exc)
     got: Any
     try:
-        got = orjson.loads(envelope_module.encode_result(SOURCE, target, "t", conversation, content))
+        raw = envelope_module.encode_result(SOURCE, target, "t", conversation, content)
+        got = orjson.loads(raw)
+        assert orjson.dumps(got) == raw  # byte for byte what orjson writes for the envelope (encode() writes that)
     except EnvelopeError as exc:
         got = str(exc)
     if isinstance(expected, dict) and isinstance(got, dict):
@@ -174,3 +176,21 @@ def test_a_strict_pub_frame_agrees_with_nats_py_on_any_subject(wire_module: Modu
     got = wire_module.pub_frame(subject, reply, b"p", True)
     assert (got is None) == _nats_py_refuses(subject, reply)
     assert got is None or got == pub_cmd(subject, reply, b"p")
+
+
+@pytest.mark.parametrize("target,correlation,conversation", [
+    (None, None, None), ("plain-id", "0123abcd", "conv-1"), ('quote"d', "back\\slash", "tab\there"),
+    ("é-not-ascii", "\x7f", "\x00\x1f"), ("", "", ""),
+])
+@pytest.mark.parametrize("error", [None, {"code": "failed", "message": "it broke", "details": {"n": 1.5}}])
+def test_an_encoded_result_is_the_bytes_orjson_writes_for_its_envelope(envelope_module: ModuleType, target: Any,
+                                                                       correlation: Any, conversation: Any,
+                                                                       error: Any) -> None:
+    raw = envelope_module.encode_result(SOURCE, target, correlation, conversation, {"text": "x", "n": [1, 2.5]}, error)
+    message = orjson.loads(raw)
+    assert orjson.dumps(message) == raw
+    assert (message["target"], message["correlationId"], message["context"]["conversationId"]) == (
+        target, correlation, conversation)
+    assert message["payload"] == ({"content": {"text": "x", "n": [1, 2.5]}} if error is None
+                                  else {"content": {"text": "x", "n": [1, 2.5]}, "error": error})
+    envelope_module.validate(message)
