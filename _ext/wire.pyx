@@ -116,6 +116,8 @@ def scan_frames(object buf, Py_ssize_t pos, dict targets):
     cdef Py_ssize_t sp[3]
     cdef const char* p = _data(buf, &n)
     cdef object target, subject, reply, payload
+    cdef bytes _last_raw = b"\xff"  # no subject is this (not UTF-8): the first frame decodes its own
+    cdef object _last_subject = None
     while pos < n:
         if n - pos < 4:
             if memcmp(p + pos, b"MSG ", n - pos) == 0:
@@ -162,7 +164,14 @@ def scan_frames(object buf, Py_ssize_t pos, dict targets):
         if p[end] != b'\r' or p[end + 1] != b'\n':
             return pos, OTHER, msgs, nbytes
         try:
-            subject = PyUnicode_DecodeUTF8(p + a, s1 - a, NULL)
+            # A stream of messages mostly repeats its subject: the same str object again (its hash cached, so
+            # the subject index and the dispatcher's dict lookups do not hash it anew).
+            if s1 - a == PyBytes_GET_SIZE(_last_raw) and memcmp(p + a, PyBytes_AS_STRING(_last_raw), s1 - a) == 0:
+                subject = _last_subject
+            else:
+                subject = PyUnicode_DecodeUTF8(p + a, s1 - a, NULL)
+                _last_raw = PyBytes_FromStringAndSize(p + a, s1 - a)
+                _last_subject = subject
             if spaces == 2:
                 reply = ""
             else:
@@ -174,7 +183,10 @@ def scan_frames(object buf, Py_ssize_t pos, dict targets):
         pos = end + 2
         msgs += 1
         nbytes += size
-        target(subject, reply, payload)
+        if type(target) is Target:
+            (<Target>target).deliver(subject, reply, payload)
+        else:
+            target(subject, reply, payload)
         p = _data(buf, &n)  # the target ran Python code: never trust a pointer across it
     return pos, MORE, msgs, nbytes
 
@@ -228,17 +240,21 @@ cdef class Target:
         self.on_error = on_error
 
     def __call__(self, subject, reply, data):
+        self.deliver(subject, reply, data)
+
+    cdef int deliver(self, object subject, object reply, object data) except -1:
+        """Deliver one frame (scan_frames calls this directly: no argument tuple per frame)."""
         sub = self.sub
         if self.subs.get(self.sid) is not sub:  # unsubscribed or drained: nats-py drops what still arrives for it
             self.targets.pop(self.sid, None)
-            return
+            return 0
         sub._received += 1
         if sub._max_msgs and sub._received >= sub._max_msgs:  # unsubscribe(limit=n) since: nats-py's auto-unsubscribe
             self.subs.pop(self.sid, None)
         limit = sub._pending_bytes_limit
         if 0 < limit <= len(data):  # nats-py's slow-consumer rule (the inline queue never holds one message)
             self.on_slow(subject, reply)
-            return
+            return 0
         try:
             if self.key is not None:
                 self.dispatch(_frame(subject, reply, data), self.key)
@@ -246,6 +262,7 @@ cdef class Target:
                 self.dispatch(self.make(self.nc, subject, reply, data, None, None, False, self.sid))
         except Exception:  # never into nats-py's read loop: that would drop the connection
             self.on_error(subject)
+        return 0
 
 
 cdef inline bint _spaced(const char* s, Py_ssize_t n) noexcept:

@@ -202,3 +202,27 @@ def test_a_frame_is_read_only(wire_module: ModuleType) -> None:
         return  # the pure twin's slots are plain attributes; nothing in agentcore writes to a frame
     with pytest.raises(AttributeError):
         frame.subject = "other"
+
+
+def test_repeated_and_changing_subjects_are_each_delivered_as_sent(wire_module: ModuleType) -> None:
+    # The compiled scanner hands the previous frame's subject str again when the bytes repeat: what changes (a
+    # subject of the same length, a prefix, a non-UTF-8 one dropped in between) must still come out as sent.
+    frames = [b"a.b", b"a.b", b"a.c", b"a.b", b"a.b\xff", b"a.b", b"\xc3\xa9.b", b"\xc3\xa9.b", b"a", b"a.bb", b"a.b"]
+    buf = b"".join(b"MSG %s 1 %d\r\n%d\r\n" % (subject, len(str(i)), i) for i, subject in enumerate(frames))
+    result, got = _scan(wire_module, buf)
+    assert result == (len(buf), MORE, len(frames) - 1, sum(len(str(i)) for i in range(len(frames)) if i != 4))
+    assert [(subject, data) for _, subject, _, data in got] == [
+        (subject.decode(), str(i).encode()) for i, subject in enumerate(frames) if i != 4]
+
+
+def test_a_target_called_directly_delivers_as_the_scanner_does(wire_module: ModuleType) -> None:
+    got: list[Any] = []
+    sub = type("Sub", (), {"_received": 0, "_max_msgs": 0, "_pending_bytes_limit": 0})()
+    subs: dict[int, Any] = {1: sub}
+    targets: dict[int, Any] = {}
+    target = wire_module.Target(None, sub, 1, subs, targets, lambda frame, key: got.append((frame.subject, frame.data, key)),
+                                "k", None, None, None)
+    targets[1] = target
+    target("x.y", "", b"direct")
+    assert wire_module.scan_frames(b"MSG x.y 1 7\r\nscanned\r\n", 0, targets)[2] == 1
+    assert got == [("x.y", b"direct", "k"), ("x.y", b"scanned", "k")] and sub._received == 2
