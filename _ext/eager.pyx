@@ -12,7 +12,7 @@ from asyncio.tasks import _enter_task, _leave_task
 
 from cpython.ref cimport PyObject, Py_DECREF
 
-__all__ = ("FINISHED", "ThreadSlot", "eager_start", "first_step")
+__all__ = ("FINISHED", "SpareFields", "ThreadSlot", "eager_start", "first_step")
 
 
 cdef extern from "Python.h":
@@ -53,7 +53,7 @@ cdef extern from "pythread.h":
     unsigned long PyThread_get_thread_ident()
 
 
-cdef inline object _loop_of(object spare):
+cdef inline object _loop_of(SpareFields spare):
     """Return the running loop: the spare's own when it runs in this thread (asyncio's loops say so), else asked for.
 
     Before 3.12 asking costs a getpid() system call each time (asyncio's fork check), and this runs per handler.
@@ -149,16 +149,23 @@ def first_step(loop, task, context, coro):
     return _first_step(loop, task, context, coro)
 
 
+cdef class SpareFields:
+    """What eager_start reads of a spare, as C fields (agentcore._eager's spares derive from it)."""
+
+    cdef public object loop, task, step, context, base
+
+
 def eager_start(local, make_spare, report, coro):
     """Run coro's first step as local.spare's Task (made by make_spare(loop) when there is none to use).
 
     Return None when the step finished it (its error, unless a cancellation, goes to report), the spare kept
     for the next coroutine when its context is unchanged; else bind coro to the spare, whose Task carries on
-    with it, and return that Task. A spare has loop, task, context (the Task's), base (the caller context it
-    copied), step (the Task's driver: done, coro, first, gate) and retire(); agentcore._eager makes them.
+    with it, and return that Task. A spare is a SpareFields with loop, task, context (the Task's), base (the
+    caller context it copied), step (the Task's driver: done, coro, first, gate) and retire(); agentcore._eager
+    makes them.
     """
     cdef bint slot = type(local) is ThreadSlot  # the thread state's dict, read and written directly
-    spare = _slot_get() if slot else local.spare
+    cdef SpareFields spare = _slot_get() if slot else local.spare
     loop = _loop_of(spare)
     if spare is None or spare.loop is not loop or spare.step.done or _copy_context() != spare.base:
         if spare is not None and spare.loop is loop and not spare.step.done:

@@ -10,7 +10,7 @@ from asyncio.tasks import _enter_task, _leave_task
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-__all__ = ("FINISHED", "ThreadSlot", "eager_start", "first_step")
+__all__ = ("FINISHED", "SpareFields", "ThreadSlot", "eager_start", "first_step")
 
 #: What first_step returns when the coroutine finished in its first step (its return value is not kept).
 FINISHED: Any = object()
@@ -42,6 +42,18 @@ def first_step(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], context
         _leave_task(loop, task)
         if outer is not None:
             _enter_task(loop, outer)
+
+
+class SpareFields:
+    """What eager_start reads of a spare (agentcore._eager's spares derive from it)."""
+
+    __slots__ = ("loop", "task", "step", "context", "base")
+
+    loop: Any
+    task: Any
+    step: Any
+    context: Any
+    base: Any
 
 
 _per_thread = threading.local()

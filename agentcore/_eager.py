@@ -18,7 +18,7 @@ from asyncio.tasks import _enter_task, _leave_task
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
-from ._impl import ThreadSlot, eager_start
+from ._impl import SpareFields, ThreadSlot, eager_start
 
 __all__ = ("release_spare", "run_eager", "start_eager", "start_now", "step_now")
 
@@ -147,10 +147,8 @@ def run_eager(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
     return _start(coro)[0]
 
 
-class _Spare:
+class _Spare(SpareFields):  # type: ignore[misc,unused-ignore]  # (Any where mypy cannot follow _ext)
     """A Task made ahead, not yet bound to a coroutine: the Task the next started coroutine runs its first step as."""
-
-    __slots__ = ("loop", "task", "step", "context", "base")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop

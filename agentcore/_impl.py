@@ -41,7 +41,7 @@ if TYPE_CHECKING or NO_EXTENSIONS:
 
     IMPLEMENTATION = "pure"
     if TYPE_CHECKING:
-        from ._ext.eager_py import FINISHED, ThreadSlot, eager_start, first_step
+        from ._ext.eager_py import FINISHED, SpareFields, ThreadSlot, eager_start, first_step
 else:
     try:
         from ._ext.batch import BatchAccumulator
@@ -77,7 +77,7 @@ else:
 
         IMPLEMENTATION = "pure"
 
-_EAGER = ("FINISHED", "ThreadSlot", "eager_start", "first_step")
+_EAGER = ("FINISHED", "SpareFields", "ThreadSlot", "eager_start", "first_step")
 
 
 def __getattr__(name: str) -> Any:
@@ -113,6 +113,7 @@ __all__ = (
     "canonical_hash",
     "content_hash",
     "FINISHED",
+    "SpareFields",
     "ThreadSlot",
     "first_step",
     "eager_start",
