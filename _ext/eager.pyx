@@ -7,6 +7,7 @@ context entered with PyContext_Enter (no Context.run call): what a handler that 
 
 import asyncio
 import contextvars
+import os
 import sys
 from asyncio.tasks import _enter_task, _leave_task
 
@@ -49,20 +50,39 @@ cdef object _copy_context = contextvars.copy_context
 cdef object _CancelledError = asyncio.CancelledError
 
 
-cdef extern from "pythread.h":
-    unsigned long PyThread_get_thread_ident()
+# Before 3.12 asyncio keeps the running loop in a holder object in the thread state's dict, made anew each time a
+# loop starts or stops running in the thread, and asking for the loop checks the holder's pid with a getpid()
+# system call (170 ns here, per handler). A spare remembers the holder it last saw its own loop running under: the
+# same holder in the dict (held by the spare, so no other object can take its address) means that loop still runs
+# in this thread. A fork's child forgets what spares remember, as asyncio's pid check makes it do.
+cdef object _RUNNING_KEY = "__asyncio_running_event_loop__"
+cdef unsigned long _forks = 0
+
+
+def _forked():
+    global _forks
+    _forks += 1
+
+
+if _by_dict is not None and hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 cdef inline object _loop_of(SpareFields spare):
-    """Return the running loop: the spare's own when it runs in this thread (asyncio's loops say so), else asked for.
-
-    Before 3.12 asking costs a getpid() system call each time (asyncio's fork check), and this runs per handler.
-    """
-    if spare is not None and _by_dict is not None:
-        loop = spare.loop
-        if getattr(loop, "_thread_id", None) == PyThread_get_thread_ident():  # set by run_forever while it runs
-            return loop
-    return _get_running_loop()
+    """Return the running loop, asked for only when the spare cannot tell (see above)."""
+    cdef PyObject* holder
+    if spare is None or _by_dict is None:
+        return _get_running_loop()  # from 3.12 asking is cheap (no pid check)
+    if spare.holder is not None and spare.forks == _forks:
+        holder = PyDict_GetItem(_thread_dict(), _RUNNING_KEY)
+        if holder == <PyObject*>spare.holder:
+            return spare.loop
+    loop = _get_running_loop()
+    if loop is spare.loop:
+        holder = PyDict_GetItem(_thread_dict(), _RUNNING_KEY)
+        spare.holder = <object>holder if holder != NULL else None
+        spare.forks = _forks
+    return loop
 
 
 # This thread's spare lives in the thread state's dict (what asyncio keeps its running loop in): two C calls,
@@ -153,6 +173,8 @@ cdef class SpareFields:
     """What eager_start reads of a spare, as C fields (agentcore._eager's spares derive from it)."""
 
     cdef public object loop, task, step, context, base
+    cdef object holder  # asyncio's running-loop holder its loop was last seen running under (before 3.12)
+    cdef unsigned long forks  # _forks then
 
 
 def eager_start(local, make_spare, report, coro):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
+import warnings
 from types import ModuleType
 from typing import Any
 
@@ -168,3 +170,85 @@ def test_the_agents_spares_are_kept_in_the_chosen_implementations_thread_slot() 
     from agentcore import _eager, _impl
 
     assert type(_eager._local) is _impl.ThreadSlot
+
+
+def _loop_factories() -> list[Any]:
+    factories: list[Any] = [asyncio.new_event_loop]
+    try:
+        import uvloop
+    except ImportError:  # the fast extra is not installed
+        return factories
+    return [*factories, uvloop.new_event_loop]
+
+
+@pytest.mark.parametrize("factory", _loop_factories(), ids=lambda f: f.__module__.split(".")[0])
+def test_each_loop_run_in_a_thread_starts_its_coroutines_as_its_own_tasks(eager_module: ModuleType, factory: Any) -> None:
+    # One thread slot, loops run one after another (and one run again): a spare made on one loop must never
+    # carry a coroutine started on another, however cheaply the start tells which loop runs.
+    from agentcore._eager import _Spare
+
+    local, reported = eager_module.ThreadSlot(), []
+    seen: list[Any] = []
+
+    async def quick() -> None:
+        seen.append(asyncio.current_task().get_loop())  # type: ignore[union-attr]
+
+    async def starts() -> Any:
+        for _ in range(3):
+            assert eager_module.eager_start(local, _Spare, reported.append, quick()) is None
+        return asyncio.get_running_loop()
+
+    first, second = factory(), factory()
+    try:
+        ran = [first.run_until_complete(starts()), second.run_until_complete(starts()),
+               first.run_until_complete(starts())]
+    finally:
+        spare = local.spare
+        local.spare = None
+        if spare is not None:
+            spare.retire()
+        first.close()
+        second.close()
+    assert ran == [first, second, first]
+    assert seen == [first] * 3 + [second] * 3 + [first] * 3
+    assert reported == []
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+async def test_a_forked_child_sees_a_running_loop_as_asyncio_tells_it(eager_module: ModuleType) -> None:
+    from agentcore._eager import _Spare
+
+    local = eager_module.ThreadSlot()
+
+    async def quick() -> None:
+        pass
+
+    for _ in range(2):  # the spare has seen its loop running here
+        assert eager_module.eager_start(local, _Spare, lambda exc: None, quick()) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads running (the test runner's)
+        pid = os.fork()
+    if pid == 0:  # the child: the same answer as asyncio's, whether it says a loop runs here or not
+        code = 1
+        try:
+            try:
+                asyncio.get_running_loop()
+                expected = "runs"
+            except RuntimeError:
+                expected = "none"
+            try:
+                coro = quick()
+                eager_module.eager_start(local, _Spare, lambda exc: None, coro)
+                got = "runs"
+            except RuntimeError:
+                coro.close()
+                got = "none"
+            code = 0 if got == expected else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    spare = local.spare
+    local.spare = None
+    if spare is not None:
+        spare.retire()
