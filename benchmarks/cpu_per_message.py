@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """CPU time per message on the receiving side: NATSAgent vs a raw nats-py subscriber, frames fed to their parsers.
 
-Usage: python benchmarks/cpu_per_message.py [--n 20000] [--rounds 15] [--kind oneway|reply|both]
+Usage: python benchmarks/cpu_per_message.py [--n 20000] [--rounds 15] [--kind oneway|reply|both] [--loop asyncio|uvloop]
 
 It measures the agentcore the interpreter imports (run it with another installation's interpreter to compare).
 
@@ -126,5 +126,11 @@ if __name__ == "__main__":
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--kind", choices=("oneway", "reply", "both"), default="both")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the event loop both sides run on")
     args = parser.parse_args()
-    asyncio.run(main(args.n, args.rounds, ["oneway", "reply"] if args.kind == "both" else [args.kind]))
+    run: Any = asyncio.run
+    if args.loop == "uvloop":
+        import uvloop
+
+        run = uvloop.run
+    run(main(args.n, args.rounds, ["oneway", "reply"] if args.kind == "both" else [args.kind]))
