@@ -257,12 +257,12 @@ cdef inline int _message_type_ok(PyObject* v) except -1:
 # The envelope's field names, in the order agentcore.envelope.new_message inserts them (then the nested ones).
 cdef tuple _FIELDS = (
     "id", "timestamp", "version", "type", "source", "target", "replyTo", "correlationId", "context", "payload",
-    "routing", "content", "error", "conversationId", "metadata", "priority", "capabilities", "timeout",
+    "routing", "content", "error", "conversationId", "metadata", "priority", "capabilities", "timeout", "stream",
 )
 cdef enum:
     _F_ID, _F_TIMESTAMP, _F_VERSION, _F_TYPE, _F_SOURCE, _F_TARGET, _F_REPLY_TO, _F_CORRELATION_ID, _F_CONTEXT
     _F_PAYLOAD, _F_ROUTING, _F_CONTENT, _F_ERROR, _F_CONVERSATION_ID, _F_METADATA, _F_PRIORITY, _F_CAPABILITIES
-    _F_TIMEOUT, _F_COUNT
+    _F_TIMEOUT, _F_STREAM, _F_COUNT
 
 # Two key objects per field: the interned str that Python source code uses, and the one orjson's key cache hands
 # out when it decodes. A key identical to either is surely that exact str, found with one pointer compare.
@@ -296,7 +296,7 @@ cdef int _valid_fast(PyObject* m, bint deep) except -1:
 
     Each dict must hold the expected keys in the expected order, so no key needs a text compare or a type check.
     """
-    cdef Py_ssize_t pos = 0, sub, i, n
+    cdef Py_ssize_t pos = 0, sub, i, n, routed
     cdef PyObject* v
     cdef PyObject* d
     if not _is_dict(m) or _dict_size(m) != 11:
@@ -337,7 +337,13 @@ cdef int _valid_fast(PyObject* m, bint deep) except -1:
         return 0
     if n == 2 and (not _next(d, &sub, &v, _F_ERROR) or not _error_ok(v) or (deep and not _tree_ok(v, 2))):
         return 0
-    if not _next(m, &pos, &d, _F_ROUTING) or not _is_dict(d) or _dict_size(d) != 3:
+    if not _next(m, &pos, &d, _F_ROUTING):
+        return 0
+    if d == <PyObject*>None:  # a result's routing
+        return 1
+    # new_message's three routing fields, then the "stream" a request that takes an oversized result adds
+    routed = _dict_size(d) if _is_dict(d) else 0
+    if routed != 3 and routed != 4:
         return 0
     sub = 0
     if not _next(d, &sub, &v, _F_PRIORITY) or (v != <PyObject*>None and (not _is_int(v) or _is_bool(v))):
@@ -352,6 +358,8 @@ cdef int _valid_fast(PyObject* m, bint deep) except -1:
             if not _is_str(_list_item(v, i)):
                 return 0
     if not _next(d, &sub, &v, _F_TIMEOUT) or (v != <PyObject*>None and (not _number(v) or _negative(v))):
+        return 0
+    if routed == 4 and (not _next(d, &sub, &v, _F_STREAM) or (deep and not _tree_ok(v, 2))):
         return 0
     return 1
 

@@ -480,6 +480,10 @@ FAST_SHAPE_INVALID = [
     ({"source__id": ""}, "source.id", "a non-empty string"),
     ({"type": "tasks"}, "type", "must be one of"),
     ({"context__conversationId": 7}, "context.conversationId", "a string or null"),
+    ({"routing__stream": [math.nan]}, "routing.stream[0]", "finite number"),
+    ({"routing__stream": nested(100)}, "routing.stream" + "[0]" * 99, "deeper than 100"),
+    ({"routing__stream": {1: "x"}}, "routing.stream", "non-str key 1"),
+    ({"routing__stream": True, "routing__timeout": -1}, "routing.timeout", ">= 0"),
 ]
 
 
@@ -527,6 +531,10 @@ def test_new_message_shape_str_subclass_keys(envelope_module: ModuleType) -> Non
         {"payload__content": nested(99)},  # payload is level 1, the innermost list level 100
         {"context__metadata": {"a": nested(98)}},
         {"timestamp": 5},
+        {"routing__stream": True},  # what a request that takes an oversized result as a stream adds
+        {"routing__stream": nested(99)},
+        {"routing": None},  # a result's routing
+        {"routing": None, "payload__error": {"code": "E", "message": "m"}},
     ],
 )
 def test_new_message_shape_valid(envelope_module: ModuleType, changes: dict[str, Any]) -> None:
@@ -565,7 +573,7 @@ def test_decode_new_message_shape(envelope_module: ModuleType, old: bytes, new: 
 @given(data=st.data())
 def test_twins_agree_on_new_message_mutations(twins, data: st.DataObject) -> None:  # type: ignore[no-untyped-def]
     compiled, pure = twins
-    message = _built()
+    message = data.draw(st.sampled_from([{}, {"routing__stream": True}, {"routing": None}]).map(lambda c: _built(**c)))
     for _ in range(data.draw(st.integers(1, 2))):
         path = data.draw(st.sampled_from(_paths(message)))
         target = message
