@@ -12,23 +12,21 @@ from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as NATSClient
-from nats.aio.msg import Msg
 
 from .._eager import release_spare, start_eager
 from .._impl import IMPLEMENTATION, validate_token
 from ..config import AgentConfig
-from ..envelope import decode, encode, new_message, raise_for_error
+from ..envelope import encode, new_message, raise_for_error
 from ..errors import (
-    AgentCoreError, DuplicateAgentError, EnvelopeError, NoRespondersError, NotConnectedError, PermissionDeniedError,
+    AgentCoreError, DuplicateAgentError, NoRespondersError, NotConnectedError, PermissionDeniedError,
     PersistenceError, RemoteError,
     RequestTimeoutError,
 )
 from ..metrics import AgentMetrics
 from ..topics import Topics
 from ..transport.connection import Connection
-from ..transport.inline import REJECT, Accept
 from ..transport.offload import pull_result, request_large
-from ..transport.settlement import Settlement, pub_ack_stream
+from ..transport.settlement import Settlement
 from ..transport.tracecontext import CURRENT
 from .caching import MISS
 from .control import Control, Face
@@ -37,6 +35,7 @@ from .host import Component, PersistedSource, RequestRoute
 from .records import MESSAGE, RAW, TASK, CacheMode, Delivery, Handler, Registration
 from .registry import Registry, is_async
 from .replies import Keeper, Replies
+from .reply_check import ReplyCheck
 from .task_control import StatusSource, TaskControl
 from .tasks import TaskTable
 from .sync_calls import SyncCalls
@@ -80,7 +79,7 @@ class Core:
         self.sync_calls = SyncCalls(agent_id, config, self.metrics, lambda: self._status == "stopped")
         self.tasks = TaskTable(config["tasks.max_status_bytes"], self.metrics.counters, self.replies.pending)
         self.task_control = TaskControl(agent_id, agent_type, self.topics, self.connection, config, self.metrics,
-                                        self.tasks, lambda request_id: self._verifier(request_id, None)[0], self.spawn)
+                                        self.tasks, lambda request_id: self._verifier(request_id, None).accept, self.spawn)
         self.work = Dispatcher(agent_id, config, self.topics, self.metrics, self.registry.index, self.connection,
                                self.replies, self.settlement, self.spawn, self.sync_calls, default, self.tasks)
         self.registry.dispatch = self.work.dispatch
@@ -304,30 +303,39 @@ class Core:
         )
         message["routing"]["stream"] = True  # we can pull a result larger than max_payload as a stream
         data = encode(message)
-        accept, stored, refused = self._verifier(message["id"], target)
+        mid: str = message["id"]
+        check = self._verifier(mid, target)
+        accept = check.accept
         inbox: list[str] = []  # where the answer is awaited: what a cancellation names
+        routed = subject.startswith(self._route_prefix)  # a task, and tasks persist: stored first, answered as usual
+        fits = len(data) <= connection.max_payload()
+        # Only the paths that read the envelope again keep it while the request waits: on the common one it is
+        # garbage at once, not a set of dicts the collector walks for every request in flight.
+        envelope = message if routed or not fits else None
+        del message
         try:
-            if subject.startswith(self._route_prefix):  # a task, and tasks persist: stored first, answered as usual
-                assert self._route is not None
-                reply: dict[str, Any] = await self._route(subject, message, timeout, accept)
-            elif len(data) <= connection.max_payload():
+            if routed:
+                assert self._route is not None and envelope is not None
+                reply: dict[str, Any] = await self._route(subject, envelope, timeout, accept)
+            elif fits:
                 if connection.bare:  # sent at once when it can be, with the trace headers of the handler sending it
                     reply = await connection.requests(nc).request(subject, data, timeout, accept, CURRENT.get(), inbox=inbox)
                 else:
                     reply = await connection.request(subject, data, timeout, accept, inbox)  # signed or traced: through nc.publish
             else:  # offered as a stream that the serving agent pulls: a 20 MB task arrives whole
-                reply = await request_large(connection, subject, message, data, timeout, accept)
+                assert envelope is not None
+                reply = await request_large(connection, subject, envelope, data, timeout, accept)
         except asyncio.CancelledError:  # the caller gave up: so does the agent serving it
-            self.task_control.abandon(message["id"], message.get("replyTo") or (inbox[0] if inbox else None), "cancelled")
+            self.task_control.abandon(mid, self._answer_inbox(envelope, inbox), "cancelled")
             raise
         except nats.errors.NoRespondersError:
             raise NoRespondersError(f"no agent is subscribed to {subject}") from None
         except nats.errors.TimeoutError:
-            self.task_control.abandon(message["id"], message.get("replyTo") or (inbox[0] if inbox else None), "timed out")
-            if refused:  # only replies whose identity failed came: that is the reason, not silence
-                raise refused[-1] from None
-            if stored:
-                raise PersistenceError(f"JetStream stream {stored[0]} stored the task on {subject} instead of an agent "
+            self.task_control.abandon(mid, self._answer_inbox(envelope, inbox), "timed out")
+            if check.refused:  # only replies whose identity failed came: that is the reason, not silence
+                raise check.refused[-1] from None
+            if check.stored:
+                raise PersistenceError(f"JetStream stream {check.stored[0]} stored the task on {subject} instead of an agent "
                                        "answering it: set jetstream.enabled on this agent too") from None
             raise RequestTimeoutError(f"no reply on {subject} within {timeout}s") from None
         except nats.errors.ConnectionClosedError:
@@ -340,46 +348,15 @@ class Core:
         raise_for_error(reply)
         return reply
 
-    def _verifier(self, request_id: str, target: str | None) -> tuple[Accept, list[str], list[Exception]]:
-        """Return the check a reply to request_id must pass (and the JetStream streams that stored it instead).
+    @staticmethod
+    def _answer_inbox(envelope: dict[str, Any] | None, inbox: list[str]) -> str | None:
+        """Return where a request's answer was awaited: its replyTo, else the inbox it was sent with."""
+        reply_to = envelope.get("replyTo") if envelope is not None else None
+        return reply_to or (inbox[0] if inbox else None)
 
-        Only a result envelope whose correlationId is request_id (and, when the request named a target, whose
-        source.id is that target) answers the request; anything else that reaches its inbox is dropped, counted
-        in replies_rejected, and the request keeps waiting for its answer. It runs where the reply is read, on
-        the one decode the reply needs anyway. A JetStream publish acknowledgement (the task was stored, not
-        answered) is remembered: the request then fails with PersistenceError at its timeout, not at once, so a
-        forged one cannot cut a request short.
-        """
-        counters = self.metrics.counters
-        stored: list[str] = []
-        refused: list[Exception] = []  # replies dropped for their identity (IdentityError), newest last
-
-        def accept(msg: Msg) -> Any:
-            try:
-                reply = decode(msg.data)
-            except EnvelopeError:
-                stream = pub_ack_stream(msg.data)
-                if stream is not None:
-                    stored.append(stream)
-                    return REJECT
-                reply = None
-            if reply is None or reply.get("correlationId") != request_id or (target is not None and reply["source"]["id"] != target):
-                counters["replies_rejected"] += 1
-                if counters["replies_rejected"] % 1000 == 1:  # once per thousand: a flood must not flood the log too
-                    log.warning("agent %s dropped a reply to %s that does not answer it (correlationId or source wrong)",
-                                self.agent_id, request_id)
-                return REJECT
-            verifier = self.connection.verifier
-            if verifier is not None:  # the reply's identity, checked as a served message's is
-                source_id = reply["source"]["id"]
-                reason = verifier.check(msg.subject, msg.reply, msg.headers, msg.data, source_id)
-                if reason is not None:  # dropped: the genuine answer may still come; said at the timeout if not
-                    counters["replies_rejected"] += 1
-                    refused.append(verifier.refuse(reason, source_id, msg.subject))
-                    return REJECT
-            return reply
-
-        return accept, stored, refused
+    def _verifier(self, request_id: str, target: str | None) -> ReplyCheck:
+        """Return the check a reply to request_id must pass (see ReplyCheck)."""
+        return ReplyCheck(request_id, target, self.agent_id, self.metrics.counters, self.connection)
 
     async def discover(self, capability: str | None = None, *, timeout: float | None = None,
                        expected: int | None = None, include_self: bool = False) -> list[dict[str, Any]]:
