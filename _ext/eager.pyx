@@ -170,7 +170,7 @@ def first_step(loop, task, context, coro):
 
 
 cdef class SpareFields:
-    """What eager_start reads of a spare, as C fields (agentcore._eager's spares derive from it)."""
+    """What eager_start reads of a spare (agentcore._eager's spares derive from it)."""
 
     cdef public object loop, task, step, context, base
     cdef object holder  # asyncio's running-loop holder its loop was last seen running under (before 3.12)

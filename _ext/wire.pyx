@@ -277,11 +277,9 @@ cdef inline bint _spaced(const char* s, Py_ssize_t n) noexcept:
 
 
 def pub_frame(str subject, str reply, payload, bint strict=False):
-    """Return the PUB command nats-py's pub_cmd writes for payload (one buffer: control line, payload, CRLF).
-
-    strict: None instead when nats-py's publish would refuse the subjects (an empty subject, or whitespace or CRLF
-    in either), so that the caller raises nats-py's own error; the check costs no regex search per message.
-    """
+    """Return the PUB command nats-py's pub_cmd writes for payload (one buffer: control line, payload, CRLF)."""
+    # strict: None instead when nats-py's publish would refuse the subjects (an empty subject, or whitespace or
+    # CRLF in either), so that the caller raises nats-py's own error; the check costs no regex search per message.
     cdef Py_ssize_t ns, nr, np, nd, total, k
     cdef const char* s = PyUnicode_AsUTF8AndSize(subject, &ns)
     cdef const char* r = PyUnicode_AsUTF8AndSize(reply, &nr)

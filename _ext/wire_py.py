@@ -153,11 +153,9 @@ class Target:
 
 
 def pub_frame(subject: str, reply: str, payload: bytes, strict: bool = False) -> bytes | None:
-    """Return the PUB command nats-py's pub_cmd writes for payload (one buffer: control line, payload, CRLF).
-
-    strict: None instead when nats-py's publish would refuse the subjects (an empty subject, or whitespace or CRLF
-    in either), so that the caller raises nats-py's own error; the check costs no regex search per message.
-    """
+    """Return the PUB command nats-py's pub_cmd writes for payload (one buffer: control line, payload, CRLF)."""
+    # strict: None instead when nats-py's publish would refuse the subjects (an empty subject, or whitespace or
+    # CRLF in either), so that the caller raises nats-py's own error; the check costs no regex search per message.
     if strict and (not subject or _SPACED.search(subject) or _SPACED.search(reply)):
         return None
     return b"".join((f"PUB {subject} {reply} {len(payload)}\r\n".encode(), payload, b"\r\n"))
