@@ -242,11 +242,11 @@ class Dispatcher:
         """Return whether a replyTo of subject is honoured: a reply inbox, a result subject, an allowed pattern."""
         if len(subject) > MAX_NAMED_SUBJECT:
             return False
+        try:  # on every path: a pattern's last token takes CR/LF and spaces too, and nats-py before 2.15 writes them
+            validate_subject(subject, wildcards=False)
+        except SubjectError:
+            return False
         if subject.startswith(self._reply_prefixes):
-            try:
-                validate_subject(subject, wildcards=False)
-            except SubjectError:
-                return False
             return True
         return any(subject_matches(pattern, subject) for pattern in self._reply_patterns)
 

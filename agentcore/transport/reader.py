@@ -85,15 +85,23 @@ class _Reader(_Parser):
             end = frame_end(view, pos)
             if end < 0:
                 break  # a frame for nats-py that is not all here yet: kept below until it is
+            line_end = view.find(b"\r\n", pos, end)
+            if line_end < 0:
+                # A control line past 4,096 bytes (a subject near nats-server's limit: the MSG line adds the sid)
+                # that a read cut: kept until its end is here, never judged or handed on in part.
+                break
             # nats-py's parser takes exactly this frame (a MSG for another sid, HMSG, PING, INFO, -ERR, ...).
-            if not _readable(view, pos):
-                pos = end  # nats-py would raise decoding it, in its read loop: that loop would stop for good
+            if not _readable(view[pos:line_end]):
+                pos = end  # nats-py would raise or misread it, in its read loop: that loop would stop for good
                 continue
             own = self.buf = bytearray(view[pos:end])
             await _Parser.parse(self)
             pos = end
-            if self.buf is not own or own or self.state != _WAITING:  # reset by a reconnect, or a close
+            if self.buf is not own or self.state != _WAITING:  # reset by a reconnect, or a close
                 return
+            if own:  # nats-py waits for the rest of a frame that is all here (a line it cannot read): never comes
+                _unreadable(own[:own.find(b"\r\n")])
+                own.clear()
         if view is buf:
             del buf[:pos]
             self.buf = buf
@@ -101,17 +109,30 @@ class _Reader(_Parser):
             self.buf = bytearray(view[pos:])
 
 
-def _readable(view: bytes | bytearray, pos: int) -> bool:
-    """Return whether the control line at pos is UTF-8 (a MSG/HMSG subject or reply a stranger chose may not be)."""
-    line = view[pos:view.find(b"\r\n", pos)]
+def _readable(line: bytes | bytearray) -> bool:
+    """Return whether nats-py's parser reads the control line line as nats-server wrote it.
+
+    A MSG/HMSG subject or reply a stranger chose may not be UTF-8 (nats-py's decode raises), or may hold \\x0b or
+    \\x0c: nats-server splits subjects on spaces and tabs only, nats-py's parser on those two as well (it raises
+    ProtocolError, reads another reply subject, or waits for good on a frame that is all there).
+    """
+    if line.startswith((b"MSG ", b"HMSG ")) and (b"\x0b" in line or b"\x0c" in line):
+        _unreadable(line)
+        return False
     try:
         line.decode()
     except UnicodeDecodeError:
-        _dropped[0] += 1
-        if _dropped[0] % 1000 == 1:  # once per thousand: a flood must not flood the log
-            log.warning("dropped %d messages whose subject is not UTF-8, the last: %r", _dropped[0], bytes(line[:200]))
+        _unreadable(line)
         return False
     return True
+
+
+def _unreadable(line: bytes | bytearray) -> None:
+    """Count (and now and then log) a frame dropped because nats-py's parser cannot read its control line."""
+    _dropped[0] += 1
+    if _dropped[0] % 1000 == 1:  # once per thousand: a flood must not flood the log
+        log.warning("dropped %d messages whose subject or reply nats-py cannot read (not UTF-8, or \\x0b/\\x0c "
+                    "inside), the last: %r", _dropped[0], bytes(line[:200]))
 
 
 _dropped = [0]  # messages dropped by _readable, in this process
