@@ -2,6 +2,7 @@
 """Read NATS MSG frames straight from a connection's read buffer and hand them to their targets (compiled core)."""
 
 from libc.string cimport memchr, memcmp, memcpy
+from agentcore._ext.wire_py import pub_frame as _twin_pub_frame
 
 __all__ = ("scan_frames", "frame_end", "pub_frame", "Frame", "Target")
 
@@ -14,6 +15,7 @@ cdef Py_ssize_t _MAX_LINE = 4096
 cdef extern from "Python.h":
     bint PyByteArray_CheckExact(object o)
     bint PyBytes_CheckExact(object o)
+    bint PyUnicode_CheckExact(object o)
     char* PyByteArray_AS_STRING(object o)
     Py_ssize_t PyByteArray_GET_SIZE(object o)
     char* PyBytes_AS_STRING(object o)
@@ -276,10 +278,14 @@ cdef inline bint _spaced(const char* s, Py_ssize_t n) noexcept:
     return False
 
 
-def pub_frame(str subject, str reply, payload, bint strict=False):
+def pub_frame(subject, reply, payload, bint strict=False):
     """Return the PUB command nats-py's pub_cmd writes for payload (one buffer: control line, payload, CRLF)."""
     # strict: None instead when nats-py's publish would refuse the subjects (an empty subject, or whitespace or
     # CRLF in either), so that the caller raises nats-py's own error; the check costs no regex search per message.
+    if not (PyUnicode_CheckExact(subject) and PyUnicode_CheckExact(reply)):
+        # a str subclass (a StrEnum member naming a subject) or anything else: formatted (and checked) as the twin
+        # (and nats-py's pub_cmd) does
+        return _twin_pub_frame(subject, reply, payload, strict)
     cdef Py_ssize_t ns, nr, np, nd, total, k
     cdef const char* s = PyUnicode_AsUTF8AndSize(subject, &ns)
     cdef const char* r = PyUnicode_AsUTF8AndSize(reply, &nr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import math
 from types import ModuleType
 from typing import Any
@@ -91,6 +92,23 @@ def test_ids_that_are_no_strings_are_refused_as_encode_refuses_them(envelope_mod
 ])
 def test_a_pub_frame_is_what_nats_py_writes(wire_module: ModuleType, subject: str, reply: str, payload: Any) -> None:
     assert wire_module.pub_frame(subject, reply, payload) == pub_cmd(subject, reply, payload)
+
+
+class _Subject(enum.StrEnum):
+    TASKS = "agents.prod.task.work.default"
+
+
+@pytest.mark.parametrize("subject,reply", [
+    (_Subject.TASKS, ""),          # a StrEnum member (a str subclass) naming a subject, as user code may
+    ("a.b", _Subject.TASKS),
+    (None, ""),                    # what nats-py's pub_cmd writes for these too: the twins write the same
+    ("a.b", None),
+])
+def test_a_pub_frame_of_any_subject_object_is_what_nats_py_writes(wire_module: ModuleType, subject: Any, reply: Any) -> None:
+    """The compiled pub_frame took exact str only (TypeError for a StrEnum subject); the twin and nats-py format any."""
+    assert wire_module.pub_frame(subject, reply, b"xyz") == pub_cmd(subject, reply, b"xyz")
+    if isinstance(subject, str) and isinstance(reply, str):  # strict (what send_now asks for) takes them alike
+        assert wire_module.pub_frame(subject, reply, b"xyz", True) == pub_cmd(subject, reply, b"xyz")
 
 
 def test_a_pub_frame_refuses_what_nats_py_cannot_encode(wire_module: ModuleType) -> None:
