@@ -118,7 +118,7 @@ def scan_frames(object buf, Py_ssize_t pos, dict targets):
     cdef Py_ssize_t sp[3]
     cdef const char* p = _data(buf, &n)
     cdef object target, subject, reply, payload
-    cdef bytes _last_raw = b"\xff"  # no subject is this (not UTF-8): the first frame decodes its own
+    cdef bytes _last_raw = None  # no subject decoded yet (no byte string can stand for that: b"\xff" is a subject)
     cdef object _last_subject = None
     while pos < n:
         if n - pos < 4:
@@ -168,7 +168,8 @@ def scan_frames(object buf, Py_ssize_t pos, dict targets):
         try:
             # A stream of messages mostly repeats its subject: the same str object again (its hash cached, so
             # the subject index and the dispatcher's dict lookups do not hash it anew).
-            if s1 - a == PyBytes_GET_SIZE(_last_raw) and memcmp(p + a, PyBytes_AS_STRING(_last_raw), s1 - a) == 0:
+            if _last_raw is not None and s1 - a == PyBytes_GET_SIZE(_last_raw) \
+                    and memcmp(p + a, PyBytes_AS_STRING(_last_raw), s1 - a) == 0:
                 subject = _last_subject
             else:
                 subject = PyUnicode_DecodeUTF8(p + a, s1 - a, NULL)

@@ -128,6 +128,15 @@ def test_a_frame_whose_subject_or_reply_is_not_utf8_is_dropped(wire_module: Modu
     assert got == [(1, "a", "", b"ok")]
 
 
+def test_a_one_byte_subject_that_is_not_utf8_is_dropped_too(wire_module: ModuleType) -> None:
+    """The compiled scanner's repeated-subject cache started from b"\\xff" standing for "no subject yet": a frame whose
+    subject was that byte (a raw client's, on a '>' subscription) was handed on with subject None."""
+    stream = b"MSG \xff 1 2\r\nhi\r\nMSG \xff 1 r 2\r\nhi\r\nMSG a 1 2\r\nok\r\nMSG \xff 1 2\r\nhi\r\n"
+    result, got = _scan(wire_module, stream)
+    assert result == (len(stream), MORE, 1, 2)
+    assert got == [(1, "a", "", b"ok")]
+
+
 class _Sub:
     def __init__(self, sid: int, max_msgs: int = 0, limit: int = 0) -> None:
         self._id, self._received, self._max_msgs, self._pending_bytes_limit = sid, 0, max_msgs, limit

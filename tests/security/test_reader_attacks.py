@@ -12,7 +12,7 @@ import nats.aio.client
 import orjson
 import pytest
 
-from agentcore import NO_REPLY
+from agentcore import NO_REPLY, new_message
 from agentcore.transport import inline
 from agentcore.transport.reader import _Reader
 from helpers import task_bytes
@@ -138,3 +138,31 @@ async def test_a_reply_to_with_whitespace_on_an_allowed_pattern_is_refused_befor
     await raw_nc.publish("evil", b"marker")  # from the stranger's own connection: after anything injected before
     await eventually(lambda: injected[-1:] == [b"marker"], what="the marker")
     assert injected == [b"marker"] and ran == ["x"]
+
+
+async def test_a_subject_of_one_byte_that_is_not_utf8_never_reaches_a_wildcard_handler(make_agent: Any, nats_server: Any,
+                                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A raw client publishes to the subject b'\\xff', which an agent subscribed to '>' receives: the compiled scanner
+    handed it on with subject None (a logged traceback per message, no rate limit: a flood floods the log)."""
+    seen: list[Any] = []
+
+    def watch(topic: str, message: dict[str, Any]) -> bool:
+        seen.append((topic, message["payload"]["content"]))
+        return True
+
+    agent = await make_agent("watcher")
+    await agent.asubscribe(">", watch)
+    honest = orjson.dumps(new_message("event", "honest", source_id="y", source_type="t"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", nats_server.port)
+    try:
+        await reader.readline()  # INFO
+        writer.write(b'CONNECT {"verbose":false}\r\n' + b"".join(b"PUB \xff %d\r\n%s\r\n" % (len(honest), honest)
+                                                                for _ in range(3))
+                     + b"PUB ok %d\r\n%s\r\nPING\r\n" % (len(honest), honest))
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"PONG")
+        await eventually(lambda: ("ok", "honest") in seen, what="the honest message")
+    finally:
+        writer.close()
+    assert seen == [("ok", "honest")]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
