@@ -140,8 +140,8 @@ async def test_a_reply_to_with_whitespace_on_an_allowed_pattern_is_refused_befor
     assert injected == [b"marker"] and ran == ["x"]
 
 
-async def test_a_subject_of_one_byte_that_is_not_utf8_never_reaches_a_wildcard_handler(make_agent: Any, nats_server: Any,
-                                                                                      caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_subject_of_one_byte_that_is_not_utf8_never_reaches_a_wildcard_handler(
+        make_agent: Any, nats_server: Any, caplog: pytest.LogCaptureFixture) -> None:
     """A raw client publishes to the subject b'\\xff', which an agent subscribed to '>' receives: the compiled scanner
     handed it on with subject None (a logged traceback per message, no rate limit: a flood floods the log)."""
     seen: list[Any] = []
