@@ -133,6 +133,8 @@ class Replies:
         if dest is None:
             delivery.answered = True
             return
+        bare = self.connection.bare
+        trace = CURRENT.get() if bare else None  # the task's trace headers, passed on (None: none came)
         try:
             data = self.result_message(delivery, content)
             delivery.size = len(data)
@@ -140,7 +142,11 @@ class Replies:
             if keeper is not None and keeper.wants(delivery):
                 delivery.answered = True  # one answer: a racing publish_result must not pass settle() meanwhile
                 data = await keeper.keep(delivery, data, None)  # a kept result too large to send is sent as a notice
-            self.connection.check_size(data)
+            self.connection.check_size(data, trace)  # the headers count: the server closes a connection over the limit
+            delivery.answered = True
+            if not bare:  # signed or traced by a tracer: through publish, which adds the headers (and counts them)
+                await self.connection.publish(dest, data)
+                return
         except PayloadTooLargeError as exc:
             if (delivery.message.get("routing") or {}).get("stream"):
                 delivery.answered = True  # the requester said it can pull a stream: it reassembles it
@@ -152,12 +158,7 @@ class Replies:
         except EnvelopeError as exc:
             await self.fail(delivery, "result_invalid", str(exc))
             return
-        delivery.answered = True
-        if not self.connection.bare:  # signed or traced by a tracer: through publish, which adds the headers
-            await self.connection.publish(dest, data)
-            return
         nc: NATSClient = self.connection.nc  # type: ignore[assignment]  # connected: the request came over it
-        trace = CURRENT.get()  # the trace headers of the task being answered, passed on (None: none came)
         # At once when nothing is pending, else behind what is (inline either way: no extra coroutine).
         if not send_now(nc, dest, data, headers=trace) and not queue_now(nc, dest, data, headers=trace):
             await nc.publish(dest, data, headers=trace)

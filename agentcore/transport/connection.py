@@ -82,6 +82,11 @@ def _tls_file(key: str, path: str | None) -> str | None:
     return path
 
 
+def header_size(headers: dict[str, str]) -> int:
+    """Return the bytes of the header block nats-py writes for headers (at most: it strips keys and values)."""
+    return 12 + sum(len(key.encode()) + len(value.encode()) + 4 for key, value in headers.items())
+
+
 class Connection:
     """Own the nats-py client: connect it, publish through it (typed errors), and multiplex requests over it."""
 
@@ -286,11 +291,12 @@ class Connection:
         nc = self.nc
         return nc.max_payload if nc is not None and nc.max_payload else _DEFAULT_MAX_PAYLOAD
 
-    def check_size(self, data: bytes) -> None:
-        """Raise PayloadTooLargeError when data does not fit in one message."""
+    def check_size(self, data: bytes, headers: dict[str, str] | None = None) -> None:
+        """Raise PayloadTooLargeError when data (with headers) does not fit in one message."""
         limit = self.max_payload()
-        if len(data) > limit:
-            raise PayloadTooLargeError(len(data), limit)
+        size = len(data) if headers is None else len(data) + header_size(headers)
+        if size > limit:
+            raise PayloadTooLargeError(size, limit)
 
     def inbox_prefixes(self) -> tuple[str, ...]:
         """Return the subject prefixes a reply inbox may have here (nats-py's default and a configured one)."""
@@ -313,6 +319,8 @@ class Connection:
             headers = with_trace(headers)
         if self.signer is not None:
             headers = self.signer.headers(subject, reply, data, headers)
+        if headers:  # nats-py checks the body alone; the server counts the headers too, and closes the connection
+            self.check_size(data, headers)
         mark = self.denials.count
         try:
             await nc.publish(subject, data, reply=reply, headers=headers)

@@ -70,7 +70,8 @@ def carried(headers: Mapping[str, str]) -> dict[str, str] | None:
 
     Anyone on the bus may send a task with trace headers, and the agent copies them onto every message it sends
     for that task: a malformed traceparent is dropped with the rest, and a tracestate or baggage past W3C's limits
-    (512 and 8192 bytes) is dropped alone, so a header cannot grow an answer past the server's max_payload.
+    (512 and 8192 bytes) is dropped alone. What is passed on still counts toward the server's max_payload (an answer
+    near it is refused payload_too_large: Connection.check_size).
     """
     parent = headers.get(TRACEPARENT)
     if parent is None or not _TRACEPARENT.fullmatch(parent) or parent[3:35] == _NO_TRACE or parent[:2] == "ff":
