@@ -308,7 +308,7 @@ class Core:
         accept = check.accept
         inbox: list[str] = []  # where the answer is awaited: what a cancellation names
         routed = subject.startswith(self._route_prefix)  # a task, and tasks persist: stored first, answered as usual
-        fits = len(data) <= connection.max_payload()
+        fits = connection.fits(data)  # with the headers it carries (trace context, signature)
         # Only the paths that read the envelope again keep it while the request waits: on the common one it is
         # garbage at once, not a set of dicts the collector walks for every request in flight.
         envelope = message if routed or not fits else None

@@ -291,6 +291,14 @@ class Connection:
         nc = self.nc
         return nc.max_payload if nc is not None and nc.max_payload else _DEFAULT_MAX_PAYLOAD
 
+    def fits(self, data: bytes) -> bool:
+        """Return whether data goes as one message with the headers a send from here adds (trace context, signature)."""
+        trace = CURRENT.get()
+        room = header_size(trace) if trace else 0
+        if not self.bare:
+            room += 1024  # a signature's or a tracer's own headers
+        return len(data) + room <= self.max_payload()
+
     def check_size(self, data: bytes, headers: dict[str, str] | None = None) -> None:
         """Raise PayloadTooLargeError when data (with headers) does not fit in one message."""
         limit = self.max_payload()

@@ -39,7 +39,7 @@ from .identity import H_SENDER, Signer, Verifier
 from .inline import MAX_NAMED_SUBJECT
 from .settlement import pub_ack_stream
 from .subscriptions import confirm
-from .tracecontext import CURRENT
+from .tracecontext import CURRENT, TRACE_ROOM
 
 __all__ = ("StreamChunk", "StreamReceiver", "FrameSender", "offer_receiver", "decode_pulled", "pull_offer", "pull_answer", "serve_pull", "encode_item", "split_point", "HEADER_ROOM",
            "H_STREAM", "H_SEQ", "H_KIND", "H_FINAL", "H_CTL", "H_ACK", "H_WINDOW", "H_CANCEL")
@@ -97,7 +97,9 @@ def split_point(kind: str, data: bytes | bytearray, size: int) -> int:
     return cut or size
 
 
-HEADER_ROOM = 1024  # headers and subject share max_payload with the body (nats-py checks the body alone)
+# Headers and subject share max_payload with the body (nats-py checks the body alone): a frame's own headers and
+# signature, and the trace headers it carries on (up to W3C's limits, which a stranger's task may fill).
+HEADER_ROOM = 1024 + TRACE_ROOM
 
 
 

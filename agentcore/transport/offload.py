@@ -119,7 +119,7 @@ async def publish_request(connection: Connection, subject: str, message: dict[st
     The offer is published like the request (same reply subject); its pull is served in the background (spawn) for
     up to timeout. For the paths that read their answers elsewhere than a request inbox: streams, MCP, negotiation.
     """
-    if len(data) <= connection.max_payload():
+    if connection.fits(data):  # with the headers it carries (trace context, signature)
         await connection.publish(subject, data, reply)
         return
     sender = FrameSender(connection.require(), message["id"], None, 8, timeout, connection.signer, connection.verifier)

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Any, Protocol
 
-__all__ = ("TRACEPARENT", "TRACE_HEADERS", "CURRENT", "MAX_TRACESTATE", "MAX_BAGGAGE", "Tracer", "Scope", "carried",
+__all__ = ("TRACEPARENT", "TRACE_HEADERS", "CURRENT", "MAX_TRACESTATE", "MAX_BAGGAGE", "TRACE_ROOM", "Tracer", "Scope", "carried",
            "with_trace")
 
 TRACEPARENT = "traceparent"
@@ -30,6 +30,8 @@ _NO_TRACE = "0" * 32
 #: pass on) and baggage (W3C Baggage: 8192 bytes) are not passed on.
 MAX_TRACESTATE = 512
 MAX_BAGGAGE = 8192
+#: The most bytes the trace headers passed on add to a message (their header lines, values at those limits).
+TRACE_ROOM = 128 + MAX_TRACESTATE + MAX_BAGGAGE
 #: The headers of W3C Trace Context and W3C Baggage, the ones a message passes on.
 TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 

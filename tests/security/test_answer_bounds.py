@@ -18,6 +18,7 @@ import pytest
 
 from agentcore import AgentConfig, NATSAgent
 from agentcore.server import NATSServer
+from agentcore.transport.tracecontext import CURRENT
 from helpers import task_bytes
 from nats_fixtures import within
 
@@ -60,3 +61,32 @@ async def test_headers_never_push_an_answer_past_max_payload(signed: bool) -> No
         finally:
             await nc.close()
             await agent.astop()
+
+
+async def test_requests_and_streamed_results_leave_room_for_the_trace_headers_they_carry() -> None:
+    """A handler of a traced task (its trace headers, a stranger's, within W3C's limits, in CURRENT) sends a request
+    just under max_payload, and asks for a result streamed in frames: each carries the trace headers. Before, the
+    request went as one message (body alone counted) and frames kept 1,024 bytes for headers: the server closed
+    the connection of the agent sending them (the requester's, then the serving agent's)."""
+    with NATSServer(max_payload=MAX_PAYLOAD) as server:
+        def config() -> AgentConfig:
+            return AgentConfig({"nats.servers": [server.url], "nats.environment": "test",
+                                "agent.heartbeat_interval": 60.0, "cache.enabled": False}, environ={})
+
+        worker = NATSAgent("worker", config=config())
+        worker.add_capability("size", lambda m: len(m["payload"]["content"]))
+        worker.add_capability("big", lambda m: "x" * m["payload"]["content"])
+        client = NATSAgent("client", config=config())
+        await worker.astart()
+        await client.astart()
+        token = CURRENT.set({"traceparent": GOOD, "baggage": "k=" + "v" * 8000})
+        try:
+            assert await within(client.send_task("size", "x" * (MAX_PAYLOAD - 2000), timeout=10), "the request") \
+                == MAX_PAYLOAD - 2000
+            assert len(await within(client.send_task("big", 3 * MAX_PAYLOAD, timeout=10), "the streamed result")) \
+                == 3 * MAX_PAYLOAD
+            assert worker.nc.stats["reconnects"] == 0 and client.nc.stats["reconnects"] == 0
+        finally:
+            CURRENT.reset(token)
+            await client.astop()
+            await worker.astop()
