@@ -45,6 +45,54 @@ cdef dict _by_dict = _current_tasks if sys.version_info < (3, 12) else None
 cdef object _swap = getattr(asyncio.tasks, "_swap_current_task", None) if _by_dict is None else None
 
 
+# Whether a first step left its context as it found it, and whether the caller's context is still the one a spare
+# was made in, is decided by the values themselves (identity), never by == (a step that set a variable to an
+# equal but other object, a fresh empty list, would otherwise hand that object to the next requester's handler).
+# A Context's variables are an immutable map (CPython's HAMT) that a copy shares and any set replaces, so the
+# same map object is the common case's one pointer compare; other maps are compared value by value. The map is
+# read from the Context object's own layout, checked at import against what copies and sets do to it.
+cdef extern from *:
+    """
+    typedef struct { PyObject_HEAD void *ctx_prev; PyObject *ctx_vars; } agentcore_context_head;
+    """
+    ctypedef struct agentcore_context_head:
+        PyObject* ctx_vars
+
+
+cdef inline PyObject* _vars_of(object context) noexcept:
+    return (<agentcore_context_head*><PyObject*>context).ctx_vars
+
+
+def _layout_holds():
+    """Whether _vars_of reads a Context's variable map here (copies share it, a set replaces it)."""
+    probe = contextvars.ContextVar("agentcore.eager.probe")
+    first = contextvars.Context()
+    first.run(probe.set, 1)
+    second = first.copy()
+    if type(first) is not contextvars.Context or _vars_of(first) == NULL or _vars_of(first) != _vars_of(second):
+        return False
+    if type(<object>_vars_of(first)).__name__ != "hamt":
+        return False
+    second.run(probe.set, 2)
+    return _vars_of(first) != _vars_of(second) and type(<object>_vars_of(second)).__name__ == "hamt"
+
+
+cdef bint _LAYOUT = _layout_holds()
+cdef object _MISSING = object()
+
+
+cdef bint _same_values(object a, object b) except -1:
+    """Whether Contexts a and b hold the same variables, set to the same objects."""
+    if _LAYOUT and _vars_of(a) == _vars_of(b):
+        return True
+    if len(a) != len(b):
+        return False
+    for var, value in a.items():
+        if b.get(var, _MISSING) is not value:
+            return False
+    return True
+
+
 cdef object _get_running_loop = asyncio.get_running_loop
 cdef object _copy_context = contextvars.copy_context
 cdef object _CancelledError = asyncio.CancelledError
@@ -189,7 +237,7 @@ def eager_start(local, make_spare, report, coro):
     cdef bint slot = type(local) is ThreadSlot  # the thread state's dict, read and written directly
     cdef SpareFields spare = _slot_get() if slot else local.spare
     loop = _loop_of(spare)
-    if spare is None or spare.loop is not loop or spare.step.done or _copy_context() != spare.base:
+    if spare is None or spare.loop is not loop or spare.step.done or not _same_values(_copy_context(), spare.base):
         if spare is not None and spare.loop is loop and not spare.step.done:
             spare.retire()
         spare = make_spare(loop)
@@ -213,7 +261,8 @@ def eager_start(local, make_spare, report, coro):
     if first is FINISHED:  # finished in the first step: the spare serves the next coroutine
         # Retired when its context changed, a nested start left a spare already, or the step cancelled its own
         # Task (asyncio.current_task().cancel()): that cancellation must not reach the next coroutine's handler.
-        if context != spare.base or (_slot_get() if slot else local.spare) is not None or task.cancelling():
+        if not _same_values(context, spare.base) or (_slot_get() if slot else local.spare) is not None \
+                or task.cancelling():
             spare.retire()
         elif slot:
             _slot_set(spare)

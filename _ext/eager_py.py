@@ -71,6 +71,14 @@ class ThreadSlot:
         _per_thread.spare = value
 
 
+_MISSING: Any = object()
+
+
+def _same_values(a: contextvars.Context, b: contextvars.Context) -> bool:
+    """Whether a and b hold the same variables, set to the same objects (never ==: an equal object is another)."""
+    return len(a) == len(b) and all(b.get(var, _MISSING) is value for var, value in a.items())
+
+
 def eager_start(local: Any, make_spare: Callable[[asyncio.AbstractEventLoop], Any], report: Callable[[BaseException], None],
           coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
     """Run coro's first step as local.spare's Task (made by make_spare(loop) when there is none to use).
@@ -82,7 +90,7 @@ def eager_start(local: Any, make_spare: Callable[[asyncio.AbstractEventLoop], An
     """
     loop = asyncio.get_running_loop()
     spare = local.spare
-    if spare is None or spare.loop is not loop or spare.step.done or contextvars.copy_context() != spare.base:
+    if spare is None or spare.loop is not loop or spare.step.done or not _same_values(contextvars.copy_context(), spare.base):
         if spare is not None and spare.loop is loop and not spare.step.done:
             spare.retire()
         spare = local.spare = make_spare(loop)
@@ -100,7 +108,7 @@ def eager_start(local: Any, make_spare: Callable[[asyncio.AbstractEventLoop], An
     if first is FINISHED:  # finished in the first step: the spare serves the next coroutine
         # Retired when its context changed, a nested start left a spare already, or the step cancelled its own
         # Task (asyncio.current_task().cancel()): that cancellation must not reach the next coroutine's handler.
-        if context != spare.base or local.spare is not None or task.cancelling():
+        if not _same_values(context, spare.base) or local.spare is not None or task.cancelling():
             spare.retire()
         else:
             local.spare = spare

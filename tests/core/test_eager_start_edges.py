@@ -80,13 +80,10 @@ async def test_an_interrupted_first_step_leaves_no_parked_spare(eager_module: Mo
 _STATE: contextvars.ContextVar[list[str]] = contextvars.ContextVar("_STATE")
 
 
-@pytest.mark.xfail(strict=True, reason="eager_start decides whether a finished step changed its context, and whether "
-                   "the caller's context is still the spare's, with Context ==, which compares values by ==; comparing "
-                   "them by identity (a loop over the variables) costs about 0.15 us per variable per handler start")
 async def test_a_value_equal_to_the_callers_but_another_object_is_not_handed_on(eager_module: ModuleType) -> None:
-    """Each first step sees its caller's values themselves, as a Task of its own would: a step that set a variable
-    to an equal object (a fresh empty list for the caller's empty one) handed that object to the next handler on the
-    reused spare (Context == compares values by ==), and a caller that did so was not seen by the next step."""
+    """Each first step sees its caller's values themselves, as a Task of its own would: a step that sets a variable
+    to an equal object (a fresh empty list for the caller's empty one) must not hand that object to the next
+    handler on the reused spare, and a caller that does so is seen by the next step (values compared by identity)."""
     local, reported = _Local(), []
     original: list[str] = []
     token = _STATE.set(original)
@@ -130,6 +127,30 @@ async def test_each_first_step_runs_as_a_task_of_its_own(eager_module: ModuleTyp
         assert eager_module.eager_start(local, _Spare, lambda exc: None, records()) is None
         assert seen[0] is not seen[1]  # two handler runs, as two Tasks would be
     finally:
+        if local.spare is not None:
+            local.spare.retire()
+        await _settle()
+
+
+async def test_a_step_that_sets_a_variable_back_to_the_callers_own_object_keeps_the_spare(eager_module: ModuleType) -> None:
+    """Only what the values are counts: set and set back to the caller's own object, the context is unchanged."""
+    local, reported = _Local(), []
+    original: list[str] = []
+    token = _STATE.set(original)
+    seen: list[Any] = []
+
+    async def round_trip() -> None:
+        seen.append(asyncio.current_task())
+        inner = _STATE.set(["other"])
+        _STATE.reset(inner)  # back to the caller's own list (a new map of the same values)
+
+    try:
+        for _ in range(2):
+            assert eager_module.eager_start(local, _Spare, reported.append, round_trip()) is None
+        assert seen[0] is seen[1]  # the spare served both: nothing the next step could see was changed
+        assert _STATE.get() is original and reported == []
+    finally:
+        _STATE.reset(token)
         if local.spare is not None:
             local.spare.retire()
         await _settle()
