@@ -28,7 +28,7 @@ from nats.protocol.command import hpub_cmd
 from .._impl import Frame, pub_frame
 from .tracecontext import TRACE_HEADERS
 
-from .reader import take_over
+from .reader import BURSTS, take_over
 
 __all__ = ("deliver_inline", "forget_connection", "send_now", "queue_now", "RequestMux", "REJECT", "Accept", "MAX_NAMED_SUBJECT")
 
@@ -137,11 +137,12 @@ def send_now(nc: NATSClient, subject: str, data: bytes, reply: str = "", headers
     event-loop iteration later, after whatever runs first (on a reply: the rest of the read chunk and the
     handler Task's bookkeeping), and costs a future, a queue hop and a task step. A request or a reply is
     latency-bound: when nothing is pending (order kept), the socket has nothing buffered (no backpressure to
-    respect) and this connection has not written directly yet in this iteration (a burst still coalesces in
-    the flusher), it goes out now. The checks and counters are nats-py's publish's own.
+    respect), this connection has not written directly yet in this iteration and its reader is not delivering a
+    read of several frames (a burst coalesces in the flusher: one write), it goes out now. The checks and
+    counters are nats-py's publish's own.
     """
     try:
-        if nc._status != _CONNECTED or nc._pending_data_size or nc in _sent_now or not subject:
+        if nc._status != _CONNECTED or nc._pending_data_size or nc in _sent_now or nc in BURSTS or not subject:
             return False
         if type(nc).publish is not _NATS_PUBLISH or "publish" in nc.__dict__:
             return False

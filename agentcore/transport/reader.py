@@ -24,9 +24,12 @@ from nats.protocol import parser as nats_parser
 
 from .._impl import Target, frame_end, scan_frames
 
-__all__ = ("take_over",)
+__all__ = ("BURSTS", "take_over")
 
 log = logging.getLogger("agentcore.agent")
+
+#: Connections whose reader is delivering a read of more than one frame: their answers wait for the flusher.
+BURSTS: set[NATSClient] = set()
 
 _Parser = nats_parser.Parser
 _WAITING = nats_parser.AWAITING_CONTROL_LINE
@@ -73,35 +76,47 @@ class _Reader(_Parser):
         else:
             view = data
         targets = self.targets
-        stats = self.nc.stats
+        nc = self.nc
+        stats = nc.stats
         pos, end_of = 0, len(view)
-        while pos < end_of:
-            pos, other, msgs, nbytes = scan_frames(view, pos, targets)
-            if msgs:
-                stats["in_msgs"] += msgs
-                stats["in_bytes"] += nbytes
-            if not other:
-                break
-            end = frame_end(view, pos)
-            if end < 0:
-                break  # a frame for nats-py that is not all here yet: kept below until it is
-            line_end = view.find(b"\r\n", pos, end)
-            if line_end < 0:
-                # A control line past 4,096 bytes (a subject near nats-server's limit: the MSG line adds the sid)
-                # that a read cut: kept until its end is here, never judged or handed on in part.
-                break
-            # nats-py's parser takes exactly this frame (a MSG for another sid, HMSG, PING, INFO, -ERR, ...).
-            if not _readable(view[pos:line_end]):
-                pos = end  # nats-py would raise or misread it, in its read loop: that loop would stop for good
-                continue
-            own = self.buf = bytearray(view[pos:end])
-            await _Parser.parse(self)
-            pos = end
-            if self.buf is not own or self.state != _WAITING:  # reset by a reconnect, or a close
-                return
-            if own:  # nats-py waits for the rest of a frame that is all here (a line it cannot read): never comes
-                _unreadable(own[:own.find(b"\r\n")])
-                own.clear()
+        # A read that holds more than one frame is a burst (pipelined requests): the answers its handlers give at
+        # once go out together through nats-py's flusher, in one write at the end of this loop iteration, instead
+        # of the first alone straight to the socket (inline.send_now) and the rest after it, which doubles the
+        # writes here and the reads of whoever waits for them. A lone frame's answer still goes out at once.
+        burst = 0 <= frame_end(view, 0) < end_of
+        if burst:
+            BURSTS.add(nc)
+        try:
+            while pos < end_of:
+                pos, other, msgs, nbytes = scan_frames(view, pos, targets)
+                if msgs:
+                    stats["in_msgs"] += msgs
+                    stats["in_bytes"] += nbytes
+                if not other:
+                    break
+                end = frame_end(view, pos)
+                if end < 0:
+                    break  # a frame for nats-py that is not all here yet: kept below until it is
+                line_end = view.find(b"\r\n", pos, end)
+                if line_end < 0:
+                    # A control line past 4,096 bytes (a subject near nats-server's limit: the MSG line adds the
+                    # sid) that a read cut: kept until its end is here, never judged or handed on in part.
+                    break
+                # nats-py's parser takes exactly this frame (a MSG for another sid, HMSG, PING, INFO, -ERR, ...).
+                if not _readable(view[pos:line_end]):
+                    pos = end  # nats-py would raise or misread it in its read loop, which would stop for good
+                    continue
+                own = self.buf = bytearray(view[pos:end])
+                await _Parser.parse(self)
+                pos = end
+                if self.buf is not own or self.state != _WAITING:  # reset by a reconnect, or a close
+                    return
+                if own:  # nats-py waits for the rest of a frame that is all here (a line it cannot read): never
+                    _unreadable(own[:own.find(b"\r\n")])
+                    own.clear()
+        finally:
+            if burst:
+                BURSTS.discard(nc)
         if view is buf:
             del buf[:pos]
             self.buf = buf
