@@ -108,8 +108,9 @@ cdef Py_ssize_t _payload_end(const char* p, Py_ssize_t pos, Py_ssize_t nl, Py_ss
     return -1
 
 
-def scan_frames(object buf, Py_ssize_t pos, dict targets):
+def scan_frames(object buf, Py_ssize_t pos, dict targets, list dropped=None):
     """Deliver MSG frames from pos to targets[sid](subject, reply, payload); return (stop, MORE/OTHER, msgs, bytes)."""
+    # dropped: a one-item list counting the frames dropped because their subject or reply is not UTF-8.
     # A target must not raise. Scanning stops at the first frame that is not all in buf (MORE) or that is not a
     # MSG for a sid with a target (OTHER: HMSG, PING, another sid, a malformed line), which the caller's general
     # parser handles.
@@ -181,6 +182,8 @@ def scan_frames(object buf, Py_ssize_t pos, dict targets):
                 reply = PyUnicode_DecodeUTF8(p + sp[1] + 1, sp[2] - sp[1] - 1, NULL)
         except UnicodeDecodeError:  # a stranger's subject that is not UTF-8: dropped (nats-py's decode would raise)
             pos = end + 2
+            if dropped is not None:
+                dropped[0] += 1
             continue
         payload = PyBytes_FromStringAndSize(p + start, size)
         pos = end + 2

@@ -42,8 +42,10 @@ def _number(text: bytes) -> int:
     return int(text) if 0 < len(text) <= 18 and text.isdigit() else -1
 
 
-def scan_frames(buf: Any, pos: int, targets: Mapping[int, Callable[[str, str, bytes], None]]) -> tuple[int, int, int, int]:
+def scan_frames(buf: Any, pos: int, targets: Mapping[int, Callable[[str, str, bytes], None]],
+                dropped: list[int] | None = None) -> tuple[int, int, int, int]:
     """Deliver MSG frames from pos to targets[sid](subject, reply, payload); return (stop, MORE/OTHER, msgs, bytes)."""
+    # dropped: a one-item list counting the frames dropped because their subject or reply is not UTF-8.
     # A target must not raise. Scanning stops at the first frame that is not all in buf (MORE) or that is not a
     # MSG for a sid with a target (OTHER: HMSG, PING, another sid, a malformed line), which the caller's general
     # parser handles.
@@ -82,6 +84,8 @@ def scan_frames(buf: Any, pos: int, targets: Mapping[int, Callable[[str, str, by
             subject_text, reply_text = subject.decode(), reply.decode()
         except UnicodeDecodeError:  # a stranger's subject that is not UTF-8: dropped (nats-py's decode would raise)
             pos = end + 2
+            if dropped is not None:
+                dropped[0] += 1
             continue
         payload = bytes(buf[start:end])
         pos = end + 2

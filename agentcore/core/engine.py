@@ -26,6 +26,7 @@ from ..metrics import AgentMetrics
 from ..topics import Topics
 from ..transport.connection import Connection
 from ..transport.offload import pull_result, request_large
+from ..transport.reader import dropped as frames_dropped
 from ..transport.settlement import Settlement
 from ..transport.tracecontext import CURRENT
 from .caching import MISS
@@ -391,7 +392,8 @@ class Core:
         snapshot = self.metrics.snapshot()
         snapshot.update(in_flight=self.work.inflight, queued=len(self.work.queue), status=self._status,
                         implementation=IMPLEMENTATION, subscriptions=len(self.registry.subs),
-                        results_owed=len(self.replies.owed), **self.watchdog.gauges())
+                        results_owed=len(self.replies.owed), frames_unreadable=frames_dropped(self.connection.nc),
+                        **self.watchdog.gauges())
         snapshot.update(self.work.gauges())  # bytes held by the bounded stores (docs/limits.md)
         snapshot.update(self.tasks.gauges())
         if self.connection.verifier is not None:

@@ -24,7 +24,7 @@ from nats.protocol import parser as nats_parser
 
 from .._impl import Target, frame_end, scan_frames
 
-__all__ = ("BURSTS", "take_over")
+__all__ = ("BURSTS", "dropped", "take_over")
 
 log = logging.getLogger("agentcore.agent")
 
@@ -57,6 +57,12 @@ class _Reader(_Parser):
     """nats-py's Parser with a fast path for the frames of the agent's own subscriptions."""
 
     targets: dict[int, Target]
+    dropped: list[int]  # frames dropped unread: a subject or reply not UTF-8, or one nats-py misreads (_readable)
+
+    def __init__(self, nc: NATSClient) -> None:  # take_over swaps the class of nats-py's own parser instead
+        super().__init__(nc)
+        self.targets = {}
+        self.dropped = [0]
 
     async def parse(self, data: bytes = b"") -> None:
         buf: bytearray = self.buf
@@ -88,7 +94,7 @@ class _Reader(_Parser):
             BURSTS.add(nc)
         try:
             while pos < end_of:
-                pos, other, msgs, nbytes = scan_frames(view, pos, targets)
+                pos, other, msgs, nbytes = scan_frames(view, pos, targets, self.dropped)
                 if msgs:
                     stats["in_msgs"] += msgs
                     stats["in_bytes"] += nbytes
@@ -104,6 +110,7 @@ class _Reader(_Parser):
                     break
                 # nats-py's parser takes exactly this frame (a MSG for another sid, HMSG, PING, INFO, -ERR, ...).
                 if not _readable(view[pos:line_end]):
+                    self.dropped[0] += 1
                     pos = end  # nats-py would raise or misread it in its read loop, which would stop for good
                     continue
                 own = self.buf = bytearray(view[pos:end])
@@ -112,6 +119,7 @@ class _Reader(_Parser):
                 if self.buf is not own or self.state != _WAITING:  # reset by a reconnect, or a close
                     return
                 if own:  # nats-py waits for the rest of a frame that is all here (a line it cannot read): never
+                    self.dropped[0] += 1
                     _unreadable(own[:own.find(b"\r\n")])
                     own.clear()
         finally:
@@ -159,6 +167,12 @@ def _usable(parser: object) -> bool:
         hasattr(parser, name) for name in ("buf", "state", "needed", "nc", "reset"))
 
 
+def dropped(nc: NATSClient | None) -> int:
+    """Return how many frames nc's reader dropped unread (a subject or reply not UTF-8, or one nats-py misreads)."""
+    parser = getattr(nc, "_ps", None)
+    return parser.dropped[0] if type(parser) is _Reader else 0
+
+
 def take_over(nc: NATSClient, sub: Subscription, dispatch: Callable[..., None], tag: Any = None) -> bool:
     """Read sub's MSG frames straight from nc's buffer into dispatch (see _target for tag); False when this nats-py cannot."""
     try:
@@ -169,6 +183,7 @@ def take_over(nc: NATSClient, sub: Subscription, dispatch: Callable[..., None], 
             # The parser object stays (nats-py's reconnect resets it in place); only its parse() changes.
             parser.__class__ = _Reader
             cast(_Reader, parser).targets = {}
+            cast(_Reader, parser).dropped = [0]
         if sub._max_msgs or sub._jsi is not None or nc._subs.get(sub._id) is not sub:
             return False  # auto-unsubscribe and JetStream bookkeeping stay nats-py's
         targets = cast(_Reader, parser).targets

@@ -64,6 +64,7 @@ async def test_a_reply_nats_py_reads_as_whitespace_never_cuts_the_agent_off(make
     assert not agent.nc._reading_task.done()
     await subscribed(raw_nc)
     assert stolen == [] and ran == [7]
+    assert agent.get_metrics()["frames_unreadable"] == len(odd) + 1  # each dropped frame counted, not only logged
 
 
 def _frame(subject: bytes, sid: int, payload: bytes, reply: bytes = b"") -> bytes:
@@ -165,4 +166,5 @@ async def test_a_subject_of_one_byte_that_is_not_utf8_never_reaches_a_wildcard_h
     finally:
         writer.close()
     assert seen == [("ok", "honest")]
+    assert agent.get_metrics()["frames_unreadable"] == 3  # dropped on the compiled fast path, counted there too
     assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
