@@ -73,6 +73,11 @@ async def test_a_stranger_who_knows_the_task_id_cannot_read_or_find_the_kept_res
 async def test_forged_kept_results_are_not_taken(make_agent, raw_nc) -> None:
     _, client, task_id = await _kept_task(make_agent)
     kv = await raw_nc.jetstream().key_value("AGENTS_TEST_RESULTS")
+
+    async def kept() -> bool:  # the answer goes out first and the result is kept after it: forge over the kept one
+        return len(await _entries(kv)) == 1
+
+    await eventually(kept, what="the task's kept result written")
     forged = encode({**task_envelope("f1", "forged"), "type": "result", "correlationId": task_id,
                      "source": {"id": "worker", "type": "agent"}})
     for key in list(await _entries(kv)) + [task_id]:
