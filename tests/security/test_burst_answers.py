@@ -5,14 +5,39 @@ them, and the connection never stays marked as reading a burst, after a frame na
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
 import orjson
 
+from agentcore.transport import inline
 from agentcore.transport.reader import BURSTS, _Reader
 from helpers import task_bytes
 from nats_fixtures import eventually, subscribed, within
+
+
+@contextlib.asynccontextmanager
+async def _held_in_a_burst(nc: nats.NATS, reader: _Reader, data: bytes) -> AsyncIterator[asyncio.Future[None]]:
+    """Run reader.parse(data) until nats-py's parser waits inside it: on nc's error callback, for a slow consumer
+    (data holds a second frame past a subscription's pending limit), a callback that here never returns."""
+    held = asyncio.Event()
+    error_cb = nc._error_cb
+
+    async def stuck(error: Exception) -> None:
+        held.set()
+        await asyncio.Event().wait()
+
+    nc._error_cb = stuck
+    parse = asyncio.ensure_future(reader.parse(data))
+    try:
+        await within(held.wait(), "the parse waiting in a burst")
+        yield parse
+    finally:
+        parse.cancel()
+        await asyncio.gather(parse, return_exceptions=True)
+        nc._error_cb = error_cb
 
 
 async def test_pipelined_requests_are_answered_in_delivery_order_and_the_burst_mark_is_cleared(
@@ -76,22 +101,25 @@ async def test_a_burst_the_parser_refuses_or_a_cancelled_read_leaves_no_mark(raw
     # callback (a slow consumer), which here never returns; the read loop is then cancelled (a close, a reconnect).
     slow = await raw_nc.subscribe("y.>", pending_msgs_limit=1)
     await subscribed(raw_nc)
-    held = asyncio.Event()
-    error_cb = raw_nc._error_cb
-
-    async def stuck(error: Exception) -> None:
-        held.set()
-        await asyncio.Event().wait()
-
-    raw_nc._error_cb = stuck
     other = b"MSG y.a %d 1\r\nz\r\n" % slow._id
     reader.buf = bytearray()
-    parse = asyncio.ensure_future(reader.parse(frame(b"3") + other + other + frame(b"4")))
-    try:
-        await within(held.wait(), "the parse waiting in a burst")
+    async with _held_in_a_burst(raw_nc, reader, frame(b"3") + other + other + frame(b"4")) as parse:
         assert got == [b"1", b"3"] and raw_nc in BURSTS
         parse.cancel()
         await asyncio.gather(parse, return_exceptions=True)
-    finally:
-        raw_nc._error_cb = error_cb
     assert parse.cancelled() and raw_nc not in BURSTS
+
+
+async def test_forgetting_a_connection_drops_its_burst_mark_too(raw_nc: nats.NATS) -> None:
+    """BURSTS holds its clients strongly: a read loop whose loop closes while nats-py's parser waits inside a burst
+    never runs its cleanup, and the client (its buffers, its read Task) stayed in the set for good. Forgetting the
+    connection (the agent's stop does, as for send_now's own bookkeeping) drops it as well."""
+    sub = await raw_nc.subscribe("y.>", pending_msgs_limit=1)
+    await subscribed(raw_nc)
+    reader = _Reader(raw_nc)
+    reader.targets = {}
+    other = b"MSG y.a %d 1\r\nz\r\n" % sub._id
+    async with _held_in_a_burst(raw_nc, reader, other + other + other):
+        assert raw_nc in BURSTS
+        inline.forget_connection(raw_nc)
+        assert raw_nc not in BURSTS
