@@ -211,8 +211,9 @@ def _loop_of(nc: NATSClient) -> asyncio.AbstractEventLoop:
 
 
 def forget_connection(nc: NATSClient) -> None:
-    """Drop nc from send_now's bookkeeping (its loop may close before the pending discard runs)."""
+    """Drop nc from send_now's bookkeeping (its loop may close before the pending discard runs, or mid-burst)."""
     _sent_now.discard(nc)
+    BURSTS.discard(nc)  # a read loop whose loop closed while it waited inside a burst never runs its own discard
 
 
 _REPLIES = "replies"  # the tag the request mux's inbox subscription is delivered with

@@ -235,3 +235,26 @@ def test_a_target_called_directly_delivers_as_the_scanner_does(wire_module: Modu
     target("x.y", "", b"direct")
     assert wire_module.scan_frames(b"MSG x.y 1 7\r\nscanned\r\n", 0, targets)[2] == 1
     assert got == [("x.y", b"direct", "k"), ("x.y", b"scanned", "k")] and sub._received == 2
+
+
+def test_twins_count_the_same_dropped_frames(twins: tuple[CoreImplementation, CoreImplementation]) -> None:
+    """get_metrics()['frames_unreadable'] counts what scan_frames drops: both twins count the same frames."""
+    rng = random.Random(11)
+    pieces = [b"MSG a.b 1 5\r\nhello\r\n", b"MSG a.\xff 1 2\r\nhi\r\n", b"MSG \xff 1 2\r\nhi\r\n", b"MSG a 1 \xfe 2\r\nhi\r\n",
+              b"MSG a.b 1 \xc3 0\r\n\r\n", b"MSG a.\xe2\x82 1 r 1\r\nz\r\n", b"MSG c 2 1\r\nz\r\n", b"PING\r\n",
+              b"MSG a.\xff 3 1\r\nz\r\n"]
+    compiled, pure = twins
+    for _ in range(300):
+        stream = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 10)))
+        stream = stream[:rng.randint(0, len(stream))] if rng.random() < 0.3 else stream
+        for sids in ((1,), (1, 3), ()):
+            counts = []
+            for wire in (compiled.wire, pure.wire):
+                dropped = [0]
+                got: list[Any] = []
+                targets = {sid: (lambda *frame, sid=sid: got.append((sid, *frame))) for sid in sids}
+                counts.append((wire.scan_frames(stream, 0, targets, dropped), got, dropped[0]))
+            assert counts[0] == counts[1], (stream, sids)
+    dropped = [0]
+    pure.wire.scan_frames(b"MSG a.\xff 1 2\r\nhi\r\nMSG a 1 \xfe 2\r\nhi\r\n", 0, {1: lambda *frame: None}, dropped)
+    assert dropped == [2]
