@@ -8,6 +8,7 @@ agent's RSS growing less than 5 MB over 1,000,000 small tasks.
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 __all__ = ("HEAD", "NOTE", "goals")
@@ -37,6 +38,19 @@ def _per_loop(results: dict[str, Any], name: str, limit: float, higher: bool) ->
     return ", ".join(f"{loop} {_ratio(row)}" for loop, row in rows), met
 
 
+def _same_answer(results: dict[str, Any]) -> tuple[str, bool] | None:
+    """Return pipe_rawreq over pipe_rawenv per loop (median of the blocks' ratios) and whether each is >= 1.0."""
+    cells, met = [], True
+    for loop in results["loops"]:
+        ratios = [b["metrics"]["pipe_rawreq"] / b["metrics"]["pipe_rawenv"] for b in results["blocks"]
+                  if b["loop"] == loop and b["metrics"].get("pipe_rawenv") and "pipe_rawreq" in b["metrics"]]
+        if ratios:
+            row = {"ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)]}
+            cells.append(f"{loop} {_ratio(row)}")
+            met = met and row["ratio"] >= 1.0
+    return (", ".join(cells), met) if cells else None
+
+
 def goals(results: dict[str, Any]) -> list[list[str]]:
     """Return [goal, target, measured, verdict] for each target the run measured (nothing for a pytest history run)."""
     out: list[list[str]] = []
@@ -60,6 +74,11 @@ def goals(results: dict[str, Any]) -> list[list[str]]:
             toward = f"; {best / 2:.0%} of the 2x moonshot" if name == "oneway_agent" else ""
             out.append([f"{what} ({name}) vs raw", ">= 1.0x" + (" (2x)" if name == "oneway_agent" else ""), found[0],
                         verdict(found[1], toward)])
+        if name == "pipe_rawreq":
+            same = _same_answer(results)
+            if same:
+                out.append(["pipelined, raw requester -> agent vs a raw responder sending the agent's answer, the guide's "
+                            "result envelope (pipe_rawreq / pipe_rawenv)", ">= 1.0x", same[0], verdict(same[1])])
     alternating = results.get("alternating") or {}
     row = (alternating.get("summary") or {}).get("rt_default@uvloop")
     what = f"default install: {'rt_default' if row is not None else guide} on uvloop vs raw on asyncio"

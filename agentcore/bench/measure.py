@@ -19,7 +19,9 @@ METRICS, measured in the same run:
   oneway_*  fire-and-forget: raw nats-py publishes N envelopes; a raw subscriber (orjson loads) vs a NATSAgent with
             a trivial async handler (returns NO_REPLY); msgs/s from the first publish until the last is handled
   pipe_*    request/reply with W requests in flight, req/s: raw requester -> raw responder (pipe_raw),
-            NATSAgent.send_task -> NATSAgent (pipe_agent), raw requester (envelopes) -> NATSAgent (pipe_rawreq)
+            NATSAgent.send_task -> NATSAgent (pipe_agent), raw requester (envelopes) -> NATSAgent (pipe_rawreq),
+            raw requester -> a raw responder answering with the guide's result envelope, the agent's answer
+            (pipe_rawenv: what pipe_rawreq's job costs raw nats-py; pipe_raw's responder answers {"ok": content})
   stream_*  8 MB in 64 KB chunks, MB/s: raw publish -> subscriber vs stream_response -> request_stream (window 16)
 
 DefaultInstall opens rt_raw's and rt_default's paths on a loop and keeps them across blocks: agentcore.bench.run's
@@ -81,6 +83,7 @@ METRICS: dict[str, tuple[str, bool, str, str]] = {
     "pipe_raw": ("req/s", True, "pipe_raw", "throughput"),
     "pipe_agent": ("req/s", True, "pipe_raw", "throughput"),
     "pipe_rawreq": ("req/s", True, "pipe_raw", "throughput"),
+    "pipe_rawenv": ("req/s", True, "pipe_raw", "throughput"),
     "stream_raw": ("MB/s", True, "stream_raw", "stream"),
     "stream_agent": ("MB/s", True, "stream_raw", "stream"),
 }
@@ -89,7 +92,7 @@ _COUNTER = itertools.count()  # distinct task content for rt_default, across blo
 _RT_KINDS = ("rt_raw", "rt_async", "rt_sync", "rt_client", "rt_default")
 UV_KINDS = ("rt_raw", "rt_default")  # the suite "uvloop"
 _ONEWAY_KINDS = ("oneway_raw", "oneway_agent")
-_PIPE_KINDS = ("pipe_raw", "pipe_agent", "pipe_rawreq")
+_PIPE_KINDS = ("pipe_raw", "pipe_agent", "pipe_rawreq", "pipe_rawenv")
 _STREAM_KINDS = ("stream_raw", "stream_agent")
 
 
@@ -117,15 +120,27 @@ def guide_echo() -> Any:
     return GuideEcho
 
 
-async def serve_raw(nc: Any, subject: str) -> None:
-    """Answer requests on subject as a raw nats-py responder does: orjson loads, dumps and respond."""
+async def serve_raw(nc: Any, subject: str, envelope: bool = False) -> None:
+    """Answer requests on subject as a raw nats-py responder does: orjson loads, dumps and respond.
+
+    With envelope, each answer is the guide's result envelope (the fields the agent's answer has), built as a nats-py
+    user following the guide would: a dict with a fresh random id and the time, dumped by orjson.
+    """
     import orjson
 
     async def respond(msg: Any) -> None:
         d = orjson.loads(msg.data)
         await msg.respond(orjson.dumps({"ok": d["payload"]["content"]}))
 
-    await nc.subscribe(subject, cb=respond)
+    async def respond_envelope(msg: Any) -> None:
+        d = orjson.loads(msg.data)
+        await msg.respond(orjson.dumps({
+            "id": os.urandom(16).hex(), "timestamp": time.time(), "version": "1.0", "type": "result",
+            "source": {"id": "raw-responder", "type": "bench"}, "target": d["source"]["id"], "replyTo": None,
+            "correlationId": d["id"], "context": {"conversationId": None, "metadata": {}},
+            "payload": {"content": d["payload"]["content"]}, "routing": None}))
+
+    await nc.subscribe(subject, cb=respond_envelope if envelope else respond)
     await nc.flush()
 
 
@@ -238,7 +253,7 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
     try:
         env_async, env_sync, env_sink, env_stream, env_default = (
             f"bench-{k}-{tag}" for k in ("async", "sync", "sink", "stream", "default"))
-        raw_subject = f"bench.raw.{tag}"
+        raw_subject, rawenv_subject = f"bench.raw.{tag}", f"bench.rawenv.{tag}"
         subjects = {"rt_raw": raw_subject, "rt_async": f"agents.{env_async}.task.echo.default",
                     "rt_sync": f"agents.{env_sync}.task.echo.default",
                     "rt_default": f"agents.{env_default}.task.echo.default"}
@@ -249,6 +264,7 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
             client = await agent(NATSAgent, "client", env_async, "unused", echo)
             raw_resp, requester = await connect(), await connect()
             await serve_raw(raw_resp, raw_subject)
+            await serve_raw(raw_resp, rawenv_subject, envelope=True)
 
         # ------------------------------------------------------------------ round trips
         if "roundtrip" in suites:
@@ -324,9 +340,9 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
                 out[kind] = statistics.median(r)
 
             async def pipe(kind: str, n: int, width: int) -> float:
-                data = envelopes(tag, n) if kind == "pipe_rawreq" else None
+                data = envelopes(tag, n) if kind in ("pipe_rawreq", "pipe_rawenv") else None
                 data_raw = envelopes(tag, 1)[0]
-                subject = raw_subject if kind == "pipe_raw" else subjects["rt_async"]
+                subject = {"pipe_raw": raw_subject, "pipe_rawenv": rawenv_subject}.get(kind, subjects["rt_async"])
                 it = iter(range(n))
 
                 async def lane() -> None:
