@@ -36,6 +36,7 @@ if TYPE_CHECKING or NO_EXTENSIONS:
     from ._ext.batch_py import BatchAccumulator
     from ._ext.cache_py import ContentCache, canonical_hash, content_hash
     from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, encode_result, new_id, validate
+    from ._ext.ledger_py import FinishedLedger
     from ._ext.subjects_py import SubjectIndex, subject_matches, validate_subject, validate_token
     from ._ext.wire_py import Frame, Target, frame_end, pub_frame, scan_frames
 
@@ -47,6 +48,7 @@ else:
         from ._ext.batch import BatchAccumulator
         from ._ext.cache import ContentCache, canonical_hash, content_hash
         from ._ext.envelope import MESSAGE_TYPES, decode, encode, encode_result, new_id, validate
+        from ._ext.ledger import FinishedLedger
         from ._ext.subjects import SubjectIndex, subject_matches, validate_subject, validate_token
         from ._ext.wire import Frame, Target, frame_end, pub_frame, scan_frames
 
@@ -72,6 +74,7 @@ else:
         from ._ext.batch_py import BatchAccumulator
         from ._ext.cache_py import ContentCache, canonical_hash, content_hash
         from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, encode_result, new_id, validate
+        from ._ext.ledger_py import FinishedLedger
         from ._ext.subjects_py import SubjectIndex, subject_matches, validate_subject, validate_token
         from ._ext.wire_py import Frame, Target, frame_end, pub_frame, scan_frames
 
@@ -117,6 +120,7 @@ __all__ = (
     "ThreadSlot",
     "first_step",
     "eager_start",
+    "FinishedLedger",
     "MESSAGE_TYPES",
     "decode",
     "encode",

@@ -188,8 +188,7 @@ class TaskControl:
         message, _content, task_id, source_id = read
         known = self.table.status(source_id, task_id)
         if known is None and source_id in self.allow:
-            requester = self.table.requester_of(task_id)
-            known = self.table.status(requester, task_id) if requester is not None else None
+            known = self.table.status_any(task_id)
         if known is not None:
             self._spawn(self._answer(msg.reply, message, task_id, *known))
 

@@ -4,9 +4,9 @@ A task is known by (requester source.id, task id): ids are the sender's, so the 
 another task, and a stranger's query or cancel finds nothing of anyone else's. A running task is its Delivery,
 already held by id while it is answered (``Replies.pending``): the handler's Task and signing key ride on it, so
 starting a handler costs no record. A queued task has a small record until its handler starts. A finished task
-leaves (state, time) in two generations, bounded by ``tasks.max_status_bytes`` (see TaskTable): each generation
-is a plain list of finished tasks until a status query first needs it by key, and a dict from then on, so a task
-that nobody asks about costs one list append, not a dict insert.
+leaves (state, time) in the compiled ``FinishedLedger``: fixed-size records in two generations, bounded by
+``tasks.max_status_bytes``, found by the keyed hashes of the requester's id and the task id; no Python object is
+kept per finished task.
 """
 
 from __future__ import annotations
@@ -14,27 +14,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
+from .._impl import FinishedLedger
 from .records import Delivery
 
 __all__ = ("QUEUED", "RUNNING", "DONE", "FAILED", "CANCELLED", "STATES", "TaskRecord", "TaskTable")
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
-_OVERHEAD = 200  # bytes a finished record costs besides its ids (the tuples, the list or dict entry, the float)
-
-# A generation of finished records: (source_id, task_id, state, since) in finishing order, or, once a status query
-# needed it by key, (source_id, task_id) -> (state, since).
-_Finished = list[tuple[str, str, str, float]]
-_ByKey = dict[tuple[str, str], tuple[str, float]]
-
-
-def _by_key(generation: _Finished | _ByKey) -> _ByKey:
-    """Return generation as a dict by (source_id, task_id): a later record of one key wins, as a dict insert would."""
-    if isinstance(generation, dict):
-        return generation
-    return {(source_id, task_id): (state, since) for source_id, task_id, state, since in generation}
 
 
 class TaskRecord:
@@ -74,36 +63,33 @@ class Live:
 class TaskTable:
     """The lifecycle of the tasks this agent serves (see the module docstring).
 
-    Finished tasks go to the young generation; once it holds half the byte bound it becomes the old one and the
-    old one is dropped. So the most recent ones are kept, never more than the bound, at one list append each (a
-    dict insert each once a status query has asked for a record of that generation).
+    Finished tasks go to the ledger's young generation; once it is full it becomes the old one and the old one is
+    dropped. So the most recent ones are kept, never more than the bound, each in a fixed-size C record.
     """
+
+    #: Record that a task ended (message, state, time.perf_counter() reading or None): the ledger's own add.
+    finished: Callable[[dict[str, Any], str, float | None], None]
 
     def __init__(self, max_bytes: int, counters: Counter[str], pending: dict[str, Delivery]) -> None:
         self.max_bytes = max_bytes
-        self._half = max_bytes // 2  # what one generation of finished records may hold
         self.waiting: dict[tuple[str, str], TaskRecord] = {}  # queued tasks (bounded by agent.max_queued)
         self._pending = pending  # message id -> the delivery being answered (Replies.pending)
         # (source id, task id) -> a delivery running while another requester's task with the same id holds that id
         # in pending (ids are the sender's): seen by status and cancel all the same. Empty unless ids collide;
         # at most one entry per running handler.
         self.shadowed: dict[tuple[str, str], Delivery] = {}
-        self._young: _Finished | _ByKey = []
-        self._old: _Finished | _ByKey = []
-        self._young_bytes = 0
-        self._old_bytes = 0
+        self._ledger = FinishedLedger(max_bytes, counters, STATES)
+        self.finished = self._ledger.add  # called per finished task: no Python frame of ours in between
         self._counters = counters
-        self._wall = time.time() - time.perf_counter()  # turns a perf_counter() reading into wall-clock time
         counters["tasks_cancelled"] += 0  # always reported
-        counters["task_records_evicted"] += 0
 
     def __len__(self) -> int:
-        return len(self._young) + len(self._old) + len(self.waiting)
+        return len(self._ledger) + len(self.waiting)
 
     @property
     def bytes(self) -> int:
-        """Return the bytes the finished records are estimated to hold."""
-        return self._young_bytes + self._old_bytes
+        """Return the bytes the finished records hold."""
+        return int(self._ledger.bytes)
 
     # ------------------------------------------------------------------ the dispatcher's side
 
@@ -117,23 +103,6 @@ class TaskTable:
         rec = self.waiting.pop((message["source"]["id"], message["id"]), None)
         if rec is not None and rec.cancelled:
             delivery.cancelled = delivery.answered = True
-
-    def finished(self, message: dict[str, Any], state: str, at: float | None = None) -> None:
-        """Record how a task ended; at is when, by time.perf_counter() (the dispatcher has read it already)."""
-        source_id, task_id = message["source"]["id"], message["id"]
-        cost = _OVERHEAD + len(source_id) + len(task_id)
-        if self._young_bytes + cost > self._half:  # rotate first: each generation stays within half the bound
-            self._counters["task_records_evicted"] += len(self._old)
-            self._old, self._old_bytes = self._young, self._young_bytes
-            self._young, self._young_bytes = [], 0
-            self._wall = time.time() - time.perf_counter()  # follows a change of the wall clock, once per generation
-        since = time.time() if at is None else at + self._wall
-        young = self._young
-        if type(young) is list:
-            young.append((source_id, task_id, state, since))
-        else:
-            young[(source_id, task_id)] = (state, since)  # type: ignore[call-overload]
-        self._young_bytes += cost
 
     # ------------------------------------------------------------------ what requesters see
 
@@ -155,13 +124,7 @@ class TaskTable:
         delivery = self._delivery(source_id, task_id)
         if delivery is not None:
             return (CANCELLED, None) if delivery.cancelled else (RUNNING, None)  # (an answer still owed: running)
-        key = (source_id, task_id)
-        young = self._young = _by_key(self._young)  # once per generation at most: later queries find it by key
-        found = young.get(key)
-        if found is None:
-            old = self._old = _by_key(self._old)
-            found = old.get(key)
-        return found
+        return self._ledger.find(source_id, task_id)  # type: ignore[no-any-return,unused-ignore]
 
     def _delivery(self, source_id: str, task_id: str) -> Delivery | None:
         """Return the delivery of source_id's task task_id being answered, if any."""
@@ -170,16 +133,18 @@ class TaskTable:
             return delivery
         return self.shadowed.get((source_id, task_id)) if self.shadowed else None
 
-    def requester_of(self, task_id: str) -> str | None:
-        """Return the source.id of some task task_id this agent knows (for control.allow agents; a scan, rarely used)."""
+    def status_any(self, task_id: str) -> tuple[str, float | None] | None:
+        """Return (state, since) of a task task_id of any requester (for control.allow agents; rarely used)."""
         delivery = self._pending.get(task_id)
         if delivery is not None:
-            return str(delivery.message["source"]["id"])
-        for records in (self.waiting, self._young, self._old):
-            for entry in records:  # (source_id, task_id) keys, or (source_id, task_id, state, since) records
-                if entry[1] == task_id:
-                    return entry[0]
-        return None
+            return (CANCELLED, None) if delivery.cancelled else (RUNNING, None)
+        for (_source_id, waiting_id), rec in self.waiting.items():  # a scan: queued tasks are few (agent.max_queued)
+            if waiting_id == task_id:
+                return (CANCELLED, rec.since) if rec.cancelled else (QUEUED, rec.since)
+        for (_source_id, shadowed_id), delivery in self.shadowed.items():
+            if shadowed_id == task_id:
+                return (CANCELLED, None) if delivery.cancelled else (RUNNING, None)
+        return self._ledger.find(None, task_id)  # type: ignore[no-any-return,unused-ignore]
 
     def cancel(self, live: Live) -> bool:
         """Stop a task at its requester's word: nothing more is sent for it; return False when it had ended."""

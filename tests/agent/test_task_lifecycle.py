@@ -157,12 +157,12 @@ async def test_task_status_through_the_lifecycle(make_agent: Any) -> None:
 
 async def test_status_records_are_bounded_in_bytes(make_agent: Any) -> None:
     server = await make_agent("server", capabilities={"echo": lambda m: m["payload"]["content"]}, cache__enabled=False,
-                              tasks__max_status_bytes=4096)
+                              tasks__max_status_bytes=2048)
     client = await make_agent("client")
     for i in range(100):
         await client.send_task("echo", i)
     metrics = server.get_metrics()
-    assert metrics["task_records_bytes"] <= 4096
+    assert metrics["task_records_bytes"] <= 2048
     assert metrics["task_records_evicted"] > 0
     assert 0 < metrics["task_records"] < 100
 

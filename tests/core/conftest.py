@@ -14,7 +14,7 @@ import pytest
 from helpers import FakeClock
 
 NO_EXTENSIONS = bool(os.environ.get("AGENTCORE_NO_EXTENSIONS"))
-CORE_MODULES = ("subjects", "envelope", "cache", "batch", "wire", "eager")
+CORE_MODULES = ("subjects", "envelope", "cache", "batch", "wire", "eager", "ledger")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class CoreImplementation:
     batch: ModuleType
     wire: ModuleType
     eager: ModuleType
+    ledger: ModuleType
 
 
 def load_core(compiled: bool) -> CoreImplementation:
@@ -76,6 +77,11 @@ def wire_module(core: CoreImplementation) -> ModuleType:
 @pytest.fixture(scope="session")
 def eager_module(core: CoreImplementation) -> ModuleType:
     return core.eager
+
+
+@pytest.fixture(scope="session")
+def ledger_module(core: CoreImplementation) -> ModuleType:
+    return core.ledger
 
 
 @pytest.fixture(scope="session")
