@@ -3,12 +3,13 @@
 
 cimport cython
 from cpython.object cimport PyObject_Hash
+from libc.limits cimport INT_MAX
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
 import time
 
-__all__ = ("RECORD_BYTES", "FinishedLedger")
+__all__ = ("RECORD_BYTES", "MAX_RECORDS", "FinishedLedger")
 
 ctypedef struct Record:
     Py_hash_t task    # hash(task id): str hashes are keyed per process, so a stranger cannot aim at a bucket
@@ -18,14 +19,21 @@ ctypedef struct Record:
 
 ctypedef struct Generation:
     Record* records   # in the order they were added
-    int* slots        # open addressing by task hash: a record's index + 1, 0 for an empty slot
+    int* slots        # open addressing by (task, source) hash: a record's index + 1, 0 for an empty slot
     Py_ssize_t n      # records added (a later record of the same task and requester takes the earlier one's slot)
-    bint held         # the arrays are allocated
     bint indexed      # the slots index the records: built by the generation's first lookup, kept up from then on
 
 # What one record costs: itself and its two slots (a generation's table has twice as many slots as records, so a
 # probe always meets an empty slot).
 RECORD_BYTES = sizeof(Record) + 2 * sizeof(int)
+# Records one generation may hold: its 2 * MAX_RECORDS slots and their values (index + 1) must fit an int.
+MAX_RECORDS = (INT_MAX - 1) // 2
+
+
+cdef inline size_t _pair_hash(Py_hash_t task, Py_hash_t source) noexcept:
+    # Both hashes are keyed, so their mix is too: one task id sent under many source ids (or one source's many ids)
+    # spreads over the table instead of piling into one probe chain. Not symmetric, unlike task ^ source.
+    return (<size_t>task) * <size_t>0x9E3779B97F4A7C15 ^ <size_t>source
 
 
 @cython.final
@@ -40,19 +48,22 @@ cdef class FinishedLedger:
     cdef tuple _states
     cdef object _counters
 
-    def __init__(self, Py_ssize_t max_bytes, counters, tuple states):
-        self._cap = max(max_bytes // 2 // RECORD_BYTES, 0)
+    def __init__(self, max_bytes, counters, tuple states):
+        self._drop(&self._young)  # (a second __init__ must not leave records beyond a smaller capacity)
+        self._drop(&self._old)
+        self._cap = max(min(max_bytes // 2 // RECORD_BYTES, MAX_RECORDS), 0)
         self._nslots = 2 * self._cap
         self._states = states
         self._counters = counters
         self._wall = time.time() - time.perf_counter()
         counters["task_records_evicted"] += 0  # always reported
+        if self._cap:  # both generations now: a bound the machine cannot hold fails here, not at a task's end
+            self._hold(&self._young)
+            self._hold(&self._old)
 
     def __dealloc__(self):
-        free(self._young.records)
-        free(self._young.slots)
-        free(self._old.records)
-        free(self._old.slots)
+        self._drop(&self._young)
+        self._drop(&self._old)
 
     def __len__(self):
         return self._young.n + self._old.n
@@ -85,8 +96,6 @@ cdef class FinishedLedger:
             self._young.indexed = False
             self._wall = time.time() - time.perf_counter()  # follows a change of the wall clock, once per generation
         since = time.time() if at is None else <double>at + self._wall
-        if not self._young.held:
-            self._hold(&self._young)
         self._put(&self._young, task, source, since, code)
 
     def find(self, source_id, task_id):
@@ -112,6 +121,11 @@ cdef class FinishedLedger:
                 return i
         raise ValueError(f"unknown task state {state!r}")
 
+    cdef void _drop(self, Generation* g) noexcept:
+        free(g.records)
+        free(g.slots)
+        memset(g, 0, sizeof(Generation))
+
     cdef int _hold(self, Generation* g) except -1:
         g.records = <Record*>calloc(self._cap, sizeof(Record))
         g.slots = <int*>calloc(self._nslots, sizeof(int))
@@ -120,7 +134,6 @@ cdef class FinishedLedger:
             free(g.slots)
             g.records, g.slots = NULL, NULL
             raise MemoryError()
-        g.held = True
         return 0
 
     cdef void _put(self, Generation* g, Py_hash_t task, Py_hash_t source, double since, Py_ssize_t code) noexcept:
@@ -138,7 +151,7 @@ cdef class FinishedLedger:
     cdef void _slot(self, Generation* g, Py_ssize_t index) noexcept:
         cdef Py_hash_t task = g.records[index].task
         cdef Py_hash_t source = g.records[index].source
-        cdef size_t i = (<size_t>task) % <size_t>self._nslots
+        cdef size_t i = _pair_hash(task, source) % <size_t>self._nslots
         cdef int slot
         cdef Record* r
         while True:
@@ -156,27 +169,29 @@ cdef class FinishedLedger:
 
     cdef Py_ssize_t _find(self, Generation* g, Py_hash_t task, Py_hash_t source, bint any_source) noexcept:
         cdef size_t i
+        cdef Py_ssize_t j
         cdef int slot
-        cdef Py_ssize_t best = -1
         cdef Record* r
         if g.n == 0:
+            return -1
+        if any_source:  # control.allow agents only: the newest record of that task, a scan (no index by task alone)
+            for j in range(g.n - 1, -1, -1):
+                if g.records[j].task == task:
+                    return j
             return -1
         if not g.indexed:  # once per generation: a flood of lookups costs no more than the records themselves
             memset(g.slots, 0, self._nslots * sizeof(int))
             g.indexed = True
             for i in range(g.n):
                 self._slot(g, i)
-        i = (<size_t>task) % <size_t>self._nslots
+        i = _pair_hash(task, source) % <size_t>self._nslots
         while True:
             slot = g.slots[i]
             if slot == 0:
-                return best
+                return -1
             r = &g.records[slot - 1]
-            if r.task == task and (any_source or r.source == source):
-                if not any_source:
-                    return slot - 1
-                if slot - 1 > best:
-                    best = slot - 1
+            if r.task == task and r.source == source:
+                return slot - 1
             i += 1
             if i == <size_t>self._nslots:
                 i = 0

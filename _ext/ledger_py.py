@@ -6,10 +6,12 @@ import time
 from collections import Counter
 from typing import Any
 
-__all__ = ("RECORD_BYTES", "FinishedLedger")
+__all__ = ("RECORD_BYTES", "MAX_RECORDS", "FinishedLedger")
 
 #: What one record costs in the compiled ledger: the record (two hashes, a time, a state) and its two table slots.
 RECORD_BYTES = 40
+#: Records one generation may hold (the compiled ledger's slots are C ints).
+MAX_RECORDS = (2**31 - 2) // 2
 
 # A generation: (task hash, source hash) -> (state, since), task hash -> the latest (state, since) of any requester,
 # and how many records were added to it.
@@ -24,7 +26,7 @@ class FinishedLedger:
     """Keep (state, since) of finished tasks within max_bytes: the young generation fills, becomes the old one."""
 
     def __init__(self, max_bytes: int, counters: Counter[str], states: tuple[str, ...]) -> None:
-        self._cap = max(max_bytes // 2 // RECORD_BYTES, 0)
+        self._cap = max(min(max_bytes // 2 // RECORD_BYTES, MAX_RECORDS), 0)
         self._states = states
         self._counters = counters
         self._wall = time.time() - time.perf_counter()

@@ -94,3 +94,71 @@ def test_the_twins_agree_on_a_random_history(twins: Any) -> None:
             found_c, found_p = c.find(asked, task_id), p.find(asked, task_id)
             assert (found_c and found_c[0]) == (found_p and found_p[0]), step
         assert len(c) == len(p) and c.bytes == p.bytes
+
+
+def _flood_then_ask(ledger_module: ModuleType, same_id: bool) -> float:
+    """Return the seconds a ledger takes for a generation of tasks added, asked about, added to and asked again."""
+    ledger = ledger_module.FinishedLedger(8 * 1024 * 1024, Counter(), STATES)
+    half = ledger.capacity // 2
+    start = time.perf_counter()
+    for n in range(half):  # one id under many requesters' names (source ids are whatever the sender says)
+        ledger.add(task(f"s{n}", "x" if same_id else f"x{n}"), "done", None)
+    assert ledger.find("victim", "its-task") is None  # the first query indexes the generation
+    for n in range(half, 2 * half):  # added to an indexed generation
+        ledger.add(task(f"s{n}", "x" if same_id else f"x{n}"), "done", None)
+    assert ledger.find("victim", "x") is None and ledger.find("s1", "x" if same_id else "x1") is not None
+    assert ledger.find(None, "x" if same_id else f"x{2 * half - 1}") is not None
+    return time.perf_counter() - start
+
+
+def test_one_id_sent_under_many_requesters_names_makes_no_probe_chain(ledger_module: ModuleType) -> None:
+    # Indexed by the task id's hash alone, such a flood piled every record into one chain: indexing a generation
+    # took seconds of the event loop (quadratic), and so did adding to it. Indexed by (task, requester) it costs
+    # what distinct ids cost; the bound below is hundreds of times the honest cost, far below the chain's.
+    distinct = _flood_then_ask(ledger_module, same_id=False)
+    assert _flood_then_ask(ledger_module, same_id=True) < 0.5 + 20 * distinct
+
+
+@pytest.mark.parametrize("max_bytes", [0, 1, 39, 40, 79, 80, 81, 159, 160, 161, 2**40, 2**70])
+def test_any_bound_is_held_or_refused_at_once(ledger_module: ModuleType, max_bytes: int) -> None:
+    try:
+        ledger = ledger_module.FinishedLedger(max_bytes, Counter(), STATES)
+    except MemoryError:  # the compiled ledger allocates its generations up front: never at a task's end
+        assert ledger_module.__name__.endswith(".ledger") and max_bytes >= 2**40
+        return
+    cap = ledger.capacity
+    assert cap == max(min(max_bytes // 2 // ledger_module.RECORD_BYTES, ledger_module.MAX_RECORDS), 0)
+    for n in range(5):
+        ledger.add(task("a", f"t{n}"), "done", None)
+        assert ledger.bytes <= max_bytes and len(ledger) <= 2 * cap
+    assert (ledger.find("a", "t4") is not None) == (cap > 0) == (ledger.find(None, "t4") is not None)
+
+
+def test_a_second_init_starts_empty(ledger_module: ModuleType) -> None:
+    ledger = ledger_module.FinishedLedger(4096, Counter(), STATES)
+    for n in range(40):
+        ledger.add(task("a", f"t{n}"), "done", None)
+    ledger.__init__(100, Counter(), STATES)  # a smaller capacity: no record may be left beyond it
+    assert len(ledger) == 0 and ledger.find("a", "t39") is None and ledger.find(None, "t39") is None
+
+
+@pytest.mark.parametrize("sources,ids", [(200, 5), (3, 200), (40, 40)])
+def test_the_twins_agree_with_ids_shared_across_requesters(twins: Any, sources: int, ids: int) -> None:
+    compiled, pure = twins
+    rng = random.Random(sources * 1000 + ids)
+    cc: Counter[str] = Counter()
+    pc: Counter[str] = Counter()
+    c = compiled.ledger.FinishedLedger(2000, cc, STATES)
+    p = pure.ledger.FinishedLedger(2000, pc, STATES)
+    for step in range(4000):
+        source, task_id = f"s{rng.randrange(sources)}", f"t{rng.randrange(ids)}"
+        if rng.random() < 0.5:
+            state = "".join(rng.choice(STATES[2:]))  # equal to a state, not always the same object
+            c.add(task(source, task_id), state, float(step))
+            p.add(task(source, task_id), state, float(step))
+        for asked in (source, None):
+            found_c, found_p = c.find(asked, task_id), p.find(asked, task_id)
+            assert (found_c is None) == (found_p is None), step
+            if found_c is not None:  # the same record: its state object and its time (both add the same wall offset)
+                assert found_c[0] is found_p[0] and abs(found_c[1] - found_p[1]) < 0.5, step
+        assert len(c) == len(p) and c.bytes == p.bytes and cc == pc
