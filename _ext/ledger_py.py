@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from array import array
 from collections import Counter
 from typing import Any
 
@@ -12,14 +13,23 @@ __all__ = ("RECORD_BYTES", "MAX_RECORDS", "FinishedLedger")
 RECORD_BYTES = 40
 #: Records one generation may hold (the compiled ledger's slots are C ints).
 MAX_RECORDS = (2**31 - 2) // 2
-
-# A generation: (task hash, source hash) -> (state, since), task hash -> the latest (state, since) of any requester,
-# and how many records were added to it.
-_Generation = tuple[dict[tuple[int, int], tuple[str, float]], dict[int, tuple[str, float]], list[int]]
+_MASK = 2**64 - 1
+_MIX = 0x9E3779B97F4A7C15
 
 
-def _generation() -> _Generation:
-    return {}, {}, [0]
+# The records live in arrays, as in the compiled ledger, so a pure build keeps within tasks.max_status_bytes too: a
+# generation as dicts of tuples cost about eight times RECORD_BYTES per record (32 MB held at the 4 MiB default).
+class _Generation:
+    """Records in arrays as the compiled ledger keeps them (about 33 bytes each with the index, within the bound)."""
+
+    __slots__ = ("tasks", "sources", "since", "states", "slots")
+
+    def __init__(self) -> None:
+        self.tasks = array("q")
+        self.sources = array("q")
+        self.since = array("d")
+        self.states = array("b")
+        self.slots: array[int] | None = None  # by (task, source) hash: a record's index + 1; built by the first find
 
 
 class FinishedLedger:
@@ -27,15 +37,16 @@ class FinishedLedger:
 
     def __init__(self, max_bytes: int, counters: Counter[str], states: tuple[str, ...]) -> None:
         self._cap = max(min(max_bytes // 2 // RECORD_BYTES, MAX_RECORDS), 0)
+        self._nslots = 2 * self._cap
         self._states = states
         self._counters = counters
         self._wall = time.time() - time.perf_counter()
-        self._young = _generation()
-        self._old = _generation()
+        self._young = _Generation()
+        self._old = _Generation()
         counters["task_records_evicted"] += 0  # always reported
 
     def __len__(self) -> int:
-        return self._young[2][0] + self._old[2][0]
+        return len(self._young.tasks) + len(self._old.tasks)
 
     @property
     def bytes(self) -> int:
@@ -54,20 +65,71 @@ class FinishedLedger:
             raise ValueError(f"unknown task state {state!r}")
         if self._cap == 0:
             return
-        if self._young[2][0] == self._cap:  # full: it becomes the old generation, whose records are dropped
-            self._counters["task_records_evicted"] += self._old[2][0]
-            self._old, self._young = self._young, _generation()
+        young = self._young
+        if len(young.tasks) == self._cap:  # full: it becomes the old generation, whose records are dropped
+            self._counters["task_records_evicted"] += len(self._old.tasks)
+            self._old, young = young, _Generation()
+            self._young = young
             self._wall = time.time() - time.perf_counter()  # follows a change of the wall clock, once per generation
         since = time.time() if at is None else at + self._wall
-        by_pair, by_task, added = self._young
-        by_pair[(task, source)] = by_task[task] = (self._states[self._states.index(state)], since)
-        added[0] += 1
+        young.tasks.append(task)
+        young.sources.append(source)
+        young.since.append(since)
+        young.states.append(self._states.index(state))
+        slots = young.slots
+        if slots is not None:
+            n = len(young.tasks)
+            if 2 * n >= len(slots) and len(slots) < self._nslots:  # half full: a larger table, up to the compiled ledger's 2 * capacity slots
+                self._index(young, n)
+            else:
+                self._slot(young, slots, n - 1)
 
     def find(self, source_id: str | None, task_id: str) -> tuple[str, float] | None:
         """Return (state, since) of source_id's task task_id (source_id None: any requester's, the latest), or None."""
         task = hash(task_id)
-        for by_pair, by_task, _added in (self._young, self._old):
-            found = by_task.get(task) if source_id is None else by_pair.get((task, hash(source_id)))
-            if found is not None:
-                return found
+        source = 0 if source_id is None else hash(source_id)
+        for g in (self._young, self._old):
+            i = self._find(g, task, source, source_id is None)
+            if i >= 0:
+                return self._states[g.states[i]], g.since[i]
         return None
+
+    def _slot(self, g: _Generation, slots: array[int], index: int) -> None:
+        task, source = g.tasks[index], g.sources[index]
+        size = len(slots)
+        i = (((task & _MASK) * _MIX) & _MASK ^ (source & _MASK)) % size
+        while True:
+            slot = slots[i]
+            if slot == 0 or (g.tasks[slot - 1] == task and g.sources[slot - 1] == source):  # the later record wins
+                slots[i] = index + 1
+                return
+            i = i + 1 if i + 1 < size else 0
+
+    def _index(self, g: _Generation, n: int) -> array[int]:
+        """Index g's n records in a table sized to them (not to the capacity: a Python table is real memory)."""
+        slots = g.slots = array("i", bytes(4 * min(self._nslots, max(3 * n, 16))))
+        for j in range(n):
+            self._slot(g, slots, j)
+        return slots
+
+    def _find(self, g: _Generation, task: int, source: int, any_source: bool) -> int:
+        n = len(g.tasks)
+        if n == 0:
+            return -1
+        if any_source:  # control.allow agents only: the newest record of that task, a scan (no index by task alone)
+            for j in range(n - 1, -1, -1):
+                if g.tasks[j] == task:
+                    return j
+            return -1
+        slots = g.slots
+        if slots is None:  # once per generation: a flood of lookups costs no more than the records themselves
+            slots = self._index(g, n)
+        size = len(slots)
+        i = (((task & _MASK) * _MIX) & _MASK ^ (source & _MASK)) % size
+        while True:
+            slot = slots[i]
+            if slot == 0:
+                return -1
+            if g.tasks[slot - 1] == task and g.sources[slot - 1] == source:
+                return slot - 1
+            i = i + 1 if i + 1 < size else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+import tracemalloc
 from collections import Counter
 from types import ModuleType
 from typing import Any
@@ -162,3 +163,21 @@ def test_the_twins_agree_with_ids_shared_across_requesters(twins: Any, sources: 
             if found_c is not None:  # the same record: its state object and its time (both add the same wall offset)
                 assert found_c[0] is found_p[0] and abs(found_c[1] - found_p[1]) < 0.5, step
         assert len(c) == len(p) and c.bytes == p.bytes and cc == pc
+
+
+def test_the_pure_twin_holds_no_more_memory_than_its_bound(twins: Any) -> None:
+    # The compiled records are exactly RECORD_BYTES with their slots; the twin's arrays must stay within it too.
+    _compiled, pure = twins
+    max_bytes = 1024 * 1024
+    messages = [task(f"source-{n % 50}", f"task-{n:032x}") for n in range(2 * max_bytes // 80 + 10)]
+    tracemalloc.start()
+    try:
+        ledger = pure.ledger.FinishedLedger(max_bytes, Counter(), STATES)
+        for n, message in enumerate(messages):
+            ledger.add(message, "done", 1.0)
+            if n % 5000 == 0:
+                ledger.find("source-1", "task-1")  # index the generation being filled
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert ledger.bytes <= max_bytes and peak <= max_bytes
