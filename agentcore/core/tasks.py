@@ -137,13 +137,11 @@ class TaskTable:
         """Return (state, since) of a task task_id of any requester (for control.allow agents; rarely used)."""
         delivery = self._pending.get(task_id)
         if delivery is not None:
-            return (CANCELLED, None) if delivery.cancelled else (RUNNING, None)
-        for (_source_id, waiting_id), rec in self.waiting.items():  # a scan: queued tasks are few (agent.max_queued)
-            if waiting_id == task_id:
-                return (CANCELLED, rec.since) if rec.cancelled else (QUEUED, rec.since)
-        for (_source_id, shadowed_id), delivery in self.shadowed.items():
-            if shadowed_id == task_id:
-                return (CANCELLED, None) if delivery.cancelled else (RUNNING, None)
+            return self.status(delivery.message["source"]["id"], task_id)
+        # a scan: queued tasks are few (agent.max_queued), shadowed ones fewer (colliding ids of running tasks)
+        for source_id, live_id in (*self.waiting, *self.shadowed):
+            if live_id == task_id:
+                return self.status(source_id, task_id)
         return self._ledger.find(None, task_id)  # type: ignore[no-any-return,unused-ignore]
 
     def cancel(self, live: Live) -> bool:

@@ -14,7 +14,8 @@ import orjson
 import pytest
 
 from agentcore import NATSAgent
-from agentcore.core.tasks import DONE, FAILED, TaskTable
+from agentcore.core.records import Delivery
+from agentcore.core.tasks import CANCELLED, DONE, FAILED, QUEUED, RUNNING, TaskTable
 from agentcore.transport.tracecontext import CURRENT
 from helpers import task_bytes
 from nats_fixtures import eventually, subscribed, within
@@ -217,6 +218,22 @@ def test_finished_records_found_before_and_after_their_generation_was_indexed() 
     assert table.status("stranger", "f4999")[0] == DONE
     assert table.status_any("f4999")[0] == DONE
     assert table.status("a", "t1") is None  # long dropped: the bound holds the most recent ones
+
+
+def test_status_for_control_allow_finds_a_queued_running_or_finished_task_of_any_requester() -> None:
+    pending: dict[str, Delivery] = {}
+    table = TaskTable(64 * 1024, Counter(), pending)
+    table.queued({"source": {"id": "a"}, "id": "q1"}, "inbox.a", None)
+    assert table.status_any("q1")[0] == QUEUED
+    pending["r1"] = Delivery({"source": {"id": "b"}, "id": "r1"}, "inbox.b", "agents.t.task.x.y", None)
+    assert table.status_any("r1") == (RUNNING, None)
+    shadowed = Delivery({"source": {"id": "c"}, "id": "s1"}, "inbox.c", "agents.t.task.x.y", None)
+    shadowed.cancelled = True
+    table.shadowed[("c", "s1")] = shadowed  # running while another requester's task holds the id in pending
+    assert table.status_any("s1") == (CANCELLED, None)
+    table.finished({"source": {"id": "d"}, "id": "f1"}, DONE, None)
+    assert table.status_any("f1")[0] == DONE
+    assert table.status_any("nothing") is None
 
 
 async def test_a_strangers_task_flood_keeps_status_records_within_bytes(make_agent: Any, raw_nc: nats.NATS) -> None:
