@@ -190,9 +190,10 @@ def main() -> None:
                 m = res["metrics"]
                 print(f"block {i + 1}{side} {time.monotonic() - t0:5.1f}s  rt raw/async/sync/client "
                       f"{m['rt_raw']:.0f}/{m['rt_async']:.0f}/{m['rt_sync']:.0f}/{m['rt_client']:.0f} µs  "
-                      f"oneway raw/agent {m['oneway_raw']:,.0f}/{m['oneway_agent']:,.0f}  "
-                      f"pipe raw/agent/rawreq/rawenv {m['pipe_raw']:,.0f}/{m['pipe_agent']:,.0f}/{m['pipe_rawreq']:,.0f}/"
-                      f"{m['pipe_rawenv']:,.0f}  "
+                      f"oneway raw/agent/default {m['oneway_raw']:,.0f}/{m['oneway_agent']:,.0f}/"
+                      f"{m['oneway_default']:,.0f}  "
+                      f"pipe raw/agent/rawreq/rawenv/default {m['pipe_raw']:,.0f}/{m['pipe_agent']:,.0f}/"
+                      f"{m['pipe_rawreq']:,.0f}/{m['pipe_rawenv']:,.0f}/{m['pipe_default']:,.0f}  "
                       f"stream raw/agent {m['stream_raw']:.0f}/{m['stream_agent']:.0f} MB/s", flush=True)
     finally:
         server.terminate()

@@ -66,7 +66,9 @@ def goals(results: dict[str, Any]) -> list[list[str]]:
     if found:
         out.append([f"guide style round trip p50 ({guide}) vs raw", "<= 1.10x", found[0], verdict(found[1])])
     for name, what in (("oneway_agent", "one-way throughput"), ("pipe_rawreq", "pipelined, raw requester -> agent"),
-                       ("pipe_agent", "pipelined, agent -> agent")):
+                       ("pipe_agent", "pipelined, agent -> agent"),
+                       ("oneway_default", "one-way throughput, default configuration (duplicate detection on)"),
+                       ("pipe_default", "pipelined, raw requester -> the guide's agent, default configuration")):
         found = _per_loop(results, name, 1.0, higher=True)
         if found:
             best = max(results["summary"][loop][name]["ratio"] for loop in results["loops"]

@@ -3,7 +3,8 @@
 This file is self-contained on purpose: it uses only agentcore's public API (NATSAgent, AgentConfig,
 add_capability, process_message, publish_result, send_task, stream_response, request_stream, astart/astop,
 new_message, NO_REPLY), nats-py and orjson, so benchmarks/ab.py can load it by path and run it against an
-older installation of agentcore. Agents run with the result cache off (the dispatch path alone), except rt_default's.
+older installation of agentcore. Agents run with the result cache off (the dispatch path alone), except those of
+rt_default, oneway_default and pipe_default (the default configuration: result cache and duplicate detection on).
 
 Metrics (lower is better for µs, higher for rates); each is compared with the raw nats-py metric named in
 METRICS, measured in the same run:
@@ -17,11 +18,14 @@ METRICS, measured in the same run:
               rt_default responder = the guide's style in the default configuration (result cache and duplicate
                          detection on; every task's content distinct, so every task is a cache miss)
   oneway_*  fire-and-forget: raw nats-py publishes N envelopes; a raw subscriber (orjson loads) vs a NATSAgent with
-            a trivial async handler (returns NO_REPLY); msgs/s from the first publish until the last is handled
+            a trivial async handler (returns NO_REPLY); msgs/s from the first publish until the last is handled;
+            oneway_default: the same agent in the default configuration
   pipe_*    request/reply with W requests in flight, req/s: raw requester -> raw responder (pipe_raw),
             NATSAgent.send_task -> NATSAgent (pipe_agent), raw requester (envelopes) -> NATSAgent (pipe_rawreq),
             raw requester -> a raw responder answering with the guide's result envelope, the agent's answer
-            (pipe_rawenv: what pipe_rawreq's job costs raw nats-py; pipe_raw's responder answers {"ok": content})
+            (pipe_rawenv: what pipe_rawreq's job costs raw nats-py; pipe_raw's responder answers {"ok": content}),
+            raw requester (envelopes, each with its own content) -> rt_default's agent (pipe_default: the guide's
+            sync style in the default configuration, every task a cache miss)
   stream_*  8 MB in 64 KB chunks, MB/s: raw publish -> subscriber vs stream_response -> request_stream (window 16)
 
 DefaultInstall opens rt_raw's and rt_default's paths on a loop and keeps them across blocks: agentcore.bench.run's
@@ -80,10 +84,12 @@ METRICS: dict[str, tuple[str, bool, str, str]] = {
     "rt_default": ("p50 µs", False, "rt_raw", "roundtrip"),
     "oneway_raw": ("msg/s", True, "oneway_raw", "throughput"),
     "oneway_agent": ("msg/s", True, "oneway_raw", "throughput"),
+    "oneway_default": ("msg/s", True, "oneway_raw", "throughput"),
     "pipe_raw": ("req/s", True, "pipe_raw", "throughput"),
     "pipe_agent": ("req/s", True, "pipe_raw", "throughput"),
     "pipe_rawreq": ("req/s", True, "pipe_raw", "throughput"),
     "pipe_rawenv": ("req/s", True, "pipe_raw", "throughput"),
+    "pipe_default": ("req/s", True, "pipe_raw", "throughput"),
     "stream_raw": ("MB/s", True, "stream_raw", "stream"),
     "stream_agent": ("MB/s", True, "stream_raw", "stream"),
 }
@@ -91,8 +97,8 @@ METRICS: dict[str, tuple[str, bool, str, str]] = {
 _COUNTER = itertools.count()  # distinct task content for rt_default, across blocks: its result cache never hits
 _RT_KINDS = ("rt_raw", "rt_async", "rt_sync", "rt_client", "rt_default")
 UV_KINDS = ("rt_raw", "rt_default")  # the suite "uvloop"
-_ONEWAY_KINDS = ("oneway_raw", "oneway_agent")
-_PIPE_KINDS = ("pipe_raw", "pipe_agent", "pipe_rawreq", "pipe_rawenv")
+_ONEWAY_KINDS = ("oneway_raw", "oneway_agent", "oneway_default")
+_PIPE_KINDS = ("pipe_raw", "pipe_agent", "pipe_rawreq", "pipe_rawenv", "pipe_default")
 _STREAM_KINDS = ("stream_raw", "stream_agent")
 
 
@@ -251,8 +257,8 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
     GuideEcho = guide_echo()
 
     try:
-        env_async, env_sync, env_sink, env_stream, env_default = (
-            f"bench-{k}-{tag}" for k in ("async", "sync", "sink", "stream", "default"))
+        env_async, env_sync, env_sink, env_sink_default, env_stream, env_default = (
+            f"bench-{k}-{tag}" for k in ("async", "sync", "sink", "sink-default", "stream", "default"))
         raw_subject, rawenv_subject = f"bench.raw.{tag}", f"bench.rawenv.{tag}"
         subjects = {"rt_raw": raw_subject, "rt_async": f"agents.{env_async}.task.echo.default",
                     "rt_sync": f"agents.{env_sync}.task.echo.default",
@@ -265,11 +271,11 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
             raw_resp, requester = await connect(), await connect()
             await serve_raw(raw_resp, raw_subject)
             await serve_raw(raw_resp, rawenv_subject, envelope=True)
+            await agent(GuideEcho, "echo-default", env_default, "echo", default=True)
 
         # ------------------------------------------------------------------ round trips
         if "roundtrip" in suites:
             await agent(GuideEcho, "echo-sync", env_sync, "echo")
-            await agent(GuideEcho, "echo-default", env_default, "echo", default=True)
 
             async def rt_block(kind: str, n: int) -> list[float]:
                 times = []
@@ -316,7 +322,9 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
             await raw_sink.subscribe(raw_oneway, cb=raw_on)
             await raw_sink.flush()
             await agent(NATSAgent, "sink", env_sink, "sink", sink)
-            oneway_subjects = {"oneway_raw": raw_oneway, "oneway_agent": f"agents.{env_sink}.task.sink.default"}
+            await agent(NATSAgent, "sink-default", env_sink_default, "sink", sink, default=True)
+            oneway_subjects = {"oneway_raw": raw_oneway, "oneway_agent": f"agents.{env_sink}.task.sink.default",
+                               "oneway_default": f"agents.{env_sink_default}.task.sink.default"}
 
             async def oneway(kind: str, n: int) -> float:
                 data = envelopes(tag, n, "sink", {"i": 1})
@@ -340,9 +348,10 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
                 out[kind] = statistics.median(r)
 
             async def pipe(kind: str, n: int, width: int) -> float:
-                data = envelopes(tag, n) if kind in ("pipe_rawreq", "pipe_rawenv") else None
+                data = envelopes(tag, n, distinct=kind == "pipe_default") if kind not in ("pipe_raw", "pipe_agent") else None
                 data_raw = envelopes(tag, 1)[0]
-                subject = {"pipe_raw": raw_subject, "pipe_rawenv": rawenv_subject}.get(kind, subjects["rt_async"])
+                subject = {"pipe_raw": raw_subject, "pipe_rawenv": rawenv_subject,
+                           "pipe_default": subjects["rt_default"]}.get(kind, subjects["rt_async"])
                 it = iter(range(n))
 
                 async def lane() -> None:
