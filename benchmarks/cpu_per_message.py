@@ -2,6 +2,7 @@
 """CPU time per message on the receiving side: NATSAgent vs a raw nats-py subscriber, frames fed to their parsers.
 
 Usage: python benchmarks/cpu_per_message.py [--n 20000] [--rounds 15] [--kind oneway|reply|both] [--loop asyncio|uvloop]
+       [--cache]
 
 It measures the agentcore the interpreter imports (run it with another installation's interpreter to compare).
 
@@ -16,6 +17,9 @@ and, for "reply", its answers are real); kinds alternate within each round.
   reply   raw: orjson.loads + dumps + msg.respond; agent: an async echo capability (the answer is a result
           envelope), each request with its own reply inbox; a message counts once its answer was written
 
+With --cache the agent keeps the result cache and duplicate detection at their defaults (on; they are off
+otherwise, the dispatch path alone), and each "reply" task has its own content, so every one is a cache miss.
+
 It prints the median and minimum µs per message of each side and raw/agent (above 1: the agent spends less CPU
 per message than raw nats-py). It reads nats-py's private parser (`nc._ps`) and subscription table: a measuring
 tool, not library code.
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+from collections.abc import Callable
 import time
 from typing import Any
 
@@ -63,12 +68,15 @@ async def _run(nc: Any, chunks: list[bytes], n: int, done: Any) -> float:
     return (time.process_time() - t0) / n * 1e6
 
 
-async def main(n: int, rounds: int, kinds: list[str]) -> None:
+async def main(n: int, rounds: int, kinds: list[str], cache: bool = False) -> None:
     server = NATSServer().start()
     try:
         url = server.url
-        config = AgentConfig({"nats.servers": [url], "nats.environment": "cpu", "agent.heartbeat_interval": 60.0,
-                              "cache.enabled": False, "agent.max_concurrency": 10_000}, environ={})
+        settings: dict[str, Any] = {"nats.servers": [url], "nats.environment": "cpu", "agent.heartbeat_interval": 60.0,
+                                    "agent.max_concurrency": 10_000}
+        if not cache:
+            settings["cache.enabled"] = False
+        config = AgentConfig(settings, environ={})
         got = [0]
 
         async def raw_on(msg: Any) -> None:
@@ -90,27 +98,40 @@ async def main(n: int, rounds: int, kinds: list[str]) -> None:
         agent.add_capability("echo", echo)
         await agent.astart()
         anc = agent.nc
-        sides: dict[str, dict[str, tuple[Any, list[bytes], Any]]] = {}
+        # kind -> side -> (connection, a function returning the frames of one run, the handled count). With the
+        # cache on, every run gets fresh envelopes (new ids: none is a duplicate of an earlier run's), made before
+        # the run is timed; otherwise one set serves every run.
+        sides: dict[str, dict[str, tuple[Any, Callable[[], list[bytes]], Any]]] = {}
+
+        def frames_of(subject: str, sid: int, make: Callable[[], list[bytes]], reply: bool) -> Callable[[], list[bytes]]:
+            if cache:
+                return lambda: _frames(subject, sid, make(), reply)
+            fixed = _frames(subject, sid, make(), reply)
+            return lambda: fixed
+
         if "oneway" in kinds:
-            data = envelopes("cpu", n, "sink", {"i": 1})
+            def oneway_data() -> list[bytes]:
+                return envelopes("cpu", n, "sink", {"i": 1})
             sides["oneway"] = {
-                "raw": (raw, _frames("cpu.oneway", _sid(raw, "cpu.oneway"), data, False), lambda: got[0]),
-                "agent": (anc, _frames("agents.cpu.task.sink.default", _sid(anc, "agents.cpu.task.sink"), data, False),
-                          lambda: got[0])}
+                "raw": (raw, frames_of("cpu.oneway", _sid(raw, "cpu.oneway"), oneway_data, False), lambda: got[0]),
+                "agent": (anc, frames_of("agents.cpu.task.sink.default", _sid(anc, "agents.cpu.task.sink"), oneway_data,
+                                         False), lambda: got[0])}
         if "reply" in kinds:
-            data = envelopes("cpu", n)
+            def reply_data() -> list[bytes]:
+                return envelopes("cpu", n, distinct=cache)
             sides["reply"] = {
-                "raw": (raw, _frames("cpu.echo", _sid(raw, "cpu.echo"), data, True), lambda: raw.stats["out_msgs"]),
-                "agent": (anc, _frames("agents.cpu.task.echo.default", _sid(anc, "agents.cpu.task.echo"), data, True),
-                          lambda: anc.stats["out_msgs"])}
-        print(f"agentcore {agentcore.__file__} ({agentcore.implementation}), {n} messages per run, {rounds} rounds")
+                "raw": (raw, frames_of("cpu.echo", _sid(raw, "cpu.echo"), reply_data, True), lambda: raw.stats["out_msgs"]),
+                "agent": (anc, frames_of("agents.cpu.task.echo.default", _sid(anc, "agents.cpu.task.echo"), reply_data,
+                                         True), lambda: anc.stats["out_msgs"])}
+        print(f"agentcore {agentcore.__file__} ({agentcore.implementation}), {n} messages per run, {rounds} rounds"
+              + (", result cache and duplicate detection on" if cache else ""))
         for kind, pair in sides.items():
             times: dict[str, list[float]] = {"raw": [], "agent": []}
             for side in ("raw", "agent"):  # warm-up
-                await _run(*pair[side][:2], n, pair[side][2])
+                await _run(pair[side][0], pair[side][1](), n, pair[side][2])
             for _ in range(rounds):
                 for side in ("raw", "agent"):
-                    times[side].append(await _run(pair[side][0], pair[side][1], n, pair[side][2]))
+                    times[side].append(await _run(pair[side][0], pair[side][1](), n, pair[side][2]))
             r, a = statistics.median(times["raw"]), statistics.median(times["agent"])
             print(f"{kind:7} µs/msg median raw {r:.2f} agent {a:.2f} raw/agent {r / a:.3f} | "
                   f"min raw {min(times['raw']):.2f} agent {min(times['agent']):.2f} "
@@ -127,10 +148,11 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--kind", choices=("oneway", "reply", "both"), default="both")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the event loop both sides run on")
+    parser.add_argument("--cache", action="store_true", help="result cache and duplicate detection on (their default)")
     args = parser.parse_args()
     run: Any = asyncio.run
     if args.loop == "uvloop":
         import uvloop
 
         run = uvloop.run
-    run(main(args.n, args.rounds, ["oneway", "reply"] if args.kind == "both" else [args.kind]))
+    run(main(args.n, args.rounds, ["oneway", "reply"] if args.kind == "both" else [args.kind], args.cache))
