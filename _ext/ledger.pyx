@@ -44,6 +44,7 @@ cdef class FinishedLedger:
     cdef Generation _old
     cdef Py_ssize_t _cap      # records one generation holds
     cdef Py_ssize_t _nslots   # slots of one generation's table (2 * _cap)
+    cdef Py_ssize_t _probes   # occupied slots stepped over in the index (what a probe chain would cost)
     cdef double _wall         # time.time() - time.perf_counter(), read once per generation
     cdef tuple _states
     cdef object _counters
@@ -53,6 +54,7 @@ cdef class FinishedLedger:
         self._drop(&self._old)
         self._cap = max(min(max_bytes // 2 // RECORD_BYTES, MAX_RECORDS), 0)
         self._nslots = 2 * self._cap
+        self._probes = 0
         self._states = states
         self._counters = counters
         self._wall = time.time() - time.perf_counter()
@@ -72,6 +74,11 @@ cdef class FinishedLedger:
     def bytes(self):
         """Return the bytes of the records held (at most max_bytes)."""
         return (self._young.n + self._old.n) * RECORD_BYTES
+
+    @property
+    def probes(self):
+        """Return how many occupied slots adds and lookups stepped over in the index, in all."""
+        return self._probes
 
     @property
     def capacity(self):
@@ -163,6 +170,7 @@ cdef class FinishedLedger:
             if r.task == task and r.source == source:  # the same task again: the later record wins
                 g.slots[i] = <int>(index + 1)
                 return
+            self._probes += 1
             i += 1
             if i == <size_t>self._nslots:
                 i = 0
@@ -192,6 +200,7 @@ cdef class FinishedLedger:
             r = &g.records[slot - 1]
             if r.task == task and r.source == source:
                 return slot - 1
+            self._probes += 1
             i += 1
             if i == <size_t>self._nslots:
                 i = 0

@@ -43,6 +43,7 @@ class FinishedLedger:
         self._wall = time.time() - time.perf_counter()
         self._young = _Generation()
         self._old = _Generation()
+        self._probes = 0
         counters["task_records_evicted"] += 0  # always reported
 
     def __len__(self) -> int:
@@ -52,6 +53,11 @@ class FinishedLedger:
     def bytes(self) -> int:
         """Return the bytes of the records held (at most max_bytes)."""
         return len(self) * RECORD_BYTES
+
+    @property
+    def probes(self) -> int:
+        """Return how many occupied slots adds and lookups stepped over in the index, in all."""
+        return self._probes
 
     @property
     def capacity(self) -> int:
@@ -103,6 +109,7 @@ class FinishedLedger:
             if slot == 0 or (g.tasks[slot - 1] == task and g.sources[slot - 1] == source):  # the later record wins
                 slots[i] = index + 1
                 return
+            self._probes += 1
             i = i + 1 if i + 1 < size else 0
 
     def _index(self, g: _Generation, n: int) -> array[int]:
@@ -132,4 +139,5 @@ class FinishedLedger:
                 return -1
             if g.tasks[slot - 1] == task and g.sources[slot - 1] == source:
                 return slot - 1
+            self._probes += 1
             i = i + 1 if i + 1 < size else 0
