@@ -35,6 +35,7 @@ SOURCE_TREE = _map_source_tree()
 if TYPE_CHECKING or NO_EXTENSIONS:
     from ._ext.batch_py import BatchAccumulator
     from ._ext.cache_py import ContentCache, canonical_hash, content_hash
+    from ._ext.dedup_py import DONE, IN_FLIGHT, MISS, NOT_KEPT, DuplicateStore
     from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, encode_result, new_id, validate
     from ._ext.ledger_py import FinishedLedger
     from ._ext.subjects_py import SubjectIndex, subject_matches, validate_subject, validate_token
@@ -47,6 +48,7 @@ else:
     try:
         from ._ext.batch import BatchAccumulator
         from ._ext.cache import ContentCache, canonical_hash, content_hash
+        from ._ext.dedup import DONE, IN_FLIGHT, MISS, NOT_KEPT, DuplicateStore
         from ._ext.envelope import MESSAGE_TYPES, decode, encode, encode_result, new_id, validate
         from ._ext.ledger import FinishedLedger
         from ._ext.subjects import SubjectIndex, subject_matches, validate_subject, validate_token
@@ -73,6 +75,7 @@ else:
                           RuntimeWarning, stacklevel=2)
         from ._ext.batch_py import BatchAccumulator
         from ._ext.cache_py import ContentCache, canonical_hash, content_hash
+        from ._ext.dedup_py import DONE, IN_FLIGHT, MISS, NOT_KEPT, DuplicateStore
         from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, encode_result, new_id, validate
         from ._ext.ledger_py import FinishedLedger
         from ._ext.subjects_py import SubjectIndex, subject_matches, validate_subject, validate_token
@@ -121,6 +124,11 @@ __all__ = (
     "first_step",
     "eager_start",
     "FinishedLedger",
+    "DuplicateStore",
+    "MISS",
+    "IN_FLIGHT",
+    "DONE",
+    "NOT_KEPT",
     "MESSAGE_TYPES",
     "decode",
     "encode",

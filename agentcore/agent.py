@@ -134,7 +134,11 @@ class NATSAgent:
         Callable from any thread: on the agent's loop (async code, or a sync handler running inline) it writes at once
         and returns a future (await it, or not); from another thread it waits until sent.
         """
-        return self._call_soon(self._core.answer(self._core.replies.lookup(message_id), result))
+        core = self._core
+        delivery = core.replies.lookup(message_id)
+        if core.on_loop_thread() and core.replies.answer_now(delivery, result):
+            return core.sent  # written already, with no coroutine (the guide's sync handler runs inline, on the loop)
+        return self._call_soon(core.answer(delivery, result))
 
     def publish_error(self, message_id: str, code: str, text: str) -> concurrent.futures.Future[None] | asyncio.Future[None]:
         """Send an error result (payload.error = {code, message}) for message_id."""

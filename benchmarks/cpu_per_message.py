@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """CPU time per message on the receiving side: NATSAgent vs a raw nats-py subscriber, frames fed to their parsers.
 
-Usage: python benchmarks/cpu_per_message.py [--n 20000] [--rounds 15] [--kind oneway|reply|both] [--loop asyncio|uvloop]
+Usage: python benchmarks/cpu_per_message.py [--n 20000] [--rounds 15] [--kind oneway|reply|guide|both|all] [--loop asyncio|uvloop]
        [--cache]
 
 It measures the agentcore the interpreter imports (run it with another installation's interpreter to compare).
@@ -16,6 +16,7 @@ and, for "reply", its answers are real); kinds alternate within each round.
   oneway  raw: a callback doing orjson.loads; agent: add_capability with an async handler returning NO_REPLY
   reply   raw: orjson.loads + dumps + msg.respond; agent: an async echo capability (the answer is a result
           envelope), each request with its own reply inbox; a message counts once its answer was written
+  guide   raw: the same; agent: the guide's example, a sync process_message calling publish_result
 
 With --cache the agent keeps the result cache and duplicate detection at their defaults (on; they are off
 otherwise, the dispatch path alone), and each "reply" task has its own content, so every one is a cache miss.
@@ -38,8 +39,8 @@ import nats
 import orjson
 
 import agentcore
-from agentcore import AgentConfig, NATSAgent
-from agentcore.bench.measure import envelopes, serve_raw
+from agentcore import AgentConfig
+from agentcore.bench.measure import envelopes, guide_echo, serve_raw
 from agentcore.server import NATSServer
 
 _PER_READ = 250
@@ -93,9 +94,10 @@ async def main(n: int, rounds: int, kinds: list[str], cache: bool = False) -> No
         raw = await nats.connect(url)
         await raw.subscribe("cpu.oneway", cb=raw_on)
         await serve_raw(raw, "cpu.echo")
-        agent = NATSAgent("cpu", "bench", config)
+        agent = guide_echo()("cpu", "bench", config)  # the guide's process_message answers "guide"
         agent.add_capability("sink", sink)
         agent.add_capability("echo", echo)
+        agent.add_capability("guide")
         await agent.astart()
         anc = agent.nc
         # kind -> side -> (connection, a function returning the frames of one run, the handled count). With the
@@ -123,6 +125,13 @@ async def main(n: int, rounds: int, kinds: list[str], cache: bool = False) -> No
                 "raw": (raw, frames_of("cpu.echo", _sid(raw, "cpu.echo"), reply_data, True), lambda: raw.stats["out_msgs"]),
                 "agent": (anc, frames_of("agents.cpu.task.echo.default", _sid(anc, "agents.cpu.task.echo"), reply_data,
                                          True), lambda: anc.stats["out_msgs"])}
+        if "guide" in kinds:
+            def guide_data() -> list[bytes]:
+                return envelopes("cpu", n, "guide", distinct=cache)
+            sides["guide"] = {
+                "raw": (raw, frames_of("cpu.echo", _sid(raw, "cpu.echo"), guide_data, True), lambda: raw.stats["out_msgs"]),
+                "agent": (anc, frames_of("agents.cpu.task.guide.default", _sid(anc, "agents.cpu.task.guide"), guide_data,
+                                         True), lambda: anc.stats["out_msgs"])}
         print(f"agentcore {agentcore.__file__} ({agentcore.implementation}), {n} messages per run, {rounds} rounds"
               + (", result cache and duplicate detection on" if cache else ""))
         for kind, pair in sides.items():
@@ -146,7 +155,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--kind", choices=("oneway", "reply", "both"), default="both")
+    parser.add_argument("--kind", choices=("oneway", "reply", "guide", "both", "all"), default="both")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the event loop both sides run on")
     parser.add_argument("--cache", action="store_true", help="result cache and duplicate detection on (their default)")
     args = parser.parse_args()
@@ -155,4 +164,4 @@ if __name__ == "__main__":
         import uvloop
 
         run = uvloop.run
-    run(main(args.n, args.rounds, ["oneway", "reply"] if args.kind == "both" else [args.kind], args.cache))
+    run(main(args.n, args.rounds, {"both": ["oneway", "reply"], "all": ["oneway", "reply", "guide"]}.get(args.kind, [args.kind]), args.cache))

@@ -27,23 +27,14 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
-import orjson
-
-from .._impl import ContentCache, canonical_hash
+from .._impl import DONE, IN_FLIGHT, MISS, NOT_KEPT, ContentCache, DuplicateStore, canonical_hash
 from ..metrics import AgentMetrics
 
 __all__ = ("TaskCache", "MISS", "IN_FLIGHT", "DONE", "NOT_KEPT", "SHARED")
 
-#: What TaskCache.get() and seen() return when nothing live is recorded (None is a valid cached result).
-MISS: Any = object()
-#: seen(): the message is being handled right now.
-IN_FLIGHT: Any = object()
-#: seen(): the message was handled, but there is no result to replay (it failed, or its handler answered itself).
-DONE: Any = object()
-#: seen() -> (destination, NOT_KEPT): the message was answered, but its answer was too large to keep for a replay.
-NOT_KEPT: Any = object()
-#: What one entry of the duplicate store costs besides its result: the key (scope, id), the entry, the state.
-ENTRY_BYTES = 256
+# MISS: what get() and seen() return when nothing live is recorded (None is a valid cached result); IN_FLIGHT: seen()
+# of a message being handled; DONE: handled, with no answer to replay; (destination, NOT_KEPT): answered, too large
+# to keep. They are the duplicate store's own (compiled or its twin, as agentcore._impl chose).
 #: add_capability(..., cache=SHARED): one cache for every requester (the handler is a pure function of content).
 SHARED = "shared"
 
@@ -51,15 +42,28 @@ SHARED = "shared"
 class TaskCache:
     """Keep recent task results by content hash and recent message ids, counting hits and misses in metrics."""
 
-    __slots__ = ("_results", "_seen", "_counters", "_replay_max", "_interval", "_timer")
+    __slots__ = ("_results", "_dups", "_counters", "_interval", "_timer", "seen", "finish")
 
-    def __init__(self, ttl: float, max_entries: int, metrics: AgentMetrics, clock: Callable[[], float] = time.monotonic,
+    #: seen(scope, message, now=None): MISS for a message whose id its sender (source.id) has not sent on that subscription
+    #: within the TTL (now recorded in flight), else IN_FLIGHT, DONE or (destination, result) as finish() recorded it.
+    #: Ids are chosen by senders. now is a reading of the cache's clock (time.perf_counter, the dispatcher's own).
+    seen: Callable[..., Any]
+    #: finish(scope, message, result=DONE, reply=None, size=None, now=None): record that message was handled; MISS forgets it
+    #: (it failed). A result is replayed only to a retry that asks for it where message did (its replyTo, else reply,
+    #: the NATS reply subject); size is its encoded answer in bytes, measured when not given; beyond
+    #: cache.replay_max_bytes only a NOT_KEPT marker is kept.
+    finish: Callable[..., None]
+
+    def __init__(self, ttl: float, max_entries: int, metrics: AgentMetrics, clock: Callable[[], float] = time.perf_counter,
                  *, max_bytes: int | None = None, duplicate_bytes: int | None = None,
                  replay_max_bytes: int | None = None) -> None:
         self._results = ContentCache(max_entries, ttl, clock, max_bytes)
-        self._seen = ContentCache(max_entries, ttl, clock, duplicate_bytes)
         self._counters = metrics.counters
-        self._replay_max = replay_max_bytes if replay_max_bytes is not None else duplicate_bytes
+        self._dups = DuplicateStore(max_entries, duplicate_bytes, ttl, clock, metrics.counters,
+                                    replay_max_bytes if replay_max_bytes is not None else duplicate_bytes, self._kept)
+        # Bound methods of the store, called by the dispatcher for every message with no frame of ours between.
+        self.seen = self._dups.seen
+        self.finish = self._dups.finish
         self._interval = max(min(ttl / 4, 1.0), 0.01)
         self._timer: asyncio.TimerHandle | None = None  # the sweep, armed while anything is held
 
@@ -101,6 +105,11 @@ class TaskCache:
         if self._timer is None:
             self._arm()
 
+    def _kept(self) -> None:
+        """The duplicate store kept its first answer: sweep while anything is held."""
+        if self._timer is None:
+            self._arm()
+
     def _arm(self) -> None:
         try:
             self._timer = asyncio.get_running_loop().call_later(self._interval, self._sweep)
@@ -111,62 +120,24 @@ class TaskCache:
         """Drop the expired entries of both stores; keep sweeping while anything is held."""
         self._timer = None
         self._results.sweep()
-        self._seen.sweep()
-        if len(self._results) or len(self._seen):
+        self._dups.sweep()
+        if len(self._results) or self._dups.kept:
             self._arm()
 
     def stop(self) -> None:
-        """Stop the sweep timer (the next put or seen id arms it again)."""
+        """Stop the sweep timer (the next put or kept answer arms it again)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
     def sweep(self) -> int:
-        """Drop the expired entries of both stores now; return how many."""
-        return int(self._results.sweep()) + int(self._seen.sweep())
-
-    def seen(self, scope: Hashable, message_id: str) -> Any:
-        """Return MISS for a new message id in scope (and mark it IN_FLIGHT), else what is known of it.
-
-        What is known: IN_FLIGHT, DONE, or (destination, result) as finish() recorded it. The agent's scope is
-        (subscription, sender id): ids are chosen by senders.
-        """
-        key = (scope, message_id)  # a tuple hashes in tens of ns; hashing a formatted string costs more
-        state = self._seen.get(key, MISS)
-        if state is MISS:
-            self._seen.put(key, IN_FLIGHT, ENTRY_BYTES)
-            if self._timer is None:
-                self._arm()
-        else:
-            self._counters["duplicates"] += 1
-        return state
-
-    def finish(self, scope: Hashable, message_id: str, result: Any = DONE, destination: str | None = None,
-               size: int | None = None) -> None:
-        """Record that message_id was handled; MISS forgets it (it failed).
-
-        A result is kept with the destination the message asked for it (its replyTo or NATS reply subject): a
-        retry is replayed the result only when it asks for it there too. size is the result's encoded answer in
-        bytes (measured here when not given); beyond cache.replay_max_bytes only a NOT_KEPT marker is kept.
-        """
-        key = (scope, message_id)
-        if result is MISS:
-            self._seen.pop(key, None)
-        elif result is DONE:
-            self._seen.put(key, DONE, ENTRY_BYTES)
-        else:
-            if not size:
-                size = _encoded_size(result)
-            if self._replay_max is not None and size > self._replay_max:
-                self._counters["duplicates_not_kept"] += 1
-                self._seen.put(key, (destination, NOT_KEPT), ENTRY_BYTES)
-            else:
-                self._seen.put(key, (destination, result), ENTRY_BYTES + size)
+        """Drop the expired results and kept answers now; return how many."""
+        return int(self._results.sweep()) + int(self._dups.sweep())
 
     def clear(self) -> None:
         """Forget every cached result and seen id (and stop sweeping)."""
         self._results.clear()
-        self._seen.clear()
+        self._dups.clear()
         self.stop()
 
     def stats(self) -> dict[str, Any]:
@@ -176,16 +147,8 @@ class TaskCache:
 
     def gauges(self) -> dict[str, Any]:
         """Return what get_metrics() reports of both stores: bytes held, limits, entries dropped."""
-        results, seen = self._results, self._seen
+        results, dups = self._results, self._dups
         return {"cache_bytes": results.bytes, "cache_max_bytes": results.max_bytes, "cache_entries": len(results),
                 "cache_evictions": results.evictions, "cache_expired": results.expired,
-                "duplicate_bytes": seen.bytes, "duplicate_max_bytes": seen.max_bytes, "duplicate_entries": len(seen),
-                "duplicate_evictions": seen.evictions}
-
-
-def _encoded_size(result: Any) -> int:
-    """Return the size of result as JSON (what its answer costs); one that does not encode is counted as huge."""
-    try:
-        return len(orjson.dumps(result))
-    except TypeError:
-        return 1 << 62
+                "duplicate_bytes": dups.bytes, "duplicate_max_bytes": dups.max_bytes, "duplicate_entries": len(dups),
+                "duplicate_kept": dups.kept, "duplicate_evictions": dups.evictions}

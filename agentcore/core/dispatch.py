@@ -80,7 +80,8 @@ class Dispatcher:
         self._pumping = False
         # None when caching is off, so the hot path pays one attribute test for it.
         self.cache: TaskCache | None = (
-            TaskCache(config["cache.ttl"], config["cache.max_entries"], metrics, max_bytes=config["cache.max_bytes"],
+            # On the dispatcher's clock: seen() and finish() take the arrival and end times it reads anyway.
+            TaskCache(config["cache.ttl"], config["cache.max_entries"], metrics, _now, max_bytes=config["cache.max_bytes"],
                       duplicate_bytes=config["cache.duplicate_bytes"], replay_max_bytes=config["cache.replay_max_bytes"])
             if config["cache.enabled"] else None
         )
@@ -163,7 +164,7 @@ class Dispatcher:
         take = self._take
         if cache is not None and not regs[0].system:
             # Ids are the sender's: the same id from another sender is another message.
-            seen = cache.seen((key, message["source"]["id"]), message["id"])
+            seen = cache.seen(key, message, t0)
             if seen is not MISS:  # a redelivery or a retry: never run a handler twice for one message
                 self._spawn(self._answer_duplicate(regs[0], subject, message, msg, seen))
                 return
@@ -393,7 +394,7 @@ class Dispatcher:
             elif self.tasks.shadowed:
                 self._unshadow(message, delivery)
             if cache is not None:
-                cache.finish((reg.key, message["source"]["id"]), mid, replay, asked_at(message, msg.reply), delivery.size)
+                cache.finish(reg.key, message, replay, msg.reply, delivery.size, end)
             elapsed = end - t0
             self._latency(elapsed)
             reg.handled += 1  # per registration, for the NATS service API's endpoint stats
@@ -495,7 +496,7 @@ class Dispatcher:
             elif self.tasks.shadowed:
                 self._unshadow(message, delivery)
             if self.cache is not None and not reg.system:
-                self.cache.finish((reg.key, message["source"]["id"]), mid, replay, asked_at(message, msg.reply), delivery.size)
+                self.cache.finish(reg.key, message, replay, msg.reply, delivery.size, end)
             # A persisted task is answered now (or was handed back above): JetStream may forget it.
             if msg.__class__ is PersistedMsg:
                 if delivery.deferred and not delivery.answered:
@@ -662,7 +663,7 @@ class Dispatcher:
         """Record a message as handled for duplicate detection: replay is its result, DONE, or MISS to forget it."""
         if self.cache is not None and not queued.reg.system:
             message = queued.message
-            self.cache.finish((queued.reg.key, message["source"]["id"]), message["id"], replay, asked_at(message, queued.msg.reply))
+            self.cache.finish(queued.reg.key, message, replay, queued.msg.reply)
 
     def gauges(self) -> dict[str, Any]:
         """Return what get_metrics() reports of the bounded stores: bytes held and limits (docs/limits.md)."""

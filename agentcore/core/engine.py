@@ -450,6 +450,10 @@ class Core:
             return
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        # What publish_result returns for an answer written on the spot: one done future serves them all (awaiting
+        # it, or adding a callback, works any number of times), so the guide's call makes none.
+        self.sent: asyncio.Future[None] = self._loop.create_future()
+        self.sent.set_result(None)
         self.stopped = asyncio.Event()
         self.registry.lock = asyncio.Lock()
         self.work.pulls = asyncio.Semaphore(min(self.work.max_concurrency, 8))  # bound to this start's loop

@@ -192,21 +192,22 @@ async def test_task_cache_bounds_and_sweep() -> None:
     assert cache.get(1) is MISS and cache.get(2) == "b" * 600
     cache.put(3, "c" * 2000, 2000)  # larger than the bound alone: not kept, counted
     assert cache.get(3) is MISS and metrics.counters["cache_too_large"] == 1
-    scope = ("subscription", "sender")
-    assert cache.seen(scope, "small") is MISS and cache.seen(scope, "small") is IN_FLIGHT
-    cache.finish(scope, "small", {"ok": 1}, "_INBOX.a")  # its size is measured when not given
-    cache.seen(scope, "large")
-    cache.finish(scope, "large", "x" * 1000, "_INBOX.a", 1000)
-    assert cache.seen(scope, "small") == ("_INBOX.a", {"ok": 1})
-    assert cache.seen(scope, "large") == ("_INBOX.a", NOT_KEPT)
+    scope = ("subscription", "")
+    small, large, done = ({"id": name, "source": {"id": "sender"}} for name in ("small", "large", "done"))
+    assert cache.seen(scope, small) is MISS and cache.seen(scope, small) is IN_FLIGHT
+    cache.finish(scope, small, {"ok": 1}, "_INBOX.a")  # its size is measured when not given
+    cache.seen(scope, large)
+    cache.finish(scope, large, "x" * 1000, "_INBOX.a", 1000)
+    assert cache.seen(scope, small) == ("_INBOX.a", {"ok": 1})
+    assert cache.seen(scope, large) == ("_INBOX.a", NOT_KEPT)
     assert metrics.counters["duplicates_not_kept"] == 1
-    cache.seen(scope, "done")
-    cache.finish(scope, "done", DONE)
+    cache.seen(scope, done)
+    cache.finish(scope, done, DONE)
     gauges = cache.gauges()
-    assert gauges["cache_bytes"] == 600 and gauges["duplicate_entries"] == 3
-    assert gauges["duplicate_bytes"] == 3 * 256 + len(orjson.dumps({"ok": 1}))
+    assert gauges["cache_bytes"] == 600 and gauges["duplicate_entries"] == 3 and gauges["duplicate_kept"] == 2
+    assert gauges["duplicate_bytes"] <= gauges["duplicate_max_bytes"] == 10_000
     assert cache._timer is not None  # armed by the first put, on this loop
     clock.advance(10.0)
-    assert cache.sweep() == 4 and cache.gauges()["cache_bytes"] == 0 and cache.gauges()["duplicate_bytes"] == 0
+    assert cache.sweep() == 3 and cache.gauges()["cache_bytes"] == 0 and cache.gauges()["duplicate_kept"] == 0
     cache.stop()
     assert cache._timer is None

@@ -229,7 +229,7 @@ async def test_a_batch_flushed_at_stop_answers_handlers_still_waiting_for_a_slot
     assert [a["payload"]["error"]["code"] for a in answers] == ["cancelled"] * 3
     # None of them ran to the end: each is forgotten by duplicate detection, so a retry would run it.
     # INTERNAL: no public member says whether duplicate detection holds a message id
-    assert [worker._core.work.cache.seen((key, "raw"), f"b-{i}") for i in range(3)] == [MISS] * 3
+    assert [worker._core.work.cache.seen(key, {"id": f"b-{i}", "source": {"id": "raw"}}) for i in range(3)] == [MISS] * 3
 
 
 async def test_stop_ends_a_stream_in_progress_with_an_error_frame(make_agent) -> None:

@@ -14,7 +14,7 @@ import pytest
 from helpers import FakeClock
 
 NO_EXTENSIONS = bool(os.environ.get("AGENTCORE_NO_EXTENSIONS"))
-CORE_MODULES = ("subjects", "envelope", "cache", "batch", "wire", "eager", "ledger")
+CORE_MODULES = ("subjects", "envelope", "cache", "batch", "wire", "eager", "ledger", "dedup")
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class CoreImplementation:
     wire: ModuleType
     eager: ModuleType
     ledger: ModuleType
+    dedup: ModuleType
 
 
 def load_core(compiled: bool) -> CoreImplementation:
@@ -82,6 +83,11 @@ def eager_module(core: CoreImplementation) -> ModuleType:
 @pytest.fixture(scope="session")
 def ledger_module(core: CoreImplementation) -> ModuleType:
     return core.ledger
+
+
+@pytest.fixture(scope="session")
+def dedup_module(core: CoreImplementation) -> ModuleType:
+    return core.dedup
 
 
 @pytest.fixture(scope="session")
