@@ -201,25 +201,26 @@ cdef class DuplicateStore:
         cdef Py_hash_t hsrc = PyObject_Hash(message["source"]["id"])
         cdef Py_hash_t hid = PyObject_Hash(message["id"])
         cdef Py_ssize_t i = self._find(&self._young, hs, hsrc, hid)
-        cdef list to = self._young_to
+        cdef list destinations = self._young_to
         cdef list answers = self._young_answers
         cdef Record* r
         cdef int64_t nbytes
         if i < 0:
             i = self._find(&self._old, hs, hsrc, hid)
-            to, answers = self._old_to, self._old_answers
+            destinations, answers = self._old_to, self._old_answers
             if i < 0 and result is not MISS:  # dropped with its generation while in flight: recorded again
                 i = self._add(hs, hsrc, hid)
-                to, answers = self._young_to, self._young_answers
+                destinations, answers = self._young_to, self._young_answers
         if i < 0:
             return
         r = &self._young.records[i] if answers is self._young_answers else &self._old.records[i]
-        self._release(r, to, answers, i)
+        self._release(r, destinations, answers, i)
         if result is MISS:
             r.state = FORGOTTEN
             return
         r.expires = <double>(self._clock() if now is None else now) + self._ttl
-        if result is DONE:
+        to = message.get("replyTo") or reply or None
+        if result is DONE or to is None:  # (asked nowhere: a duplicate of it is dropped, never answered)
             return  # _release left it S_DONE
         nbytes = size if size else _encoded_size(result)
         if self._replay_max >= 0 and nbytes > self._replay_max:
@@ -231,7 +232,7 @@ cdef class DuplicateStore:
             return
         if self._nkept == 0 and self._on_kept is not None:
             self._on_kept()
-        to[i] = message.get("replyTo") or reply or None
+        destinations[i] = to
         answers[i] = result
         r.size = nbytes
         r.state = S_KEPT

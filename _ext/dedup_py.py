@@ -166,7 +166,8 @@ class DuplicateStore:
             record.state = _FORGOTTEN
             return
         record.expires = (self._clock() if now is None else now) + self._ttl
-        if result is DONE:
+        to = message.get("replyTo") or reply or None
+        if result is DONE or to is None:  # (asked nowhere: a duplicate of it is dropped, never answered)
             return  # _release left it done
         nbytes = size if size else _encoded_size(result)
         if self._replay_max is not None and nbytes > self._replay_max:
@@ -178,7 +179,7 @@ class DuplicateStore:
             return
         if self._nkept == 0 and self._on_kept is not None:
             self._on_kept()
-        record.to = message.get("replyTo") or reply or None
+        record.to = to
         record.answer = result
         record.size = nbytes
         record.state = _KEPT

@@ -1,4 +1,4 @@
-"""Content-hash caching of task results and dropping of redelivered duplicates, on the compiled ContentCache.
+"""Content-hash caching of task results and dropping of redelivered duplicates, on the compiled core.
 
 A request (a task that waits for its answer: a NATS reply subject or ``replyTo``) whose capability, requester
 and canonical payload content match one answered within ``cache.ttl`` seconds is answered from the cache
@@ -14,10 +14,11 @@ the result when it has one and the retry asks for it where the original did (sam
 subject); otherwise it answers that the message is a duplicate. An id grants nothing by itself.
 
 Both stores are bounded by bytes, since anyone on the bus can fill them: results by ``cache.max_bytes`` (each
-counted as its encoded answer; one larger than that is not kept), the duplicate store by
-``cache.duplicate_bytes``, where a result larger than ``cache.replay_max_bytes`` is kept only as a marker (a retry
-is told, typed, that the answer is not kept). Expired entries go on a timer (every ``min(ttl / 4, 1)`` s while
-anything is held), at the cost of those dropped, not only when their key is read again.
+counted as its encoded answer; one larger than that is not kept), the duplicate store (the compiled
+``DuplicateStore``: fixed-size records, no Python object per id) by ``cache.duplicate_bytes``, where a result
+larger than ``cache.replay_max_bytes`` is kept only as a marker (a retry is told, typed, that the answer is not
+kept). Expired results and kept answers go on a timer (every ``min(ttl / 4, 1)`` s while anything is held), at the
+cost of those dropped, not only when their key is read again.
 """
 
 from __future__ import annotations

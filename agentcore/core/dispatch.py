@@ -393,7 +393,9 @@ class Dispatcher:
                 del pending[mid]
             elif self.tasks.shadowed:
                 self._unshadow(message, delivery)
-            if cache is not None:
+            if cache is not None and (replay is not DONE or msg.reply or message.get("replyTo")):
+                # A message nobody waits for, handled, stays recorded as taken until the TTL from its arrival: there is
+                # no answer to keep and no word for a duplicate of it, so its end would change nothing but that.
                 cache.finish(reg.key, message, replay, msg.reply, delivery.size, end)
             elapsed = end - t0
             self._latency(elapsed)
