@@ -205,6 +205,7 @@ cdef class DuplicateStore:
         cdef list answers = self._young_answers
         cdef Record* r
         cdef int64_t nbytes
+        cdef bint in_old
         if i < 0:
             i = self._find(&self._old, hs, hsrc, hid)
             to, answers = self._old_to, self._old_answers
@@ -237,6 +238,12 @@ cdef class DuplicateStore:
         r.state = S_KEPT
         self._nkept += 1
         self._kept_bytes += nbytes
+        # Kept behind the cursor (a sweep went past its record while it was in flight): the cursor goes back to it,
+        # so that the sweep reaches it when its time runs out (no kept answer lies behind the cursor).
+        in_old = answers is self._old_answers
+        if (in_old and not self._cursor_old) or (in_old == self._cursor_old and i < self._cursor):
+            self._cursor_old = in_old
+            self._cursor = i
         if self._kept_budget >= 0 and self._kept_bytes > self._kept_budget:
             self._trim(-1.0)  # the oldest answers go; their ids stay recorded as done
 

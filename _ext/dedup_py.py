@@ -38,9 +38,10 @@ def _encoded_size(result: Any) -> int:
 class _Record:
     """One id taken: its state, when it stops counting, the bytes of its kept answer, the answer and where."""
 
-    __slots__ = ("state", "expires", "size", "to", "answer")
+    __slots__ = ("state", "expires", "size", "to", "answer", "place")
 
-    def __init__(self) -> None:
+    def __init__(self, place: int) -> None:
+        self.place = place  # its index in its generation's records (arrival order)
         self.state = _IN_FLIGHT
         self.expires = 0.0
         self.size = 0
@@ -156,11 +157,15 @@ class DuplicateStore:
         for a retry that asks for it where message did (its replyTo, else reply: the NATS reply subject); size is the
         encoded answer in bytes, measured when not given; now: the clock's reading when the caller has one."""
         key = (hash(scope), hash(message["source"]["id"]), hash(message["id"]))
-        record = self._young.index.get(key) or self._old.index.get(key)
+        record = self._young.index.get(key)
+        in_old = record is None
+        if in_old:
+            record = self._old.index.get(key)
         if record is None:
             if result is MISS:
                 return
             record = self._add(key)  # dropped with its generation while in flight: recorded again
+            in_old = False
         self._release(record)
         if result is MISS:
             record.state = _FORGOTTEN
@@ -184,6 +189,11 @@ class DuplicateStore:
         record.state = _KEPT
         self._nkept += 1
         self._kept_bytes += nbytes
+        # Kept behind the cursor (a sweep went past its record while it was in flight): the cursor goes back to it,
+        # so that the sweep reaches it when its time runs out (no kept answer lies behind the cursor).
+        if (in_old and not self._cursor_old) or (in_old == self._cursor_old and record.place < self._cursor):
+            self._cursor_old = in_old
+            self._cursor = record.place
         if self._kept_budget is not None and self._kept_bytes > self._kept_budget:
             self._trim(-1.0)  # the oldest answers go; their ids stay recorded as done
 
@@ -261,7 +271,7 @@ class DuplicateStore:
             if self._cursor_old:  # the cursor was in the generation just dropped
                 self._cursor = 0
             self._cursor_old = True
-        record = _Record()
+        record = _Record(len(self._young.records))
         self._young.records.append(record)
         self._young.index[key] = record
         return record

@@ -138,6 +138,36 @@ def test_an_answer_kept_late_behind_the_oldest_still_counts_against_the_bound(de
     assert s.bytes <= s.max_bytes and s.kept == 3
 
 
+def test_an_answer_kept_behind_the_sweep_still_expires(dedup_module: ModuleType) -> None:
+    """A slow handler's answer, kept after a sweep went past its record, is swept when its ttl runs out."""
+    m = dedup_module
+    s, clock, _ = store(m, ttl=10.0)
+    s.seen(SUB, msg("a", "slow"))  # taken first, answered last (an LLM call, say)
+    s.seen(SUB, msg("a", "fast"))
+    s.finish(SUB, msg("a", "fast"), "fast answer", "_INBOX.a", 1)
+    clock.advance(1)
+    assert s.sweep() == 0  # the sweep steps over the record still in flight
+    clock.advance(4)
+    s.finish(SUB, msg("a", "slow"), "slow answer", "_INBOX.a", 1)
+    clock.advance(11)  # both answers' time ran out (the fast one's may wait behind the slow one's, taken before it)
+    assert s.sweep() == 2 and s.kept == 0 and s.bytes == 2 * m.RECORD_BYTES and s.expired == 2
+
+
+def test_an_answer_kept_in_the_old_generation_behind_the_sweep_still_expires(dedup_module: ModuleType) -> None:
+    m = dedup_module
+    s, clock, _ = store(m, records=4, max_bytes=None, ttl=10.0)
+    s.seen(SUB, msg("a", "slow"))
+    for i in range(5):  # the young generation fills and becomes the old one, the slow id in it
+        s.seen(SUB, msg("a", f"m{i}"))
+        s.finish(SUB, msg("a", f"m{i}"), i, "_INBOX.a", 1)
+    clock.advance(11)
+    assert s.sweep() == 5 and s.kept == 0  # past the slow record, into the young generation
+    s.finish(SUB, msg("a", "slow"), "late", "_INBOX.a", 1)  # kept in the old generation, behind the sweep
+    assert s.seen(SUB, msg("a", "slow")) == ("_INBOX.a", "late")
+    clock.advance(11)
+    assert s.sweep() == 1 and s.kept == 0
+
+
 def test_generations_hold_the_last_capacity_ids_at_least(dedup_module: ModuleType) -> None:
     m = dedup_module
     s, _, _ = store(m, records=50, max_bytes=None)
@@ -235,6 +265,10 @@ def test_the_twins_answer_alike(twins: Any, ops: list[tuple[str, int, int]]) -> 
                 seen.append(s.sweep())
             seen.append((len(s), s.kept, s.bytes, s.evictions))
         assert seen[: len(seen) // 2] == seen[len(seen) // 2:]
+    for m, s, clock in sides:  # once every ttl ran out, one sweep leaves no answer kept, however they came
+        clock.advance(5.0)
+        s.sweep()
+        assert s.kept == 0 and s.bytes == len(s) * m.RECORD_BYTES
 
 
 def test_random_use_stays_within_the_bound(dedup_module: ModuleType) -> None:
