@@ -457,6 +457,10 @@ class Core:
         self.stopped = asyncio.Event()
         self.registry.lock = asyncio.Lock()
         self.work.pulls = asyncio.Semaphore(min(self.work.max_concurrency, 8))  # bound to this start's loop
+        if self.work.cache is not None:
+            # A restart: the duplicate store arms its sweep only for its first kept answer, so answers kept before
+            # the stop (which ended the sweep) would outlive their ttl.
+            self.work.cache.resume()
         nc = await self.connection.connect()
         try:
             await self._check_unique_id()
