@@ -8,7 +8,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from helpers import FakeClock
@@ -283,3 +283,37 @@ def test_random_use_stays_within_the_bound(dedup_module: ModuleType) -> None:
             clock.advance(1)
             s.sweep()
         assert s.bytes <= s.max_bytes and len(s) <= 128
+
+
+_EXPIRY_OPS = st.lists(st.tuples(st.sampled_from(["seen", "answer", "done", "fail", "tick", "sweep"]),
+                                 st.integers(0, 5)), max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=_EXPIRY_OPS)
+@example(ops=[("seen", 0), ("seen", 1), ("answer", 1), ("tick", 1), ("sweep", 0), ("answer", 0)])  # slow after fast
+def test_no_answer_outlives_its_ttl_past_a_sweep(twins: Any, ops: list[tuple[str, int]]) -> None:
+    """Answers kept in any order (slow ones after fast ones, across sweeps): once every ttl ran out, a sweep leaves
+    none, on both twins alike."""
+    results = []
+    for core in twins:
+        m, clock = core.dedup, FakeClock()
+        s = m.DuplicateStore(4, None, 5.0, clock, Counter())
+        for op, n in ops:
+            if op == "seen":
+                s.seen(SUB, msg("a", f"m{n}"))
+            elif op == "answer":
+                s.finish(SUB, msg("a", f"m{n}"), n, "_INBOX.a", 1 + n)
+            elif op == "done":
+                s.finish(SUB, msg("a", f"m{n}"), m.DONE)
+            elif op == "fail":
+                s.finish(SUB, msg("a", f"m{n}"), m.MISS)
+            elif op == "tick":
+                clock.advance(n)
+            else:
+                s.sweep()
+        clock.advance(5.0)
+        s.sweep()
+        assert s.kept == 0 and s.bytes == len(s) * m.RECORD_BYTES
+        results.append((len(s), s.evictions, s.expired))
+    assert results[0] == results[1]
