@@ -48,6 +48,8 @@ RECORD_BYTES = sizeof(Record) + 2 * sizeof(int)
 # What a kept answer costs besides its encoded size: its places in the answer lists, and their share of the rest.
 KEPT_BYTES = 64
 MAX_RECORDS = (INT_MAX - 1) // 2
+# The size of an answer that does not encode: never kept, whatever the bounds (two would overflow the byte count).
+cdef int64_t _UNENCODABLE = (<int64_t>1) << 62
 
 
 cdef inline size_t _mix(Py_hash_t scope, Py_hash_t source, Py_hash_t mid) noexcept:
@@ -60,7 +62,7 @@ cdef inline int64_t _encoded_size(result) except -1:
     try:
         return len(orjson.dumps(result))
     except TypeError:  # it does not encode: counted as too large to keep
-        return (<int64_t>1) << 62
+        return _UNENCODABLE
 
 
 @cython.final
@@ -223,7 +225,7 @@ cdef class DuplicateStore:
         if result is DONE:
             return  # _release left it S_DONE
         nbytes = size if size else _encoded_size(result)
-        if self._replay_max >= 0 and nbytes > self._replay_max:
+        if (self._replay_max >= 0 and nbytes > self._replay_max) or nbytes >= _UNENCODABLE:
             self._counters["duplicates_not_kept"] += 1
             result = NOT_KEPT
             nbytes = 0

@@ -26,13 +26,14 @@ KEPT_BYTES = 64
 MAX_RECORDS = (2**31 - 2) // 2
 
 _FORGOTTEN, _IN_FLIGHT, _DONE, _KEPT = 0, 1, 2, 3
+_UNENCODABLE = 1 << 62  # the size of an answer that does not encode: never kept, whatever the bounds
 
 
 def _encoded_size(result: Any) -> int:
     try:
         return len(orjson.dumps(result))
     except TypeError:  # it does not encode: counted as too large to keep
-        return 1 << 62
+        return _UNENCODABLE
 
 
 class _Record:
@@ -174,7 +175,7 @@ class DuplicateStore:
         if result is DONE:
             return  # _release left it done
         nbytes = size if size else _encoded_size(result)
-        if self._replay_max is not None and nbytes > self._replay_max:
+        if (self._replay_max is not None and nbytes > self._replay_max) or nbytes >= _UNENCODABLE:
             self._counters["duplicates_not_kept"] += 1
             result = NOT_KEPT
             nbytes = 0

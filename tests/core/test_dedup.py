@@ -107,6 +107,18 @@ def test_a_large_answer_is_kept_as_a_marker(dedup_module: ModuleType) -> None:
     assert s.seen(SUB, msg("a", "odd")) == ("_INBOX.a", m.NOT_KEPT)
 
 
+def test_an_answer_that_does_not_encode_is_a_marker_with_no_bounds_too(dedup_module: ModuleType) -> None:
+    """With no byte bound and no replay bound, an answer that does not encode is still counted as a marker (its
+    size, "too large", would overflow the compiled store's byte count)."""
+    m = dedup_module
+    s, _, counters = store(m, max_bytes=None, replay_max=None)
+    for i in range(3):
+        s.seen(SUB, msg("a", f"odd{i}"))
+        s.finish(SUB, msg("a", f"odd{i}"), object(), "_INBOX.a")
+    assert [s.seen(SUB, msg("a", f"odd{i}")) for i in range(3)] == [("_INBOX.a", m.NOT_KEPT)] * 3
+    assert s.bytes == 3 * (m.RECORD_BYTES + m.KEPT_BYTES) and counters["duplicates_not_kept"] == 3
+
+
 def test_kept_answers_stay_within_the_bound_oldest_going_first(dedup_module: ModuleType) -> None:
     m = dedup_module
     s, _, _ = store(m, records=10, max_bytes=10 * 4 * m.RECORD_BYTES)  # records take half, answers the rest
