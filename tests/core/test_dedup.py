@@ -244,7 +244,7 @@ def test_one_id_under_many_senders_spreads_over_the_index(dedup_module: ModuleTy
     assert s.probes / 60_000 < 4  # occupied slots stepped over per operation (0 for the pure twin's dict)
 
 
-_OPS = st.lists(st.tuples(st.sampled_from(["seen", "done", "answer", "big", "fail", "tick", "sweep"]),
+_OPS = st.lists(st.tuples(st.sampled_from(["seen", "done", "answer", "big", "fail", "tick", "sweep", "clear"]),
                           st.integers(0, 3), st.integers(0, 25)), max_size=120)
 
 
@@ -273,6 +273,8 @@ def test_the_twins_answer_alike(twins: Any, ops: list[tuple[str, int, int]]) -> 
                 s.finish(*args, m.MISS)
             elif op == "tick":
                 clock.advance(n / 10)
+            elif op == "clear":
+                s.clear()
             else:
                 seen.append(s.sweep())
             seen.append((len(s), s.kept, s.bytes, s.evictions))
