@@ -87,7 +87,8 @@ cdef class DuplicateStore:
     cdef int64_t _kept_bytes
     cdef Py_ssize_t _nkept
     # The oldest record whose answer the byte bound or the sweep may still have to drop: in the old generation
-    # (_cursor_old) or the young one, at _cursor. Records are visited in arrival order.
+    # (_cursor_old) or the young one, at _cursor. Records are visited in arrival order; no kept answer lies behind
+    # the cursor (finish() moves it back to an answer kept late).
     cdef bint _cursor_old
     cdef Py_ssize_t _cursor
     cdef object _on_kept        # called when the first answer is kept (arms the sweep), or None

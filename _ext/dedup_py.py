@@ -88,7 +88,8 @@ class DuplicateStore:
         self._kept_bytes = 0
         self._nkept = 0
         # The oldest record whose answer the byte bound or the sweep may still have to drop: in the old generation
-        # (_cursor_old) or the young one, at _cursor. Records are visited in arrival order.
+        # (_cursor_old) or the young one, at _cursor. Records are visited in arrival order; no kept answer lies behind
+        # the cursor (finish() moves it back to an answer kept late).
         self._cursor_old = True
         self._cursor = 0
         self._evictions = 0
