@@ -48,6 +48,8 @@ RECORD_BYTES = sizeof(Record) + 2 * sizeof(int)
 # What a kept answer costs besides its encoded size: its places in the answer lists, and their share of the rest.
 KEPT_BYTES = 64
 MAX_RECORDS = (INT_MAX - 1) // 2
+# The size of an answer that does not encode: never kept, whatever the bounds (two would overflow the byte count).
+cdef int64_t _UNENCODABLE = (<int64_t>1) << 62
 
 
 cdef inline size_t _mix(Py_hash_t scope, Py_hash_t source, Py_hash_t mid) noexcept:
@@ -60,7 +62,7 @@ cdef inline int64_t _encoded_size(result) except -1:
     try:
         return len(orjson.dumps(result))
     except TypeError:  # it does not encode: counted as too large to keep
-        return (<int64_t>1) << 62
+        return _UNENCODABLE
 
 
 @cython.final
@@ -85,7 +87,8 @@ cdef class DuplicateStore:
     cdef int64_t _kept_bytes
     cdef Py_ssize_t _nkept
     # The oldest record whose answer the byte bound or the sweep may still have to drop: in the old generation
-    # (_cursor_old) or the young one, at _cursor. Records are visited in arrival order.
+    # (_cursor_old) or the young one, at _cursor. Records are visited in arrival order; no kept answer lies behind
+    # the cursor (finish() moves it back to an answer kept late).
     cdef bint _cursor_old
     cdef Py_ssize_t _cursor
     cdef object _on_kept        # called when the first answer is kept (arms the sweep), or None
@@ -205,6 +208,7 @@ cdef class DuplicateStore:
         cdef list answers = self._young_answers
         cdef Record* r
         cdef int64_t nbytes
+        cdef bint in_old
         if i < 0:
             i = self._find(&self._old, hs, hsrc, hid)
             destinations, answers = self._old_to, self._old_answers
@@ -223,7 +227,7 @@ cdef class DuplicateStore:
         if result is DONE or to is None:  # (asked nowhere: a duplicate of it is dropped, never answered)
             return  # _release left it S_DONE
         nbytes = size if size else _encoded_size(result)
-        if self._replay_max >= 0 and nbytes > self._replay_max:
+        if (self._replay_max >= 0 and nbytes > self._replay_max) or nbytes >= _UNENCODABLE:
             self._counters["duplicates_not_kept"] += 1
             result = NOT_KEPT
             nbytes = 0
@@ -238,6 +242,12 @@ cdef class DuplicateStore:
         r.state = S_KEPT
         self._nkept += 1
         self._kept_bytes += nbytes
+        # Kept behind the cursor (a sweep went past its record while it was in flight): the cursor goes back to it,
+        # so that the sweep reaches it when its time runs out (no kept answer lies behind the cursor).
+        in_old = answers is self._old_answers
+        if (in_old and not self._cursor_old) or (in_old == self._cursor_old and i < self._cursor):
+            self._cursor_old = in_old
+            self._cursor = i
         if self._kept_budget >= 0 and self._kept_bytes > self._kept_budget:
             self._trim(-1.0)  # the oldest answers go; their ids stay recorded as done
 

@@ -26,21 +26,23 @@ KEPT_BYTES = 64
 MAX_RECORDS = (2**31 - 2) // 2
 
 _FORGOTTEN, _IN_FLIGHT, _DONE, _KEPT = 0, 1, 2, 3
+_UNENCODABLE = 1 << 62  # the size of an answer that does not encode: never kept, whatever the bounds
 
 
 def _encoded_size(result: Any) -> int:
     try:
         return len(orjson.dumps(result))
     except TypeError:  # it does not encode: counted as too large to keep
-        return 1 << 62
+        return _UNENCODABLE
 
 
 class _Record:
     """One id taken: its state, when it stops counting, the bytes of its kept answer, the answer and where."""
 
-    __slots__ = ("state", "expires", "size", "to", "answer")
+    __slots__ = ("state", "expires", "size", "to", "answer", "place")
 
-    def __init__(self) -> None:
+    def __init__(self, place: int) -> None:
+        self.place = place  # its index in its generation's records (arrival order)
         self.state = _IN_FLIGHT
         self.expires = 0.0
         self.size = 0
@@ -86,7 +88,8 @@ class DuplicateStore:
         self._kept_bytes = 0
         self._nkept = 0
         # The oldest record whose answer the byte bound or the sweep may still have to drop: in the old generation
-        # (_cursor_old) or the young one, at _cursor. Records are visited in arrival order.
+        # (_cursor_old) or the young one, at _cursor. Records are visited in arrival order; no kept answer lies behind
+        # the cursor (finish() moves it back to an answer kept late).
         self._cursor_old = True
         self._cursor = 0
         self._evictions = 0
@@ -156,11 +159,15 @@ class DuplicateStore:
         for a retry that asks for it where message did (its replyTo, else reply: the NATS reply subject); size is the
         encoded answer in bytes, measured when not given; now: the clock's reading when the caller has one."""
         key = (hash(scope), hash(message["source"]["id"]), hash(message["id"]))
-        record = self._young.index.get(key) or self._old.index.get(key)
+        record = self._young.index.get(key)
+        in_old = record is None
+        if in_old:
+            record = self._old.index.get(key)
         if record is None:
             if result is MISS:
                 return
             record = self._add(key)  # dropped with its generation while in flight: recorded again
+            in_old = False
         self._release(record)
         if result is MISS:
             record.state = _FORGOTTEN
@@ -170,7 +177,7 @@ class DuplicateStore:
         if result is DONE or to is None:  # (asked nowhere: a duplicate of it is dropped, never answered)
             return  # _release left it done
         nbytes = size if size else _encoded_size(result)
-        if self._replay_max is not None and nbytes > self._replay_max:
+        if (self._replay_max is not None and nbytes > self._replay_max) or nbytes >= _UNENCODABLE:
             self._counters["duplicates_not_kept"] += 1
             result = NOT_KEPT
             nbytes = 0
@@ -185,6 +192,11 @@ class DuplicateStore:
         record.state = _KEPT
         self._nkept += 1
         self._kept_bytes += nbytes
+        # Kept behind the cursor (a sweep went past its record while it was in flight): the cursor goes back to it,
+        # so that the sweep reaches it when its time runs out (no kept answer lies behind the cursor).
+        if (in_old and not self._cursor_old) or (in_old == self._cursor_old and record.place < self._cursor):
+            self._cursor_old = in_old
+            self._cursor = record.place
         if self._kept_budget is not None and self._kept_bytes > self._kept_budget:
             self._trim(-1.0)  # the oldest answers go; their ids stay recorded as done
 
@@ -262,7 +274,7 @@ class DuplicateStore:
             if self._cursor_old:  # the cursor was in the generation just dropped
                 self._cursor = 0
             self._cursor_old = True
-        record = _Record()
+        record = _Record(len(self._young.records))
         self._young.records.append(record)
         self._young.index[key] = record
         return record

@@ -125,8 +125,13 @@ class TaskCache:
         if len(self._results) or self._dups.kept:
             self._arm()
 
+    def resume(self) -> None:
+        """Sweep again while anything is held (a start after stop(): what was kept before still expires)."""
+        if self._timer is None and (len(self._results) or self._dups.kept):
+            self._arm()
+
     def stop(self) -> None:
-        """Stop the sweep timer (the next put or kept answer arms it again)."""
+        """Stop the sweep timer (resume(), the next put or the first kept answer arms it again)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

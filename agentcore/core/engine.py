@@ -469,6 +469,10 @@ class Core:
             raise
         self._status = "running"
         self.started_at = time.time()
+        if self.work.cache is not None:
+            # A restart: the duplicate store arms its sweep only for its first kept answer, so answers kept before
+            # the stop (which ended the sweep) would outlive their ttl.
+            self.work.cache.resume()
         self.watchdog.start(self._loop)
         self.setup()  # the agent's _setup_subscriptions(): register_base() plus what a subclass adds
         try:

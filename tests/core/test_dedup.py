@@ -8,7 +8,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from helpers import FakeClock
@@ -107,6 +107,18 @@ def test_a_large_answer_is_kept_as_a_marker(dedup_module: ModuleType) -> None:
     assert s.seen(SUB, msg("a", "odd")) == ("_INBOX.a", m.NOT_KEPT)
 
 
+def test_an_answer_that_does_not_encode_is_a_marker_with_no_bounds_too(dedup_module: ModuleType) -> None:
+    """With no byte bound and no replay bound, an answer that does not encode is still counted as a marker (its
+    size, "too large", would overflow the compiled store's byte count)."""
+    m = dedup_module
+    s, _, counters = store(m, max_bytes=None, replay_max=None)
+    for i in range(3):
+        s.seen(SUB, msg("a", f"odd{i}"))
+        s.finish(SUB, msg("a", f"odd{i}"), object(), "_INBOX.a")
+    assert [s.seen(SUB, msg("a", f"odd{i}")) for i in range(3)] == [("_INBOX.a", m.NOT_KEPT)] * 3
+    assert s.bytes == 3 * (m.RECORD_BYTES + m.KEPT_BYTES) and counters["duplicates_not_kept"] == 3
+
+
 def test_kept_answers_stay_within_the_bound_oldest_going_first(dedup_module: ModuleType) -> None:
     m = dedup_module
     s, _, _ = store(m, records=10, max_bytes=10 * 4 * m.RECORD_BYTES)  # records take half, answers the rest
@@ -136,6 +148,36 @@ def test_an_answer_kept_late_behind_the_oldest_still_counts_against_the_bound(de
     s.finish(SUB, msg("a", "slow"), "late", "_INBOX.a", size)
     s.finish(SUB, msg("a", "slow-2"), "late", "_INBOX.a", size)  # never seen: recorded as it finishes
     assert s.bytes <= s.max_bytes and s.kept == 3
+
+
+def test_an_answer_kept_behind_the_sweep_still_expires(dedup_module: ModuleType) -> None:
+    """A slow handler's answer, kept after a sweep went past its record, is swept when its ttl runs out."""
+    m = dedup_module
+    s, clock, _ = store(m, ttl=10.0)
+    s.seen(SUB, msg("a", "slow"))  # taken first, answered last (an LLM call, say)
+    s.seen(SUB, msg("a", "fast"))
+    s.finish(SUB, msg("a", "fast"), "fast answer", "_INBOX.a", 1)
+    clock.advance(1)
+    assert s.sweep() == 0  # the sweep steps over the record still in flight
+    clock.advance(4)
+    s.finish(SUB, msg("a", "slow"), "slow answer", "_INBOX.a", 1)
+    clock.advance(11)  # both answers' time ran out (the fast one's may wait behind the slow one's, taken before it)
+    assert s.sweep() == 2 and s.kept == 0 and s.bytes == 2 * m.RECORD_BYTES and s.expired == 2
+
+
+def test_an_answer_kept_in_the_old_generation_behind_the_sweep_still_expires(dedup_module: ModuleType) -> None:
+    m = dedup_module
+    s, clock, _ = store(m, records=4, max_bytes=None, ttl=10.0)
+    s.seen(SUB, msg("a", "slow"))
+    for i in range(5):  # the young generation fills and becomes the old one, the slow id in it
+        s.seen(SUB, msg("a", f"m{i}"))
+        s.finish(SUB, msg("a", f"m{i}"), i, "_INBOX.a", 1)
+    clock.advance(11)
+    assert s.sweep() == 5 and s.kept == 0  # past the slow record, into the young generation
+    s.finish(SUB, msg("a", "slow"), "late", "_INBOX.a", 1)  # kept in the old generation, behind the sweep
+    assert s.seen(SUB, msg("a", "slow")) == ("_INBOX.a", "late")
+    clock.advance(11)
+    assert s.sweep() == 1 and s.kept == 0
 
 
 def test_generations_hold_the_last_capacity_ids_at_least(dedup_module: ModuleType) -> None:
@@ -202,7 +244,7 @@ def test_one_id_under_many_senders_spreads_over_the_index(dedup_module: ModuleTy
     assert s.probes / 60_000 < 4  # occupied slots stepped over per operation (0 for the pure twin's dict)
 
 
-_OPS = st.lists(st.tuples(st.sampled_from(["seen", "done", "answer", "big", "fail", "tick", "sweep"]),
+_OPS = st.lists(st.tuples(st.sampled_from(["seen", "done", "answer", "big", "fail", "tick", "sweep", "clear"]),
                           st.integers(0, 3), st.integers(0, 25)), max_size=120)
 
 
@@ -231,10 +273,16 @@ def test_the_twins_answer_alike(twins: Any, ops: list[tuple[str, int, int]]) -> 
                 s.finish(*args, m.MISS)
             elif op == "tick":
                 clock.advance(n / 10)
+            elif op == "clear":
+                s.clear()
             else:
                 seen.append(s.sweep())
             seen.append((len(s), s.kept, s.bytes, s.evictions))
         assert seen[: len(seen) // 2] == seen[len(seen) // 2:]
+    for m, s, clock in sides:  # once every ttl ran out, one sweep leaves no answer kept, however they came
+        clock.advance(5.0)
+        s.sweep()
+        assert s.kept == 0 and s.bytes == len(s) * m.RECORD_BYTES
 
 
 def test_random_use_stays_within_the_bound(dedup_module: ModuleType) -> None:
@@ -249,3 +297,37 @@ def test_random_use_stays_within_the_bound(dedup_module: ModuleType) -> None:
             clock.advance(1)
             s.sweep()
         assert s.bytes <= s.max_bytes and len(s) <= 128
+
+
+_EXPIRY_OPS = st.lists(st.tuples(st.sampled_from(["seen", "answer", "done", "fail", "tick", "sweep"]),
+                                 st.integers(0, 5)), max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=_EXPIRY_OPS)
+@example(ops=[("seen", 0), ("seen", 1), ("answer", 1), ("tick", 1), ("sweep", 0), ("answer", 0)])  # slow after fast
+def test_no_answer_outlives_its_ttl_past_a_sweep(twins: Any, ops: list[tuple[str, int]]) -> None:
+    """Answers kept in any order (slow ones after fast ones, across sweeps): once every ttl ran out, a sweep leaves
+    none, on both twins alike."""
+    results = []
+    for core in twins:
+        m, clock = core.dedup, FakeClock()
+        s = m.DuplicateStore(4, None, 5.0, clock, Counter())
+        for op, n in ops:
+            if op == "seen":
+                s.seen(SUB, msg("a", f"m{n}"))
+            elif op == "answer":
+                s.finish(SUB, msg("a", f"m{n}"), n, "_INBOX.a", 1 + n)
+            elif op == "done":
+                s.finish(SUB, msg("a", f"m{n}"), m.DONE)
+            elif op == "fail":
+                s.finish(SUB, msg("a", f"m{n}"), m.MISS)
+            elif op == "tick":
+                clock.advance(n)
+            else:
+                s.sweep()
+        clock.advance(5.0)
+        s.sweep()
+        assert s.kept == 0 and s.bytes == len(s) * m.RECORD_BYTES
+        results.append((len(s), s.evictions, s.expired))
+    assert results[0] == results[1]

@@ -5,6 +5,7 @@ Each test asserts that the attack fails and that the honest path still works.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import nats
@@ -13,7 +14,7 @@ import pytest
 
 from agentcore import DuplicateMessageError, NATSAgent
 from agentcore.envelope import decode, raise_for_error
-from helpers import task_envelope
+from helpers import task_bytes, task_envelope
 from nats_fixtures import eventually, subscribed
 
 
@@ -127,3 +128,41 @@ async def test_an_id_known_in_advance_poisons_nothing(make_agent: Any, raw_nc: n
         assert answer["payload"]["content"] == {"for": "victim", "secret": "secret-of-victim", "asked": {"n": 1}}
     finally:
         await victim.close()
+
+
+async def test_large_answers_to_a_flood_of_ids_do_not_push_out_an_id_in_flight(make_agent: Any, raw_nc: nats.NATS,
+                                                                               nats_url: str) -> None:
+    """Kept answers have their own share of cache.duplicate_bytes: a stranger's large answers fill only that, and an
+    honest id still in flight stays recorded (its retry does not run it twice) for cache.max_entries newer ids."""
+    release = asyncio.Event()
+    runs: list[str] = []
+
+    async def slow(message: dict[str, Any]) -> str:
+        runs.append(message["id"])
+        await release.wait()
+        return "done"
+
+    worker = await make_agent("worker", capabilities={"slow": slow, "big": lambda m: "b" * 10_000},
+                              cache__max_entries=64, cache__duplicate_bytes=64 * 4 * 56 + 40_000)  # 4 answers kept
+    honest = await nats.connect(nats_url)
+    try:
+        inbox = honest.new_inbox()
+        answers = await honest.subscribe(inbox)
+        original = orjson.dumps(task_envelope("honest-1", "x", source="honest", capability="slow", replyTo=inbox))
+        await honest.publish(worker.topics.task("slow"), original)
+        await eventually(lambda: runs == ["honest-1"], what="the honest task to start")
+        flood = raw_nc.new_inbox()
+        flooded = await raw_nc.subscribe(flood)
+        for i in range(60):  # fewer than cache.max_entries, each answered with 10 KB asked at the attacker's inbox
+            await raw_nc.publish(worker.topics.task("big"), task_bytes(f"flood-{i}", i, source="mallory", capability="big"),
+                                 reply=flood)
+            await flooded.next_msg(timeout=5)
+        assert worker.get_metrics()["duplicate_bytes"] <= 64 * 4 * 56 + 40_000
+        await honest.publish(worker.topics.task("slow"), original)  # the honest retry, while the first still runs
+        with pytest.raises(DuplicateMessageError):
+            raise_for_error(decode((await answers.next_msg(timeout=5)).data))
+        release.set()
+        assert decode((await answers.next_msg(timeout=5)).data)["payload"]["content"] == "done"
+        assert runs == ["honest-1"]  # ran once
+    finally:
+        await honest.close()

@@ -302,3 +302,43 @@ async def test_a_result_offer_larger_than_allowed_is_refused_before_pulling(make
     # The honest path: a real 2.5 MB result is offered and pulled.
     await make_agent("worker", capabilities={"big": lambda m: "b" * 2_500_000})
     assert await client.send_task("big", None, timeout=10) == "b" * 2_500_000
+
+
+async def test_a_slow_answer_kept_after_faster_ones_is_swept_at_its_ttl(make_agent: Any, raw_nc: nats.NATS) -> None:
+    """An answer kept after the sweep went past its message (in flight then) is not held beyond cache.ttl."""
+    release = asyncio.Event()
+
+    async def work(message: dict[str, Any]) -> str:
+        if message["payload"]["content"] == "slow":
+            await release.wait()
+        return "answer " + message["payload"]["content"]
+
+    worker = await make_agent("worker", capabilities={"work": work}, cache__ttl=0.4)
+    inbox, replies = await replies_inbox(raw_nc)
+    await subscribed(raw_nc)
+    await raw_nc.publish(worker.topics.task("work"), task_bytes("slow-1", "slow", capability="work"), reply=inbox)
+    await raw_nc.publish(worker.topics.task("work"), task_bytes("fast-1", "fast", capability="work"), reply=inbox)
+    assert (await within(replies.get(), "the fast answer"))["payload"]["content"] == "answer fast"
+    # The fast answer's time runs out: the sweep drops it, stepping over the slow message still in flight.
+    await eventually(lambda: worker.get_metrics()["duplicate_kept"] == 0, 10.0, "the fast answer to be swept")
+    release.set()
+    assert (await within(replies.get(), "the slow answer"))["payload"]["content"] == "answer slow"
+    assert worker.get_metrics()["duplicate_kept"] == 1
+    await eventually(lambda: worker.get_metrics()["duplicate_kept"] == 0, 10.0, "the slow answer to be swept")
+
+
+async def test_answers_kept_before_a_restart_are_swept_after_it(make_agent: Any, raw_nc: nats.NATS) -> None:
+    """Stopping stops the sweep; starting again sweeps what was kept before (and after) at its ttl."""
+    worker = await make_agent("worker", start=False, cache__ttl=0.4)
+    worker.add_capability("roll", lambda message: "rolled", cache=False)  # no result cache to arm the sweep
+    await worker.astart()
+    inbox, replies = await replies_inbox(raw_nc)
+    await subscribed(raw_nc)
+    await raw_nc.publish(worker.topics.task("roll"), task_bytes("before", 1, capability="roll"), reply=inbox)
+    await within(replies.get(), "the answer before the restart")
+    assert worker.get_metrics()["duplicate_kept"] == 1
+    await worker.astop()
+    await worker.astart()
+    await raw_nc.publish(worker.topics.task("roll"), task_bytes("after", 2, capability="roll"), reply=inbox)
+    await within(replies.get(), "the answer after the restart")
+    await eventually(lambda: worker.get_metrics()["duplicate_kept"] == 0, 10.0, "the kept answers to be swept")
