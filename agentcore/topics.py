@@ -12,15 +12,19 @@ from .errors import SubjectError
 __all__ = ("Topics",)
 
 
+_TOPICS_KEPT = 1024  # subjects to_topic remembers
+
+
 class Topics:
     """Build every subject of the guide's topic hierarchy for one environment."""
 
-    __slots__ = ("env", "root", "prefix")
+    __slots__ = ("env", "root", "prefix", "_topics")
 
     def __init__(self, environment: str, root: str = "agents") -> None:
         self.env = validate_token(environment)
         self.root = validate_subject(root, wildcards=False)
         self.prefix = f"{root}.{environment}"
+        self._topics: dict[str, str] = {}  # to_topic's answers: the dispatcher asks once per message of the guide's style
 
     def control(self, agent_id: str) -> str:
         """Return the control subject of an agent."""
@@ -111,6 +115,13 @@ class Topics:
 
     def to_topic(self, subject: str) -> str:
         """Map a NATS subject of this environment to the guide's slash topic ("agents/task/analysis/x")."""
-        if subject.startswith(self.prefix + "."):
-            return "agents/" + subject[len(self.prefix) + 1 :].replace(".", "/")
-        return subject.replace(".", "/")
+        topic = self._topics.get(subject)
+        if topic is None:
+            if subject.startswith(self.prefix + "."):
+                topic = "agents/" + subject[len(self.prefix) + 1 :].replace(".", "/")
+            else:
+                topic = subject.replace(".", "/")
+            if len(self._topics) >= _TOPICS_KEPT:  # subjects come off the wire (wildcards): the memo stays small
+                self._topics.clear()
+            self._topics[subject] = topic
+        return topic

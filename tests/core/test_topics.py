@@ -48,3 +48,12 @@ def test_bad_topics_and_environments() -> None:
         t.to_subject("agents/task/>/x")
     with pytest.raises(SubjectError):
         t.to_subject("agents/task/*", wildcards=False)
+
+
+def test_to_topic_remembers_a_bounded_number_of_subjects() -> None:
+    t = Topics("prod")
+    subjects = [f"agents.prod.task.c{i}.default" for i in range(3000)]  # a stranger's spread of subjects
+    assert [t.to_topic(s) for s in subjects] == [f"agents/task/c{i}/default" for i in range(3000)]
+    assert t.to_topic("agents.prod.task.c7.default") == "agents/task/c7/default"  # asked again: the same answer
+    # INTERNAL: the memo's size is what a flood of subjects could grow
+    assert len(t._topics) <= 1024
