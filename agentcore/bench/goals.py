@@ -38,12 +38,12 @@ def _per_loop(results: dict[str, Any], name: str, limit: float, higher: bool) ->
     return ", ".join(f"{loop} {_ratio(row)}" for loop, row in rows), met
 
 
-def _same_answer(results: dict[str, Any]) -> tuple[str, bool] | None:
-    """Return pipe_rawreq over pipe_rawenv per loop (median of the blocks' ratios) and whether each is >= 1.0."""
+def _same_answer(results: dict[str, Any], name: str = "pipe_rawreq") -> tuple[str, bool] | None:
+    """Return name over pipe_rawenv per loop (median of the blocks' ratios) and whether each is >= 1.0."""
     cells, met = [], True
     for loop in results["loops"]:
-        ratios = [b["metrics"]["pipe_rawreq"] / b["metrics"]["pipe_rawenv"] for b in results["blocks"]
-                  if b["loop"] == loop and b["metrics"].get("pipe_rawenv") and "pipe_rawreq" in b["metrics"]]
+        ratios = [b["metrics"][name] / b["metrics"]["pipe_rawenv"] for b in results["blocks"]
+                  if b["loop"] == loop and b["metrics"].get("pipe_rawenv") and name in b["metrics"]]
         if ratios:
             row = {"ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)]}
             cells.append(f"{loop} {_ratio(row)}")
@@ -76,11 +76,12 @@ def goals(results: dict[str, Any]) -> list[list[str]]:
             toward = f"; {best / 2:.0%} of the 2x moonshot" if name == "oneway_agent" else ""
             out.append([f"{what} ({name}) vs raw", ">= 1.0x" + (" (2x)" if name == "oneway_agent" else ""), found[0],
                         verdict(found[1], toward)])
-        if name == "pipe_rawreq":
-            same = _same_answer(results)
+        if name in ("pipe_rawreq", "pipe_default"):
+            same = _same_answer(results, name)
             if same:
-                out.append(["pipelined, raw requester -> agent vs a raw responder sending the agent's answer, the guide's "
-                            "result envelope (pipe_rawreq / pipe_rawenv)", ">= 1.0x", same[0], verdict(same[1])])
+                who = "agent" if name == "pipe_rawreq" else "the guide's agent, default configuration,"
+                out.append([f"pipelined, raw requester -> {who} vs a raw responder sending the agent's answer, the guide's "
+                            f"result envelope ({name} / pipe_rawenv)", ">= 1.0x", same[0], verdict(same[1])])
     alternating = results.get("alternating") or {}
     row = (alternating.get("summary") or {}).get("rt_default@uvloop")
     what = f"default install: {'rt_default' if row is not None else guide} on uvloop vs raw on asyncio"
