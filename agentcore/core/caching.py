@@ -45,19 +45,20 @@ class TaskCache:
 
     __slots__ = ("_results", "_dups", "_counters", "_interval", "_timer", "seen", "finish")
 
-    #: seen(scope, message, now=None): MISS for a message whose id its sender (source.id) has not sent on that subscription
-    #: within the TTL (now recorded in flight), else IN_FLIGHT, DONE or (destination, result) as finish() recorded it.
-    #: Ids are chosen by senders. now is a reading of the cache's clock (time.perf_counter, the dispatcher's own).
+    #: seen(scope, message, now=None): MISS for a message whose id its sender (source.id) has not sent on that
+    #: subscription within the TTL (now recorded in flight), else IN_FLIGHT, DONE or (destination, result) as
+    #: finish() recorded it. Ids are chosen by senders. now is a reading of the cache's clock (time.perf_counter,
+    #: the dispatcher's own).
     seen: Callable[..., Any]
-    #: finish(scope, message, result=DONE, reply=None, size=None, now=None): record that message was handled; MISS forgets it
-    #: (it failed). A result is replayed only to a retry that asks for it where message did (its replyTo, else reply,
-    #: the NATS reply subject); size is its encoded answer in bytes, measured when not given; beyond
+    #: finish(scope, message, result=DONE, reply=None, size=None, now=None): record that message was handled; MISS
+    #: forgets it (it failed). A result is replayed only to a retry that asks for it where message did (its replyTo,
+    #: else reply, the NATS reply subject); size is its encoded answer in bytes, measured when not given; beyond
     #: cache.replay_max_bytes only a NOT_KEPT marker is kept.
     finish: Callable[..., None]
 
-    def __init__(self, ttl: float, max_entries: int, metrics: AgentMetrics, clock: Callable[[], float] = time.perf_counter,
-                 *, max_bytes: int | None = None, duplicate_bytes: int | None = None,
-                 replay_max_bytes: int | None = None) -> None:
+    def __init__(self, ttl: float, max_entries: int, metrics: AgentMetrics,
+                 clock: Callable[[], float] = time.perf_counter, *, max_bytes: int | None = None,
+                 duplicate_bytes: int | None = None, replay_max_bytes: int | None = None) -> None:
         self._results = ContentCache(max_entries, ttl, clock, max_bytes)
         self._counters = metrics.counters
         self._dups = DuplicateStore(max_entries, duplicate_bytes, ttl, clock, metrics.counters,

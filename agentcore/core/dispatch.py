@@ -81,8 +81,9 @@ class Dispatcher:
         # None when caching is off, so the hot path pays one attribute test for it.
         self.cache: TaskCache | None = (
             # On the dispatcher's clock: seen() and finish() take the arrival and end times it reads anyway.
-            TaskCache(config["cache.ttl"], config["cache.max_entries"], metrics, _now, max_bytes=config["cache.max_bytes"],
-                      duplicate_bytes=config["cache.duplicate_bytes"], replay_max_bytes=config["cache.replay_max_bytes"])
+            TaskCache(config["cache.ttl"], config["cache.max_entries"], metrics, _now,
+                      max_bytes=config["cache.max_bytes"], duplicate_bytes=config["cache.duplicate_bytes"],
+                      replay_max_bytes=config["cache.replay_max_bytes"])
             if config["cache.enabled"] else None
         )
         self._take: Callable[[Queued], None] | None = None  # an interceptor (batching) takes non-system messages
