@@ -296,7 +296,6 @@ cdef class DuplicateStore:
         # From the cursor on, in arrival order: drop kept answers while over the byte bound (now < 0) or while
         # expired (a later record finished early may wait for the next sweep). Returns how many were dropped.
         cdef Py_ssize_t dropped = 0
-        cdef bint again = now < 0  # over the bound with the cursor at the end: once more from the oldest record
         cdef Generation* g
         cdef Record* r
         while self._nkept:
@@ -305,13 +304,7 @@ cdef class DuplicateStore:
             g = &self._old if self._cursor_old else &self._young
             if self._cursor >= g.n:
                 if not self._cursor_old:
-                    if not again:
-                        break
-                    # An answer kept behind the cursor (a long run, finished late): the bound holds all the same.
-                    again = False
-                    self._cursor_old = True
-                    self._cursor = 0
-                    continue
+                    break  # no kept answer lies behind the cursor: none is left to look at
                 self._cursor_old = False
                 self._cursor = 0
                 continue

@@ -237,20 +237,13 @@ class DuplicateStore:
         # From the cursor on, in arrival order: drop kept answers while over the byte bound (now < 0) or while
         # expired (a later record finished early may wait for the next sweep). Returns how many were dropped.
         dropped = 0
-        again = now < 0  # over the bound with the cursor at the end: once more from the oldest record
         while self._nkept:
             if now < 0 and self._kept_budget is not None and self._kept_bytes <= self._kept_budget:
                 break
             records = (self._old if self._cursor_old else self._young).records
             if self._cursor >= len(records):
                 if not self._cursor_old:
-                    if not again:
-                        break
-                    # An answer kept behind the cursor (a long run, finished late): the bound holds all the same.
-                    again = False
-                    self._cursor_old = True
-                    self._cursor = 0
-                    continue
+                    break  # no kept answer lies behind the cursor: none is left to look at
                 self._cursor_old = False
                 self._cursor = 0
                 continue
