@@ -41,27 +41,36 @@ async def _kept_task(make_agent) -> tuple[NATSAgent, NATSAgent, str]:
     return worker, client, reply["correlationId"]
 
 
-async def _entries(kv: Any) -> dict[str, bytes]:
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return {}
-    return {key: (await kv.get(key)).value for key in keys}
+async def _entries(js: Any, bucket: str) -> dict[str, bytes]:
+    """Every live entry of a bucket, read from its stream's subjects.
+
+    Not `kv.keys()`: nats-py's watcher behind it can signal "no more keys" before it hands over an entry already
+    delivered to it, and so now and then reports an empty bucket that is not empty.
+    """
+    kv, prefix = await js.key_value(bucket), f"$KV.{bucket}."
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=prefix + ">")
+    entries = {}
+    for subject in info.state.subjects or {}:
+        try:
+            entries[subject[len(prefix):]] = (await kv.get(subject[len(prefix):])).value
+        except nats.js.errors.KeyDeletedError:
+            pass
+    return entries
 
 
 async def test_a_stranger_who_knows_the_task_id_cannot_read_or_find_the_kept_result(make_agent, raw_nc) -> None:
     _, client, task_id = await _kept_task(make_agent)
     js = raw_nc.jetstream()
-    status_kv, results_kv = await js.key_value("AGENTS_TEST_STATUS"), await js.key_value("AGENTS_TEST_RESULTS")
+    status_bucket, results_bucket = "AGENTS_TEST_STATUS", "AGENTS_TEST_RESULTS"
 
     async def written() -> bool:  # the answer goes out first; its status and kept result are written after it
-        return task_id in await _entries(status_kv) and len(await _entries(results_kv)) == 1
+        return task_id in await _entries(js, status_bucket) and len(await _entries(js, results_bucket)) == 1
 
     await eventually(written, what="the task's status and kept result written")
-    status = await _entries(status_kv)
+    status = await _entries(js, status_bucket)
     assert task_id in status  # ids are no secret: the status bucket is keyed by them
     assert SECRET.encode() not in status[task_id]
-    results = await _entries(results_kv)
+    results = await _entries(js, results_bucket)
     assert len(results) == 1 and task_id not in results  # the entry's key tells nobody which task it answers
     assert not any(SECRET.encode() in value or task_id.encode() in value for value in results.values())  # sealed
     stranger = await make_agent("stranger", **JS)
@@ -72,15 +81,16 @@ async def test_a_stranger_who_knows_the_task_id_cannot_read_or_find_the_kept_res
 
 async def test_forged_kept_results_are_not_taken(make_agent, raw_nc) -> None:
     _, client, task_id = await _kept_task(make_agent)
-    kv = await raw_nc.jetstream().key_value("AGENTS_TEST_RESULTS")
+    js = raw_nc.jetstream()
+    kv = await js.key_value("AGENTS_TEST_RESULTS")
 
     async def kept() -> bool:  # the answer goes out first and the result is kept after it: forge over the kept one
-        return len(await _entries(kv)) == 1
+        return len(await _entries(js, "AGENTS_TEST_RESULTS")) == 1
 
     await eventually(kept, what="the task's kept result written")
     forged = encode({**task_envelope("f1", "forged"), "type": "result", "correlationId": task_id,
                      "source": {"id": "worker", "type": "agent"}})
-    for key in list(await _entries(kv)) + [task_id]:
+    for key in list(await _entries(js, "AGENTS_TEST_RESULTS")) + [task_id]:
         await kv.put(key, b"S" + forged)  # plain, where sealed is expected; and under the id itself
     before = client.get_metrics()["replies_rejected"]
     with pytest.raises(RequestTimeoutError):
