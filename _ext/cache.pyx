@@ -10,7 +10,7 @@ import time
 import orjson
 from xxhash import xxh3_64_intdigest
 
-__all__ = ("ContentCache", "canonical_hash", "content_hash")
+__all__ = ("ContentCache", "canonical_hash", "content_hash", "task_key")
 
 
 cdef extern from "Python.h":
@@ -18,6 +18,7 @@ cdef extern from "Python.h":
     int PyDict_SetItem(object d, object k, object v) except -1
     int PyDict_DelItem(object d, object k) except -1
     bint PyUnicode_Check(object o)
+    bint PyDict_CheckExact(object o)
 
 
 cdef object _xxh3 = xxh3_64_intdigest
@@ -32,9 +33,41 @@ def content_hash(data):
     return _xxh3(data)
 
 
-def canonical_hash(obj):
-    """Return the xxh3-64 hash of obj as JSON with sorted keys, so dict key order does not matter."""
-    return _xxh3(_dumps(obj, None, _SORT_KEYS))
+def canonical_hash(obj, seed=0):
+    """Return the xxh3-64 hash (with seed) of obj as JSON with sorted keys, so dict key order does not matter."""
+    return _xxh3(_dumps(obj, None, _SORT_KEYS), seed)
+
+
+def task_key(seed, pattern, message, bint shared=False):
+    """Return a task's result-cache key, hashed with seed; None when it opts out or its content is not JSON."""
+    # The key names the capability (pattern), the content and, unless shared, who asked: source.id and
+    # context.metadata.tenant. A task opts out with context.metadata.cache or routing.cache set to false. Decoded
+    # envelopes are dicts all the way down, read here without a method call; anything else as the twin reads it.
+    tenant = None
+    context = _get(message, "context")
+    if context:
+        metadata = _get(context, "metadata")
+        if metadata:
+            if _get(metadata, "cache") is False:
+                return None
+            tenant = _get(metadata, "tenant")
+    routing = _get(message, "routing")
+    if routing and _get(routing, "cache") is False:
+        return None
+    try:
+        content = message["payload"]["content"]
+        if shared:
+            return _xxh3(_dumps((pattern, content), None, _SORT_KEYS), seed)
+        return _xxh3(_dumps((pattern, message["source"]["id"], tenant, content), None, _SORT_KEYS), seed)
+    except (KeyError, TypeError, ValueError):  # no content, or content orjson cannot canonicalise
+        return None
+
+
+cdef inline object _get(object d, str key):
+    """d.get(key): straight from the dict when d is exactly one."""
+    if PyDict_CheckExact(d):
+        return (<dict>d).get(key)
+    return d.get(key)
 
 
 @cython.final

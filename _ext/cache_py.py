@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from xxhash import xxh3_64_intdigest
 
-__all__ = ("ContentCache", "canonical_hash", "content_hash")
+__all__ = ("ContentCache", "canonical_hash", "content_hash", "task_key")
 
 
 def content_hash(data: bytes | str) -> int:
@@ -22,9 +22,34 @@ def content_hash(data: bytes | str) -> int:
     return xxh3_64_intdigest(data)
 
 
-def canonical_hash(obj: object) -> int:
-    """Return the xxh3-64 hash of obj as JSON with sorted keys, so dict key order does not matter."""
-    return xxh3_64_intdigest(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS))
+def canonical_hash(obj: object, seed: int = 0) -> int:
+    """Return the xxh3-64 hash (with seed) of obj as JSON with sorted keys, so dict key order does not matter."""
+    return xxh3_64_intdigest(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS), seed)
+
+
+def task_key(seed: int, pattern: str, message: dict[str, Any], shared: bool = False) -> int | None:
+    """Return a task's result-cache key, hashed with seed; None when it opts out or its content is not JSON."""
+    # The key names the capability (pattern), the content and, unless shared, who asked: source.id and
+    # context.metadata.tenant. A task opts out with context.metadata.cache or routing.cache set to false.
+    tenant = None
+    context = message.get("context")
+    if context:
+        metadata = context.get("metadata")
+        if metadata:
+            if metadata.get("cache") is False:
+                return None
+            tenant = metadata.get("tenant")
+    routing = message.get("routing")
+    if routing and routing.get("cache") is False:
+        return None
+    try:
+        content = message["payload"]["content"]
+        if shared:
+            return xxh3_64_intdigest(orjson.dumps((pattern, content), option=orjson.OPT_SORT_KEYS), seed)
+        return xxh3_64_intdigest(orjson.dumps((pattern, message["source"]["id"], tenant, content),
+                                              option=orjson.OPT_SORT_KEYS), seed)
+    except (KeyError, TypeError, ValueError):  # no content, or content orjson cannot canonicalise
+        return None
 
 
 def _check_limits(max_entries: int, ttl: float | None, max_bytes: int | None) -> None:

@@ -34,7 +34,7 @@ SOURCE_TREE = _map_source_tree()
 
 if TYPE_CHECKING or NO_EXTENSIONS:
     from ._ext.batch_py import BatchAccumulator
-    from ._ext.cache_py import ContentCache, canonical_hash, content_hash
+    from ._ext.cache_py import ContentCache, canonical_hash, content_hash, task_key
     from ._ext.dedup_py import DONE, IN_FLIGHT, MISS, NOT_KEPT, DuplicateStore
     from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, encode_result, new_id, validate
     from ._ext.ledger_py import FinishedLedger
@@ -47,7 +47,7 @@ if TYPE_CHECKING or NO_EXTENSIONS:
 else:
     try:
         from ._ext.batch import BatchAccumulator
-        from ._ext.cache import ContentCache, canonical_hash, content_hash
+        from ._ext.cache import ContentCache, canonical_hash, content_hash, task_key
         from ._ext.dedup import DONE, IN_FLIGHT, MISS, NOT_KEPT, DuplicateStore
         from ._ext.envelope import MESSAGE_TYPES, decode, encode, encode_result, new_id, validate
         from ._ext.ledger import FinishedLedger
@@ -74,7 +74,7 @@ else:
                           "folder to use the installed package); AGENTCORE_NO_EXTENSIONS=1 chooses the twins quietly.",
                           RuntimeWarning, stacklevel=2)
         from ._ext.batch_py import BatchAccumulator
-        from ._ext.cache_py import ContentCache, canonical_hash, content_hash
+        from ._ext.cache_py import ContentCache, canonical_hash, content_hash, task_key
         from ._ext.dedup_py import DONE, IN_FLIGHT, MISS, NOT_KEPT, DuplicateStore
         from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, encode_result, new_id, validate
         from ._ext.ledger_py import FinishedLedger
@@ -118,6 +118,7 @@ __all__ = (
     "ContentCache",
     "canonical_hash",
     "content_hash",
+    "task_key",
     "FINISHED",
     "SpareFields",
     "ThreadSlot",

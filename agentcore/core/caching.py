@@ -24,11 +24,13 @@ cost of those dropped, not only when their key is read again.
 from __future__ import annotations
 
 import asyncio
+import functools
+import secrets
 import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from .._impl import DONE, IN_FLIGHT, MISS, NOT_KEPT, ContentCache, DuplicateStore, canonical_hash
+from .._impl import DONE, IN_FLIGHT, MISS, NOT_KEPT, ContentCache, DuplicateStore, task_key
 from ..metrics import AgentMetrics
 
 __all__ = ("TaskCache", "MISS", "IN_FLIGHT", "DONE", "NOT_KEPT", "SHARED")
@@ -43,7 +45,14 @@ SHARED = "shared"
 class TaskCache:
     """Keep recent task results by content hash and recent message ids, counting hits and misses in metrics."""
 
-    __slots__ = ("_results", "_dups", "_counters", "_interval", "_timer", "seen", "finish")
+    __slots__ = ("_results", "_dups", "_counters", "_interval", "_timer", "key", "seen", "finish")
+
+    #: key(pattern, message, shared=False): the cache key of a task, or None when it opts out (context.metadata.cache
+    #: or routing.cache false) or its content is not JSON. It names the capability (the subscription pattern), the
+    #: content and, unless shared, who asked: source.id and context.metadata.tenant. Keys are xxh3-64 hashes seeded
+    #: with a secret of this cache, so nobody outside can compute one, nor search offline for content whose key is
+    #: another requester's.
+    key: Callable[..., int | None]
 
     #: seen(scope, message, now=None): MISS for a message whose id its sender (source.id) has not sent on that
     #: subscription within the TTL (now recorded in flight), else IN_FLIGHT, DONE or (destination, result) as
@@ -63,36 +72,12 @@ class TaskCache:
         self._counters = metrics.counters
         self._dups = DuplicateStore(max_entries, duplicate_bytes, ttl, clock, metrics.counters,
                                     replay_max_bytes if replay_max_bytes is not None else duplicate_bytes, self._kept)
-        # Bound methods of the store, called by the dispatcher for every message with no frame of ours between.
+        # The compiled core's functions, called by the dispatcher for every message with no frame of ours between.
+        self.key = functools.partial(task_key, secrets.randbits(64))
         self.seen = self._dups.seen
         self.finish = self._dups.finish
         self._interval = max(min(ttl / 4, 1.0), 0.01)
         self._timer: asyncio.TimerHandle | None = None  # the sweep, armed while anything is held
-
-    def key(self, pattern: str, message: dict[str, Any], shared: bool = False) -> int | None:
-        """Return the cache key of a task, or None when it opts out.
-
-        The key names the capability (the subscription pattern), the content and, unless shared, who asked:
-        source.id and context.metadata.tenant.
-        """
-        tenant = None
-        context = message.get("context")
-        if context:
-            metadata = context.get("metadata")
-            if metadata:
-                if metadata.get("cache") is False:
-                    return None
-                tenant = metadata.get("tenant")
-        routing = message.get("routing")
-        if routing and routing.get("cache") is False:
-            return None
-        try:
-            content = message["payload"]["content"]
-            if shared:
-                return int(canonical_hash((pattern, content)))
-            return int(canonical_hash((pattern, message["source"]["id"], tenant, content)))
-        except (KeyError, TypeError, ValueError):  # no content, or content orjson cannot canonicalise: not cacheable
-            return None
 
     def get(self, key: int) -> Any:
         """Return the live result for key, else MISS."""

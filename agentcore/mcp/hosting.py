@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -90,6 +91,9 @@ _FORWARDED: dict[str, str] = {
 }
 
 _request_ids = IdGenerator()
+#: The seed of the tool-result caches' keys: a secret of this process, so nobody outside can search offline for
+#: arguments whose key is another call's.
+_KEY_SEED = secrets.randbits(64)
 
 Sink = Callable[[Any], None]  # receives a JSON-RPC message (dict) or an exception for one request
 
@@ -430,7 +434,7 @@ class MCP:
             if cache is None:
                 cache = hosted.caches[name] = ContentCache(max_entries=4096, ttl=hosted.cache_ttls[name],
                                                            max_bytes=self._host.config["cache.max_bytes"])
-            key = canonical_hash([name, arguments])
+            key = canonical_hash([name, arguments], _KEY_SEED)
             cached = cache.get(key)
             if cached is not None:
                 counters["mcp_cache_hits"] += 1

@@ -211,3 +211,17 @@ async def test_task_cache_bounds_and_sweep() -> None:
     assert cache.sweep() == 3 and cache.gauges()["cache_bytes"] == 0 and cache.gauges()["duplicate_kept"] == 0
     cache.stop()
     assert cache._timer is None
+
+
+def test_cache_keys_are_seeded_with_a_secret_of_each_cache() -> None:
+    """Nobody outside can compute a key: not by hashing the task as the cache does, nor from another agent's keys."""
+    import xxhash
+
+    from agentcore.metrics import AgentMetrics
+
+    content = {"text": "hello"}
+    message = {"id": "m1", "source": {"id": "alice", "type": "agent"}, "payload": {"content": content}}
+    one, other = (TaskCache(10.0, 100, AgentMetrics()) for _ in range(2))
+    assert one.key("p", message) == one.key("p", message) != other.key("p", message)
+    unkeyed = xxhash.xxh3_64_intdigest(orjson.dumps(("p", "alice", None, content), option=orjson.OPT_SORT_KEYS))
+    assert one.key("p", message) != unkeyed and one.key("p", message, True) != other.key("p", message, True)

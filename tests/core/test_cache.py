@@ -31,6 +31,40 @@ def test_canonical_hash(cache_module: ModuleType) -> None:
         cache_module.canonical_hash({1, 2})
 
 
+def test_canonical_hash_with_a_seed(cache_module: ModuleType) -> None:
+    obj = {"b": 1, "a": 2}
+    assert cache_module.canonical_hash(obj, 7) == xxhash.xxh3_64_intdigest(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS), 7)
+    assert cache_module.canonical_hash(obj, 7) != cache_module.canonical_hash(obj, 8) != cache_module.canonical_hash(obj)
+
+
+def _task(content: Any = None, source: str = "alice", **fields: Any) -> dict[str, Any]:
+    return {"id": "m1", "source": {"id": source, "type": "agent"}, "payload": {"content": content}, **fields}
+
+
+def test_task_key(cache_module: ModuleType) -> None:
+    key = cache_module.task_key
+    content = {"q": "why", "n": [1, 2]}
+    expected = xxhash.xxh3_64_intdigest(orjson.dumps(("p", "alice", None, content), option=orjson.OPT_SORT_KEYS), 9)
+    assert key(9, "p", _task(content)) == expected
+    assert key(9, "p", _task({"n": [1, 2], "q": "why"})) == expected  # key order does not matter
+    assert key(10, "p", _task(content)) != expected  # the seed is part of the key
+    assert key(9, "q", _task(content)) != expected  # another capability
+    assert key(9, "p", _task(content, "bob")) != expected  # another requester
+    tenant = {"context": {"conversationId": None, "metadata": {"tenant": "t1"}}}
+    assert key(9, "p", _task(content, **tenant)) not in (expected, key(9, "p", _task(content, context={"metadata": {"tenant": "t2"}})))
+    shared = key(9, "p", _task(content), True)
+    assert shared == key(9, "p", _task(content, "bob", **tenant), True)  # shared: who asked is not part of it
+    assert shared == xxhash.xxh3_64_intdigest(orjson.dumps(("p", content), option=orjson.OPT_SORT_KEYS), 9)
+    # opting out, and content that is not JSON (or none at all): no key
+    assert key(9, "p", _task(content, context={"metadata": {"cache": False}})) is None
+    assert key(9, "p", _task(content, routing={"cache": False})) is None
+    assert key(9, "p", _task({1, 2})) is None
+    assert key(9, "p", {"id": "m1", "source": {"id": "a"}, "payload": {}}) is None
+    # empty or absent context, metadata and routing change nothing
+    assert key(9, "p", _task(content, context=None, routing=None)) == expected
+    assert key(9, "p", _task(content, context={"metadata": {}}, routing={"cache": True})) == expected
+
+
 def test_limits(cache_module: ModuleType) -> None:
     cache = cache_module.ContentCache()
     assert (cache.max_entries, cache.ttl) == (1024, 60.0)
@@ -243,3 +277,18 @@ def test_twins_hash_alike(twins, data) -> None:  # type: ignore[no-untyped-def]
     assert compiled.cache.canonical_hash({"d": data if isinstance(data, str) else list(data)}) == pure.cache.canonical_hash(
         {"d": data if isinstance(data, str) else list(data)}
     )
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+                     max_leaves=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**64 - 1), content=_JSON | st.sets(st.integers(), max_size=2), shared=st.booleans(),
+       metadata=st.none() | st.dictionaries(st.sampled_from(["tenant", "cache", "x"]), _JSON, max_size=2),
+       routing=st.none() | st.dictionaries(st.sampled_from(["cache", "priority"]), _JSON, max_size=2))
+def test_twins_key_tasks_alike(twins, seed, content, shared, metadata, routing) -> None:  # type: ignore[no-untyped-def]
+    compiled, pure = twins
+    message = _task(content, context={"metadata": metadata}, routing=routing)
+    assert compiled.cache.task_key(seed, "p", message, shared) == pure.cache.task_key(seed, "p", message, shared)

@@ -15,7 +15,7 @@ _PROBE = """
 import importlib, json
 from agentcore import _impl
 names = ("SubjectIndex", "subject_matches", "validate_subject", "validate_token", "MESSAGE_TYPES", "decode",
-         "encode", "validate", "ContentCache", "canonical_hash", "content_hash", "BatchAccumulator", "scan_frames",
+         "encode", "validate", "ContentCache", "canonical_hash", "content_hash", "task_key", "BatchAccumulator", "scan_frames",
          "frame_end", "first_step", "FinishedLedger")
 modules = {}
 for name in names:
