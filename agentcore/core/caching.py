@@ -13,12 +13,13 @@ subscription within the TTL (a redelivery or a client's retry): it never runs th
 the result when it has one and the retry asks for it where the original did (same ``replyTo`` or NATS reply
 subject); otherwise it answers that the message is a duplicate. An id grants nothing by itself.
 
-Both stores are bounded by bytes, since anyone on the bus can fill them: results by ``cache.max_bytes`` (each
-counted as its encoded answer; one larger than that is not kept), the duplicate store (the compiled
-``DuplicateStore``: fixed-size records, no Python object per id) by ``cache.duplicate_bytes``, where a result
-larger than ``cache.replay_max_bytes`` is kept only as a marker (a retry is told, typed, that the answer is not
-kept). Expired results and kept answers go on a timer (every ``min(ttl / 4, 1)`` s while anything is held), at the
-cost of those dropped, not only when their key is read again.
+Both keep a result as the result envelope it was answered with (bytes; see kept()), and read its content back
+for a hit or a replay. Both stores are bounded by bytes, since anyone on the bus can fill them: results by
+``cache.max_bytes`` (each counted as its encoded answer; one larger than that is not kept), the duplicate store
+(the compiled ``DuplicateStore``: fixed-size records, no Python object per id) by ``cache.duplicate_bytes``,
+where a result larger than ``cache.replay_max_bytes`` is kept only as a marker (a retry is told, typed, that the
+answer is not kept). Expired results and kept answers go on a timer (every ``min(ttl / 4, 1)`` s while anything
+is held), at the cost of those dropped, not only when their key is read again.
 """
 
 from __future__ import annotations
@@ -30,16 +31,36 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
+import orjson
+
 from .._impl import DONE, IN_FLIGHT, MISS, NOT_KEPT, ContentCache, DuplicateStore, task_key
 from ..metrics import AgentMetrics
 
-__all__ = ("TaskCache", "MISS", "IN_FLIGHT", "DONE", "NOT_KEPT", "SHARED")
+__all__ = ("TaskCache", "MISS", "IN_FLIGHT", "DONE", "NOT_KEPT", "SHARED", "kept", "unkept")
 
 # MISS: what get() and seen() return when nothing live is recorded (None is a valid cached result); IN_FLIGHT: seen()
 # of a message being handled; DONE: handled, with no answer to replay; (destination, NOT_KEPT): answered, too large
 # to keep. They are the duplicate store's own (compiled or its twin, as agentcore._impl chose).
 #: add_capability(..., cache=SHARED): one cache for every requester (the handler is a pure function of content).
 SHARED = "shared"
+
+# Results the garbage collector does not track: kept as they are. Any other result is kept as the result envelope its
+# answer was written as (bytes, which it does not track either, and what the byte bounds count anyway): a kept object
+# would outlive its request, and each one counts toward the next young collection while the frees of kept results,
+# which come in bulk, mostly do not count back (CPython counts a free only while that count is above zero), so young
+# collections came twice as often in the default configuration. It also keeps what was sent: a handler that changes
+# the object it returned, afterwards, changes no kept answer.
+_UNTRACKED = frozenset((str, int, float, bool, type(None)))
+
+
+def kept(result: Any, envelope: bytes | None) -> Any:
+    """Return what the caches keep of result, answered as envelope: the envelope, or result when it is untracked."""
+    return result if envelope is None or result.__class__ in _UNTRACKED else envelope
+
+
+def unkept(value: Any) -> Any:
+    """Return the result a kept value stands for (bytes: the result envelope it was answered with)."""
+    return orjson.loads(value)["payload"]["content"] if value.__class__ is bytes else value
 
 
 class TaskCache:

@@ -35,7 +35,7 @@ from ..transport.inline import MAX_NAMED_SUBJECT
 from ..transport.offload import PullGate, pull_request
 from ..transport.settlement import PersistedMsg, Settlement
 from ..transport.tracecontext import CURRENT, TRACEPARENT, Scope, carried
-from .caching import DONE, IN_FLIGHT, MISS, NOT_KEPT, SHARED, TaskCache
+from .caching import DONE, IN_FLIGHT, MISS, NOT_KEPT, SHARED, TaskCache, kept, unkept
 from .records import NO_REPLY, TASK, Delivery, Incoming, Queued, Registration, SubscriptionKey, asked_at
 from .replies import Replies
 from .tasks import CANCELLED, FAILED, TaskTable
@@ -363,8 +363,9 @@ class Dispatcher:
                     hit = cache.get(key)
                     if hit is not MISS:
                         replay = hit
-                        if not self.replies.answer_now(delivery, hit):
-                            await self.replies.answer(delivery, hit)
+                        content = unkept(hit)
+                        if not self.replies.answer_now(delivery, content):
+                            await self.replies.answer(delivery, content)
                         self.metrics.processed += 1
                         return
             result = await reg.handler(message)  # type: ignore[misc]  # reg.plain: an async handler of its own
@@ -372,8 +373,9 @@ class Dispatcher:
                 replay = result
                 if not self.replies.answer_now(delivery, result):
                     await self.replies.answer(delivery, result)
-                if key is not None and delivery.size:  # only results that did not raise, counted as sent
-                    cache.put(key, result, delivery.size)  # type: ignore[union-attr]
+                replay = kept(result, delivery.envelope)  # what a replay (and once sent, a hit) answers
+                if key is not None and delivery.size:
+                    cache.put(key, replay, delivery.size)  # type: ignore[union-attr]
             self.metrics.processed += 1
             ended = SUCCEEDED
         except asyncio.CancelledError:
@@ -442,8 +444,9 @@ class Dispatcher:
                     hit = cache.get(key)
                     if hit is not MISS:
                         replay = hit
-                        if not self.replies.answer_now(delivery, hit):
-                            await self.replies.answer(delivery, hit)
+                        content = unkept(hit)
+                        if not self.replies.answer_now(delivery, content):
+                            await self.replies.answer(delivery, content)
                         self.metrics.processed += 1
                         return
             args: tuple[Any, ...] = (message,) if reg.kind == TASK else (self.topics.to_topic(subject), message)
@@ -467,8 +470,9 @@ class Dispatcher:
                         replay = result
                         if not self.replies.answer_now(delivery, result):
                             await self.replies.answer(delivery, result)
-                        if key is not None and delivery.size:  # only results that did not raise, counted as sent
-                            cache.put(key, result, delivery.size)  # type: ignore[union-attr]
+                        replay = kept(result, delivery.envelope)  # what a replay (and once sent, a hit) answers
+                        if key is not None and delivery.size:
+                            cache.put(key, replay, delivery.size)  # type: ignore[union-attr]
                 elif message.get("type") in _TASK_TYPES:
                     if result is False and delivery.destination:
                         await self.replies.fail(delivery, "unhandled", f"agent {self.agent_id} did not handle {subject}")
@@ -618,7 +622,7 @@ class Dispatcher:
                                         "(cache.replay_max_bytes): send it with a new id to run it again", reason="not_kept")
                 return
             self.metrics.counters["duplicates_replayed"] += 1
-            await self.replies.answer(delivery, seen[1])
+            await self.replies.answer(delivery, unkept(seen[1]))
             return
         # Still running, nothing to replay, or asked for somewhere else: the same words for each, so a stranger
         # learns nothing of another's answer from the refusal.

@@ -77,6 +77,7 @@ class Delivery:
     timer: asyncio.TimerHandle | None = None  # when a deferred answer is given up on (no_result)
     held: Any = None  # a persisted task whose deferred answer is owed: settled when the answer goes out
     size: int = 0  # bytes of the encoded answer sent (what the cache counts it as)
+    envelope: bytes | None = None  # the result envelope written for it (size bytes): what the caches keep of a result
     kept: Any = None  # the keeping of the answer, still under way when it was sent: a persisted task is acked after it
     cancelled: bool = False  # its requester cancelled it: nothing more is sent, a persisted task is terminated
     task: asyncio.Task[Any] | None = None  # the Task running its handler (what a cancel cancels)

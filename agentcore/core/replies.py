@@ -94,6 +94,7 @@ class Replies:
         if not send_now(nc, dest, data) and not queue_now(nc, dest, data):
             return False
         delivery.size = len(data)
+        delivery.envelope = data
         delivery.answered = True
         self.metrics.published += 1
         return True
@@ -138,6 +139,7 @@ class Replies:
         try:
             data = self.result_message(delivery, content)
             delivery.size = len(data)
+            delivery.envelope = data
             keeper = self.keeper
             if keeper is not None and keeper.wants(delivery):
                 delivery.answered = True  # one answer: a racing publish_result must not pass settle() meanwhile

@@ -225,3 +225,54 @@ def test_cache_keys_are_seeded_with_a_secret_of_each_cache() -> None:
     assert one.key("p", message) == one.key("p", message) != other.key("p", message)
     unkeyed = xxhash.xxh3_64_intdigest(orjson.dumps(("p", "alice", None, content), option=orjson.OPT_SORT_KEYS))
     assert one.key("p", message) != unkeyed and one.key("p", message, True) != other.key("p", message, True)
+
+
+async def test_a_hit_and_a_replay_answer_what_the_first_answer_carried(make_agent: Any, raw_nc: nats.NATS) -> None:
+    """A handler that changes the object it returned, after returning it, changes no kept answer."""
+    shared: dict[str, Any] = {"calls": []}
+
+    async def remembering(message: dict[str, Any]) -> Any:
+        shared["calls"].append(message["payload"]["content"])
+        return shared  # the same object every time: each call's append shows in what was returned before
+
+    worker = await make_agent(capabilities={"r": remembering})
+    client = await make_agent("client")
+    assert await client.send_task("r", "a") == {"calls": ["a"]}
+    assert await client.send_task("r", "b") == {"calls": ["a", "b"]}
+    assert await client.send_task("r", "a") == {"calls": ["a"]}  # a hit: what its answer carried, not the object now
+    data = task_bytes("kept-1", "c", source="plain", capability="r", context={"conversationId": None,
+                                                                           "metadata": {"cache": False}})
+    inbox = raw_nc.new_inbox()
+    answers = await raw_nc.subscribe(inbox)
+    await raw_nc.publish(worker.topics.task("r"), data, reply=inbox)
+    assert orjson.loads((await answers.next_msg(timeout=5)).data)["payload"]["content"] == {"calls": ["a", "b", "c"]}
+    assert await client.send_task("r", "d") == {"calls": ["a", "b", "c", "d"]}
+    await raw_nc.publish(worker.topics.task("r"), data, reply=inbox)  # a retry of kept-1: its answer replayed
+    assert orjson.loads((await answers.next_msg(timeout=5)).data)["payload"]["content"] == {"calls": ["a", "b", "c"]}
+    assert worker.get_metrics()["duplicates_replayed"] == 1
+
+
+async def test_kept_results_keep_no_object_alive(make_agent: Any, raw_nc: nats.NATS) -> None:
+    """Results kept for hits and replays are their JSON: no result object outlives its request (or the collector's
+    young collections come twice as often: every kept object counts toward the next one)."""
+    import gc
+    import weakref
+
+    class Result(dict):  # type: ignore[type-arg]  # a dict orjson writes as one, that a weak reference can follow
+        __slots__ = ("__weakref__",)
+
+    alive: list[weakref.ref[Result]] = []
+
+    async def fresh(message: dict[str, Any]) -> Any:
+        result = Result(echo=message["payload"]["content"])
+        alive.append(weakref.ref(result))
+        return result
+
+    worker = await make_agent(capabilities={"f": fresh})
+    client = await make_agent("client")
+    for i in range(20):
+        assert await client.send_task("f", i) == {"echo": i}  # each kept by the result cache and for a replay
+    assert await client.send_task("f", 3) == {"echo": 3}  # a hit
+    assert len(alive) == 20 and worker.get_metrics()["cache_hits"] == 1
+    gc.collect()
+    assert [ref for ref in alive if ref() is not None] == []
