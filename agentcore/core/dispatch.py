@@ -366,6 +366,9 @@ class Dispatcher:
                         content = unkept(hit)
                         if not self.replies.answer_now(delivery, content):
                             await self.replies.answer(delivery, content)
+                        # A replay keeps this answer (delivery.size bytes), not the hit: the hit is the first request's
+                        # envelope, as large as that request's conversationId, and would be counted as this one.
+                        replay = kept(content, delivery.envelope)
                         self.metrics.processed += 1
                         return
             result = await reg.handler(message)  # type: ignore[misc]  # reg.plain: an async handler of its own
@@ -447,6 +450,9 @@ class Dispatcher:
                         content = unkept(hit)
                         if not self.replies.answer_now(delivery, content):
                             await self.replies.answer(delivery, content)
+                        # A replay keeps this answer (delivery.size bytes), not the hit: the hit is the first request's
+                        # envelope, as large as that request's conversationId, and would be counted as this one.
+                        replay = kept(content, delivery.envelope)
                         self.metrics.processed += 1
                         return
             args: tuple[Any, ...] = (message,) if reg.kind == TASK else (self.topics.to_topic(subject), message)

@@ -276,3 +276,47 @@ async def test_kept_results_keep_no_object_alive(make_agent: Any, raw_nc: nats.N
     assert len(alive) == 20 and worker.get_metrics()["cache_hits"] == 1
     gc.collect()
     assert [ref for ref in alive if ref() is not None] == []
+
+
+def _echo_sync(message: dict[str, Any]) -> Any:
+    return {"echo": message["payload"]["content"]}
+
+
+async def _echo_async(message: dict[str, Any]) -> Any:
+    return {"echo": message["payload"]["content"]}
+
+
+@pytest.mark.parametrize("echo", [_echo_async, _echo_sync], ids=["plain", "handle"])  # both of the dispatcher's paths
+async def test_a_hit_keeps_for_a_replay_no_more_than_it_counts(make_agent: Any, raw_nc: nats.NATS, echo: Any) -> None:
+    """A stranger's hit must not leave the first answer's envelope in the duplicate store counted as its own answer:
+    that envelope carries the first request's conversationId (any size), so cache.replay_max_bytes and
+    cache.duplicate_bytes would bound nothing."""
+    worker = await make_agent(capabilities={"e": echo}, cache__replay_max_bytes=4096)
+    cache = worker._core.work.cache
+    finished: list[tuple[Any, int | None]] = []
+    finish = cache.finish
+
+    def recording(scope: Any, message: dict[str, Any], result: Any = None, reply: Any = None, size: Any = None,
+                  now: Any = None) -> None:
+        finished.append((result, size))
+        finish(scope, message, result, reply, size, now)
+
+    cache.finish = recording
+    inbox = raw_nc.new_inbox()
+    answers = await raw_nc.subscribe(inbox)
+    subject = worker.topics.task("e")
+    # The first request carries a 50 kB conversationId: its answer (the envelope the cache keeps) does too.
+    await raw_nc.publish(subject, task_bytes("big-1", "x", capability="e", conversation="c" * 50_000), reply=inbox)
+    assert len((await answers.next_msg(timeout=5)).data) > 50_000
+    # The same content again, with a short conversationId: a hit, whose answer is a few hundred bytes.
+    await raw_nc.publish(subject, task_bytes("small-1", "x", capability="e"), reply=inbox)
+    small = (await answers.next_msg(timeout=5)).data
+    assert orjson.loads(small)["payload"]["content"] == {"echo": "x"} and len(small) < 4096
+    assert worker.get_metrics()["cache_hits"] == 1
+    await eventually(lambda: len(finished) == 2)
+    kept = [(len(result), size) for result, size in finished if isinstance(result, bytes)]
+    assert kept and all(length <= size for length, size in kept), kept  # what is held is what is counted
+    # and a retry of the hit is still answered with what it was sent
+    await raw_nc.publish(subject, task_bytes("small-1", "x", capability="e"), reply=inbox)
+    assert orjson.loads((await answers.next_msg(timeout=5)).data)["payload"]["content"] == {"echo": "x"}
+    assert worker.get_metrics()["duplicates_replayed"] == 1
