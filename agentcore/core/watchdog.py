@@ -4,7 +4,8 @@ A timer on the loop notes each wake-up; how much later than asked it ran is the 
 an async handler, say ``time.sleep``, holds every other message, ping and heartbeat that long). The loop
 cannot look at itself while it is held, so a small daemon thread looks in: when the loop has not woken for
 longer than the threshold, it reads the loop thread's current Python frames (``sys._current_frames``) and
-keeps the name of the handler running there. The loop logs the episode, once, when it wakes up again.
+keeps the name of the handler running there (it looks again while the stall lasts, and a handler it sees names
+the stall). The loop logs the episode, once, when it wakes up again.
 """
 
 from __future__ import annotations
@@ -149,14 +150,21 @@ class LoopWatchdog:
         self._timer = loop.call_at(self._due, self._tick)
 
     def _watch(self, stop: threading.Event) -> None:
-        seen = 0.0  # the beat whose stall was already looked at: one look per stall
+        named = 0.0  # the beat whose stall a handler was already found holding: no more looks at it
         while not stop.wait(self.interval):
             beat = self._beat
-            if beat == seen or time.monotonic() - beat < self.threshold:
+            if beat == named or time.monotonic() - beat < self.threshold:
                 continue
-            seen = beat
+            # Look on every wake-up while the stall lasts: its first part may be the collector or another agent's
+            # step, and the handler that holds the loop for the rest must still be the one named.
             frame = sys._current_frames().get(self._loop_thread)
             try:
-                self._culprit = describe_stack(frame, self._handler_code)
+                culprit = describe_stack(frame, self._handler_code)
             finally:
                 del frame
+            if culprit.startswith("handler "):
+                named = beat
+            elif self._culprit is not None and self._culprit.startswith("handler "):
+                continue  # a handler seen earlier in this stall names it, not what ran after it
+            if self._beat == beat:  # the loop has not woken meanwhile: this look belongs to the current stall
+                self._culprit = culprit

@@ -76,3 +76,35 @@ async def test_agents_sharing_a_loop_log_one_stall_once(caplog: pytest.LogCaptur
     finally:
         for dog in dogs:
             dog.stop()
+
+
+class _Registration:
+    pattern = "agents.test.task.slow"
+
+
+def blocking_handler(seconds: float) -> None:
+    time.sleep(seconds)  # the handler that holds the loop
+
+
+def dispatch(reg: _Registration, seconds: float) -> None:
+    blocking_handler(seconds)  # stands for the dispatcher's function that calls handlers
+
+
+def other_code_then_a_handler() -> None:
+    blocking_step(0.35)  # the stall's first part is not a handler (the collector, another agent's step)
+    dispatch(_Registration(), 0.6)
+
+
+async def test_a_handler_that_holds_the_loop_after_other_code_is_the_one_named(caplog: pytest.LogCaptureFixture) -> None:
+    watchdog = LoopWatchdog("w", 0.1, AgentMetrics(), dispatch.__code__)
+    loop = asyncio.get_running_loop()
+    watchdog.start(loop)
+    try:
+        with caplog.at_level(logging.WARNING, logger="agentcore.agent"):
+            loop.call_soon(other_code_then_a_handler)
+            await eventually(lambda: watchdog.events >= 1, what="the late wake-up")
+        lines = [r.getMessage() for r in caplog.records if "event loop was held" in r.getMessage()]
+        assert len(lines) == 1
+        assert "handler blocking_handler" in lines[0] and "agents.test.task.slow" in lines[0], lines[0]
+    finally:
+        watchdog.stop()
