@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._impl import BatchAccumulator
-from .core.caching import DONE, MISS
+from .core.caching import DONE, MISS, kept
 from .core.host import Host
 from .core.records import TASK, Delivery, Queued
 from .envelope import is_expired
@@ -229,5 +229,7 @@ class Batching:
                     await host.try_send(host.answer(delivery, result))
             finally:
                 settlement.release(q.msg)
+            if delivery.envelope is not None:  # sent: a replay answers what was sent, and keeps no object alive
+                work.finish(q, kept(result, delivery.envelope), delivery.size)
             metrics.processed += 1
             metrics.observe(time.perf_counter() - q.t0)

@@ -672,11 +672,11 @@ class Dispatcher:
             delivery.task = asyncio.current_task()
         await self._handle(queued.reg, queued.subject, queued.message, queued.msg, queued.t0, delivery, tracked)
 
-    def finish(self, queued: Queued, replay: Any) -> None:
-        """Record a message as handled for duplicate detection: replay is its result, DONE, or MISS to forget it."""
+    def finish(self, queued: Queued, replay: Any, size: int | None = None) -> None:
+        """Record a message as handled for duplicate detection: replay is its result, DONE, or MISS to forget it;
+        size is its encoded answer in bytes, measured when not given."""
         if self.cache is not None and not queued.reg.system:
-            message = queued.message
-            self.cache.finish(queued.reg.key, message, replay, queued.msg.reply)
+            self.cache.finish(queued.reg.key, queued.message, replay, queued.msg.reply, size)
 
     def gauges(self) -> dict[str, Any]:
         """Return what get_metrics() reports of the bounded stores: bytes held and limits (docs/limits.md)."""

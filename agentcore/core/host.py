@@ -63,8 +63,9 @@ class Work(Protocol):
         """Run queued's handler now, counted as in flight, and return when it has answered."""
         ...
 
-    def finish(self, queued: Queued, replay: Any) -> None:
-        """Record queued as handled for duplicate detection: replay is its result, or MISS to forget it."""
+    def finish(self, queued: Queued, replay: Any, size: int | None = None) -> None:
+        """Record queued as handled for duplicate detection: replay is its result, or MISS to forget it; size is its
+        encoded answer in bytes, measured when not given."""
         ...
 
 

@@ -159,3 +159,32 @@ async def test_a_bad_batch_answers_every_requester_and_retries_run_again(make_ag
     first = await asyncio.gather(*(client.send_task("upper", t, timeout=5) for t in ("a", "b")), return_exceptions=True)
     assert all(isinstance(e, RemoteError) and "1 results for 2 messages" in str(e) for e in first)
     assert sorted(await asyncio.gather(*(client.send_task("upper", t, timeout=5) for t in ("a", "b")))) == ["A", "B"]
+
+
+async def test_a_replay_of_a_batched_task_answers_what_was_sent(make_agent: Any, raw_nc: Any) -> None:
+    """process_batch's result is kept for a retry as the answer it was sent as: a change to the object afterwards
+    changes no replay."""
+    import orjson
+
+    from helpers import task_bytes
+
+    shared: dict[str, Any] = {"calls": []}
+
+    class Remembering(NATSAgent):
+        async def process_batch(self, messages: list[dict[str, Any]]) -> list[Any]:
+            shared["calls"].extend(m["payload"]["content"] for m in messages)
+            return [shared for _ in messages]  # the same object: each later batch's extend shows in it
+
+    worker = await make_agent(cls=Remembering, capabilities={"r": lambda message: None})
+    worker.enable_batch_processing(batch_size=1, batch_timeout=60.0)
+    inbox = raw_nc.new_inbox()
+    answers = await raw_nc.subscribe(inbox)
+    data = task_bytes("batched-1", "a", source="plain", capability="r")
+    await raw_nc.publish(worker.topics.task("r"), data, reply=inbox)
+    assert orjson.loads((await answers.next_msg(timeout=5)).data)["payload"]["content"] == {"calls": ["a"]}
+    await raw_nc.publish(worker.topics.task("r"), task_bytes("batched-2", "b", source="plain", capability="r"),
+                         reply=inbox)
+    assert orjson.loads((await answers.next_msg(timeout=5)).data)["payload"]["content"] == {"calls": ["a", "b"]}
+    await raw_nc.publish(worker.topics.task("r"), data, reply=inbox)  # a retry of batched-1: its answer replayed
+    assert orjson.loads((await answers.next_msg(timeout=5)).data)["payload"]["content"] == {"calls": ["a"]}
+    assert worker.get_metrics()["duplicates_replayed"] == 1
