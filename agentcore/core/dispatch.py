@@ -363,12 +363,7 @@ class Dispatcher:
                     hit = cache.get(key)
                     if hit is not MISS:
                         replay = hit
-                        content = unkept(hit)
-                        if not self.replies.answer_now(delivery, content):
-                            await self.replies.answer(delivery, content)
-                        # A replay keeps this answer (delivery.size bytes), not the hit: the hit is the first request's
-                        # envelope, as large as that request's conversationId, and would be counted as this one.
-                        replay = kept(content, delivery.envelope)
+                        replay = await self._answer_hit(delivery, hit)
                         self.metrics.processed += 1
                         return
             result = await reg.handler(message)  # type: ignore[misc]  # reg.plain: an async handler of its own
@@ -447,12 +442,7 @@ class Dispatcher:
                     hit = cache.get(key)
                     if hit is not MISS:
                         replay = hit
-                        content = unkept(hit)
-                        if not self.replies.answer_now(delivery, content):
-                            await self.replies.answer(delivery, content)
-                        # A replay keeps this answer (delivery.size bytes), not the hit: the hit is the first request's
-                        # envelope, as large as that request's conversationId, and would be counted as this one.
-                        replay = kept(content, delivery.envelope)
+                        replay = await self._answer_hit(delivery, hit)
                         self.metrics.processed += 1
                         return
             args: tuple[Any, ...] = (message,) if reg.kind == TASK else (self.topics.to_topic(subject), message)
@@ -526,6 +516,15 @@ class Dispatcher:
                 self._pump()
 
     # ------------------------------------------------------------------ _handle's rare cases
+
+    async def _answer_hit(self, delivery: Delivery, hit: Any) -> Any:
+        """Answer delivery with a result-cache hit; return what a replay of it keeps."""
+        content = unkept(hit)
+        if not self.replies.answer_now(delivery, content):
+            await self.replies.answer(delivery, content)
+        # A replay keeps this answer (delivery.size bytes), not the hit: the hit is the first request's envelope, as
+        # large as that request's conversationId, and would be counted as this one.
+        return kept(content, delivery.envelope)
 
     def _same_id(self, prior: Delivery, message: dict[str, Any], delivery: Delivery) -> None:
         """A message whose id is pending already: answered, it is replaced; else both run (ids are the sender's)."""
