@@ -11,11 +11,13 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import orjson
 
@@ -128,9 +130,15 @@ class PureRun:
     returncode: int
     output: str
     failed: list[str]  # node ids pytest reported as failed or in error
+    ran: dict[str, int]  # file -> how many of its tests ran (passed, failed, skipped or xfailed)
 
-    def report(self, tail: int = 3000) -> str:
-        names = "\n".join(f"  {name}" for name in self.failed) or "  (none named: see the output)"
+    def failed_in(self, path: str) -> list[str]:
+        """Return the failed node ids of the file at path (a collection error names the file itself)."""
+        return [name for name in self.failed if name == path or name.startswith(path + "::")]
+
+    def report(self, path: str | None = None, tail: int = 3000) -> str:
+        failed = self.failed if path is None else self.failed_in(path)
+        names = "\n".join(f"  {name}" for name in failed) or "  (none named: see the output)"
         return f"failed on the pure core (exit {self.returncode}):\n{names}\n--- output (tail) ---\n{self.output[-tail:]}"
 
 
@@ -141,15 +149,31 @@ def run_on_pure_core(*paths: str, timeout: float = 540.0) -> PureRun:
     """Run pytest on paths in a subprocess with AGENTCORE_NO_EXTENSIONS=1, to the end (no -x).
 
     python -P keeps the source checkout off sys.path: the installed package is the one tested (a wheel under
-    cibuildwheel, say). The failing tests are read from pytest's short summary (-rfE).
+    cibuildwheel, say). The failing tests are read from pytest's short summary (-rfE), the tests run per file from
+    its JUnit XML report; a file that fails to import is named there, and the other files still run.
     """
     env = {**os.environ, "AGENTCORE_NO_EXTENSIONS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-P", "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "--no-header", *paths],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-    )
+    with tempfile.TemporaryDirectory(prefix="agentcore-pure-") as tmp:
+        report = Path(tmp) / "junit.xml"
+        proc = subprocess.run(
+            [sys.executable, "-P", "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "--no-header",
+             "--continue-on-collection-errors", f"--junitxml={report}", *paths],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        )
+        cases = ElementTree.parse(report).getroot().iter("testcase") if report.exists() else iter(())
+        ran: dict[str, int] = {}
+        for case in cases:  # classname: the file's dotted path, then its class if any
+            classname = case.get("classname", "")
+            path = next((p for p in paths if classname == _dotted(p) or classname.startswith(_dotted(p) + ".")), None)
+            if path is not None:
+                ran[path] = ran.get(path, 0) + 1
     output = proc.stdout + proc.stderr
-    return PureRun(proc.returncode, output, sorted(set(m.group(2) for m in _SUMMARY_LINE.finditer(proc.stdout))))
+    return PureRun(proc.returncode, output, sorted(set(m.group(2) for m in _SUMMARY_LINE.finditer(proc.stdout))), ran)
+
+
+def _dotted(path: str) -> str:
+    """tests/agent/test_x.py -> tests.agent.test_x, as pytest's JUnit report names the file's tests."""
+    return path.removesuffix(".py").replace("/", ".")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Every agent suite (tests/agent, tests/security) passes on the pure-Python twins too: one item per file, run to the end.
 
-Each file runs in its own subprocess with AGENTCORE_NO_EXTENSIONS=1 (the core is chosen at import time, so it
-cannot be switched inside this process). A failure names the failing tests of that file.
+The files run in one subprocess with AGENTCORE_NO_EXTENSIONS=1 (the core is chosen at import time, so it cannot be
+switched inside this process): one interpreter start and one import of pytest and agentcore, where a subprocess
+per file spent about 2 s on each of them. Each file's item fails with the failing tests of that file.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 import pytest
 
-from helpers import agent_suites, run_on_pure_core
+from helpers import PureRun, agent_suites, run_on_pure_core
 
 pytestmark = pytest.mark.skipif(bool(os.environ.get("AGENTCORE_NO_EXTENSIONS")),
                                 reason="AGENTCORE_NO_EXTENSIONS=1: this whole run is on the pure core already")
@@ -29,9 +30,21 @@ def test_every_agent_suite_is_covered() -> None:
     assert "tests/security/test_relay.py" in agent_suites() and "tests/security/test_replies.py" in agent_suites()
 
 
-@pytest.mark.timeout(600)  # a whole file, where the ini's 120 s is per test
+PURE_TIMEOUT = 900.0  # every selected file at once, where the ini's 120 s is per test
+
+
+@pytest.fixture(scope="module")
+def pure_run(request: pytest.FixtureRequest) -> PureRun:
+    """One run on the pure core of every agent suite this session selected."""
+    selected = sorted({item.callspec.params["suite"] for item in request.session.items
+                       if getattr(item, "originalname", "") == "test_agent_suite_passes_on_the_pure_core"})
+    return run_on_pure_core(*selected, timeout=PURE_TIMEOUT)
+
+
+@pytest.mark.timeout(PURE_TIMEOUT + 60)  # the first item waits for the whole run
 @pytest.mark.parametrize("suite", agent_suites(), ids=lambda path: path.rpartition("/")[2].removesuffix(".py"))
-def test_agent_suite_passes_on_the_pure_core(suite: str) -> None:
-    run = run_on_pure_core(suite)
-    assert run.returncode == 0, run.report()
-    assert not run.failed, run.report()
+def test_agent_suite_passes_on_the_pure_core(suite: str, pure_run: PureRun) -> None:
+    # Exit 1: tests failed, and the summary must name them; any other exit is the run itself failing.
+    assert pure_run.returncode == 0 or (pure_run.returncode == 1 and pure_run.failed), pure_run.report()
+    assert not pure_run.failed_in(suite), pure_run.report(suite)
+    assert pure_run.ran.get(suite), f"no test of {suite} ran:\n" + pure_run.report()

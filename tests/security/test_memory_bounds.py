@@ -84,7 +84,9 @@ async def test_an_offer_whose_frames_never_include_frame_0_is_aborted(make_agent
 
 async def test_offers_never_served_hold_no_reassembly_slot(make_agent: Any, raw_nc: nats.NATS) -> None:
     # A long idle deadline: the honest request gets through because waiting offers hold no slot, not because they expire.
-    worker = await make_agent("worker", capabilities={"echo": echo_len}, agent__pull_idle_timeout=60.0)
+    # The attacker's offers are never served: the worker's stop waits out its drain timeout for their pulls.
+    worker = await make_agent("worker", capabilities={"echo": echo_len}, agent__pull_idle_timeout=60.0,
+                              nats__drain_timeout=0.5)
     inbox, replies = await replies_inbox(raw_nc)
     pulls: list[Any] = []
 
@@ -121,8 +123,9 @@ async def test_an_offer_whose_producer_idles_is_dropped_with_a_typed_error(make_
 
 
 async def test_one_sender_gets_only_its_share_of_pulls(make_agent: Any, raw_nc: nats.NATS) -> None:
+    # The two offers pulled are never served: the worker's stop waits out its drain timeout for their pulls.
     worker = await make_agent("worker", capabilities={"echo": echo_len}, agent__pulls_per_sender=2,
-                              agent__pull_idle_timeout=60.0)
+                              agent__pull_idle_timeout=60.0, nats__drain_timeout=0.5)
     inbox, replies = await replies_inbox(raw_nc)
     await subscribed(raw_nc)
     for _ in range(5):
