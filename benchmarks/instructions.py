@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Instructions per message on each side, counted by valgrind's callgrind: raw nats-py against the agent, no timers.
 
-Usage: python benchmarks/instructions.py [--n 3000] [--only responder,requester,receiver] [--jobs 2]
+Usage: python benchmarks/instructions.py [--n 3000] [--only responder,requester,receiver] [--jobs 2] [--cache]
 
 Throughput on a shared 2-core machine moves 5-8% between identical runs; instruction counts do not. Each measured
 side runs in a process of its own under callgrind, while its peer runs natively in another process against the same
@@ -9,7 +9,10 @@ local nats-server, so the count covers that side alone: its nats-py or agentcore
 socket calls (not the kernel). Every variant is counted twice, with n and with no measured messages (both after the
 same 200 warm-up ones), and the difference over n is what one message costs. Counts are instructions, not time: they
 leave out cache misses and the kernel, and weigh SIMD code (orjson, xxhash) above its time, but two runs of every
-side differed by 2% at most (most rows by under 0.5%), with the other core busy or not.
+side differed by 2% at most (most rows by under 0.5%), with the other core busy or not. With --cache, callgrind also
+simulates the caches and each row adds the first-level misses per message: instruction fetches (I1) and data reads and
+writes (D1), which a count of instructions leaves out and which cost about ten cycles each when the next level has the
+line.
 
 Sides (the ratio is raw nats-py's count over the variant's: above 1, the variant executes fewer instructions):
   responder  a raw nats-py requester (native) keeps 200 guide task envelopes in flight, each with its own content,
@@ -178,11 +181,13 @@ async def _publish(tag: str, total: int, url: str) -> None:
 # The parent: pairs of processes, one of them under callgrind
 
 
-def _child(role: str, kind: str, tag: str, total: int, url: str, out: str | None) -> subprocess.Popen[str]:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", role, "--kind", kind, "--tag", tag, "--total", str(total),
-           "--url", url]
+def _child(role: str, kind: str, tag: str, total: int, url: str, out: str | None,
+           cache: bool = False) -> subprocess.Popen[str]:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", role, "--kind", kind, "--tag", tag, "--total",
+           str(total), "--url", url]
     if out is not None:
-        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] + cmd
+        cmd = ["valgrind", "--tool=callgrind", f"--cache-sim={'yes' if cache else 'no'}",
+               f"--callgrind-out-file={out}"] + cmd
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
 
@@ -192,22 +197,22 @@ def _ready(proc: subprocess.Popen[str]) -> None:
         raise RuntimeError(f"a benchmark process did not start (exit code {proc.wait()})")
 
 
-def count(side: str, kind: str, n: int, url: str, workdir: str) -> int:
-    """Return the instructions the measured process of side/kind executed, with n messages after the warm-up ones."""
+def count(side: str, kind: str, n: int, url: str, workdir: str, cache: bool = False) -> dict[str, int]:
+    """Return the events (Ir: instructions; with cache, also the caches' misses) of side/kind's measured process."""
     total = n + WARM
     tag = f"cgi-{side}-{kind}-{n}".replace("_", "-")
     out = os.path.join(workdir, f"{tag}.out")
     if side == "responder":
-        measured = _child("respond", kind, tag, total, url, out)
+        measured = _child("respond", kind, tag, total, url, out, cache)
         _ready(measured)
         peer = _child("request", "", tag, total, url, None)
     elif side == "requester":
         server_side = _child("respond", kind, tag, total, url, None)
         _ready(server_side)
-        measured = _child("request", "", tag, total, url, out)
+        measured = _child("request", "", tag, total, url, out, cache)
         peer = server_side
     else:
-        measured = _child("receive", kind, tag, total, url, out)
+        measured = _child("receive", kind, tag, total, url, out, cache)
         _ready(measured)
         peer = _child("publish", "", tag, total, url, None)
     try:
@@ -217,14 +222,17 @@ def count(side: str, kind: str, n: int, url: str, workdir: str) -> int:
         for proc in (measured, peer):
             if proc.poll() is None:
                 proc.kill()
+    events: list[str] = []
     with open(out) as f:
         for line in f:
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
+            if line.startswith("events:"):
+                events = line.split()[1:]
+            elif line.startswith(("summary:", "totals:")):
+                return dict(zip(events, map(int, line.split()[1:])))
     raise RuntimeError(f"{out}: callgrind wrote no totals")
 
 
-def main(n: int, sides: list[str], jobs: int) -> None:
+def main(n: int, sides: list[str], jobs: int, cache: bool = False) -> None:
     from agentcore.server import NATSServer
 
     if shutil.which("valgrind") is None:
@@ -236,15 +244,19 @@ def main(n: int, sides: list[str], jobs: int) -> None:
         with open(conf, "w") as f:  # a side under callgrind reads slowly: not a slow consumer to be cut off at 2 s
             f.write('write_deadline: "600s"\n')
         with NATSServer(extra_args=["-c", conf]) as server, concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-            runs = {(side, kind, m): pool.submit(count, side, kind, m, server.url, workdir)
+            runs = {(side, kind, m): pool.submit(count, side, kind, m, server.url, workdir, cache)
                     for side, kind in plan for m in (0, n)}
-            per = {(side, kind): (runs[side, kind, n].result() - runs[side, kind, 0].result()) / n
+            per = {(side, kind): {event: (value - runs[side, kind, 0].result()[event]) / n
+                                  for event, value in runs[side, kind, n].result().items()}
                    for side, kind in plan}
+    misses_too = "; then first-level cache misses per message" if cache else ""
     print(f"instructions per message (callgrind; {n} messages counted after {WARM}; ratio: raw nats-py's count over "
-          "the row's, above 1 = fewer than raw)")
+          f"the row's, above 1 = fewer than raw{misses_too})")
     for side, kind in plan:
-        base = per[side, "oneway_raw" if side == "receiver" else "raw"]
-        print(f"  {side:9} {kind:15} {per[side, kind]:>10,.0f}   {base / per[side, kind]:.3f}")
+        row, base = per[side, kind], per[side, "oneway_raw" if side == "receiver" else "raw"]
+        misses = (f"   I1 {row['I1mr']:>6,.0f}  D1 read {row['D1mr']:>5,.0f}  D1 write {row['D1mw']:>5,.0f}"
+                  if cache else "")
+        print(f"  {side:9} {kind:15} {row['Ir']:>10,.0f}   {base['Ir'] / row['Ir']:.3f}{misses}")
 
 
 if __name__ == "__main__":
@@ -252,6 +264,7 @@ if __name__ == "__main__":
     parser.add_argument("--n", type=int, default=3000, help="messages counted per variant")
     parser.add_argument("--only", default="responder,requester,receiver", help="sides to count, comma-separated")
     parser.add_argument("--jobs", type=int, default=2, help="variants counted at once")
+    parser.add_argument("--cache", action="store_true", help="simulate the caches too: first-level misses per message")
     parser.add_argument("--child", choices=("respond", "request", "receive", "publish"), help=argparse.SUPPRESS)
     parser.add_argument("--kind", default="", help=argparse.SUPPRESS)
     parser.add_argument("--tag", default="", help=argparse.SUPPRESS)
@@ -267,4 +280,4 @@ if __name__ == "__main__":
     elif args.child == "publish":
         asyncio.run(_publish(args.tag, args.total, args.url))
     else:
-        main(args.n, [s.strip() for s in args.only.split(",") if s.strip()], args.jobs)
+        main(args.n, [s.strip() for s in args.only.split(",") if s.strip()], args.jobs, args.cache)
