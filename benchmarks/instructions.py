@@ -11,8 +11,8 @@ same 200 warm-up ones), and the difference over n is what one message costs. Cou
 leave out cache misses and the kernel, and weigh SIMD code (orjson, xxhash) above its time, but two runs of every
 side differed by 2% at most (most rows by under 0.5%), with the other core busy or not. With --cache, callgrind also
 simulates the caches and each row adds the first-level misses per message: instruction fetches (I1) and data reads and
-writes (D1), which a count of instructions leaves out and which cost about ten cycles each when the next level has the
-line.
+writes (D1), which a count of instructions leaves out and which cost about a dozen cycles each when the next level has
+the line.
 
 Sides (the ratio is raw nats-py's count over the variant's: above 1, the variant executes fewer instructions):
   responder  a raw nats-py requester (native) keeps 200 guide task envelopes in flight, each with its own content,

@@ -161,19 +161,15 @@ def run_on_pure_core(*paths: str, timeout: float = 540.0) -> PureRun:
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
         )
         cases = ElementTree.parse(report).getroot().iter("testcase") if report.exists() else iter(())
+        files = {path.removesuffix(".py").replace("/", "."): path for path in paths}  # as the report names them
         ran: dict[str, int] = {}
         for case in cases:  # classname: the file's dotted path, then its class if any
             classname = case.get("classname", "")
-            path = next((p for p in paths if classname == _dotted(p) or classname.startswith(_dotted(p) + ".")), None)
+            path = files.get(classname) or files.get(classname.rpartition(".")[0])
             if path is not None:
                 ran[path] = ran.get(path, 0) + 1
     output = proc.stdout + proc.stderr
     return PureRun(proc.returncode, output, sorted(set(m.group(2) for m in _SUMMARY_LINE.finditer(proc.stdout))), ran)
-
-
-def _dotted(path: str) -> str:
-    """tests/agent/test_x.py -> tests.agent.test_x, as pytest's JUnit report names the file's tests."""
-    return path.removesuffix(".py").replace("/", ".")
 
 
 # ---------------------------------------------------------------------------------------------------------------
