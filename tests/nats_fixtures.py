@@ -102,10 +102,11 @@ async def within(awaitable: Awaitable[T], what: str, timeout: float = 30.0) -> T
 
 
 async def subscribed(nc: nats.NATS) -> None:
-    """Return once the server has every SUB nc sent: nats-py's flush() alone can overtake SUBs still buffered.
+    """Return once the server has everything nc sent: every SUB registered, every PUB routed to its subscribers.
 
-    flush() writes its PING straight to the socket, ahead of what still waits in nats-py's pending buffer; push
-    that buffer out first (a nats-py internal), then the PING/PONG round trip proves the server has it all.
+    nats-py's flush() alone does not prove it: it writes its PING straight to the socket, ahead of what still waits
+    in nats-py's pending buffer (a SUB, or messages published just before). Push that buffer out first (a nats-py
+    internal), then the PING/PONG round trip proves the server has it all.
     """
     await nc._flush_pending(force_flush=True)
     await nc.flush()

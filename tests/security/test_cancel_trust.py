@@ -60,7 +60,9 @@ async def test_a_stranger_cannot_cancel_a_task_it_saw(make_agent: Any, raw_nc: n
     for i in range(200):
         await raw_nc.publish(CANCEL, cancel(f"guess-{i}", "_INBOX.x", source="client"))
     await raw_nc.publish(CANCEL, b"not json")
-    await raw_nc.flush()
+    # Then one more spoofed cancel, counted when refused: once it is, the agent has read every message before it.
+    await raw_nc.publish(CANCEL, cancel(task_id, "_INBOX.mallory", source="client"))
+    await eventually(lambda: server.get_metrics()["cancels_rejected"] == 3, what="the made-up cancels read")
     assert server.get_metrics()["task_records"] == 0  # nothing kept for the made-up ids (the running task has no record)
     assert server.get_metrics()["tasks_cancelled"] == 0 and not blocking.cancelled.is_set()
     blocking.release.set()

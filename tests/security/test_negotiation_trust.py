@@ -23,11 +23,11 @@ NEGOTIATE = "agents.test.a2a.negotiate."
 
 
 async def participant(make_agent: Any, agent_id: str, price: int, *, gate: asyncio.Event | None = None,
-                      delay: float = 0.0, on_outcome: Any = None) -> NATSAgent:
+                      on_outcome: Any = None) -> NATSAgent:
+    """A participant bidding price; with gate, its bid waits until gate is set (a forgery at the server first, say)."""
     async def bid(negotiation: dict[str, Any]) -> dict[str, Any]:
         if gate is not None:
             await within(gate.wait(), f"{agent_id}'s gate")
-        await asyncio.sleep(delay)  # lets a forgery arrive first (not synchronisation)
         return {"accept": True, "terms": {"price": price}}
 
     agent = await make_agent(agent_id, start=False)
@@ -97,7 +97,8 @@ async def test_a_third_partys_accept_proposal_does_not_set_the_terms(make_agent:
 
 async def test_a_fake_proposal_on_the_initiators_inbox_does_not_win(make_agent: Any, raw_nc: nats.NATS) -> None:
     """Proposals from someone not sent the call, or not answering the call sent, are dropped: the honest offer wins."""
-    await participant(make_agent, "seller", 100, delay=0.05)
+    forged = asyncio.Event()  # the fakes are at the server: the seller's offer reaches the buyer after them
+    await participant(make_agent, "seller", 100, gate=forged)
     buyer = await make_agent("buyer")
     cfps = await watch_cfps(raw_nc, "seller")
 
@@ -105,6 +106,8 @@ async def test_a_fake_proposal_on_the_initiators_inbox_does_not_win(make_agent: 
         cfp, msg = await within(cfps.get(), "the call for proposals")
         for source, correlation in (("mallory", cfp["id"]), ("seller", "not-" + cfp["id"]), ("seller", None)):
             await raw_nc.publish(msg.reply, cheap_offer(cfp, source=source, correlation=correlation))
+        await subscribed(raw_nc)  # the server has routed them
+        forged.set()
 
     attack = asyncio.ensure_future(fake())
     result = await buyer.negotiate_with_agents(["seller"], "sale", {"item": "x"}, timeout=10.0)
@@ -118,13 +121,16 @@ async def test_a_fully_spoofed_proposal_gets_no_agreement_on_the_attackers_terms
     """An attacker that reads the call and spoofs the participant's id and the correlation (source.id is
     self-declared until identities are signed) gets its proposal taken first; the participant then refuses to
     confirm terms it never offered, so neither side agrees on the attacker's price."""
-    seller = await participant(make_agent, "seller", 100, delay=0.1)
+    forged = asyncio.Event()  # the spoof is at the server: the seller's own offer reaches the buyer after it
+    seller = await participant(make_agent, "seller", 100, gate=forged)
     buyer = await make_agent("buyer")
     cfps = await watch_cfps(raw_nc, "seller")
 
     async def spoof() -> None:
         cfp, msg = await within(cfps.get(), "the call for proposals")
         await raw_nc.publish(msg.reply, cheap_offer(cfp, source="seller", correlation=cfp["id"]))
+        await subscribed(raw_nc)  # the server has routed it
+        forged.set()
 
     attack = asyncio.ensure_future(spoof())
     result = await buyer.negotiate_with_agents(["seller"], "sale", {"item": "x"}, timeout=10.0)
@@ -167,8 +173,10 @@ async def test_a_spoofed_cancel_or_reject_does_not_end_a_negotiation(make_agent:
 
 
 async def test_confirmations_come_only_from_the_chosen_winner(make_agent: Any, raw_nc: nats.NATS) -> None:
+    confirmed_forged = asyncio.Event()  # the forged confirmations are at the server: the seller's comes after them
+
     async def slow_outcome(record: dict[str, Any]) -> None:
-        await asyncio.sleep(0.05)  # the seller confirms late, so the forged confirmations come first
+        await within(confirmed_forged.wait(), "the forged confirmations to reach the server")
 
     seller = await participant(make_agent, "seller", 100, on_outcome=slow_outcome)
     buyer = await make_agent("buyer")
@@ -183,6 +191,8 @@ async def test_confirmations_come_only_from_the_chosen_winner(make_agent: Any, r
         for source, correlation in (("mallory", message["id"]), ("seller", "not-" + message["id"])):
             await raw_nc.publish(msg.reply, encode(new_message("result", done, source_id=source, correlation_id=correlation)))
             forged[0] += 1
+        await subscribed(raw_nc)  # the server has routed them
+        confirmed_forged.set()
 
     await raw_nc.subscribe(NEGOTIATE + "seller", cb=on_accept)
     await subscribed(raw_nc)

@@ -23,11 +23,23 @@ from nats_fixtures import eventually, subscribed, within
 ROUNDS = 20
 
 
-async def slow_worker(make_agent: Any, agent_id: str = "worker", delay: float = 0.05) -> NATSAgent:
-    """A worker that answers after delay: the bystander always answers first."""
+# Request id -> set once the bystander's answers to that request are at the server. The server sends what it
+# routes to one connection in the order it routed it, so an answer published after that reaches the requester after
+# every forgery: the forgeries always come first, on a loaded machine too.
+_FORGED: dict[str, asyncio.Event] = {}
+
+
+def forged(request_id: str) -> asyncio.Event:
+    """The event the bystander sets once its answers to request_id are at the server."""
+    return _FORGED.setdefault(request_id, asyncio.Event())
+
+
+async def slow_worker(make_agent: Any, agent_id: str = "worker") -> NATSAgent:
+    """A worker that answers once the bystander has answered: the bystander always answers first."""
 
     async def work(message: dict[str, Any]) -> Any:
-        await asyncio.sleep(delay)  # gives the forgery a head start (not synchronisation)
+        await within(forged(message["id"]).wait(), "the bystander's forgeries to reach the server")
+        _FORGED.pop(message["id"], None)
         content = message["payload"]["content"]
         if content == "boom":
             raise ValueError("honest failure")
@@ -37,7 +49,8 @@ async def slow_worker(make_agent: Any, agent_id: str = "worker", delay: float = 
 
 
 async def bystander(raw_nc: nats.NATS, forge: Any, subject: str = "agents.test.task.>") -> list[int]:
-    """Answer every request seen on subject with forge(request, msg) -> [(data, headers)]; return the count sent."""
+    """Answer every request seen on subject with forge(request, msg) -> [(data, headers)], then set forged(its id);
+    return the count sent."""
     sent = [0]
 
     async def on_request(msg: Any) -> None:
@@ -45,6 +58,8 @@ async def bystander(raw_nc: nats.NATS, forge: Any, subject: str = "agents.test.t
         for data, headers in forge(request, msg):
             await raw_nc.publish(msg.reply, data, headers=headers)
             sent[0] += 1
+        await subscribed(raw_nc)  # the server has routed them: a slow_worker may answer now
+        forged(request["id"]).set()
 
     await raw_nc.subscribe(subject, cb=on_request)
     await subscribed(raw_nc)

@@ -129,11 +129,13 @@ async def test_an_unsigned_proposal_under_the_targets_name_does_not_win(make_age
     """A bystander answers the cfp first with the right correlation and the seller's name, unsigned: dropped."""
     import asyncio
 
-    from nats_fixtures import within
+    from nats_fixtures import subscribed, within
     from test_negotiation_trust import cheap_offer, watch_cfps
 
+    forged = asyncio.Event()  # the forgery is at the server: the seller's answer reaches the buyer after it
+
     async def bid(negotiation: dict[str, Any]) -> dict[str, Any]:
-        await asyncio.sleep(0.05)  # lets the forgery arrive first (not synchronisation)
+        await within(forged.wait(), "the forgery to reach the server")
         return {"accept": True, "terms": {"price": 100}}
 
     seller = await make_agent("seller", start=False, identity__seed=PRODUCER)
@@ -145,6 +147,8 @@ async def test_an_unsigned_proposal_under_the_targets_name_does_not_win(make_age
     async def forge() -> None:
         cfp, msg = await within(cfps.get(), "the call for proposals")
         await raw_nc.publish(msg.reply, cheap_offer(cfp, source="seller", correlation=cfp["id"]))
+        await subscribed(raw_nc)  # the server has routed it
+        forged.set()
 
     attack = asyncio.ensure_future(forge())
     result = await buyer.negotiate_with_agents(["seller"], "sale", {"item": "x"}, timeout=10.0)

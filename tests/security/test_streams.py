@@ -19,7 +19,7 @@ from agentcore.envelope import encode, new_message
 from agentcore.errors import StreamTimeoutError
 from agentcore.transport.frames import H_CTL, H_FINAL, H_KIND, H_SEQ, H_STREAM
 from helpers import paced_producer, watch_streams
-from nats_fixtures import eventually, subscribed
+from nats_fixtures import eventually, subscribed, within
 
 
 def frame(stream: str, seq: int, ctl: str, *, final: bool = False) -> dict[str, str]:
@@ -67,8 +67,10 @@ async def test_frames_injected_into_a_request_stream_inbox_are_not_yielded(make_
 
 
 async def test_a_plain_result_on_a_stream_inbox_must_correlate(make_agent: Any, raw_nc: nats.NATS) -> None:
+    forged: dict[str, asyncio.Event] = {}  # task id -> its forgeries are at the server: the answer comes after them
+
     async def plain(message: dict[str, Any]) -> Any:
-        await asyncio.sleep(0.05)  # the forgeries come first (not synchronisation)
+        await within(forged.setdefault(message["id"], asyncio.Event()).wait(), "the forgeries to reach the server")
         return {"honest": True}
 
     worker = await make_agent("worker", capabilities={"plain": plain}, cache__enabled=False)
@@ -79,6 +81,8 @@ async def test_a_plain_result_on_a_stream_inbox_must_correlate(make_agent: Any, 
         for data in (encode(new_message("result", "forged", source_id="worker", correlation_id="not-" + task_id)),
                      b"not an envelope"):
             await raw_nc.publish(msg.reply, data)
+        await subscribed(raw_nc)  # the server has routed them
+        forged.setdefault(task_id, asyncio.Event()).set()
 
     await raw_nc.subscribe("agents.test.task.>", cb=on_task)
     await subscribed(raw_nc)
