@@ -68,7 +68,8 @@ def goals(results: dict[str, Any]) -> list[list[str]]:
     for name, what in (("oneway_agent", "one-way throughput"), ("pipe_rawreq", "pipelined, raw requester -> agent"),
                        ("pipe_agent", "pipelined, agent -> agent"),
                        ("oneway_default", "one-way throughput, default configuration (duplicate detection on)"),
-                       ("pipe_default", "pipelined, raw requester -> the guide's agent, default configuration")):
+                       ("pipe_default", "pipelined, raw requester -> the guide's agent, default configuration"),
+                       ("pipe_guide", "pipelined, agent (send_task) -> the guide's agent, both in the default configuration")):
         found = _per_loop(results, name, 1.0, higher=True)
         if found:
             best = max(results["summary"][loop][name]["ratio"] for loop in results["loops"]

@@ -4,7 +4,8 @@ This file is self-contained on purpose: it uses only agentcore's public API (NAT
 add_capability, process_message, publish_result, send_task, stream_response, request_stream, astart/astop,
 new_message, NO_REPLY), nats-py and orjson, so benchmarks/ab.py can load it by path and run it against an
 older installation of agentcore. Agents run with the result cache off (the dispatch path alone), except those of
-rt_default, oneway_default and pipe_default (the default configuration: result cache and duplicate detection on).
+rt_default, oneway_default, pipe_default and pipe_guide (the default configuration: result cache and duplicate detection
+on).
 
 Metrics (lower is better for µs, higher for rates); each is compared with the raw nats-py metric named in
 METRICS, measured in the same run:
@@ -25,7 +26,9 @@ METRICS, measured in the same run:
             raw requester -> a raw responder answering with the guide's result envelope, the agent's answer
             (pipe_rawenv: what pipe_rawreq's job costs raw nats-py; pipe_raw's responder answers {"ok": content}),
             raw requester (envelopes, each with its own content) -> rt_default's agent (pipe_default: the guide's
-            sync style in the default configuration, every task a cache miss)
+            sync style in the default configuration, every task a cache miss), and a NATSAgent in the default
+            configuration (send_task, each task with its own content) -> rt_default's agent (pipe_guide: agentcore
+            on both sides as the guide sets it up, every task a cache miss)
   stream_*  8 MB in 64 KB chunks, MB/s: raw publish -> subscriber vs stream_response -> request_stream (window 16)
 
 DefaultInstall opens rt_raw's and rt_default's paths on a loop and keeps them across blocks: agentcore.bench.run's
@@ -90,15 +93,16 @@ METRICS: dict[str, tuple[str, bool, str, str]] = {
     "pipe_rawreq": ("req/s", True, "pipe_raw", "throughput"),
     "pipe_rawenv": ("req/s", True, "pipe_raw", "throughput"),
     "pipe_default": ("req/s", True, "pipe_raw", "throughput"),
+    "pipe_guide": ("req/s", True, "pipe_raw", "throughput"),
     "stream_raw": ("MB/s", True, "stream_raw", "stream"),
     "stream_agent": ("MB/s", True, "stream_raw", "stream"),
 }
 
-_COUNTER = itertools.count()  # distinct task content for rt_default, across blocks: its result cache never hits
+_COUNTER = itertools.count()  # distinct task content for the default configuration's agent, across blocks: no cache hit
 _RT_KINDS = ("rt_raw", "rt_async", "rt_sync", "rt_client", "rt_default")
 UV_KINDS = ("rt_raw", "rt_default")  # the suite "uvloop"
 _ONEWAY_KINDS = ("oneway_raw", "oneway_agent", "oneway_default")
-_PIPE_KINDS = ("pipe_raw", "pipe_agent", "pipe_rawreq", "pipe_rawenv", "pipe_default")
+_PIPE_KINDS = ("pipe_raw", "pipe_agent", "pipe_rawreq", "pipe_rawenv", "pipe_default", "pipe_guide")
 _STREAM_KINDS = ("stream_raw", "stream_agent")
 
 
@@ -347,8 +351,14 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
             for kind, r in rates.items():
                 out[kind] = statistics.median(r)
 
+            # The guide's set-up end to end: a requester agent in the default configuration, in rt_default's
+            # environment (its send_task reaches rt_default's agent).
+            guide_client = await agent(NATSAgent, "client-default", env_default, "unused", echo, default=True)
+
             async def pipe(kind: str, n: int, width: int) -> float:
-                data = envelopes(tag, n, distinct=kind == "pipe_default") if kind not in ("pipe_raw", "pipe_agent") else None
+                data = (envelopes(tag, n, distinct=kind == "pipe_default")
+                        if kind not in ("pipe_raw", "pipe_agent", "pipe_guide") else None)
+                contents = [{**CONTENT, "n": next(_COUNTER)} for _ in range(n)] if kind == "pipe_guide" else []
                 data_raw = envelopes(tag, 1)[0]
                 subject = {"pipe_raw": raw_subject, "pipe_rawenv": rawenv_subject,
                            "pipe_default": subjects["rt_default"]}.get(kind, subjects["rt_async"])
@@ -358,6 +368,8 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
                     for i in it:
                         if kind == "pipe_agent":
                             await client.send_task("echo", CONTENT, timeout=30)
+                        elif kind == "pipe_guide":
+                            await guide_client.send_task("echo", contents[i], timeout=30)
                         else:
                             payload = data[i] if data is not None else data_raw
                             orjson.loads((await requester.request(subject, payload, timeout=30)).data)

@@ -30,7 +30,7 @@ def test_bench_quick_runs_every_suite_and_saves_json(cli, tmp_path: Path) -> Non
         assert saved["alternating"]["summary"]["rt_default@uvloop"]["ratio"] > 0
     rss = saved["rss"]
     assert rss["tasks"] == 2000 and rss["after_mb"] > 0 and "growth_mb" in rss
-    for goal in ("guide style round trip", "one-way throughput", "pipelined", "(pipe_rawreq / pipe_rawenv)",
+    for goal in ("guide style round trip", "one-way throughput", "pipelined", "(pipe_rawreq / pipe_rawenv)", "(pipe_guide)",
                  "RSS growth over 2,000 tasks"):
         assert goal in proc.stdout
     assert "bench: rss" in proc.stderr  # the progress covers every suite
