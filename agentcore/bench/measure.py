@@ -20,7 +20,8 @@ METRICS, measured in the same run:
                          detection on; every task's content distinct, so every task is a cache miss)
   oneway_*  fire-and-forget: raw nats-py publishes N envelopes; a raw subscriber (orjson loads) vs a NATSAgent with
             a trivial async handler (returns NO_REPLY); msgs/s from the first publish until the last is handled;
-            oneway_default: the same agent in the default configuration
+            oneway_default: the same agent in the default configuration. Each repetition runs every kind in turn,
+            the order reversed every other repetition (oneway_* and pipe_* alike), so no kind always runs first.
   pipe_*    request/reply with W requests in flight, req/s: raw requester -> raw responder (pipe_raw),
             NATSAgent.send_task -> NATSAgent (pipe_agent), raw requester (envelopes) -> NATSAgent (pipe_rawreq),
             raw requester -> a raw responder answering with the guide's result envelope, the agent's answer
@@ -59,10 +60,10 @@ SIZES: dict[str, int] = {
     "rt_rounds": 8,          # rounds; each round runs every round-trip kind in turn
     "rt_per_round": 200,     # sequential round trips per kind per round
     "oneway_n": 20_000,
-    "oneway_reps": 5,
+    "oneway_reps": 10,
     "pipe_n": 6_000,
     "pipe_inflight": 200,
-    "pipe_reps": 5,
+    "pipe_reps": 8,
     "stream_total": 8 * 1024 * 1024,
     "stream_chunk": 64 * 1024,
     "stream_window": 16,
@@ -104,6 +105,11 @@ UV_KINDS = ("rt_raw", "rt_default")  # the suite "uvloop"
 _ONEWAY_KINDS = ("oneway_raw", "oneway_agent", "oneway_default")
 _PIPE_KINDS = ("pipe_raw", "pipe_agent", "pipe_rawreq", "pipe_rawenv", "pipe_default", "pipe_guide")
 _STREAM_KINDS = ("stream_raw", "stream_agent")
+
+
+def _in_turn(kinds: tuple[str, ...], rep: int) -> tuple[str, ...]:
+    """Return kinds in the order of repetition rep: as given, then reversed, and so on (no kind always runs first)."""
+    return kinds if rep % 2 == 0 else kinds[::-1]
 
 
 def steps(sizes: dict[str, int], suites: tuple[str, ...] = SUITES) -> int:
@@ -344,8 +350,8 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
             for kind in _ONEWAY_KINDS:
                 await oneway(kind, 200)
             rates: dict[str, list[float]] = {k: [] for k in _ONEWAY_KINDS}
-            for _ in range(sizes["oneway_reps"]):
-                for kind in _ONEWAY_KINDS:
+            for rep in range(sizes["oneway_reps"]):
+                for kind in _in_turn(_ONEWAY_KINDS, rep):
                     rates[kind].append(await oneway(kind, sizes["oneway_n"]))
                     step(kind)
             for kind, r in rates.items():
@@ -381,8 +387,8 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
             for kind in _PIPE_KINDS:
                 await pipe(kind, min(400, sizes["pipe_n"]), sizes["pipe_inflight"])
             rates = {k: [] for k in _PIPE_KINDS}
-            for _ in range(sizes["pipe_reps"]):
-                for kind in _PIPE_KINDS:
+            for rep in range(sizes["pipe_reps"]):
+                for kind in _in_turn(_PIPE_KINDS, rep):
                     rates[kind].append(await pipe(kind, sizes["pipe_n"], sizes["pipe_inflight"]))
                     step(kind)
             for kind, r in rates.items():
