@@ -17,6 +17,7 @@ import pytest
 
 from agentcore import HandlerError, NATSAgent
 from agentcore.envelope import encode, new_message
+from agentcore.transport import offload
 from agentcore.transport.frames import ENVELOPE, H_CTL, H_FINAL, H_KIND, H_SEQ, H_STREAM, H_WINDOW
 from nats_fixtures import eventually, subscribed, within
 
@@ -154,7 +155,8 @@ async def test_a_forged_large_result_offer_never_wins(make_agent: Any, raw_nc: n
     assert client.get_metrics()["replies_rejected"] == 5
 
 
-async def test_frames_injected_into_the_pull_of_a_large_result_are_dropped(make_agent: Any, raw_nc: nats.NATS) -> None:
+async def test_frames_injected_into_the_pull_of_a_large_result_are_dropped(make_agent: Any, raw_nc: nats.NATS,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The requester pulls an oversized result from the producer's control inbox: frames from anyone else (another
     Agent-Ctl, another stream id) are dropped, the result arrives whole and correlates."""
     blob = "r" * 2_500_000  # over the 1 MB max_payload: offered, then pulled
@@ -165,7 +167,20 @@ async def test_frames_injected_into_the_pull_of_a_large_result_are_dropped(make_
 
     await make_agent("worker", capabilities={"big": big}, cache__enabled=False)
     client = await make_agent("client")
-    injected = [0]
+    injected, held = [0], [0]
+    # The producer holds its frames until the attacker's are at the server: without that, the whole result could
+    # arrive and close the requester's pull inbox first, and the forged frames would reach nobody.
+    injected_at_server = asyncio.Event()
+    serve = offload.serve_pull
+
+    async def serve_after_the_attacker(sender: Any, data: bytes, timeout: float) -> bool:
+        await sender.wait_pulled(timeout)
+        await within(injected_at_server.wait(), "the forged frames at the server")
+        injected_at_server.clear()
+        held[0] += 1
+        return await serve(sender, data, timeout)
+
+    monkeypatch.setattr(offload, "serve_pull", serve_after_the_attacker)
 
     async def on_pull(msg: Any) -> None:  # the attacker watches the inboxes and sees the requester's pull
         if not (msg.headers and H_WINDOW in msg.headers and msg.reply):
@@ -175,11 +190,13 @@ async def test_frames_injected_into_the_pull_of_a_large_result_are_dropped(make_
                         {H_STREAM: "anything", H_SEQ: "0", H_KIND: ENVELOPE, H_CTL: raw_nc.new_inbox(), H_FINAL: "1"}):
             await raw_nc.publish(msg.reply, poison, headers=headers)
             injected[0] += 1
+        await raw_nc.flush()  # the server has routed them to the requester before it answers the flush
+        injected_at_server.set()
 
     await raw_nc.subscribe("_INBOX.>", cb=on_pull)
     await subscribed(raw_nc)
     for i in range(3):
         result = await within(client.send_task("big", i, timeout=10), "the large result")
         assert result == {"blob": blob, "n": i}
-    assert injected[0] >= 6
+    assert injected[0] >= 6 and held[0] == 3
     await eventually(lambda: client.get_metrics()["replies_rejected"] >= injected[0], what="the injected frames counted")
