@@ -10,6 +10,8 @@ import time
 import orjson
 from xxhash import xxh3_64_intdigest
 
+from agentcore.fields import CONTENT, CONTEXT, ID, METADATA, PAYLOAD, ROUTING, SOURCE  # the keys decoded envelopes hold
+
 __all__ = ("ContentCache", "canonical_hash", "content_hash", "task_key")
 
 
@@ -44,21 +46,21 @@ def task_key(seed, pattern, message, bint shared=False):
     # context.metadata.tenant. A task opts out with context.metadata.cache or routing.cache set to false. Decoded
     # envelopes are dicts all the way down, read here without a method call; anything else as the twin reads it.
     tenant = None
-    context = _get(message, "context")
+    context = _get(message, CONTEXT)
     if context:
-        metadata = _get(context, "metadata")
+        metadata = _get(context, METADATA)
         if metadata:
             if _get(metadata, "cache") is False:
                 return None
             tenant = _get(metadata, "tenant")
-    routing = _get(message, "routing")
+    routing = _get(message, ROUTING)
     if routing and _get(routing, "cache") is False:
         return None
     try:
-        content = message["payload"]["content"]
+        content = message[PAYLOAD][CONTENT]
         if shared:
             return _xxh3(_dumps((pattern, content), None, _SORT_KEYS), seed)
-        return _xxh3(_dumps((pattern, message["source"]["id"], tenant, content), None, _SORT_KEYS), seed)
+        return _xxh3(_dumps((pattern, message[SOURCE][ID], tenant, content), None, _SORT_KEYS), seed)
     except (KeyError, TypeError, ValueError):  # no content, or content orjson cannot canonicalise
         return None
 

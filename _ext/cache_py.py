@@ -12,6 +12,8 @@ from typing import Any
 import orjson
 from xxhash import xxh3_64_intdigest
 
+from agentcore.fields import CONTENT, CONTEXT, ID, METADATA, PAYLOAD, ROUTING, SOURCE  # the keys decoded envelopes hold
+
 __all__ = ("ContentCache", "canonical_hash", "content_hash", "task_key")
 
 
@@ -32,21 +34,21 @@ def task_key(seed: int, pattern: str, message: dict[str, Any], shared: bool = Fa
     # The key names the capability (pattern), the content and, unless shared, who asked: source.id and
     # context.metadata.tenant. A task opts out with context.metadata.cache or routing.cache set to false.
     tenant = None
-    context = message.get("context")
+    context = message.get(CONTEXT)
     if context:
-        metadata = context.get("metadata")
+        metadata = context.get(METADATA)
         if metadata:
             if metadata.get("cache") is False:
                 return None
             tenant = metadata.get("tenant")
-    routing = message.get("routing")
+    routing = message.get(ROUTING)
     if routing and routing.get("cache") is False:
         return None
     try:
-        content = message["payload"]["content"]
+        content = message[PAYLOAD][CONTENT]
         if shared:
             return xxh3_64_intdigest(orjson.dumps((pattern, content), option=orjson.OPT_SORT_KEYS), seed)
-        return xxh3_64_intdigest(orjson.dumps((pattern, message["source"]["id"], tenant, content),
+        return xxh3_64_intdigest(orjson.dumps((pattern, message[SOURCE][ID], tenant, content),
                                               option=orjson.OPT_SORT_KEYS), seed)
     except (KeyError, TypeError, ValueError):  # no content, or content orjson cannot canonicalise
         return None

@@ -11,6 +11,8 @@ from libc.string cimport memset
 
 import orjson
 
+from agentcore.fields import ID, REPLY_TO, SOURCE  # the keys decoded envelopes hold: found by a pointer compare
+
 __all__ = ("RECORD_BYTES", "KEPT_BYTES", "MAX_RECORDS", "DuplicateStore", "MISS", "IN_FLIGHT", "DONE", "NOT_KEPT")
 
 #: seen() for an id not taken before (it is now recorded in flight); finish(..., MISS) forgets an id.
@@ -175,8 +177,8 @@ cdef class DuplicateStore:
         """Return MISS for message's id not taken from its sender on scope (recording it in flight), else IN_FLIGHT,
         DONE or (destination, answer); now: the clock's reading when the caller has one."""
         cdef Py_hash_t hs = PyObject_Hash(scope)
-        cdef Py_hash_t hsrc = PyObject_Hash(message["source"]["id"])
-        cdef Py_hash_t hid = PyObject_Hash(message["id"])
+        cdef Py_hash_t hsrc = PyObject_Hash(message[SOURCE][ID])
+        cdef Py_hash_t hid = PyObject_Hash(message[ID])
         cdef double t = <double>(self._clock() if now is None else now)
         cdef Py_ssize_t i = self._find(&self._young, hs, hsrc, hid)
         cdef Record* r
@@ -201,8 +203,8 @@ cdef class DuplicateStore:
         for a retry that asks for it where message did (its replyTo, else reply: the NATS reply subject); size is the
         encoded answer in bytes, measured when not given; now: the clock's reading when the caller has one."""
         cdef Py_hash_t hs = PyObject_Hash(scope)
-        cdef Py_hash_t hsrc = PyObject_Hash(message["source"]["id"])
-        cdef Py_hash_t hid = PyObject_Hash(message["id"])
+        cdef Py_hash_t hsrc = PyObject_Hash(message[SOURCE][ID])
+        cdef Py_hash_t hid = PyObject_Hash(message[ID])
         cdef Py_ssize_t i = self._find(&self._young, hs, hsrc, hid)
         cdef list destinations = self._young_to
         cdef list answers = self._young_answers
@@ -223,7 +225,7 @@ cdef class DuplicateStore:
             r.state = FORGOTTEN
             return
         r.expires = <double>(self._clock() if now is None else now) + self._ttl
-        to = message.get("replyTo") or reply or None
+        to = message.get(REPLY_TO) or reply or None
         if result is DONE or to is None:  # (asked nowhere: a duplicate of it is dropped, never answered)
             return  # _release left it S_DONE
         nbytes = size if size else _encoded_size(result)

@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from agentcore.fields import ID, REPLY_TO, SOURCE  # the keys decoded envelopes hold: found by a pointer compare
+
 __all__ = ("RECORD_BYTES", "KEPT_BYTES", "MAX_RECORDS", "DuplicateStore", "MISS", "IN_FLIGHT", "DONE", "NOT_KEPT")
 
 #: seen() for an id not taken before (it is now recorded in flight); finish(..., MISS) forgets an id.
@@ -136,7 +138,7 @@ class DuplicateStore:
     def seen(self, scope: Hashable, message: dict[str, Any], now: float | None = None) -> Any:
         """Return MISS for message's id not taken from its sender on scope (recording it in flight), else IN_FLIGHT,
         DONE or (destination, answer); now: the clock's reading when the caller has one."""
-        key = (hash(scope), hash(message["source"]["id"]), hash(message["id"]))
+        key = (hash(scope), hash(message[SOURCE][ID]), hash(message[ID]))
         if now is None:
             now = self._clock()
         record = self._young.index.get(key)
@@ -158,7 +160,7 @@ class DuplicateStore:
         """Record that message was handled: MISS forgets its id (it failed), DONE keeps no answer, else result is kept
         for a retry that asks for it where message did (its replyTo, else reply: the NATS reply subject); size is the
         encoded answer in bytes, measured when not given; now: the clock's reading when the caller has one."""
-        key = (hash(scope), hash(message["source"]["id"]), hash(message["id"]))
+        key = (hash(scope), hash(message[SOURCE][ID]), hash(message[ID]))
         record = self._young.index.get(key)
         in_old = record is None
         if in_old:
@@ -173,7 +175,7 @@ class DuplicateStore:
             record.state = _FORGOTTEN
             return
         record.expires = (self._clock() if now is None else now) + self._ttl
-        to = message.get("replyTo") or reply or None
+        to = message.get(REPLY_TO) or reply or None
         if result is DONE or to is None:  # (asked nowhere: a duplicate of it is dropped, never answered)
             return  # _release left it done
         nbytes = size if size else _encoded_size(result)

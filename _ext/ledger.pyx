@@ -9,6 +9,8 @@ from libc.string cimport memset
 
 import time
 
+from agentcore.fields import ID, SOURCE  # the keys decoded envelopes hold: found by a pointer compare
+
 __all__ = ("RECORD_BYTES", "MAX_RECORDS", "FinishedLedger")
 
 ctypedef struct Record:
@@ -87,8 +89,8 @@ cdef class FinishedLedger:
 
     def add(self, message, state, at=None):
         """Record that message's task ended in state, at time.perf_counter() reading at (None: now)."""
-        cdef Py_hash_t task = PyObject_Hash(message["id"])
-        cdef Py_hash_t source = PyObject_Hash(message["source"]["id"])
+        cdef Py_hash_t task = PyObject_Hash(message[ID])
+        cdef Py_hash_t source = PyObject_Hash(message[SOURCE][ID])
         cdef Py_ssize_t code = self._code(state)
         cdef double since
         cdef Generation spare

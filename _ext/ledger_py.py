@@ -7,6 +7,8 @@ from array import array
 from collections import Counter
 from typing import Any
 
+from agentcore.fields import ID, SOURCE  # the keys decoded envelopes hold: found by a pointer compare
+
 __all__ = ("RECORD_BYTES", "MAX_RECORDS", "FinishedLedger")
 
 #: What one record costs in the compiled ledger: the record (two hashes, a time, a state) and its two table slots.
@@ -66,7 +68,7 @@ class FinishedLedger:
 
     def add(self, message: dict[str, Any], state: str, at: float | None = None) -> None:
         """Record that message's task ended in state, at time.perf_counter() reading at (None: now)."""
-        task, source = hash(message["id"]), hash(message["source"]["id"])
+        task, source = hash(message[ID]), hash(message[SOURCE][ID])
         if state not in self._states:
             raise ValueError(f"unknown task state {state!r}")
         if self._cap == 0:

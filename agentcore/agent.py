@@ -20,6 +20,7 @@ from .contracts import Contracts, Schema
 from .core.engine import Core
 from .core.records import NO_REPLY, Handler
 from .errors import AgentCoreError, LoopThreadError, NotConnectedError
+from .fields import CONTENT, PAYLOAD
 from .loops import new_event_loop
 from .mcp.hosting import MCP
 from .negotiation import CheckCallback, CounterCallback, Negotiation, NegotiationHandler, OutcomeCallback, SelectCallback
@@ -197,7 +198,7 @@ class NATSAgent:
             topic, content, type=type, timeout=timeout, priority=priority, capabilities=capabilities,
             target=target, conversation_id=conversation_id, metadata=metadata,
         )
-        return reply["payload"]["content"]
+        return reply[PAYLOAD][CONTENT]
 
     async def request_message(
         self,

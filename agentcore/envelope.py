@@ -9,6 +9,7 @@ from ._impl import MESSAGE_TYPES, decode, encode, new_id, validate
 from .errors import (
     DuplicateMessageError, ForbiddenError, HandlerError, IdentityError, InvalidMessageError, LimitExceededError, MessageExpiredError, OverloadedError, RemoteError, ShuttingDownError,
 )
+from .fields import ERROR, ID, PAYLOAD, SOURCE
 
 __all__ = (
     "MESSAGE_TYPES",
@@ -92,12 +93,12 @@ _ERROR_TYPES: dict[str, type[RemoteError]] = {
 
 def raise_for_error(message: dict[str, Any]) -> None:
     """Raise the typed RemoteError that an error result carries; return if it carries none."""
-    error = message["payload"].get("error")
+    error = message[PAYLOAD].get(ERROR)
     if error is None:
         return
     code = str(error.get("code", "error"))
     details = {k: v for k, v in error.items() if k not in ("code", "message")} or None
-    raise _ERROR_TYPES.get(code, RemoteError)(code, str(error.get("message", "")), source=message["source"]["id"], details=details)
+    raise _ERROR_TYPES.get(code, RemoteError)(code, str(error.get("message", "")), source=message[SOURCE][ID], details=details)
 
 
 def is_expired(message: dict[str, Any], now: float | None = None) -> bool:

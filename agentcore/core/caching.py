@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 
 from .._impl import DONE, IN_FLIGHT, MISS, NOT_KEPT, ContentCache, DuplicateStore, task_key
+from ..fields import CONTENT, PAYLOAD
 from ..metrics import AgentMetrics
 
 __all__ = ("TaskCache", "MISS", "IN_FLIGHT", "DONE", "NOT_KEPT", "SHARED", "kept", "unkept")
@@ -60,7 +61,7 @@ def kept(result: Any, envelope: bytes | None) -> Any:
 
 def unkept(value: Any) -> Any:
     """Return the result a kept value stands for (bytes: the result envelope it was answered with)."""
-    return orjson.loads(value)["payload"]["content"] if value.__class__ is bytes else value
+    return orjson.loads(value)[PAYLOAD][CONTENT] if value.__class__ is bytes else value
 
 
 class TaskCache:

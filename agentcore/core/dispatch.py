@@ -27,6 +27,7 @@ from .._impl import SubjectIndex, subject_matches, validate_subject
 from ..config import AgentConfig
 from ..envelope import decode, is_expired
 from ..errors import EnvelopeError, PayloadTooLargeError, RemoteError, SubjectError
+from ..fields import ID, PAYLOAD, REPLY_TO, ROUTING, SOURCE, TYPE
 from ..metrics import AgentMetrics
 from ..topics import Topics
 from ..transport.connection import Connection
@@ -139,7 +140,7 @@ class Dispatcher:
             return
         if self.verifier is not None and not self._verified(msg, message):
             return
-        if "stream" in message["payload"] and message["type"] in ("task", "query") and any(r.kind == TASK or r.queue for r in regs):
+        if "stream" in message[PAYLOAD] and message[TYPE] in ("task", "query") and any(r.kind == TASK or r.queue for r in regs):
             # A request too large for one message came as an offer: a subscription that answers it pulls the
             # whole envelope, then routes it (an observer's plain subscription sees the offer as it is).
             self._spawn(self._route_pulled(msg, key, regs, message, t0))
@@ -148,11 +149,11 @@ class Dispatcher:
 
     def _route(self, msg: Incoming, key: SubscriptionKey, regs: list[Registration], message: dict[str, Any], t0: float,
                size: int = 0) -> None:
-        reply_to = message.get("replyTo")
+        reply_to = message.get(REPLY_TO)
         if reply_to and not self._may_answer(reply_to):
             self._refuse_reply_to(msg, message, reply_to)
             return
-        if message["type"] == "result":
+        if message[TYPE] == "result":
             # An answer is never work: one reflected onto a task subject (a NATS reply subject aimed there) must
             # not run a task handler as its sender's deputy. Observers (subscribe handlers) still see it.
             regs = [reg for reg in regs if reg.kind != TASK or reg.system]
@@ -224,7 +225,7 @@ class Dispatcher:
     def _verified(self, msg: Incoming, message: dict[str, Any]) -> bool:
         """Check msg's signed identity; refuse it (typed, to the NATS reply subject) and return False when it fails."""
         assert self.verifier is not None
-        source_id = message["source"]["id"]
+        source_id = message[SOURCE][ID]
         persisted = msg.__class__ is PersistedMsg  # stored for later and redelivered on purpose: no window, no replay set
         reason = self.verifier.check(msg.subject, msg.reply, getattr(msg, "headers", None), msg.data, source_id,
                                      fresh=not persisted)
@@ -233,11 +234,11 @@ class Dispatcher:
         error = self.verifier.refuse(reason, source_id, msg.subject)
         self.metrics.failed += 1
         if self.metrics.counters["identity_refused"] % 1000 == 1:  # once per thousand: a flood must not flood the log
-            log.warning("agent %s refused message %s from %r on %s: %s", self.agent_id, message["id"], source_id,
+            log.warning("agent %s refused message %s from %r on %s: %s", self.agent_id, message[ID], source_id,
                         msg.subject, error.remote_message)
         self.settlement.reject(msg)  # a persisted task: redelivering it cannot make its signature good
         if msg.reply:
-            self._spawn(self.replies.send_error(msg.reply, message["id"], error.code, error.remote_message, reason=reason))
+            self._spawn(self.replies.send_error(msg.reply, message[ID], error.code, error.remote_message, reason=reason))
         return False
 
     def _may_answer(self, subject: str) -> bool:
@@ -259,11 +260,11 @@ class Dispatcher:
         metrics.counters["replies_refused"] += 1
         if metrics.counters["replies_refused"] % 1000 == 1:  # once per thousand: a flood must not flood the log too
             log.warning("agent %s refused message %s from %s on %s: its replyTo %r is no reply inbox or result subject",
-                        self.agent_id, message["id"], message["source"]["id"], msg.subject, reply_to)
+                        self.agent_id, message[ID], message[SOURCE][ID], msg.subject, reply_to)
         self.settlement.reject(msg)  # a persisted task: redelivering it cannot make its replyTo acceptable
         if msg.reply:
             self._spawn(self.replies.send_error(
-                msg.reply, message["id"], "forbidden",
+                msg.reply, message[ID], "forbidden",
                 f"agent {self.agent_id} does not send answers to replyTo {reply_to!r}: only to reply inboxes, "
                 f"result subjects and agent.reply_subjects", reason="reply_to"))
 
@@ -274,8 +275,8 @@ class Dispatcher:
             self._refuse_overloaded(queued)
             return
         self.queued_bytes += size
-        priority = (queued.message.get("routing") or {}).get("priority") or 0
-        if not queued.reg.system and queued.message["type"] in _TASK_TYPES:
+        priority = (queued.message.get(ROUTING) or {}).get("priority") or 0
+        if not queued.reg.system and queued.message[TYPE] in _TASK_TYPES:
             self.tasks.queued(queued.message, queued.delivery().destination, self._signer_of(queued.msg))
         # heapq is a min-heap: negate so the highest routing.priority runs first, FIFO within a priority.
         heapq.heappush(self.queue, (-priority, next(self._seq), queued))
@@ -294,7 +295,7 @@ class Dispatcher:
             log.warning("agent %s is overloaded (%d queued, %d bytes): refusing messages", self.agent_id, len(self.queue),
                         self.queued_bytes)
         delivery = queued.delivery()
-        if delivery.reply or queued.message.get("replyTo"):
+        if delivery.reply or queued.message.get(REPLY_TO):
             self._spawn(self.replies.fail(
                 delivery, "overloaded", f"agent {self.agent_id} has {len(self.queue)} messages ({self.queued_bytes} bytes) "
                 "queued; try again later", reason="max_queued_bytes" if by_bytes else "max_queued"))
@@ -307,7 +308,7 @@ class Dispatcher:
             if msg.reply:
                 await self.replies.send_error(msg.reply, None, "invalid_message", str(exc))
             return
-        reply_to = message.get("replyTo")
+        reply_to = message.get(REPLY_TO)
         if reply_to and not self._may_answer(reply_to):
             self._refuse_reply_to(msg, message, reply_to)
             return
@@ -327,7 +328,7 @@ class Dispatcher:
         if not system:  # control and discovery bypass the concurrency limit, so they are not counted in it
             self.inflight += 1
         delivery = Delivery(message, msg.reply or None, subject, reg.fallback)
-        tracked = not system and message["type"] in _TASK_TYPES  # a task: its status kept, its requester may cancel
+        tracked = not system and message[TYPE] in _TASK_TYPES  # a task: its status kept, its requester may cancel
         if reg.plain and msg.headers is None and self.verifier is None and self.connection.tracer is None \
                 and not self.tasks.waiting and msg.__class__ is not PersistedMsg:
             task = start_now(self._handle_plain(reg, subject, message, msg, t0, delivery, tracked))
@@ -344,7 +345,7 @@ class Dispatcher:
         a message without headers, no tracer, no signed identities, nothing queued, not a persisted task. It does
         what _handle does in that case, and nothing else: each line here is paid per message."""
         pending = self._pending
-        mid = message["id"]
+        mid = message[ID]
         prior = pending.setdefault(mid, delivery)
         if prior is not delivery:
             self._same_id(prior, message, delivery)
@@ -353,11 +354,11 @@ class Dispatcher:
         key = None
         cache = self.cache
         try:
-            routing = message.get("routing")
+            routing = message.get(ROUTING)
             if routing is not None and routing.get("timeout") is not None and is_expired(message):
                 await self._expired(delivery, subject, mid)
                 return
-            if cache is not None and reg.cache and (msg.reply or message.get("replyTo")):
+            if cache is not None and reg.cache and (msg.reply or message.get(REPLY_TO)):
                 key = cache.key(reg.pattern, message, reg.cache == SHARED)
                 if key is not None:
                     hit = cache.get(key)
@@ -394,7 +395,7 @@ class Dispatcher:
                 del pending[mid]
             elif self.tasks.shadowed:
                 self._unshadow(message, delivery)
-            if cache is not None and (replay is not DONE or msg.reply or message.get("replyTo")):
+            if cache is not None and (replay is not DONE or msg.reply or message.get(REPLY_TO)):
                 # A message nobody waits for, handled, stays recorded as taken until the TTL from its arrival: there is
                 # no answer to keep and no word for a duplicate of it, so its end would change nothing but that.
                 cache.finish(reg.key, message, replay, msg.reply, delivery.size, end)
@@ -411,7 +412,7 @@ class Dispatcher:
         # The common case (no tracer, no headers, no signed identities, nothing queued, no routing) passes one test
         # for each group of rare work; each group lives in its own method.
         pending = self._pending
-        mid = message["id"]
+        mid = message[ID]
         prior = pending.setdefault(mid, delivery)
         if prior is not delivery:
             self._same_id(prior, message, delivery)
@@ -429,14 +430,14 @@ class Dispatcher:
         try:
             if delivery.cancelled:  # its requester cancelled it while it was queued
                 raise asyncio.CancelledError
-            routing = message.get("routing")
+            routing = message.get(ROUTING)
             if routing is not None and routing.get("timeout") is not None and is_expired(message):
                 await self._expired(delivery, subject, mid)
                 return
             # The cache answers only requests (someone waits for the answer), each scoped to its requester
             # unless the capability shares its results.
             cache = self.cache
-            if cache is not None and reg.kind == TASK and reg.cache and not reg.system and (msg.reply or message.get("replyTo")):
+            if cache is not None and reg.kind == TASK and reg.cache and not reg.system and (msg.reply or message.get(REPLY_TO)):
                 key = cache.key(reg.pattern, message, reg.cache == SHARED)
                 if key is not None:
                     hit = cache.get(key)
@@ -469,10 +470,10 @@ class Dispatcher:
                         replay = kept(result, delivery.envelope)  # what a replay (and once sent, a hit) answers
                         if key is not None and delivery.size:
                             cache.put(key, replay, delivery.size)  # type: ignore[union-attr]
-                elif message.get("type") in _TASK_TYPES:
+                elif message.get(TYPE) in _TASK_TYPES:
                     if result is False and delivery.destination:
                         await self.replies.fail(delivery, "unhandled", f"agent {self.agent_id} did not handle {subject}")
-                    elif delivery.reply or message.get("replyTo"):
+                    elif delivery.reply or message.get(REPLY_TO):
                         self.replies.defer(delivery)  # handled, answer still owed: publish_result may come later
             self.metrics.processed += 1
             ended = SUCCEEDED
@@ -528,17 +529,17 @@ class Dispatcher:
 
     def _same_id(self, prior: Delivery, message: dict[str, Any], delivery: Delivery) -> None:
         """A message whose id is pending already: answered, it is replaced; else both run (ids are the sender's)."""
-        mid = message["id"]
+        mid = message[ID]
         if prior.answered:
             self._pending[mid] = delivery
         else:  # publish_result() names messages by id alone: it keeps answering the first holder of this id
-            self.tasks.shadowed[(message["source"]["id"], mid)] = delivery  # status and cancel still find it
+            self.tasks.shadowed[(message[SOURCE][ID], mid)] = delivery  # status and cancel still find it
             log.warning("agent %s got message id %s from %s while one with that id is still pending; "
-                        "publish_result(%r) answers the first", self.agent_id, mid, message["source"]["id"], mid)
+                        "publish_result(%r) answers the first", self.agent_id, mid, message[SOURCE][ID], mid)
 
     def _unshadow(self, message: dict[str, Any], delivery: Delivery) -> None:
         """Forget a delivery that ran beside another requester's task with its id (tasks.shadowed is empty otherwise)."""
-        shadowed, id_key = self.tasks.shadowed, (message["source"]["id"], message["id"])
+        shadowed, id_key = self.tasks.shadowed, (message[SOURCE][ID], message[ID])
         if shadowed.get(id_key) is delivery:
             del shadowed[id_key]
 
@@ -666,7 +667,7 @@ class Dispatcher:
         """Run queued's handler now, counted as in flight, and return when it has answered."""
         self.inflight += 1  # _handle counts it down
         delivery = queued.delivery()
-        tracked = queued.message["type"] in _TASK_TYPES and not queued.reg.system
+        tracked = queued.message[TYPE] in _TASK_TYPES and not queued.reg.system
         if tracked:
             delivery.task = asyncio.current_task()
         await self._handle(queued.reg, queued.subject, queued.message, queued.msg, queued.t0, delivery, tracked)

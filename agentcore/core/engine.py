@@ -22,6 +22,7 @@ from ..errors import (
     PersistenceError, RemoteError,
     RequestTimeoutError,
 )
+from ..fields import PAYLOAD
 from ..metrics import AgentMetrics
 from ..topics import Topics
 from ..transport.connection import Connection
@@ -344,7 +345,7 @@ class Core:
         except nats.errors.Error as exc:  # draining, outbound buffer full while reconnecting, stale connection
             raise NotConnectedError(f"agent {self.agent_id} could not request on {subject}: {exc or exc.__class__.__name__}") from exc
         self.metrics.published += 1
-        if "stream" in reply["payload"]:
+        if "stream" in reply[PAYLOAD]:
             reply = await pull_result(connection, reply, timeout)  # an oversized result, offered as a stream
         raise_for_error(reply)
         return reply

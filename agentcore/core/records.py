@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..fields import REPLY_TO
+
 __all__ = ("MESSAGE", "TASK", "RAW", "NO_REPLY", "Handler", "Incoming", "Registration", "Delivery", "Queued",
            "SubscriptionKey", "CacheMode", "asked_at")
 
@@ -61,7 +63,7 @@ class Registration:
 
 def asked_at(message: dict[str, Any], reply: str) -> str | None:
     """Return where the sender asked for the answer: the message's replyTo, else the NATS reply subject, else None."""
-    return message.get("replyTo") or reply or None
+    return message.get(REPLY_TO) or reply or None
 
 
 @dataclass(eq=False, slots=True)
@@ -86,7 +88,7 @@ class Delivery:
     @property
     def destination(self) -> str | None:
         """Return where the answer goes: replyTo, else the reply subject, else the registration's fallback."""
-        dest = self.message.get("replyTo") or self.reply
+        dest = self.message.get(REPLY_TO) or self.reply
         if dest is None and self.fallback is not None:
             dest = self.fallback(self.message)  # computed only when needed: most requests carry a reply subject
         return dest

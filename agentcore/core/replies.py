@@ -14,6 +14,7 @@ from ..config import AgentConfig
 from .._impl import encode_result
 from ..envelope import encode, error_payload, new_message
 from ..errors import AgentCoreError, EnvelopeError, PayloadTooLargeError
+from ..fields import CONTEXT, CONVERSATION_ID, ID, REPLY_TO, ROUTING, SOURCE
 from ..metrics import AgentMetrics
 from ..transport.connection import Connection
 from ..transport.inline import queue_now, send_now
@@ -65,10 +66,10 @@ class Replies:
     def result_message(self, delivery: Delivery, content: Any, error: dict[str, Any] | None = None) -> bytes:
         """Return the encoded result envelope answering delivery."""
         request = delivery.message
-        context = request.get("context")
+        context = request.get(CONTEXT)
         # The envelope new_message() would make, written by the compiled core in one call (once per answered task).
-        data: bytes = encode_result(self.source, request["source"]["id"], request["id"],
-                                    context.get("conversationId") if context else None, content, error)
+        data: bytes = encode_result(self.source, request[SOURCE][ID], request[ID],
+                                    context.get(CONVERSATION_ID) if context else None, content, error)
         return data
 
     def answer_now(self, delivery: Delivery, content: Any) -> bool:
@@ -80,7 +81,7 @@ class Replies:
         """
         if delivery.answered or delivery.deferred or self.keeper is not None or not self.connection.bare:
             return False
-        dest = delivery.message.get("replyTo") or delivery.reply
+        dest = delivery.message.get(REPLY_TO) or delivery.reply
         if not dest or CURRENT.get() is not None:
             return False
         nc = self.connection.nc
@@ -115,7 +116,7 @@ class Replies:
 
     def forget(self, delivery: Delivery) -> None:
         """Stop offering delivery by its id (another delivery may hold that id by now)."""
-        mid = delivery.message["id"]
+        mid = delivery.message[ID]
         if self.pending.get(mid) is delivery:
             del self.pending[mid]
 
@@ -150,7 +151,7 @@ class Replies:
                 await self.connection.publish(dest, data)
                 return
         except PayloadTooLargeError as exc:
-            if (delivery.message.get("routing") or {}).get("stream"):
+            if (delivery.message.get(ROUTING) or {}).get("stream"):
                 delivery.answered = True  # the requester said it can pull a stream: it reassembles it
                 await offer_result(self.connection, self.source, delivery.message, dest, data)
             else:
@@ -191,7 +192,7 @@ class Replies:
         delivery.deferred = True
         self.owed.add(delivery)
         message = delivery.message
-        routing = message.get("routing") or {}
+        routing = message.get(ROUTING) or {}
         if routing.get("timeout") is not None:
             wait = message["timestamp"] + routing["timeout"] / 1000.0 - time.time()
         else:
@@ -205,7 +206,7 @@ class Replies:
         delivery.timer = None
         self.owed.discard(delivery)
         self.forget(delivery)
-        mid = delivery.message["id"]
+        mid = delivery.message[ID]
         if not delivery.answered and self.connection.usable:
             log.warning("agent %s handled message %s but published no result for it", self.source["id"], mid)
             self.spawn(self.fail(delivery, "no_result", f"agent {self.source['id']} handled message {mid} but published no result"))

@@ -9,6 +9,7 @@ from nats.aio.msg import Msg
 
 from ..envelope import decode
 from ..errors import EnvelopeError
+from ..fields import CORRELATION_ID, ID, SOURCE
 from ..transport.connection import Connection
 from ..transport.inline import REJECT
 from ..transport.settlement import pub_ack_stream
@@ -55,8 +56,8 @@ class ReplyCheck:
                 return REJECT
             reply = None
         target = self.target
-        if reply is None or reply.get("correlationId") != self.request_id or (
-                target is not None and reply["source"]["id"] != target):
+        if reply is None or reply.get(CORRELATION_ID) != self.request_id or (
+                target is not None and reply[SOURCE][ID] != target):
             counters = self.counters
             counters["replies_rejected"] += 1
             if counters["replies_rejected"] % 1000 == 1:  # once per thousand: a flood must not flood the log too
@@ -65,7 +66,7 @@ class ReplyCheck:
             return REJECT
         verifier = self.connection.verifier
         if verifier is not None:  # the reply's identity, checked as a served message's is
-            source_id = reply["source"]["id"]
+            source_id = reply[SOURCE][ID]
             reason = verifier.check(msg.subject, msg.reply, msg.headers, msg.data, source_id)
             if reason is not None:  # dropped: the genuine answer may still come; said at the timeout if not
                 self.counters["replies_rejected"] += 1

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._impl import FinishedLedger
+from ..fields import ID, SOURCE
 from .records import Delivery
 
 __all__ = ("QUEUED", "RUNNING", "DONE", "FAILED", "CANCELLED", "STATES", "TaskRecord", "TaskTable")
@@ -95,12 +96,12 @@ class TaskTable:
 
     def queued(self, message: dict[str, Any], dest: str | None, key: str | None) -> None:
         """Record a task waiting for a handler slot."""
-        source_id, task_id = message["source"]["id"], message["id"]
+        source_id, task_id = message[SOURCE][ID], message[ID]
         self.waiting[(source_id, task_id)] = TaskRecord(task_id, source_id, dest, key)
 
     def started(self, message: dict[str, Any], delivery: Delivery) -> None:
         """A queued task's handler starts: a cancel that came while it waited means it must not run."""
-        rec = self.waiting.pop((message["source"]["id"], message["id"]), None)
+        rec = self.waiting.pop((message[SOURCE][ID], message[ID]), None)
         if rec is not None and rec.cancelled:
             delivery.cancelled = delivery.answered = True
 
@@ -129,7 +130,7 @@ class TaskTable:
     def _delivery(self, source_id: str, task_id: str) -> Delivery | None:
         """Return the delivery of source_id's task task_id being answered, if any."""
         delivery = self._pending.get(task_id)
-        if delivery is not None and delivery.message["source"]["id"] == source_id:
+        if delivery is not None and delivery.message[SOURCE][ID] == source_id:
             return delivery
         return self.shadowed.get((source_id, task_id)) if self.shadowed else None
 
@@ -137,7 +138,7 @@ class TaskTable:
         """Return (state, since) of a task task_id of any requester (for control.allow agents; rarely used)."""
         delivery = self._pending.get(task_id)
         if delivery is not None:
-            return self.status(delivery.message["source"]["id"], task_id)
+            return self.status(delivery.message[SOURCE][ID], task_id)
         # a scan: queued tasks are few (agent.max_queued), shadowed ones fewer (colliding ids of running tasks)
         for source_id, live_id in (*self.waiting, *self.shadowed):
             if live_id == task_id:
