@@ -9,7 +9,7 @@ from ._impl import MESSAGE_TYPES, decode, encode, new_id, validate
 from .errors import (
     DuplicateMessageError, ForbiddenError, HandlerError, IdentityError, InvalidMessageError, LimitExceededError, MessageExpiredError, OverloadedError, RemoteError, ShuttingDownError,
 )
-from .fields import ERROR, ID, PAYLOAD, SOURCE
+from .fields import ERROR, ID, PAYLOAD, ROUTING, SOURCE, TIMEOUT, TIMESTAMP
 
 __all__ = (
     "MESSAGE_TYPES",
@@ -103,11 +103,11 @@ def raise_for_error(message: dict[str, Any]) -> None:
 
 def is_expired(message: dict[str, Any], now: float | None = None) -> bool:
     """Return True when the message's routing.timeout (ms after its timestamp) has passed."""
-    routing = message.get("routing")
+    routing = message.get(ROUTING)
     if not routing:
         return False
-    timeout = routing.get("timeout")
+    timeout = routing.get(TIMEOUT)
     if timeout is None:
         return False
-    deadline: float = message["timestamp"] + timeout / 1000.0
+    deadline: float = message[TIMESTAMP] + timeout / 1000.0
     return (time.time() if now is None else now) > deadline

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import orjson
 
-__all__ = ("ID", "TYPE", "SOURCE", "REPLY_TO", "CORRELATION_ID", "CONTEXT", "PAYLOAD", "ROUTING", "CONTENT",
-           "ERROR", "METADATA", "CONVERSATION_ID")
+__all__ = ("ID", "TIMESTAMP", "TYPE", "SOURCE", "REPLY_TO", "CORRELATION_ID", "CONTEXT", "PAYLOAD", "ROUTING",
+           "CONTENT", "ERROR", "METADATA", "CONVERSATION_ID", "TIMEOUT")
 
 _DECODED: tuple[str, ...] = tuple(orjson.loads(
-    b'{"id":0,"type":0,"source":0,"replyTo":0,"correlationId":0,"context":0,"payload":0,"routing":0,"content":0,'
-    b'"error":0,"metadata":0,"conversationId":0}'))
-ID, TYPE, SOURCE, REPLY_TO, CORRELATION_ID, CONTEXT, PAYLOAD, ROUTING, CONTENT, ERROR, METADATA, CONVERSATION_ID = _DECODED
+    b'{"id":0,"timestamp":0,"type":0,"source":0,"replyTo":0,"correlationId":0,"context":0,"payload":0,'
+    b'"routing":0,"content":0,"error":0,"metadata":0,"conversationId":0,"timeout":0}'))
+(ID, TIMESTAMP, TYPE, SOURCE, REPLY_TO, CORRELATION_ID, CONTEXT, PAYLOAD, ROUTING, CONTENT, ERROR, METADATA,
+ CONVERSATION_ID, TIMEOUT) = _DECODED

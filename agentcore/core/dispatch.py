@@ -27,7 +27,7 @@ from .._impl import SubjectIndex, subject_matches, validate_subject
 from ..config import AgentConfig
 from ..envelope import decode, is_expired
 from ..errors import EnvelopeError, PayloadTooLargeError, RemoteError, SubjectError
-from ..fields import ID, PAYLOAD, REPLY_TO, ROUTING, SOURCE, TYPE
+from ..fields import ID, PAYLOAD, REPLY_TO, ROUTING, SOURCE, TIMEOUT, TYPE
 from ..metrics import AgentMetrics
 from ..topics import Topics
 from ..transport.connection import Connection
@@ -355,7 +355,7 @@ class Dispatcher:
         cache = self.cache
         try:
             routing = message.get(ROUTING)
-            if routing is not None and routing.get("timeout") is not None and is_expired(message):
+            if routing is not None and routing.get(TIMEOUT) is not None and is_expired(message):
                 await self._expired(delivery, subject, mid)
                 return
             if cache is not None and reg.cache and (msg.reply or message.get(REPLY_TO)):
@@ -431,7 +431,7 @@ class Dispatcher:
             if delivery.cancelled:  # its requester cancelled it while it was queued
                 raise asyncio.CancelledError
             routing = message.get(ROUTING)
-            if routing is not None and routing.get("timeout") is not None and is_expired(message):
+            if routing is not None and routing.get(TIMEOUT) is not None and is_expired(message):
                 await self._expired(delivery, subject, mid)
                 return
             # The cache answers only requests (someone waits for the answer), each scoped to its requester
