@@ -14,7 +14,8 @@ import pytest
 from agentcore import fields
 from agentcore.envelope import decode, encode, new_message
 
-NAMES = {"ID": "id", "TIMESTAMP": "timestamp", "TYPE": "type", "SOURCE": "source", "REPLY_TO": "replyTo", "CORRELATION_ID": "correlationId",
+NAMES = {"ID": "id", "TIMESTAMP": "timestamp", "TYPE": "type", "SOURCE": "source", "REPLY_TO": "replyTo",
+         "CORRELATION_ID": "correlationId",
          "CONTEXT": "context", "PAYLOAD": "payload", "ROUTING": "routing", "CONTENT": "content", "ERROR": "error",
          "METADATA": "metadata", "CONVERSATION_ID": "conversationId", "TIMEOUT": "timeout"}
 
