@@ -6,7 +6,7 @@ from setuptools import Extension, find_packages, setup
 
 # AGENTCORE_NO_EXTENSIONS=1 asks for an honest pure-Python build; otherwise a failing compile fails the build.
 NO_EXTENSIONS = bool(os.environ.get("AGENTCORE_NO_EXTENSIONS"))
-MODULES = ("subjects", "envelope", "cache", "batch", "wire", "eager", "ledger", "dedup")
+MODULES = ("subjects", "envelope", "cache", "batch", "wire", "eager", "ledger", "dedup", "slots")
 
 ext_modules = []
 if not NO_EXTENSIONS:

@@ -39,6 +39,7 @@ if TYPE_CHECKING or NO_EXTENSIONS:
     from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, encode_result, new_id, validate
     from ._ext.ledger_py import FinishedLedger
     from ._ext.subjects_py import SubjectIndex, subject_matches, validate_subject, validate_token
+    from ._ext.slots_py import SlotsMaker
     from ._ext.wire_py import Frame, Target, frame_end, pub_frame, scan_frames
 
     IMPLEMENTATION = "pure"
@@ -52,6 +53,7 @@ else:
         from ._ext.envelope import MESSAGE_TYPES, decode, encode, encode_result, new_id, validate
         from ._ext.ledger import FinishedLedger
         from ._ext.subjects import SubjectIndex, subject_matches, validate_subject, validate_token
+        from ._ext.slots import SlotsMaker
         from ._ext.wire import Frame, Target, frame_end, pub_frame, scan_frames
 
         IMPLEMENTATION = "compiled"
@@ -79,6 +81,7 @@ else:
         from ._ext.envelope_py import MESSAGE_TYPES, decode, encode, encode_result, new_id, validate
         from ._ext.ledger_py import FinishedLedger
         from ._ext.subjects_py import SubjectIndex, subject_matches, validate_subject, validate_token
+        from ._ext.slots_py import SlotsMaker
         from ._ext.wire_py import Frame, Target, frame_end, pub_frame, scan_frames
 
         IMPLEMENTATION = "pure"
@@ -136,6 +139,7 @@ __all__ = (
     "encode_result",
     "new_id",
     "validate",
+    "SlotsMaker",
     "SubjectIndex",
     "subject_matches",
     "validate_subject",

@@ -37,7 +37,7 @@ from ..transport.offload import PullGate, pull_request
 from ..transport.settlement import PersistedMsg, Settlement
 from ..transport.tracecontext import CURRENT, TRACEPARENT, Scope, carried
 from .caching import DONE, IN_FLIGHT, MISS, NOT_KEPT, SHARED, TaskCache, kept, unkept
-from .records import NO_REPLY, TASK, Delivery, Incoming, Queued, Registration, SubscriptionKey, asked_at
+from .records import NO_REPLY, TASK, Delivery, Incoming, Queued, Registration, SubscriptionKey, asked_at, new_delivery
 from .replies import Replies
 from .tasks import CANCELLED, FAILED, TaskTable
 from .tasks import DONE as SUCCEEDED  # a task state; caching's DONE (a replay marker) is another thing
@@ -327,7 +327,7 @@ class Dispatcher:
         system = reg.system
         if not system:  # control and discovery bypass the concurrency limit, so they are not counted in it
             self.inflight += 1
-        delivery = Delivery(message, msg.reply or None, subject, reg.fallback)
+        delivery = new_delivery(message, msg.reply or None, subject, reg.fallback)
         tracked = not system and message[TYPE] in _TASK_TYPES  # a task: its status kept, its requester may cancel
         if reg.plain and msg.headers is None and self.verifier is None and self.connection.tracer is None \
                 and not self.tasks.waiting and msg.__class__ is not PersistedMsg:

@@ -14,7 +14,7 @@ import pytest
 from helpers import FakeClock
 
 NO_EXTENSIONS = bool(os.environ.get("AGENTCORE_NO_EXTENSIONS"))
-CORE_MODULES = ("subjects", "envelope", "cache", "batch", "wire", "eager", "ledger", "dedup")
+CORE_MODULES = ("subjects", "envelope", "cache", "batch", "wire", "eager", "ledger", "dedup", "slots")
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class CoreImplementation:
     eager: ModuleType
     ledger: ModuleType
     dedup: ModuleType
+    slots: ModuleType
 
 
 def load_core(compiled: bool) -> CoreImplementation:
@@ -88,6 +89,11 @@ def ledger_module(core: CoreImplementation) -> ModuleType:
 @pytest.fixture(scope="session")
 def dedup_module(core: CoreImplementation) -> ModuleType:
     return core.dedup
+
+
+@pytest.fixture(scope="session")
+def slots_module(core: CoreImplementation) -> ModuleType:
+    return core.slots
 
 
 @pytest.fixture(scope="session")

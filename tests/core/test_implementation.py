@@ -16,12 +16,12 @@ import importlib, json
 from agentcore import _impl
 names = ("SubjectIndex", "subject_matches", "validate_subject", "validate_token", "MESSAGE_TYPES", "decode",
          "encode", "validate", "ContentCache", "canonical_hash", "content_hash", "task_key", "BatchAccumulator", "scan_frames",
-         "frame_end", "first_step", "FinishedLedger")
+         "frame_end", "first_step", "FinishedLedger", "SlotsMaker")
 modules = {}
 for name in names:
     obj = getattr(_impl, name)
     modules[name] = getattr(obj, "__module__", None)
-files = {m: importlib.import_module(f"agentcore._ext.{m}").__file__ for m in ("subjects", "envelope", "cache", "batch", "wire", "eager", "ledger")}
+files = {m: importlib.import_module(f"agentcore._ext.{m}").__file__ for m in ("subjects", "envelope", "cache", "batch", "wire", "eager", "ledger", "slots")}
 print(json.dumps({"implementation": _impl.IMPLEMENTATION, "modules": modules, "files": files}))
 """
 
@@ -46,6 +46,7 @@ def test_c_extension_preferred_by_default() -> None:
     assert info["modules"]["scan_frames"] == "agentcore._ext.wire"
     assert info["modules"]["first_step"] == "agentcore._ext.eager"
     assert info["modules"]["FinishedLedger"] == "agentcore._ext.ledger"
+    assert info["modules"]["SlotsMaker"] == "agentcore._ext.slots"
     for path in info["files"].values():
         assert path.endswith(".so") or path.endswith(".pyd")
 
@@ -60,6 +61,7 @@ def test_pure_python_when_asked() -> None:
     assert info["modules"]["scan_frames"] == "agentcore._ext.wire_py"
     assert info["modules"]["first_step"] == "agentcore._ext.eager_py"
     assert info["modules"]["FinishedLedger"] == "agentcore._ext.ledger_py"
+    assert info["modules"]["SlotsMaker"] == "agentcore._ext.slots_py"
 
 
 def _doc_body(obj: object) -> str:
@@ -67,7 +69,7 @@ def _doc_body(obj: object) -> str:
     return (obj.__doc__ or "").strip().split("\n\n")[-1]
 
 
-@pytest.mark.parametrize("name", ["subjects", "envelope", "cache", "batch", "wire", "ledger"])
+@pytest.mark.parametrize("name", ["subjects", "envelope", "cache", "batch", "wire", "ledger", "slots"])
 def test_twins_have_the_same_public_api(name: str) -> None:
     if os.environ.get("AGENTCORE_NO_EXTENSIONS"):
         pytest.skip("pure build requested")
