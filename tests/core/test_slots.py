@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import abc
+import copy
 import dataclasses
 import gc
+import pickle
 import sys
 from types import ModuleType
 from typing import Any
@@ -105,3 +108,140 @@ def test_a_class_whose_init_does_more_is_refused(slots_module: ModuleType, cls: 
                                                  error: type[Exception]) -> None:
     with pytest.raises(error):
         slots_module.SlotsMaker(cls, given)
+
+
+@dataclasses.dataclass(slots=True, frozen=True)
+class Frozen:
+    a: Any
+    b: Any
+    c: Any
+    d: Any
+    e: int = 5
+
+
+@dataclasses.dataclass(slots=True)
+class AnAbc(abc.ABC):
+    a: Any
+    b: Any
+    c: Any
+    d: Any
+    e: int = 5
+
+
+@pytest.mark.parametrize("cls", [Frozen, AnAbc])
+def test_frozen_dataclasses_and_other_metaclasses_are_made_alike(slots_module: ModuleType, cls: type) -> None:
+    made = slots_module.SlotsMaker(cls, ("a", "b", "c", "d")).make(1, 2, 3, 4)
+    assert type(made) is cls and fields_of(made) == fields_of(cls(1, 2, 3, 4))
+
+
+@dataclasses.dataclass(slots=True)
+class OwnInit:
+    a: Any
+    b: Any
+    c: Any
+    d: Any
+    e: int = 5
+
+    def __init__(self, a: Any, b: Any, c: Any, d: Any) -> None:
+        self.a, self.b, self.c, self.d, self.e = a, b, c, d, 6
+
+
+@dataclasses.dataclass(slots=True)
+class KwOnly:
+    a: Any
+    b: Any
+    _: dataclasses.KW_ONLY
+    c: Any = None
+    d: Any = None
+
+
+@dataclasses.dataclass(slots=True)
+class NotInInit:
+    a: Any
+    b: Any
+    c: Any = dataclasses.field(init=False, default=None)
+    d: Any = None
+    e: Any = None
+
+
+@dataclasses.dataclass(slots=True)
+class WithInitVar:
+    a: Any
+    b: Any
+    x: dataclasses.InitVar[Any]
+    c: Any = None
+    d: Any = None
+
+
+@dataclasses.dataclass(slots=True)
+class WithSetattr:
+    a: Any
+    b: Any
+    c: Any
+    d: Any
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, str(value))
+
+
+class Counting(type):
+    def __call__(cls, *args: Any) -> Any:
+        made = super().__call__(*args)
+        made.e += 1
+        return made
+
+
+@dataclasses.dataclass(slots=True)
+class WithMetaCall(metaclass=Counting):
+    a: Any
+    b: Any
+    c: Any
+    d: Any
+    e: int = 0
+
+
+@dataclasses.dataclass(slots=True)
+class Abstract(abc.ABC):
+    a: Any
+    b: Any
+    c: Any
+    d: Any
+
+    @abc.abstractmethod
+    def run(self) -> None: ...
+
+
+Many = dataclasses.make_dataclass("Many", [*"abcd", *((f"e{i}", int, dataclasses.field(default=0)) for i in range(29))],
+                                  slots=True)
+
+
+@pytest.mark.parametrize("cls, given, error", [
+    (OwnInit, ("a", "b", "c", "d"), ValueError),  # an __init__ written in the class body, not the dataclass's
+    (KwOnly, ("a", "b", "c", "d"), ValueError),  # cls(a, b, c, d) fails: c and d are keyword-only
+    (NotInInit, ("a", "b", "c", "d"), ValueError),  # c is no parameter of __init__
+    (WithInitVar, ("a", "b", "c", "d"), ValueError),  # cls(a, b, c, d) gives x=c, c=d
+    (WithSetattr, ("a", "b", "c", "d"), ValueError),  # __init__ sets the fields through it
+    (WithMetaCall, ("a", "b", "c", "d"), ValueError),  # cls(...) is the metaclass's __call__
+    (Abstract, ("a", "b", "c", "d"), ValueError),  # cls(...) raises
+    (Many, ("a", "b", "c", "d"), ValueError),  # more fields than the compiled maker keeps offsets for
+    (Four, ["a", "b", "c", "d"], TypeError),  # given as a list, not a tuple
+])
+def test_both_twins_refuse_what_either_would_make_otherwise(slots_module: ModuleType, cls: type,
+                                                            given: tuple[str, ...], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        slots_module.SlotsMaker(cls, given)
+
+
+def test_a_maker_cannot_be_pickled_copied_or_forged(slots_module: ModuleType) -> None:
+    maker = slots_module.SlotsMaker(Four, ("a", "b", "c", "d"))
+    with pytest.raises(TypeError):
+        pickle.dumps(maker)
+    with pytest.raises(TypeError):
+        copy.copy(maker)
+    assert not hasattr(maker, "__setstate_cython__")  # a forged state would be offsets to write anywhere
+
+
+def test_a_maker_never_initialised_makes_nothing(slots_module: ModuleType) -> None:
+    maker = slots_module.SlotsMaker.__new__(slots_module.SlotsMaker)
+    with pytest.raises(AttributeError):
+        maker.make(1, 2, 3, 4)
