@@ -20,7 +20,7 @@ DEF MAX_FIELDS = 32
 
 @cython.auto_pickle(False)  # its state is raw offsets: one forged by __setstate__ would write anywhere in memory
 cdef class SlotsMaker:
-    """make(a, b, c, d): a new instance of cls with its first four fields set to a, b, c, d and the rest to their defaults."""
+    """make(a, b, c, d): a new instance of cls, its first four fields set to a, b, c, d and the rest to defaults."""
 
     # Creating a dataclass instance through its __init__ costs a Python frame and one store per field (about 2,500
     # instructions for the 14 fields of a Delivery, made per message); this allocates it and writes each slot.
@@ -43,7 +43,7 @@ cdef class SlotsMaker:
             object.__setattr__(probe, name, sentinel)
         cdef char* base = <char*><PyObject*>probe
         cdef Py_ssize_t size = (<PyTypeObject*>cls).tp_basicsize
-        cdef Py_ssize_t offsets[MAX_FIELDS]  # kept only once all are found: a failed __init__ leaves the maker as it was
+        cdef Py_ssize_t offsets[MAX_FIELDS]  # kept once all are found: a failed __init__ leaves the maker as it was
         cdef Py_ssize_t i, at, found
         for i in range(len(names)):
             found = -1
@@ -68,7 +68,7 @@ cdef class SlotsMaker:
         """Return a new instance with its first four fields set to a, b, c, d and the rest to their defaults."""
         if self.n == 0:  # made by __new__ alone, never initialised: as the pure twin, which has no cls yet
             raise AttributeError("cls")
-        cdef object made = PyType_GenericAlloc(<type>self.cls, 0)  # zeroed and tracked by the GC, as object.__new__ makes it
+        cdef object made = PyType_GenericAlloc(<type>self.cls, 0)  # zeroed, tracked by the GC: as object.__new__ does
         cdef char* base = <char*><PyObject*>made
         cdef tuple values = self.values
         cdef Py_ssize_t i

@@ -11,7 +11,7 @@ MAX_FIELDS = 32  # the compiled maker keeps the slots' offsets in a fixed array
 
 
 def defaults_of(cls: type, given: tuple[str, ...]) -> dict[str, Any]:
-    """Return the defaults of cls's fields after the four given ones; raise when its __init__ does more than set them."""
+    """Return the defaults of cls's fields after the four given; raise when its __init__ does more than set them."""
     # cls must be a dataclass with __slots__ (no instance __dict__), without __post_init__, its own __new__ or
     # __setattr__, a metaclass's __call__ or abstract methods, whose first four fields are given, in that order, as
     # positional parameters, and whose other fields all have a plain default (no default_factory): an instance made by
@@ -30,7 +30,8 @@ def defaults_of(cls: type, given: tuple[str, ...]) -> dict[str, Any]:
         raise ValueError(f"the given fields {given} must be positional parameters of {cls.__name__}.__init__")
     if "__dict__" in dir(cls) or set(getattr(cls, "__slots__", ())) != set(names):
         raise ValueError(f"{cls.__name__} must keep exactly its fields in __slots__ (dataclass(slots=True))")
-    if hasattr(cls, "__post_init__") or cls.__new__ is not object.__new__ or cls.__init__.__qualname__ != f"{cls.__qualname__}.__init__":
+    own_init = cls.__init__.__qualname__ == f"{cls.__qualname__}.__init__"
+    if hasattr(cls, "__post_init__") or cls.__new__ is not object.__new__ or not own_init:
         raise ValueError(f"{cls.__name__}.__init__ must be the dataclass's own, setting its fields and nothing else")
     # A frozen dataclass's __init__ goes around its __setattr__; any other __setattr__ runs for every field it sets.
     if cls.__setattr__ is not object.__setattr__ and not cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
@@ -54,7 +55,7 @@ def defaults_of(cls: type, given: tuple[str, ...]) -> dict[str, Any]:
 
 
 class SlotsMaker:
-    """make(a, b, c, d): a new instance of cls with its first four fields set to a, b, c, d and the rest to their defaults."""
+    """make(a, b, c, d): a new instance of cls, its first four fields set to a, b, c, d and the rest to defaults."""
 
     __slots__ = ("cls",)
 
