@@ -203,7 +203,7 @@ def _alternate(url: str, sizes: dict[str, int], progress: Callable[[str], None] 
         for i in range(rounds):
             metrics: dict[str, float] = {}
             for loop in (("uvloop", "asyncio") if i % 2 == 0 else ("asyncio", "uvloop")):
-                for kind in UV_KINDS:
+                for kind in (UV_KINDS if i // 2 % 2 == 0 else UV_KINDS[::-1]):  # no kind always first on a loop
                     metrics[f"{kind}@{loop}"] = statistics.median(threads[loop].call(sides[loop].block(kind, per_round))) * 1e6
                     if progress is not None:
                         progress(f"{ALTERNATING} round {i + 1}/{rounds} {loop} {kind}")

@@ -79,3 +79,15 @@ def test_progress_is_one_rewritten_line_on_a_terminal_and_block_lines_elsewhere(
             assert text.count("\r") == 4 and "4/4" in text and text.endswith("\n")
         else:
             assert text.splitlines() == ["bench: block 1/2 uvloop (1/4)", "bench: block 2/2 asyncio (3/4)"]
+
+
+def test_round_trip_rounds_rotate_so_no_kind_runs_twice_in_a_row_and_each_takes_every_place() -> None:
+    from agentcore.bench.measure import _RT_KINDS, SIZES, _rotated
+
+    rounds = SIZES["rt_rounds"]
+    sequence = [kind for rnd in range(rounds) for kind in _rotated(_RT_KINDS, rnd)]
+    assert all(a != b for a, b in zip(sequence, sequence[1:]))
+    assert all(sorted(_rotated(_RT_KINDS, rnd)) == sorted(_RT_KINDS) for rnd in range(rounds))
+    places = {kind: [_rotated(_RT_KINDS, rnd).index(kind) for rnd in range(rounds)] for kind in _RT_KINDS}
+    assert all(sorted(set(p)) == list(range(len(_RT_KINDS))) and len(set(p.count(i) for i in set(p))) == 1
+               for p in places.values())
