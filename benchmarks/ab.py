@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 RESULT_TAG = "ABRESULT "
 
@@ -123,7 +124,16 @@ def fmt(v: float) -> str:
     return f"{v:,.0f}" if v >= 1000 else f"{v:.1f}"
 
 
-def report(blocks: dict[str, list[dict[str, object]]]) -> None:
+def block_ratio(block: dict[str, Any], name: str, base: str) -> float:
+    """One block's ratio to raw, as agentcore.bench.run.block_ratio: the repetitions' paired ratios where kept."""
+    reps = block.get("reps") or {}
+    mine, raw = reps.get(name), reps.get(base)
+    if mine and raw and len(mine) == len(raw) and all(raw):
+        return float(statistics.median([a / b for a, b in zip(mine, raw)]))
+    return float(block["metrics"][name] / block["metrics"][base])
+
+
+def report(blocks: dict[str, list[dict[str, Any]]]) -> None:
     head = (f"{'metric':<13}{'unit':<8}{'A median':>10}{'B median':>10}{'A/raw':>8}{'B/raw':>8}"
             f"{'A/raw range':>14}{'B/raw range':>14}{'B/A':>8}{'B/A of /raw':>12}")
     print(head)
@@ -131,9 +141,9 @@ def report(blocks: dict[str, list[dict[str, object]]]) -> None:
     for name, (unit, higher, base) in METRICS.items():
         vals, ratios = {}, {}
         for side in ("A", "B"):
-            ms = [b["metrics"] for b in blocks[side]]  # type: ignore[index]
+            ms = [b["metrics"] for b in blocks[side]]
             vals[side] = [m[name] for m in ms]
-            ratios[side] = [m[name] / m[base] for m in ms]
+            ratios[side] = [block_ratio(b, name, base) for b in blocks[side]]
         med = {s: statistics.median(vals[s]) for s in vals}
         rmed = {s: statistics.median(ratios[s]) for s in ratios}
         is_raw = name == base
@@ -179,7 +189,7 @@ def main() -> None:
     binary = find_server(args.nats_server, args.a)
     server, url = start_server(binary)
     print(f"nats-server {binary} at {url}; {args.blocks} blocks per side, alternating A, B; sizes {sizes}", flush=True)
-    blocks: dict[str, list[dict[str, object]]] = {"A": [], "B": []}
+    blocks: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
     t_start = time.monotonic()
     try:
         for i in range(args.blocks):

@@ -97,3 +97,18 @@ async def summarise_pair(bench: LoopBench, config: Any) -> Any:
     await client.astart()
     bench.closers += [worker.astop, client.astop]
     return client
+
+
+def run_on(loop: str, main: Awaitable[Any]) -> Any:
+    """Run main to its end on a new event loop of the named kind ("asyncio" or "uvloop", which must be installed)."""
+    import importlib.util
+
+    if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise SystemExit("uvloop is not installed (pip install uvloop)")
+    factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
+    if loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)  # type: ignore[arg-type]

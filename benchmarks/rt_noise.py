@@ -28,8 +28,8 @@ import nats
 
 from agentcore import AgentConfig
 from agentcore.bench.measure import envelopes, guide_echo, serve_raw, timed_requests
-from agentcore.loops import loop_factory
 from agentcore.server import NATSServer
+from harness import run_on
 
 KINDS = ("rt_raw", "rt_raw2", "rt_sync", "rt_default")
 #: scheme -> rounds, round trips per kind per round, the order of round r
@@ -93,8 +93,4 @@ if __name__ == "__main__":
     parser.add_argument("--blocks", type=int, default=36, help="blocks, taking the schemes in turn")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args()
-    factory = loop_factory() if args.loop == "uvloop" else asyncio.new_event_loop
-    if args.loop == "uvloop" and factory is asyncio.new_event_loop:
-        raise SystemExit("uvloop is not installed (pip install uvloop)")
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(main(args.blocks))
+    run_on(args.loop, main(args.blocks))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from .run import block_ratio
+
 __all__ = ("HEAD", "NOTE", "goals")
 
 HEAD = ["goal", "target", "measured", "verdict"]
@@ -42,12 +44,12 @@ def _same_answer(results: dict[str, Any], name: str = "pipe_rawreq") -> tuple[st
     """Return name over pipe_rawenv per loop (median of the blocks' ratios) and whether each is >= 1.0."""
     cells, met = [], True
     for loop in results["loops"]:
-        ratios = [b["metrics"][name] / b["metrics"]["pipe_rawenv"] for b in results["blocks"]
-                  if b["loop"] == loop and b["metrics"].get("pipe_rawenv") and name in b["metrics"]]
+        ratios = [r for r in (block_ratio(b, name, "pipe_rawenv") for b in results["blocks"] if b["loop"] == loop)
+                  if r is not None]
         if ratios:
-            row = {"ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)]}
-            cells.append(f"{loop} {_ratio(row)}")
-            met = met and row["ratio"] >= 1.0
+            ratio = statistics.median(ratios)
+            cells.append(f"{loop} {_ratio({'ratio': ratio, 'ratio_range': [min(ratios), max(ratios)]})}")
+            met = met and ratio >= 1.0
     return (", ".join(cells), met) if cells else None
 
 

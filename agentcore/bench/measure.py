@@ -8,7 +8,9 @@ rt_default, oneway_default, pipe_default and pipe_guide (the default configurati
 on).
 
 Metrics (lower is better for µs, higher for rates); each is compared with the raw nats-py metric named in
-METRICS, measured in the same run:
+METRICS, measured in the same run. A throughput or stream metric is the median over its repetitions; measure() also
+returns each repetition's rate ("reps"), so that a block's ratio to raw pairs every repetition with raw's own in the
+same repetition (agentcore.bench.run.block_ratio):
   rt_*      sequential request/reply round trip p50, ~200 B content; the requester is a raw nats-py client
             sending guide envelopes for every kind:
               rt_raw     responder = raw nats-py subscriber (orjson loads + dumps + respond)
@@ -245,6 +247,7 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
     closers: list[Any] = []
     out: dict[str, float] = {}
     extra: dict[str, float] = {}
+    reps: dict[str, list[float]] = {}  # each repetition's rate per kind, in order: a block's paired ratios
 
     def cfg(env: str, default: bool = False) -> Any:
         if default:  # the configuration a guide user gets: everything at its default but where to connect
@@ -365,6 +368,7 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
                     step(kind)
             for kind, r in rates.items():
                 out[kind] = statistics.median(r)
+                reps[kind] = r
 
             # The guide's set-up end to end: a requester agent in the default configuration, in rt_default's
             # environment (its send_task reaches rt_default's agent).
@@ -402,6 +406,7 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
                     step(kind)
             for kind, r in rates.items():
                 out[kind] = statistics.median(r)
+                reps[kind] = r
 
         # ------------------------------------------------------------------ streams
         if "stream" in suites:
@@ -457,6 +462,7 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
                     step(kind)
             for kind, r in rates.items():
                 out[kind] = statistics.median(r)
+                reps[kind] = r
     finally:
         for close in closers:
             try:
@@ -464,7 +470,7 @@ async def measure(url: str, sizes: dict[str, int], suites: tuple[str, ...] = SUI
             except Exception as exc:  # a slow stop must not lose the measurement
                 print(f"close failed: {exc!r}", file=sys.stderr)
     loop = asyncio.get_running_loop()
-    return {"metrics": out, "extra": extra, "python": sys.executable, "agentcore": agentcore.__file__,
+    return {"metrics": out, "extra": extra, "reps": reps, "python": sys.executable, "agentcore": agentcore.__file__,
             "implementation": getattr(agentcore, "implementation", "?"),
             "loop": "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio",
             "nats_py": importlib.metadata.version("nats-py")}

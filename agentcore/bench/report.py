@@ -55,6 +55,10 @@ def validate(results: Any, where: str = "the run") -> dict[str, Any]:
             raise bad("a block without its loop or metrics")
         if not all(isinstance(v, Real) for v in block["metrics"].values()):
             raise bad(f"a block of {block['loop']} with a metric that is not a number")
+        reps = block.get("reps", {})
+        if not isinstance(reps, dict) or not all(isinstance(r, list) and all(isinstance(v, Real) for v in r)
+                                                 for r in reps.values()):
+            raise bad(f"a block of {block['loop']} whose repetitions are not lists of numbers")
     for block in results["blocks"]:
         if block["loop"] not in results["loops"]:
             raise bad(f"a block of loop {block['loop']!r}, which 'loops' does not list")
@@ -144,6 +148,8 @@ def _about(results: dict[str, Any]) -> str:
 _NOTE = ("vs raw: the metric over raw nats-py's (its baseline) measured in the same block on the same loop (median over "
          "blocks; range in brackets). ↓ lower is better, ↑ higher is better: below 1.0x is better for ↓ rows, above 1.0x "
          "for ↑ rows.")
+_PAIRED_NOTE = (" A throughput or stream row's ratio in a block is the median over the block's repetitions of its rate over "
+                "raw nats-py's in the same repetition.")
 _PYTEST_NOTE = ("vs raw: the row over the raw nats-py row of its group, measured in the same session: pytest-benchmark "
                 "rows (median µs per round) ran one after another, the kinds of a *_ratio test (p50 µs) interleaved in "
                 "blocks. ↓ lower is better.")
@@ -183,7 +189,8 @@ def _parts(results: dict[str, Any], grid: Any) -> list[str]:
     if results["blocks"]:
         both = "uvloop" in results["loops"] and "asyncio" in results["loops"]
         note = _PYTEST_NOTE if str(results.get("source", "")).startswith("pytest") else _NOTE
-        out += [*grid(*_main_grid(results)), "", note + (_CROSS_NOTE if both else ""), ""]
+        paired = _PAIRED_NOTE if any(b.get("reps") for b in results["blocks"]) else ""
+        out += [*grid(*_main_grid(results)), "", note + paired + (_CROSS_NOTE if both else ""), ""]
     alternating = _alternating_grid(results)
     if alternating is not None:
         out += [*grid(*alternating), "", _ALT_NOTE, ""]

@@ -21,8 +21,8 @@ from ..loops import loop_factory
 from . import rss
 from .measure import METRICS, QUICK, SIZES, SUITES, UV_KINDS, DefaultInstall, measure, steps
 
-__all__ = ("ALL_SUITES", "ALTERNATING", "ALT_METRICS", "FORMAT", "available_loops", "machine", "run", "summarise",
-           "total_steps", "uvloop_installed")
+__all__ = ("ALL_SUITES", "ALTERNATING", "ALT_METRICS", "FORMAT", "available_loops", "block_ratio", "machine", "run",
+           "summarise", "total_steps", "uvloop_installed")
 
 T = TypeVar("T")
 
@@ -151,7 +151,8 @@ def run(url: str | None, *, quick: bool = False, blocks: int | None = None, suit
             for loop in order:
                 with asyncio.Runner(loop_factory=_factory(loop)) as runner:
                     block = runner.run(measure(url, sizes, per_loop, _prefixed(progress, f"block {i + 1}/{blocks} {loop}")))
-                results.append({"block": i + 1, "loop": block["loop"], "metrics": block["metrics"], "extra": block["extra"]})
+                results.append({"block": i + 1, "loop": block["loop"], "metrics": block["metrics"], "extra": block["extra"],
+                                "reps": block.get("reps", {})})
         if "uvloop" in suites:
             out["alternating"] = _alternate(url, sizes, progress) if uvloop_installed() else {
                 "skipped": "uvloop is not installed (pip install 'agentcore-nats[fast]')"}
@@ -217,9 +218,28 @@ def _alternate(url: str, sizes: dict[str, int], progress: Callable[[str], None] 
             "summary": summarise(blocks, [ALTERNATING], ALT_METRICS)["summary"][ALTERNATING]}
 
 
+def block_ratio(block: dict[str, Any], name: str, base: str) -> float | None:
+    """Return one block's ratio of metric name to its baseline: the median of the repetitions' paired ratios where
+    the block kept every repetition's rate, else the ratio of the two metrics (None without a baseline).
+
+    Pairing each repetition with raw nats-py's in the same repetition (run next to it) takes out the load the box
+    had at the time: in one-way runs of raw nats-py against itself, the standard deviation of a block's ratio was
+    20-37% smaller than as the ratio of the two medians (benchmarks/oneway_noise.py).
+    """
+    reps = block.get("reps") or {}
+    mine, raw = reps.get(name), reps.get(base)
+    if mine and raw and len(mine) == len(raw) and all(raw):
+        return float(statistics.median([a / b for a, b in zip(mine, raw)]))
+    metrics = block["metrics"]
+    if name not in metrics or not metrics.get(base):
+        return None
+    return float(metrics[name] / metrics[base])
+
+
 def summarise(blocks: list[dict[str, Any]], loops: list[str],
               metrics: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Return per loop and metric the median over blocks and the median of each block's ratio to raw nats-py.
+    """Return per loop and metric the median over blocks and the median of each block's ratio to raw nats-py
+    (block_ratio).
 
     A ratio is agent/raw for both kinds of metric; for rates (higher is better) above 1.0 is better, for
     latencies (lower is better) below 1.0 is better. "cross" holds each uvloop metric over asyncio's raw one.
@@ -228,13 +248,13 @@ def summarise(blocks: list[dict[str, Any]], loops: list[str],
     spec = METRICS if metrics is None else metrics
     summary: dict[str, dict[str, Any]] = {}
     for loop in loops:
-        mine = [b["metrics"] for b in blocks if b["loop"] == loop]
+        mine = [b for b in blocks if b["loop"] == loop]
         rows: dict[str, Any] = {}
         for name, (unit, higher, base, _suite) in spec.items():
-            values = [m[name] for m in mine if name in m]
+            values = [b["metrics"][name] for b in mine if name in b["metrics"]]
             if not values:
                 continue
-            ratios = [m[name] / m[base] for m in mine if name in m and m.get(base)]
+            ratios = [r for r in (block_ratio(b, name, base) for b in mine) if r is not None]
             rows[name] = {"unit": unit, "higher_is_better": higher, "baseline": base, "median": statistics.median(values),
                           "ratio": statistics.median(ratios) if name != base and ratios else None,
                           "ratio_range": [min(ratios), max(ratios)] if name != base and ratios else None}

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
 
-from agentcore.bench.measure import METRICS
+import pytest
+
+from agentcore.bench.measure import _RT_KINDS, METRICS, SIZES, _rotated
 from agentcore.bench.report import compare, load
-from agentcore.bench.run import ALT_METRICS, uvloop_installed
+from agentcore.bench.run import ALT_METRICS, block_ratio, summarise, uvloop_installed
 
 
 def test_bench_quick_runs_every_suite_and_saves_json(cli, tmp_path: Path) -> None:
@@ -24,6 +27,10 @@ def test_bench_quick_runs_every_suite_and_saves_json(cli, tmp_path: Path) -> Non
         rows = saved["summary"][loop]
         assert set(rows) == set(METRICS)
         assert all(row["ratio"] is not None for name, row in rows.items() if name != row["baseline"])
+    for block in saved["blocks"]:  # every repetition's rate kept for the paired ratios, one per repetition
+        assert set(block["reps"]) == {name for name, spec in METRICS.items() if spec[3] in ("throughput", "stream")}
+        assert all(len(rates) == saved["sizes"]["oneway_reps"] for name, rates in block["reps"].items()
+                   if name.startswith("oneway"))
     # The issue's targets in the same run: uvloop against raw nats-py on asyncio, RSS over (here few) tasks.
     if uvloop_installed():
         assert set(saved["alternating"]["summary"]) == set(ALT_METRICS)
@@ -82,8 +89,6 @@ def test_progress_is_one_rewritten_line_on_a_terminal_and_block_lines_elsewhere(
 
 
 def test_round_trip_rounds_rotate_so_no_kind_runs_twice_in_a_row_and_each_takes_every_place() -> None:
-    from agentcore.bench.measure import _RT_KINDS, SIZES, _rotated
-
     rounds = SIZES["rt_rounds"]
     sequence = [kind for rnd in range(rounds) for kind in _rotated(_RT_KINDS, rnd)]
     assert all(a != b for a, b in zip(sequence, sequence[1:]))
@@ -91,3 +96,26 @@ def test_round_trip_rounds_rotate_so_no_kind_runs_twice_in_a_row_and_each_takes_
     places = {kind: [_rotated(_RT_KINDS, rnd).index(kind) for rnd in range(rounds)] for kind in _RT_KINDS}
     assert all(sorted(set(p)) == list(range(len(_RT_KINDS))) and len(set(p.count(i) for i in set(p))) == 1
                for p in places.values())
+
+
+def test_a_block_ratio_pairs_each_repetition_with_raw_where_the_block_kept_them() -> None:
+    kept = {"loop": "asyncio", "metrics": {"oneway_raw": 100.0, "oneway_agent": 110.0},
+            "reps": {"oneway_raw": [100.0, 50.0, 100.0], "oneway_agent": [110.0, 60.0, 130.0]}}
+    # Each repetition over raw's in the same repetition (1.1, 1.2, 1.3), not the medians' ratio (1.1).
+    assert block_ratio(kept, "oneway_agent", "oneway_raw") == 1.2
+    older = {"loop": "asyncio", "metrics": {"oneway_raw": 100.0, "oneway_agent": 110.0}}  # saved before reps were kept
+    assert block_ratio(older, "oneway_agent", "oneway_raw") == 1.1
+    assert block_ratio({"loop": "asyncio", "metrics": {"oneway_agent": 1.0}}, "oneway_agent", "oneway_raw") is None
+    uneven = {**kept, "reps": {"oneway_raw": [100.0], "oneway_agent": [110.0, 60.0]}}
+    assert block_ratio(uneven, "oneway_agent", "oneway_raw") == 1.1
+    row = summarise([kept, older], ["asyncio"])["summary"]["asyncio"]["oneway_agent"]
+    assert row["ratio_range"] == [1.1, 1.2] and row["median"] == 110.0
+
+
+def test_the_loader_refuses_repetitions_that_are_not_lists_of_numbers(tmp_path: Path) -> None:
+    saved = json.loads((Path(__file__).parents[2] / "benchmarks" / "results" / "bench-s14-first-2026-12-02.json").read_text())
+    saved["blocks"][0]["reps"] = {"oneway_raw": ["fast"]}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="repetitions"):
+        load(str(bad))
