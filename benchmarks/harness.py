@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any, TypeVar
 
 from agentcore.bench import history
 from agentcore.loops import new_event_loop
+
+T = TypeVar("T")
 
 
 class LoopBench:
@@ -99,16 +101,14 @@ async def summarise_pair(bench: LoopBench, config: Any) -> Any:
     return client
 
 
-def run_on(loop: str, main: Awaitable[Any]) -> Any:
+def run_on(loop: str, main: Coroutine[Any, Any, T]) -> T:
     """Run main to its end on a new event loop of the named kind ("asyncio" or "uvloop", which must be installed)."""
-    import importlib.util
-
-    if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
-        raise SystemExit("uvloop is not installed (pip install uvloop)")
     factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
     if loop == "uvloop":
-        import uvloop
-
+        try:
+            import uvloop
+        except ImportError:
+            raise SystemExit("uvloop is not installed (pip install uvloop)") from None
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main)  # type: ignore[arg-type]
+        return runner.run(main)
